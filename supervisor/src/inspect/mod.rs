@@ -1,0 +1,334 @@
+//! The /proc inspector: reads the handle table of any live process.
+//!
+//! Reading happens in two phases. Phase one walks each process's fd
+//! directory (one `readlinkat`, one fdinfo read and, for paths, one `stat`
+//! per fd). Phase two resolves what needs every process at once: one
+//! sock_diag dump for all unix peers and inet addresses, kcmp grouping for
+//! anonymous objects, and (in the long view) which processes hold a unix
+//! socket's peer.
+
+pub mod classify;
+pub mod describe;
+pub mod parse;
+mod procdir;
+pub mod sockdiag;
+
+use std::collections::{HashMap, HashSet};
+
+use handles_model::{rights::FdAccess, Fd, HandleValue, ObjType, Rights};
+use serde::Serialize;
+
+use parse::{oflags, FdInfo, LinkTarget};
+use procdir::ProcDir;
+use sockdiag::SockTable;
+
+/// Why a process's table could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error("no such process: {0}")]
+    NoSuchProcess(i32),
+    #[error("permission denied reading the fd table of process {0} (root or the same user as the process is needed)")]
+    PermissionDenied(i32),
+    #[error("reading /proc/{pid}/{what}: {source}")]
+    Io {
+        pid: i32,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How much to resolve.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Descriptions, flag names and peer processes (the long view and JSON).
+    pub long: bool,
+}
+
+/// Where a table's handle values come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// /proc alone: mixer 0, generation 0.
+    Proc,
+}
+
+/// One process's handle table.
+#[derive(Clone, Debug, Serialize)]
+pub struct Snapshot {
+    pub pid: i32,
+    pub name: String,
+    /// The process's own koid (its pidfs inode), when the kernel has pidfs.
+    pub koid: Option<u64>,
+    pub source: Source,
+    pub mixer: u32,
+    /// False when the process exited while being read: what was read is
+    /// shown, the rest is missing.
+    pub complete: bool,
+    pub handles: Vec<HandleInfo>,
+}
+
+impl Snapshot {
+    /// The number of distinct objects (equal koid and device ⇔ same object).
+    pub fn objects(&self) -> usize {
+        self.handles
+            .iter()
+            .map(|h| (h.koid, h.dev.clone()))
+            .collect::<HashSet<_>>()
+            .len()
+    }
+}
+
+/// Socket facts for the long view and JSON.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct SocketInfo {
+    /// `unix`, `tcp`, `tcp6`, `udp`, `udp6`, `netlink`, ... (lower case).
+    pub protocol: String,
+    /// `stream`, `dgram`, `seqpacket` for unix sockets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sock_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+    /// Processes holding the peer socket: `pid(comm)`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub peer_processes: Vec<PeerProcess>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct PeerProcess {
+    pub pid: i32,
+    pub name: String,
+    pub fd: i32,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct TimerInfo {
+    pub clock: String,
+    /// Nanoseconds until the next expiry, 0 when disarmed.
+    pub value_ns: u64,
+    pub interval_ns: u64,
+    pub ticks: u64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct VmoInfo {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    pub seals: Vec<String>,
+}
+
+/// One handle: an fd of the process with everything `handles` knows of it.
+#[derive(Clone, Debug, Serialize)]
+pub struct HandleInfo {
+    pub fd: i32,
+    pub handle: u32,
+    pub generation: u32,
+    pub koid: u64,
+    pub rkoid: u64,
+    pub rights: u32,
+    #[serde(rename = "type")]
+    pub ty: &'static str,
+    /// `major:minor` of the device holding a file's inode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dev: Option<String>,
+    /// Open flags as fdinfo reports them (octal there, a number here).
+    pub flags: u32,
+    pub flag_names: Vec<&'static str>,
+    pub cloexec: bool,
+    /// What `readlink /proc/PID/fd/N` says.
+    pub target: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pos: Option<u64>,
+    pub description: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<SocketInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eventfd_count: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoll_fds: Option<Vec<i32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timer: Option<TimerInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vmo: Option<VmoInfo>,
+    /// For a pidfd: the process it refers to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pidfd_pid: Option<i64>,
+    #[serde(skip)]
+    pub(crate) raw: RawFacts,
+}
+
+impl HandleInfo {
+    pub fn value(&self) -> HandleValue {
+        HandleValue(self.handle)
+    }
+    pub fn obj_type(&self) -> ObjType {
+        ObjType::from_name(self.ty).unwrap_or(ObjType::Unknown)
+    }
+    pub fn rights(&self) -> Rights {
+        Rights(self.rights)
+    }
+}
+
+/// What phase one read of an fd, kept for phase two.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RawFacts {
+    pub link: Option<LinkTarget>,
+    pub info: FdInfo,
+    /// st_mode of the object (0 when not stat'ed).
+    pub mode: u32,
+    pub size: Option<u64>,
+    pub rdev: Option<u64>,
+    pub seals: Option<u32>,
+    /// Needs a synthetic koid (anonymous object with no id).
+    pub anon: bool,
+}
+
+/// Resolves a thread id to its process. Returns `(tgid, true)` for a thread
+/// that is not the group leader.
+pub fn resolve_tgid(pid: i32) -> Result<(i32, bool), InspectError> {
+    let mut dir = ProcDir::open(pid)?;
+    let status = dir.status()?;
+    Ok((status.tgid, status.tgid != pid))
+}
+
+/// Reads handle tables. Holds what is shared between the processes of one
+/// call: the socket dump and the anon-inode identity.
+pub struct Inspector {
+    opts: Options,
+    anon_ino: Option<u64>,
+}
+
+impl Inspector {
+    pub fn new(opts: Options) -> Inspector {
+        Inspector {
+            opts,
+            anon_ino: classify::anon_inode_ino(),
+        }
+    }
+
+    /// Reads every pid, then resolves what needs all of them at once. The
+    /// result keeps the order of `pids`.
+    pub fn read_many(&mut self, pids: &[i32]) -> Vec<Result<Snapshot, InspectError>> {
+        let mut results: Vec<_> = pids.iter().map(|&p| self.read_one(p)).collect();
+        let mut snaps: Vec<&mut Snapshot> =
+            results.iter_mut().filter_map(|r| r.as_mut().ok()).collect();
+        self.resolve(&mut snaps);
+        results
+    }
+
+    /// Phase one for one process.
+    fn read_one(&mut self, pid: i32) -> Result<Snapshot, InspectError> {
+        let mut dir = ProcDir::open(pid)?;
+        let status = dir.status()?;
+        let fds = dir.list_fds()?;
+        if let Some(ms) = std::env::var_os("HANDLES_DEBUG_STALL_MS") {
+            // A test hook: lets the test suite kill the process between the
+            // listing and the reads, the race a real user hits on busy boxes.
+            let ms = ms.to_str().and_then(|s| s.parse().ok()).unwrap_or(0);
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+        let mut handles = Vec::with_capacity(fds.len());
+        let mut failed = false;
+        for fd in fds {
+            match dir.read_fd(fd, true) {
+                Ok(Some(raw)) => {
+                    if let Some(h) = classify::phase_one(&dir, raw, self.anon_ino) {
+                        handles.push(h);
+                    }
+                }
+                Ok(None) => failed = true,
+                Err(e) => {
+                    if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) {
+                        return Err(InspectError::PermissionDenied(pid));
+                    }
+                    failed = true;
+                }
+            }
+        }
+        // An fd that vanished is normal (closed after listing); a process
+        // that vanished makes the table partial, which the caller reports.
+        let complete = !failed || dir.alive();
+        Ok(Snapshot {
+            pid,
+            name: status.name,
+            koid: classify::process_koid(pid),
+            source: Source::Proc,
+            mixer: 0,
+            complete,
+            handles,
+        })
+    }
+
+    /// Phase two: socket types and peers, synthetic koids, rights,
+    /// descriptions.
+    fn resolve(&mut self, snaps: &mut [&mut Snapshot]) {
+        let any_socket = snaps
+            .iter()
+            .flat_map(|s| &s.handles)
+            .any(|h| matches!(h.raw.link, Some(LinkTarget::Socket(_))));
+        let mut socks = SockTable::default();
+        if any_socket {
+            socks.load_unix();
+            // The inet dumps are only worth their cost when some socket is
+            // not a unix one.
+            let needs_inet = snaps.iter().flat_map(|s| &s.handles).any(|h| {
+                matches!(h.raw.link, Some(LinkTarget::Socket(ino)) if !socks.unix.contains_key(&ino))
+            });
+            if needs_inet {
+                socks.load_inet();
+            }
+        }
+        let inet_peers = socks.inet_peers();
+        for snap in snaps.iter_mut() {
+            let pid = snap.pid;
+            for h in &mut snap.handles {
+                classify::resolve_socket(pid, h, &socks, &inet_peers);
+            }
+        }
+        classify::assign_synthetic_koids(snaps);
+        if self.opts.long {
+            let wanted: HashSet<u64> = snaps
+                .iter()
+                .flat_map(|s| &s.handles)
+                .filter(|h| {
+                    h.rkoid != 0 && matches!(h.obj_type(), ObjType::Channel | ObjType::Socket)
+                })
+                .map(|h| h.rkoid)
+                .collect();
+            let owners = if wanted.is_empty() {
+                HashMap::new()
+            } else {
+                describe::socket_owners(&wanted)
+            };
+            for snap in snaps.iter_mut() {
+                for h in &mut snap.handles {
+                    if let Some(s) = &mut h.socket {
+                        if let Some(o) = owners.get(&h.rkoid) {
+                            s.peer_processes = o.clone();
+                        }
+                    }
+                }
+            }
+        }
+        for snap in snaps.iter_mut() {
+            for h in &mut snap.handles {
+                let access = FdAccess {
+                    read: h.flags & oflags::ACCMODE != oflags::WRONLY,
+                    write: matches!(h.flags & oflags::ACCMODE, oflags::WRONLY | oflags::RDWR),
+                    seals: h.raw.seals,
+                    executable: h.raw.mode & 0o111 != 0,
+                };
+                let ty = h.obj_type();
+                h.rights = Rights::for_fd(ty, access).0;
+                h.handle = HandleValue::encode(Fd(h.fd), h.generation, snap.mixer).0;
+                h.flag_names = oflags::names(h.flags);
+                h.description = describe::describe(h);
+            }
+        }
+    }
+}
