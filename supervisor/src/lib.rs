@@ -2,5 +2,13 @@
 //!
 //! - [`inspect`] reads the handle table of any live process from /proc (and,
 //!   where one exists, from the table its shim or supervisor keeps).
+//! - [`policy`] is the Zircon-style job policy: conditions, actions, nested
+//!   job inheritance, and its parsers.
+//! - [`seccomp`] compiles the classic-BPF prefilter that makes only fd
+//!   syscalls stop a supervised tracee.
+//! - [`backtrace`] unwinds a stopped thread remotely and symbolizes stacks.
 
+pub mod backtrace;
 pub mod inspect;
+pub mod policy;
+pub mod seccomp;

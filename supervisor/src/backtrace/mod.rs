@@ -1,0 +1,1 @@
+//! Remote unwinding and symbolization (work in progress).

@@ -1,0 +1,1 @@
+//! The job policy (work in progress).

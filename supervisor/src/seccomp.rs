@@ -1,0 +1,1 @@
+//! The seccomp prefilter (work in progress).

@@ -1,0 +1,151 @@
+//! Shared helpers for the integration tests: the built `handles` binary, C
+//! fixtures compiled on demand, and children that report readiness.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::sync::Mutex;
+
+/// The `handles` binary cargo built for this test run.
+pub fn handles() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_handles"))
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+static COMPILE: Mutex<()> = Mutex::new(());
+
+/// Compiles `tests/fixtures/NAME.c` (with `extra` cc flags) once per test
+/// binary and returns the executable's path. Fixtures are built with -g and
+/// frame pointers so reports can name their functions and lines.
+pub fn fixture_with(name: &str, extra: &[&str]) -> PathBuf {
+    let _guard = COMPILE.lock().unwrap_or_else(|e| e.into_inner());
+    let src = repo_root().join("tests/fixtures").join(format!("{name}.c"));
+    let tag = if extra.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "-{}",
+            extra
+                .iter()
+                .map(|f| f.trim_start_matches('-').replace(['/', '='], "_"))
+                .collect::<Vec<_>>()
+                .join("-")
+        )
+    };
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
+    std::fs::create_dir_all(&dir).expect("create fixture dir");
+    let out = dir.join(format!("{name}{tag}"));
+    let fresh = match (std::fs::metadata(&src), std::fs::metadata(&out)) {
+        (Ok(s), Ok(o)) => o.modified().ok() >= s.modified().ok(),
+        _ => false,
+    };
+    if !fresh {
+        let status = Command::new("cc")
+            .args(["-g", "-O0", "-fno-omit-frame-pointer", "-pthread", "-Wall", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .args(extra)
+            .status()
+            .expect("run cc");
+        assert!(status.success(), "compiling fixture {name} failed");
+    }
+    out
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    fixture_with(name, &[])
+}
+
+/// A child process that is killed when dropped.
+pub struct Running {
+    pub child: Child,
+    pub stdout: BufReader<ChildStdout>,
+    /// Lines the child printed before (and including) its READY line.
+    pub lines: Vec<String>,
+}
+
+impl Running {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Reads the next line of the child's stdout.
+    pub fn next_line(&mut self) -> Option<String> {
+        let mut l = String::new();
+        match self.stdout.read_line(&mut l) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(l.trim_end().to_string()),
+        }
+    }
+
+    /// The value after `key=` on any line printed before READY.
+    pub fn value(&self, key: &str) -> Option<String> {
+        let prefix = format!("{key}=");
+        self.lines
+            .iter()
+            .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+    }
+
+    pub fn rest_of_stdout(&mut self) -> String {
+        let mut s = String::new();
+        let _ = self.stdout.read_to_string(&mut s);
+        s
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `cmd` with piped stdin/stdout and waits until it prints a line
+/// `READY`. The child keeps running until the `Running` is dropped (or its
+/// stdin is closed, for fixtures that wait on it).
+pub fn spawn_ready(mut cmd: Command) -> Running {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn fixture");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut r = Running {
+        child,
+        stdout: BufReader::new(stdout),
+        lines: Vec::new(),
+    };
+    loop {
+        match r.next_line() {
+            Some(l) if l == "READY" => break,
+            Some(l) => r.lines.push(l),
+            None => panic!("fixture exited before READY; printed {:?}", r.lines),
+        }
+    }
+    r
+}
+
+/// Runs `handles` with `args` and returns its output.
+pub fn run_handles<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    Command::new(handles())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run handles")
+}
+
+pub fn stdout_of(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr_of(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

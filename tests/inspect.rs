@@ -1,0 +1,3 @@
+//! `handles <pid>`: tables of live processes, checked against /proc and lsof.
+
+mod common;
