@@ -180,6 +180,13 @@ impl Rights {
     }
 }
 
+impl core::ops::BitOr for Rights {
+    type Output = Rights;
+    fn bitor(self, rhs: Rights) -> Rights {
+        self.union(rhs)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,12 +238,5 @@ mod tests {
         assert_eq!(it.next(), Some("ZX_RIGHT_DUPLICATE"));
         assert_eq!(it.next(), Some("ZX_RIGHT_READ"));
         assert_eq!(it.next(), None);
-    }
-}
-
-impl core::ops::BitOr for Rights {
-    type Output = Rights;
-    fn bitor(self, rhs: Rights) -> Rights {
-        self.union(rhs)
     }
 }
