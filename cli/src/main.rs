@@ -8,6 +8,7 @@ mod args;
 mod exit;
 mod filter;
 mod render;
+mod run;
 mod show;
 
 use std::process::ExitCode;
@@ -16,5 +17,9 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
-    ExitCode::from(show::run(&cli.show))
+    let code = match &cli.command {
+        Some(args::Command::Run(a)) => run::run(a),
+        None => show::run(&cli.show),
+    };
+    ExitCode::from(code)
 }

@@ -11,6 +11,7 @@ pub mod classify;
 pub mod describe;
 pub mod parse;
 mod procdir;
+pub mod shared;
 pub mod sockdiag;
 
 use std::collections::{HashMap, HashSet};
@@ -51,6 +52,10 @@ pub struct Options {
 pub enum Source {
     /// /proc alone: mixer 0, generation 0.
     Proc,
+    /// The table the process's LD_PRELOAD shim keeps.
+    Shim,
+    /// The table its `handles run` supervisor keeps.
+    Supervisor,
 }
 
 /// One process's handle table.
@@ -65,6 +70,10 @@ pub struct Snapshot {
     /// False when the process exited while being read: what was read is
     /// shown, the rest is missing.
     pub complete: bool,
+    /// Set when a published table was found but rejected (corrupt): the
+    /// values shown are then /proc's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table_error: Option<String>,
     pub handles: Vec<HandleInfo>,
 }
 
@@ -196,6 +205,33 @@ pub fn resolve_tgid(pid: i32) -> Result<(i32, bool), InspectError> {
     Ok((status.tgid, status.tgid != pid))
 }
 
+/// Takes values, generations and hidden fds from the table the shim or the
+/// supervisor publishes, if there is one.
+fn apply_published(pid: i32, tracer: i32, handles: &mut Vec<HandleInfo>) -> (Source, u32, Option<String>) {
+    use handles_model::table::state;
+    let own: Vec<(i32, &str)> = handles.iter().map(|h| (h.fd, h.target.as_str())).collect();
+    let (source, own_fd, mapped) = match shared::find(pid, &own, tracer) {
+        Some(shared::Found::Shim(fd, m)) => (Source::Shim, Some(fd), m),
+        Some(shared::Found::Supervisor(m)) => (Source::Supervisor, None, m),
+        None => return (Source::Proc, 0, None),
+    };
+    // The shim's own table fd is never a handle of the program's.
+    handles.retain(|h| Some(h.fd) != own_fd);
+    let view = match mapped.view() {
+        Ok(v) => v,
+        Err(e) => return (Source::Proc, 0, Some(e.to_string())),
+    };
+    handles.retain_mut(|h| match view.slot(h.fd) {
+        Some(v) if v.state == state::TOMBSTONE || v.state == state::INTERNAL => false,
+        Some(v) if v.state == state::OPEN => {
+            h.generation = v.generation;
+            true
+        }
+        _ => true,
+    });
+    (source, view.mixer(), None)
+}
+
 /// Reads handle tables. Holds what is shared between the processes of one
 /// call: the socket dump and the anon-inode identity.
 pub struct Inspector {
@@ -253,13 +289,15 @@ impl Inspector {
         // An fd that vanished is normal (closed after listing); a process
         // that vanished makes the table partial, which the caller reports.
         let complete = !failed || dir.alive();
+        let (source, mixer, table_error) = apply_published(pid, status.tracerpid, &mut handles);
         Ok(Snapshot {
             pid,
             name: status.name,
             koid: classify::process_koid(pid),
-            source: Source::Proc,
-            mixer: 0,
+            source,
+            mixer,
             complete,
+            table_error,
             handles,
         })
     }

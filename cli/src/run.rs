@@ -1,0 +1,116 @@
+//! `handles run [OPTIONS] -- PROG [ARGS...]`.
+
+use handles_supervisor::policy::Policy;
+use handles_supervisor::run::{CheckLevel, Job, OnException, RunError, RunOptions};
+
+use crate::args::{CheckArg, OnExceptionArg, RunArgs};
+use crate::exit;
+
+/// The supervisor's own failure (not the program's).
+const SUPERVISOR_FAILED: u8 = 125;
+
+/// The policy this job starts from: the enclosing job's, when `handles run`
+/// runs inside one (nested jobs inherit and may only change what the parent
+/// left overridable), else the default.
+fn base_policy() -> Result<Policy, String> {
+    match std::env::var("HANDLES_POLICY") {
+        Ok(text) if std::env::var_os("HANDLES_JOB").is_some() => {
+            Policy::decode(&text).map_err(|e| format!("the enclosing job's policy is unreadable: {e}"))
+        }
+        _ => Ok(Policy::default_job()),
+    }
+}
+
+fn build_policy(a: &RunArgs) -> Result<Policy, String> {
+    let mut policy = base_policy()?;
+    for f in &a.policy_file {
+        policy.apply_file(f).map_err(|e| e.to_string())?;
+    }
+    for spec in &a.policy {
+        policy.apply_spec(spec).map_err(|e| e.to_string())?;
+    }
+    Ok(policy)
+}
+
+/// Is this process itself traced by a `handles` supervisor?
+fn inside_job() -> bool {
+    let Some(job) = std::env::var("HANDLES_JOB").ok().and_then(|s| s.parse::<i32>().ok()) else {
+        return false;
+    };
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("TracerPid:"))
+                .and_then(|v| v.trim().parse::<i32>().ok())
+        })
+        .is_some_and(|tracer| tracer == job && tracer != 0)
+}
+
+/// A nested job: the enclosing supervisor already traces us and everything
+/// we start, so we exec the program with the nested policy in its
+/// environment; the enclosing supervisor applies it from the exec on.
+fn exec_nested(a: &RunArgs, policy: &Policy) -> u8 {
+    use std::os::unix::process::CommandExt;
+    let (prog, args) = match a.command.split_first() {
+        Some(x) => x,
+        None => return exit::USAGE,
+    };
+    let err = std::process::Command::new(prog)
+        .args(args)
+        .env("HANDLES_POLICY", policy.encode())
+        .exec();
+    eprintln!("handles: {}: {err}", prog.to_string_lossy());
+    if err.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    }
+}
+
+pub fn run(a: &RunArgs) -> u8 {
+    let policy = match build_policy(a) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("handles: {e}");
+            return exit::USAGE;
+        }
+    };
+    if inside_job() {
+        return exec_nested(a, &policy);
+    }
+    let (program, args) = match a.command.split_first() {
+        Some((p, rest)) => (p.clone(), rest.to_vec()),
+        None => {
+            eprintln!("handles: run needs a program after --");
+            return exit::USAGE;
+        }
+    };
+    let opts = RunOptions {
+        program,
+        args,
+        policy,
+        check: match a.check {
+            CheckArg::All => CheckLevel::All,
+            CheckArg::Lifecycle => CheckLevel::Lifecycle,
+        },
+        quarantine: a.quarantine,
+        on_exception: match a.on_exception {
+            OnExceptionArg::Trap => OnException::Trap,
+            OnExceptionArg::Stop => OnException::Stop,
+        },
+        log: a.log.clone(),
+        stack_depth: a.stack_depth,
+    };
+    match Job::run(opts) {
+        Ok(outcome) => outcome.exit.shell_status().clamp(0, 255) as u8,
+        Err(RunError::Spawn(e)) => {
+            eprintln!("handles: {e}");
+            e.exit_code().clamp(0, 255) as u8
+        }
+        Err(e) => {
+            eprintln!("handles: {e}");
+            SUPERVISOR_FAILED
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Finding and reading the handle table that a process's shim, or its
+//! supervisor, publishes (layout in `handles_model::table`).
+//!
+//! The shim's table is a memfd in the process itself; the supervisor's is a
+//! memfd in the supervisor, found through the process's TracerPid. Both are
+//! named `handles-table:<pid>`. The mapping is read-only here and treated
+//! as hostile: a corrupt table is ignored and /proc alone is used.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use handles_model::table::{TableError, TableView, MAX_CAPACITY};
+
+use super::parse::LinkTarget;
+
+/// The memfd name both writers use.
+pub fn table_name(pid: i32) -> String {
+    format!("handles-table:{pid}")
+}
+
+/// A read-only mapping of a published table.
+pub struct MappedTable {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl MappedTable {
+    /// Maps the whole of an open table file.
+    pub fn map(fd: &OwnedFd) -> Option<MappedTable> {
+        // SAFETY: an all-zero stat is valid to be overwritten.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat on an fd we own.
+        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
+            return None;
+        }
+        let len = usize::try_from(st.st_size).ok()?;
+        let max = handles_model::table::table_size(MAX_CAPACITY);
+        if len == 0 || len > max {
+            return None;
+        }
+        // SAFETY: a fresh read-only shared mapping; checked below.
+        let base = unsafe {
+            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, fd.as_raw_fd(), 0)
+        };
+        if base == libc::MAP_FAILED {
+            return None;
+        }
+        Some(MappedTable { base, len })
+    }
+
+    pub fn view(&self) -> Result<TableView<'_>, TableError> {
+        // SAFETY: base maps len readable bytes for the life of self. A
+        // writer that shrinks the memfd under us could make pages vanish
+        // (SIGBUS); the writers never shrink a published table.
+        let bytes = unsafe { std::slice::from_raw_parts(self.base as *const u8, self.len) };
+        TableView::new(bytes)
+    }
+}
+
+impl Drop for MappedTable {
+    fn drop(&mut self) {
+        // SAFETY: unmapping our own mapping once.
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+/// Where a table was found.
+pub enum Found {
+    /// In the process itself, at this fd (which the table hides).
+    Shim(i32, MappedTable),
+    Supervisor(MappedTable),
+}
+
+fn is_table_link(target: &str, pid: i32) -> bool {
+    matches!(LinkTarget::parse(target), LinkTarget::Memfd(name) if name == table_name(pid))
+}
+
+fn open_magic_link(path: &str) -> Option<OwnedFd> {
+    std::fs::File::open(path).ok().map(OwnedFd::from)
+}
+
+/// Looks for `pid`'s table: first among its own fds (given as link
+/// targets), then in its tracer's fds.
+pub fn find(pid: i32, own: &[(i32, &str)], tracer: i32) -> Option<Found> {
+    for &(fd, target) in own {
+        if is_table_link(target, pid) {
+            let f = open_magic_link(&format!("/proc/{pid}/fd/{fd}"))?;
+            return MappedTable::map(&f).map(|m| Found::Shim(fd, m));
+        }
+    }
+    if tracer <= 0 {
+        return None;
+    }
+    let dir = std::fs::read_dir(format!("/proc/{tracer}/fd")).ok()?;
+    for e in dir.flatten() {
+        let Ok(target) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        if is_table_link(&target.to_string_lossy(), pid) {
+            let f = open_magic_link(&e.path().to_string_lossy())?;
+            return MappedTable::map(&f).map(Found::Supervisor);
+        }
+    }
+    None
+}

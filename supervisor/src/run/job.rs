@@ -1,0 +1,1518 @@
+//! The job: every process descended from the program, and the ptrace loop
+//! that serves them. This is the one place that waits for tracee events.
+//!
+//! Each thread stops only where the seccomp prefilter says (fd syscalls),
+//! plus the ptrace events for fork/clone/exec/exit and signal deliveries.
+//! At a seccomp stop the policy is applied to the fds the call uses; calls
+//! that create fds are followed to their exit stop to learn the new
+//! numbers; close is rewritten into a `dup3` of a tombstone so the number
+//! stays quarantined.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+
+use handles_model::ObjType;
+use nix::errno::Errno;
+use nix::sys::ptrace;
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use super::fdtable::{runs, FdTable, ObjectFacts, Origin, Slot, Stack};
+use super::publish::Published;
+use super::report::{format_syscall, ExceptionReport, Section};
+use super::spawn::{self, SpawnError};
+use super::syscalls::{self, CheckLevel, Desc, Kind};
+use super::tracer::{self, errno_of, Deferred, InjectError, Regs};
+use crate::backtrace::{ModuleMap, StartRegs, Symbolizer, Unwinder};
+use crate::inspect::parse::LinkTarget;
+use crate::policy::{Action, Condition, Policy};
+use crate::seccomp::{self, FilterSpec};
+
+/// What to do when a policy exception is raised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnException {
+    /// Deliver SIGTRAP to the offending thread (Zircon's unhandled
+    /// exception: the process dies unless it handles SIGTRAP).
+    Trap,
+    /// Leave the process stopped and detached for a debugger.
+    Stop,
+}
+
+/// Everything `handles run` needs.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub program: OsString,
+    pub args: Vec<OsString>,
+    pub policy: Policy,
+    pub check: CheckLevel,
+    /// Quarantine capacity per fd table; 0 turns quarantine off.
+    pub quarantine: usize,
+    pub on_exception: OnException,
+    pub log: Option<PathBuf>,
+    /// Depth of the creation/close stacks recorded; 0 records none.
+    pub stack_depth: usize,
+}
+
+/// How the job ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32, bool),
+}
+
+impl Exit {
+    /// The status a shell reports: the code, or 128 + the signal.
+    pub fn shell_status(self) -> i32 {
+        match self {
+            Exit::Code(c) => c,
+            Exit::Signal(s, _) => 128 + s,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Outcome {
+    pub exit: Exit,
+    pub exceptions: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    #[error("building the seccomp prefilter: {0}")]
+    Filter(String),
+    #[error("opening the log file {path}: {source}")]
+    Log {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("waiting for the job: {0}")]
+    Wait(Errno),
+}
+
+type TableRef = Rc<RefCell<FdTable>>;
+
+/// Work left for a thread's syscall-exit stop.
+#[derive(Clone, Debug)]
+enum ExitWork {
+    /// A call that may create fds: register what it returned.
+    Create {
+        desc: &'static Desc,
+        entry: Regs,
+        stack: Option<Stack>,
+    },
+    /// close_range(first, last, flags).
+    CloseRange { entry: Regs },
+}
+
+struct Thread {
+    tgid: i32,
+    table: TableRef,
+    pending: Option<ExitWork>,
+    /// Its first stop (the auto-attach stop) has been seen and resumed.
+    started: bool,
+}
+
+struct Process {
+    name: String,
+    policy: Policy,
+    maps: Option<ModuleMap>,
+    /// Set while the process is being detached for `--on-exception=stop`.
+    detaching: bool,
+}
+
+/// A bad fd use found at a syscall's entry.
+enum Bad {
+    /// The number is quarantined: it was closed by the program.
+    Stale,
+    /// Not open, and not quarantined (never opened, or closed long ago).
+    NotOpen,
+}
+
+static FORWARD_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    let code = unsafe { (*info).si_code };
+    // A terminal's Ctrl-C (SI_KERNEL) reached the whole foreground group,
+    // the job included; only a signal sent to us alone needs forwarding.
+    if code == libc::SI_USER || code == libc::SI_QUEUE || code == libc::SI_TKILL {
+        FORWARD_SIGNAL.store(sig, Ordering::SeqCst);
+    }
+}
+
+fn install_forwarding() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+        // SAFETY: installing a handler that only stores to an atomic; no
+        // SA_RESTART so waitpid returns EINTR and the loop forwards.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as usize;
+            sa.sa_flags = libc::SA_SIGINFO;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom into a local buffer.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 8, 0) };
+    if n == 8 {
+        u64::from_ne_bytes(b)
+    } else {
+        // Fall back to something that differs per run; the cookie finds
+        // bugs, it is not a security boundary.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        t ^ (u64::from(std::process::id()) << 32)
+    }
+}
+
+fn comm(tid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{tid}/comm"))
+        .map(|s| s.trim_end().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Type, koid and link target of an open fd, from /proc: what a later
+/// report says the handle was.
+fn object_facts(tgid: i32, fd: i32) -> ObjectFacts {
+    let path = format!("/proc/{tgid}/fd/{fd}");
+    let Ok(target) = std::fs::read_link(&path) else {
+        return ObjectFacts::default();
+    };
+    let target = target.to_string_lossy().into_owned();
+    let (ty, koid) = match LinkTarget::parse(&target) {
+        LinkTarget::Socket(i) => (ObjType::Socket, i),
+        LinkTarget::Pipe(i) => (ObjType::Pipe, i),
+        LinkTarget::Pidfd(i) => (ObjType::Process, i),
+        LinkTarget::Memfd(_) => (ObjType::Vmo, stat_ino(&path)),
+        LinkTarget::AnonInode(name) => (
+            match name.as_str() {
+                "eventfd" => ObjType::Event,
+                "eventpoll" => ObjType::Port,
+                "timerfd" => ObjType::Timer,
+                "signalfd" => ObjType::Signalfd,
+                "pidfd" => ObjType::Process,
+                _ => ObjType::Unknown,
+            },
+            0,
+        ),
+        LinkTarget::Path(_) | LinkTarget::Other(_) => {
+            let ty = match std::fs::metadata(&path) {
+                Ok(m) if m.is_dir() => ObjType::Dir,
+                Ok(m) if m.is_file() => ObjType::File,
+                Ok(_) => ObjType::Chardev,
+                Err(_) => ObjType::Unknown,
+            };
+            (ty, stat_ino(&path))
+        }
+    };
+    ObjectFacts {
+        ty: ty.name(),
+        koid,
+        target,
+    }
+}
+
+fn stat_ino(path: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map(|m| m.ino()).unwrap_or(0)
+}
+
+fn fd_exists(tgid: i32, fd: i32) -> bool {
+    std::fs::symlink_metadata(format!("/proc/{tgid}/fd/{fd}")).is_ok()
+}
+
+/// The soft RLIMIT_NOFILE of a process.
+fn nofile_limit(tgid: i32) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit reading into a local struct.
+    let r = unsafe { libc::prlimit(tgid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut lim) };
+    if r == 0 {
+        lim.rlim_cur
+    } else {
+        1024
+    }
+}
+
+/// The job and its supervisor state.
+pub struct Job {
+    opts: RunOptions,
+    cookie: u64,
+    threads: HashMap<i32, Thread>,
+    procs: HashMap<i32, Process>,
+    /// Tids whose first stop came before their parent's fork/clone event.
+    unborn: HashSet<i32>,
+    root: i32,
+    root_exit: Option<Exit>,
+    exec_error: Option<std::os::fd::OwnedFd>,
+    root_execed: bool,
+    deferred: Deferred,
+    unwinder: Unwinder,
+    symbolizer: Symbolizer,
+    exceptions: usize,
+    log: Option<std::fs::File>,
+    /// Published tables, by process.
+    published: HashMap<i32, Published>,
+}
+
+impl Job {
+    /// Starts the program under supervision and serves the job until every
+    /// process in it has exited.
+    pub fn run(opts: RunOptions) -> Result<Outcome, RunError> {
+        let path_var = std::env::var_os("PATH");
+        let program = spawn::resolve(&opts.program, path_var.as_deref())?;
+        let cookie = random_u64();
+        let spec = FilterSpec {
+            traced: syscalls::traced(opts.check),
+            cookie: Some(cookie),
+            allow_ip: None,
+        };
+        let filter = seccomp::compile(&spec).map_err(|e| RunError::Filter(e.to_string()))?;
+        let log = match &opts.log {
+            Some(p) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| RunError::Log {
+                        path: p.clone(),
+                        source: e,
+                    })?,
+            ),
+            None => None,
+        };
+        let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+            .filter(|(k, _)| k != "HANDLES_POLICY" && k != "HANDLES_JOB")
+            .collect();
+        env.push(("HANDLES_POLICY".into(), opts.policy.encode().into()));
+        env.push(("HANDLES_JOB".into(), std::process::id().to_string().into()));
+        let mut argv = vec![opts.program.clone()];
+        argv.extend(opts.args.iter().cloned());
+
+        install_forwarding();
+        let child = spawn::spawn(&program, &argv, &env, &filter)?;
+        let root = child.pid;
+        let mut job = Job {
+            cookie,
+            threads: HashMap::new(),
+            procs: HashMap::new(),
+            unborn: HashSet::new(),
+            root,
+            root_exit: None,
+            exec_error: Some(child.exec_error),
+            root_execed: false,
+            deferred: Deferred::default(),
+            unwinder: Unwinder::new(),
+            symbolizer: Symbolizer::new(),
+            exceptions: 0,
+            log,
+            published: HashMap::new(),
+            opts,
+        };
+        let mixer = random_u64() as u32;
+        job.threads.insert(
+            root,
+            Thread {
+                tgid: root,
+                table: Rc::new(RefCell::new(FdTable::new(mixer))),
+                pending: None,
+                started: true,
+            },
+        );
+        job.procs.insert(
+            root,
+            Process {
+                name: comm(root),
+                policy: job.opts.policy.clone(),
+                maps: None,
+                detaching: false,
+            },
+        );
+        job.serve()?;
+        if !job.root_execed {
+            if let Some(errno) = job.exec_error.as_ref().and_then(spawn::exec_errno) {
+                return Err(SpawnError::Exec {
+                    program: program.to_string_lossy().into_owned(),
+                    source: std::io::Error::from_raw_os_error(errno),
+                }
+                .into());
+            }
+        }
+        Ok(Outcome {
+            exit: job.root_exit.unwrap_or(Exit::Code(0)),
+            exceptions: job.exceptions,
+        })
+    }
+
+    fn next_status(&mut self) -> Result<Option<WaitStatus>, RunError> {
+        if let Some(st) = self.deferred.statuses.pop() {
+            return Ok(Some(st));
+        }
+        loop {
+            let sig = FORWARD_SIGNAL.swap(0, Ordering::SeqCst);
+            if sig != 0 {
+                self.forward(sig);
+            }
+            match waitpid(None, Some(WaitPidFlag::__WALL)) {
+                Ok(st) => return Ok(Some(st)),
+                Err(Errno::EINTR) => continue,
+                Err(Errno::ECHILD) => return Ok(None),
+                Err(e) => return Err(RunError::Wait(e)),
+            }
+        }
+    }
+
+    /// Sends a signal the supervisor received to every process of the job.
+    fn forward(&self, sig: i32) {
+        let tgids: HashSet<i32> = self.threads.values().map(|t| t.tgid).collect();
+        for tgid in tgids {
+            // SAFETY: kill(2) with a pid of our own tracee.
+            unsafe { libc::kill(tgid, sig) };
+        }
+    }
+
+    fn serve(&mut self) -> Result<(), RunError> {
+        while let Some(st) = self.next_status()? {
+            let tid = st.pid().map(|p| p.as_raw());
+            self.dispatch(st);
+            if let Some(tid) = tid {
+                self.publish(tid);
+            }
+            self.raise_held_signals();
+        }
+        Ok(())
+    }
+
+    /// Signals that arrived while we ran a syscall inside a thread.
+    fn raise_held_signals(&mut self) {
+        for (tid, sig) in std::mem::take(&mut self.deferred.signals) {
+            if let Some(t) = self.threads.get(&tid) {
+                // SAFETY: tgkill to one of our tracees.
+                unsafe { libc::syscall(libc::SYS_tgkill, t.tgid, tid, sig as i32) };
+            }
+        }
+    }
+
+    /// Brings the published table of `tid`'s process up to date.
+    fn publish(&mut self, tid: i32) {
+        let Some(t) = self.threads.get(&tid) else {
+            return;
+        };
+        let tgid = t.tgid;
+        let mut table = t.table.borrow_mut();
+        let dirty = table.take_dirty();
+        if dirty.is_empty() && self.published.contains_key(&tgid) {
+            return;
+        }
+        let mixer = table.mixer;
+        let stale = self.published.get(&tgid).is_some_and(|p| p.mixer() != mixer);
+        if stale || !self.published.contains_key(&tgid) {
+            let cap = nofile_limit(tgid).min(u64::from(handles_model::table::MAX_CAPACITY)) as u32;
+            match Published::new(tgid, mixer, cap) {
+                Ok(p) => {
+                    self.published.insert(tgid, p);
+                }
+                Err(_) => return,
+            }
+            // A fresh table needs every slot.
+            let mut all = table.numbers();
+            all.extend(table.tomb_src);
+            for fd in all {
+                let v = table.slot_value(fd);
+                if let Some(p) = self.published.get_mut(&tgid) {
+                    p.set(fd, v);
+                }
+            }
+            return;
+        }
+        if let Some(p) = self.published.get_mut(&tgid) {
+            for fd in dirty {
+                p.set(fd, table.slot_value(fd));
+            }
+        }
+    }
+
+    fn resume(&self, tid: i32, sig: Option<Signal>) {
+        // ESRCH: the thread was killed meanwhile; its exit comes next.
+        let _ = ptrace::cont(Pid::from_raw(tid), sig);
+    }
+
+    fn dispatch(&mut self, st: WaitStatus) {
+        match st {
+            WaitStatus::Exited(pid, code) => self.on_gone(pid.as_raw(), Exit::Code(code)),
+            WaitStatus::Signaled(pid, sig, core) => {
+                self.on_gone(pid.as_raw(), Exit::Signal(sig as i32, core))
+            }
+            WaitStatus::Stopped(pid, sig) => {
+                let tid = pid.as_raw();
+                if self.detach_if_needed(tid, Some(sig)) {
+                    return;
+                }
+                self.resume(tid, Some(sig));
+            }
+            WaitStatus::PtraceSyscall(pid) => self.on_syscall_exit(pid.as_raw()),
+            WaitStatus::PtraceEvent(pid, sig, event) => {
+                let tid = pid.as_raw();
+                match event {
+                    libc::PTRACE_EVENT_SECCOMP => self.on_seccomp(tid),
+                    libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK | libc::PTRACE_EVENT_CLONE => {
+                        self.on_new_task(tid)
+                    }
+                    libc::PTRACE_EVENT_EXEC => self.on_exec(tid),
+                    libc::PTRACE_EVENT_EXIT => self.resume(tid, None),
+                    libc::PTRACE_EVENT_STOP => self.on_event_stop(tid, sig),
+                    _ => self.resume(tid, None),
+                }
+            }
+            WaitStatus::Continued(_) | WaitStatus::StillAlive => {}
+        }
+    }
+
+    fn on_gone(&mut self, tid: i32, exit: Exit) {
+        if let Some(t) = self.threads.remove(&tid) {
+            if !self.threads.values().any(|o| o.tgid == t.tgid) {
+                self.procs.remove(&t.tgid);
+                self.published.remove(&t.tgid);
+            }
+        }
+        self.unborn.remove(&tid);
+        if tid == self.root {
+            self.root_exit = Some(exit);
+        }
+    }
+
+    /// PTRACE_EVENT_STOP: a new tracee's first stop, a group-stop, or an
+    /// interrupt.
+    fn on_event_stop(&mut self, tid: i32, sig: Signal) {
+        match self.threads.get_mut(&tid) {
+            None => {
+                // Its parent's fork/clone event has not been seen yet.
+                self.unborn.insert(tid);
+            }
+            Some(t) if !t.started => {
+                t.started = true;
+                self.resume(tid, None);
+            }
+            Some(_) => {
+                if self.detach_if_needed(tid, None) {
+                    return;
+                }
+                if matches!(sig, Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU) {
+                    // Group-stop: stay stopped (job control works) but keep
+                    // receiving events.
+                    // SAFETY: PTRACE_LISTEN on a tracee in group-stop.
+                    unsafe {
+                        libc::ptrace(libc::PTRACE_LISTEN, tid, 0, 0);
+                    }
+                } else {
+                    self.resume(tid, None);
+                }
+            }
+        }
+    }
+
+    fn on_new_task(&mut self, tid: i32) {
+        let child = match ptrace::getevent(Pid::from_raw(tid)) {
+            Ok(c) => c as i32,
+            Err(_) => {
+                self.resume(tid, None);
+                return;
+            }
+        };
+        let Some(parent) = self.threads.get(&tid) else {
+            self.resume(tid, None);
+            return;
+        };
+        let ptgid = parent.tgid;
+        let ptable = parent.table.clone();
+        let regs = tracer::getregs(tid).ok();
+        let (flags, pidfd_ptr) = match regs {
+            Some(r) => match r.orig_rax as i64 {
+                libc::SYS_clone => (r.rdi, (r.rdi & libc::CLONE_PIDFD as u64 != 0).then_some(r.rdx)),
+                libc::SYS_clone3 => {
+                    let flags = tracer::read_u64(tid, r.rdi).unwrap_or(0);
+                    let ptr = tracer::read_u64(tid, r.rdi + 8).unwrap_or(0);
+                    (flags, (flags & libc::CLONE_PIDFD as u64 != 0).then_some(ptr))
+                }
+                libc::SYS_vfork => ((libc::CLONE_VM | libc::CLONE_VFORK) as u64, None),
+                _ => (libc::SIGCHLD as u64, None),
+            },
+            None => (libc::SIGCHLD as u64, None),
+        };
+        if let Some(ptr) = pidfd_ptr {
+            if let Ok(fd) = tracer::read_i32(tid, ptr) {
+                let stack = self.capture_stack(tid, ptgid, regs.as_ref());
+                ptable.borrow_mut().open(fd, Origin::Syscall("clone"), stack, ptgid);
+            }
+        }
+        let thread = flags & libc::CLONE_THREAD as u64 != 0;
+        let tgid = if thread { ptgid } else { child };
+        let table = if flags & libc::CLONE_FILES as u64 != 0 {
+            ptable
+        } else {
+            let copy = ptable.borrow().fork_copy(random_u64() as u32);
+            Rc::new(RefCell::new(copy))
+        };
+        if !thread {
+            let (name, policy) = match self.procs.get(&ptgid) {
+                Some(p) => (p.name.clone(), p.policy.clone()),
+                None => (comm(child), self.opts.policy.clone()),
+            };
+            self.procs.insert(
+                child,
+                Process {
+                    name,
+                    policy,
+                    maps: None,
+                    detaching: false,
+                },
+            );
+        }
+        let started = self.unborn.remove(&child);
+        self.threads.insert(
+            child,
+            Thread {
+                tgid,
+                table,
+                pending: None,
+                started,
+            },
+        );
+        if started {
+            self.resume(child, None);
+        }
+        self.resume(tid, None);
+    }
+
+    fn on_exec(&mut self, tid: i32) {
+        let former = ptrace::getevent(Pid::from_raw(tid))
+            .map(|f| f as i32)
+            .unwrap_or(tid);
+        if former != tid {
+            if let Some(t) = self.threads.remove(&former) {
+                self.threads.insert(tid, t);
+            }
+        }
+        let Some(tgid) = self.threads.get(&tid).map(|t| t.tgid) else {
+            self.resume(tid, None);
+            return;
+        };
+        // de_thread killed every other thread of the process.
+        self.threads.retain(|&k, t| k == tid || t.tgid != tgid);
+        if tid == self.root || tgid == self.root {
+            self.root_execed = true;
+            self.exec_error = None;
+        }
+        // exec unshares the fd table and closes O_CLOEXEC fds (tombstones
+        // and the tombstone source among them).
+        let old = self.threads[&tid].table.clone();
+        let mut table = old.borrow().unshared_copy();
+        let present: HashSet<i32> = std::fs::read_dir(format!("/proc/{tgid}/fd"))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for fd in table.numbers() {
+            if present.contains(&fd) {
+                continue;
+            }
+            match table.get(fd) {
+                Some(Slot::Tombstone(_)) => table.drop_tombstone(fd),
+                Some(Slot::Open(_)) => {
+                    table.close(fd, None, tgid, ObjectFacts::default(), "exec (O_CLOEXEC)", false)
+                }
+                None => {}
+            }
+        }
+        if table.tomb_src.is_some_and(|s| !present.contains(&s)) {
+            table.set_tomb_src(None);
+        }
+        for fd in present {
+            if table.get(fd).is_none() && table.tomb_src != Some(fd) {
+                table.open(fd, Origin::Inherited, None, tgid);
+            }
+        }
+        if let Some(t) = self.threads.get_mut(&tid) {
+            t.table = Rc::new(RefCell::new(table));
+            t.pending = None;
+        }
+        // The new image's table is published afresh.
+        self.published.remove(&tgid);
+        let nested = self.nested_policy(tgid);
+        if let Some(p) = self.procs.get_mut(&tgid) {
+            p.name = comm(tgid);
+            p.maps = None;
+            if let Some(policy) = nested {
+                p.policy = policy;
+            }
+        }
+        self.resume(tid, None);
+    }
+
+    /// A nested `handles run` passes its policy to the new image through
+    /// HANDLES_POLICY; it is taken only where the enclosing job allows.
+    fn nested_policy(&self, tgid: i32) -> Option<Policy> {
+        let env = std::fs::read(format!("/proc/{tgid}/environ")).ok()?;
+        let value = env
+            .split(|&b| b == 0)
+            .find_map(|kv| kv.strip_prefix(b"HANDLES_POLICY="))?;
+        let text = std::str::from_utf8(value).ok()?;
+        let wanted = Policy::decode(text).ok()?;
+        // Zircon's rule for nested jobs: start from the parent's policy and
+        // change only what it left overridable.
+        let mut p = self.procs.get(&tgid)?.policy.clone();
+        for (c, e) in wanted.entries() {
+            p.set(c, e).ok()?;
+        }
+        Some(p)
+    }
+
+    fn capture_stack(&mut self, tid: i32, tgid: i32, regs: Option<&Regs>) -> Option<Stack> {
+        if self.opts.stack_depth == 0 {
+            return None;
+        }
+        let regs = regs?;
+        let depth = self.opts.stack_depth;
+        let proc_ = self.procs.get_mut(&tgid)?;
+        if proc_.maps.is_none() {
+            proc_.maps = ModuleMap::read(tgid).ok();
+        }
+        let maps = proc_.maps.as_ref()?;
+        let mut pcs = self.unwinder.unwind(tid, maps, StartRegs::from(regs), depth);
+        if pcs.iter().any(|&pc| maps.module_of(pc).is_none()) {
+            // Code mapped since the snapshot (dlopen): refresh once.
+            if let Ok(fresh) = ModuleMap::read(tgid) {
+                pcs = self.unwinder.unwind(tid, &fresh, StartRegs::from(regs), depth);
+                proc_.maps = Some(fresh);
+            }
+        }
+        Some(Arc::new(pcs))
+    }
+
+    fn symbolize(&mut self, tgid: i32, stack: Option<&Stack>) -> Vec<crate::backtrace::Frame> {
+        let Some(stack) = stack else {
+            return Vec::new();
+        };
+        let maps = match self.procs.get(&tgid).and_then(|p| p.maps.clone()) {
+            Some(m) => m,
+            None => match ModuleMap::read(tgid) {
+                Ok(m) => m,
+                Err(_) => return Vec::new(),
+            },
+        };
+        self.symbolizer.symbolize(&maps, stack, true)
+    }
+
+    /// The fds a syscall uses, read from its registers (and memory for
+    /// poll/select).
+    fn used_fds(&self, tid: i32, desc: &Desc, a: &[u64; 6]) -> Vec<i32> {
+        let mut fds = Vec::new();
+        for (i, &arg) in a.iter().enumerate() {
+            if (desc.fd_args | desc.dirfd_args) & (1 << i) != 0 {
+                let fd = arg as i32;
+                if fd >= 0 {
+                    fds.push(fd);
+                }
+            }
+        }
+        match desc.kind {
+            Kind::Mmap => {
+                if a[3] & libc::MAP_ANONYMOUS as u64 == 0 && (a[4] as i32) >= 0 {
+                    fds.push(a[4] as i32);
+                }
+            }
+            Kind::Signalfd => {
+                if (a[0] as i32) >= 0 {
+                    fds.push(a[0] as i32);
+                }
+            }
+            Kind::Poll => {
+                let n = (a[1] as usize).min(4096);
+                if let Ok(buf) = tracer::read_mem(tid, a[0], n * 8) {
+                    for chunk in buf.chunks_exact(8) {
+                        let fd = i32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+                        if fd >= 0 {
+                            fds.push(fd);
+                        }
+                    }
+                }
+            }
+            Kind::Select => {
+                let nfds = (a[0] as i64).clamp(0, 1024) as usize;
+                let bytes = nfds.div_ceil(64) * 8;
+                for set in [a[1], a[2], a[3]] {
+                    if set == 0 {
+                        continue;
+                    }
+                    if let Ok(buf) = tracer::read_mem(tid, set, bytes) {
+                        for (i, byte) in buf.iter().enumerate() {
+                            for bit in 0..8 {
+                                let fd = i * 8 + bit;
+                                if fd < nfds && byte & (1 << bit) != 0 {
+                                    fds.push(fd as i32);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        fds
+    }
+
+    /// Is `fd` a valid handle in the thread's table? Unknown fds that /proc
+    /// shows open are adopted (we missed their creation), never reported.
+    fn check_fd(&mut self, tid: i32, fd: i32) -> Option<Bad> {
+        let t = self.threads.get(&tid)?;
+        let tgid = t.tgid;
+        let mut table = t.table.borrow_mut();
+        match table.get(fd) {
+            Some(Slot::Open(_)) => None,
+            Some(Slot::Tombstone(_)) => Some(Bad::Stale),
+            None if table.tomb_src == Some(fd) => Some(Bad::NotOpen),
+            None => {
+                if fd_exists(tgid, fd) {
+                    table.open(fd, Origin::Discovered, None, tgid);
+                    None
+                } else {
+                    Some(Bad::NotOpen)
+                }
+            }
+        }
+    }
+
+    fn on_seccomp(&mut self, tid: i32) {
+        let Ok(regs) = tracer::getregs(tid) else {
+            return;
+        };
+        let nr = regs.orig_rax as i64;
+        let desc = match syscalls::lookup(nr) {
+            // A 32-bit syscall (int 0x80) numbers differently: let it be.
+            Some(d) if regs.cs == 0x33 => d,
+            _ => {
+                self.resume(tid, None);
+                return;
+            }
+        };
+        let Some(tgid) = self.threads.get(&tid).map(|t| t.tgid) else {
+            self.resume(tid, None);
+            return;
+        };
+        let a = tracer::args(&regs);
+        for fd in self.used_fds(tid, desc, &a) {
+            if let Some(bad) = self.check_fd(tid, fd) {
+                self.bad_handle(tid, tgid, regs, desc, fd, bad);
+                return;
+            }
+        }
+        match desc.kind {
+            Kind::Use | Kind::Poll | Kind::Select | Kind::Mmap => self.resume(tid, None),
+            Kind::Close => self.on_close(tid, tgid, regs),
+            Kind::Fcntl => {
+                let cmd = a[1] as i32;
+                if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
+                    self.follow_to_exit(tid, tgid, desc, regs);
+                } else {
+                    self.resume(tid, None);
+                }
+            }
+            Kind::Signalfd if (a[0] as i32) >= 0 => self.resume(tid, None),
+            Kind::CloseRange => {
+                if let Some(t) = self.threads.get_mut(&tid) {
+                    t.pending = Some(ExitWork::CloseRange { entry: regs });
+                }
+                let _ = ptrace::syscall(Pid::from_raw(tid), None);
+            }
+            _ => self.follow_to_exit(tid, tgid, desc, regs),
+        }
+    }
+
+    fn follow_to_exit(&mut self, tid: i32, tgid: i32, desc: &'static Desc, regs: Regs) {
+        let stack = self.capture_stack(tid, tgid, Some(&regs));
+        if let Some(t) = self.threads.get_mut(&tid) {
+            t.pending = Some(ExitWork::Create {
+                desc,
+                entry: regs,
+                stack,
+            });
+        }
+        let _ = ptrace::syscall(Pid::from_raw(tid), None);
+    }
+
+    /// Makes the syscall at an entry stop fail with `errno` without running.
+    fn skip_with(&self, tid: i32, mut regs: Regs, errno: i32) {
+        regs.orig_rax = u64::MAX;
+        regs.rax = (-(errno as i64)) as u64;
+        let _ = tracer::setregs(tid, &regs);
+    }
+
+    fn policy_of(&self, tgid: i32) -> Policy {
+        self.procs
+            .get(&tgid)
+            .map(|p| p.policy.clone())
+            .unwrap_or_else(|| self.opts.policy.clone())
+    }
+
+    fn bad_handle(&mut self, tid: i32, tgid: i32, regs: Regs, desc: &'static Desc, fd: i32, bad: Bad) {
+        let action = self.policy_of(tgid).get(Condition::BadHandle).action;
+        // A quarantined number stands for a closed fd: whatever the action,
+        // the call must see what a closed fd gives, EBADF, not the tombstone.
+        let deny = matches!(action, Action::Deny | Action::DenyException | Action::Kill)
+            || matches!(bad, Bad::Stale);
+        if matches!(action, Action::Allow) {
+            if deny {
+                self.skip_with(tid, regs, libc::EBADF);
+            }
+            self.resume(tid, None);
+            return;
+        }
+        let is_close = matches!(desc.kind, Kind::Close);
+        let is_dup = matches!(desc.kind, Kind::Dup | Kind::DupTo) || desc.nr == libc::SYS_fcntl && {
+            let cmd = regs.rsi as i32;
+            cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC
+        };
+        let (closed_info, value) = {
+            let t = &self.threads[&tid];
+            let table = t.table.borrow();
+            let info = table.closed_info(fd).cloned();
+            let value = info.as_ref().map(|c| table.value_of(fd, c.generation));
+            (info, value)
+        };
+        let what = match (&bad, is_close, is_dup) {
+            (_, true, _) if closed_info.is_some() => "close of a closed handle (double close)",
+            (_, true, _) => "close of a handle that was never opened",
+            (_, _, true) if closed_info.is_some() => "duplication of a closed handle",
+            (_, _, true) => "duplication of a handle that was never opened",
+            (Bad::Stale, _, _) => "use of a closed handle (its fd number is quarantined)",
+            (Bad::NotOpen, _, _) if closed_info.is_some() => "use of a closed handle",
+            (Bad::NotOpen, _, _) => "use of a handle that was never opened",
+        };
+        let handle = match (&closed_info, value) {
+            (Some(c), Some(v)) => Some(format!(
+                "{v} (fd {fd}): closed {} koid {} {}",
+                if c.facts.ty.is_empty() { "object" } else { c.facts.ty },
+                c.facts.koid,
+                c.facts.target
+            )),
+            _ => Some(format!("fd {fd}: not open")),
+        };
+        let outcome = match action {
+            Action::Kill => "the process is killed (SIGKILL)".to_string(),
+            _ => {
+                let call = if deny {
+                    "the call fails with EBADF without running"
+                } else {
+                    "the call runs (and fails with EBADF)"
+                };
+                match self.opts.on_exception {
+                    OnException::Trap => format!("{call}; SIGTRAP follows"),
+                    OnException::Stop => format!("{call}; the process is stopped for a debugger"),
+                }
+            }
+        };
+        let stack = self.capture_stack(tid, tgid, Some(&regs)).or_else(|| {
+            // Reports always carry the offending stack, even with stack
+            // recording off.
+            let maps = ModuleMap::read(tgid).ok()?;
+            Some(Arc::new(self.unwinder.unwind(tid, &maps, StartRegs::from(&regs), 64)))
+        });
+        let mut sections = vec![Section {
+            title: "backtrace".into(),
+            frames: self.symbolize(tgid, stack.as_ref()),
+        }];
+        if let Some(c) = &closed_info {
+            let frames = self.symbolize(c.closer, c.closed.as_ref());
+            sections.push(Section {
+                title: format!("closed by {} in process {} at", c.how, c.closer),
+                frames,
+            });
+            let frames = self.symbolize(c.creator, c.created.as_ref());
+            let origin = match &c.origin {
+                Origin::Syscall(s) => format!("opened by {s}()"),
+                Origin::Inherited => "inherited".into(),
+                Origin::Received => "received through SCM_RIGHTS".into(),
+                Origin::Discovered => "found open".into(),
+            };
+            sections.push(Section {
+                title: format!("originally {origin} in process {} at", c.creator),
+                frames,
+            });
+        }
+        let report = ExceptionReport {
+            condition: "bad-handle".into(),
+            action: action.to_string(),
+            pid: tgid,
+            tid,
+            process_name: self.procs.get(&tgid).map(|p| p.name.clone()).unwrap_or_default(),
+            thread_name: comm(tid),
+            syscall: format_syscall(desc.name, &tracer::args(&regs), desc.nargs as usize, desc.fd_args | desc.dirfd_args),
+            handle,
+            what: what.into(),
+            outcome,
+            sections,
+        };
+        self.emit(&report);
+        if deny {
+            self.skip_with(tid, regs, libc::EBADF);
+        }
+        self.raise(tid, tgid, action);
+    }
+
+    fn emit(&mut self, report: &ExceptionReport) {
+        self.exceptions += 1;
+        let text = report.render();
+        let _ = std::io::stderr().write_all(text.as_bytes());
+        if let Some(f) = &mut self.log {
+            let _ = f.write_all(text.as_bytes());
+        }
+    }
+
+    /// After a report: kill, trap, or stop the offender.
+    fn raise(&mut self, tid: i32, tgid: i32, action: Action) {
+        match action {
+            Action::Kill => {
+                // SAFETY: kill(2) of one of our tracees.
+                unsafe { libc::kill(tgid, libc::SIGKILL) };
+                self.resume(tid, None);
+            }
+            Action::AllowException | Action::DenyException => match self.opts.on_exception {
+                OnException::Trap => {
+                    // The signal is pending when the call returns, as a
+                    // synchronous exception would be.
+                    // SAFETY: tgkill to one of our tracees.
+                    unsafe { libc::syscall(libc::SYS_tgkill, tgid, tid, libc::SIGTRAP) };
+                    self.resume(tid, None);
+                }
+                OnException::Stop => {
+                    if let Some(p) = self.procs.get_mut(&tgid) {
+                        p.detaching = true;
+                    }
+                    // SAFETY: kill(2) of one of our tracees.
+                    unsafe { libc::kill(tgid, libc::SIGSTOP) };
+                    eprintln!(
+                        "handles: process {tgid} is stopped and detached; attach a debugger with: gdb -p {tgid}"
+                    );
+                    eprintln!(
+                        "handles: note: its fd syscalls fail with ENOSYS if it is resumed, as no supervisor serves its seccomp filter any more"
+                    );
+                    self.resume(tid, None);
+                }
+            },
+            _ => self.resume(tid, None),
+        }
+    }
+
+    /// For `--on-exception=stop`: detaches each thread of a marked process
+    /// at its next stop, leaving it stopped.
+    fn detach_if_needed(&mut self, tid: i32, sig: Option<Signal>) -> bool {
+        let Some(tgid) = self.threads.get(&tid).map(|t| t.tgid) else {
+            return false;
+        };
+        if !self.procs.get(&tgid).is_some_and(|p| p.detaching) {
+            return false;
+        }
+        let keep = match sig {
+            Some(Signal::SIGSTOP) | None => Some(Signal::SIGSTOP),
+            other => other,
+        };
+        let _ = ptrace::detach(Pid::from_raw(tid), keep);
+        self.threads.remove(&tid);
+        true
+    }
+
+    fn on_close(&mut self, tid: i32, tgid: i32, regs: Regs) {
+        let fd = regs.rdi as i32;
+        let facts = object_facts(tgid, fd);
+        let stack = self.capture_stack(tid, tgid, Some(&regs));
+        let quarantine = self.opts.quarantine > 0 && fd > 2 && self.room_for_tombstone(tid, tgid);
+        if !quarantine {
+            if let Some(t) = self.threads.get(&tid) {
+                t.table.borrow_mut().close(fd, stack, tgid, facts, "close()", false);
+            }
+            self.resume(tid, None);
+            return;
+        }
+        match self.close_into_tombstone(tid, tgid, &regs, fd) {
+            Ok(tombstoned) => {
+                if let Some(t) = self.threads.get(&tid) {
+                    t.table.borrow_mut().close(fd, stack, tgid, facts, "close()", tombstoned);
+                }
+                self.resume(tid, None);
+            }
+            Err(InjectError::Gone) => {}
+            Err(InjectError::Ptrace(_)) => self.resume(tid, None),
+        }
+    }
+
+    /// Whether one more tombstone fits: under the quarantine bound after
+    /// eviction, below 1024 for programs that use select(), and clear of
+    /// RLIMIT_NOFILE.
+    fn room_for_tombstone(&self, tid: i32, tgid: i32) -> bool {
+        let Some(t) = self.threads.get(&tid) else {
+            return false;
+        };
+        let table = t.table.borrow();
+        let used = table.used() as u64;
+        let limit = nofile_limit(tgid);
+        used + 16 < limit && used + 16 < 1024
+    }
+
+    /// Replaces the close at `entry` with `dup3(tomb_src, fd, O_CLOEXEC)`,
+    /// planting the tombstone source first if needed, evicting old
+    /// tombstones past the bound, and makes the call return 0. Returns
+    /// whether the fd is now a tombstone (false: it was plainly closed).
+    fn close_into_tombstone(&mut self, tid: i32, tgid: i32, entry: &Regs, fd: i32) -> Result<bool, InjectError> {
+        let table = self.threads[&tid].table.clone();
+        let src = table.borrow().tomb_src;
+        let mut state = match src {
+            Some(s) => {
+                let (ret, exit) = tracer::replace_at_entry(
+                    tid,
+                    entry,
+                    libc::SYS_dup3,
+                    [s as u64, fd as u64, libc::O_CLOEXEC as u64, 0, 0, 0],
+                    &mut self.deferred,
+                )?;
+                if ret == fd as i64 {
+                    exit
+                } else {
+                    // The source is gone (closed by the program under
+                    // another name): close for real and plant anew next time.
+                    table.borrow_mut().set_tomb_src(None);
+                    let (_, exit) = tracer::inject_at_exit(tid, &exit, libc::SYS_close, [fd as u64, self.cookie, 0, 0, 0, 0], &mut self.deferred)?;
+                    let mut done = *entry;
+                    done.rax = exit.rax;
+                    tracer::setregs(tid, &done)?;
+                    return Ok(false);
+                }
+            }
+            None => {
+                let (planted, exit) = self.plant_tomb_src(tid, tgid, entry)?;
+                match planted {
+                    Some(s) => {
+                        table.borrow_mut().set_tomb_src(Some(s));
+                        let (ret, exit) = tracer::inject_at_exit(
+                            tid,
+                            &exit,
+                            libc::SYS_dup3,
+                            [s as u64, fd as u64, libc::O_CLOEXEC as u64, self.cookie, 0, 0],
+                            &mut self.deferred,
+                        )?;
+                        if ret != fd as i64 {
+                            let (_, exit) = tracer::inject_at_exit(tid, &exit, libc::SYS_close, [fd as u64, self.cookie, 0, 0, 0, 0], &mut self.deferred)?;
+                            let mut done = *entry;
+                            done.rax = exit.rax;
+                            tracer::setregs(tid, &done)?;
+                            return Ok(false);
+                        }
+                        exit
+                    }
+                    None => {
+                        let (_, exit) = tracer::inject_at_exit(tid, &exit, libc::SYS_close, [fd as u64, self.cookie, 0, 0, 0, 0], &mut self.deferred)?;
+                        let mut done = *entry;
+                        done.rax = exit.rax;
+                        tracer::setregs(tid, &done)?;
+                        return Ok(false);
+                    }
+                }
+            }
+        };
+        // Evict down to half the bound once it is exceeded, in runs, so a
+        // loop that churns fds pays for eviction once per many closes.
+        let cap = self.opts.quarantine;
+        let evict = {
+            let mut t = table.borrow_mut();
+            if t.quarantined() + 1 > cap {
+                t.evict(cap / 2)
+            } else {
+                Vec::new()
+            }
+        };
+        for (first, last) in runs(&evict) {
+            let (_, exit) = if first == last {
+                tracer::inject_at_exit(tid, &state, libc::SYS_close, [first as u64, self.cookie, 0, 0, 0, 0], &mut self.deferred)?
+            } else {
+                tracer::inject_at_exit(tid, &state, 436, [first as u64, last as u64, 0, self.cookie, 0, 0], &mut self.deferred)?
+            };
+            state = exit;
+        }
+        let mut done = *entry;
+        done.rax = 0;
+        tracer::setregs(tid, &done)?;
+        Ok(true)
+    }
+
+    /// Opens `/` with O_PATH|O_CLOEXEC in the tracee and moves it high, to
+    /// be the source of tombstones. Runs in place of the syscall at `entry`;
+    /// returns the fd (None if it could not be made) and the registers at
+    /// the last injected syscall's exit.
+    fn plant_tomb_src(&mut self, tid: i32, tgid: i32, entry: &Regs) -> Result<(Option<i32>, Regs), InjectError> {
+        // The path goes below the red zone of the thread's stack, saved and
+        // restored around the call.
+        let addr = entry.rsp.wrapping_sub(512) & !0xf;
+        let saved = tracer::read_mem(tid, addr, 8).ok();
+        let path_ok = saved.is_some() && tracer::write_mem(tid, addr, b"/\0").is_ok();
+        let nr = if path_ok { libc::SYS_openat } else { libc::SYS_getpid };
+        let (ret, mut exit) = tracer::replace_at_entry(
+            tid,
+            entry,
+            nr,
+            [libc::AT_FDCWD as u64, addr, (libc::O_PATH | libc::O_CLOEXEC) as u64, 0, self.cookie, 0],
+            &mut self.deferred,
+        )?;
+        if let Some(s) = &saved {
+            let _ = tracer::write_mem(tid, addr, s);
+        }
+        if !path_ok || ret < 0 {
+            return Ok((None, exit));
+        }
+        let low = ret;
+        let limit = nofile_limit(tgid).clamp(64, 1 << 20);
+        let mut placed = None;
+        for want in [limit - 1, limit / 2, 1023] {
+            if want <= low as u64 {
+                continue;
+            }
+            let (r, e) = tracer::inject_at_exit(
+                tid,
+                &exit,
+                libc::SYS_fcntl,
+                [low as u64, libc::F_DUPFD_CLOEXEC as u64, want, self.cookie, 0, 0],
+                &mut self.deferred,
+            )?;
+            exit = e;
+            if r >= 0 {
+                placed = Some(r as i32);
+                break;
+            }
+        }
+        let (_, e) = tracer::inject_at_exit(tid, &exit, libc::SYS_close, [low as u64, self.cookie, 0, 0, 0, 0], &mut self.deferred)?;
+        Ok((placed, e))
+    }
+
+    fn on_syscall_exit(&mut self, tid: i32) {
+        let Some(work) = self.threads.get_mut(&tid).and_then(|t| t.pending.take()) else {
+            self.resume(tid, None);
+            return;
+        };
+        let Ok(regs) = tracer::getregs(tid) else {
+            return;
+        };
+        let Some(tgid) = self.threads.get(&tid).map(|t| t.tgid) else {
+            return;
+        };
+        let ret = regs.rax as i64;
+        match work {
+            ExitWork::CloseRange { entry } => {
+                if ret == 0 {
+                    self.after_close_range(tid, tgid, &entry);
+                }
+                self.resume(tid, None);
+            }
+            ExitWork::Create { desc, entry, stack } => {
+                if matches!(errno_of(ret), Some(libc::EMFILE) | Some(libc::ENFILE)) {
+                    match self.release_quarantine(tid, &regs) {
+                        Ok(true) => {
+                            // Retry the call now that the numbers are free:
+                            // the program never sees an early EMFILE.
+                            let mut again = entry;
+                            again.rax = entry.orig_rax;
+                            again.rip = entry.rip.wrapping_sub(tracer::SYSCALL_INSN_LEN);
+                            let _ = tracer::setregs(tid, &again);
+                            self.resume(tid, None);
+                            return;
+                        }
+                        Ok(false) => {}
+                        Err(_) => return,
+                    }
+                }
+                if ret >= 0 {
+                    self.after_create(tid, tgid, desc, &entry, ret, stack);
+                } else {
+                    self.resume(tid, None);
+                }
+            }
+        }
+    }
+
+    /// Closes every tombstone and the tombstone source of the thread's
+    /// table (under fd pressure). Leaves the thread at an exit stop.
+    fn release_quarantine(&mut self, tid: i32, exit: &Regs) -> Result<bool, InjectError> {
+        let table = self.threads[&tid].table.clone();
+        let (mut fds, src) = {
+            let mut t = table.borrow_mut();
+            let fds = t.evict(0);
+            let src = t.tomb_src;
+            t.set_tomb_src(None);
+            (fds, src)
+        };
+        if let Some(s) = src {
+            fds.push(s);
+            fds.sort_unstable();
+        }
+        if fds.is_empty() {
+            return Ok(false);
+        }
+        let mut state = *exit;
+        for (first, last) in runs(&fds) {
+            let (_, e) = tracer::inject_at_exit(tid, &state, 436, [first as u64, last as u64, 0, self.cookie, 0, 0], &mut self.deferred)?;
+            state = e;
+        }
+        Ok(true)
+    }
+
+    fn after_close_range(&mut self, tid: i32, tgid: i32, entry: &Regs) {
+        let (first, last, flags) = (entry.rdi as u32, entry.rsi as u32, entry.rdx as u32);
+        const CLOSE_RANGE_UNSHARE: u32 = 2;
+        const CLOSE_RANGE_CLOEXEC: u32 = 4;
+        if flags & CLOSE_RANGE_UNSHARE != 0 {
+            if let Some(t) = self.threads.get_mut(&tid) {
+                let copy = t.table.borrow().unshared_copy();
+                t.table = Rc::new(RefCell::new(copy));
+            }
+        }
+        if flags & CLOSE_RANGE_CLOEXEC != 0 {
+            return;
+        }
+        let stack = self.capture_stack(tid, tgid, Some(entry));
+        let Some(t) = self.threads.get(&tid) else {
+            return;
+        };
+        let mut table = t.table.borrow_mut();
+        for fd in table.numbers() {
+            if (fd as u32) < first || (fd as u32) > last {
+                continue;
+            }
+            match table.get(fd) {
+                Some(Slot::Tombstone(_)) => table.drop_tombstone(fd),
+                Some(Slot::Open(_)) => table.close(fd, stack.clone(), tgid, ObjectFacts::default(), "close_range", false),
+                None => {}
+            }
+        }
+        if table.tomb_src.is_some_and(|s| (s as u32) >= first && (s as u32) <= last) {
+            table.set_tomb_src(None);
+        }
+    }
+
+    /// Registers the fds a successful creating call made.
+    fn after_create(&mut self, tid: i32, tgid: i32, desc: &'static Desc, entry: &Regs, ret: i64, stack: Option<Stack>) {
+        let a = tracer::args(entry);
+        let mut new_fds: Vec<i32> = Vec::new();
+        let mut origin = Origin::Syscall(desc.name);
+        match desc.kind {
+            Kind::Pipe | Kind::SocketPair => {
+                let ptr = if desc.kind == Kind::Pipe { a[0] } else { a[3] };
+                if let Ok(b) = tracer::read_mem(tid, ptr, 8) {
+                    new_fds.push(i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                    new_fds.push(i32::from_ne_bytes([b[4], b[5], b[6], b[7]]));
+                }
+            }
+            Kind::RecvMsg => {
+                origin = Origin::Received;
+                new_fds.extend(scm_rights(tid, a[1]));
+            }
+            Kind::RecvMmsg => {
+                origin = Origin::Received;
+                for i in 0..(ret.clamp(0, 1024) as u64) {
+                    // struct mmsghdr { struct msghdr (56 bytes); unsigned msg_len; } padded to 64.
+                    new_fds.extend(scm_rights(tid, a[1] + i * 64));
+                }
+            }
+            Kind::DupTo => {
+                let newfd = a[1] as i32;
+                if ret == newfd as i64 && a[0] as i32 != newfd {
+                    let t = &self.threads[&tid];
+                    let mut table = t.table.borrow_mut();
+                    match table.get(newfd) {
+                        Some(Slot::Open(_)) => {
+                            table.close(newfd, stack.clone(), tgid, ObjectFacts::default(), "dup2 onto it", false)
+                        }
+                        Some(Slot::Tombstone(_)) => table.drop_tombstone(newfd),
+                        None => {}
+                    }
+                    if table.tomb_src == Some(newfd) {
+                        table.set_tomb_src(None);
+                    }
+                    drop(table);
+                    new_fds.push(newfd);
+                } else if a[0] as i32 == newfd {
+                    // dup2(fd, fd) is a no-op.
+                }
+            }
+            Kind::Bpf => {
+                // Commands that return a new fd.
+                const CREATES: &[u64] = &[0, 5, 7, 13, 14, 17, 18, 19, 28, 30, 33, 36];
+                if CREATES.contains(&a[0]) && ret > 0 {
+                    new_fds.push(ret as i32);
+                }
+            }
+            _ => new_fds.push(ret as i32),
+        }
+        {
+            let t = &self.threads[&tid];
+            let mut table = t.table.borrow_mut();
+            for &fd in &new_fds {
+                if fd >= 0 {
+                    table.open(fd, origin.clone(), stack.clone(), tgid);
+                }
+            }
+        }
+        let new_policy_active = self
+            .procs
+            .get(&tgid)
+            .is_some_and(|p| p.policy.entries().any(|(c, e)| c.is_new() && e.action != Action::Allow));
+        if new_policy_active && !new_fds.is_empty() {
+            if self.new_policy(tid, tgid, desc, entry, &new_fds) {
+                return;
+            }
+        }
+        self.resume(tid, None);
+    }
+
+    /// Applies the new-* conditions to freshly created fds. Returns true when
+    /// it resumed (or killed) the thread itself.
+    fn new_policy(&mut self, tid: i32, tgid: i32, desc: &'static Desc, entry: &Regs, fds: &[i32]) -> bool {
+        let policy = self.policy_of(tgid);
+        let mut worst: Option<(Action, &'static str, i32)> = None;
+        for &fd in fds {
+            let facts = object_facts(tgid, fd);
+            let ty = ObjType::from_name(facts.ty).unwrap_or(ObjType::Unknown);
+            let ty = refine_socket(tgid, fd, ty);
+            let action = policy.action_for_new(ty);
+            if action != Action::Allow {
+                worst = Some((action, ty.name(), fd));
+                break;
+            }
+        }
+        let Some((action, ty, fd)) = worst else {
+            return false;
+        };
+        let condition = Condition::for_new_object(ObjType::from_name(ty).unwrap_or(ObjType::Unknown));
+        let deny = matches!(action, Action::Deny | Action::DenyException);
+        if deny {
+            let Ok(mut exit) = tracer::getregs(tid) else {
+                return true;
+            };
+            for &f in fds {
+                match tracer::inject_at_exit(tid, &exit, libc::SYS_close, [f as u64, self.cookie, 0, 0, 0, 0], &mut self.deferred) {
+                    Ok((_, e)) => exit = e,
+                    Err(_) => return true,
+                }
+                if let Some(t) = self.threads.get(&tid) {
+                    t.table.borrow_mut().close(f, None, tgid, ObjectFacts::default(), "policy deny", false);
+                }
+            }
+            let mut done = *entry;
+            done.rax = (-(libc::EPERM as i64)) as u64;
+            let _ = tracer::setregs(tid, &done);
+        }
+        if matches!(action, Action::AllowException | Action::DenyException | Action::Kill) {
+            let regs = *entry;
+            let stack = self.capture_stack(tid, tgid, Some(&regs));
+            let frames = self.symbolize(tgid, stack.as_ref());
+            let report = ExceptionReport {
+                condition: condition.to_string(),
+                action: action.to_string(),
+                pid: tgid,
+                tid,
+                process_name: self.procs.get(&tgid).map(|p| p.name.clone()).unwrap_or_default(),
+                thread_name: comm(tid),
+                syscall: format_syscall(desc.name, &tracer::args(entry), desc.nargs as usize, desc.fd_args | desc.dirfd_args),
+                handle: Some(format!("fd {fd}: new {ty}")),
+                what: format!("creation of a {ty} handle"),
+                outcome: if deny {
+                    "the call fails with EPERM".into()
+                } else {
+                    "the call succeeds".into()
+                },
+                sections: vec![Section {
+                    title: "backtrace".into(),
+                    frames,
+                }],
+            };
+            self.emit(&report);
+            self.raise(tid, tgid, action);
+            return true;
+        }
+        self.resume(tid, None);
+        true
+    }
+}
+
+/// A socket's type in the model: AF_UNIX sockets are channels.
+fn refine_socket(tgid: i32, fd: i32, ty: ObjType) -> ObjType {
+    if ty != ObjType::Socket {
+        return ty;
+    }
+    let path = format!("/proc/{tgid}/fd/{fd}");
+    let Ok(c) = std::ffi::CString::new(path) else {
+        return ty;
+    };
+    let mut buf = [0u8; 32];
+    // SAFETY: NUL-terminated path; buf writable for its length.
+    let n = unsafe {
+        libc::getxattr(c.as_ptr(), c"system.sockprotoname".as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+    };
+    if n > 0 && buf.starts_with(b"UNIX") {
+        ObjType::Channel
+    } else {
+        ty
+    }
+}
+
+/// The fds a received message carries in SCM_RIGHTS control messages.
+fn scm_rights(tid: i32, msghdr: u64) -> Vec<i32> {
+    let mut fds = Vec::new();
+    // struct msghdr: name(8) namelen(4)+pad(4) iov(8) iovlen(8) control(8) controllen(8) flags(4)
+    let Ok(control) = tracer::read_u64(tid, msghdr + 32) else {
+        return fds;
+    };
+    let Ok(len) = tracer::read_u64(tid, msghdr + 40) else {
+        return fds;
+    };
+    if control == 0 || len < 16 {
+        return fds;
+    }
+    let Ok(buf) = tracer::read_mem(tid, control, (len as usize).min(64 * 1024)) else {
+        return fds;
+    };
+    let mut off = 0usize;
+    while off + 16 <= buf.len() {
+        let mut l = [0u8; 8];
+        l.copy_from_slice(&buf[off..off + 8]);
+        let cmsg_len = u64::from_ne_bytes(l) as usize;
+        let level = i32::from_ne_bytes([buf[off + 8], buf[off + 9], buf[off + 10], buf[off + 11]]);
+        let ty = i32::from_ne_bytes([buf[off + 12], buf[off + 13], buf[off + 14], buf[off + 15]]);
+        if cmsg_len < 16 || off + cmsg_len > buf.len() {
+            break;
+        }
+        if level == libc::SOL_SOCKET && ty == libc::SCM_RIGHTS {
+            for c in buf[off + 16..off + cmsg_len].chunks_exact(4) {
+                fds.push(i32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
+            }
+        }
+        off += (cmsg_len + 7) & !7;
+    }
+    fds
+}

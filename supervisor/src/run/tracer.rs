@@ -1,0 +1,216 @@
+//! ptrace primitives: registers, tracee memory, and running a syscall of
+//! our own inside a stopped thread.
+//!
+//! This is the only module that resumes a tracee outside the main loop. An
+//! injected syscall is run synchronously (we wait on that one tid), which is
+//! safe only for syscalls that never block: openat(O_PATH), fcntl(F_DUPFD),
+//! close/close_range of tombstones. Anything else that happens to the
+//! thread meanwhile (it is killed, it exits) is handed back to the main loop
+//! through `deferred`.
+
+use std::io;
+
+use nix::errno::Errno;
+use nix::sys::ptrace;
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+pub type Regs = libc::user_regs_struct;
+
+/// Length of the x86_64 `syscall` instruction: a stop reports rip after it.
+pub const SYSCALL_INSN_LEN: u64 = 2;
+
+pub fn getregs(tid: i32) -> Result<Regs, Errno> {
+    ptrace::getregs(Pid::from_raw(tid))
+}
+
+pub fn setregs(tid: i32, regs: &Regs) -> Result<(), Errno> {
+    ptrace::setregs(Pid::from_raw(tid), *regs)
+}
+
+/// The six syscall argument registers, in order.
+pub fn args(r: &Regs) -> [u64; 6] {
+    [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9]
+}
+
+pub fn set_args(r: &mut Regs, a: [u64; 6]) {
+    r.rdi = a[0];
+    r.rsi = a[1];
+    r.rdx = a[2];
+    r.r10 = a[3];
+    r.r8 = a[4];
+    r.r9 = a[5];
+}
+
+/// Reads tracee memory.
+pub fn read_mem(tid: i32, addr: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    if len == 0 {
+        return Ok(buf);
+    }
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: len,
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: len,
+    };
+    // SAFETY: local points at buf (len bytes, writable); remote is only
+    // interpreted by the kernel in the tracee's address space.
+    let n = unsafe { libc::process_vm_readv(tid, &local, 1, &remote, 1, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if n as usize != len {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short tracee read"));
+    }
+    Ok(buf)
+}
+
+pub fn read_i32(tid: i32, addr: u64) -> io::Result<i32> {
+    let b = read_mem(tid, addr, 4)?;
+    Ok(i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+pub fn read_u64(tid: i32, addr: u64) -> io::Result<u64> {
+    let b = read_mem(tid, addr, 8)?;
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b);
+    Ok(u64::from_ne_bytes(a))
+}
+
+/// Writes tracee memory (process_vm_writev; PTRACE_POKEDATA would also
+/// reach read-only pages, which we never need).
+pub fn write_mem(tid: i32, addr: u64, data: &[u8]) -> io::Result<()> {
+    let local = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: local points at data (read only by the kernel); remote is in
+    // the tracee's address space.
+    let n = unsafe { libc::process_vm_writev(tid, &local, 1, &remote, 1, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if n as usize != data.len() {
+        return Err(io::Error::new(io::ErrorKind::WriteZero, "short tracee write"));
+    }
+    Ok(())
+}
+
+/// Why an injected syscall did not complete.
+#[derive(Debug)]
+pub enum InjectError {
+    /// The thread died or began exiting; its status is in `deferred`.
+    Gone,
+    Ptrace(Errno),
+}
+
+impl From<Errno> for InjectError {
+    fn from(e: Errno) -> Self {
+        if e == Errno::ESRCH {
+            InjectError::Gone
+        } else {
+            InjectError::Ptrace(e)
+        }
+    }
+}
+
+/// Events of other kinds seen while waiting on one thread, and signals that
+/// arrived for it meanwhile (to be re-raised once the injection is done).
+#[derive(Default, Debug)]
+pub struct Deferred {
+    pub statuses: Vec<WaitStatus>,
+    pub signals: Vec<(i32, Signal)>,
+}
+
+/// Resumes `tid` with PTRACE_SYSCALL and waits for its next syscall stop,
+/// passing over seccomp stops and holding back signals.
+fn step_to_syscall_stop(tid: i32, deferred: &mut Deferred) -> Result<(), InjectError> {
+    let pid = Pid::from_raw(tid);
+    ptrace::syscall(pid, None)?;
+    loop {
+        let st = match waitpid(pid, Some(WaitPidFlag::__WALL)) {
+            Ok(st) => st,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        match st {
+            WaitStatus::PtraceSyscall(_) => return Ok(()),
+            WaitStatus::PtraceEvent(_, _, e) if e == libc::PTRACE_EVENT_SECCOMP => {
+                ptrace::syscall(pid, None)?;
+            }
+            WaitStatus::PtraceEvent(_, _, e) if e == libc::PTRACE_EVENT_EXIT => {
+                deferred.statuses.push(st);
+                return Err(InjectError::Gone);
+            }
+            WaitStatus::Stopped(_, sig) => {
+                // A signal arrived on the way back to user mode: hold it, and
+                // let the caller raise it again when the thread is its own.
+                deferred.signals.push((tid, sig));
+                ptrace::syscall(pid, None)?;
+            }
+            WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
+                deferred.statuses.push(st);
+                return Err(InjectError::Gone);
+            }
+            _ => {
+                ptrace::syscall(pid, None)?;
+            }
+        }
+    }
+}
+
+/// At a syscall-entry (seccomp) stop: runs `nr(args)` instead of the
+/// syscall the thread entered, and returns its result with the registers
+/// at its exit stop. The caller restores or rewrites the registers after.
+pub fn replace_at_entry(
+    tid: i32,
+    entry: &Regs,
+    nr: i64,
+    a: [u64; 6],
+    deferred: &mut Deferred,
+) -> Result<(i64, Regs), InjectError> {
+    let mut r = *entry;
+    r.orig_rax = nr as u64;
+    r.rax = nr as u64;
+    set_args(&mut r, a);
+    setregs(tid, &r)?;
+    step_to_syscall_stop(tid, deferred)?;
+    let exit = getregs(tid)?;
+    Ok((exit.rax as i64, exit))
+}
+
+/// At a syscall-exit stop: runs one more syscall by pointing the thread
+/// back at its `syscall` instruction, and returns the result with the
+/// registers at that syscall's exit stop.
+pub fn inject_at_exit(
+    tid: i32,
+    exit: &Regs,
+    nr: i64,
+    a: [u64; 6],
+    deferred: &mut Deferred,
+) -> Result<(i64, Regs), InjectError> {
+    let mut r = *exit;
+    r.rip = exit.rip.wrapping_sub(SYSCALL_INSN_LEN);
+    r.rax = nr as u64;
+    r.orig_rax = nr as u64;
+    set_args(&mut r, a);
+    setregs(tid, &r)?;
+    // Entry stop, then exit stop.
+    step_to_syscall_stop(tid, deferred)?;
+    step_to_syscall_stop(tid, deferred)?;
+    let after = getregs(tid)?;
+    Ok((after.rax as i64, after))
+}
+
+/// Errno of a raw syscall return value.
+pub fn errno_of(ret: i64) -> Option<i32> {
+    (-4095..0).contains(&ret).then_some((-ret) as i32)
+}
