@@ -1,11 +1,16 @@
 //! The command line, as clap sees it.
 
-use clap::{Args, Parser};
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "handles",
     version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
     about = "Dump the handle table of live Linux processes, Fuchsia style",
     long_about = "Dump the handle table of live Linux processes, the way Fuchsia's `handles` \
                   tool does: one row per file descriptor with its handle value, the koid of \
@@ -16,14 +21,80 @@ use clap::{Args, Parser};
                   4 permission denied, 5 process exited while being read, 6 other I/O error."
 )]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
     #[command(flatten)]
     pub show: ShowArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a program as a job under the ptrace supervisor: every descendant
+    /// is tracked, closed fd numbers are quarantined, and the job policy
+    /// turns use-after-close and double close into SIGTRAP with a report.
+    #[command(
+        after_help = "Exit status: the program's, or 128+N when it died of signal N; \
+                      127 program not found, 126 not executable, 2 usage or malformed policy, \
+                      125 the supervisor itself failed."
+    )]
+    Run(RunArgs),
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum CheckArg {
+    /// Every fd-taking syscall (catches reads and writes on closed fds).
+    All,
+    /// Only creation, close and dup (cheaper; uses of closed fds are not
+    /// reported, though quarantine still makes them fail with EBADF).
+    Lifecycle,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum OnExceptionArg {
+    /// Deliver SIGTRAP to the offending thread.
+    Trap,
+    /// Leave the process stopped and detached, for `gdb -p PID`.
+    Stop,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// A job policy entry, CONDITION=ACTION[:override-deny|:override-allow]
+    /// (repeatable). Conditions: bad-handle, wrong-object, new-any, new-file,
+    /// new-dir, new-pipe, new-channel, new-socket, new-event, new-port,
+    /// new-timer, new-vmo, new-process, new-other. Actions: allow, deny,
+    /// allow-exception, deny-exception, kill. Default: bad-handle=allow-exception.
+    #[arg(long = "policy", value_name = "CONDITION=ACTION")]
+    pub policy: Vec<String>,
+    /// Read policy entries from a file (one per line, # comments).
+    #[arg(long, value_name = "FILE")]
+    pub policy_file: Vec<PathBuf>,
+    /// Which syscalls stop the program.
+    #[arg(long, value_enum, default_value = "all")]
+    pub check: CheckArg,
+    /// How many closed fd numbers each process keeps quarantined (0: off).
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub quarantine: usize,
+    /// What a policy exception does.
+    #[arg(long, value_enum, default_value = "trap")]
+    pub on_exception: OnExceptionArg,
+    /// Also append exception reports to this file.
+    #[arg(long, value_name = "FILE")]
+    pub log: Option<PathBuf>,
+    /// Frames recorded for the stacks that create and close handles (0: none).
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub stack_depth: usize,
+    /// The program and its arguments, after `--`.
+    #[arg(value_name = "PROG", required = true, last = true, num_args = 1..)]
+    pub command: Vec<OsString>,
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct ShowArgs {
     /// Process ids to dump (a thread id resolves to its process).
-    #[arg(value_name = "PID", required = true)]
+    // allow_negative_numbers: `handles -1` is reported as a bad pid, in one
+    // line, rather than as an unknown flag.
+    #[arg(value_name = "PID", required = true, allow_negative_numbers = true)]
     pub pids: Vec<String>,
 
     /// Show tasks: processes (pidfds).

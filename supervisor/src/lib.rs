@@ -11,4 +11,5 @@
 pub mod backtrace;
 pub mod inspect;
 pub mod policy;
+pub mod run;
 pub mod seccomp;
