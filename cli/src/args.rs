@@ -84,6 +84,13 @@ pub struct RunArgs {
     /// Frames recorded for the stacks that create and close handles (0: none).
     #[arg(long, value_name = "N", default_value_t = 32)]
     pub stack_depth: usize,
+    /// Suppression rules to apply (repeatable; format in docs/suppressions.md).
+    #[arg(long = "suppressions", value_name = "FILE")]
+    pub suppressions: Vec<PathBuf>,
+    /// Do not apply the built-in suppressions for known-benign behaviour of
+    /// common programs (bash's pipeline double close).
+    #[arg(long)]
+    pub no_default_suppressions: bool,
     /// The program and its arguments, after `--`.
     #[arg(value_name = "PROG", required = true, last = true, num_args = 1..)]
     pub command: Vec<OsString>,

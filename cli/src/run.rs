@@ -2,6 +2,7 @@
 
 use handles_supervisor::policy::Policy;
 use handles_supervisor::run::{CheckLevel, Job, OnException, RunError, RunOptions};
+use handles_supervisor::suppress::Suppressions;
 
 use crate::args::{CheckArg, OnExceptionArg, RunArgs};
 use crate::exit;
@@ -14,9 +15,8 @@ const SUPERVISOR_FAILED: u8 = 125;
 /// left overridable), else the default.
 fn base_policy() -> Result<Policy, String> {
     match std::env::var("HANDLES_POLICY") {
-        Ok(text) if std::env::var_os("HANDLES_JOB").is_some() => {
-            Policy::decode(&text).map_err(|e| format!("the enclosing job's policy is unreadable: {e}"))
-        }
+        Ok(text) if std::env::var_os("HANDLES_JOB").is_some() => Policy::decode(&text)
+            .map_err(|e| format!("the enclosing job's policy is unreadable: {e}")),
         _ => Ok(Policy::default_job()),
     }
 }
@@ -34,7 +34,10 @@ fn build_policy(a: &RunArgs) -> Result<Policy, String> {
 
 /// Is this process itself traced by a `handles` supervisor?
 fn inside_job() -> bool {
-    let Some(job) = std::env::var("HANDLES_JOB").ok().and_then(|s| s.parse::<i32>().ok()) else {
+    let Some(job) = std::env::var("HANDLES_JOB")
+        .ok()
+        .and_then(|s| s.parse::<i32>().ok())
+    else {
         return false;
     };
     std::fs::read_to_string("/proc/self/status")
@@ -79,6 +82,20 @@ pub fn run(a: &RunArgs) -> u8 {
     if inside_job() {
         return exec_nested(a, &policy);
     }
+    let mut suppressions = if a.no_default_suppressions {
+        Suppressions::default()
+    } else {
+        Suppressions::defaults()
+    };
+    for f in &a.suppressions {
+        match Suppressions::load(f) {
+            Ok(s) => suppressions.extend(s),
+            Err(e) => {
+                eprintln!("handles: {e}");
+                return exit::USAGE;
+            }
+        }
+    }
     let (program, args) = match a.command.split_first() {
         Some((p, rest)) => (p.clone(), rest.to_vec()),
         None => {
@@ -101,6 +118,7 @@ pub fn run(a: &RunArgs) -> u8 {
         },
         log: a.log.clone(),
         stack_depth: a.stack_depth,
+        suppressions,
     };
     match Job::run(opts) {
         Ok(outcome) => outcome.exit.shell_status().clamp(0, 255) as u8,

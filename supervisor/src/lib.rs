@@ -13,3 +13,4 @@ pub mod inspect;
 pub mod policy;
 pub mod run;
 pub mod seccomp;
+pub mod suppress;

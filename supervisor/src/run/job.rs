@@ -34,6 +34,7 @@ use crate::backtrace::{ModuleMap, StartRegs, Symbolizer, Unwinder};
 use crate::inspect::parse::LinkTarget;
 use crate::policy::{Action, Condition, Policy};
 use crate::seccomp::{self, FilterSpec};
+use crate::suppress::{Event, FrameRef, Suppressions};
 
 /// What to do when a policy exception is raised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +59,8 @@ pub struct RunOptions {
     pub log: Option<PathBuf>,
     /// Depth of the creation/close stacks recorded; 0 records none.
     pub stack_depth: usize,
+    /// Reports matching these are not raised (counted in `Outcome`).
+    pub suppressions: Suppressions,
 }
 
 /// How the job ended.
@@ -81,6 +84,7 @@ impl Exit {
 pub struct Outcome {
     pub exit: Exit,
     pub exceptions: usize,
+    pub suppressed: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -268,6 +272,7 @@ pub struct Job {
     unwinder: Unwinder,
     symbolizer: Symbolizer,
     exceptions: usize,
+    suppressed: usize,
     log: Option<std::fs::File>,
     /// Published tables, by process.
     published: HashMap<i32, Published>,
@@ -323,6 +328,7 @@ impl Job {
             unwinder: Unwinder::new(),
             symbolizer: Symbolizer::new(),
             exceptions: 0,
+            suppressed: 0,
             log,
             published: HashMap::new(),
             opts,
@@ -359,6 +365,7 @@ impl Job {
         Ok(Outcome {
             exit: job.root_exit.unwrap_or(Exit::Code(0)),
             exceptions: job.exceptions,
+            suppressed: job.suppressed,
         })
     }
 
@@ -423,7 +430,10 @@ impl Job {
             return;
         }
         let mixer = table.mixer;
-        let stale = self.published.get(&tgid).is_some_and(|p| p.mixer() != mixer);
+        let stale = self
+            .published
+            .get(&tgid)
+            .is_some_and(|p| p.mixer() != mixer);
         if stale || !self.published.contains_key(&tgid) {
             let cap = nofile_limit(tgid).min(u64::from(handles_model::table::MAX_CAPACITY)) as u32;
             match Published::new(tgid, mixer, cap) {
@@ -473,9 +483,9 @@ impl Job {
                 let tid = pid.as_raw();
                 match event {
                     libc::PTRACE_EVENT_SECCOMP => self.on_seccomp(tid),
-                    libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK | libc::PTRACE_EVENT_CLONE => {
-                        self.on_new_task(tid)
-                    }
+                    libc::PTRACE_EVENT_FORK
+                    | libc::PTRACE_EVENT_VFORK
+                    | libc::PTRACE_EVENT_CLONE => self.on_new_task(tid),
                     libc::PTRACE_EVENT_EXEC => self.on_exec(tid),
                     libc::PTRACE_EVENT_EXIT => self.resume(tid, None),
                     libc::PTRACE_EVENT_STOP => self.on_event_stop(tid, sig),
@@ -515,7 +525,10 @@ impl Job {
                 if self.detach_if_needed(tid, None) {
                     return;
                 }
-                if matches!(sig, Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU) {
+                if matches!(
+                    sig,
+                    Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU
+                ) {
                     // Group-stop: stay stopped (job control works) but keep
                     // receiving events.
                     // SAFETY: PTRACE_LISTEN on a tracee in group-stop.
@@ -546,11 +559,17 @@ impl Job {
         let regs = tracer::getregs(tid).ok();
         let (flags, pidfd_ptr) = match regs {
             Some(r) => match r.orig_rax as i64 {
-                libc::SYS_clone => (r.rdi, (r.rdi & libc::CLONE_PIDFD as u64 != 0).then_some(r.rdx)),
+                libc::SYS_clone => (
+                    r.rdi,
+                    (r.rdi & libc::CLONE_PIDFD as u64 != 0).then_some(r.rdx),
+                ),
                 libc::SYS_clone3 => {
                     let flags = tracer::read_u64(tid, r.rdi).unwrap_or(0);
                     let ptr = tracer::read_u64(tid, r.rdi + 8).unwrap_or(0);
-                    (flags, (flags & libc::CLONE_PIDFD as u64 != 0).then_some(ptr))
+                    (
+                        flags,
+                        (flags & libc::CLONE_PIDFD as u64 != 0).then_some(ptr),
+                    )
                 }
                 libc::SYS_vfork => ((libc::CLONE_VM | libc::CLONE_VFORK) as u64, None),
                 _ => (libc::SIGCHLD as u64, None),
@@ -560,7 +579,9 @@ impl Job {
         if let Some(ptr) = pidfd_ptr {
             if let Ok(fd) = tracer::read_i32(tid, ptr) {
                 let stack = self.capture_stack(tid, ptgid, regs.as_ref());
-                ptable.borrow_mut().open(fd, Origin::Syscall("clone"), stack, ptgid);
+                ptable
+                    .borrow_mut()
+                    .open(fd, Origin::Syscall("clone"), stack, ptgid);
             }
         }
         let thread = flags & libc::CLONE_THREAD as u64 != 0;
@@ -638,9 +659,14 @@ impl Job {
             }
             match table.get(fd) {
                 Some(Slot::Tombstone(_)) => table.drop_tombstone(fd),
-                Some(Slot::Open(_)) => {
-                    table.close(fd, None, tgid, ObjectFacts::default(), "exec (O_CLOEXEC)", false)
-                }
+                Some(Slot::Open(_)) => table.close(
+                    fd,
+                    None,
+                    tgid,
+                    ObjectFacts::default(),
+                    "exec (O_CLOEXEC)",
+                    false,
+                ),
                 None => {}
             }
         }
@@ -698,11 +724,15 @@ impl Job {
             proc_.maps = ModuleMap::read(tgid).ok();
         }
         let maps = proc_.maps.as_ref()?;
-        let mut pcs = self.unwinder.unwind(tid, maps, StartRegs::from(regs), depth);
+        let mut pcs = self
+            .unwinder
+            .unwind(tid, maps, StartRegs::from(regs), depth);
         if pcs.iter().any(|&pc| maps.module_of(pc).is_none()) {
             // Code mapped since the snapshot (dlopen): refresh once.
             if let Ok(fresh) = ModuleMap::read(tgid) {
-                pcs = self.unwinder.unwind(tid, &fresh, StartRegs::from(regs), depth);
+                pcs = self
+                    .unwinder
+                    .unwind(tid, &fresh, StartRegs::from(regs), depth);
                 proc_.maps = Some(fresh);
             }
         }
@@ -736,16 +766,10 @@ impl Job {
             }
         }
         match desc.kind {
-            Kind::Mmap => {
-                if a[3] & libc::MAP_ANONYMOUS as u64 == 0 && (a[4] as i32) >= 0 {
-                    fds.push(a[4] as i32);
-                }
+            Kind::Mmap if a[3] & libc::MAP_ANONYMOUS as u64 == 0 && (a[4] as i32) >= 0 => {
+                fds.push(a[4] as i32);
             }
-            Kind::Signalfd => {
-                if (a[0] as i32) >= 0 {
-                    fds.push(a[0] as i32);
-                }
-            }
+            Kind::Signalfd if (a[0] as i32) >= 0 => fds.push(a[0] as i32),
             Kind::Poll => {
                 let n = (a[1] as usize).min(4096);
                 if let Ok(buf) = tracer::read_mem(tid, a[0], n * 8) {
@@ -822,6 +846,15 @@ impl Job {
         let a = tracer::args(&regs);
         for fd in self.used_fds(tid, desc, &a) {
             if let Some(bad) = self.check_fd(tid, fd) {
+                if is_probe(desc, &a) {
+                    // fcntl(F_GETFD/F_GETFL) is how POSIX code asks whether a
+                    // number is open: answer as the kernel would, no report.
+                    if matches!(bad, Bad::Stale) {
+                        self.skip_with(tid, regs, libc::EBADF);
+                    }
+                    self.resume(tid, None);
+                    return;
+                }
                 self.bad_handle(tid, tgid, regs, desc, fd, bad);
                 return;
             }
@@ -874,7 +907,15 @@ impl Job {
             .unwrap_or_else(|| self.opts.policy.clone())
     }
 
-    fn bad_handle(&mut self, tid: i32, tgid: i32, regs: Regs, desc: &'static Desc, fd: i32, bad: Bad) {
+    fn bad_handle(
+        &mut self,
+        tid: i32,
+        tgid: i32,
+        regs: Regs,
+        desc: &'static Desc,
+        fd: i32,
+        bad: Bad,
+    ) {
         let action = self.policy_of(tgid).get(Condition::BadHandle).action;
         // A quarantined number stands for a closed fd: whatever the action,
         // the call must see what a closed fd gives, EBADF, not the tombstone.
@@ -888,16 +929,26 @@ impl Job {
             return;
         }
         let is_close = matches!(desc.kind, Kind::Close);
-        let is_dup = matches!(desc.kind, Kind::Dup | Kind::DupTo) || desc.nr == libc::SYS_fcntl && {
-            let cmd = regs.rsi as i32;
-            cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC
-        };
+        let is_dup = matches!(desc.kind, Kind::Dup | Kind::DupTo)
+            || desc.nr == libc::SYS_fcntl && {
+                let cmd = regs.rsi as i32;
+                cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC
+            };
         let (closed_info, value) = {
             let t = &self.threads[&tid];
             let table = t.table.borrow();
             let info = table.closed_info(fd).cloned();
             let value = info.as_ref().map(|c| table.value_of(fd, c.generation));
             (info, value)
+        };
+        let kind = match (&bad, is_close, is_dup) {
+            (_, true, _) if closed_info.is_some() => "double-close",
+            (_, true, _) => "close-never-opened",
+            (_, _, true) if closed_info.is_some() => "dup-closed",
+            (_, _, true) => "dup-never-opened",
+            (Bad::Stale, _, _) => "use-closed",
+            (Bad::NotOpen, _, _) if closed_info.is_some() => "use-closed",
+            (Bad::NotOpen, _, _) => "use-never-opened",
         };
         let what = match (&bad, is_close, is_dup) {
             (_, true, _) if closed_info.is_some() => "close of a closed handle (double close)",
@@ -911,7 +962,11 @@ impl Job {
         let handle = match (&closed_info, value) {
             (Some(c), Some(v)) => Some(format!(
                 "{v} (fd {fd}): closed {} koid {} {}",
-                if c.facts.ty.is_empty() { "object" } else { c.facts.ty },
+                if c.facts.ty.is_empty() {
+                    "object"
+                } else {
+                    c.facts.ty
+                },
                 c.facts.koid,
                 c.facts.target
             )),
@@ -935,11 +990,42 @@ impl Job {
             // Reports always carry the offending stack, even with stack
             // recording off.
             let maps = ModuleMap::read(tgid).ok()?;
-            Some(Arc::new(self.unwinder.unwind(tid, &maps, StartRegs::from(&regs), 64)))
+            Some(Arc::new(self.unwinder.unwind(
+                tid,
+                &maps,
+                StartRegs::from(&regs),
+                64,
+            )))
         });
+        let backtrace = self.symbolize(tgid, stack.as_ref());
+        let suppressed = {
+            let event = Event {
+                report: "bad-handle",
+                kind,
+                ty: closed_info.as_ref().map_or("", |c| c.facts.ty),
+                path: closed_info.as_ref().map_or("", |c| c.facts.target.as_str()),
+                frames: backtrace
+                    .iter()
+                    .map(|f| FrameRef {
+                        function: f.function.as_deref(),
+                        module: f.module.as_deref(),
+                        file: f.file.as_deref(),
+                    })
+                    .collect(),
+            };
+            self.opts.suppressions.matching(&event).is_some()
+        };
+        if suppressed {
+            self.suppressed += 1;
+            if matches!(bad, Bad::Stale) {
+                self.skip_with(tid, regs, libc::EBADF);
+            }
+            self.resume(tid, None);
+            return;
+        }
         let mut sections = vec![Section {
             title: "backtrace".into(),
-            frames: self.symbolize(tgid, stack.as_ref()),
+            frames: backtrace,
         }];
         if let Some(c) = &closed_info {
             let frames = self.symbolize(c.closer, c.closed.as_ref());
@@ -964,9 +1050,18 @@ impl Job {
             action: action.to_string(),
             pid: tgid,
             tid,
-            process_name: self.procs.get(&tgid).map(|p| p.name.clone()).unwrap_or_default(),
+            process_name: self
+                .procs
+                .get(&tgid)
+                .map(|p| p.name.clone())
+                .unwrap_or_default(),
             thread_name: comm(tid),
-            syscall: format_syscall(desc.name, &tracer::args(&regs), desc.nargs as usize, desc.fd_args | desc.dirfd_args),
+            syscall: format_syscall(
+                desc.name,
+                &tracer::args(&regs),
+                desc.nargs as usize,
+                desc.fd_args | desc.dirfd_args,
+            ),
             handle,
             what: what.into(),
             outcome,
@@ -1048,7 +1143,9 @@ impl Job {
         let quarantine = self.opts.quarantine > 0 && fd > 2 && self.room_for_tombstone(tid, tgid);
         if !quarantine {
             if let Some(t) = self.threads.get(&tid) {
-                t.table.borrow_mut().close(fd, stack, tgid, facts, "close()", false);
+                t.table
+                    .borrow_mut()
+                    .close(fd, stack, tgid, facts, "close()", false);
             }
             self.resume(tid, None);
             return;
@@ -1056,7 +1153,9 @@ impl Job {
         match self.close_into_tombstone(tid, tgid, &regs, fd) {
             Ok(tombstoned) => {
                 if let Some(t) = self.threads.get(&tid) {
-                    t.table.borrow_mut().close(fd, stack, tgid, facts, "close()", tombstoned);
+                    t.table
+                        .borrow_mut()
+                        .close(fd, stack, tgid, facts, "close()", tombstoned);
                 }
                 self.resume(tid, None);
             }
@@ -1082,7 +1181,13 @@ impl Job {
     /// planting the tombstone source first if needed, evicting old
     /// tombstones past the bound, and makes the call return 0. Returns
     /// whether the fd is now a tombstone (false: it was plainly closed).
-    fn close_into_tombstone(&mut self, tid: i32, tgid: i32, entry: &Regs, fd: i32) -> Result<bool, InjectError> {
+    fn close_into_tombstone(
+        &mut self,
+        tid: i32,
+        tgid: i32,
+        entry: &Regs,
+        fd: i32,
+    ) -> Result<bool, InjectError> {
         let table = self.threads[&tid].table.clone();
         let src = table.borrow().tomb_src;
         let mut state = match src {
@@ -1100,7 +1205,13 @@ impl Job {
                     // The source is gone (closed by the program under
                     // another name): close for real and plant anew next time.
                     table.borrow_mut().set_tomb_src(None);
-                    let (_, exit) = tracer::inject_at_exit(tid, &exit, libc::SYS_close, [fd as u64, self.cookie, 0, 0, 0, 0], &mut self.deferred)?;
+                    let (_, exit) = tracer::inject_at_exit(
+                        tid,
+                        &exit,
+                        libc::SYS_close,
+                        [fd as u64, self.cookie, 0, 0, 0, 0],
+                        &mut self.deferred,
+                    )?;
                     let mut done = *entry;
                     done.rax = exit.rax;
                     tracer::setregs(tid, &done)?;
@@ -1116,11 +1227,24 @@ impl Job {
                             tid,
                             &exit,
                             libc::SYS_dup3,
-                            [s as u64, fd as u64, libc::O_CLOEXEC as u64, self.cookie, 0, 0],
+                            [
+                                s as u64,
+                                fd as u64,
+                                libc::O_CLOEXEC as u64,
+                                self.cookie,
+                                0,
+                                0,
+                            ],
                             &mut self.deferred,
                         )?;
                         if ret != fd as i64 {
-                            let (_, exit) = tracer::inject_at_exit(tid, &exit, libc::SYS_close, [fd as u64, self.cookie, 0, 0, 0, 0], &mut self.deferred)?;
+                            let (_, exit) = tracer::inject_at_exit(
+                                tid,
+                                &exit,
+                                libc::SYS_close,
+                                [fd as u64, self.cookie, 0, 0, 0, 0],
+                                &mut self.deferred,
+                            )?;
                             let mut done = *entry;
                             done.rax = exit.rax;
                             tracer::setregs(tid, &done)?;
@@ -1129,7 +1253,13 @@ impl Job {
                         exit
                     }
                     None => {
-                        let (_, exit) = tracer::inject_at_exit(tid, &exit, libc::SYS_close, [fd as u64, self.cookie, 0, 0, 0, 0], &mut self.deferred)?;
+                        let (_, exit) = tracer::inject_at_exit(
+                            tid,
+                            &exit,
+                            libc::SYS_close,
+                            [fd as u64, self.cookie, 0, 0, 0, 0],
+                            &mut self.deferred,
+                        )?;
                         let mut done = *entry;
                         done.rax = exit.rax;
                         tracer::setregs(tid, &done)?;
@@ -1151,9 +1281,21 @@ impl Job {
         };
         for (first, last) in runs(&evict) {
             let (_, exit) = if first == last {
-                tracer::inject_at_exit(tid, &state, libc::SYS_close, [first as u64, self.cookie, 0, 0, 0, 0], &mut self.deferred)?
+                tracer::inject_at_exit(
+                    tid,
+                    &state,
+                    libc::SYS_close,
+                    [first as u64, self.cookie, 0, 0, 0, 0],
+                    &mut self.deferred,
+                )?
             } else {
-                tracer::inject_at_exit(tid, &state, 436, [first as u64, last as u64, 0, self.cookie, 0, 0], &mut self.deferred)?
+                tracer::inject_at_exit(
+                    tid,
+                    &state,
+                    436,
+                    [first as u64, last as u64, 0, self.cookie, 0, 0],
+                    &mut self.deferred,
+                )?
             };
             state = exit;
         }
@@ -1167,18 +1309,34 @@ impl Job {
     /// be the source of tombstones. Runs in place of the syscall at `entry`;
     /// returns the fd (None if it could not be made) and the registers at
     /// the last injected syscall's exit.
-    fn plant_tomb_src(&mut self, tid: i32, tgid: i32, entry: &Regs) -> Result<(Option<i32>, Regs), InjectError> {
+    fn plant_tomb_src(
+        &mut self,
+        tid: i32,
+        tgid: i32,
+        entry: &Regs,
+    ) -> Result<(Option<i32>, Regs), InjectError> {
         // The path goes below the red zone of the thread's stack, saved and
         // restored around the call.
         let addr = entry.rsp.wrapping_sub(512) & !0xf;
         let saved = tracer::read_mem(tid, addr, 8).ok();
         let path_ok = saved.is_some() && tracer::write_mem(tid, addr, b"/\0").is_ok();
-        let nr = if path_ok { libc::SYS_openat } else { libc::SYS_getpid };
+        let nr = if path_ok {
+            libc::SYS_openat
+        } else {
+            libc::SYS_getpid
+        };
         let (ret, mut exit) = tracer::replace_at_entry(
             tid,
             entry,
             nr,
-            [libc::AT_FDCWD as u64, addr, (libc::O_PATH | libc::O_CLOEXEC) as u64, 0, self.cookie, 0],
+            [
+                libc::AT_FDCWD as u64,
+                addr,
+                (libc::O_PATH | libc::O_CLOEXEC) as u64,
+                0,
+                self.cookie,
+                0,
+            ],
             &mut self.deferred,
         )?;
         if let Some(s) = &saved {
@@ -1198,7 +1356,14 @@ impl Job {
                 tid,
                 &exit,
                 libc::SYS_fcntl,
-                [low as u64, libc::F_DUPFD_CLOEXEC as u64, want, self.cookie, 0, 0],
+                [
+                    low as u64,
+                    libc::F_DUPFD_CLOEXEC as u64,
+                    want,
+                    self.cookie,
+                    0,
+                    0,
+                ],
                 &mut self.deferred,
             )?;
             exit = e;
@@ -1207,7 +1372,13 @@ impl Job {
                 break;
             }
         }
-        let (_, e) = tracer::inject_at_exit(tid, &exit, libc::SYS_close, [low as u64, self.cookie, 0, 0, 0, 0], &mut self.deferred)?;
+        let (_, e) = tracer::inject_at_exit(
+            tid,
+            &exit,
+            libc::SYS_close,
+            [low as u64, self.cookie, 0, 0, 0, 0],
+            &mut self.deferred,
+        )?;
         Ok((placed, e))
     }
 
@@ -1276,7 +1447,13 @@ impl Job {
         }
         let mut state = *exit;
         for (first, last) in runs(&fds) {
-            let (_, e) = tracer::inject_at_exit(tid, &state, 436, [first as u64, last as u64, 0, self.cookie, 0, 0], &mut self.deferred)?;
+            let (_, e) = tracer::inject_at_exit(
+                tid,
+                &state,
+                436,
+                [first as u64, last as u64, 0, self.cookie, 0, 0],
+                &mut self.deferred,
+            )?;
             state = e;
         }
         Ok(true)
@@ -1306,17 +1483,35 @@ impl Job {
             }
             match table.get(fd) {
                 Some(Slot::Tombstone(_)) => table.drop_tombstone(fd),
-                Some(Slot::Open(_)) => table.close(fd, stack.clone(), tgid, ObjectFacts::default(), "close_range", false),
+                Some(Slot::Open(_)) => table.close(
+                    fd,
+                    stack.clone(),
+                    tgid,
+                    ObjectFacts::default(),
+                    "close_range",
+                    false,
+                ),
                 None => {}
             }
         }
-        if table.tomb_src.is_some_and(|s| (s as u32) >= first && (s as u32) <= last) {
+        if table
+            .tomb_src
+            .is_some_and(|s| (s as u32) >= first && (s as u32) <= last)
+        {
             table.set_tomb_src(None);
         }
     }
 
     /// Registers the fds a successful creating call made.
-    fn after_create(&mut self, tid: i32, tgid: i32, desc: &'static Desc, entry: &Regs, ret: i64, stack: Option<Stack>) {
+    fn after_create(
+        &mut self,
+        tid: i32,
+        tgid: i32,
+        desc: &'static Desc,
+        entry: &Regs,
+        ret: i64,
+        stack: Option<Stack>,
+    ) {
         let a = tracer::args(entry);
         let mut new_fds: Vec<i32> = Vec::new();
         let mut origin = Origin::Syscall(desc.name);
@@ -1345,9 +1540,14 @@ impl Job {
                     let t = &self.threads[&tid];
                     let mut table = t.table.borrow_mut();
                     match table.get(newfd) {
-                        Some(Slot::Open(_)) => {
-                            table.close(newfd, stack.clone(), tgid, ObjectFacts::default(), "dup2 onto it", false)
-                        }
+                        Some(Slot::Open(_)) => table.close(
+                            newfd,
+                            stack.clone(),
+                            tgid,
+                            ObjectFacts::default(),
+                            "dup2 onto it",
+                            false,
+                        ),
                         Some(Slot::Tombstone(_)) => table.drop_tombstone(newfd),
                         None => {}
                     }
@@ -1378,21 +1578,30 @@ impl Job {
                 }
             }
         }
-        let new_policy_active = self
-            .procs
-            .get(&tgid)
-            .is_some_and(|p| p.policy.entries().any(|(c, e)| c.is_new() && e.action != Action::Allow));
-        if new_policy_active && !new_fds.is_empty() {
-            if self.new_policy(tid, tgid, desc, entry, &new_fds) {
-                return;
-            }
+        let new_policy_active = self.procs.get(&tgid).is_some_and(|p| {
+            p.policy
+                .entries()
+                .any(|(c, e)| c.is_new() && e.action != Action::Allow)
+        });
+        if new_policy_active
+            && !new_fds.is_empty()
+            && self.new_policy(tid, tgid, desc, entry, &new_fds)
+        {
+            return;
         }
         self.resume(tid, None);
     }
 
     /// Applies the new-* conditions to freshly created fds. Returns true when
     /// it resumed (or killed) the thread itself.
-    fn new_policy(&mut self, tid: i32, tgid: i32, desc: &'static Desc, entry: &Regs, fds: &[i32]) -> bool {
+    fn new_policy(
+        &mut self,
+        tid: i32,
+        tgid: i32,
+        desc: &'static Desc,
+        entry: &Regs,
+        fds: &[i32],
+    ) -> bool {
         let policy = self.policy_of(tgid);
         let mut worst: Option<(Action, &'static str, i32)> = None;
         for &fd in fds {
@@ -1408,26 +1617,43 @@ impl Job {
         let Some((action, ty, fd)) = worst else {
             return false;
         };
-        let condition = Condition::for_new_object(ObjType::from_name(ty).unwrap_or(ObjType::Unknown));
+        let condition =
+            Condition::for_new_object(ObjType::from_name(ty).unwrap_or(ObjType::Unknown));
         let deny = matches!(action, Action::Deny | Action::DenyException);
         if deny {
             let Ok(mut exit) = tracer::getregs(tid) else {
                 return true;
             };
             for &f in fds {
-                match tracer::inject_at_exit(tid, &exit, libc::SYS_close, [f as u64, self.cookie, 0, 0, 0, 0], &mut self.deferred) {
+                match tracer::inject_at_exit(
+                    tid,
+                    &exit,
+                    libc::SYS_close,
+                    [f as u64, self.cookie, 0, 0, 0, 0],
+                    &mut self.deferred,
+                ) {
                     Ok((_, e)) => exit = e,
                     Err(_) => return true,
                 }
                 if let Some(t) = self.threads.get(&tid) {
-                    t.table.borrow_mut().close(f, None, tgid, ObjectFacts::default(), "policy deny", false);
+                    t.table.borrow_mut().close(
+                        f,
+                        None,
+                        tgid,
+                        ObjectFacts::default(),
+                        "policy deny",
+                        false,
+                    );
                 }
             }
             let mut done = *entry;
             done.rax = (-(libc::EPERM as i64)) as u64;
             let _ = tracer::setregs(tid, &done);
         }
-        if matches!(action, Action::AllowException | Action::DenyException | Action::Kill) {
+        if matches!(
+            action,
+            Action::AllowException | Action::DenyException | Action::Kill
+        ) {
             let regs = *entry;
             let stack = self.capture_stack(tid, tgid, Some(&regs));
             let frames = self.symbolize(tgid, stack.as_ref());
@@ -1436,9 +1662,18 @@ impl Job {
                 action: action.to_string(),
                 pid: tgid,
                 tid,
-                process_name: self.procs.get(&tgid).map(|p| p.name.clone()).unwrap_or_default(),
+                process_name: self
+                    .procs
+                    .get(&tgid)
+                    .map(|p| p.name.clone())
+                    .unwrap_or_default(),
                 thread_name: comm(tid),
-                syscall: format_syscall(desc.name, &tracer::args(entry), desc.nargs as usize, desc.fd_args | desc.dirfd_args),
+                syscall: format_syscall(
+                    desc.name,
+                    &tracer::args(entry),
+                    desc.nargs as usize,
+                    desc.fd_args | desc.dirfd_args,
+                ),
                 handle: Some(format!("fd {fd}: new {ty}")),
                 what: format!("creation of a {ty} handle"),
                 outcome: if deny {
@@ -1460,6 +1695,11 @@ impl Job {
     }
 }
 
+/// `fcntl(fd, F_GETFD)` or `fcntl(fd, F_GETFL)`: a question, not a use.
+fn is_probe(desc: &Desc, a: &[u64; 6]) -> bool {
+    desc.kind == Kind::Fcntl && matches!(a[1] as i32, libc::F_GETFD | libc::F_GETFL)
+}
+
 /// A socket's type in the model: AF_UNIX sockets are channels.
 fn refine_socket(tgid: i32, fd: i32, ty: ObjType) -> ObjType {
     if ty != ObjType::Socket {
@@ -1472,7 +1712,12 @@ fn refine_socket(tgid: i32, fd: i32, ty: ObjType) -> ObjType {
     let mut buf = [0u8; 32];
     // SAFETY: NUL-terminated path; buf writable for its length.
     let n = unsafe {
-        libc::getxattr(c.as_ptr(), c"system.sockprotoname".as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        libc::getxattr(
+            c.as_ptr(),
+            c"system.sockprotoname".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
     };
     if n > 0 && buf.starts_with(b"UNIX") {
         ObjType::Channel

@@ -1,0 +1,344 @@
+//! Suppressions: rules that silence known, accepted reports, in the spirit
+//! of valgrind's suppression files.
+//!
+//! ```text
+//! # bash closes a pipe end twice in execute_pipeline; harmless
+//! [bash-pipeline-double-close]
+//! report = bad-handle          # bad-handle, leak, new-*, ... (glob)
+//! kind = double-close          # double-close, use, close-never-opened, dup, leak (glob)
+//! type = pipe                  # object type (glob)
+//! path = *                     # link target or description (glob)
+//! frame = obj:*/bash           # fun:GLOB, obj:GLOB (module path), src:GLOB (file)
+//! frame = fun:execute_*        # several frame lines: each must match some frame
+//! ```
+//!
+//! A rule matches an event when every key it sets matches. Unknown keys are
+//! errors (a typo must not silently widen a rule).
+
+use std::path::Path;
+
+/// What a report is about, as rules see it.
+#[derive(Debug, Default, Clone)]
+pub struct Event<'a> {
+    pub report: &'a str,
+    pub kind: &'a str,
+    pub ty: &'a str,
+    pub path: &'a str,
+    /// Every frame of every stack in the report.
+    pub frames: Vec<FrameRef<'a>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FrameRef<'a> {
+    pub function: Option<&'a str>,
+    pub module: Option<&'a str>,
+    pub file: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FramePattern {
+    Fun(String),
+    Obj(String),
+    Src(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Rule {
+    pub name: String,
+    report: Option<String>,
+    kind: Option<String>,
+    ty: Option<String>,
+    path: Option<String>,
+    frames: Vec<FramePattern>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SuppressError {
+    #[error("{file}:{line}: {msg}")]
+    Syntax {
+        file: String,
+        line: usize,
+        msg: String,
+    },
+    #[error("reading suppressions {file}: {msg}")]
+    Io { file: String, msg: String },
+}
+
+/// Shell-style glob: `*` any run, `?` one character.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+impl Rule {
+    pub fn matches(&self, e: &Event<'_>) -> bool {
+        let field = |pat: &Option<String>, v: &str| pat.as_deref().is_none_or(|p| glob(p, v));
+        if !(field(&self.report, e.report)
+            && field(&self.kind, e.kind)
+            && field(&self.ty, e.ty)
+            && field(&self.path, e.path))
+        {
+            return false;
+        }
+        self.frames.iter().all(|fp| {
+            e.frames.iter().any(|f| match fp {
+                FramePattern::Fun(g) => f.function.is_some_and(|v| glob(g, v)),
+                FramePattern::Obj(g) => f.module.is_some_and(|v| glob(g, v)),
+                FramePattern::Src(g) => f.file.is_some_and(|v| glob(g, v)),
+            })
+        })
+    }
+
+    /// The rule in the file format (for `--gen-suppressions`).
+    pub fn render(&self) -> String {
+        let mut s = format!("[{}]\n", self.name);
+        for (k, v) in [
+            ("report", &self.report),
+            ("kind", &self.kind),
+            ("type", &self.ty),
+            ("path", &self.path),
+        ] {
+            if let Some(v) = v {
+                s.push_str(&format!("{k} = {v}\n"));
+            }
+        }
+        for f in &self.frames {
+            let (tag, g) = match f {
+                FramePattern::Fun(g) => ("fun", g),
+                FramePattern::Obj(g) => ("obj", g),
+                FramePattern::Src(g) => ("src", g),
+            };
+            s.push_str(&format!("frame = {tag}:{g}\n"));
+        }
+        s
+    }
+
+    /// A rule that matches exactly this event's kind, type and innermost
+    /// frames with a function name (or module when there is none).
+    pub fn for_event(name: &str, e: &Event<'_>, depth: usize) -> Rule {
+        let frames = e
+            .frames
+            .iter()
+            .filter(|f| f.function.is_some() || f.module.is_some())
+            .take(depth)
+            .map(|f| match (f.function, f.module) {
+                (Some(func), _) => FramePattern::Fun(func.to_string()),
+                (None, Some(m)) => FramePattern::Obj(m.to_string()),
+                (None, None) => FramePattern::Obj("*".into()),
+            })
+            .collect();
+        Rule {
+            name: name.to_string(),
+            report: Some(e.report.to_string()),
+            kind: Some(e.kind.to_string()),
+            ty: (!e.ty.is_empty()).then(|| e.ty.to_string()),
+            path: None,
+            frames,
+        }
+    }
+}
+
+/// A set of rules.
+#[derive(Debug, Clone, Default)]
+pub struct Suppressions {
+    pub rules: Vec<Rule>,
+}
+
+/// Accepted, known-benign behaviour of widely used programs, applied unless
+/// `--no-default-suppressions`.
+pub const DEFAULTS: &str = "\
+# bash closes the pipe ends of a pipeline twice in its parent (the second
+# close fails with EBADF); nothing is opened in between, so no other object
+# can be hit.
+[bash-pipeline-double-close]
+report = bad-handle
+kind = double-close
+type = pipe
+frame = obj:*/bash
+";
+
+impl Suppressions {
+    pub fn defaults() -> Suppressions {
+        // The embedded text is ours and parses; an error would be a bug
+        // caught by the unit test below, so fall back to no rules.
+        Suppressions::parse(DEFAULTS, "<default suppressions>").unwrap_or_default()
+    }
+
+    pub fn parse(text: &str, file: &str) -> Result<Suppressions, SuppressError> {
+        let err = |line: usize, msg: String| SuppressError::Syntax {
+            file: file.to_string(),
+            line,
+            msg,
+        };
+        let mut rules = Vec::new();
+        let mut cur: Option<Rule> = None;
+        for (i, raw) in text.lines().enumerate() {
+            let n = i + 1;
+            let line = raw.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            if let Some(name) = line.strip_prefix('[') {
+                let name = name
+                    .strip_suffix(']')
+                    .ok_or_else(|| err(n, "a rule name is written [name]".into()))?;
+                if let Some(r) = cur.take() {
+                    rules.push(r);
+                }
+                cur = Some(Rule {
+                    name: name.trim().to_string(),
+                    ..Rule::default()
+                });
+                continue;
+            }
+            let Some((k, v)) = line.split_once('=') else {
+                return Err(err(n, format!("expected key = value, found '{line}'")));
+            };
+            let (k, v) = (k.trim(), v.trim().to_string());
+            let rule = cur
+                .as_mut()
+                .ok_or_else(|| err(n, "a key before the first [rule]".into()))?;
+            match k {
+                "report" => rule.report = Some(v),
+                "kind" => rule.kind = Some(v),
+                "type" => rule.ty = Some(v),
+                "path" => rule.path = Some(v),
+                "frame" => {
+                    let fp = if let Some(g) = v.strip_prefix("fun:") {
+                        FramePattern::Fun(g.to_string())
+                    } else if let Some(g) = v.strip_prefix("obj:") {
+                        FramePattern::Obj(g.to_string())
+                    } else if let Some(g) = v.strip_prefix("src:") {
+                        FramePattern::Src(g.to_string())
+                    } else {
+                        return Err(err(
+                            n,
+                            format!("a frame is fun:GLOB, obj:GLOB or src:GLOB, not '{v}'"),
+                        ));
+                    };
+                    rule.frames.push(fp);
+                }
+                other => {
+                    return Err(err(
+                        n,
+                        format!("unknown key '{other}' (keys: report, kind, type, path, frame)"),
+                    ))
+                }
+            }
+        }
+        if let Some(r) = cur.take() {
+            rules.push(r);
+        }
+        Ok(Suppressions { rules })
+    }
+
+    pub fn load(path: &Path) -> Result<Suppressions, SuppressError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| SuppressError::Io {
+            file: file.clone(),
+            msg: e.to_string(),
+        })?;
+        Suppressions::parse(&text, &file)
+    }
+
+    pub fn extend(&mut self, other: Suppressions) {
+        self.rules.extend(other.rules);
+    }
+
+    /// The first rule that matches.
+    pub fn matching(&self, e: &Event<'_>) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.matches(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globbing() {
+        assert!(glob("*", ""));
+        assert!(glob("*/bash", "/usr/bin/bash"));
+        assert!(!glob("*/bash", "/usr/bin/bashx"));
+        assert!(glob("exec?te_*", "execute_pipeline"));
+        assert!(glob("a*b*c", "aXXbYYc"));
+        assert!(!glob("a*b*c", "aXXbYY"));
+    }
+
+    #[test]
+    fn defaults_parse_and_match_bash_only() {
+        let s = Suppressions::defaults();
+        assert_eq!(s.rules.len(), 1);
+        let bash = FrameRef {
+            module: Some("/usr/bin/bash"),
+            ..FrameRef::default()
+        };
+        let mut e = Event {
+            report: "bad-handle",
+            kind: "double-close",
+            ty: "pipe",
+            path: "pipe:[1]",
+            frames: vec![bash],
+        };
+        assert!(s.matching(&e).is_some());
+        e.frames = vec![FrameRef {
+            module: Some("/tmp/fixture"),
+            ..FrameRef::default()
+        }];
+        assert!(s.matching(&e).is_none());
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let e = Suppressions::parse("[a]\nbogus = 1\n", "x.supp").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "x.supp:2: unknown key 'bogus' (keys: report, kind, type, path, frame)"
+        );
+        assert!(Suppressions::parse("kind = x\n", "f").is_err());
+        assert!(Suppressions::parse("[a]\nframe = zzz\n", "f").is_err());
+        assert!(Suppressions::parse("[a\n", "f").is_err());
+    }
+
+    #[test]
+    fn generated_rules_round_trip() {
+        let f = FrameRef {
+            function: Some("leak_it"),
+            module: Some("/tmp/x"),
+            file: Some("x.c"),
+        };
+        let e = Event {
+            report: "leak",
+            kind: "leak",
+            ty: "file",
+            path: "/tmp/a",
+            frames: vec![f],
+        };
+        let r = Rule::for_event("gen", &e, 4);
+        let parsed = Suppressions::parse(&r.render(), "gen").unwrap();
+        assert_eq!(parsed.rules, vec![r]);
+        assert!(parsed.matching(&e).is_some());
+    }
+}
