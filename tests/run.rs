@@ -1,0 +1,3 @@
+//! `handles run`: the supervisor, the job and the bad-handle policy.
+
+mod common;
