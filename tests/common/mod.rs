@@ -45,7 +45,14 @@ pub fn fixture_with(name: &str, extra: &[&str]) -> PathBuf {
     };
     if !fresh {
         let status = Command::new("cc")
-            .args(["-g", "-O0", "-fno-omit-frame-pointer", "-pthread", "-Wall", "-o"])
+            .args([
+                "-g",
+                "-O0",
+                "-fno-omit-frame-pointer",
+                "-pthread",
+                "-Wall",
+                "-o",
+            ])
             .arg(&out)
             .arg(&src)
             .args(extra)
