@@ -178,6 +178,10 @@ pub(crate) fn phase_one(
         LinkTarget::Memfd(name) => {
             let st = dir.stat_fd(raw.fd).ok();
             h.koid = st.map(|s| s.st_ino).or(info.ino).unwrap_or(0);
+            // memfd inodes are numbered in their own (shmem) space, which
+            // overlaps eventfd ids and pidfs inodes: the device keeps
+            // (koid, dev) unique, as docs/handle-model.md promises.
+            h.dev = st.map(|s| format!("{}:{}", libc::major(s.st_dev), libc::minor(s.st_dev)));
             facts.seals = memfd_seals(dir, raw.fd);
             facts.size = st.map(|s| s.st_size as u64);
             h.vmo = Some(VmoInfo {
