@@ -76,7 +76,7 @@ pub fn format_syscall(name: &str, args: &[u64], nargs: usize, fd_mask: u8) -> St
         }
         if fd_mask & (1 << i) != 0 {
             let _ = write!(s, "{}", *a as i32);
-        } else if *a < 4096 {
+        } else if *a < 0x10000 {
             let _ = write!(s, "{a}");
         } else {
             let _ = write!(s, "{a:#x}");
@@ -96,6 +96,9 @@ mod tests {
             format_syscall("read", &[5, 0x7ffd_2a10, 4096, 0, 0, 0], 3, 0b1),
             "read(5, 0x7ffd2a10, 4096)"
         );
-        assert_eq!(format_syscall("close", &[u64::MAX, 0, 0, 0, 0, 0], 1, 0b1), "close(-1)");
+        assert_eq!(
+            format_syscall("close", &[u64::MAX, 0, 0, 0, 0, 0], 1, 0b1),
+            "close(-1)"
+        );
     }
 }

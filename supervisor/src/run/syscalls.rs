@@ -278,7 +278,7 @@ mod tests {
     fn table_is_sorted_and_unique() {
         assert!(TABLE.windows(2).all(|w| w[0].nr < w[1].nr), "sorted by nr");
         assert_eq!(lookup(libc::SYS_close).map(|d| d.name), Some("close"));
-        assert_eq!(lookup(libc::SYS_getpid), None);
+        assert!(lookup(libc::SYS_getpid).is_none());
     }
 
     #[test]
@@ -292,6 +292,9 @@ mod tests {
     #[test]
     fn six_argument_syscalls_have_no_cookie_slot() {
         assert_eq!(lookup(libc::SYS_mmap).and_then(|d| d.cookie_arg()), None);
-        assert_eq!(lookup(libc::SYS_close).and_then(|d| d.cookie_arg()), Some(1));
+        assert_eq!(
+            lookup(libc::SYS_close).and_then(|d| d.cookie_arg()),
+            Some(1)
+        );
     }
 }
