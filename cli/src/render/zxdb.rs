@@ -5,7 +5,10 @@ use comfy_table::{presets::NOTHING, Cell, CellAlignment, Table};
 
 /// comfy-table pads every cell; trailing blanks only get in a reader's way.
 fn trimmed(t: &Table) -> String {
-    t.lines().map(|l| l.trim_end().to_string()).collect::<Vec<_>>().join("\n")
+    t.lines()
+        .map(|l| l.trim_end().to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 use handles_supervisor::inspect::HandleInfo;
 

@@ -207,7 +207,11 @@ pub fn resolve_tgid(pid: i32) -> Result<(i32, bool), InspectError> {
 
 /// Takes values, generations and hidden fds from the table the shim or the
 /// supervisor publishes, if there is one.
-fn apply_published(pid: i32, tracer: i32, handles: &mut Vec<HandleInfo>) -> (Source, u32, Option<String>) {
+fn apply_published(
+    pid: i32,
+    tracer: i32,
+    handles: &mut Vec<HandleInfo>,
+) -> (Source, u32, Option<String>) {
     use handles_model::table::state;
     let own: Vec<(i32, &str)> = handles.iter().map(|h| (h.fd, h.target.as_str())).collect();
     let (source, own_fd, mapped) = match shared::find(pid, &own, tracer) {

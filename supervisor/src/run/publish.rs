@@ -75,8 +75,12 @@ impl Published {
         self.base = base.cast();
         self.len = len;
         self.capacity = capacity;
-        self.header()
-            .init(capacity, self.pid as u32, self.mixer, table::writer::SUPERVISOR);
+        self.header().init(
+            capacity,
+            self.pid as u32,
+            self.mixer,
+            table::writer::SUPERVISOR,
+        );
         Ok(())
     }
 
@@ -92,7 +96,12 @@ impl Published {
             return None;
         }
         // SAFETY: slot i lies inside the mapping (i < capacity).
-        Some(unsafe { &*(self.base.add(table::HEADER_SIZE + i as usize * table::SLOT_SIZE) as *const Slot) })
+        Some(unsafe {
+            &*(self
+                .base
+                .add(table::HEADER_SIZE + i as usize * table::SLOT_SIZE)
+                as *const Slot)
+        })
     }
 
     pub fn mixer(&self) -> u32 {

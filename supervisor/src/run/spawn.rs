@@ -74,10 +74,16 @@ pub fn resolve(program: &OsStr, path: Option<&OsStr>) -> Result<PathBuf, SpawnEr
             Some(true) => Ok(p),
         };
     }
-    let path = path.map(OsStr::to_os_string).unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
+    let path = path
+        .map(OsStr::to_os_string)
+        .unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
     let mut denied = false;
     for dir in path.as_bytes().split(|&b| b == b':') {
-        let dir = if dir.is_empty() { Path::new(".") } else { Path::new(OsStr::from_bytes(dir)) };
+        let dir = if dir.is_empty() {
+            Path::new(".")
+        } else {
+            Path::new(OsStr::from_bytes(dir))
+        };
         let cand = dir.join(program);
         match is_executable_file(&cand) {
             Some(true) => return Ok(cand),
@@ -92,7 +98,9 @@ pub fn resolve(program: &OsStr, path: Option<&OsStr>) -> Result<PathBuf, SpawnEr
     }
 }
 
-fn cstrings<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(items: I) -> Result<Vec<CString>, SpawnError> {
+fn cstrings<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(
+    items: I,
+) -> Result<Vec<CString>, SpawnError> {
     items
         .into_iter()
         .map(|s| {
@@ -105,7 +113,10 @@ fn cstrings<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(items: I) -> Result<Vec<
 }
 
 fn ptrs(v: &[CString]) -> Vec<*const libc::c_char> {
-    v.iter().map(|c| c.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
+    v.iter()
+        .map(|c| c.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
 }
 
 /// A started, seized child; `exec_error` reads the errno the child reports
@@ -135,7 +146,12 @@ fn pipe_cloexec() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: both fds are fresh and ours.
-    Ok(unsafe { (std::os::fd::OwnedFd::from_raw_fd(fds[0]), std::os::fd::OwnedFd::from_raw_fd(fds[1])) })
+    Ok(unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    })
 }
 
 /// Forks, seizes and lets the child install `filter` and exec `program`.
@@ -147,7 +163,8 @@ pub fn spawn(
 ) -> Result<Child, SpawnError> {
     use std::os::fd::AsRawFd;
     let shown = program.to_string_lossy().into_owned();
-    let path = CString::new(program.as_os_str().as_bytes()).map_err(|_| SpawnError::NotFound(shown.clone()))?;
+    let path = CString::new(program.as_os_str().as_bytes())
+        .map_err(|_| SpawnError::NotFound(shown.clone()))?;
     let argv_c = cstrings(argv)?;
     let env_c = cstrings(env.iter().map(|(k, v)| {
         let mut kv = k.clone();
@@ -220,7 +237,10 @@ pub fn spawn(
         return Err(err(io::Error::last_os_error()));
     }
     drop(go_w);
-    Ok(Child { pid, exec_error: ex_r })
+    Ok(Child {
+        pid,
+        exec_error: ex_r,
+    })
 }
 
 /// After the child is gone without having exec'ed: the errno it reported.

@@ -64,7 +64,10 @@ pub fn read_mem(tid: i32, addr: u64, len: usize) -> io::Result<Vec<u8>> {
         return Err(io::Error::last_os_error());
     }
     if n as usize != len {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short tracee read"));
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "short tracee read",
+        ));
     }
     Ok(buf)
 }
@@ -99,7 +102,10 @@ pub fn write_mem(tid: i32, addr: u64, data: &[u8]) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     if n as usize != data.len() {
-        return Err(io::Error::new(io::ErrorKind::WriteZero, "short tracee write"));
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "short tracee write",
+        ));
     }
     Ok(())
 }
