@@ -859,6 +859,22 @@ impl Job {
                 return;
             }
         }
+        if let Some((expected, errno)) = expected_object(desc.name) {
+            let action = self.policy_of(tgid).get(Condition::WrongObject).action;
+            let fd = a[0] as i32;
+            if action != Action::Allow && fd >= 0 {
+                let facts = object_facts(tgid, fd);
+                let ty = refine_socket(
+                    tgid,
+                    fd,
+                    ObjType::from_name(facts.ty).unwrap_or(ObjType::Unknown),
+                );
+                if !expected.contains(&ty) {
+                    self.wrong_object(tid, tgid, regs, desc, fd, ty, expected, errno, action);
+                    return;
+                }
+            }
+        }
         match desc.kind {
             Kind::Use | Kind::Poll | Kind::Select | Kind::Mmap => self.resume(tid, None),
             Kind::Close => self.on_close(tid, tgid, regs),
@@ -1070,6 +1086,91 @@ impl Job {
         self.emit(&report);
         if deny {
             self.skip_with(tid, regs, libc::EBADF);
+        }
+        self.raise(tid, tgid, action);
+    }
+
+    /// The wrong-object condition: a call on an fd of a type it cannot work
+    /// on (a socket call on a file, epoll_ctl on a pipe, ...).
+    #[allow(clippy::too_many_arguments)]
+    fn wrong_object(
+        &mut self,
+        tid: i32,
+        tgid: i32,
+        regs: Regs,
+        desc: &'static Desc,
+        fd: i32,
+        ty: ObjType,
+        expected: &[ObjType],
+        errno: i32,
+        action: Action,
+    ) {
+        let deny = matches!(action, Action::Deny | Action::DenyException | Action::Kill);
+        if matches!(
+            action,
+            Action::AllowException | Action::DenyException | Action::Kill
+        ) {
+            let stack = self.capture_stack(tid, tgid, Some(&regs)).or_else(|| {
+                let maps = ModuleMap::read(tgid).ok()?;
+                Some(Arc::new(self.unwinder.unwind(
+                    tid,
+                    &maps,
+                    StartRegs::from(&regs),
+                    64,
+                )))
+            });
+            let frames = self.symbolize(tgid, stack.as_ref());
+            let value = {
+                let table = self.threads[&tid].table.borrow();
+                match table.get(fd) {
+                    Some(Slot::Open(h)) => {
+                        format!("{} (fd {fd})", table.value_of(fd, h.generation))
+                    }
+                    _ => format!("fd {fd}"),
+                }
+            };
+            let wanted: Vec<&str> = expected.iter().map(|t| t.name()).collect();
+            let report = ExceptionReport {
+                condition: "wrong-object".into(),
+                action: action.to_string(),
+                pid: tgid,
+                tid,
+                process_name: self
+                    .procs
+                    .get(&tgid)
+                    .map(|p| p.name.clone())
+                    .unwrap_or_default(),
+                thread_name: comm(tid),
+                syscall: format_syscall(
+                    desc.name,
+                    &tracer::args(&regs),
+                    desc.nargs as usize,
+                    desc.fd_args | desc.dirfd_args,
+                ),
+                handle: Some(format!("{value}: {}", ty.name())),
+                what: format!(
+                    "{}() on a {} handle; it needs a {}",
+                    desc.name,
+                    ty.name(),
+                    wanted.join(" or ")
+                ),
+                outcome: if deny {
+                    format!(
+                        "the call fails with {:?} without running",
+                        nix::errno::Errno::from_raw(errno)
+                    )
+                } else {
+                    "the call runs".into()
+                },
+                sections: vec![Section {
+                    title: "backtrace".into(),
+                    frames,
+                }],
+            };
+            self.emit(&report);
+        }
+        if deny {
+            self.skip_with(tid, regs, errno);
         }
         self.raise(tid, tgid, action);
     }
@@ -1693,6 +1794,27 @@ impl Job {
         self.resume(tid, None);
         true
     }
+}
+
+/// The object types a syscall's first (fd) argument must have, and the
+/// errno the kernel gives for any other.
+fn expected_object(name: &str) -> Option<(&'static [ObjType], i32)> {
+    const SOCK: &[ObjType] = &[ObjType::Socket, ObjType::Channel];
+    Some(match name {
+        "connect" | "accept" | "accept4" | "sendto" | "recvfrom" | "sendmsg" | "recvmsg"
+        | "sendmmsg" | "recvmmsg" | "shutdown" | "bind" | "listen" | "getsockname"
+        | "getpeername" | "setsockopt" | "getsockopt" => (SOCK, libc::ENOTSOCK),
+        "epoll_ctl" | "epoll_wait" | "epoll_pwait" | "epoll_pwait2" => {
+            (&[ObjType::Port], libc::EINVAL)
+        }
+        "timerfd_settime" | "timerfd_gettime" => (&[ObjType::Timer], libc::EINVAL),
+        "inotify_add_watch" | "inotify_rm_watch" => (&[ObjType::Inotify], libc::EINVAL),
+        "pidfd_send_signal" | "pidfd_getfd" | "process_madvise" | "process_mrelease" => {
+            (&[ObjType::Process], libc::EBADF)
+        }
+        "getdents" | "getdents64" | "fchdir" => (&[ObjType::Dir], libc::ENOTDIR),
+        _ => return None,
+    })
 }
 
 /// `fcntl(fd, F_GETFD)` or `fcntl(fd, F_GETFL)`: a question, not a use.
