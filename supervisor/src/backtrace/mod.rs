@@ -1,1 +1,211 @@
-//! Remote unwinding and symbolization (work in progress).
+//! Remote unwinding and symbolization of a stopped thread's stack
+//! (x86_64 Linux).
+//!
+//! The two halves are separate on purpose: the supervisor may record a stack
+//! on every fd-creating syscall, so [`Unwinder::unwind`] is the cheap part
+//! (addresses only, unwind tables cached per module file and rules per
+//! address), and [`Symbolizer::symbolize`] runs only when a report is
+//! written.
+//!
+//! ```no_run
+//! use handles_supervisor::backtrace::{ModuleMap, StartRegs, Symbolizer, Unwinder};
+//! # fn f(tid: i32, regs: libc::user_regs_struct) -> std::io::Result<()> {
+//! let maps = ModuleMap::read(tid)?;
+//! let mut unwinder = Unwinder::new();
+//! let addrs = unwinder.unwind(tid, &maps, StartRegs::from(&regs), 64);
+//! for frame in Symbolizer::new().symbolize(&maps, &addrs, true) {
+//!     eprintln!("{frame}");
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Not handled: unwinding through signal frames (`__restore_rt`); CFI that
+//! framehop cannot express, i.e. a CFA computed from a register other than
+//! rsp/rbp or by a DWARF expression (ld.so's lazy-binding trampoline
+//! `_dl_runtime_resolve_*`, PLT stubs): such a frame falls back to the frame
+//! pointer, which skips its caller when the caller keeps no frame pointer
+//! of its own; split DWARF (.dwo); MiniDebugInfo (.gnu_debugdata).
+//! Stops at syscalls, which is what the supervisor unwinds from, are in
+//! ordinary libc functions and are not affected.
+
+mod elf;
+mod maps;
+mod memory;
+mod symbolize;
+mod unwind;
+
+use std::fmt;
+
+pub use maps::{Mapping, ModuleMap};
+pub use symbolize::Symbolizer;
+pub use unwind::{StartRegs, StopReason, Unwinder, Unwound};
+
+/// A function that the frame's code was inlined into, outermost last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InlinedCall {
+    pub function: Option<String>,
+    /// Where this function calls (inlines) the one before it in the list.
+    pub file: Option<String>,
+    pub line: Option<u32>,
+}
+
+/// One symbolized stack frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// Position in the stack, 0 for the innermost frame.
+    pub index: usize,
+    /// The instruction pointer (frame 0) or return address.
+    pub addr: u64,
+    /// Full path of the module, or `[vdso]`.
+    pub module: Option<String>,
+    /// `addr` in the module's own addresses (see [`Mapping::module_offset`]).
+    pub module_offset: u64,
+    /// Demangled; for inlined code, the innermost inlined function.
+    pub function: Option<String>,
+    /// `addr` minus the start of the enclosing function symbol (0 if none).
+    pub function_offset: u64,
+    pub file: Option<String>,
+    /// For a return address, the line of the call.
+    pub line: Option<u32>,
+    /// The functions `function` was inlined into, innermost first.
+    pub inlined_into: Vec<InlinedCall>,
+}
+
+impl Frame {
+    /// The module's file name without its directory.
+    pub fn module_name(&self) -> Option<&str> {
+        self.module
+            .as_deref()
+            .map(|m| m.rsplit_once('/').map_or(m, |(_, name)| name))
+    }
+}
+
+impl fmt::Display for Frame {
+    /// `#1 0x000055d1c2a4b1c9 in use_after_close at /path/fixture.c:42 (fixture+0x11c9)`,
+    /// `#3 0x00007f… in __libc_start_call_main+0x7a (libc.so.6+0x271ca)`,
+    /// `#4 0x… (unknown)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{} {:#018x}", self.index, self.addr)?;
+        if let Some(function) = &self.function {
+            write!(f, " in {function}")?;
+            match (&self.file, self.line) {
+                (Some(file), line) => {
+                    write!(f, " at {file}")?;
+                    if let Some(line) = line {
+                        write!(f, ":{line}")?;
+                    }
+                }
+                (None, _) if self.function_offset != 0 => {
+                    write!(f, "+{:#x}", self.function_offset)?
+                }
+                (None, _) => {}
+            }
+        } else if let (Some(file), Some(line)) = (&self.file, self.line) {
+            write!(f, " at {file}:{line}")?;
+        }
+        for call in &self.inlined_into {
+            write!(
+                f,
+                " [inlined into {}",
+                call.function.as_deref().unwrap_or("??")
+            )?;
+            if let Some(file) = &call.file {
+                write!(f, " at {file}")?;
+                if let Some(line) = call.line {
+                    write!(f, ":{line}")?;
+                }
+            }
+            write!(f, "]")?;
+        }
+        match self.module_name() {
+            Some(module) => write!(f, " ({module}+{:#x})", self.module_offset),
+            None => write!(f, " (unknown)"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame() -> Frame {
+        Frame {
+            index: 1,
+            addr: 0x55d1c2a4b1c9,
+            module: Some("/tmp/fixture".into()),
+            module_offset: 0x11c9,
+            function: Some("use_after_close".into()),
+            function_offset: 0x20,
+            file: Some("/path/fixture.c".into()),
+            line: Some(42),
+            inlined_into: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn display_with_debug_info() {
+        assert_eq!(
+            frame().to_string(),
+            "#1 0x000055d1c2a4b1c9 in use_after_close at /path/fixture.c:42 (fixture+0x11c9)"
+        );
+    }
+
+    #[test]
+    fn display_with_symbols_only() {
+        let f = Frame {
+            index: 3,
+            addr: 0x7f12345671ca,
+            module: Some("/usr/lib/x86_64-linux-gnu/libc.so.6".into()),
+            module_offset: 0x271ca,
+            function: Some("__libc_start_call_main".into()),
+            function_offset: 0x7a,
+            file: None,
+            line: None,
+            ..frame()
+        };
+        assert_eq!(
+            f.to_string(),
+            "#3 0x00007f12345671ca in __libc_start_call_main+0x7a (libc.so.6+0x271ca)"
+        );
+    }
+
+    #[test]
+    fn display_module_only_and_unknown() {
+        let f = Frame {
+            function: None,
+            file: None,
+            line: None,
+            ..frame()
+        };
+        assert_eq!(f.to_string(), "#1 0x000055d1c2a4b1c9 (fixture+0x11c9)");
+        let f = Frame { module: None, ..f };
+        assert_eq!(f.to_string(), "#1 0x000055d1c2a4b1c9 (unknown)");
+    }
+
+    #[test]
+    fn display_inlined() {
+        let f = Frame {
+            inlined_into: vec![InlinedCall {
+                function: Some("outer".into()),
+                file: Some("/path/fixture.c".into()),
+                line: Some(50),
+            }],
+            ..frame()
+        };
+        assert_eq!(
+            f.to_string(),
+            "#1 0x000055d1c2a4b1c9 in use_after_close at /path/fixture.c:42 \
+             [inlined into outer at /path/fixture.c:50] (fixture+0x11c9)"
+        );
+    }
+
+    #[test]
+    fn demangles_rust_and_cpp() {
+        assert_eq!(
+            symbolize::demangle("_ZN4core3fmt5write17h0123456789abcdefE"),
+            "core::fmt::write"
+        );
+        assert_eq!(symbolize::demangle("_ZN3foo3barEv"), "foo::bar()");
+        assert_eq!(symbolize::demangle("read"), "read");
+    }
+}
