@@ -30,7 +30,7 @@ use super::report::{format_syscall, ExceptionReport, Section};
 use super::spawn::{self, SpawnError};
 use super::syscalls::{self, CheckLevel, Desc, Kind};
 use super::tracer::{self, errno_of, Deferred, InjectError, Regs};
-use crate::backtrace::{ModuleMap, StartRegs, Symbolizer, Unwinder};
+use crate::backtrace::{ModuleMap, StartRegs, StopReason, Symbolizer, Unwinder};
 use crate::inspect::parse::LinkTarget;
 use crate::policy::{Action, Condition, Policy};
 use crate::seccomp::{self, FilterSpec};
@@ -127,6 +127,9 @@ struct Thread {
 }
 
 struct Process {
+    /// RLIMIT_NOFILE, cached: a stale value only risks an EMFILE, which
+    /// releases the quarantine and retries the call anyway.
+    nofile: Option<(u64, u32)>,
     name: String,
     policy: Policy,
     maps: Option<ModuleMap>,
@@ -346,6 +349,7 @@ impl Job {
         job.procs.insert(
             root,
             Process {
+                nofile: None,
                 name: comm(root),
                 policy: job.opts.policy.clone(),
                 maps: None,
@@ -600,6 +604,7 @@ impl Job {
             self.procs.insert(
                 child,
                 Process {
+                    nofile: None,
                     name,
                     policy,
                     maps: None,
@@ -688,6 +693,7 @@ impl Job {
         if let Some(p) = self.procs.get_mut(&tgid) {
             p.name = comm(tgid);
             p.maps = None;
+            p.nofile = None;
             if let Some(policy) = nested {
                 p.policy = policy;
             }
@@ -724,18 +730,19 @@ impl Job {
             proc_.maps = ModuleMap::read(tgid).ok();
         }
         let maps = proc_.maps.as_ref()?;
-        let mut pcs = self
-            .unwinder
-            .unwind(tid, maps, StartRegs::from(regs), depth);
-        if pcs.iter().any(|&pc| maps.module_of(pc).is_none()) {
+        let first = self.unwinder.unwind_detailed(tid, maps, StartRegs::from(regs), depth);
+        let pcs = match first.stop {
             // Code mapped since the snapshot (dlopen): refresh once.
-            if let Ok(fresh) = ModuleMap::read(tgid) {
-                pcs = self
-                    .unwinder
-                    .unwind(tid, &fresh, StartRegs::from(regs), depth);
-                proc_.maps = Some(fresh);
-            }
-        }
+            StopReason::OutsideMappings(_) => match ModuleMap::read(tgid) {
+                Ok(fresh) => {
+                    let again = self.unwinder.unwind(tid, &fresh, StartRegs::from(regs), depth);
+                    proc_.maps = Some(fresh);
+                    again
+                }
+                Err(_) => first.frames,
+            },
+            _ => first.frames,
+        };
         Some(Arc::new(pcs))
     }
 
@@ -1265,16 +1272,34 @@ impl Job {
         }
     }
 
+    /// The process's RLIMIT_NOFILE, re-read every 1024 questions.
+    fn cached_nofile(&mut self, tgid: i32) -> u64 {
+        let Some(p) = self.procs.get_mut(&tgid) else {
+            return nofile_limit(tgid);
+        };
+        match &mut p.nofile {
+            Some((limit, asked)) if *asked < 1024 => {
+                *asked += 1;
+                *limit
+            }
+            slot => {
+                let limit = nofile_limit(tgid);
+                *slot = Some((limit, 0));
+                limit
+            }
+        }
+    }
+
     /// Whether one more tombstone fits: under the quarantine bound after
     /// eviction, below 1024 for programs that use select(), and clear of
     /// RLIMIT_NOFILE.
-    fn room_for_tombstone(&self, tid: i32, tgid: i32) -> bool {
+    fn room_for_tombstone(&mut self, tid: i32, tgid: i32) -> bool {
+        let limit = self.cached_nofile(tgid);
         let Some(t) = self.threads.get(&tid) else {
             return false;
         };
         let table = t.table.borrow();
         let used = table.used() as u64;
-        let limit = nofile_limit(tgid);
         used + 16 < limit && used + 16 < 1024
     }
 
