@@ -50,6 +50,16 @@ pub enum CheckArg {
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum LeakCheckArg {
+    /// Handles each process created and did not close (stdio and
+    /// inherited fds are not leaks).
+    Yes,
+    /// Every handle still open at exit, inherited ones marked.
+    All,
+    No,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
 pub enum OnExceptionArg {
     /// Deliver SIGTRAP to the offending thread.
     Trap,
@@ -84,6 +94,17 @@ pub struct RunArgs {
     /// Frames recorded for the stacks that create and close handles (0: none).
     #[arg(long, value_name = "N", default_value_t = 32)]
     pub stack_depth: usize,
+    /// At each process exit, report the handles it created and still holds,
+    /// grouped by the stack that created them, and a LEAK SUMMARY at the end.
+    #[arg(long, value_enum, value_name = "WHICH", num_args = 0..=1, default_missing_value = "yes", require_equals = true)]
+    pub leak_check: Option<LeakCheckArg>,
+    /// Exit with this status when any leak or policy exception was reported
+    /// (the program's own status otherwise).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
+    pub error_exitcode: Option<u8>,
+    /// Print a ready suppression rule after each report.
+    #[arg(long)]
+    pub gen_suppressions: bool,
     /// Suppression rules to apply (repeatable; format in docs/suppressions.md).
     #[arg(long = "suppressions", value_name = "FILE")]
     pub suppressions: Vec<PathBuf>,

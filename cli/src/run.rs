@@ -1,10 +1,10 @@
 //! `handles run [OPTIONS] -- PROG [ARGS...]`.
 
 use handles_supervisor::policy::Policy;
-use handles_supervisor::run::{CheckLevel, Job, OnException, RunError, RunOptions};
+use handles_supervisor::run::{CheckLevel, Job, LeakMode, OnException, RunError, RunOptions};
 use handles_supervisor::suppress::Suppressions;
 
-use crate::args::{CheckArg, OnExceptionArg, RunArgs};
+use crate::args::{CheckArg, LeakCheckArg, OnExceptionArg, RunArgs};
 use crate::exit;
 
 /// The supervisor's own failure (not the program's).
@@ -119,9 +119,18 @@ pub fn run(a: &RunArgs) -> u8 {
         log: a.log.clone(),
         stack_depth: a.stack_depth,
         suppressions,
+        leak_mode: match a.leak_check {
+            None | Some(LeakCheckArg::No) => LeakMode::Off,
+            Some(LeakCheckArg::Yes) => LeakMode::Created,
+            Some(LeakCheckArg::All) => LeakMode::All,
+        },
+        gen_suppressions: a.gen_suppressions,
     };
     match Job::run(opts) {
-        Ok(outcome) => outcome.exit.shell_status().clamp(0, 255) as u8,
+        Ok(outcome) => match a.error_exitcode {
+            Some(code) if outcome.exceptions > 0 || outcome.leaks > 0 => code,
+            _ => outcome.exit.shell_status().clamp(0, 255) as u8,
+        },
         Err(RunError::Spawn(e)) => {
             eprintln!("handles: {e}");
             e.exit_code().clamp(0, 255) as u8

@@ -262,8 +262,19 @@ impl Inspector {
     }
 
     /// Phase one for one process.
+    /// Reads the table through one thread of `pid` (see
+    /// `ProcDir::open_task`), fully resolved.
+    pub fn read_task(&mut self, pid: i32, tid: i32) -> Result<Snapshot, InspectError> {
+        let mut snap = self.read_from(pid, ProcDir::open_task(pid, tid)?)?;
+        self.resolve(&mut [&mut snap]);
+        Ok(snap)
+    }
+
     fn read_one(&mut self, pid: i32) -> Result<Snapshot, InspectError> {
-        let mut dir = ProcDir::open(pid)?;
+        self.read_from(pid, ProcDir::open(pid)?)
+    }
+
+    fn read_from(&mut self, pid: i32, mut dir: ProcDir) -> Result<Snapshot, InspectError> {
         let status = dir.status()?;
         let fds = dir.list_fds()?;
         if let Some(ms) = std::env::var_os("HANDLES_DEBUG_STALL_MS") {

@@ -101,10 +101,20 @@ pub struct RawFdEntry {
 
 impl ProcDir {
     pub fn open(pid: i32) -> Result<ProcDir, InspectError> {
+        Self::open_path(pid, format!("/proc/{pid}"))
+    }
+
+    /// `/proc/PID/task/TID`: one thread's view, which still shows the fd
+    /// table while the thread exits even if the group leader is gone.
+    pub fn open_task(pid: i32, tid: i32) -> Result<ProcDir, InspectError> {
+        Self::open_path(pid, format!("/proc/{pid}/task/{tid}"))
+    }
+
+    fn open_path(pid: i32, path: String) -> Result<ProcDir, InspectError> {
         if pid <= 0 {
             return Err(InspectError::NoSuchProcess(pid));
         }
-        let path = CString::new(format!("/proc/{pid}")).expect("no NUL in a number");
+        let path = CString::new(path).map_err(|_| InspectError::NoSuchProcess(pid))?;
         let dir = openat(libc::AT_FDCWD, &path, libc::O_PATH | libc::O_DIRECTORY)
             .map_err(|e| classify(pid, "/proc/PID", e))?;
         Ok(ProcDir {

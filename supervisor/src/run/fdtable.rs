@@ -300,6 +300,15 @@ impl FdTable {
         out
     }
 
+    /// After exec: every handle still open was inherited by the new image.
+    pub fn mark_all_inherited(&mut self) {
+        for s in self.slots.values_mut() {
+            if let Slot::Open(h) = s {
+                h.origin = Origin::Inherited;
+            }
+        }
+    }
+
     /// Number of fd numbers the tracee has in use, tombstones included.
     pub fn used(&self) -> usize {
         self.slots.len() + usize::from(self.tomb_src.is_some())

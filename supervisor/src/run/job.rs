@@ -25,6 +25,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use super::fdtable::{runs, FdTable, ObjectFacts, Origin, Slot, Stack};
+use super::leaks::{self, Leak, LeakGroup, LeakMode, ProcessLeaks, SerFrame};
 use super::publish::Published;
 use super::report::{format_syscall, ExceptionReport, Section};
 use super::spawn::{self, SpawnError};
@@ -61,6 +62,9 @@ pub struct RunOptions {
     pub stack_depth: usize,
     /// Reports matching these are not raised (counted in `Outcome`).
     pub suppressions: Suppressions,
+    pub leak_mode: LeakMode,
+    /// Print a suppression rule for each report.
+    pub gen_suppressions: bool,
 }
 
 /// How the job ended.
@@ -85,6 +89,9 @@ pub struct Outcome {
     pub exit: Exit,
     pub exceptions: usize,
     pub suppressed: usize,
+    /// Leaked handles reported (after suppressions).
+    pub leaks: usize,
+    pub leak_reports: Vec<ProcessLeaks>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +131,8 @@ struct Thread {
     pending: Option<ExitWork>,
     /// Its first stop (the auto-attach stop) has been seen and resumed.
     started: bool,
+    /// PTRACE_EVENT_EXIT seen: it is on its way out.
+    exiting: bool,
 }
 
 struct Process {
@@ -276,6 +285,7 @@ pub struct Job {
     symbolizer: Symbolizer,
     exceptions: usize,
     suppressed: usize,
+    leak_reports: Vec<ProcessLeaks>,
     log: Option<std::fs::File>,
     /// Published tables, by process.
     published: HashMap<i32, Published>,
@@ -332,6 +342,7 @@ impl Job {
             symbolizer: Symbolizer::new(),
             exceptions: 0,
             suppressed: 0,
+            leak_reports: Vec::new(),
             log,
             published: HashMap::new(),
             opts,
@@ -344,6 +355,7 @@ impl Job {
                 table: Rc::new(RefCell::new(FdTable::new(mixer))),
                 pending: None,
                 started: true,
+                exiting: false,
             },
         );
         job.procs.insert(
@@ -366,10 +378,16 @@ impl Job {
                 .into());
             }
         }
+        if job.opts.leak_mode != LeakMode::Off {
+            let text = leaks::summary(&job.leak_reports);
+            job.write_report(&text);
+        }
         Ok(Outcome {
             exit: job.root_exit.unwrap_or(Exit::Code(0)),
             exceptions: job.exceptions,
             suppressed: job.suppressed,
+            leaks: job.leak_reports.iter().map(|p| p.count()).sum(),
+            leak_reports: job.leak_reports,
         })
     }
 
@@ -491,7 +509,7 @@ impl Job {
                     | libc::PTRACE_EVENT_VFORK
                     | libc::PTRACE_EVENT_CLONE => self.on_new_task(tid),
                     libc::PTRACE_EVENT_EXEC => self.on_exec(tid),
-                    libc::PTRACE_EVENT_EXIT => self.resume(tid, None),
+                    libc::PTRACE_EVENT_EXIT => self.on_exit_event(tid),
                     libc::PTRACE_EVENT_STOP => self.on_event_stop(tid, sig),
                     _ => self.resume(tid, None),
                 }
@@ -620,6 +638,7 @@ impl Job {
                 table,
                 pending: None,
                 started,
+                exiting: false,
             },
         );
         if started {
@@ -683,6 +702,7 @@ impl Job {
                 table.open(fd, Origin::Inherited, None, tgid);
             }
         }
+        table.mark_all_inherited();
         if let Some(t) = self.threads.get_mut(&tid) {
             t.table = Rc::new(RefCell::new(table));
             t.pending = None;
@@ -726,16 +746,26 @@ impl Job {
         let regs = regs?;
         let depth = self.opts.stack_depth;
         let proc_ = self.procs.get_mut(&tgid)?;
-        if proc_.maps.is_none() {
+        // Re-read the maps when the call comes from code mapped since the
+        // last read (the dynamic loader maps libc after the first opens).
+        if proc_
+            .maps
+            .as_ref()
+            .is_none_or(|m| m.module_of(regs.rip).is_none())
+        {
             proc_.maps = ModuleMap::read(tgid).ok();
         }
         let maps = proc_.maps.as_ref()?;
-        let first = self.unwinder.unwind_detailed(tid, maps, StartRegs::from(regs), depth);
+        let first = self
+            .unwinder
+            .unwind_detailed(tid, maps, StartRegs::from(regs), depth);
         let pcs = match first.stop {
             // Code mapped since the snapshot (dlopen): refresh once.
             StopReason::OutsideMappings(_) => match ModuleMap::read(tgid) {
                 Ok(fresh) => {
-                    let again = self.unwinder.unwind(tid, &fresh, StartRegs::from(regs), depth);
+                    let again = self
+                        .unwinder
+                        .unwind(tid, &fresh, StartRegs::from(regs), depth);
                     proc_.maps = Some(fresh);
                     again
                 }
@@ -1185,10 +1215,171 @@ impl Job {
     fn emit(&mut self, report: &ExceptionReport) {
         self.exceptions += 1;
         let text = report.render();
+        self.write_report(&text);
+    }
+
+    /// Our output goes to stderr and, with `--log`, to the log file.
+    fn write_report(&mut self, text: &str) {
         let _ = std::io::stderr().write_all(text.as_bytes());
         if let Some(f) = &mut self.log {
             let _ = f.write_all(text.as_bytes());
         }
+    }
+
+    /// PTRACE_EVENT_EXIT: the thread is exiting but its fd table still
+    /// exists. When it is the last thread using the table, check for leaks.
+    fn on_exit_event(&mut self, tid: i32) {
+        if let Some(t) = self.threads.get_mut(&tid) {
+            t.exiting = true;
+        }
+        if self.opts.leak_mode != LeakMode::Off {
+            let last = self.threads.get(&tid).is_some_and(|t| {
+                self.threads
+                    .values()
+                    .filter(|o| Rc::ptr_eq(&o.table, &t.table))
+                    .all(|o| o.exiting)
+            });
+            if last {
+                self.leak_check(tid);
+            }
+        }
+        self.resume(tid, None);
+    }
+
+    fn leak_check(&mut self, tid: i32) {
+        let Some(t) = self.threads.get(&tid) else {
+            return;
+        };
+        let tgid = t.tgid;
+        let all = self.opts.leak_mode == LeakMode::All;
+        let candidates: Vec<(i32, u32, Origin, Option<Stack>, bool)> = {
+            let table = t.table.borrow();
+            table
+                .open_fds()
+                .filter_map(|(fd, h)| {
+                    let inherited = h.origin == Origin::Inherited || h.creator != tgid;
+                    (all || !inherited).then(|| {
+                        (
+                            fd,
+                            table.value_of(fd, h.generation).0,
+                            h.origin.clone(),
+                            h.created.clone(),
+                            inherited,
+                        )
+                    })
+                })
+                .collect()
+        };
+        if candidates.is_empty() {
+            return;
+        }
+        let snapshot = crate::inspect::Inspector::new(crate::inspect::Options { long: false })
+            .read_task(tgid, tid)
+            .ok();
+        let info = |fd: i32| {
+            snapshot
+                .as_ref()
+                .and_then(|s| s.handles.iter().find(|h| h.fd == fd))
+        };
+        let mut items = Vec::new();
+        for (fd, value, origin, stack, inherited) in candidates {
+            // Stdio is never a leak, even when a program re-opened it.
+            if fd <= 2 && !all {
+                continue;
+            }
+            let Some(h) = info(fd) else {
+                continue;
+            };
+            let origin = match origin {
+                Origin::Syscall(s) => s.to_string(),
+                Origin::Received => "recvmsg (SCM_RIGHTS)".into(),
+                Origin::Discovered => "an untraced call".into(),
+                Origin::Inherited => "inherited".into(),
+            };
+            let key: Vec<u64> = stack.as_ref().map(|s| s.to_vec()).unwrap_or_default();
+            items.push((
+                key,
+                (
+                    stack,
+                    Leak {
+                        fd,
+                        handle: value,
+                        ty: h.ty.to_string(),
+                        koid: h.koid,
+                        dev: h.dev.clone(),
+                        description: h.description.clone(),
+                        origin,
+                        inherited,
+                    },
+                ),
+            ));
+        }
+        let mut map: std::collections::BTreeMap<Vec<u64>, (Option<Stack>, Vec<Leak>)> =
+            Default::default();
+        for (k, (stack, leak)) in items {
+            map.entry(k)
+                .or_insert_with(|| (stack, Vec::new()))
+                .1
+                .push(leak);
+        }
+        let mut groups = Vec::new();
+        let mut stacks = Vec::new();
+        let mut suppressed = 0;
+        let mut rules = String::new();
+        for (_, (stack, handles)) in map {
+            let frames = self.symbolize(tgid, stack.as_ref());
+            let mut kept = Vec::new();
+            for l in handles {
+                let event = Event {
+                    report: "leak",
+                    kind: "leak",
+                    ty: &l.ty,
+                    path: &l.description,
+                    frames: frames
+                        .iter()
+                        .map(|f| FrameRef {
+                            function: f.function.as_deref(),
+                            module: f.module.as_deref(),
+                            file: f.file.as_deref(),
+                        })
+                        .collect(),
+                };
+                if self.opts.suppressions.matching(&event).is_some() {
+                    suppressed += 1;
+                    continue;
+                }
+                if self.opts.gen_suppressions && kept.is_empty() {
+                    let name = format!("leak-{}-{}", l.ty, l.origin.replace(' ', "-"));
+                    rules.push_str(&crate::suppress::Rule::for_event(&name, &event, 4).render());
+                }
+                kept.push(l);
+            }
+            if kept.is_empty() {
+                continue;
+            }
+            groups.push(LeakGroup {
+                handles: kept,
+                stack: frames.iter().map(SerFrame::from).collect(),
+            });
+            stacks.push(frames);
+        }
+        let report = ProcessLeaks {
+            pid: tgid,
+            name: self
+                .procs
+                .get(&tgid)
+                .map(|p| p.name.clone())
+                .unwrap_or_default(),
+            groups,
+            suppressed,
+        };
+        if report.count() > 0 {
+            let mut text = leaks::render(&report, &stacks);
+            // Rules print bare, ready to paste into a suppressions file.
+            text.push_str(&rules);
+            self.write_report(&text);
+        }
+        self.leak_reports.push(report);
     }
 
     /// After a report: kill, trap, or stop the offender.

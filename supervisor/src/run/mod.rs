@@ -10,6 +10,7 @@
 
 pub mod fdtable;
 pub mod job;
+pub mod leaks;
 pub mod publish;
 pub mod report;
 pub mod spawn;
@@ -17,4 +18,5 @@ pub mod syscalls;
 pub mod tracer;
 
 pub use job::{Exit, Job, OnException, Outcome, RunError, RunOptions};
+pub use leaks::LeakMode;
 pub use syscalls::CheckLevel;

@@ -1,0 +1,227 @@
+//! Leak checks: the handles a process created and still holds when it
+//! exits, grouped by the stack that created them.
+//!
+//! The supervisor calls [`LeakCollector::process_exit`] at the
+//! PTRACE_EVENT_EXIT of the last thread using an fd table, while the table
+//! still exists; it renders the per-process report then and the job-wide
+//! summary at the end.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use crate::backtrace::Frame;
+
+/// Which handles count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeakMode {
+    Off,
+    /// Handles the process created (stdio and inherited fds are not leaks).
+    Created,
+    /// Every open handle, inherited ones marked as such.
+    All,
+}
+
+/// One leaked handle.
+#[derive(Clone, Debug, Serialize)]
+pub struct Leak {
+    pub fd: i32,
+    pub handle: u32,
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub koid: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dev: Option<String>,
+    pub description: String,
+    /// `openat`, `socket`, `recvmsg (SCM_RIGHTS)`, `inherited`, ...
+    pub origin: String,
+    pub inherited: bool,
+}
+
+/// Leaks that share one creation stack.
+#[derive(Clone, Debug, Serialize)]
+pub struct LeakGroup {
+    pub handles: Vec<Leak>,
+    pub stack: Vec<SerFrame>,
+}
+
+/// A frame as the JSON report shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct SerFrame {
+    pub addr: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+    pub module_offset: String,
+}
+
+impl From<&Frame> for SerFrame {
+    fn from(f: &Frame) -> SerFrame {
+        SerFrame {
+            addr: format!("{:#x}", f.addr),
+            function: f.function.clone(),
+            file: f.file.clone(),
+            line: f.line,
+            module: f.module.clone(),
+            module_offset: format!("{:#x}", f.module_offset),
+        }
+    }
+}
+
+/// The leaks of one process.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProcessLeaks {
+    pub pid: i32,
+    pub name: String,
+    pub groups: Vec<LeakGroup>,
+    /// Leaks silenced by suppressions.
+    pub suppressed: usize,
+}
+
+impl ProcessLeaks {
+    pub fn count(&self) -> usize {
+        self.groups.iter().map(|g| g.handles.len()).sum()
+    }
+}
+
+/// Groups (creation stack → handles); input order kept within a group.
+pub fn group<K: Ord + Clone>(items: Vec<(K, Leak)>) -> Vec<(K, Vec<Leak>)> {
+    let mut map: BTreeMap<K, Vec<Leak>> = BTreeMap::new();
+    for (k, l) in items {
+        map.entry(k).or_default().push(l);
+    }
+    map.into_iter().collect()
+}
+
+/// The per-process report, with the symbolized stack of each group.
+pub fn render(p: &ProcessLeaks, stacks: &[Vec<Frame>]) -> String {
+    let mut s = String::new();
+    let n = p.count();
+    let _ = writeln!(
+        s,
+        "handles: ==== leak check: process {} ({}) exits holding {} handle{} it created ====",
+        p.pid,
+        p.name,
+        n,
+        if n == 1 { "" } else { "s" }
+    );
+    for (g, frames) in p.groups.iter().zip(stacks) {
+        let types: Vec<&str> = {
+            let mut t: Vec<&str> = g.handles.iter().map(|h| h.ty.as_str()).collect();
+            t.sort_unstable();
+            t.dedup();
+            t
+        };
+        let origin = g.handles.first().map(|h| h.origin.as_str()).unwrap_or("?");
+        let _ = writeln!(
+            s,
+            "handles: {} handle{} ({}) {}:",
+            g.handles.len(),
+            if g.handles.len() == 1 { "" } else { "s" },
+            types.join(", "),
+            if g.handles.iter().all(|h| h.inherited) {
+                "inherited".to_string()
+            } else {
+                format!("created by {origin}() at")
+            }
+        );
+        for f in frames {
+            let _ = writeln!(s, "handles:     {f}");
+        }
+        for h in &g.handles {
+            let _ = writeln!(
+                s,
+                "handles:   {:#010x} fd {} {} koid {} {}{}",
+                h.handle,
+                h.fd,
+                h.ty,
+                h.koid,
+                h.description,
+                if h.inherited { " (inherited)" } else { "" }
+            );
+        }
+    }
+    s
+}
+
+/// `LEAK SUMMARY: 4 handles to 3 objects in 2 processes`.
+pub fn summary(all: &[ProcessLeaks]) -> String {
+    let handles: usize = all.iter().map(|p| p.count()).sum();
+    let objects: HashSet<(u64, Option<&str>)> = all
+        .iter()
+        .flat_map(|p| &p.groups)
+        .flat_map(|g| &g.handles)
+        .map(|h| (h.koid, h.dev.as_deref()))
+        .collect();
+    let procs = all.iter().filter(|p| p.count() > 0).count();
+    let suppressed: usize = all.iter().map(|p| p.suppressed).sum();
+    let mut s = format!(
+        "handles: LEAK SUMMARY: {handles} handle{} to {} object{} in {procs} process{}",
+        if handles == 1 { "" } else { "s" },
+        objects.len(),
+        if objects.len() == 1 { "" } else { "s" },
+        if procs == 1 { "" } else { "es" }
+    );
+    if suppressed > 0 {
+        let _ = write!(s, " ({suppressed} suppressed)");
+    }
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leak(fd: i32, koid: u64) -> Leak {
+        Leak {
+            fd,
+            handle: (fd as u32) << 2 | 3,
+            ty: "file".into(),
+            koid,
+            dev: Some("8:1".into()),
+            description: "/tmp/x".into(),
+            origin: "openat".into(),
+            inherited: false,
+        }
+    }
+
+    #[test]
+    fn summary_counts_objects_once() {
+        let p = ProcessLeaks {
+            pid: 1,
+            name: "a".into(),
+            groups: vec![LeakGroup {
+                handles: vec![leak(3, 10), leak(4, 10), leak(5, 11)],
+                stack: Vec::new(),
+            }],
+            suppressed: 0,
+        };
+        let q = ProcessLeaks {
+            pid: 2,
+            name: "b".into(),
+            groups: vec![LeakGroup {
+                handles: vec![leak(3, 12)],
+                stack: Vec::new(),
+            }],
+            suppressed: 2,
+        };
+        assert_eq!(
+            summary(&[p, q]),
+            "handles: LEAK SUMMARY: 4 handles to 3 objects in 2 processes (2 suppressed)\n"
+        );
+    }
+
+    #[test]
+    fn grouping_keeps_order() {
+        let g = group(vec![(2, leak(3, 1)), (1, leak(4, 2)), (2, leak(5, 3))]);
+        assert_eq!(g.len(), 2);
+        assert_eq!(g[1].1.iter().map(|l| l.fd).collect::<Vec<_>>(), vec![3, 5]);
+    }
+}
