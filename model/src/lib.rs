@@ -10,6 +10,7 @@
 pub mod handle;
 pub mod objtype;
 pub mod rights;
+pub mod syscalls;
 pub mod table;
 
 pub use handle::{Fd, HandleValue, Koid};
