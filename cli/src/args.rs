@@ -105,6 +105,17 @@ pub struct RunArgs {
     /// Print a ready suppression rule after each report.
     #[arg(long)]
     pub gen_suppressions: bool,
+    /// Write a JSON report of every exception and leak, with stacks and the
+    /// job tree (schema in docs/report.md).
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Write the exceptions and leaks as SARIF 2.1.0, for code-scanning UIs.
+    #[arg(long, value_name = "FILE")]
+    pub sarif: Option<PathBuf>,
+    /// A per-process handle budget: creating more than N open handles raises
+    /// an exception (catches runaway leaks long before EMFILE).
+    #[arg(long, value_name = "N")]
+    pub max_handles: Option<usize>,
     /// Suppression rules to apply (repeatable; format in docs/suppressions.md).
     #[arg(long = "suppressions", value_name = "FILE")]
     pub suppressions: Vec<PathBuf>,

@@ -125,6 +125,9 @@ pub fn run(a: &RunArgs) -> u8 {
             Some(LeakCheckArg::All) => LeakMode::All,
         },
         gen_suppressions: a.gen_suppressions,
+        report: a.report.clone(),
+        sarif: a.sarif.clone(),
+        max_handles: a.max_handles,
     };
     match Job::run(opts) {
         Ok(outcome) => match a.error_exitcode {

@@ -309,6 +309,11 @@ impl FdTable {
         }
     }
 
+    /// Handles open (tombstones and the tombstone source excluded).
+    pub fn open_count(&self) -> usize {
+        self.slots.len() - self.quarantine.len()
+    }
+
     /// Number of fd numbers the tracee has in use, tombstones included.
     pub fn used(&self) -> usize {
         self.slots.len() + usize::from(self.tomb_src.is_some())

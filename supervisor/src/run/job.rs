@@ -26,6 +26,7 @@ use nix::unistd::Pid;
 
 use super::fdtable::{runs, FdTable, ObjectFacts, Origin, Slot, Stack};
 use super::leaks::{self, Leak, LeakGroup, LeakMode, ProcessLeaks, SerFrame};
+use super::output::{self, SerException, SerProcess, SerStack};
 use super::publish::Published;
 use super::report::{format_syscall, ExceptionReport, Section};
 use super::spawn::{self, SpawnError};
@@ -65,6 +66,12 @@ pub struct RunOptions {
     pub leak_mode: LeakMode,
     /// Print a suppression rule for each report.
     pub gen_suppressions: bool,
+    /// Write the JSON report (docs/report.md) here at the end.
+    pub report: Option<PathBuf>,
+    /// Write SARIF 2.1.0 here at the end.
+    pub sarif: Option<PathBuf>,
+    /// A per-process handle budget: creating more raises an exception.
+    pub max_handles: Option<usize>,
 }
 
 /// How the job ended.
@@ -144,6 +151,8 @@ struct Process {
     maps: Option<ModuleMap>,
     /// Set while the process is being detached for `--on-exception=stop`.
     detaching: bool,
+    /// `--max-handles` was already reported for this process.
+    over_budget: bool,
 }
 
 /// A bad fd use found at a syscall's entry.
@@ -286,6 +295,9 @@ pub struct Job {
     exceptions: usize,
     suppressed: usize,
     leak_reports: Vec<ProcessLeaks>,
+    exception_list: Vec<SerException>,
+    /// The job tree, for the JSON report.
+    tree: std::collections::BTreeMap<i32, SerProcess>,
     log: Option<std::fs::File>,
     /// Published tables, by process.
     published: HashMap<i32, Published>,
@@ -343,6 +355,8 @@ impl Job {
             exceptions: 0,
             suppressed: 0,
             leak_reports: Vec::new(),
+            exception_list: Vec::new(),
+            tree: Default::default(),
             log,
             published: HashMap::new(),
             opts,
@@ -366,6 +380,16 @@ impl Job {
                 policy: job.opts.policy.clone(),
                 maps: None,
                 detaching: false,
+                over_budget: false,
+            },
+        );
+        job.tree.insert(
+            root,
+            SerProcess {
+                pid: root,
+                parent: None,
+                names: Vec::new(),
+                exit: None,
             },
         );
         job.serve()?;
@@ -382,6 +406,7 @@ impl Job {
             let text = leaks::summary(&job.leak_reports);
             job.write_report(&text);
         }
+        job.write_machine_reports()?;
         Ok(Outcome {
             exit: job.root_exit.unwrap_or(Exit::Code(0)),
             exceptions: job.exceptions,
@@ -526,6 +551,9 @@ impl Job {
             }
         }
         self.unborn.remove(&tid);
+        if let Some(p) = self.tree.get_mut(&tid) {
+            p.exit = Some(exit_json(exit));
+        }
         if tid == self.root {
             self.root_exit = Some(exit);
         }
@@ -615,6 +643,15 @@ impl Job {
             Rc::new(RefCell::new(copy))
         };
         if !thread {
+            self.tree.insert(
+                child,
+                SerProcess {
+                    pid: child,
+                    parent: Some(ptgid),
+                    names: vec![comm(child)],
+                    exit: None,
+                },
+            );
             let (name, policy) = match self.procs.get(&ptgid) {
                 Some(p) => (p.name.clone(), p.policy.clone()),
                 None => (comm(child), self.opts.policy.clone()),
@@ -627,6 +664,7 @@ impl Job {
                     policy,
                     maps: None,
                     detaching: false,
+                    over_budget: false,
                 },
             );
         }
@@ -709,6 +747,9 @@ impl Job {
         }
         // The new image's table is published afresh.
         self.published.remove(&tgid);
+        if let Some(p) = self.tree.get_mut(&tgid) {
+            p.names.push(comm(tgid));
+        }
         let nested = self.nested_policy(tgid);
         if let Some(p) = self.procs.get_mut(&tgid) {
             p.name = comm(tgid);
@@ -1100,6 +1141,8 @@ impl Job {
         }
         let report = ExceptionReport {
             condition: "bad-handle".into(),
+            kind: kind.into(),
+            fd: Some(fd),
             action: action.to_string(),
             pid: tgid,
             tid,
@@ -1169,6 +1212,8 @@ impl Job {
             let wanted: Vec<&str> = expected.iter().map(|t| t.name()).collect();
             let report = ExceptionReport {
                 condition: "wrong-object".into(),
+                kind: "wrong-object".into(),
+                fd: Some(fd),
                 action: action.to_string(),
                 pid: tgid,
                 tid,
@@ -1212,10 +1257,121 @@ impl Job {
         self.raise(tid, tgid, action);
     }
 
+    /// `--max-handles`: the process holds more handles than its budget, the
+    /// sign of a runaway leak long before EMFILE. Reported once per process,
+    /// as an exception (SIGTRAP follows).
+    #[allow(clippy::too_many_arguments)]
+    fn over_budget(
+        &mut self,
+        tid: i32,
+        tgid: i32,
+        desc: &'static Desc,
+        entry: &Regs,
+        count: usize,
+        max: usize,
+        fd: Option<i32>,
+    ) {
+        let stack = self.capture_stack(tid, tgid, Some(entry));
+        let frames = self.symbolize(tgid, stack.as_ref());
+        let report = ExceptionReport {
+            condition: "max-handles".into(),
+            kind: "max-handles".into(),
+            fd,
+            action: "allow-exception".into(),
+            pid: tgid,
+            tid,
+            process_name: self
+                .procs
+                .get(&tgid)
+                .map(|p| p.name.clone())
+                .unwrap_or_default(),
+            thread_name: comm(tid),
+            syscall: format_syscall(
+                desc.name,
+                &tracer::args(entry),
+                desc.nargs as usize,
+                desc.fd_args | desc.dirfd_args,
+            ),
+            handle: fd.map(|f| format!("fd {f}: the newest")),
+            what: format!(
+                "the process holds {count} handles, over its budget of {max} (--max-handles)"
+            ),
+            outcome: "the call succeeds; SIGTRAP follows".into(),
+            sections: vec![Section {
+                title: "backtrace".into(),
+                frames,
+            }],
+        };
+        self.emit(&report);
+        self.raise(tid, tgid, Action::AllowException);
+    }
+
     fn emit(&mut self, report: &ExceptionReport) {
         self.exceptions += 1;
         let text = report.render();
         self.write_report(&text);
+        self.exception_list.push(SerException {
+            condition: report.condition.clone(),
+            kind: report.kind.clone(),
+            action: report.action.clone(),
+            pid: report.pid,
+            tid: report.tid,
+            process: report.process_name.clone(),
+            thread: report.thread_name.clone(),
+            syscall: report.syscall.clone(),
+            fd: report.fd,
+            handle: report.handle.clone(),
+            what: report.what.clone(),
+            outcome: report.outcome.clone(),
+            stacks: report
+                .sections
+                .iter()
+                .map(|s| SerStack {
+                    title: s.title.clone(),
+                    frames: s.frames.iter().map(SerFrame::from).collect(),
+                })
+                .collect(),
+        });
+    }
+
+    /// `--report` and `--sarif`, written once the job is over.
+    fn write_machine_reports(&self) -> Result<(), RunError> {
+        let write = |path: &PathBuf, v: &serde_json::Value| -> Result<(), RunError> {
+            let text = serde_json::to_string_pretty(v).unwrap_or_default();
+            std::fs::write(path, text + "\n").map_err(|e| RunError::Log {
+                path: path.clone(),
+                source: e,
+            })
+        };
+        if let Some(p) = &self.opts.report {
+            let mut command = vec![self.opts.program.to_string_lossy().into_owned()];
+            command.extend(
+                self.opts
+                    .args
+                    .iter()
+                    .map(|a| a.to_string_lossy().into_owned()),
+            );
+            let exit = self.root_exit.map(exit_json);
+            let procs: Vec<SerProcess> = self.tree.values().cloned().collect();
+            let v = output::json_report(
+                &command,
+                exit,
+                &self.exception_list,
+                &self.leak_reports,
+                &procs,
+                self.suppressed,
+            );
+            write(p, &v)?;
+        }
+        if let Some(p) = &self.opts.sarif {
+            let v = output::sarif(
+                env!("CARGO_PKG_VERSION"),
+                &self.exception_list,
+                &self.leak_reports,
+            );
+            write(p, &v)?;
+        }
+        Ok(())
     }
 
     /// Our output goes to stderr and, with `--log`, to the log file.
@@ -1895,6 +2051,17 @@ impl Job {
                 }
             }
         }
+        if let Some(max) = self.opts.max_handles {
+            let count = self.threads[&tid].table.borrow().open_count();
+            let first = self.procs.get(&tgid).is_some_and(|p| !p.over_budget);
+            if count > max && first {
+                if let Some(p) = self.procs.get_mut(&tgid) {
+                    p.over_budget = true;
+                }
+                self.over_budget(tid, tgid, desc, entry, count, max, new_fds.last().copied());
+                return;
+            }
+        }
         let new_policy_active = self.procs.get(&tgid).is_some_and(|p| {
             p.policy
                 .entries()
@@ -1976,6 +2143,8 @@ impl Job {
             let frames = self.symbolize(tgid, stack.as_ref());
             let report = ExceptionReport {
                 condition: condition.to_string(),
+                kind: condition.to_string(),
+                fd: Some(fd),
                 action: action.to_string(),
                 pid: tgid,
                 tid,
@@ -2031,6 +2200,13 @@ fn expected_object(name: &str) -> Option<(&'static [ObjType], i32)> {
         "getdents" | "getdents64" | "fchdir" => (&[ObjType::Dir], libc::ENOTDIR),
         _ => return None,
     })
+}
+
+fn exit_json(e: Exit) -> serde_json::Value {
+    match e {
+        Exit::Code(c) => serde_json::json!({ "code": c }),
+        Exit::Signal(s, core) => serde_json::json!({ "signal": s, "core": core }),
+    }
 }
 
 /// `fcntl(fd, F_GETFD)` or `fcntl(fd, F_GETFL)`: a question, not a use.

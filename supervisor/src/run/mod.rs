@@ -11,6 +11,7 @@
 pub mod fdtable;
 pub mod job;
 pub mod leaks;
+pub mod output;
 pub mod publish;
 pub mod report;
 pub mod spawn;

@@ -18,6 +18,10 @@ pub struct Section {
 pub struct ExceptionReport {
     /// `bad-handle`, `new-file`, ...
     pub condition: String,
+    /// Finer than the condition: `double-close`, `use-closed`, `new-pipe`...
+    pub kind: String,
+    /// The fd involved, when there is one.
+    pub fd: Option<i32>,
     pub action: String,
     pub pid: i32,
     pub tid: i32,

@@ -1,0 +1,192 @@
+//! Machine-readable reports of a job: the JSON report (`--report FILE`,
+//! schema in docs/report.md) and SARIF 2.1.0 (`--sarif FILE`) for
+//! code-scanning UIs.
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::leaks::{ProcessLeaks, SerFrame};
+
+/// One stack of an exception, symbolized.
+#[derive(Clone, Debug, Serialize)]
+pub struct SerStack {
+    pub title: String,
+    pub frames: Vec<SerFrame>,
+}
+
+/// A policy exception as the JSON report has it.
+#[derive(Clone, Debug, Serialize)]
+pub struct SerException {
+    pub condition: String,
+    pub kind: String,
+    pub action: String,
+    pub pid: i32,
+    pub tid: i32,
+    pub process: String,
+    pub thread: String,
+    pub syscall: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fd: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handle: Option<String>,
+    pub what: String,
+    pub outcome: String,
+    pub stacks: Vec<SerStack>,
+}
+
+/// One process of the job tree.
+#[derive(Clone, Debug, Serialize)]
+pub struct SerProcess {
+    pub pid: i32,
+    /// The job member that forked it (None for the job's first process).
+    pub parent: Option<i32>,
+    /// Names it ran under, one per exec.
+    pub names: Vec<String>,
+    /// `{"code": N}` or `{"signal": N, "core": bool}`; null while unknown.
+    pub exit: Option<Value>,
+}
+
+pub const SCHEMA: &str = "handles.run.v1";
+
+#[allow(clippy::too_many_arguments)]
+pub fn json_report(
+    command: &[String],
+    exit: Option<Value>,
+    exceptions: &[SerException],
+    leaks: &[ProcessLeaks],
+    processes: &[SerProcess],
+    suppressed: usize,
+) -> Value {
+    let leaked: usize = leaks.iter().map(|p| p.count()).sum();
+    let leak_suppressed: usize = leaks.iter().map(|p| p.suppressed).sum();
+    json!({
+        "schema": SCHEMA,
+        "command": command,
+        "exit": exit,
+        "exceptions": exceptions,
+        "leaks": leaks.iter().filter(|p| p.count() > 0).collect::<Vec<_>>(),
+        "processes": processes,
+        "summary": {
+            "exceptions": exceptions.len(),
+            "leaked_handles": leaked,
+            "suppressed": suppressed + leak_suppressed,
+        },
+    })
+}
+
+/// The innermost frame that has source information, as a SARIF location.
+fn primary_location(frames: &[SerFrame]) -> Option<Value> {
+    let f = frames
+        .iter()
+        .find(|f| f.file.is_some() && f.line.is_some())?;
+    let file = f.file.as_deref()?;
+    let uri = if file.starts_with('/') {
+        format!("file://{file}")
+    } else {
+        file.to_string()
+    };
+    Some(json!({
+        "physicalLocation": {
+            "artifactLocation": { "uri": uri },
+            "region": { "startLine": f.line.unwrap_or(1).max(1) }
+        },
+        "logicalLocations": f.function.as_ref().map(|n| vec![json!({"name": n, "kind": "function"})]).unwrap_or_default(),
+    }))
+}
+
+fn sarif_frame(f: &SerFrame) -> Value {
+    let mut loc = json!({
+        "message": { "text": format!("{} {}", f.addr, f.function.as_deref().unwrap_or("??")) },
+    });
+    if let (Some(file), Some(line)) = (&f.file, f.line) {
+        let uri = if file.starts_with('/') {
+            format!("file://{file}")
+        } else {
+            file.clone()
+        };
+        loc["physicalLocation"] = json!({
+            "artifactLocation": { "uri": uri },
+            "region": { "startLine": line.max(1) }
+        });
+    }
+    json!({
+        "location": loc,
+        "module": f.module.clone().unwrap_or_default(),
+    })
+}
+
+fn sarif_stack(title: &str, frames: &[SerFrame]) -> Value {
+    json!({
+        "message": { "text": title },
+        "frames": frames.iter().map(sarif_frame).collect::<Vec<_>>(),
+    })
+}
+
+fn with_location(mut result: Value, frames: &[SerFrame]) -> Value {
+    if let Some(loc) = primary_location(frames) {
+        result["locations"] = json!([loc]);
+    }
+    result
+}
+
+/// SARIF 2.1.0: one result per exception and per leak group.
+pub fn sarif(version: &str, exceptions: &[SerException], leaks: &[ProcessLeaks]) -> Value {
+    let mut results = Vec::new();
+    for e in exceptions {
+        let first = e.stacks.first().map(|s| s.frames.as_slice()).unwrap_or(&[]);
+        let r = json!({
+            "ruleId": e.condition,
+            "level": "error",
+            "message": { "text": format!("{}: {} in process {} ({}), {}", e.condition, e.what, e.pid, e.process, e.syscall) },
+            "stacks": e.stacks.iter().map(|s| sarif_stack(&s.title, &s.frames)).collect::<Vec<_>>(),
+            "properties": { "pid": e.pid, "tid": e.tid, "action": e.action, "kind": e.kind },
+        });
+        results.push(with_location(r, first));
+    }
+    for p in leaks {
+        for g in &p.groups {
+            let types: Vec<&str> = g.handles.iter().map(|h| h.ty.as_str()).collect();
+            let fds: Vec<i32> = g.handles.iter().map(|h| h.fd).collect();
+            let r = json!({
+                "ruleId": "leak",
+                "level": "error",
+                "message": { "text": format!(
+                    "{} handle(s) ({}) created by {}() leaked by process {} ({}): fds {:?}",
+                    g.handles.len(),
+                    types.join(", "),
+                    g.handles.first().map(|h| h.origin.as_str()).unwrap_or("?"),
+                    p.pid,
+                    p.name,
+                    fds
+                ) },
+                "stacks": [sarif_stack("created at", &g.stack)],
+                "properties": { "pid": p.pid, "fds": fds },
+            });
+            results.push(with_location(r, &g.stack));
+        }
+    }
+    let rule = |id: &str, text: &str| {
+        json!({
+            "id": id,
+            "shortDescription": { "text": text },
+            "defaultConfiguration": { "level": "error" },
+        })
+    };
+    json!({
+        "version": "2.1.0",
+        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+        "runs": [{
+            "tool": { "driver": {
+                "name": "handles",
+                "version": version,
+                "rules": [
+                    rule("bad-handle", "Use, close or duplication of a closed or never-opened handle"),
+                    rule("wrong-object", "A call on a handle of the wrong object type"),
+                    rule("leak", "A handle created by a process and still open when it exits"),
+                    rule("new-object", "Creation of a handle the job policy does not allow"),
+                ],
+            }},
+            "results": results,
+        }],
+    })
+}
