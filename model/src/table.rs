@@ -5,23 +5,37 @@
 //! One table per process, in a memfd mapped MAP_SHARED by its writer:
 //!
 //! ```text
-//! offset 0   Header (64 bytes)
-//! offset 64  Slot[capacity] (32 bytes each), indexed by fd number
+//! offset 0                      Header (64 bytes)
+//! offset 64                     Slot[capacity] (32 bytes each), indexed by fd
+//! offset 64 + 32 * capacity     SlotStacks[capacity] (256 bytes each)
 //! ```
 //!
 //! Every field is an atomic, and each slot has a sequence counter (a
 //! seqlock: odd while being written), so a reader in another process gets a
-//! consistent slot without locks and without stopping the writer. A reader
-//! must treat the bytes as hostile: a buggy program can scribble on its own
-//! shim's table. [`TableView`] checks everything and never panics.
+//! consistent slot without locks and without stopping the writer. A slot's
+//! stacks (the return addresses of the calls that created and closed the
+//! fd, [`STACK_DEPTH`] each, 0-terminated) are written under the same
+//! counter, so a slot and its stacks are read as one snapshot. The counter
+//! also serialises writers: [`Slot::lock`] takes it from even to odd with a
+//! compare-and-swap, so two threads of one process that race on one fd
+//! number cannot interleave their writes.
+//!
+//! A reader must treat the bytes as hostile: a buggy program can scribble on
+//! its own shim's table. [`TableView`] checks everything and never panics.
+//!
+//! Version 2 added the stack area (version 1 had slots only).
 
 use core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 /// `b"HNDLTBL1"` as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"HNDLTBL1");
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 pub const HEADER_SIZE: usize = 64;
 pub const SLOT_SIZE: usize = 32;
+/// Return addresses kept per stack record (creation, close).
+pub const STACK_DEPTH: usize = 16;
+/// Bytes of one slot's stack records: creation then close.
+pub const STACKS_SIZE: usize = 2 * STACK_DEPTH * 8;
 /// Largest table a reader accepts (the kernel's default fs.nr_open).
 pub const MAX_CAPACITY: u32 = 1 << 20;
 
@@ -51,8 +65,11 @@ pub struct Header {
     pub pid: AtomicU32,
     pub mixer: AtomicU32,
     pub writer: AtomicU32,
-    _reserved0: AtomicU32,
-    _reserved: [AtomicU64; 3],
+    /// [`STACK_DEPTH`]: lets a reader refuse a layout it does not know.
+    pub stack_depth: AtomicU32,
+    /// Byte offset of the stack area ([`stacks_offset`]).
+    pub stacks_offset: AtomicU64,
+    _reserved: [AtomicU64; 2],
 }
 
 #[repr(C)]
@@ -67,8 +84,17 @@ pub struct Slot {
     _reserved: AtomicU32,
 }
 
+/// The creation and close stacks of one fd number, 0-terminated return
+/// addresses, innermost first. Guarded by the slot's sequence counter.
+#[repr(C)]
+pub struct SlotStacks {
+    pub created: [AtomicU64; STACK_DEPTH],
+    pub closed: [AtomicU64; STACK_DEPTH],
+}
+
 const _: () = assert!(core::mem::size_of::<Header>() == HEADER_SIZE);
 const _: () = assert!(core::mem::size_of::<Slot>() == SLOT_SIZE);
+const _: () = assert!(core::mem::size_of::<SlotStacks>() == STACKS_SIZE);
 
 /// What a slot held at one consistent moment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -80,9 +106,51 @@ pub struct SlotValue {
     pub rights: u32,
 }
 
-/// Bytes a table of `capacity` slots needs.
-pub const fn table_size(capacity: u32) -> usize {
+/// Where the stack area of a table of `capacity` slots starts.
+pub const fn stacks_offset(capacity: u32) -> usize {
     HEADER_SIZE + capacity as usize * SLOT_SIZE
+}
+
+/// Bytes a table of `capacity` slots needs (slots and stacks). Pages that
+/// are never written cost nothing in a memfd.
+pub const fn table_size(capacity: u32) -> usize {
+    stacks_offset(capacity) + capacity as usize * STACKS_SIZE
+}
+
+/// A stack as read from a table: `len` return addresses, innermost first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stack {
+    pub pcs: [u64; STACK_DEPTH],
+    pub len: usize,
+}
+
+impl Stack {
+    pub fn frames(&self) -> &[u64] {
+        &self.pcs[..self.len]
+    }
+}
+
+/// A slot and its stacks, read as one snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotDetail {
+    pub value: SlotValue,
+    pub created: Stack,
+    pub closed: Stack,
+}
+
+/// The `obj_type` code of a slot for `t` (index in [`ObjType::ALL`] + 1).
+pub fn obj_type_code(t: crate::ObjType) -> u32 {
+    crate::ObjType::ALL
+        .iter()
+        .position(|&x| x == t)
+        .map_or(0, |i| i as u32 + 1)
+}
+
+/// The type a slot's `obj_type` code names; None for 0 (not classified by
+/// the writer) and for codes out of range.
+pub fn obj_type_from_code(code: u32) -> Option<crate::ObjType> {
+    let i = usize::try_from(code).ok()?.checked_sub(1)?;
+    crate::ObjType::ALL.get(i).copied()
 }
 
 impl Header {
@@ -97,22 +165,92 @@ impl Header {
         self.pid.store(pid, Ordering::Relaxed);
         self.mixer.store(mixer, Ordering::Relaxed);
         self.writer.store(writer, Ordering::Relaxed);
+        self.stack_depth
+            .store(STACK_DEPTH as u32, Ordering::Relaxed);
+        self.stacks_offset
+            .store(stacks_offset(capacity) as u64, Ordering::Relaxed);
         self.magic.store(MAGIC, Ordering::Release);
     }
 }
 
+/// A held slot lock (the sequence counter is odd); release it with
+/// [`Slot::unlock`].
+#[must_use]
+#[derive(Debug)]
+pub struct Locked(u32);
+
 impl Slot {
-    /// Writes the slot under its sequence counter.
-    pub fn write(&self, v: SlotValue) {
+    /// Takes the slot's sequence counter from even to odd, or None when
+    /// another writer holds it. Writers that may be interrupted by a
+    /// writer of the same slot on the same thread must not spin on this.
+    pub fn try_lock(&self) -> Option<Locked> {
         let s = self.seq.load(Ordering::Relaxed);
-        self.seq.store(s.wrapping_add(1) | 1, Ordering::Relaxed);
+        if s & 1 != 0 {
+            return None;
+        }
+        self.seq
+            .compare_exchange_weak(s, s.wrapping_add(1), Ordering::Acquire, Ordering::Relaxed)
+            .ok()?;
+        // Field stores must not become visible before the odd counter.
         fence(Ordering::Release);
+        Some(Locked(s.wrapping_add(1)))
+    }
+
+    /// Takes the lock even if a writer left the counter odd (it died, or
+    /// the bytes were scribbled on): the caller decided that waiting
+    /// longer is worse than one torn slot.
+    pub fn steal_lock(&self) -> Locked {
+        let s = self.seq.load(Ordering::Relaxed) | 1;
+        self.seq.store(s, Ordering::Relaxed);
+        fence(Ordering::Release);
+        Locked(s)
+    }
+
+    /// Spins for the lock, stealing it after `spins` failed attempts.
+    pub fn lock(&self, spins: u32) -> Locked {
+        for _ in 0..spins {
+            if let Some(l) = self.try_lock() {
+                return l;
+            }
+            core::hint::spin_loop();
+        }
+        self.steal_lock()
+    }
+
+    /// Stores a value; only while holding the lock.
+    pub fn store(&self, _lock: &Locked, v: SlotValue) {
         self.state.store(v.state, Ordering::Relaxed);
         self.generation.store(v.generation, Ordering::Relaxed);
         self.obj_type.store(v.obj_type, Ordering::Relaxed);
         self.koid.store(v.koid, Ordering::Relaxed);
         self.rights.store(v.rights, Ordering::Relaxed);
-        self.seq.store((s | 1).wrapping_add(1), Ordering::Release);
+    }
+
+    /// The current value, as seen by the lock holder.
+    pub fn load(&self, _lock: &Locked) -> SlotValue {
+        self.load_relaxed()
+    }
+
+    fn load_relaxed(&self) -> SlotValue {
+        SlotValue {
+            state: self.state.load(Ordering::Relaxed),
+            generation: self.generation.load(Ordering::Relaxed),
+            obj_type: self.obj_type.load(Ordering::Relaxed),
+            koid: self.koid.load(Ordering::Relaxed),
+            rights: self.rights.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Makes the stores visible to readers and releases the lock.
+    pub fn unlock(&self, lock: Locked) {
+        self.seq.store(lock.0.wrapping_add(1), Ordering::Release);
+    }
+
+    /// Writes the slot under its sequence counter.
+    pub fn write(&self, v: SlotValue) {
+        let l = self.lock(1 << 20);
+        self.store(&l, v);
+        self.unlock(l);
     }
 
     /// Reads a consistent value, retrying while a writer is mid-update.
@@ -125,19 +263,88 @@ impl Slot {
                 core::hint::spin_loop();
                 continue;
             }
-            let v = SlotValue {
-                state: self.state.load(Ordering::Relaxed),
-                generation: self.generation.load(Ordering::Relaxed),
-                obj_type: self.obj_type.load(Ordering::Relaxed),
-                koid: self.koid.load(Ordering::Relaxed),
-                rights: self.rights.load(Ordering::Relaxed),
-            };
+            let v = self.load_relaxed();
             fence(Ordering::Acquire);
             if self.seq.load(Ordering::Relaxed) == s1 {
                 return Some(v);
             }
         }
         None
+    }
+
+    /// Reads the slot and its stacks as one consistent snapshot.
+    pub fn read_detail(&self, stacks: &SlotStacks, tries: u32) -> Option<SlotDetail> {
+        for _ in 0..tries {
+            let s1 = self.seq.load(Ordering::Acquire);
+            if s1 & 1 != 0 {
+                core::hint::spin_loop();
+                continue;
+            }
+            let value = self.load_relaxed();
+            let created = stacks.created_stack();
+            let closed = stacks.closed_stack();
+            fence(Ordering::Acquire);
+            if self.seq.load(Ordering::Relaxed) == s1 {
+                return Some(SlotDetail {
+                    value,
+                    created,
+                    closed,
+                });
+            }
+        }
+        None
+    }
+}
+
+fn store_stack(dst: &[AtomicU64; STACK_DEPTH], pcs: &[u64]) {
+    for (i, d) in dst.iter().enumerate() {
+        d.store(pcs.get(i).copied().unwrap_or(0), Ordering::Relaxed);
+    }
+}
+
+fn load_stack(src: &[AtomicU64; STACK_DEPTH]) -> Stack {
+    let mut st = Stack::default();
+    for (i, s) in src.iter().enumerate() {
+        let pc = s.load(Ordering::Relaxed);
+        if pc == 0 {
+            break;
+        }
+        st.pcs[i] = pc;
+        st.len = i + 1;
+    }
+    st
+}
+
+impl SlotStacks {
+    /// Stores the creation stack (at most [`STACK_DEPTH`] frames) and
+    /// clears the close stack, which belonged to an earlier incarnation.
+    /// Only while holding the slot's lock.
+    pub fn set_created(&self, _lock: &Locked, pcs: &[u64]) {
+        store_stack(&self.created, pcs);
+        store_stack(&self.closed, &[]);
+    }
+
+    /// Stores the close stack. Only while holding the slot's lock.
+    pub fn set_closed(&self, _lock: &Locked, pcs: &[u64]) {
+        store_stack(&self.closed, pcs);
+    }
+
+    /// Copies another slot's stacks (a writer's own copy, e.g. after fork).
+    pub fn copy_from(&self, _lock: &Locked, other: &SlotStacks) {
+        for (d, s) in self.created.iter().zip(&other.created) {
+            d.store(s.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        for (d, s) in self.closed.iter().zip(&other.closed) {
+            d.store(s.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
+
+    pub fn created_stack(&self) -> Stack {
+        load_stack(&self.created)
+    }
+
+    pub fn closed_stack(&self) -> Stack {
+        load_stack(&self.closed)
     }
 }
 
@@ -167,6 +374,8 @@ impl core::fmt::Display for TableError {
 pub struct TableView<'a> {
     header: &'a Header,
     slots: &'a [Slot],
+    /// As many stack records as the mapping holds (may be fewer than slots).
+    stacks: &'a [SlotStacks],
 }
 
 impl<'a> TableView<'a> {
@@ -192,17 +401,44 @@ impl<'a> TableView<'a> {
         }
         if header.header_size.load(Ordering::Relaxed) as usize != HEADER_SIZE
             || header.slot_size.load(Ordering::Relaxed) as usize != SLOT_SIZE
+            || header.stack_depth.load(Ordering::Relaxed) as usize != STACK_DEPTH
         {
             return Err(TableError::BadLayout);
         }
-        let capacity = header.capacity.load(Ordering::Relaxed).min(MAX_CAPACITY) as usize;
+        let capacity = header.capacity.load(Ordering::Relaxed);
+        if capacity > MAX_CAPACITY
+            || header.stacks_offset.load(Ordering::Relaxed) != stacks_offset(capacity) as u64
+        {
+            return Err(TableError::BadLayout);
+        }
+        let capacity = capacity as usize;
         let fits = (mem.len() - HEADER_SIZE) / SLOT_SIZE;
         let n = capacity.min(fits);
         // SAFETY: n slots of SLOT_SIZE bytes follow the header inside mem;
         // the offset keeps 8-byte alignment; Slot is all atomics.
         let slots =
             unsafe { core::slice::from_raw_parts(mem.as_ptr().add(HEADER_SIZE) as *const Slot, n) };
-        Ok(TableView { header, slots })
+        let off = stacks_offset(capacity as u32);
+        let stack_n = mem.len().saturating_sub(off) / STACKS_SIZE;
+        let stack_n = stack_n.min(n);
+        // SAFETY: when stack_n > 0, off + stack_n * STACKS_SIZE <= mem.len();
+        // off is a multiple of 8 (64 + 32 * capacity) so the records are
+        // aligned; SlotStacks is all atomics. With stack_n == 0 the pointer
+        // is not dereferenced but must still be non-null and aligned: use
+        // the slot area's start.
+        let stacks = unsafe {
+            let p = if stack_n > 0 {
+                mem.as_ptr().add(off)
+            } else {
+                mem.as_ptr().add(HEADER_SIZE)
+            };
+            core::slice::from_raw_parts(p as *const SlotStacks, stack_n)
+        };
+        Ok(TableView {
+            header,
+            slots,
+            stacks,
+        })
     }
 
     pub fn mixer(&self) -> u32 {
@@ -226,6 +462,13 @@ impl<'a> TableView<'a> {
     pub fn slot(&self, fd: i32) -> Option<SlotValue> {
         let i = usize::try_from(fd).ok()?;
         self.slots.get(i)?.read(64)
+    }
+
+    /// The slot for `fd` with its creation and close stacks, read as one
+    /// snapshot; None beyond the table or the mapped stack area.
+    pub fn detail(&self, fd: i32) -> Option<SlotDetail> {
+        let i = usize::try_from(fd).ok()?;
+        self.slots.get(i)?.read_detail(self.stacks.get(i)?, 64)
     }
 }
 
@@ -281,11 +524,166 @@ mod tests {
         let b = bytes(&mem);
         // SAFETY: aligned, large enough, all atomics.
         let header = unsafe { &*(b.as_ptr() as *const Header) };
-        header.init(u32::MAX, 1, 0, writer::SHIM);
-        // Capacity far beyond the mapping is clamped to what is there.
+        header.init(MAX_CAPACITY, 1, 0, writer::SHIM);
+        // Capacity far beyond the mapping is clamped to what is there, and
+        // a mapping without room for stacks still gives slots.
         assert_eq!(TableView::new(b).map(|v| v.capacity()), Ok(2));
+        assert!(TableView::new(b).is_ok_and(|v| v.slot(1).is_some() && v.detail(1).is_none()));
+        header.capacity.store(MAX_CAPACITY + 1, Ordering::Relaxed);
+        assert_eq!(TableView::new(b).err(), Some(TableError::BadLayout));
+        header.capacity.store(MAX_CAPACITY, Ordering::Relaxed);
+        header.stacks_offset.store(12, Ordering::Relaxed);
+        assert_eq!(TableView::new(b).err(), Some(TableError::BadLayout));
+        header.init(MAX_CAPACITY, 1, 0, writer::SHIM);
+        header.stack_depth.store(8, Ordering::Relaxed);
+        assert_eq!(TableView::new(b).err(), Some(TableError::BadLayout));
+        header.init(MAX_CAPACITY, 1, 0, writer::SHIM);
         header.version.store(9, Ordering::Relaxed);
         assert_eq!(TableView::new(b).err(), Some(TableError::BadVersion(9)));
+    }
+
+    fn parts(b: &[u8], cap: u32) -> (&Header, &[Slot], &[SlotStacks]) {
+        // SAFETY: b is aligned and holds table_size(cap) bytes; all
+        // atomics.
+        unsafe {
+            (
+                &*(b.as_ptr() as *const Header),
+                core::slice::from_raw_parts(
+                    b.as_ptr().add(HEADER_SIZE) as *const Slot,
+                    cap as usize,
+                ),
+                core::slice::from_raw_parts(
+                    b.as_ptr().add(stacks_offset(cap)) as *const SlotStacks,
+                    cap as usize,
+                ),
+            )
+        }
+    }
+
+    #[test]
+    fn stacks_round_trip_under_the_slot_lock() {
+        let mem = aligned(table_size(4));
+        let b = bytes(&mem);
+        let (header, slots, stacks) = parts(b, 4);
+        header.init(4, 7, 0x1230, writer::SHIM);
+        let l = slots[2].try_lock().expect("free lock");
+        assert!(slots[2].try_lock().is_none(), "the lock excludes writers");
+        slots[2].store(
+            &l,
+            SlotValue {
+                state: state::OPEN,
+                generation: 3,
+                ..SlotValue::default()
+            },
+        );
+        stacks[2].set_created(&l, &[0x10, 0x20, 0x30]);
+        let view = TableView::new(b).expect("valid");
+        assert_eq!(
+            view.slot(2),
+            None,
+            "no snapshot while the writer holds the slot"
+        );
+        slots[2].unlock(l);
+        let d = view.detail(2).expect("consistent");
+        assert_eq!(d.value.generation, 3);
+        assert_eq!(d.created.frames(), &[0x10, 0x20, 0x30]);
+        assert!(d.closed.frames().is_empty());
+
+        let l = slots[2].lock(10);
+        let many: std::vec::Vec<u64> = (1..=40).collect();
+        stacks[2].set_closed(&l, &many);
+        slots[2].unlock(l);
+        let d = view.detail(2).expect("consistent");
+        assert_eq!(d.closed.len, STACK_DEPTH, "stacks are cut at STACK_DEPTH");
+        assert_eq!(d.created.frames(), &[0x10, 0x20, 0x30]);
+
+        // A new incarnation forgets the old close stack.
+        let l = slots[2].lock(10);
+        stacks[2].set_created(&l, &[0x99]);
+        slots[2].unlock(l);
+        let d = view.detail(2).expect("consistent");
+        assert_eq!(d.created.frames(), &[0x99]);
+        assert!(d.closed.frames().is_empty());
+        assert_eq!(view.detail(4), None);
+        assert_eq!(view.detail(-3), None);
+    }
+
+    #[test]
+    fn stuck_lock_is_stolen() {
+        let mem = aligned(table_size(1));
+        let (header, slots, _) = parts(bytes(&mem), 1);
+        header.init(1, 1, 0, writer::SHIM);
+        slots[0].seq.store(41, Ordering::Relaxed);
+        slots[0].write(SlotValue {
+            state: state::OPEN,
+            ..SlotValue::default()
+        });
+        assert_eq!(slots[0].seq.load(Ordering::Relaxed) & 1, 0);
+        assert_eq!(slots[0].read(1).map(|v| v.state), Some(state::OPEN));
+    }
+
+    #[test]
+    fn racing_writers_never_tear() {
+        use std::sync::atomic::AtomicBool;
+        let mem = aligned(table_size(1));
+        let b = bytes(&mem);
+        let (header, slots, stacks) = parts(b, 1);
+        header.init(1, 1, 0, writer::SHIM);
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|sc| {
+            for t in 1..=3u32 {
+                let (slot, st, stop) = (&slots[0], &stacks[0], &stop);
+                sc.spawn(move || {
+                    let mut i = 0u32;
+                    while !stop.load(Ordering::Relaxed) {
+                        i = i.wrapping_add(1);
+                        let g = t * 1_000_000 + i % 1000;
+                        let l = slot.lock(u32::MAX);
+                        slot.store(
+                            &l,
+                            SlotValue {
+                                state: state::OPEN,
+                                generation: g,
+                                obj_type: g,
+                                koid: u64::from(g),
+                                rights: g,
+                            },
+                        );
+                        st.set_created(&l, &[u64::from(g); STACK_DEPTH]);
+                        slot.unlock(l);
+                        // Leave readers a window, as real writers (one
+                        // syscall per write) do.
+                        for _ in 0..200 {
+                            core::hint::spin_loop();
+                        }
+                    }
+                });
+            }
+            let view = TableView::new(b).expect("valid");
+            let mut seen = 0;
+            let start = std::time::Instant::now();
+            while seen < 2_000 && start.elapsed() < std::time::Duration::from_secs(20) {
+                if let Some(d) = view.detail(0) {
+                    let g = d.value.generation;
+                    assert_eq!(d.value.obj_type, g);
+                    assert_eq!(d.value.rights, g);
+                    assert_eq!(d.value.koid, u64::from(g));
+                    assert!(d.created.frames().iter().all(|&pc| pc == u64::from(g)));
+                    seen += 1;
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            assert!(seen > 0, "no consistent read while writers ran");
+        });
+    }
+
+    #[test]
+    fn obj_type_codes_round_trip() {
+        for t in crate::ObjType::ALL {
+            assert_eq!(obj_type_from_code(obj_type_code(t)), Some(t));
+        }
+        assert_eq!(obj_type_from_code(0), None);
+        assert_eq!(obj_type_from_code(999), None);
     }
 
     #[test]
