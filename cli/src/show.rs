@@ -5,7 +5,6 @@ use std::io::{self, Write};
 use handles_supervisor::inspect::{
     resolve_tgid, HandleInfo, InspectError, Inspector, Options, Snapshot,
 };
-use serde_json::json;
 
 use crate::args::ShowArgs;
 use crate::exit;
@@ -111,7 +110,10 @@ pub fn run(a: &ShowArgs) -> u8 {
                 let _ = out.flush();
                 eprintln!("handles: {e}");
                 if a.json {
-                    json_errors.push(json!({"pid": targets[i], "error": e.to_string()}));
+                    json_errors.push(render::json::ErrorOut {
+                        pid: targets[i],
+                        error: e.to_string(),
+                    });
                 }
                 fail(error_code(e), &mut code);
                 continue;
@@ -128,7 +130,7 @@ pub fn run(a: &ShowArgs) -> u8 {
             })
             .collect();
         let res = if a.json {
-            json_procs.push(render::json::process(snap, &rows));
+            json_procs.push(render::json::process(snap, rows));
             Ok(())
         } else if lookup.is_some() {
             found_any |= !rows.is_empty();

@@ -1,46 +1,67 @@
 //! JSON output. The schema is documented in docs/json.md and versioned by
 //! the top-level `schema` field; fields are only ever added within a version.
+//!
+//! The document is serialized straight from the snapshots (no intermediate
+//! `serde_json::Value` per handle): at 20,000 fds that tree cost most of the
+//! run and ~9 KiB per fd.
 
-use handles_supervisor::inspect::{HandleInfo, Snapshot};
-use serde_json::{json, Value};
+use handles_supervisor::inspect::{HandleInfo, Snapshot, Source};
+use serde::Serialize;
 
 pub const SCHEMA: &str = "handles.table.v1";
 
-fn handle(h: &HandleInfo) -> Value {
-    let mut v = serde_json::to_value(h).unwrap_or(Value::Null);
-    if let Value::Object(m) = &mut v {
-        m.insert("handle_hex".into(), json!(format!("{:#010x}", h.handle)));
-        m.insert(
-            "rights_names".into(),
-            json!(h.rights().names().collect::<Vec<_>>()),
-        );
-    }
-    v
+#[derive(Serialize)]
+pub struct ProcessOut<'a> {
+    pid: i32,
+    name: &'a str,
+    koid: Option<u64>,
+    source: Source,
+    mixer: u32,
+    complete: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    table_error: Option<&'a str>,
+    handle_count: usize,
+    object_count: usize,
+    handles: Vec<&'a HandleInfo>,
 }
 
-pub fn process(snap: &Snapshot, rows: &[&HandleInfo]) -> Value {
+#[derive(Serialize)]
+pub struct ErrorOut {
+    pub pid: i32,
+    pub error: String,
+}
+
+#[derive(Serialize)]
+pub struct Document<'a> {
+    schema: &'static str,
+    processes: Vec<ProcessOut<'a>>,
+    errors: Vec<ErrorOut>,
+}
+
+pub fn process<'a>(snap: &'a Snapshot, rows: Vec<&'a HandleInfo>) -> ProcessOut<'a> {
     let mut objects: Vec<(u64, Option<&str>)> =
         rows.iter().map(|h| (h.koid, h.dev.as_deref())).collect();
     objects.sort_unstable();
     objects.dedup();
-    json!({
-        "pid": snap.pid,
-        "name": snap.name,
-        "koid": snap.koid,
-        "source": snap.source,
-        "mixer": snap.mixer,
-        "complete": snap.complete,
-        "handle_count": rows.len(),
-        "object_count": objects.len(),
-        "handles": rows.iter().map(|h| handle(h)).collect::<Vec<_>>(),
-    })
+    ProcessOut {
+        pid: snap.pid,
+        name: &snap.name,
+        koid: snap.koid,
+        source: snap.source,
+        mixer: snap.mixer,
+        complete: snap.complete,
+        table_error: snap.table_error.as_deref(),
+        handle_count: rows.len(),
+        object_count: objects.len(),
+        handles: rows,
+    }
 }
 
 /// The whole document: every process read, and one entry per failure.
-pub fn document(processes: Vec<Value>, errors: Vec<Value>) -> Value {
-    json!({
-        "schema": SCHEMA,
-        "processes": processes,
-        "errors": errors,
-    })
+pub fn document(processes: Vec<ProcessOut<'_>>, errors: Vec<ErrorOut>) -> Document<'_> {
+    Document {
+        schema: SCHEMA,
+        processes,
+        errors,
+    }
 }

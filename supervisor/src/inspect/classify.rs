@@ -94,10 +94,12 @@ fn blank(fd: i32, target: String, info: &FdInfo) -> HandleInfo {
     HandleInfo {
         fd,
         handle: 0,
+        handle_hex: String::new(),
         generation: 0,
         koid: 0,
         rkoid: 0,
         rights: 0,
+        rights_names: Vec::new(),
         ty: ObjType::Unknown.name(),
         dev: None,
         flags: info.flags.unwrap_or(0),
@@ -123,7 +125,10 @@ pub(crate) fn phase_one(
     anon_ino: Option<u64>,
 ) -> Option<HandleInfo> {
     let link = LinkTarget::parse(&raw.target);
-    let info = FdInfo::parse(&raw.fdinfo);
+    let mut info = FdInfo::parse(&raw.fdinfo);
+    if info.flags.is_none() {
+        info.flags = raw.link_flags;
+    }
     let mut h = blank(raw.fd, raw.target, &info);
     let mut facts = RawFacts::default();
     let ty = match &link {

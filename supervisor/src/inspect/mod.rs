@@ -136,10 +136,16 @@ pub struct VmoInfo {
 pub struct HandleInfo {
     pub fd: i32,
     pub handle: u32,
+    /// The same as `0x%08x` (long view and JSON only).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub handle_hex: String,
     pub generation: u32,
     pub koid: u64,
     pub rkoid: u64,
     pub rights: u32,
+    /// `ZX_RIGHT_*` names (long view and JSON only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rights_names: Vec<&'static str>,
     #[serde(rename = "type")]
     pub ty: &'static str,
     /// `major:minor` of the device holding a file's inode.
@@ -285,8 +291,9 @@ impl Inspector {
         }
         let mut handles = Vec::with_capacity(fds.len());
         let mut failed = false;
+        let full = self.opts.long;
         for fd in fds {
-            match dir.read_fd(fd, true) {
+            match dir.read_fd(fd, full) {
                 Ok(Some(raw)) => {
                     if let Some(h) = classify::phase_one(&dir, raw, self.anon_ino) {
                         handles.push(h);
@@ -379,8 +386,12 @@ impl Inspector {
                 let ty = h.obj_type();
                 h.rights = Rights::for_fd(ty, access).0;
                 h.handle = HandleValue::encode(Fd(h.fd), h.generation, snap.mixer).0;
-                h.flag_names = oflags::names(h.flags);
-                h.description = describe::describe(h);
+                if self.opts.long {
+                    h.flag_names = oflags::names(h.flags);
+                    h.description = describe::describe(h);
+                    h.handle_hex = format!("{:#010x}", h.handle);
+                    h.rights_names = Rights(h.rights).names().collect();
+                }
             }
         }
     }

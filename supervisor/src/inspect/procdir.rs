@@ -66,6 +66,11 @@ fn read_into(fd: &OwnedFd, buf: &mut Vec<u8>) -> io::Result<()> {
         }
         // SAFETY: the kernel initialised n more bytes.
         unsafe { buf.set_len(buf.len() + n as usize) };
+        // /proc's seq_file records come whole: a short read is the end, and
+        // the read that would return 0 is one syscall per fd saved.
+        if (n as usize) < spare {
+            return Ok(());
+        }
     }
 }
 
@@ -95,8 +100,12 @@ pub struct ProcDir {
 pub struct RawFdEntry {
     pub fd: i32,
     pub target: String,
-    /// The fdinfo text (empty when the kernel refused it).
+    /// The fdinfo text (empty when not read).
     pub fdinfo: String,
+    /// Without fdinfo: the open flags' access mode as the magic link's
+    /// permission bits tell it (r: FMODE_READ, w: FMODE_WRITE, neither:
+    /// O_PATH), already in fdinfo's `flags` encoding.
+    pub link_flags: Option<u32>,
 }
 
 impl ProcDir {
@@ -219,9 +228,13 @@ impl ProcDir {
         Ok(fds)
     }
 
-    /// Reads one fd's link target and fdinfo. `Ok(None)` when the fd was
-    /// closed after listing (or the process went away: the caller checks).
-    pub fn read_fd(&mut self, fd: i32, want_fdinfo: bool) -> io::Result<Option<RawFdEntry>> {
+    /// Reads one fd's link target and, with `full` or when the object needs
+    /// it (anonymous inodes keep their identity and state there), its
+    /// fdinfo; otherwise the link's mode gives the access mode for the cost
+    /// of one lstat (sockets need not even that: always O_RDWR). `Ok(None)`
+    /// when the fd was closed after listing (or the process went away: the
+    /// caller checks).
+    pub fn read_fd(&mut self, fd: i32, full: bool) -> io::Result<Option<RawFdEntry>> {
         let (Some(fd_dir), Some(fdinfo_dir)) = (&self.fd_dir, &self.fdinfo_dir) else {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
         };
@@ -247,6 +260,39 @@ impl ProcDir {
         }
         let target = String::from_utf8_lossy(&link[..n as usize]).into_owned();
         let mut fdinfo = String::new();
+        let mut link_flags = None;
+        let want_fdinfo = full || target.starts_with("anon_inode:") || target.starts_with("pidfd:");
+        if !want_fdinfo {
+            if target.starts_with("socket:") {
+                link_flags = Some(super::parse::oflags::RDWR);
+            } else {
+                // SAFETY: an all-zero stat is a valid value to be overwritten.
+                let mut st: libc::stat = unsafe { std::mem::zeroed() };
+                // SAFETY: cname is NUL-terminated and st is writable.
+                let r = unsafe {
+                    libc::fstatat(
+                        fd_dir.as_raw_fd(),
+                        cname.as_ptr(),
+                        &mut st,
+                        libc::AT_SYMLINK_NOFOLLOW,
+                    )
+                };
+                if r < 0 {
+                    let e = io::Error::last_os_error();
+                    return match e.raw_os_error() {
+                        Some(libc::ENOENT) | Some(libc::ESRCH) => Ok(None),
+                        _ => Err(e),
+                    };
+                }
+                use super::parse::oflags;
+                link_flags = Some(match (st.st_mode & 0o400 != 0, st.st_mode & 0o200 != 0) {
+                    (true, true) => oflags::RDWR,
+                    (true, false) => oflags::RDONLY,
+                    (false, true) => oflags::WRONLY,
+                    (false, false) => oflags::PATH,
+                });
+            }
+        }
         if want_fdinfo {
             match openat(fdinfo_dir.as_raw_fd(), cname, libc::O_RDONLY) {
                 Ok(f) => {
@@ -260,7 +306,12 @@ impl ProcDir {
             }
         }
         name.fill(0);
-        Ok(Some(RawFdEntry { fd, target, fdinfo }))
+        Ok(Some(RawFdEntry {
+            fd,
+            target,
+            fdinfo,
+            link_flags,
+        }))
     }
 
     /// stat(2) of what the fd points at (following the magic link).
