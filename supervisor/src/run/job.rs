@@ -1015,7 +1015,9 @@ impl Job {
         // the call must see what a closed fd gives, EBADF, not the tombstone.
         let deny = matches!(action, Action::Deny | Action::DenyException | Action::Kill)
             || matches!(bad, Bad::Stale);
-        if matches!(action, Action::Allow) {
+        // allow and deny raise no exception: the call runs (answering EBADF
+        // for a quarantined number, as a closed fd would) or fails unrun.
+        if matches!(action, Action::Allow | Action::Deny) {
             if deny {
                 self.skip_with(tid, regs, libc::EBADF);
             }
@@ -1892,6 +1894,21 @@ impl Job {
                     }
                 }
                 if ret >= 0 {
+                    // Near FD_SETSIZE the quarantine must give its numbers
+                    // back: natively they would be free, and a select() user
+                    // must keep getting fds below 1024.
+                    let crowded = self.threads.get(&tid).is_some_and(|t| {
+                        let t = t.table.borrow();
+                        t.quarantined() > 0 && t.used() + 16 >= 1024
+                    });
+                    if crowded {
+                        match self.release_tombstones(tid, &regs, false) {
+                            Ok(_) => {
+                                let _ = tracer::setregs(tid, &regs);
+                            }
+                            Err(_) => return,
+                        }
+                    }
                     self.after_create(tid, tgid, desc, &entry, ret, stack);
                 } else {
                     self.resume(tid, None);
@@ -1903,12 +1920,26 @@ impl Job {
     /// Closes every tombstone and the tombstone source of the thread's
     /// table (under fd pressure). Leaves the thread at an exit stop.
     fn release_quarantine(&mut self, tid: i32, exit: &Regs) -> Result<bool, InjectError> {
+        self.release_tombstones(tid, exit, true)
+    }
+
+    /// Closes every tombstone (and with `with_src` the tombstone source) of
+    /// the thread's table. Leaves the thread at an injected syscall's exit
+    /// stop: the caller sets the registers it wants after.
+    fn release_tombstones(
+        &mut self,
+        tid: i32,
+        exit: &Regs,
+        with_src: bool,
+    ) -> Result<bool, InjectError> {
         let table = self.threads[&tid].table.clone();
         let (mut fds, src) = {
             let mut t = table.borrow_mut();
             let fds = t.evict(0);
-            let src = t.tomb_src;
-            t.set_tomb_src(None);
+            let src = if with_src { t.tomb_src } else { None };
+            if with_src {
+                t.set_tomb_src(None);
+            }
             (fds, src)
         };
         if let Some(s) = src {

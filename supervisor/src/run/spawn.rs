@@ -207,6 +207,9 @@ pub fn spawn(
             if libc::read(go_r.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) != 1 {
                 libc::_exit(125);
             }
+            // Rust's runtime ignores SIGPIPE in `handles`; ignored signals
+            // survive exec, and the program must start as it would natively.
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             if let Err(e) = crate::seccomp::install(filter) {
                 report(e);
             }
