@@ -92,9 +92,8 @@ pub fn run(a: &ShowArgs) -> u8 {
         }
     }
 
-    let mut inspector = Inspector::new(Options {
-        long: a.long || a.json || lookup.is_some(),
-    });
+    let long = a.long || a.json || lookup.is_some();
+    let mut inspector = Inspector::new(Options { long, peers: long });
     let results = inspector.read_many(&targets);
 
     let stdout = io::stdout();

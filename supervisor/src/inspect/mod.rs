@@ -42,8 +42,11 @@ pub enum InspectError {
 /// How much to resolve.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Options {
-    /// Descriptions, flag names and peer processes (the long view and JSON).
+    /// Descriptions and flag names (the long view and JSON).
     pub long: bool,
+    /// With `long`, also find which processes hold a socket's peer (a scan
+    /// of every process's fds, as `lsof +E` does).
+    pub peers: bool,
 }
 
 /// Where a table's handle values come from.
@@ -351,7 +354,7 @@ impl Inspector {
             }
         }
         classify::assign_synthetic_koids(snaps);
-        if self.opts.long {
+        if self.opts.long && self.opts.peers {
             let wanted: HashSet<u64> = snaps
                 .iter()
                 .flat_map(|s| &s.handles)

@@ -305,6 +305,8 @@ impl FdTable {
         for s in self.slots.values_mut() {
             if let Slot::Open(h) = s {
                 h.origin = Origin::Inherited;
+                // Its stack points into the old image, which is gone.
+                h.created = None;
             }
         }
     }

@@ -1431,9 +1431,12 @@ impl Job {
         if candidates.is_empty() {
             return;
         }
-        let snapshot = crate::inspect::Inspector::new(crate::inspect::Options { long: false })
-            .read_task(tgid, tid)
-            .ok();
+        let snapshot = crate::inspect::Inspector::new(crate::inspect::Options {
+            long: true,
+            peers: false,
+        })
+        .read_task(tgid, tid)
+        .ok();
         let info = |fd: i32| {
             snapshot
                 .as_ref()

@@ -103,14 +103,25 @@ pub fn group<K: Ord + Clone>(items: Vec<(K, Leak)>) -> Vec<(K, Vec<Leak>)> {
 pub fn render(p: &ProcessLeaks, stacks: &[Vec<Frame>]) -> String {
     let mut s = String::new();
     let n = p.count();
-    let _ = writeln!(
+    let inherited = p
+        .groups
+        .iter()
+        .flat_map(|g| &g.handles)
+        .filter(|h| h.inherited)
+        .count();
+    let created = n - inherited;
+    let _ = write!(
         s,
-        "handles: ==== leak check: process {} ({}) exits holding {} handle{} it created ====",
+        "handles: ==== leak check: process {} ({}) exits holding {} handle{} it created",
         p.pid,
         p.name,
-        n,
-        if n == 1 { "" } else { "s" }
+        created,
+        if created == 1 { "" } else { "s" }
     );
+    if inherited > 0 {
+        let _ = write!(s, " and {inherited} inherited");
+    }
+    let _ = writeln!(s, " ====");
     for (g, frames) in p.groups.iter().zip(stacks) {
         let types: Vec<&str> = {
             let mut t: Vec<&str> = g.handles.iter().map(|h| h.ty.as_str()).collect();

@@ -74,11 +74,16 @@ pub fn json_report(
     })
 }
 
-/// The innermost frame that has source information, as a SARIF location.
+/// The innermost frame whose source file is on this machine, as a SARIF
+/// location: system libraries with debug info name build-tree paths
+/// (`./io/../sysdeps/...`) that no code-scanning UI can open.
 fn primary_location(frames: &[SerFrame]) -> Option<Value> {
-    let f = frames
-        .iter()
-        .find(|f| f.file.is_some() && f.line.is_some())?;
+    let f = frames.iter().find(|f| {
+        f.line.is_some()
+            && f.file
+                .as_deref()
+                .is_some_and(|p| p.starts_with('/') && std::path::Path::new(p).is_file())
+    })?;
     let file = f.file.as_deref()?;
     let uri = if file.starts_with('/') {
         format!("file://{file}")

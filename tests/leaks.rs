@@ -1,0 +1,491 @@
+//! `handles run --leak-check`: leaks reported per process with their
+//! creation stacks, suppressions, exit codes, JSON and SARIF reports.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::{fixture, fixture_with, handles, stderr_of, stdout_of};
+
+fn run(args: &[&str], prog: &Path, mode: &str) -> Output {
+    Command::new(handles())
+        .arg("run")
+        .args(args)
+        .arg("--")
+        .arg(prog)
+        .arg(mode)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run handles")
+}
+
+/// The source line carrying `LEAK:<name>` in the fixture.
+fn line_of(name: &str) -> u32 {
+    let src = std::fs::read_to_string(common::repo_root().join("tests/fixtures/leaks.c"))
+        .expect("read fixture");
+    let marker = format!("LEAK:{name} ");
+    let idx = src
+        .lines()
+        .position(|l| l.contains(&marker))
+        .unwrap_or_else(|| panic!("no marker {marker}"));
+    idx as u32 + 1
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("leak-tests")
+        .join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("scratch dir");
+    d
+}
+
+/// The leak-check blocks of stderr, one string per process report.
+fn process_reports(stderr: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for l in stderr.lines() {
+        if l.starts_with("handles: ==== leak check:") {
+            out.push(String::new());
+        }
+        if let Some(cur) = out.last_mut() {
+            if l.starts_with("handles: LEAK SUMMARY") {
+                continue;
+            }
+            cur.push_str(l);
+            cur.push('\n');
+        }
+    }
+    out
+}
+
+fn summary(stderr: &str) -> String {
+    stderr
+        .lines()
+        .find(|l| l.starts_with("handles: LEAK SUMMARY"))
+        .unwrap_or_else(|| panic!("no summary in\n{stderr}"))
+        .to_string()
+}
+
+/// Asserts a group of `ty` handles created in `function` at the marker's
+/// line is in `report`.
+fn assert_group(report: &str, ty: &str, function: &str, marker: &str) {
+    let line = line_of(marker);
+    let want = format!("in {function} at ");
+    let found = report.split("handles: ").any(|_| true)
+        && report
+            .lines()
+            .any(|l| l.contains(&want) && l.contains(&format!("leaks.c:{line} ")));
+    assert!(found, "no frame {function} at leaks.c:{line} in\n{report}");
+    assert!(
+        report
+            .lines()
+            .any(|l| l.contains(&format!("({ty})")) && l.contains("handle")),
+        "no {ty} group in\n{report}"
+    );
+}
+
+#[test]
+fn file_pipe_and_socket_leaks_name_their_function_and_line() {
+    let o = run(&["--leak-check"], &fixture("leaks"), "basic");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr_of(&o));
+    let stderr = stderr_of(&o);
+    let reports = process_reports(&stderr);
+    assert_eq!(reports.len(), 1, "{stderr}");
+    let r = &reports[0];
+    assert!(r.contains("exits holding 4 handles it created"), "{r}");
+    assert_group(r, "file", "leak_file", "file");
+    assert_group(r, "pipe", "leak_pipe", "pipe");
+    assert_group(r, "socket", "leak_socket", "socket");
+    // The closed one is not a leak, and neither is stdio.
+    assert_eq!(r.matches("/etc/hostname").count(), 1, "{r}");
+    assert!(
+        !r.lines()
+            .any(|l| l.contains(" fd 0 ") || l.contains(" fd 1 ") || l.contains(" fd 2 ")),
+        "{r}"
+    );
+    assert_eq!(
+        summary(&stderr),
+        "handles: LEAK SUMMARY: 4 handles to 3 objects in 1 process"
+    );
+}
+
+#[test]
+fn leak_rows_agree_with_proc_oracles() {
+    // The pipe's two ends share one koid, which is the pipe inode.
+    let o = run(&["--leak-check"], &fixture("leaks"), "basic");
+    let stderr = stderr_of(&o);
+    let pipe_rows: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains(" pipe koid "))
+        .collect();
+    assert_eq!(pipe_rows.len(), 2, "{stderr}");
+    let koid = |l: &str| {
+        l.split(" koid ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .map(str::to_string)
+    };
+    assert_eq!(koid(pipe_rows[0]), koid(pipe_rows[1]));
+    assert!(
+        pipe_rows.iter().any(|l| l.ends_with("read end"))
+            && pipe_rows.iter().any(|l| l.ends_with("write end"))
+    );
+    // The file's koid is /etc/hostname's inode.
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata("/etc/hostname").expect("stat").ino();
+    assert!(
+        stderr.contains(&format!(" file koid {ino} /etc/hostname")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_leak_in_a_forked_child_only_is_reported_for_the_child() {
+    let o = run(&["--leak-check"], &fixture("leaks"), "child");
+    assert_eq!(o.status.code(), Some(0));
+    let stderr = stderr_of(&o);
+    let reports = process_reports(&stderr);
+    assert_eq!(reports.len(), 1, "only the child leaks\n{stderr}");
+    assert!(
+        reports[0].contains("exits holding 1 handle it created"),
+        "{stderr}"
+    );
+    assert_group(&reports[0], "file", "leak_file", "file");
+    assert_eq!(
+        summary(&stderr),
+        "handles: LEAK SUMMARY: 1 handle to 1 object in 1 process"
+    );
+}
+
+#[test]
+fn leaks_in_threads_and_exec_images_are_reported() {
+    let o = run(&["--leak-check"], &fixture("leaks"), "thread");
+    let r = process_reports(&stderr_of(&o));
+    assert_eq!(r.len(), 1, "{}", stderr_of(&o));
+    assert!(r[0].contains("in thread_main at "), "{}", r[0]);
+    // exec: the new image's leaks are its own; what crossed the exec is
+    // inherited, not a leak.
+    let o = run(&["--leak-check"], &fixture("leaks"), "exec");
+    let stderr = stderr_of(&o);
+    let r = process_reports(&stderr);
+    assert_eq!(r.len(), 1, "{stderr}");
+    assert!(
+        r[0].contains("exits holding 4 handles it created"),
+        "{stderr}"
+    );
+    // --leak-check=all shows the inherited one too, marked.
+    let o = run(&["--leak-check=all"], &fixture("leaks"), "exec");
+    let stderr = stderr_of(&o);
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("/etc/hostname (inherited)")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn scm_rights_received_fds_and_anonymous_kinds_leak_too() {
+    let o = run(&["--leak-check"], &fixture("leaks"), "scm");
+    let stderr = stderr_of(&o);
+    let r = process_reports(&stderr);
+    assert_eq!(r.len(), 1, "{stderr}");
+    assert!(
+        r[0].contains("created by recvmsg (SCM_RIGHTS)()"),
+        "{stderr}"
+    );
+    assert!(r[0].contains("in receive_fd at "), "{stderr}");
+    let o = run(&["--leak-check"], &fixture("leaks"), "kinds");
+    let stderr = stderr_of(&o);
+    for (ty, marker) in [
+        ("port", "epoll"),
+        ("event", "eventfd"),
+        ("vmo", "memfd"),
+        ("process", "pidfd"),
+    ] {
+        assert_group(&stderr, ty, "leak_kinds", marker);
+    }
+}
+
+#[test]
+fn a_clean_busy_program_has_no_reports_and_exits_zero() {
+    let o = run(
+        &["--leak-check", "--error-exitcode=23"],
+        &fixture("leaks"),
+        "clean",
+    );
+    let stderr = stderr_of(&o);
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    assert_eq!(stdout_of(&o), "clean done\n");
+    assert!(process_reports(&stderr).is_empty(), "{stderr}");
+    assert!(!stderr.contains("policy exception"), "{stderr}");
+    assert_eq!(
+        summary(&stderr),
+        "handles: LEAK SUMMARY: 0 handles to 0 objects in 0 processes"
+    );
+}
+
+#[test]
+fn error_exitcode_fires_on_leaks_only_when_asked() {
+    let prog = fixture("leaks");
+    assert_eq!(
+        run(&["--leak-check", "--error-exitcode=23"], &prog, "basic")
+            .status
+            .code(),
+        Some(23)
+    );
+    assert_eq!(
+        run(&["--leak-check"], &prog, "basic").status.code(),
+        Some(0)
+    );
+    // Without --leak-check nothing is reported or counted.
+    let o = run(&["--error-exitcode=23"], &prog, "basic");
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stderr_of(&o).is_empty(), "{}", stderr_of(&o));
+    // A bad value is a usage error.
+    let o = run(&["--error-exitcode=0"], &prog, "basic");
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn suppressions_silence_exactly_what_they_match() {
+    let dir = scratch("supp");
+    let supp = dir.join("pipes.supp");
+    std::fs::write(
+        &supp,
+        "# our pipe is on purpose\n[pipes]\nreport = leak\ntype = pipe\nframe = fun:leak_pipe\n",
+    )
+    .expect("write");
+    let o = run(
+        &[
+            "--leak-check",
+            "--suppressions",
+            supp.to_str().unwrap_or_default(),
+        ],
+        &fixture("leaks"),
+        "basic",
+    );
+    let stderr = stderr_of(&o);
+    assert!(!stderr.contains("(pipe)"), "{stderr}");
+    assert!(
+        stderr.contains("(file)") && stderr.contains("(socket)"),
+        "{stderr}"
+    );
+    assert_eq!(
+        summary(&stderr),
+        "handles: LEAK SUMMARY: 2 handles to 2 objects in 1 process (2 suppressed)"
+    );
+    // A rule for another function matches nothing.
+    std::fs::write(
+        &supp,
+        "[other]\nreport = leak\nframe = fun:nothing_like_this\n",
+    )
+    .expect("write");
+    let o = run(
+        &[
+            "--leak-check",
+            "--suppressions",
+            supp.to_str().unwrap_or_default(),
+        ],
+        &fixture("leaks"),
+        "basic",
+    );
+    assert!(
+        summary(&stderr_of(&o)).contains("4 handles"),
+        "{}",
+        stderr_of(&o)
+    );
+    // A malformed file is an error naming the line, before anything runs.
+    std::fs::write(&supp, "[x]\nframe = nonsense\n").expect("write");
+    let o = run(
+        &[
+            "--leak-check",
+            "--suppressions",
+            supp.to_str().unwrap_or_default(),
+        ],
+        &fixture("leaks"),
+        "basic",
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr_of(&o).contains("pipes.supp:2:"), "{}", stderr_of(&o));
+}
+
+#[test]
+fn gen_suppressions_prints_rules_that_then_suppress() {
+    let dir = scratch("gen");
+    let o = run(
+        &["--leak-check", "--gen-suppressions"],
+        &fixture("leaks"),
+        "basic",
+    );
+    let stderr = stderr_of(&o);
+    let rules: String = stderr
+        .lines()
+        .filter(|l| !l.starts_with("handles: "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(rules.contains("[leak-"), "{stderr}");
+    let supp = dir.join("gen.supp");
+    std::fs::write(&supp, &rules).expect("write");
+    let o = run(
+        &[
+            "--leak-check",
+            "--suppressions",
+            supp.to_str().unwrap_or_default(),
+        ],
+        &fixture("leaks"),
+        "basic",
+    );
+    let s = summary(&stderr_of(&o));
+    assert!(
+        s.contains("LEAK SUMMARY: 0 handles") && s.contains("(4 suppressed)"),
+        "{s}\n{rules}"
+    );
+}
+
+fn python_validate(doc: &Path, schema: &Path) -> Result<(), String> {
+    let script = "import json,sys,jsonschema\njsonschema.validate(json.load(open(sys.argv[1])), json.load(open(sys.argv[2])))\n";
+    let o = Command::new("python3")
+        .args(["-c", script])
+        .arg(doc)
+        .arg(schema)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+}
+
+/// The SARIF 2.1.0 schema: HANDLES_SARIF_SCHEMA, or the copy .ci/run puts
+/// in target/, or one fetched from the npm registry (the schema ships in
+/// @microsoft/jest-sarif).
+fn sarif_schema() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("HANDLES_SARIF_SCHEMA") {
+        return Some(PathBuf::from(p));
+    }
+    let cached = common::repo_root().join("target/sarif-2.1.0.json");
+    if cached.exists() {
+        return Some(cached);
+    }
+    let dir = scratch("sarif-schema");
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg("npm pack -q @microsoft/jest-sarif >/dev/null 2>&1 && tar xzf microsoft-jest-sarif-*.tgz && cp package/lib/schemas/sarif-2.1.0-rtm.5.json \"$1\"")
+        .arg("sh")
+        .arg(&cached)
+        .current_dir(&dir)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    ok.then_some(cached)
+}
+
+#[test]
+fn json_report_and_sarif_validate_against_their_schemas() {
+    let dir = scratch("reports");
+    let json = dir.join("r.json");
+    let sarif = dir.join("r.sarif");
+    let o = run(
+        &[
+            "--leak-check",
+            "--report",
+            json.to_str().unwrap_or_default(),
+            "--sarif",
+            sarif.to_str().unwrap_or_default(),
+        ],
+        &fixture("leaks"),
+        "child",
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr_of(&o));
+    let schema = common::repo_root().join("docs/report.schema.json");
+    python_validate(&json, &schema).unwrap_or_else(|e| panic!("report invalid: {e}"));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("read")).expect("json");
+    assert_eq!(v["summary"]["leaked_handles"], 1);
+    assert_eq!(
+        v["processes"].as_array().map(|a| a.len()),
+        Some(2),
+        "the job tree has parent and child"
+    );
+    assert!(v["processes"][1]["parent"].is_number());
+    let leak = &v["leaks"][0]["groups"][0];
+    assert_eq!(leak["handles"][0]["type"], "file");
+    assert!(leak["stack"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|f| f["function"] == "leak_file")));
+    // SARIF: the result sits at the innermost frame with source info.
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&sarif).expect("read")).expect("json");
+    let result = &s["runs"][0]["results"][0];
+    assert_eq!(result["ruleId"], "leak");
+    let region = &result["locations"][0]["physicalLocation"];
+    assert!(
+        region["artifactLocation"]["uri"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("tests/fixtures/leaks.c")),
+        "{result}"
+    );
+    assert_eq!(region["region"]["startLine"], line_of("file"));
+    match sarif_schema() {
+        Some(schema) => python_validate(&sarif, &schema).unwrap_or_else(|e| panic!("SARIF invalid: {e}")),
+        None => panic!("no SARIF 2.1.0 schema: set HANDLES_SARIF_SCHEMA or let npm fetch @microsoft/jest-sarif"),
+    }
+}
+
+#[test]
+fn exceptions_go_into_the_report_too() {
+    let dir = scratch("exc");
+    let json = dir.join("e.json");
+    let prog = fixture("run_bugs");
+    let work = scratch("exc-work");
+    let o = Command::new(handles())
+        .args(["run", "--report", json.to_str().unwrap_or_default(), "--"])
+        .arg(&prog)
+        .arg("reuse")
+        .arg(&work)
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(133), "{}", stderr_of(&o));
+    python_validate(&json, &common::repo_root().join("docs/report.schema.json"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("read")).expect("json");
+    assert_eq!(v["exit"]["signal"], 5);
+    let e = &v["exceptions"][0];
+    assert_eq!(e["condition"], "bad-handle");
+    assert_eq!(e["kind"], "use-closed");
+    assert_eq!(
+        e["stacks"].as_array().map(|s| s.len()),
+        Some(3),
+        "offending, closed, opened"
+    );
+}
+
+#[test]
+fn static_binaries_get_leak_reports_with_creation_stacks() {
+    let o = run(
+        &["--leak-check"],
+        &fixture_with("leaks", &["-static"]),
+        "basic",
+    );
+    let stderr = stderr_of(&o);
+    let r = process_reports(&stderr);
+    assert_eq!(r.len(), 1, "{stderr}");
+    assert_group(&r[0], "file", "leak_file", "file");
+    assert_group(&r[0], "pipe", "leak_pipe", "pipe");
+}
+
+#[test]
+fn max_handles_raises_an_exception_past_the_budget() {
+    let o = run(&["--max-handles", "20"], &fixture("leaks"), "many");
+    assert_eq!(o.status.code(), Some(133), "{}", stderr_of(&o));
+    let stderr = stderr_of(&o);
+    assert!(stderr.contains("policy exception: max-handles"), "{stderr}");
+    assert!(stderr.contains("over its budget of 20"), "{stderr}");
+    assert!(stderr.contains("in leak_file at "), "{stderr}");
+    // Under the budget, nothing.
+    let o = run(&["--max-handles", "100"], &fixture("leaks"), "many");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr_of(&o));
+}
