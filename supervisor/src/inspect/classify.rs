@@ -169,12 +169,12 @@ pub(crate) fn phase_one(
                         t.map(|(s, n)| s.saturating_mul(1_000_000_000).saturating_add(n))
                             .unwrap_or(0)
                     };
-                    h.timer = Some(TimerInfo {
+                    h.timer = Some(Box::new(TimerInfo {
                         clock: clock_name(info.clockid.unwrap_or(-1)).to_string(),
                         value_ns: ns(info.it_value),
                         interval_ns: ns(info.it_interval),
                         ticks: info.ticks.unwrap_or(0),
-                    });
+                    }));
                 }
                 _ => {}
             }
@@ -189,11 +189,11 @@ pub(crate) fn phase_one(
             h.dev = st.map(|s| format!("{}:{}", libc::major(s.st_dev), libc::minor(s.st_dev)));
             facts.seals = memfd_seals(dir, raw.fd);
             facts.size = st.map(|s| s.st_size as u64);
-            h.vmo = Some(VmoInfo {
+            h.vmo = Some(Box::new(VmoInfo {
                 name: name.clone(),
                 size: facts.size,
                 seals: seal_names(facts.seals.unwrap_or(0)),
-            });
+            }));
             ObjType::Vmo
         }
         LinkTarget::Path(_) | LinkTarget::Other(_) => match dir.stat_fd(raw.fd) {
@@ -228,7 +228,7 @@ pub(crate) fn phase_one(
     };
     h.ty = ty.name();
     facts.link = Some(link);
-    facts.info = info;
+    facts.info = Box::new(info);
     h.raw = facts;
     Some(h)
 }
@@ -301,7 +301,7 @@ pub(crate) fn resolve_socket(
     if let Some(u) = socks.unix.get(&ino) {
         h.ty = ObjType::Channel.name();
         h.rkoid = u.peer;
-        h.socket = Some(SocketInfo {
+        h.socket = Some(Box::new(SocketInfo {
             protocol: "unix".into(),
             sock_type: Some(
                 match u.sock_type as i32 {
@@ -316,7 +316,7 @@ pub(crate) fn resolve_socket(
             local: u.name.clone(),
             remote: None,
             peer_processes: Vec::new(),
-        });
+        }));
         return;
     }
     if let Some(s) = socks.inet.get(&ino) {
@@ -329,14 +329,14 @@ pub(crate) fn resolve_socket(
         };
         h.rkoid = inet_peers.get(&ino).copied().unwrap_or(0);
         let connected = s.remote.port() != 0;
-        h.socket = Some(SocketInfo {
+        h.socket = Some(Box::new(SocketInfo {
             protocol: proto.into(),
             sock_type: None,
             state: (s.protocol as i32 == libc::IPPROTO_TCP).then(|| tcp_state_name(s.state).into()),
             local: Some(s.local.to_string()),
             remote: connected.then(|| s.remote.to_string()),
             peer_processes: Vec::new(),
-        });
+        }));
         return;
     }
     // Not in the dumps: another network namespace, a family sock_diag was not
@@ -348,10 +348,10 @@ pub(crate) fn resolve_socket(
             h.ty = ObjType::Channel.name();
         }
     }
-    h.socket = Some(SocketInfo {
+    h.socket = Some(Box::new(SocketInfo {
         protocol: proto.unwrap_or_else(|| "unknown".into()).to_lowercase(),
         ..SocketInfo::default()
-    });
+    }));
 }
 
 /// kcmp(KCMP_FILE) of two fds: `Some(Ordering)` of their open file

@@ -164,15 +164,15 @@ pub struct HandleInfo {
     pub pos: Option<u64>,
     pub description: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub socket: Option<SocketInfo>,
+    pub socket: Option<Box<SocketInfo>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eventfd_count: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub epoll_fds: Option<Vec<i32>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub timer: Option<TimerInfo>,
+    pub timer: Option<Box<TimerInfo>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub vmo: Option<VmoInfo>,
+    pub vmo: Option<Box<VmoInfo>>,
     /// For a pidfd: the process it refers to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pidfd_pid: Option<i64>,
@@ -196,7 +196,9 @@ impl HandleInfo {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct RawFacts {
     pub link: Option<LinkTarget>,
-    pub info: FdInfo,
+    /// Boxed: most fds are files, pipes and sockets, whose fdinfo is small
+    /// or unread, and at 100,000 fds every inline byte counts.
+    pub info: Box<FdInfo>,
     /// st_mode of the object (0 when not stat'ed).
     pub mode: u32,
     pub size: Option<u64>,
