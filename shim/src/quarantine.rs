@@ -1,0 +1,100 @@
+//! The quarantine: closed fd numbers held by tombstones, released oldest
+//! first.
+//!
+//! The FIFO is lock-free, so a signal handler that closes an fd never
+//! waits for the code it interrupted: a ring of tagged entries with two
+//! counters. A push takes a position with `fetch_add` on the tail and
+//! writes `(position + 1) << 32 | fd` there; once more than `capacity`
+//! entries are pending, one thread claims the oldest ones by moving the
+//! head with a compare-and-swap and releases them. An entry whose tag does
+//! not match its position (its pusher was interrupted between the two
+//! steps, or the ring lapped) is skipped: the number stays a tombstone
+//! until the next full release. The table, not the ring, is the truth: a
+//! number is released only if its slot still says TOMBSTONE, under the
+//! slot's lock, so a stale ring entry never closes a live fd.
+
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
+
+use handles_model::table::state;
+
+use crate::state::{self as st, capacity, lock, slot, LIMIT, USED};
+use crate::sys;
+
+const RING: usize = 256;
+static RING_SLOTS: [AtomicU64; RING] = [const { AtomicU64::new(0) }; RING];
+static HEAD: AtomicU64 = AtomicU64::new(0);
+static TAIL: AtomicU64 = AtomicU64::new(0);
+/// Quarantine bound (`HANDLES_QUARANTINE`, default 64; 0 turns it off).
+pub static CAPACITY: AtomicU32 = AtomicU32::new(64);
+
+/// Largest bound: the ring must stay well ahead of the pending entries.
+pub const MAX_CAPACITY: u32 = (RING / 4) as u32;
+
+/// Whether one more tombstone fits: quarantine on, clear of
+/// RLIMIT_NOFILE and of 1024 (select() users) by 16.
+pub fn room() -> bool {
+    if CAPACITY.load(Relaxed) == 0 {
+        return false;
+    }
+    let used = i64::from(USED.load(Relaxed).max(0)) as u64;
+    let limit = LIMIT.load(Relaxed).min(1024);
+    used + 16 < limit
+}
+
+/// Queues a fresh tombstone, releasing the oldest half past the bound.
+pub fn push(fd: i32) {
+    let p = TAIL.fetch_add(1, AcqRel);
+    RING_SLOTS[p as usize % RING].store(((p + 1) << 32) | u64::from(fd as u32), Release);
+    let cap = u64::from(CAPACITY.load(Relaxed));
+    if (p + 1).wrapping_sub(HEAD.load(Acquire)) > cap {
+        evict(cap);
+    }
+}
+
+fn evict(cap: u64) {
+    loop {
+        let h = HEAD.load(Acquire);
+        let t = TAIL.load(Acquire);
+        let n = t.wrapping_sub(h);
+        if n <= cap || n > 1 << 32 {
+            return;
+        }
+        let k = n - cap / 2;
+        if HEAD.compare_exchange(h, h + k, AcqRel, Acquire).is_err() {
+            continue;
+        }
+        for i in h..h + k {
+            let e = RING_SLOTS[i as usize % RING].load(Acquire);
+            if e >> 32 == (i + 1) & 0xffff_ffff {
+                release(e as u32 as i32);
+            }
+        }
+        return;
+    }
+}
+
+/// Closes the tombstone at `fd` if the slot still says so.
+pub fn release(fd: i32) {
+    let Some(s) = slot(fd) else { return };
+    if s.state.load(Relaxed) != state::TOMBSTONE {
+        return;
+    }
+    let l = lock(s);
+    let mut v = s.load(&l);
+    if v.state == state::TOMBSTONE {
+        sys::close(fd);
+        v.state = state::FREE;
+        s.store(&l, v);
+        USED.fetch_sub(1, Relaxed);
+    }
+    st::unlock(fd, s, l);
+}
+
+/// Releases every tombstone: the answer to EMFILE/ENFILE. Scans the table
+/// rather than the ring, so tombstones the ring lost are released too.
+pub fn release_all() {
+    HEAD.store(TAIL.load(Acquire), Release);
+    for fd in 0..capacity() {
+        release(fd as i32);
+    }
+}

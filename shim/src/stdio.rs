@@ -1,0 +1,600 @@
+//! The stdio and directory functions. Their internal open/close calls go
+//! straight to libc's internal symbols, past the PLT, so the shim wraps
+//! the functions themselves: the real ones (found with
+//! dlsym(RTLD_NEXT)) do the work, and the shim registers the stream's fd
+//! afterwards.
+//!
+//! Closing a stream is quarantined without a race: before the real
+//! fclose/closedir runs, the stream's fd is duplicated to a spare number,
+//! the original number is atomically turned into a tombstone (dup3), and
+//! the stream is pointed at the spare, which the real function flushes
+//! and closes. This writes the fd field of glibc's FILE (`_fileno`, at a
+//! fixed offset of the public `struct _IO_FILE`) and DIR (its first
+//! field); the shim checks that the field holds the fd fileno()/dirfd()
+//! report before touching it, and otherwise marks the number closed
+//! without quarantining it.
+
+use core::ffi::{c_char, c_int};
+use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use handles_model::table::{obj_type_code, state};
+use handles_model::ObjType;
+use libc::FILE;
+
+use crate::quarantine;
+use crate::report::{self, After, Call, Use};
+use crate::stack;
+use crate::state::{self as st, active, enter, leave};
+use crate::sys;
+
+/// Offset of `_fileno` in glibc's `struct _IO_FILE` on x86_64: `_flags`
+/// (padded to 8), eleven buffer pointers, `_markers`, `_chain`.
+const FILENO_OFFSET: usize = 8 + 11 * 8 + 8 + 8;
+
+/// A libc function found in the next object (libc) with
+/// dlsym(RTLD_NEXT), resolved in the constructor.
+struct Real {
+    p: AtomicUsize,
+    name: &'static core::ffi::CStr,
+}
+
+impl Real {
+    const fn new(name: &'static core::ffi::CStr) -> Real {
+        Real {
+            p: AtomicUsize::new(0),
+            name,
+        }
+    }
+
+    fn addr(&self) -> usize {
+        let p = self.p.load(Relaxed);
+        if p != 0 {
+            return p;
+        }
+        // SAFETY: dlsym with a NUL-terminated name.
+        let p = unsafe { libc::dlsym(libc::RTLD_NEXT, self.name.as_ptr()) } as usize;
+        self.p.store(p, Relaxed);
+        p
+    }
+
+    /// The function as `F` (a function pointer type matching libc's).
+    fn get<F: Copy>(&self) -> Option<F> {
+        const { assert!(core::mem::size_of::<F>() == core::mem::size_of::<usize>()) };
+        let p = self.addr();
+        // SAFETY: p is libc's function of type F (the caller names it).
+        (p != 0).then(|| unsafe { core::mem::transmute_copy::<usize, F>(&p) })
+    }
+}
+
+static FOPEN: Real = Real::new(c"fopen");
+static FOPEN64: Real = Real::new(c"fopen64");
+static FREOPEN: Real = Real::new(c"freopen");
+static FREOPEN64: Real = Real::new(c"freopen64");
+static FCLOSE: Real = Real::new(c"fclose");
+static PCLOSE: Real = Real::new(c"pclose");
+static POPEN: Real = Real::new(c"popen");
+static FDOPEN: Real = Real::new(c"fdopen");
+static OPENDIR: Real = Real::new(c"opendir");
+static FDOPENDIR: Real = Real::new(c"fdopendir");
+static CLOSEDIR: Real = Real::new(c"closedir");
+static TMPFILE: Real = Real::new(c"tmpfile");
+static MKSTEMP: Real = Real::new(c"mkstemp");
+static MKOSTEMP: Real = Real::new(c"mkostemp");
+static MKSTEMPS: Real = Real::new(c"mkstemps");
+static MKOSTEMPS: Real = Real::new(c"mkostemps");
+
+static ALL: [&Real; 16] = [
+    &FOPEN, &FOPEN64, &FREOPEN, &FREOPEN64, &FCLOSE, &PCLOSE, &POPEN, &FDOPEN, &OPENDIR,
+    &FDOPENDIR, &CLOSEDIR, &TMPFILE, &MKSTEMP, &MKOSTEMP, &MKSTEMPS, &MKOSTEMPS,
+];
+
+macro_rules! real {
+    ($r:ident, $ty:ty) => {
+        $r.get::<$ty>()
+    };
+}
+
+type FopenFn = unsafe extern "C" fn(*const c_char, *const c_char) -> *mut FILE;
+type FreopenFn = unsafe extern "C" fn(*const c_char, *const c_char, *mut FILE) -> *mut FILE;
+type FcloseFn = unsafe extern "C" fn(*mut FILE) -> c_int;
+type FdopenFn = unsafe extern "C" fn(c_int, *const c_char) -> *mut FILE;
+type OpendirFn = unsafe extern "C" fn(*const c_char) -> *mut libc::DIR;
+type FdopendirFn = unsafe extern "C" fn(c_int) -> *mut libc::DIR;
+type ClosedirFn = unsafe extern "C" fn(*mut libc::DIR) -> c_int;
+type TmpfileFn = unsafe extern "C" fn() -> *mut FILE;
+type MkstempFn = unsafe extern "C" fn(*mut c_char) -> c_int;
+type MkostempFn = unsafe extern "C" fn(*mut c_char, c_int) -> c_int;
+type MkostempsFn = unsafe extern "C" fn(*mut c_char, c_int, c_int) -> c_int;
+
+/// Resolves every real function now (the constructor), so that wrappers
+/// never call dlsym, which may allocate.
+pub fn init() {
+    for r in ALL {
+        r.addr();
+    }
+}
+
+fn emfile() -> bool {
+    // SAFETY: this thread's errno.
+    let e = unsafe { *libc::__errno_location() };
+    e == libc::EMFILE || e == libc::ENFILE
+}
+
+/// Runs `f` (a libc function that opens an fd internally), retrying once
+/// after releasing the quarantine on EMFILE, then records the fd that
+/// `fd_of` finds in the result.
+fn opened<T: Copy>(
+    frame: usize,
+    ty: u32,
+    fail: T,
+    f: impl Fn() -> T,
+    fd_of: impl Fn(T) -> c_int,
+) -> T {
+    let mut r = f();
+    if !active() {
+        return r;
+    }
+    if fd_of(r) < 0 && emfile() && enter() {
+        st::ensure_own_table();
+        quarantine::release_all();
+        leave();
+        r = f();
+    }
+    let fd = fd_of(r);
+    if fd >= 0 && enter() {
+        st::ensure_own_table();
+        st::created(fd, ty, &stack::capture(frame));
+        leave();
+    }
+    let _ = fail;
+    r
+}
+
+fn file_fd(f: *mut FILE) -> c_int {
+    if f.is_null() {
+        -1
+    } else {
+        // SAFETY: a stream libc just returned.
+        unsafe { libc::fileno(f) }
+    }
+}
+
+fn dir_fd(d: *mut libc::DIR) -> c_int {
+    if d.is_null() {
+        -1
+    } else {
+        // SAFETY: a DIR libc just returned.
+        unsafe { libc::dirfd(d) }
+    }
+}
+
+fn no_fn<T>(fail: T) -> T {
+    sys::set_errno(libc::ENOSYS);
+    fail
+}
+
+macro_rules! trampoline {
+    ($name:ident => $imp:ident, $reg:literal, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+        #[unsafe(naked)]
+        #[no_mangle]
+        pub unsafe extern "C-unwind" fn $name($($arg: $ty),*) -> $ret {
+            core::arch::naked_asm!(
+                ".cfi_startproc",
+                "push rbp",
+                ".cfi_adjust_cfa_offset 8",
+                ".cfi_offset rbp, -16",
+                "mov rbp, rsp",
+                ".cfi_def_cfa_register rbp",
+                concat!("mov ", $reg, ", rbp"),
+                "call {imp}",
+                "pop rbp",
+                ".cfi_def_cfa rsp, 8",
+                "ret",
+                ".cfi_endproc",
+                imp = sym $imp,
+            )
+        }
+    };
+}
+
+unsafe extern "C-unwind" fn fopen_impl(
+    path: *const c_char,
+    mode: *const c_char,
+    frame: usize,
+) -> *mut FILE {
+    let Some(f) = real!(FOPEN, FopenFn) else {
+        return no_fn(core::ptr::null_mut());
+    };
+    // SAFETY: the program's call.
+    opened(
+        frame,
+        0,
+        core::ptr::null_mut(),
+        || unsafe { f(path, mode) },
+        file_fd,
+    )
+}
+unsafe extern "C-unwind" fn fopen64_impl(
+    path: *const c_char,
+    mode: *const c_char,
+    frame: usize,
+) -> *mut FILE {
+    let Some(f) = real!(FOPEN64, FopenFn) else {
+        return no_fn(core::ptr::null_mut());
+    };
+    // SAFETY: the program's call.
+    opened(
+        frame,
+        0,
+        core::ptr::null_mut(),
+        || unsafe { f(path, mode) },
+        file_fd,
+    )
+}
+trampoline!(fopen => fopen_impl, "rdx", (path: *const c_char, mode: *const c_char) -> *mut FILE);
+trampoline!(fopen64 => fopen64_impl, "rdx", (path: *const c_char, mode: *const c_char) -> *mut FILE);
+
+unsafe extern "C-unwind" fn popen_impl(
+    cmd: *const c_char,
+    mode: *const c_char,
+    frame: usize,
+) -> *mut FILE {
+    let Some(f) = real!(POPEN, FopenFn) else {
+        return no_fn(core::ptr::null_mut());
+    };
+    // SAFETY: the program's call.
+    opened(
+        frame,
+        obj_type_code(ObjType::Pipe),
+        core::ptr::null_mut(),
+        || unsafe { f(cmd, mode) },
+        file_fd,
+    )
+}
+trampoline!(popen => popen_impl, "rdx", (cmd: *const c_char, mode: *const c_char) -> *mut FILE);
+
+unsafe extern "C-unwind" fn tmpfile_impl(frame: usize) -> *mut FILE {
+    let Some(f) = real!(TMPFILE, TmpfileFn) else {
+        return no_fn(core::ptr::null_mut());
+    };
+    // SAFETY: the program's call.
+    opened(
+        frame,
+        obj_type_code(ObjType::File),
+        core::ptr::null_mut(),
+        || unsafe { f() },
+        file_fd,
+    )
+}
+trampoline!(tmpfile => tmpfile_impl, "rdi", () -> *mut FILE);
+trampoline!(tmpfile64 => tmpfile_impl, "rdi", () -> *mut FILE);
+
+unsafe extern "C-unwind" fn mkstemp_impl(t: *mut c_char, frame: usize) -> c_int {
+    let Some(f) = real!(MKSTEMP, MkstempFn) else {
+        return no_fn(-1);
+    };
+    // SAFETY: the program's call.
+    opened(
+        frame,
+        obj_type_code(ObjType::File),
+        -1,
+        || unsafe { f(t) },
+        |fd| fd,
+    )
+}
+unsafe extern "C-unwind" fn mkostemp_impl(t: *mut c_char, flags: c_int, frame: usize) -> c_int {
+    let Some(f) = real!(MKOSTEMP, MkostempFn) else {
+        return no_fn(-1);
+    };
+    // SAFETY: the program's call.
+    opened(
+        frame,
+        obj_type_code(ObjType::File),
+        -1,
+        || unsafe { f(t, flags) },
+        |fd| fd,
+    )
+}
+unsafe extern "C-unwind" fn mkstemps_impl(t: *mut c_char, suffix: c_int, frame: usize) -> c_int {
+    let Some(f) = real!(MKSTEMPS, MkostempFn) else {
+        return no_fn(-1);
+    };
+    // SAFETY: the program's call.
+    opened(
+        frame,
+        obj_type_code(ObjType::File),
+        -1,
+        || unsafe { f(t, suffix) },
+        |fd| fd,
+    )
+}
+unsafe extern "C-unwind" fn mkostemps_impl(
+    t: *mut c_char,
+    suffix: c_int,
+    flags: c_int,
+    frame: usize,
+) -> c_int {
+    let Some(f) = real!(MKOSTEMPS, MkostempsFn) else {
+        return no_fn(-1);
+    };
+    // SAFETY: the program's call.
+    opened(
+        frame,
+        obj_type_code(ObjType::File),
+        -1,
+        || unsafe { f(t, suffix, flags) },
+        |fd| fd,
+    )
+}
+trampoline!(mkstemp => mkstemp_impl, "rsi", (t: *mut c_char) -> c_int);
+trampoline!(mkstemp64 => mkstemp_impl, "rsi", (t: *mut c_char) -> c_int);
+trampoline!(mkostemp => mkostemp_impl, "rdx", (t: *mut c_char, flags: c_int) -> c_int);
+trampoline!(mkostemp64 => mkostemp_impl, "rdx", (t: *mut c_char, flags: c_int) -> c_int);
+trampoline!(mkstemps => mkstemps_impl, "rdx", (t: *mut c_char, suffix: c_int) -> c_int);
+trampoline!(mkostemps => mkostemps_impl, "rcx", (t: *mut c_char, suffix: c_int, flags: c_int) -> c_int);
+
+unsafe extern "C-unwind" fn opendir_impl(name: *const c_char, frame: usize) -> *mut libc::DIR {
+    let Some(f) = real!(OPENDIR, OpendirFn) else {
+        return no_fn(core::ptr::null_mut());
+    };
+    // SAFETY: the program's call.
+    opened(
+        frame,
+        obj_type_code(ObjType::Dir),
+        core::ptr::null_mut(),
+        || unsafe { f(name) },
+        dir_fd,
+    )
+}
+trampoline!(opendir => opendir_impl, "rsi", (name: *const c_char) -> *mut libc::DIR);
+
+/// Checks the fd a stream is about to be built on; Some(errno) when the
+/// call must fail.
+fn check_fd(fd: c_int, name: &str) -> Option<c_int> {
+    if !active() {
+        return None;
+    }
+    let s = st::state_of(fd)?;
+    if s == state::OPEN || !enter() {
+        return None;
+    }
+    st::ensure_own_table();
+    let v = match s {
+        state::INTERNAL if st::internal(fd) => Some(report::Verdict {
+            result: Some(-(libc::EBADF as i64)),
+            after: After::Nothing,
+        }),
+        state::TOMBSTONE => Some(report::bad_handle(Use::Use, fd, &Call::libc(name, fd), 0)),
+        state::FREE if !sys::is_open(fd) => {
+            Some(report::bad_handle(Use::Use, fd, &Call::libc(name, fd), 0))
+        }
+        state::FREE => {
+            st::adopt(fd);
+            None
+        }
+        _ => None,
+    };
+    leave();
+    let v = v?;
+    let r = v.result?;
+    report::apply(v.after);
+    Some(-r as c_int)
+}
+
+#[no_mangle]
+pub unsafe extern "C-unwind" fn fdopen(fd: c_int, mode: *const c_char) -> *mut FILE {
+    if let Some(e) = check_fd(fd, "fdopen") {
+        sys::set_errno(e);
+        return core::ptr::null_mut();
+    }
+    match real!(FDOPEN, FdopenFn) {
+        // SAFETY: the program's call.
+        Some(f) => unsafe { f(fd, mode) },
+        None => no_fn(core::ptr::null_mut()),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C-unwind" fn fdopendir(fd: c_int) -> *mut libc::DIR {
+    if let Some(e) = check_fd(fd, "fdopendir") {
+        sys::set_errno(e);
+        return core::ptr::null_mut();
+    }
+    match real!(FDOPENDIR, FdopendirFn) {
+        // SAFETY: the program's call.
+        Some(f) => unsafe { f(fd) },
+        None => no_fn(core::ptr::null_mut()),
+    }
+}
+
+/// Closes a stream whose fd is `fd` and whose fd field is at `field`
+/// (None when its layout is not the expected one), with `real`.
+fn close_stream(
+    fd: c_int,
+    field: Option<*mut c_int>,
+    name: &str,
+    frame: usize,
+    real: impl FnOnce() -> c_int,
+) -> c_int {
+    let Some(s) = st::slot(fd).filter(|_| active()) else {
+        return real();
+    };
+    if !enter() {
+        return real();
+    }
+    st::ensure_own_table();
+    let stale = match s.state.load(Relaxed) {
+        state::TOMBSTONE => true,
+        state::INTERNAL => st::internal(fd),
+        state::FREE => {
+            if sys::is_open(fd) {
+                st::adopt(fd);
+                false
+            } else {
+                true
+            }
+        }
+        _ => false,
+    };
+    if stale {
+        let v = if st::internal(fd) {
+            report::Verdict {
+                result: Some(-(libc::EBADF as i64)),
+                after: After::Nothing,
+            }
+        } else {
+            report::bad_handle(Use::Close, fd, &Call::libc(name, fd), frame)
+        };
+        if let Some(p) = field {
+            // The stream must not close whatever holds the number now:
+            // with no fd, libc frees it and reports failure, as when the
+            // fd was closed natively.
+            // SAFETY: p is the stream's fd field (checked by the caller).
+            unsafe { *p = -1 };
+        }
+        leave();
+        report::apply(v.after);
+        let r = real();
+        if field.is_some() {
+            sys::set_errno(libc::EBADF);
+            return libc::EOF;
+        }
+        return r;
+    }
+    let pcs = stack::capture(frame);
+    if let Some(p) = field.filter(|_| fd > 2 && quarantine::room()) {
+        let src = st::tomb_src();
+        let spare = if src >= 0 {
+            sys::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0)
+        } else {
+            -1
+        };
+        if spare >= 0 {
+            let l = st::lock(s);
+            if sys::dup3(src, fd, libc::O_CLOEXEC) == fd as i64 {
+                st::closed_locked(fd, s, &l, true, &pcs);
+                st::unlock(fd, s, l);
+                quarantine::push(fd);
+                // SAFETY: see the module docs; checked by the caller.
+                unsafe { *p = spare as c_int };
+                leave();
+                return real();
+            }
+            st::unlock(fd, s, l);
+            sys::close(spare as c_int);
+        }
+    }
+    // Not quarantined: mark it closed before libc closes it, so that a
+    // thread that gets the number next never finds its slot overwritten.
+    st::closed(fd, &pcs);
+    leave();
+    real()
+}
+
+fn file_field(f: *mut FILE, fd: c_int) -> Option<*mut c_int> {
+    // SAFETY: f is a glibc FILE (fileno succeeded on it), at least as
+    // large as struct _IO_FILE.
+    let p = unsafe { (f as *mut u8).add(FILENO_OFFSET) as *mut c_int };
+    // SAFETY: as above.
+    (unsafe { *p } == fd).then_some(p)
+}
+
+unsafe extern "C-unwind" fn fclose_impl(f: *mut FILE, frame: usize) -> c_int {
+    let Some(real) = real!(FCLOSE, FcloseFn) else {
+        return no_fn(libc::EOF);
+    };
+    let fd = file_fd(f);
+    if fd < 0 {
+        // SAFETY: the program's call.
+        return unsafe { real(f) };
+    }
+    // SAFETY: the program's call.
+    close_stream(fd, file_field(f, fd), "fclose", frame, || unsafe {
+        real(f)
+    })
+}
+trampoline!(fclose => fclose_impl, "rsi", (f: *mut FILE) -> c_int);
+
+unsafe extern "C-unwind" fn pclose_impl(f: *mut FILE, frame: usize) -> c_int {
+    let Some(real) = real!(PCLOSE, FcloseFn) else {
+        return no_fn(-1);
+    };
+    let fd = file_fd(f);
+    if fd < 0 {
+        // SAFETY: the program's call.
+        return unsafe { real(f) };
+    }
+    // SAFETY: the program's call.
+    close_stream(fd, file_field(f, fd), "pclose", frame, || unsafe {
+        real(f)
+    })
+}
+trampoline!(pclose => pclose_impl, "rsi", (f: *mut FILE) -> c_int);
+
+unsafe extern "C-unwind" fn closedir_impl(d: *mut libc::DIR, frame: usize) -> c_int {
+    let Some(real) = real!(CLOSEDIR, ClosedirFn) else {
+        return no_fn(-1);
+    };
+    let fd = dir_fd(d);
+    if fd < 0 {
+        // SAFETY: the program's call.
+        return unsafe { real(d) };
+    }
+    // SAFETY: glibc's DIR starts with its fd.
+    let field = unsafe { (*(d as *mut c_int) == fd).then_some(d as *mut c_int) };
+    // SAFETY: the program's call.
+    close_stream(fd, field, "closedir", frame, || unsafe { real(d) })
+}
+trampoline!(closedir => closedir_impl, "rsi", (d: *mut libc::DIR) -> c_int);
+
+/// freopen keeps the stream's fd number (glibc dup3s the new file onto
+/// it), so the number gets a new generation; on failure it is closed.
+fn reopen(
+    path: *const c_char,
+    mode: *const c_char,
+    f: *mut FILE,
+    frame: usize,
+    real: FreopenFn,
+) -> *mut FILE {
+    let old = file_fd(f);
+    // SAFETY: the program's call.
+    let r = unsafe { real(path, mode, f) };
+    if active() && enter() {
+        st::ensure_own_table();
+        let pcs = stack::capture(frame);
+        let new = file_fd(r);
+        if new >= 0 {
+            st::created(new, 0, &pcs);
+        }
+        if old >= 0 && old != new {
+            st::closed(old, &pcs);
+        }
+        leave();
+    }
+    r
+}
+
+unsafe extern "C-unwind" fn freopen_impl(
+    path: *const c_char,
+    mode: *const c_char,
+    f: *mut FILE,
+    frame: usize,
+) -> *mut FILE {
+    match real!(FREOPEN, FreopenFn) {
+        Some(real) => reopen(path, mode, f, frame, real),
+        None => no_fn(core::ptr::null_mut()),
+    }
+}
+unsafe extern "C-unwind" fn freopen64_impl(
+    path: *const c_char,
+    mode: *const c_char,
+    f: *mut FILE,
+    frame: usize,
+) -> *mut FILE {
+    match real!(FREOPEN64, FreopenFn) {
+        Some(real) => reopen(path, mode, f, frame, real),
+        None => no_fn(core::ptr::null_mut()),
+    }
+}
+trampoline!(freopen => freopen_impl, "rcx", (path: *const c_char, mode: *const c_char, f: *mut FILE) -> *mut FILE);
+trampoline!(freopen64 => freopen64_impl, "rcx", (path: *const c_char, mode: *const c_char, f: *mut FILE) -> *mut FILE);

@@ -1,0 +1,244 @@
+//! Raw syscalls. The shim never calls libc's syscall wrappers for the
+//! calls it interposes: they would re-enter the shim through the PLT, and
+//! they could not carry the supervisor's cookie.
+
+use core::arch::{asm, global_asm};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
+
+use libc::c_int;
+
+/// The supervisor's per-job cookie (`HANDLES_COOKIE`), valid when
+/// [`COOKIE_ON`] is set.
+pub static COOKIE: AtomicU64 = AtomicU64::new(0);
+pub static COOKIE_ON: AtomicBool = AtomicBool::new(false);
+
+/// glibc's value (the libc crate does not export it).
+const PTHREAD_CANCEL_ASYNCHRONOUS: c_int = 1;
+
+const NR_SLOTS: usize = 512;
+const NO_ARG: u8 = 0xff;
+
+/// Per syscall number, the argument register the cookie goes in, from the
+/// same table the supervisor's seccomp prefilter is compiled from.
+static COOKIE_ARG: [AtomicU8; NR_SLOTS] = [const { AtomicU8::new(NO_ARG) }; NR_SLOTS];
+
+/// Fills [`COOKIE_ARG`] from `handles_model::syscalls::TABLE`.
+pub fn init_cookie_args() {
+    for d in handles_model::syscalls::TABLE {
+        if let (Ok(i), Some(arg)) = (usize::try_from(d.nr), d.cookie_arg()) {
+            if let Some(slot) = COOKIE_ARG.get(i) {
+                slot.store(arg, Relaxed);
+            }
+        }
+    }
+}
+
+/// A syscall exactly as given: no cookie, so a supervisor's prefilter
+/// stops on it if it traces `nr`.
+#[inline(always)]
+pub unsafe fn raw(nr: i64, a: [u64; 6]) -> i64 {
+    let ret: i64;
+    // SAFETY: the caller vouches for the syscall's arguments; the kernel
+    // clobbers rcx and r11 only.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") nr => ret,
+            in("rdi") a[0],
+            in("rsi") a[1],
+            in("rdx") a[2],
+            in("r10") a[3],
+            in("r8") a[4],
+            in("r9") a[5],
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
+}
+
+/// Puts the cookie in the syscall's free argument register, if a cookie
+/// is set and the syscall has one free (six-argument syscalls do not).
+#[inline(always)]
+fn with_cookie(nr: i64, mut a: [u64; 6]) -> [u64; 6] {
+    if COOKIE_ON.load(Relaxed) {
+        let i = COOKIE_ARG[(nr as usize) & (NR_SLOTS - 1)].load(Relaxed) as usize;
+        if i < 6 {
+            a[i] = COOKIE.load(Relaxed);
+        }
+    }
+    a
+}
+
+/// A syscall the shim issues on the program's behalf or for itself: it
+/// carries the cookie, so the supervisor's prefilter lets it through.
+#[inline(always)]
+pub unsafe fn sc(nr: i64, a: [u64; 6]) -> i64 {
+    // SAFETY: as for `raw`; the cookie only fills a register the syscall
+    // does not read.
+    unsafe { raw(nr, with_cookie(nr, a)) }
+}
+
+// The blocking syscall of a cancellable wrapper. It lives in its own
+// function with CFI so that glibc's forced unwind (pthread_cancel with
+// asynchronous cancellation) can walk from the signal frame through it.
+global_asm!(
+    ".globl handles_shim_syscall_cancellable",
+    ".hidden handles_shim_syscall_cancellable",
+    ".type handles_shim_syscall_cancellable,@function",
+    "handles_shim_syscall_cancellable:",
+    ".cfi_startproc",
+    "mov rax, rdi",
+    "mov rdi, rsi",
+    "mov rsi, rdx",
+    "mov rdx, rcx",
+    "mov r10, r8",
+    "mov r8, r9",
+    "mov r9, [rsp + 8]",
+    "syscall",
+    "ret",
+    ".cfi_endproc",
+    ".size handles_shim_syscall_cancellable, . - handles_shim_syscall_cancellable",
+);
+
+extern "C-unwind" {
+    fn handles_shim_syscall_cancellable(
+        nr: i64,
+        a0: u64,
+        a1: u64,
+        a2: u64,
+        a3: u64,
+        a4: u64,
+        a5: u64,
+    ) -> i64;
+    // Declared here as unwinding: switching to asynchronous cancellation
+    // with a cancel pending unwinds out of this call.
+    #[link_name = "pthread_setcanceltype"]
+    fn setcanceltype(kind: c_int, old: *mut c_int) -> c_int;
+}
+
+/// A potentially blocking syscall that must stay a pthread cancellation
+/// point: the thread runs it with asynchronous cancellation enabled, as
+/// glibc's own wrappers did before 2.34. Callers hold no shim state
+/// across this call (no slot lock, no in-shim flag), so a cancelled thread
+/// leaves nothing behind.
+#[inline(always)]
+pub unsafe fn sc_cancel(nr: i64, a: [u64; 6]) -> i64 {
+    let a = with_cookie(nr, a);
+    let mut old: c_int = 0;
+    let mut ignored: c_int = 0;
+    // SAFETY: plain libc calls with valid out-pointers; the syscall's
+    // arguments are the caller's.
+    unsafe {
+        setcanceltype(PTHREAD_CANCEL_ASYNCHRONOUS, &mut old);
+        let r = handles_shim_syscall_cancellable(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+        if old != PTHREAD_CANCEL_ASYNCHRONOUS {
+            setcanceltype(old, &mut ignored);
+        }
+        r
+    }
+}
+
+pub fn set_errno(e: c_int) {
+    // SAFETY: __errno_location returns this thread's errno slot.
+    unsafe { *libc::__errno_location() = e };
+}
+
+/// Turns a raw result (`-errno` on failure) into libc's convention.
+#[inline(always)]
+pub fn ret(r: i64) -> i64 {
+    if (-4095..0).contains(&r) {
+        set_errno(-r as c_int);
+        -1
+    } else {
+        r
+    }
+}
+
+/// Shorthands for the few syscalls the shim issues for itself.
+pub fn close(fd: i32) -> i64 {
+    // SAFETY: closing an fd number; callers own it.
+    unsafe { sc(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]) }
+}
+
+pub fn fcntl(fd: i32, cmd: c_int, arg: u64) -> i64 {
+    // SAFETY: fcntl commands used by the shim take integer arguments.
+    unsafe { sc(libc::SYS_fcntl, [fd as u64, cmd as u64, arg, 0, 0, 0]) }
+}
+
+pub fn dup3(old: i32, new: i32, flags: c_int) -> i64 {
+    // SAFETY: dup3 on fd numbers.
+    unsafe {
+        sc(
+            libc::SYS_dup3,
+            [old as u64, new as u64, flags as u64, 0, 0, 0],
+        )
+    }
+}
+
+pub fn getpid() -> i32 {
+    // SAFETY: no arguments.
+    unsafe { raw(libc::SYS_getpid, [0; 6]) as i32 }
+}
+
+pub fn gettid() -> i32 {
+    // SAFETY: no arguments.
+    unsafe { raw(libc::SYS_gettid, [0; 6]) as i32 }
+}
+
+/// Is `fd` open in the kernel? (F_GETFD, never reported.)
+pub fn is_open(fd: i32) -> bool {
+    fcntl(fd, libc::F_GETFD, 0) >= 0
+}
+
+pub fn write_all(fd: i32, mut b: &[u8]) {
+    while !b.is_empty() {
+        // SAFETY: writing from a live slice.
+        let r = unsafe {
+            sc(
+                libc::SYS_write,
+                [fd as u64, b.as_ptr() as u64, b.len() as u64, 0, 0, 0],
+            )
+        };
+        if r == -(libc::EINTR as i64) {
+            continue;
+        }
+        if r <= 0 {
+            return;
+        }
+        b = b.get(r as usize..).unwrap_or(&[]);
+    }
+}
+
+pub fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    // SAFETY: getrandom into a local buffer; GRND_NONBLOCK so a process
+    // started before the entropy pool is ready never blocks here.
+    let r = unsafe {
+        raw(
+            libc::SYS_getrandom,
+            [
+                b.as_mut_ptr() as u64,
+                4,
+                libc::GRND_NONBLOCK as u64,
+                0,
+                0,
+                0,
+            ],
+        )
+    };
+    if r == 4 {
+        u32::from_ne_bytes(b)
+    } else {
+        // Values only need to differ between processes; they are not a
+        // secret.
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime into a local struct.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        (ts.tv_nsec as u32) ^ ((getpid() as u32) << 16)
+    }
+}

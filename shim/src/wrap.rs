@@ -1,0 +1,1093 @@
+//! The interposed fd functions.
+//!
+//! Calls that create or close fds enter through a naked trampoline that
+//! pushes a frame pointer and passes it to the implementation in the
+//! first free argument register (the cheap creation/close stacks of
+//! `stack.rs`). Every wrapper checks its fds with one atomic load of the
+//! slot state, then issues the syscall itself (with the cookie).
+
+use core::ffi::{c_char, c_int, c_uint, c_void};
+
+use handles_model::table::{obj_type_code, state};
+use handles_model::ObjType;
+use libc::{size_t, ssize_t};
+
+use crate::quarantine;
+use crate::report::{self, After, Call, Use};
+use crate::stack;
+use crate::state::{self as st, active, enter, leave};
+use crate::sys::{self, ret, sc, sc_cancel};
+
+/// Exported function `$name` that calls `$imp` with the same arguments
+/// plus its frame pointer in `$reg`.
+macro_rules! trampoline {
+    ($name:ident => $imp:ident, $reg:literal, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+        #[unsafe(naked)]
+        #[no_mangle]
+        pub unsafe extern "C-unwind" fn $name($($arg: $ty),*) -> $ret {
+            core::arch::naked_asm!(
+                ".cfi_startproc",
+                "push rbp",
+                ".cfi_adjust_cfa_offset 8",
+                ".cfi_offset rbp, -16",
+                "mov rbp, rsp",
+                ".cfi_def_cfa_register rbp",
+                concat!("mov ", $reg, ", rbp"),
+                "call {imp}",
+                "pop rbp",
+                ".cfi_def_cfa rsp, 8",
+                "ret",
+                ".cfi_endproc",
+                imp = sym $imp,
+            )
+        }
+    };
+}
+
+const EBADF: i64 = -(libc::EBADF as i64);
+
+fn code(t: ObjType) -> u32 {
+    obj_type_code(t)
+}
+
+/// The fast check of a wrapper: None to go on with the call, Some(value
+/// to return, libc convention) when the fd is bad.
+#[inline(always)]
+fn check(fd: c_int, what: Use, nr: i64, args: [u64; 6], frame: usize) -> Option<i64> {
+    if !active() {
+        return None;
+    }
+    match st::state_of(fd) {
+        None | Some(state::OPEN) => None,
+        Some(_) => check_slow(fd, what, &Call::syscall(nr, args), frame),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn check_slow(fd: c_int, what: Use, call: &Call, frame: usize) -> Option<i64> {
+    let s = st::state_of(fd)?;
+    if !enter() {
+        // Nested (a signal handler inside the shim): no report, but a
+        // quarantined number still answers EBADF.
+        return (s == state::TOMBSTONE || st::internal(fd)).then(|| ret(EBADF));
+    }
+    st::ensure_own_table();
+    let v = match s {
+        state::OPEN => None,
+        // The shim's own fds are not the program's: as if not open.
+        state::INTERNAL if st::internal(fd) => Some(report::Verdict {
+            result: Some(EBADF),
+            after: After::Nothing,
+        }),
+        state::INTERNAL => None,
+        state::TOMBSTONE => Some(report::bad_handle(what, fd, call, frame)),
+        _ => {
+            if sys::is_open(fd) {
+                st::adopt(fd);
+                None
+            } else {
+                Some(report::bad_handle(what, fd, call, frame))
+            }
+        }
+    };
+    leave();
+    let v = v?;
+    let r = v.result?;
+    report::apply(v.after);
+    Some(ret(r))
+}
+
+/// Runs a creating syscall `f` (raw result), retries once after releasing
+/// the quarantine on EMFILE/ENFILE, and records the new fd.
+#[inline(always)]
+fn create(frame: usize, ty: u32, f: impl Fn() -> i64) -> i64 {
+    if !active() {
+        return f();
+    }
+    let mut r = f();
+    if r == -(libc::EMFILE as i64) || r == -(libc::ENFILE as i64) {
+        r = retry_after_release(&f, r);
+    }
+    if r >= 0 && enter() {
+        st::ensure_own_table();
+        st::created(r as i32, ty, &stack::capture(frame));
+        leave();
+    }
+    r
+}
+
+#[cold]
+fn retry_after_release(f: &dyn Fn() -> i64, r: i64) -> i64 {
+    if !enter() {
+        return r;
+    }
+    st::ensure_own_table();
+    quarantine::release_all();
+    leave();
+    f()
+}
+
+/// [`create`] for calls that return two fds in an int[2].
+fn create_pair(frame: usize, ty: u32, fds: *mut c_int, f: impl Fn() -> i64) -> i64 {
+    if !active() {
+        return f();
+    }
+    let mut r = f();
+    if r == -(libc::EMFILE as i64) || r == -(libc::ENFILE as i64) {
+        r = retry_after_release(&f, r);
+    }
+    if r == 0 && enter() {
+        st::ensure_own_table();
+        let pcs = stack::capture(frame);
+        // SAFETY: the kernel just wrote both fds there.
+        let (a, b) = unsafe { (*fds, *fds.add(1)) };
+        st::created(a, ty, &pcs);
+        st::created(b, ty, &pcs);
+        leave();
+    }
+    r
+}
+
+macro_rules! args {
+    ($($a:expr),*) => {{
+        let v: &[u64] = &[$($a as u64),*];
+        let mut a = [0u64; 6];
+        a[..v.len()].copy_from_slice(v);
+        a
+    }};
+}
+
+/// A function that only uses the fds named in `fds`.
+macro_rules! use_call {
+    ($name:ident, $nr:expr, $cancel:tt, ($($arg:ident: $ty:ty),*) -> $ret:ty, [$($fdarg:ident),*]) => {
+        #[no_mangle]
+        pub unsafe extern "C-unwind" fn $name($($arg: $ty),*) -> $ret {
+            let a = args!($($arg),*);
+            $(
+                if let Some(r) = check($fdarg as c_int, Use::Use, $nr, a, 0) {
+                    return r as $ret;
+                }
+            )*
+            // SAFETY: the program's syscall with the program's arguments.
+            ret(unsafe { use_call!(@issue $cancel, $nr, a) }) as $ret
+        }
+    };
+    (@issue cancel, $nr:expr, $a:expr) => { sc_cancel($nr, $a) };
+    (@issue plain, $nr:expr, $a:expr) => { sc($nr, $a) };
+}
+
+use libc::{
+    SYS_bind, SYS_connect, SYS_epoll_ctl, SYS_epoll_wait, SYS_fchdir, SYS_fchmod, SYS_fchown,
+    SYS_fdatasync, SYS_flock, SYS_fstat, SYS_fstatfs, SYS_fsync, SYS_ftruncate, SYS_getpeername,
+    SYS_getsockname, SYS_getsockopt, SYS_ioctl, SYS_listen, SYS_lseek, SYS_pread64, SYS_pwrite64,
+    SYS_read, SYS_readv, SYS_sendfile, SYS_sendmsg, SYS_setsockopt, SYS_shutdown, SYS_write,
+    SYS_writev,
+};
+
+use_call!(read, SYS_read, cancel, (fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t, [fd]);
+use_call!(write, SYS_write, cancel, (fd: c_int, buf: *const c_void, n: size_t) -> ssize_t, [fd]);
+use_call!(readv, SYS_readv, cancel, (fd: c_int, iov: *const libc::iovec, n: c_int) -> ssize_t, [fd]);
+use_call!(writev, SYS_writev, cancel, (fd: c_int, iov: *const libc::iovec, n: c_int) -> ssize_t, [fd]);
+use_call!(pread, SYS_pread64, cancel, (fd: c_int, buf: *mut c_void, n: size_t, off: i64) -> ssize_t, [fd]);
+use_call!(pread64, SYS_pread64, cancel, (fd: c_int, buf: *mut c_void, n: size_t, off: i64) -> ssize_t, [fd]);
+use_call!(pwrite, SYS_pwrite64, cancel, (fd: c_int, buf: *const c_void, n: size_t, off: i64) -> ssize_t, [fd]);
+use_call!(pwrite64, SYS_pwrite64, cancel, (fd: c_int, buf: *const c_void, n: size_t, off: i64) -> ssize_t, [fd]);
+use_call!(sendmsg, SYS_sendmsg, cancel, (fd: c_int, msg: *const libc::msghdr, flags: c_int) -> ssize_t, [fd]);
+use_call!(connect, SYS_connect, cancel, (fd: c_int, addr: *const libc::sockaddr, len: libc::socklen_t) -> c_int, [fd]);
+use_call!(epoll_wait, SYS_epoll_wait, cancel, (epfd: c_int, ev: *mut libc::epoll_event, max: c_int, timeout: c_int) -> c_int, [epfd]);
+use_call!(fsync, SYS_fsync, cancel, (fd: c_int) -> c_int, [fd]);
+use_call!(fdatasync, SYS_fdatasync, cancel, (fd: c_int) -> c_int, [fd]);
+use_call!(fstat, SYS_fstat, plain, (fd: c_int, buf: *mut libc::stat) -> c_int, [fd]);
+use_call!(fstat64, SYS_fstat, plain, (fd: c_int, buf: *mut libc::stat) -> c_int, [fd]);
+use_call!(fstatfs, SYS_fstatfs, plain, (fd: c_int, buf: *mut libc::statfs) -> c_int, [fd]);
+use_call!(fstatfs64, SYS_fstatfs, plain, (fd: c_int, buf: *mut libc::statfs) -> c_int, [fd]);
+use_call!(lseek, SYS_lseek, plain, (fd: c_int, off: i64, whence: c_int) -> i64, [fd]);
+use_call!(lseek64, SYS_lseek, plain, (fd: c_int, off: i64, whence: c_int) -> i64, [fd]);
+use_call!(ioctl, SYS_ioctl, plain, (fd: c_int, req: libc::c_ulong, arg: libc::c_ulong) -> c_int, [fd]);
+use_call!(ftruncate, SYS_ftruncate, plain, (fd: c_int, len: i64) -> c_int, [fd]);
+use_call!(ftruncate64, SYS_ftruncate, plain, (fd: c_int, len: i64) -> c_int, [fd]);
+use_call!(bind, SYS_bind, plain, (fd: c_int, addr: *const libc::sockaddr, len: libc::socklen_t) -> c_int, [fd]);
+use_call!(listen, SYS_listen, plain, (fd: c_int, backlog: c_int) -> c_int, [fd]);
+use_call!(shutdown, SYS_shutdown, plain, (fd: c_int, how: c_int) -> c_int, [fd]);
+use_call!(getsockopt, SYS_getsockopt, plain, (fd: c_int, level: c_int, name: c_int, val: *mut c_void, len: *mut libc::socklen_t) -> c_int, [fd]);
+use_call!(setsockopt, SYS_setsockopt, plain, (fd: c_int, level: c_int, name: c_int, val: *const c_void, len: libc::socklen_t) -> c_int, [fd]);
+use_call!(getsockname, SYS_getsockname, plain, (fd: c_int, addr: *mut libc::sockaddr, len: *mut libc::socklen_t) -> c_int, [fd]);
+use_call!(getpeername, SYS_getpeername, plain, (fd: c_int, addr: *mut libc::sockaddr, len: *mut libc::socklen_t) -> c_int, [fd]);
+use_call!(sendfile, SYS_sendfile, plain, (out_fd: c_int, in_fd: c_int, off: *mut i64, n: size_t) -> ssize_t, [out_fd, in_fd]);
+use_call!(sendfile64, SYS_sendfile, plain, (out_fd: c_int, in_fd: c_int, off: *mut i64, n: size_t) -> ssize_t, [out_fd, in_fd]);
+use_call!(epoll_ctl, SYS_epoll_ctl, plain, (epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int, [epfd, fd]);
+use_call!(flock, SYS_flock, cancel, (fd: c_int, op: c_int) -> c_int, [fd]);
+use_call!(fchdir, SYS_fchdir, plain, (fd: c_int) -> c_int, [fd]);
+use_call!(fchmod, SYS_fchmod, plain, (fd: c_int, mode: libc::mode_t) -> c_int, [fd]);
+use_call!(fchown, SYS_fchown, plain, (fd: c_int, uid: libc::uid_t, gid: libc::gid_t) -> c_int, [fd]);
+
+/// send/recv and friends: six-argument syscalls, so no cookie (the
+/// supervisor stops on them when it traces them).
+#[no_mangle]
+pub unsafe extern "C-unwind" fn sendto(
+    fd: c_int,
+    buf: *const c_void,
+    n: size_t,
+    flags: c_int,
+    addr: *const libc::sockaddr,
+    len: libc::socklen_t,
+) -> ssize_t {
+    let a = args!(fd, buf, n, flags, addr, len);
+    if let Some(r) = check(fd, Use::Use, libc::SYS_sendto, a, 0) {
+        return r as ssize_t;
+    }
+    // SAFETY: the program's call.
+    ret(unsafe { sc_cancel(libc::SYS_sendto, a) }) as ssize_t
+}
+
+#[no_mangle]
+pub unsafe extern "C-unwind" fn send(
+    fd: c_int,
+    buf: *const c_void,
+    n: size_t,
+    flags: c_int,
+) -> ssize_t {
+    // SAFETY: send is sendto without an address.
+    unsafe { sendto(fd, buf, n, flags, core::ptr::null(), 0) }
+}
+
+#[no_mangle]
+pub unsafe extern "C-unwind" fn recvfrom(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    flags: c_int,
+    addr: *mut libc::sockaddr,
+    len: *mut libc::socklen_t,
+) -> ssize_t {
+    let a = args!(fd, buf, n, flags, addr, len);
+    if let Some(r) = check(fd, Use::Use, libc::SYS_recvfrom, a, 0) {
+        return r as ssize_t;
+    }
+    // SAFETY: the program's call.
+    ret(unsafe { sc_cancel(libc::SYS_recvfrom, a) }) as ssize_t
+}
+
+#[no_mangle]
+pub unsafe extern "C-unwind" fn recv(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    flags: c_int,
+) -> ssize_t {
+    // SAFETY: recv is recvfrom without an address.
+    unsafe {
+        recvfrom(
+            fd,
+            buf,
+            n,
+            flags,
+            core::ptr::null_mut(),
+            core::ptr::null_mut(),
+        )
+    }
+}
+
+extern "C" {
+    fn __chk_fail() -> !;
+}
+
+#[no_mangle]
+pub unsafe extern "C-unwind" fn __read_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    buflen: size_t,
+) -> ssize_t {
+    if n > buflen {
+        // SAFETY: glibc's fortify failure, as its own __read_chk does.
+        unsafe { __chk_fail() }
+    }
+    // SAFETY: forwarding.
+    unsafe { read(fd, buf, n) }
+}
+
+#[no_mangle]
+pub unsafe extern "C-unwind" fn __pread64_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    off: i64,
+    buflen: size_t,
+) -> ssize_t {
+    if n > buflen {
+        // SAFETY: as __read_chk.
+        unsafe { __chk_fail() }
+    }
+    // SAFETY: forwarding.
+    unsafe { pread64(fd, buf, n, off) }
+}
+
+#[no_mangle]
+pub unsafe extern "C-unwind" fn __pread_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    off: i64,
+    buflen: size_t,
+) -> ssize_t {
+    // SAFETY: forwarding.
+    unsafe { __pread64_chk(fd, buf, n, off, buflen) }
+}
+
+#[no_mangle]
+pub unsafe extern "C-unwind" fn __recv_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    buflen: size_t,
+    flags: c_int,
+) -> ssize_t {
+    if n > buflen {
+        // SAFETY: as __read_chk.
+        unsafe { __chk_fail() }
+    }
+    // SAFETY: forwarding.
+    unsafe { recv(fd, buf, n, flags) }
+}
+
+#[no_mangle]
+pub unsafe extern "C-unwind" fn __recvfrom_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    buflen: size_t,
+    flags: c_int,
+    addr: *mut libc::sockaddr,
+    len: *mut libc::socklen_t,
+) -> ssize_t {
+    if n > buflen {
+        // SAFETY: as __read_chk.
+        unsafe { __chk_fail() }
+    }
+    // SAFETY: forwarding.
+    unsafe { recvfrom(fd, buf, n, flags, addr, len) }
+}
+
+#[no_mangle]
+pub unsafe extern "C-unwind" fn mmap(
+    addr: *mut c_void,
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: i64,
+) -> *mut c_void {
+    let a = args!(addr, len, prot, flags, fd, off);
+    if flags & libc::MAP_ANONYMOUS == 0 {
+        if let Some(r) = check(fd, Use::Use, libc::SYS_mmap, a, 0) {
+            return r as *mut c_void;
+        }
+    }
+    // SAFETY: the program's call.
+    ret(unsafe { sc(libc::SYS_mmap, a) }) as *mut c_void
+}
+
+#[no_mangle]
+pub unsafe extern "C-unwind" fn mmap64(
+    addr: *mut c_void,
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: i64,
+) -> *mut c_void {
+    // SAFETY: forwarding.
+    unsafe { mmap(addr, len, prot, flags, fd, off) }
+}
+
+/// poll: a quarantined fd must look like a closed one (POLLNVAL), not
+/// like the always-ready O_PATH tombstone.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn poll(
+    fds: *mut libc::pollfd,
+    n: libc::nfds_t,
+    timeout: c_int,
+) -> c_int {
+    let a = args!(fds, n, timeout);
+    if active() && !fds.is_null() {
+        for i in 0..n as usize {
+            // SAFETY: the program passes n pollfds.
+            let fd = unsafe { (*fds.add(i)).fd };
+            if fd >= 0 && !matches!(st::state_of(fd), None | Some(state::OPEN)) {
+                // SAFETY: as above.
+                return unsafe { poll_slow(fds, n, timeout, a) };
+            }
+        }
+    }
+    // SAFETY: the program's call.
+    ret(unsafe { sc_cancel(libc::SYS_poll, a) }) as c_int
+}
+
+#[cold]
+unsafe fn poll_slow(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int, a: [u64; 6]) -> c_int {
+    let call = Call::syscall(libc::SYS_poll, a);
+    let mut masked = [(0usize, 0 as c_int); 64];
+    let mut nm = 0;
+    let mut after = After::Nothing;
+    let nested = !enter();
+    if !nested {
+        st::ensure_own_table();
+    }
+    for i in 0..n as usize {
+        // SAFETY: the program passes n pollfds.
+        let p = unsafe { &mut *fds.add(i) };
+        let fd = p.fd;
+        let s = st::state_of(fd);
+        let stale = s == Some(state::TOMBSTONE) || (s == Some(state::INTERNAL) && st::internal(fd));
+        if s == Some(state::FREE) && !nested {
+            if sys::is_open(fd) {
+                st::adopt(fd);
+                continue;
+            }
+            let v = report::bad_handle(Use::Use, fd, &call, 0);
+            if after == After::Nothing {
+                after = v.after;
+            }
+        } else if stale && nm < masked.len() {
+            if !nested && s == Some(state::TOMBSTONE) {
+                let v = report::bad_handle(Use::Use, fd, &call, 0);
+                if after == After::Nothing {
+                    after = v.after;
+                }
+            }
+            masked[nm] = (i, fd);
+            nm += 1;
+            // The kernel skips negative fds; restored below.
+            p.fd = -1;
+        }
+    }
+    if !nested {
+        leave();
+    }
+    report::apply(after);
+    // A closed fd makes poll return at once with POLLNVAL: do not block.
+    let t = if nm > 0 { 0 } else { timeout };
+    // SAFETY: the program's array, with the stale entries disabled.
+    let r = unsafe { sc_cancel(libc::SYS_poll, args!(fds, n, t)) };
+    for &(i, fd) in &masked[..nm] {
+        // SAFETY: i < n.
+        let p = unsafe { &mut *fds.add(i) };
+        p.fd = fd;
+        p.revents = libc::POLLNVAL;
+    }
+    let r = if r >= 0 { r + nm as i64 } else { r };
+    ret(r) as c_int
+}
+
+/// select: a bad fd in any set fails the call with EBADF, as natively.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn select(
+    n: c_int,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    e: *mut libc::fd_set,
+    tv: *mut libc::timeval,
+) -> c_int {
+    let a = args!(n, r, w, e, tv);
+    if active() {
+        let lim = n.clamp(0, libc::FD_SETSIZE as c_int);
+        for set in [r, w, e] {
+            if set.is_null() {
+                continue;
+            }
+            for fd in 0..lim {
+                // SAFETY: the program passes fd_sets of FD_SETSIZE bits.
+                if unsafe { libc::FD_ISSET(fd, set) } {
+                    if let Some(x) = check(fd, Use::Use, libc::SYS_select, a, 0) {
+                        return x as c_int;
+                    }
+                }
+            }
+        }
+    }
+    // SAFETY: the program's call.
+    ret(unsafe { sc_cancel(libc::SYS_select, a) }) as c_int
+}
+
+// ---- creating calls ----
+
+fn open_type(flags: c_int) -> u32 {
+    if flags & libc::O_TMPFILE == libc::O_TMPFILE {
+        code(ObjType::File)
+    } else if flags & libc::O_PATH != 0 {
+        code(ObjType::Path)
+    } else if flags & libc::O_DIRECTORY != 0 {
+        code(ObjType::Dir)
+    } else {
+        0
+    }
+}
+
+/// Is `path` relative (so that a dirfd matters)?
+fn relative(path: *const c_char) -> bool {
+    // SAFETY: the program passes a C string (or NULL, which the kernel
+    // rejects with EFAULT).
+    !path.is_null() && unsafe { *path } != b'/' as c_char
+}
+
+unsafe extern "C-unwind" fn openat_impl(
+    dirfd: c_int,
+    path: *const c_char,
+    flags: c_int,
+    mode: c_uint,
+    frame: usize,
+) -> c_int {
+    let a = args!(dirfd, path, flags, mode);
+    if dirfd != libc::AT_FDCWD && relative(path) {
+        if let Some(r) = check(dirfd, Use::Use, libc::SYS_openat, a, frame) {
+            return r as c_int;
+        }
+    }
+    // Opening a FIFO blocks: a cancellation point.
+    // SAFETY: the program's call.
+    ret(create(frame, open_type(flags), || unsafe {
+        sc_cancel(libc::SYS_openat, a)
+    })) as c_int
+}
+
+unsafe extern "C-unwind" fn open_impl(
+    path: *const c_char,
+    flags: c_int,
+    mode: c_uint,
+    frame: usize,
+) -> c_int {
+    // SAFETY: forwarding.
+    unsafe { openat_impl(libc::AT_FDCWD, path, flags, mode, frame) }
+}
+
+unsafe extern "C-unwind" fn open2_impl(path: *const c_char, flags: c_int, frame: usize) -> c_int {
+    // SAFETY: forwarding (the fortified entry has no mode).
+    unsafe { openat_impl(libc::AT_FDCWD, path, flags, 0, frame) }
+}
+
+unsafe extern "C-unwind" fn openat2_impl(
+    dirfd: c_int,
+    path: *const c_char,
+    flags: c_int,
+    frame: usize,
+) -> c_int {
+    // SAFETY: forwarding.
+    unsafe { openat_impl(dirfd, path, flags, 0, frame) }
+}
+
+unsafe extern "C-unwind" fn creat_impl(path: *const c_char, mode: c_uint, frame: usize) -> c_int {
+    // SAFETY: forwarding; creat is open with these flags.
+    unsafe {
+        openat_impl(
+            libc::AT_FDCWD,
+            path,
+            libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC,
+            mode,
+            frame,
+        )
+    }
+}
+
+trampoline!(open => open_impl, "rcx", (path: *const c_char, flags: c_int, mode: c_uint) -> c_int);
+trampoline!(open64 => open_impl, "rcx", (path: *const c_char, flags: c_int, mode: c_uint) -> c_int);
+trampoline!(__open_2 => open2_impl, "rdx", (path: *const c_char, flags: c_int) -> c_int);
+trampoline!(__open64_2 => open2_impl, "rdx", (path: *const c_char, flags: c_int) -> c_int);
+trampoline!(openat => openat_impl, "r8", (dirfd: c_int, path: *const c_char, flags: c_int, mode: c_uint) -> c_int);
+trampoline!(openat64 => openat_impl, "r8", (dirfd: c_int, path: *const c_char, flags: c_int, mode: c_uint) -> c_int);
+trampoline!(__openat_2 => openat2_impl, "rcx", (dirfd: c_int, path: *const c_char, flags: c_int) -> c_int);
+trampoline!(__openat64_2 => openat2_impl, "rcx", (dirfd: c_int, path: *const c_char, flags: c_int) -> c_int);
+trampoline!(creat => creat_impl, "rdx", (path: *const c_char, mode: c_uint) -> c_int);
+trampoline!(creat64 => creat_impl, "rdx", (path: *const c_char, mode: c_uint) -> c_int);
+
+fn socket_type(domain: c_int) -> u32 {
+    if domain == libc::AF_UNIX {
+        code(ObjType::Channel)
+    } else {
+        code(ObjType::Socket)
+    }
+}
+
+unsafe extern "C-unwind" fn socket_impl(
+    domain: c_int,
+    ty: c_int,
+    proto: c_int,
+    frame: usize,
+) -> c_int {
+    let a = args!(domain, ty, proto);
+    // SAFETY: the program's call.
+    ret(create(frame, socket_type(domain), || unsafe {
+        sc(libc::SYS_socket, a)
+    })) as c_int
+}
+trampoline!(socket => socket_impl, "rcx", (domain: c_int, ty: c_int, proto: c_int) -> c_int);
+
+unsafe extern "C-unwind" fn socketpair_impl(
+    domain: c_int,
+    ty: c_int,
+    proto: c_int,
+    sv: *mut c_int,
+    frame: usize,
+) -> c_int {
+    let a = args!(domain, ty, proto, sv);
+    // SAFETY: the program's call.
+    ret(create_pair(frame, socket_type(domain), sv, || unsafe {
+        sc(libc::SYS_socketpair, a)
+    })) as c_int
+}
+trampoline!(socketpair => socketpair_impl, "r8", (domain: c_int, ty: c_int, proto: c_int, sv: *mut c_int) -> c_int);
+
+unsafe extern "C-unwind" fn accept4_impl(
+    fd: c_int,
+    addr: *mut libc::sockaddr,
+    len: *mut libc::socklen_t,
+    flags: c_int,
+    frame: usize,
+) -> c_int {
+    let a = args!(fd, addr, len, flags);
+    if let Some(r) = check(fd, Use::Use, libc::SYS_accept4, a, frame) {
+        return r as c_int;
+    }
+    let ty = st::type_of(fd);
+    // SAFETY: the program's call.
+    ret(create(frame, ty, || unsafe {
+        sc_cancel(libc::SYS_accept4, a)
+    })) as c_int
+}
+
+unsafe extern "C-unwind" fn accept_impl(
+    fd: c_int,
+    addr: *mut libc::sockaddr,
+    len: *mut libc::socklen_t,
+    frame: usize,
+) -> c_int {
+    let a = args!(fd, addr, len);
+    if let Some(r) = check(fd, Use::Use, libc::SYS_accept, a, frame) {
+        return r as c_int;
+    }
+    let ty = st::type_of(fd);
+    // SAFETY: the program's call.
+    ret(create(frame, ty, || unsafe {
+        sc_cancel(libc::SYS_accept, a)
+    })) as c_int
+}
+trampoline!(accept => accept_impl, "rcx", (fd: c_int, addr: *mut libc::sockaddr, len: *mut libc::socklen_t) -> c_int);
+trampoline!(accept4 => accept4_impl, "r8", (fd: c_int, addr: *mut libc::sockaddr, len: *mut libc::socklen_t, flags: c_int) -> c_int);
+
+unsafe extern "C-unwind" fn pipe2_impl(fds: *mut c_int, flags: c_int, frame: usize) -> c_int {
+    let a = args!(fds, flags);
+    // SAFETY: the program's call.
+    ret(create_pair(frame, code(ObjType::Pipe), fds, || unsafe {
+        sc(libc::SYS_pipe2, a)
+    })) as c_int
+}
+unsafe extern "C-unwind" fn pipe_impl(fds: *mut c_int, frame: usize) -> c_int {
+    // SAFETY: forwarding.
+    unsafe { pipe2_impl(fds, 0, frame) }
+}
+trampoline!(pipe => pipe_impl, "rsi", (fds: *mut c_int) -> c_int);
+trampoline!(pipe2 => pipe2_impl, "rdx", (fds: *mut c_int, flags: c_int) -> c_int);
+
+/// A creating call with integer arguments and a fixed type.
+macro_rules! simple_create {
+    ($name:ident, $imp:ident, $reg:literal, $nr:expr, $ty:expr, ($($arg:ident: $t:ty),*), [$($sysarg:expr),*]) => {
+        unsafe extern "C-unwind" fn $imp($($arg: $t,)* frame: usize) -> c_int {
+            let a = args!($($sysarg),*);
+            // SAFETY: the program's call.
+            ret(create(frame, $ty, || unsafe { sc($nr, a) })) as c_int
+        }
+        trampoline!($name => $imp, $reg, ($($arg: $t),*) -> c_int);
+    };
+}
+
+simple_create!(eventfd, eventfd_impl, "rdx", libc::SYS_eventfd2, code(ObjType::Event), (init: c_uint, flags: c_int), [init, flags]);
+simple_create!(epoll_create, epoll_create_impl, "rsi", libc::SYS_epoll_create, code(ObjType::Port), (size: c_int), [size]);
+simple_create!(epoll_create1, epoll_create1_impl, "rsi", libc::SYS_epoll_create1, code(ObjType::Port), (flags: c_int), [flags]);
+simple_create!(timerfd_create, timerfd_create_impl, "rdx", libc::SYS_timerfd_create, code(ObjType::Timer), (clock: c_int, flags: c_int), [clock, flags]);
+simple_create!(
+    inotify_init,
+    inotify_init_impl,
+    "rdi",
+    libc::SYS_inotify_init1,
+    code(ObjType::Inotify),
+    (),
+    [0]
+);
+simple_create!(inotify_init1, inotify_init1_impl, "rsi", libc::SYS_inotify_init1, code(ObjType::Inotify), (flags: c_int), [flags]);
+simple_create!(fanotify_init, fanotify_init_impl, "rdx", libc::SYS_fanotify_init, code(ObjType::Fanotify), (flags: c_uint, evflags: c_uint), [flags, evflags]);
+simple_create!(memfd_create, memfd_create_impl, "rdx", libc::SYS_memfd_create, code(ObjType::Vmo), (name: *const c_char, flags: c_uint), [name, flags]);
+simple_create!(pidfd_open, pidfd_open_impl, "rdx", libc::SYS_pidfd_open, code(ObjType::Process), (pid: libc::pid_t, flags: c_uint), [pid, flags]);
+
+unsafe extern "C-unwind" fn signalfd_impl(
+    fd: c_int,
+    mask: *const libc::sigset_t,
+    flags: c_int,
+    frame: usize,
+) -> c_int {
+    // The kernel's sigset is 8 bytes, whatever glibc's sigset_t size.
+    let a = args!(fd, mask, 8, flags);
+    if fd != -1 {
+        if let Some(r) = check(fd, Use::Use, libc::SYS_signalfd4, a, frame) {
+            return r as c_int;
+        }
+        // SAFETY: the program's call (updates an existing signalfd).
+        return ret(unsafe { sc(libc::SYS_signalfd4, a) }) as c_int;
+    }
+    // SAFETY: the program's call.
+    ret(create(frame, code(ObjType::Signalfd), || unsafe {
+        sc(libc::SYS_signalfd4, a)
+    })) as c_int
+}
+trampoline!(signalfd => signalfd_impl, "rcx", (fd: c_int, mask: *const libc::sigset_t, flags: c_int) -> c_int);
+
+unsafe extern "C-unwind" fn dup_impl(fd: c_int, frame: usize) -> c_int {
+    let a = args!(fd);
+    if let Some(r) = check(fd, Use::Dup, libc::SYS_dup, a, frame) {
+        return r as c_int;
+    }
+    let ty = st::type_of(fd);
+    // SAFETY: the program's call.
+    ret(create(frame, ty, || unsafe { sc(libc::SYS_dup, a) })) as c_int
+}
+trampoline!(dup => dup_impl, "rsi", (fd: c_int) -> c_int);
+
+/// dup2/dup3: the target slot is locked across the syscall so that the
+/// quarantine's eviction can never close the new fd.
+fn dup_to(nr: i64, old: c_int, new: c_int, flags: c_int, frame: usize) -> c_int {
+    let a = if nr == libc::SYS_dup2 {
+        args!(old, new)
+    } else {
+        args!(old, new, flags)
+    };
+    if let Some(r) = check(old, Use::Dup, nr, a, frame) {
+        return r as c_int;
+    }
+    if old == new || !active() || !enter() {
+        // SAFETY: the program's call.
+        return ret(unsafe { sc(nr, a) }) as c_int;
+    }
+    st::ensure_own_table();
+    if st::internal(new) {
+        st::relocate_internal(new);
+    }
+    let r = match st::slot(new) {
+        Some(s) => {
+            let l = st::lock(s);
+            // SAFETY: the program's call.
+            let r = unsafe { sc(nr, a) };
+            if r >= 0 {
+                st::created_locked(new, s, &l, st::type_of(old), &stack::capture(frame));
+            }
+            st::unlock(new, s, l);
+            r
+        }
+        // SAFETY: the program's call.
+        None => unsafe { sc(nr, a) },
+    };
+    leave();
+    ret(r) as c_int
+}
+
+unsafe extern "C-unwind" fn dup2_impl(old: c_int, new: c_int, frame: usize) -> c_int {
+    dup_to(libc::SYS_dup2, old, new, 0, frame)
+}
+unsafe extern "C-unwind" fn dup3_impl(old: c_int, new: c_int, flags: c_int, frame: usize) -> c_int {
+    dup_to(libc::SYS_dup3, old, new, flags, frame)
+}
+trampoline!(dup2 => dup2_impl, "rdx", (old: c_int, new: c_int) -> c_int);
+trampoline!(dup3 => dup3_impl, "rcx", (old: c_int, new: c_int, flags: c_int) -> c_int);
+
+unsafe extern "C-unwind" fn fcntl_impl(
+    fd: c_int,
+    cmd: c_int,
+    arg: libc::c_ulong,
+    frame: usize,
+) -> c_int {
+    let a = args!(fd, cmd, arg);
+    match cmd {
+        libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
+            if let Some(r) = check(fd, Use::Dup, libc::SYS_fcntl, a, frame) {
+                return r as c_int;
+            }
+            let ty = st::type_of(fd);
+            // SAFETY: the program's call.
+            ret(create(frame, ty, || unsafe { sc(libc::SYS_fcntl, a) })) as c_int
+        }
+        libc::F_GETFD | libc::F_GETFL => {
+            // Probes ("is this fd open?") are never reported; a
+            // quarantined number answers as a closed one.
+            let s = if active() { st::state_of(fd) } else { None };
+            if s == Some(state::TOMBSTONE) || (s == Some(state::INTERNAL) && st::internal(fd)) {
+                return ret(EBADF) as c_int;
+            }
+            // SAFETY: the program's call.
+            let r = unsafe { sc(libc::SYS_fcntl, a) };
+            if r >= 0 && s == Some(state::FREE) && enter() {
+                st::ensure_own_table();
+                st::adopt(fd);
+                leave();
+            }
+            ret(r) as c_int
+        }
+        _ => {
+            if let Some(r) = check(fd, Use::Use, libc::SYS_fcntl, a, frame) {
+                return r as c_int;
+            }
+            // SAFETY: the program's call; lock waits are cancellation
+            // points.
+            let r = unsafe {
+                if cmd == libc::F_SETLKW || cmd == libc::F_OFD_SETLKW {
+                    sc_cancel(libc::SYS_fcntl, a)
+                } else {
+                    sc(libc::SYS_fcntl, a)
+                }
+            };
+            ret(r) as c_int
+        }
+    }
+}
+trampoline!(fcntl => fcntl_impl, "rcx", (fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int);
+trampoline!(fcntl64 => fcntl_impl, "rcx", (fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int);
+
+unsafe extern "C-unwind" fn recvmsg_impl(
+    fd: c_int,
+    msg: *mut libc::msghdr,
+    flags: c_int,
+    frame: usize,
+) -> ssize_t {
+    let a = args!(fd, msg, flags);
+    if let Some(r) = check(fd, Use::Use, libc::SYS_recvmsg, a, frame) {
+        return r as ssize_t;
+    }
+    // SAFETY: the program's call.
+    let r = unsafe { sc_cancel(libc::SYS_recvmsg, a) };
+    if r >= 0 && active() && !msg.is_null() && enter() {
+        st::ensure_own_table();
+        // SAFETY: the kernel filled msg's control buffer; the CMSG macros
+        // stay inside msg_controllen.
+        unsafe { note_rights(msg, frame) };
+        leave();
+    }
+    ret(r) as ssize_t
+}
+trampoline!(recvmsg => recvmsg_impl, "rcx", (fd: c_int, msg: *mut libc::msghdr, flags: c_int) -> ssize_t);
+
+/// Records the fds received through SCM_RIGHTS.
+unsafe fn note_rights(msg: *mut libc::msghdr, frame: usize) {
+    let mut pcs = None;
+    // SAFETY: see recvmsg_impl.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c) as *const c_int;
+                let hdr = libc::CMSG_LEN(0) as usize;
+                let n = ((*c).cmsg_len as usize).saturating_sub(hdr) / 4;
+                for i in 0..n {
+                    let fd = data.add(i).read_unaligned();
+                    let p = pcs.get_or_insert_with(|| stack::capture(frame));
+                    st::created(fd, 0, p);
+                }
+            }
+            c = libc::CMSG_NXTHDR(msg, c);
+        }
+    }
+}
+
+// ---- closing calls ----
+
+/// close(fd) with fd > 2 becomes dup3(tombstone source, fd): the number
+/// stays taken, so a stale use fails with EBADF instead of reaching the
+/// next object that would have got it.
+unsafe extern "C-unwind" fn close_impl(fd: c_int, frame: usize) -> c_int {
+    if !active() || fd < 0 || !enter() {
+        return ret(sys::close(fd)) as c_int;
+    }
+    st::ensure_own_table();
+    let (r, after) = do_close(fd, frame);
+    leave();
+    report::apply(after);
+    ret(r) as c_int
+}
+trampoline!(close => close_impl, "rsi", (fd: c_int) -> c_int);
+
+fn do_close(fd: c_int, frame: usize) -> (i64, After) {
+    let Some(s) = st::slot(fd) else {
+        return (sys::close(fd), After::Nothing);
+    };
+    let bad = |frame| {
+        let v = report::bad_handle(
+            Use::Close,
+            fd,
+            &Call::syscall(libc::SYS_close, args!(fd)),
+            frame,
+        );
+        match v.result {
+            Some(r) => (r, v.after),
+            None => (sys::close(fd), v.after),
+        }
+    };
+    match s.state.load(core::sync::atomic::Ordering::Relaxed) {
+        state::INTERNAL if st::internal(fd) => return (EBADF, After::Nothing),
+        state::TOMBSTONE => return bad(frame),
+        state::FREE => {
+            if !sys::is_open(fd) {
+                return bad(frame);
+            }
+            st::adopt(fd);
+        }
+        _ => {}
+    }
+    let pcs = stack::capture(frame);
+    let l = st::lock(s);
+    if s.load(&l).state == state::TOMBSTONE {
+        // Another thread closed it first.
+        st::unlock(fd, s, l);
+        return bad(frame);
+    }
+    let mut tomb = false;
+    if fd > 2 && quarantine::room() {
+        let src = st::tomb_src();
+        if src >= 0 {
+            let d = sys::dup3(src, fd, libc::O_CLOEXEC);
+            if d == fd as i64 {
+                tomb = true;
+            } else if d == EBADF {
+                // The source vanished under another name.
+                st::TOMB_SRC.store(-1, core::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+    let r = if tomb { 0 } else { sys::close(fd) };
+    st::closed_locked(fd, s, &l, tomb, &pcs);
+    st::unlock(fd, s, l);
+    if tomb {
+        quarantine::push(fd);
+    }
+    (r, After::Nothing)
+}
+
+/// close_range: tombstones and open fds in the range are released, the
+/// shim's own fds are stepped around.
+fn do_close_range(lo: c_uint, hi: c_uint, flags: c_uint, frame: usize) -> i64 {
+    let a = args!(lo, hi, flags);
+    if !active() || lo > hi || flags & libc::CLOSE_RANGE_CLOEXEC as c_uint != 0 || !enter() {
+        // SAFETY: the program's call (CLOEXEC closes nothing now; the
+        // shim's fds are close-on-exec anyway).
+        return unsafe { sc(libc::SYS_close_range, a) };
+    }
+    st::ensure_own_table();
+    let pcs = stack::capture(frame);
+    let cap = st::capacity();
+    if cap > 0 {
+        for fd in lo..=hi.min(cap - 1) {
+            st::closed_in_range(fd as i32, &pcs);
+        }
+    }
+    let mut keep = [
+        st::TABLE_FD.load(core::sync::atomic::Ordering::Relaxed),
+        st::TOMB_SRC.load(core::sync::atomic::Ordering::Relaxed),
+    ];
+    keep.sort_unstable();
+    let mut from = u64::from(lo);
+    let mut r = 0;
+    for k in keep {
+        if k < 0 || (k as u64) < from || (k as u64) > u64::from(hi) {
+            continue;
+        }
+        if (k as u64) > from {
+            // SAFETY: closing part of the program's range.
+            let x = unsafe { sc(libc::SYS_close_range, args!(from, k as u64 - 1, flags)) };
+            if x < 0 {
+                r = x;
+            }
+        }
+        from = k as u64 + 1;
+    }
+    if from <= u64::from(hi) {
+        // SAFETY: the rest of the program's range.
+        let x = unsafe { sc(libc::SYS_close_range, args!(from, hi, flags)) };
+        if x < 0 {
+            r = x;
+        }
+    }
+    leave();
+    r
+}
+
+unsafe extern "C-unwind" fn close_range_impl(
+    lo: c_uint,
+    hi: c_uint,
+    flags: c_int,
+    frame: usize,
+) -> c_int {
+    ret(do_close_range(lo, hi, flags as c_uint, frame)) as c_int
+}
+trampoline!(close_range => close_range_impl, "rcx", (lo: c_uint, hi: c_uint, flags: c_int) -> c_int);
+
+unsafe extern "C-unwind" fn closefrom_impl(lo: c_int, frame: usize) {
+    do_close_range(lo.max(0) as c_uint, c_uint::MAX, 0, frame);
+}
+trampoline!(closefrom => closefrom_impl, "rsi", (lo: c_int) -> ());
+
+/// vfork children share the parent's memory until exec, and must not
+/// write the parent's table: vfork is turned into fork (the child then
+/// gets its own table from the atfork handler). Correct programs cannot
+/// tell the difference.
+#[no_mangle]
+pub unsafe extern "C" fn vfork() -> libc::pid_t {
+    // SAFETY: plain fork.
+    unsafe { libc::fork() }
+}
+
+/// syscall(2): the fd-lifecycle syscalls a program issues through libc's
+/// generic entry get the same treatment as their wrappers. Everything
+/// else goes out unchanged, without the cookie (the supervisor must see
+/// it).
+#[no_mangle]
+pub unsafe extern "C-unwind" fn syscall(
+    nr: libc::c_long,
+    a0: u64,
+    a1: u64,
+    a2: u64,
+    a3: u64,
+    a4: u64,
+    a5: u64,
+) -> libc::c_long {
+    // SAFETY: each arm forwards the program's arguments to the wrapper of
+    // the same call; the frame is 0 (stacks come from the unwinder).
+    unsafe {
+        match nr {
+            libc::SYS_close => close_impl(a0 as c_int, 0) as libc::c_long,
+            libc::SYS_close_range => {
+                close_range_impl(a0 as c_uint, a1 as c_uint, a2 as c_int, 0) as libc::c_long
+            }
+            libc::SYS_dup => dup_impl(a0 as c_int, 0) as libc::c_long,
+            libc::SYS_dup2 => dup2_impl(a0 as c_int, a1 as c_int, 0) as libc::c_long,
+            libc::SYS_dup3 => dup3_impl(a0 as c_int, a1 as c_int, a2 as c_int, 0) as libc::c_long,
+            libc::SYS_open => {
+                open_impl(a0 as *const c_char, a1 as c_int, a2 as c_uint, 0) as libc::c_long
+            }
+            libc::SYS_openat => openat_impl(
+                a0 as c_int,
+                a1 as *const c_char,
+                a2 as c_int,
+                a3 as c_uint,
+                0,
+            ) as libc::c_long,
+            libc::SYS_pipe2 => pipe2_impl(a0 as *mut c_int, a1 as c_int, 0) as libc::c_long,
+            libc::SYS_read => read(a0 as c_int, a1 as *mut c_void, a2 as size_t) as libc::c_long,
+            libc::SYS_write => {
+                write(a0 as c_int, a1 as *const c_void, a2 as size_t) as libc::c_long
+            }
+            libc::SYS_pidfd_open => {
+                pidfd_open_impl(a0 as libc::pid_t, a1 as c_uint, 0) as libc::c_long
+            }
+            libc::SYS_memfd_create => {
+                memfd_create_impl(a0 as *const c_char, a1 as c_uint, 0) as libc::c_long
+            }
+            _ => ret(sys::raw(nr, [a0, a1, a2, a3, a4, a5])) as libc::c_long,
+        }
+    }
+}
