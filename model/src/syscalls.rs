@@ -35,6 +35,9 @@ pub enum Kind {
     Mmap,
     /// `bpf(cmd, ...)`: some commands return a new fd.
     Bpf,
+    /// `setrlimit`/`prlimit64`: no fd, but RLIMIT_NOFILE decides how many
+    /// fd numbers the quarantine may hold.
+    Limit,
 }
 
 /// One fd syscall.
@@ -127,6 +130,7 @@ table! {
     fchmod = 91, Use, 2, fds 0b1, dirfds 0;
     fchown = 93, Use, 3, fds 0b1, dirfds 0;
     fstatfs = 138, Use, 2, fds 0b1, dirfds 0;
+    setrlimit = 160, Limit, 2, fds 0, dirfds 0;
     readahead = 187, Use, 3, fds 0b1, dirfds 0;
     fsetxattr = 190, Use, 5, fds 0b1, dirfds 0;
     fgetxattr = 193, Use, 4, fds 0b1, dirfds 0;
@@ -185,6 +189,7 @@ table! {
     recvmmsg = 299, RecvMmsg, 5, fds 0b1, dirfds 0;
     fanotify_init = 300, Create, 2, fds 0, dirfds 0;
     fanotify_mark = 301, Use, 5, fds 0b1, dirfds 0b1000;
+    prlimit64 = 302, Limit, 4, fds 0, dirfds 0;
     name_to_handle_at = 303, Use, 5, fds 0, dirfds 0b1;
     open_by_handle_at = 304, Create, 3, fds 0b1, dirfds 0;
     syncfs = 306, Use, 1, fds 0b1, dirfds 0;

@@ -311,6 +311,16 @@ impl FdTable {
         }
     }
 
+    /// The number the kernel gives the next fd at or above `min`: the lowest
+    /// one neither open, quarantined nor the tombstone source.
+    pub fn lowest_free(&self, min: i32) -> i32 {
+        let mut n = min.max(0);
+        while self.tomb_src == Some(n) || self.slots.contains_key(&n) {
+            n += 1;
+        }
+        n
+    }
+
     /// Handles open (tombstones and the tombstone source excluded).
     pub fn open_count(&self) -> usize {
         self.slots.len() - self.quarantine.len()
@@ -368,6 +378,20 @@ mod tests {
         assert!(t.closed_info(3).is_some(), "history keeps evicted handles");
         assert_eq!(runs(&ev), vec![(3, 6)]);
         assert_eq!(runs(&[1, 2, 4, 6, 7]), vec![(1, 2), (4, 4), (6, 7)]);
+    }
+
+    #[test]
+    fn lowest_free_skips_open_tombstoned_and_internal_numbers() {
+        let mut t = FdTable::new(0);
+        for fd in [0, 1, 2, 4] {
+            t.open(fd, Origin::Inherited, None, 1);
+        }
+        assert_eq!(t.lowest_free(0), 3);
+        t.open(3, Origin::Inherited, None, 1);
+        t.close(3, None, 1, ObjectFacts::default(), "close", true);
+        t.set_tomb_src(Some(5));
+        assert_eq!(t.lowest_free(0), 6);
+        assert_eq!(t.lowest_free(10), 10);
     }
 
     #[test]

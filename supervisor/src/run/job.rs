@@ -132,10 +132,23 @@ enum ExitWork {
     CloseRange { entry: Regs },
 }
 
+/// A creation let run without a stop at its exit: the new fd was
+/// predicted (the kernel hands out the lowest free number, and we know the
+/// table) and is confirmed at the thread's next stop, before anything else.
+#[derive(Clone, Debug)]
+struct Predicted {
+    name: &'static str,
+    stack: Option<Stack>,
+    /// The numbers the call takes if it succeeds (pipe and socketpair take
+    /// the two lowest free ones, in order).
+    fds: Vec<i32>,
+}
+
 struct Thread {
     tgid: i32,
     table: TableRef,
     pending: Option<ExitWork>,
+    predicted: Option<Predicted>,
     /// Its first stop (the auto-attach stop) has been seen and resumed.
     started: bool,
     /// PTRACE_EVENT_EXIT seen: it is on its way out.
@@ -368,6 +381,7 @@ impl Job {
                 tgid: root,
                 table: Rc::new(RefCell::new(FdTable::new(mixer))),
                 pending: None,
+                predicted: None,
                 started: true,
                 exiting: false,
             },
@@ -513,6 +527,11 @@ impl Job {
     }
 
     fn dispatch(&mut self, st: WaitStatus) {
+        if let Some(pid) = st.pid() {
+            if !matches!(st, WaitStatus::Exited(..) | WaitStatus::Signaled(..)) {
+                self.settle(pid.as_raw());
+            }
+        }
         match st {
             WaitStatus::Exited(pid, code) => self.on_gone(pid.as_raw(), Exit::Code(code)),
             WaitStatus::Signaled(pid, sig, core) => {
@@ -675,6 +694,7 @@ impl Job {
                 tgid,
                 table,
                 pending: None,
+                predicted: None,
                 started,
                 exiting: false,
             },
@@ -955,6 +975,13 @@ impl Job {
         }
         match desc.kind {
             Kind::Use | Kind::Poll | Kind::Select | Kind::Mmap => self.resume(tid, None),
+            Kind::Limit => {
+                // RLIMIT_NOFILE may change: read it afresh next time.
+                for p in self.procs.values_mut() {
+                    p.nofile = None;
+                }
+                self.resume(tid, None);
+            }
             Kind::Close => self.on_close(tid, tgid, regs),
             Kind::Fcntl => {
                 let cmd = a[1] as i32;
@@ -975,8 +1002,94 @@ impl Job {
         }
     }
 
+    /// Confirms a predicted creation at the thread's next stop.
+    fn settle(&mut self, tid: i32) {
+        let Some(t) = self.threads.get_mut(&tid) else {
+            return;
+        };
+        let Some(p) = t.predicted.take() else {
+            return;
+        };
+        let tgid = t.tgid;
+        // Each predicted number that is open now was made by the call (the
+        // table is this thread's alone, and nothing ran in between).
+        let fds: Vec<i32> = p.fds.into_iter().filter(|&n| fd_exists(tgid, n)).collect();
+        let mut table = t.table.borrow_mut();
+        for fd in fds {
+            if table.get(fd).is_none() {
+                table.open(fd, Origin::Syscall(p.name), p.stack.clone(), tgid);
+            }
+        }
+    }
+
+    /// Tries to let a creating call run without an exit stop. Returns false
+    /// when the exit must be seen: a table shared by threads (another
+    /// creation could take the predicted number), fd pressure (EMFILE must
+    /// be caught to release the quarantine), new-* policies or a handle
+    /// budget (they judge the created fd before the program sees it).
+    fn predict(
+        &mut self,
+        tid: i32,
+        tgid: i32,
+        desc: &'static Desc,
+        regs: &Regs,
+        stack: &Option<Stack>,
+    ) -> bool {
+        if self.opts.max_handles.is_some() {
+            return false;
+        }
+        let new_policy = self.procs.get(&tgid).is_some_and(|p| {
+            p.policy
+                .entries()
+                .any(|(c, e)| c.is_new() && e.action != Action::Allow)
+        });
+        if new_policy {
+            return false;
+        }
+        let limit = self.cached_nofile(tgid).min(1024);
+        let Some(t) = self.threads.get(&tid) else {
+            return false;
+        };
+        if Rc::strong_count(&t.table) != 1 {
+            return false;
+        }
+        let table = t.table.borrow();
+        if table.used() as u64 + 16 >= limit {
+            return false;
+        }
+        let a = tracer::args(regs);
+        // A local array the kernel writes pipe fds into is gone by the next
+        // stop, so pairs are predicted as numbers too.
+        let fds = match desc.kind {
+            Kind::Pipe | Kind::SocketPair => {
+                let first = table.lowest_free(0);
+                let mut second = first + 1;
+                while table.tomb_src == Some(second) || table.get(second).is_some() {
+                    second += 1;
+                }
+                vec![first, second]
+            }
+            Kind::Create | Kind::Dup | Kind::Signalfd => vec![table.lowest_free(0)],
+            Kind::Fcntl => vec![table.lowest_free(a[2].min(i32::MAX as u64) as i32)],
+            _ => return false,
+        };
+        drop(table);
+        if let Some(t) = self.threads.get_mut(&tid) {
+            t.predicted = Some(Predicted {
+                name: desc.name,
+                stack: stack.clone(),
+                fds,
+            });
+        }
+        true
+    }
+
     fn follow_to_exit(&mut self, tid: i32, tgid: i32, desc: &'static Desc, regs: Regs) {
         let stack = self.capture_stack(tid, tgid, Some(&regs));
+        if self.predict(tid, tgid, desc, &regs, &stack) {
+            self.resume(tid, None);
+            return;
+        }
         if let Some(t) = self.threads.get_mut(&tid) {
             t.pending = Some(ExitWork::Create {
                 desc,
