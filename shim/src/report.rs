@@ -80,7 +80,7 @@ pub fn set_action(a: Action) {
 
 /// What the program did with the bad fd.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Use {
+pub enum Op {
     Use,
     Close,
     Dup,
@@ -147,7 +147,7 @@ pub struct Verdict {
 
 /// Decides and reports a use/close/dup of `fd`, whose slot is a tombstone
 /// (`stale`) or free and not open in the kernel. Called inside the shim.
-pub fn bad_handle(what: Use, fd: i32, call: &Call, frame: usize) -> Verdict {
+pub fn bad_handle(what: Op, fd: i32, call: &Call, frame: usize) -> Verdict {
     let detail = st::slot(fd)
         .zip(st::stacks(fd))
         .and_then(|(s, k)| s.read_detail(k, 1000));
@@ -179,13 +179,13 @@ pub fn bad_handle(what: Use, fd: i32, call: &Call, frame: usize) -> Verdict {
         let created = detail.map(|d| d.created).unwrap_or_default();
         let was_closed = stale || closed.len > 0;
         let whatline = match (what, was_closed, stale) {
-            (Use::Close, true, _) => "close of a closed handle (double close)",
-            (Use::Close, false, _) => "close of a handle that was never opened",
-            (Use::Dup, true, _) => "duplication of a closed handle",
-            (Use::Dup, false, _) => "duplication of a handle that was never opened",
-            (Use::Use, _, true) => "use of a closed handle (its fd number is quarantined)",
-            (Use::Use, true, false) => "use of a closed handle",
-            (Use::Use, false, false) => "use of a handle that was never opened",
+            (Op::Close, true, _) => "close of a closed handle (double close)",
+            (Op::Close, false, _) => "close of a handle that was never opened",
+            (Op::Dup, true, _) => "duplication of a closed handle",
+            (Op::Dup, false, _) => "duplication of a handle that was never opened",
+            (Op::Use, _, true) => "use of a closed handle (its fd number is quarantined)",
+            (Op::Use, true, false) => "use of a closed handle",
+            (Op::Use, false, false) => "use of a handle that was never opened",
         };
         let offending = if frame != 0 && !stack::UNWIND.load(Relaxed) {
             // The unwinder gives the deeper stack; the trampoline frame
@@ -199,7 +199,7 @@ pub fn bad_handle(what: Use, fd: i32, call: &Call, frame: usize) -> Verdict {
         } else {
             stack::unwind(STACK_DEPTH, 0)
         };
-        if what == Use::Close
+        if what == Op::Close
             && was_closed
             && obj_type_from_code(value.obj_type) == Some(handles_model::ObjType::Pipe)
             && suppress_defaults()

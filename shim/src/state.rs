@@ -267,6 +267,19 @@ fn mark_internal(fd: i32) {
     }
 }
 
+/// The shim gave up its own fd `fd`: the slot is free again.
+pub fn free_internal(fd: i32) {
+    if let Some(s) = slot(fd) {
+        let l = lock(s);
+        let mut v = s.load(&l);
+        if v.state == state::INTERNAL {
+            v.state = state::FREE;
+            s.store(&l, v);
+        }
+        unlock(fd, s, l);
+    }
+}
+
 /// Moves a fresh fd of the shim's up to [`HIGH`] (close-on-exec), closes
 /// the original and returns the new number (or the original when that
 /// fails, e.g. under a tiny RLIMIT_NOFILE).

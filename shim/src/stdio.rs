@@ -22,7 +22,7 @@ use handles_model::ObjType;
 use libc::FILE;
 
 use crate::quarantine;
-use crate::report::{self, After, Call, Use};
+use crate::report::{self, After, Call, Op};
 use crate::stack;
 use crate::state::{self as st, active, enter, leave};
 use crate::sys;
@@ -364,9 +364,9 @@ fn check_fd(fd: c_int, name: &str) -> Option<c_int> {
             result: Some(-(libc::EBADF as i64)),
             after: After::Nothing,
         }),
-        state::TOMBSTONE => Some(report::bad_handle(Use::Use, fd, &Call::libc(name, fd), 0)),
+        state::TOMBSTONE => Some(report::bad_handle(Op::Use, fd, &Call::libc(name, fd), 0)),
         state::FREE if !sys::is_open(fd) => {
-            Some(report::bad_handle(Use::Use, fd, &Call::libc(name, fd), 0))
+            Some(report::bad_handle(Op::Use, fd, &Call::libc(name, fd), 0))
         }
         state::FREE => {
             st::adopt(fd);
@@ -443,7 +443,7 @@ fn close_stream(
                 after: After::Nothing,
             }
         } else {
-            report::bad_handle(Use::Close, fd, &Call::libc(name, fd), frame)
+            report::bad_handle(Op::Close, fd, &Call::libc(name, fd), frame)
         };
         if let Some(p) = field {
             // The stream must not close whatever holds the number now:

@@ -13,7 +13,7 @@ use handles_model::ObjType;
 use libc::{size_t, ssize_t};
 
 use crate::quarantine;
-use crate::report::{self, After, Call, Use};
+use crate::report::{self, After, Call, Op};
 use crate::stack;
 use crate::state::{self as st, active, enter, leave};
 use crate::sys::{self, ret, sc, sc_cancel};
@@ -53,7 +53,7 @@ fn code(t: ObjType) -> u32 {
 /// The fast check of a wrapper: None to go on with the call, Some(value
 /// to return, libc convention) when the fd is bad.
 #[inline(always)]
-fn check(fd: c_int, what: Use, nr: i64, args: [u64; 6], frame: usize) -> Option<i64> {
+fn check(fd: c_int, what: Op, nr: i64, args: [u64; 6], frame: usize) -> Option<i64> {
     if !active() {
         return None;
     }
@@ -65,7 +65,7 @@ fn check(fd: c_int, what: Use, nr: i64, args: [u64; 6], frame: usize) -> Option<
 
 #[cold]
 #[inline(never)]
-fn check_slow(fd: c_int, what: Use, call: &Call, frame: usize) -> Option<i64> {
+fn check_slow(fd: c_int, what: Op, call: &Call, frame: usize) -> Option<i64> {
     let s = st::state_of(fd)?;
     if !enter() {
         // Nested (a signal handler inside the shim): no report, but a
@@ -124,6 +124,13 @@ fn retry_after_release(f: &dyn Fn() -> i64, r: i64) -> i64 {
     }
     st::ensure_own_table();
     quarantine::release_all();
+    // The tombstone source is one more fd the program may need; it comes
+    // back on the next close that has room to quarantine.
+    let src = st::TOMB_SRC.swap(-1, core::sync::atomic::Ordering::Relaxed);
+    if src >= 0 {
+        sys::close(src);
+        st::free_internal(src);
+    }
     leave();
     f()
 }
@@ -165,7 +172,7 @@ macro_rules! use_call {
         pub unsafe extern "C-unwind" fn $name($($arg: $ty),*) -> $ret {
             let a = args!($($arg),*);
             $(
-                if let Some(r) = check($fdarg as c_int, Use::Use, $nr, a, 0) {
+                if let Some(r) = check($fdarg as c_int, Op::Use, $nr, a, 0) {
                     return r as $ret;
                 }
             )*
@@ -234,7 +241,7 @@ pub unsafe extern "C-unwind" fn sendto(
     len: libc::socklen_t,
 ) -> ssize_t {
     let a = args!(fd, buf, n, flags, addr, len);
-    if let Some(r) = check(fd, Use::Use, libc::SYS_sendto, a, 0) {
+    if let Some(r) = check(fd, Op::Use, libc::SYS_sendto, a, 0) {
         return r as ssize_t;
     }
     // SAFETY: the program's call.
@@ -262,7 +269,7 @@ pub unsafe extern "C-unwind" fn recvfrom(
     len: *mut libc::socklen_t,
 ) -> ssize_t {
     let a = args!(fd, buf, n, flags, addr, len);
-    if let Some(r) = check(fd, Use::Use, libc::SYS_recvfrom, a, 0) {
+    if let Some(r) = check(fd, Op::Use, libc::SYS_recvfrom, a, 0) {
         return r as ssize_t;
     }
     // SAFETY: the program's call.
@@ -381,7 +388,7 @@ pub unsafe extern "C-unwind" fn mmap(
 ) -> *mut c_void {
     let a = args!(addr, len, prot, flags, fd, off);
     if flags & libc::MAP_ANONYMOUS == 0 {
-        if let Some(r) = check(fd, Use::Use, libc::SYS_mmap, a, 0) {
+        if let Some(r) = check(fd, Op::Use, libc::SYS_mmap, a, 0) {
             return r as *mut c_void;
         }
     }
@@ -446,13 +453,13 @@ unsafe fn poll_slow(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int, a: 
                 st::adopt(fd);
                 continue;
             }
-            let v = report::bad_handle(Use::Use, fd, &call, 0);
+            let v = report::bad_handle(Op::Use, fd, &call, 0);
             if after == After::Nothing {
                 after = v.after;
             }
         } else if stale && nm < masked.len() {
             if !nested && s == Some(state::TOMBSTONE) {
-                let v = report::bad_handle(Use::Use, fd, &call, 0);
+                let v = report::bad_handle(Op::Use, fd, &call, 0);
                 if after == After::Nothing {
                     after = v.after;
                 }
@@ -500,7 +507,7 @@ pub unsafe extern "C-unwind" fn select(
             for fd in 0..lim {
                 // SAFETY: the program passes fd_sets of FD_SETSIZE bits.
                 if unsafe { libc::FD_ISSET(fd, set) } {
-                    if let Some(x) = check(fd, Use::Use, libc::SYS_select, a, 0) {
+                    if let Some(x) = check(fd, Op::Use, libc::SYS_select, a, 0) {
                         return x as c_int;
                     }
                 }
@@ -541,7 +548,7 @@ unsafe extern "C-unwind" fn openat_impl(
 ) -> c_int {
     let a = args!(dirfd, path, flags, mode);
     if dirfd != libc::AT_FDCWD && relative(path) {
-        if let Some(r) = check(dirfd, Use::Use, libc::SYS_openat, a, frame) {
+        if let Some(r) = check(dirfd, Op::Use, libc::SYS_openat, a, frame) {
             return r as c_int;
         }
     }
@@ -646,7 +653,7 @@ unsafe extern "C-unwind" fn accept4_impl(
     frame: usize,
 ) -> c_int {
     let a = args!(fd, addr, len, flags);
-    if let Some(r) = check(fd, Use::Use, libc::SYS_accept4, a, frame) {
+    if let Some(r) = check(fd, Op::Use, libc::SYS_accept4, a, frame) {
         return r as c_int;
     }
     let ty = st::type_of(fd);
@@ -663,7 +670,7 @@ unsafe extern "C-unwind" fn accept_impl(
     frame: usize,
 ) -> c_int {
     let a = args!(fd, addr, len);
-    if let Some(r) = check(fd, Use::Use, libc::SYS_accept, a, frame) {
+    if let Some(r) = check(fd, Op::Use, libc::SYS_accept, a, frame) {
         return r as c_int;
     }
     let ty = st::type_of(fd);
@@ -728,7 +735,7 @@ unsafe extern "C-unwind" fn signalfd_impl(
     // The kernel's sigset is 8 bytes, whatever glibc's sigset_t size.
     let a = args!(fd, mask, 8, flags);
     if fd != -1 {
-        if let Some(r) = check(fd, Use::Use, libc::SYS_signalfd4, a, frame) {
+        if let Some(r) = check(fd, Op::Use, libc::SYS_signalfd4, a, frame) {
             return r as c_int;
         }
         // SAFETY: the program's call (updates an existing signalfd).
@@ -743,7 +750,7 @@ trampoline!(signalfd => signalfd_impl, "rcx", (fd: c_int, mask: *const libc::sig
 
 unsafe extern "C-unwind" fn dup_impl(fd: c_int, frame: usize) -> c_int {
     let a = args!(fd);
-    if let Some(r) = check(fd, Use::Dup, libc::SYS_dup, a, frame) {
+    if let Some(r) = check(fd, Op::Dup, libc::SYS_dup, a, frame) {
         return r as c_int;
     }
     let ty = st::type_of(fd);
@@ -760,7 +767,7 @@ fn dup_to(nr: i64, old: c_int, new: c_int, flags: c_int, frame: usize) -> c_int 
     } else {
         args!(old, new, flags)
     };
-    if let Some(r) = check(old, Use::Dup, nr, a, frame) {
+    if let Some(r) = check(old, Op::Dup, nr, a, frame) {
         return r as c_int;
     }
     if old == new || !active() || !enter() {
@@ -807,7 +814,7 @@ unsafe extern "C-unwind" fn fcntl_impl(
     let a = args!(fd, cmd, arg);
     match cmd {
         libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
-            if let Some(r) = check(fd, Use::Dup, libc::SYS_fcntl, a, frame) {
+            if let Some(r) = check(fd, Op::Dup, libc::SYS_fcntl, a, frame) {
                 return r as c_int;
             }
             let ty = st::type_of(fd);
@@ -831,7 +838,7 @@ unsafe extern "C-unwind" fn fcntl_impl(
             ret(r) as c_int
         }
         _ => {
-            if let Some(r) = check(fd, Use::Use, libc::SYS_fcntl, a, frame) {
+            if let Some(r) = check(fd, Op::Use, libc::SYS_fcntl, a, frame) {
                 return r as c_int;
             }
             // SAFETY: the program's call; lock waits are cancellation
@@ -857,7 +864,7 @@ unsafe extern "C-unwind" fn recvmsg_impl(
     frame: usize,
 ) -> ssize_t {
     let a = args!(fd, msg, flags);
-    if let Some(r) = check(fd, Use::Use, libc::SYS_recvmsg, a, frame) {
+    if let Some(r) = check(fd, Op::Use, libc::SYS_recvmsg, a, frame) {
         return r as ssize_t;
     }
     // SAFETY: the program's call.
@@ -918,7 +925,7 @@ fn do_close(fd: c_int, frame: usize) -> (i64, After) {
     };
     let bad = |frame| {
         let v = report::bad_handle(
-            Use::Close,
+            Op::Close,
             fd,
             &Call::syscall(libc::SYS_close, args!(fd)),
             frame,

@@ -1,0 +1,846 @@
+//! Integration tests for `libhandles_shim.so`: C fixtures from
+//! `tests/fixtures/` run natively and under LD_PRELOAD.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use handles_model::table::{state, TableView};
+use handles_model::{Fd, HandleValue};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target"))
+}
+
+/// Builds the shim (cargo test does not build a cdylib for integration
+/// tests) and returns its path.
+fn shim() -> &'static Path {
+    static SHIM: OnceLock<PathBuf> = OnceLock::new();
+    SHIM.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "handles-shim"])
+            .current_dir(repo())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build -p handles-shim failed");
+        let p = target_dir().join("debug/libhandles_shim.so");
+        assert!(p.exists(), "{} missing after the build", p.display());
+        p
+    })
+}
+
+static COMPILE: Mutex<()> = Mutex::new(());
+
+/// Compiles `tests/fixtures/NAME.c` once per test binary.
+fn fixture(name: &str) -> PathBuf {
+    let _g = COMPILE.lock().unwrap_or_else(|e| e.into_inner());
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{name}.c"));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("shim-fixtures");
+    std::fs::create_dir_all(&dir).expect("fixture dir");
+    let out = dir.join(name);
+    let fresh = match (std::fs::metadata(&src), std::fs::metadata(&out)) {
+        (Ok(s), Ok(o)) => o.modified().ok() >= s.modified().ok(),
+        _ => false,
+    };
+    if !fresh {
+        let st = Command::new("cc")
+            .args(["-g", "-O0", "-pthread", "-Wall", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .expect("run cc");
+        assert!(st.success(), "compiling {name} failed");
+    }
+    out
+}
+
+/// A command with the environment cleared of anything `handles` reads,
+/// so that tests run the same under `handles run`.
+fn command(prog: &Path) -> Command {
+    let mut c = Command::new(prog);
+    for k in [
+        "LD_PRELOAD",
+        "HANDLES_POLICY",
+        "HANDLES_COOKIE",
+        "HANDLES_JOB",
+        "HANDLES_QUARANTINE",
+        "HANDLES_STACKS",
+        "HANDLES_STACK_DEPTH",
+        "HANDLES_NO_DEFAULT_SUPPRESSIONS",
+    ] {
+        c.env_remove(k);
+    }
+    c
+}
+
+fn preloaded(prog: &Path) -> Command {
+    let mut c = command(prog);
+    c.env("LD_PRELOAD", shim());
+    c
+}
+
+fn run(mut c: Command) -> Output {
+    c.stdin(Stdio::null()).output().expect("spawn")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn bugs(case: &str, env: &[(&str, &str)]) -> Output {
+    let mut c = preloaded(&fixture("shim_bugs"));
+    c.arg(case);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    run(c)
+}
+
+fn assert_trapped(o: &Output) {
+    assert_eq!(
+        o.status.signal(),
+        Some(libc::SIGTRAP),
+        "expected death by SIGTRAP, got {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
+}
+
+/// Every line the shim writes is prefixed; the report has the three
+/// stacks with module+offset frames.
+fn assert_report(err: &str, syscall: &str, what: &str) {
+    assert!(
+        err.contains("handles: <== policy exception: bad-handle (action allow-exception)"),
+        "no report header:\n{err}"
+    );
+    assert!(
+        err.contains(&format!("handles:     syscall {syscall}")),
+        "syscall line missing ({syscall}):\n{err}"
+    );
+    assert!(
+        err.contains(&format!("handles:     {what}")),
+        "'{what}' missing:\n{err}"
+    );
+    for l in err.lines() {
+        assert!(
+            l.starts_with("handles: "),
+            "unprefixed line {l:?} in:\n{err}"
+        );
+    }
+    assert!(
+        err.contains("(shim_bugs+0x"),
+        "no module+offset frame of the fixture:\n{err}"
+    );
+    assert!(err.contains("handles: backtrace:"), "{err}");
+}
+
+#[test]
+fn use_after_close_of_a_reused_number_traps() {
+    let native = run(command(&fixture("shim_bugs")));
+    assert!(native.status.success());
+    assert!(
+        stdout(&native).contains("reused=1"),
+        "natively the number is reused:\n{}",
+        stdout(&native)
+    );
+    assert!(
+        stdout(&native).contains("stale read returned 64"),
+        "natively the stale read hits the other file"
+    );
+
+    let o = bugs("use-after-close", &[]);
+    assert_trapped(&o);
+    let out = stdout(&o);
+    assert!(
+        out.contains("reused=0"),
+        "quarantine keeps the number: {out}"
+    );
+    assert!(
+        !out.contains("stale read returned"),
+        "the stale read must not return: {out}"
+    );
+    let err = stderr(&o);
+    assert_report(
+        &err,
+        "read(3, ",
+        "use of a closed handle (its fd number is quarantined)",
+    );
+    assert!(err.contains("handles: closed in process"), "{err}");
+    assert!(
+        err.contains("handles: originally opened in process"),
+        "{err}"
+    );
+    // Creation and close stacks come from the fixture too (frame pointers).
+    let closed = err.split("handles: closed in process").nth(1).unwrap_or("");
+    assert!(closed.contains("(shim_bugs+0x"), "close stack: {closed}");
+    let opened = err
+        .split("originally opened in process")
+        .nth(1)
+        .unwrap_or("");
+    assert!(opened.contains("(shim_bugs+0x"), "creation stack: {opened}");
+}
+
+#[test]
+fn double_close_traps() {
+    let o = bugs("double-close", &[]);
+    assert_trapped(&o);
+    assert!(!stdout(&o).contains("survived"));
+    assert_report(
+        &stderr(&o),
+        "close(3)",
+        "close of a closed handle (double close)",
+    );
+}
+
+#[test]
+fn close_of_a_never_opened_fd_traps() {
+    let o = bugs("close-never", &[]);
+    assert_trapped(&o);
+    let err = stderr(&o);
+    assert_report(&err, "close(77)", "close of a handle that was never opened");
+    assert!(err.contains("handle fd 77: not open"), "{err}");
+}
+
+#[test]
+fn double_close_through_syscall_traps() {
+    let o = bugs("syscall-close", &[]);
+    assert_trapped(&o);
+    assert_report(
+        &stderr(&o),
+        "close(3)",
+        "close of a closed handle (double close)",
+    );
+}
+
+#[test]
+fn use_after_close_in_another_thread_traps() {
+    let o = bugs("thread-uac", &[]);
+    assert_trapped(&o);
+    let err = stderr(&o);
+    assert_report(
+        &err,
+        "write(3, ",
+        "use of a closed handle (its fd number is quarantined)",
+    );
+    // The report names the offending thread, not the main thread.
+    let line = err.lines().find(|l| l.contains("process ")).unwrap_or("");
+    let nums: Vec<&str> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .collect();
+    assert!(
+        nums.len() >= 2 && nums[0] != nums[1],
+        "thread id should differ from pid: {line}"
+    );
+}
+
+#[test]
+fn use_after_fclose_traps() {
+    let o = bugs("fclose-uac", &[]);
+    assert_trapped(&o);
+    assert_report(
+        &stderr(&o),
+        "read(3, ",
+        "use of a closed handle (its fd number is quarantined)",
+    );
+}
+
+#[test]
+fn bug_in_a_forked_child_kills_only_the_child() {
+    let o = bugs("fork-child", &[]);
+    assert!(
+        o.status.success(),
+        "parent must survive: {:?}\n{}",
+        o.status,
+        stderr(&o)
+    );
+    let out = stdout(&o);
+    assert!(out.contains("child killed by signal 5"), "{out}");
+    assert!(out.contains("parent still works: yes"), "{out}");
+    assert_report(&stderr(&o), "read(3, ", "use of a closed handle");
+}
+
+#[test]
+fn bug_after_exec_vfork_and_posix_spawn() {
+    let o = bugs("exec", &[]);
+    assert_trapped(&o);
+    assert!(
+        stdout(&o).contains("inherited read ok"),
+        "an fd inherited across exec is usable: {}",
+        stdout(&o)
+    );
+    assert!(
+        stderr(&o).contains("use of a closed handle"),
+        "{}",
+        stderr(&o)
+    );
+    for case in ["vfork-exec", "spawn"] {
+        let o = bugs(case, &[]);
+        assert!(o.status.success(), "{case}: {:?}\n{}", o.status, stderr(&o));
+        let out = stdout(&o);
+        assert!(out.contains("child killed by signal 5"), "{case}: {out}");
+        assert!(out.contains("parent still works: yes"), "{case}: {out}");
+        assert!(
+            stderr(&o).contains("use of a closed handle"),
+            "{case}: {}",
+            stderr(&o)
+        );
+    }
+}
+
+#[test]
+fn policy_actions() {
+    for (action, survives) in [("allow", true), ("deny", true)] {
+        let o = bugs(
+            "use-after-close",
+            &[("HANDLES_POLICY", &format!("v1,bad-handle={action}"))],
+        );
+        assert!(o.status.success(), "{action}: {:?}", o.status);
+        assert!(survives);
+        assert!(
+            stdout(&o).contains("stale read returned -1"),
+            "{action}: {}",
+            stdout(&o)
+        );
+        assert!(
+            !stderr(&o).contains("handles:"),
+            "{action} reports nothing: {}",
+            stderr(&o)
+        );
+    }
+    let o = bugs(
+        "use-after-close",
+        &[(
+            "HANDLES_POLICY",
+            "v1,bad-handle=deny-exception:override-deny",
+        )],
+    );
+    assert_trapped(&o);
+    assert!(
+        stderr(&o).contains("(action deny-exception)"),
+        "{}",
+        stderr(&o)
+    );
+    let o = bugs(
+        "use-after-close",
+        &[("HANDLES_POLICY", "v1,new-any=allow,bad-handle=kill")],
+    );
+    assert_eq!(o.status.signal(), Some(libc::SIGKILL), "{:?}", o.status);
+    assert!(
+        stderr(&o).contains("the process is killed (SIGKILL)"),
+        "{}",
+        stderr(&o)
+    );
+    // A close of a never-opened fd under allow runs (and fails) natively.
+    let o = bugs("close-never", &[("HANDLES_POLICY", "v1,bad-handle=allow")]);
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("close(77) = -1"), "{}", stdout(&o));
+}
+
+#[test]
+fn under_a_supervisor_the_shim_defers_and_carries_the_cookie() {
+    // With a cookie the shim writes no report of its own: it re-issues the
+    // bad call without the cookie for the supervisor to catch. Without a
+    // supervisor that call just fails.
+    let o = bugs("use-after-close", &[("HANDLES_COOKIE", "0123456789abcdef")]);
+    assert!(o.status.success(), "{:?}\n{}", o.status, stderr(&o));
+    assert!(
+        stdout(&o).contains("stale read returned -1"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(!stderr(&o).contains("handles:"), "{}", stderr(&o));
+
+    // The cookie sits in the syscall's first unused argument register: a
+    // seccomp filter lets read() through only with it.
+    let prog = fixture("shim_cookie");
+    let native = run({
+        let mut c = command(&prog);
+        c.arg("0123456789abcdef");
+        c
+    });
+    assert!(
+        stdout(&native).contains("read=-1 errno=1"),
+        "{}",
+        stdout(&native)
+    );
+    let mut c = preloaded(&prog);
+    c.arg("0123456789abcdef")
+        .env("HANDLES_COOKIE", "0123456789abcdef");
+    let o = run(c);
+    assert!(
+        stdout(&o).contains("read=1 errno=0"),
+        "{}\n{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    let mut c = preloaded(&prog);
+    c.arg("0123456789abcdef")
+        .env("HANDLES_COOKIE", "00000000deadbeef");
+    assert!(stdout(&run(c)).contains("read=-1 errno=1"));
+}
+
+/// A read-only mapping of a live process's table, found among its fds.
+struct LiveTable {
+    base: *mut libc::c_void,
+    len: usize,
+    fd: i32,
+}
+
+impl LiveTable {
+    fn open(pid: u32) -> LiveTable {
+        let want = format!("/memfd:handles-table:{pid}");
+        for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("list fds")
+            .flatten()
+        {
+            let Ok(t) = std::fs::read_link(e.path()) else {
+                continue;
+            };
+            if !t.to_string_lossy().starts_with(&want) {
+                continue;
+            }
+            let fd: i32 = e.file_name().to_string_lossy().parse().expect("fd number");
+            let f = std::fs::File::open(e.path()).expect("open table");
+            let len = f.metadata().expect("stat table").len() as usize;
+            // SAFETY: a fresh read-only shared mapping of the table file.
+            let base = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ,
+                    libc::MAP_SHARED,
+                    f.as_raw_fd(),
+                    0,
+                )
+            };
+            assert_ne!(base, libc::MAP_FAILED);
+            return LiveTable { base, len, fd };
+        }
+        panic!("no table {want} among the fds of {pid}");
+    }
+
+    fn view(&self) -> TableView<'_> {
+        // SAFETY: the mapping lives as long as self; the writer never
+        // shrinks the (sealed) file.
+        let b = unsafe { std::slice::from_raw_parts(self.base as *const u8, self.len) };
+        TableView::new(b).expect("valid table")
+    }
+}
+
+impl Drop for LiveTable {
+    fn drop(&mut self) {
+        // SAFETY: our mapping.
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+struct Driven {
+    child: Child,
+    input: ChildStdin,
+    output: BufReader<ChildStdout>,
+}
+
+impl Driven {
+    fn start(env: &[(&str, &str)]) -> Driven {
+        let mut c = preloaded(&fixture("shim_table"));
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let mut child = c
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let input = child.stdin.take().expect("stdin");
+        let output = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut d = Driven {
+            child,
+            input,
+            output,
+        };
+        assert_eq!(d.line(), "READY");
+        d
+    }
+
+    fn line(&mut self) -> String {
+        let mut s = String::new();
+        self.output.read_line(&mut s).expect("read line");
+        s.trim_end().to_string()
+    }
+
+    fn ask(&mut self, cmd: &str) -> String {
+        writeln!(self.input, "{cmd}").expect("write command");
+        self.line()
+    }
+
+    fn open(&mut self) -> i32 {
+        let l = self.ask("open");
+        l.strip_prefix("fd ")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad answer {l}"))
+    }
+}
+
+impl Drop for Driven {
+    fn drop(&mut self) {
+        let _ = writeln!(self.input, "quit");
+        let _ = self.child.wait();
+    }
+}
+
+fn handles_json(pid: u32) -> Option<serde_like::Json> {
+    let bin = target_dir().join("debug/handles");
+    if !bin.exists() {
+        return None;
+    }
+    let o = Command::new(bin)
+        .arg(pid.to_string())
+        .arg("--json")
+        .output()
+        .ok()?;
+    o.status.success().then(|| serde_like::Json(stdout(&o)))
+}
+
+/// Just enough JSON picking for `handles --json` (no serde in this crate).
+mod serde_like {
+    pub struct Json(pub String);
+
+    impl Json {
+        /// The string value of the first `"key": "value"`.
+        pub fn str_field(&self, key: &str) -> Option<String> {
+            let pat = format!("\"{key}\": \"");
+            let i = self.0.find(&pat)? + pat.len();
+            Some(self.0[i..].split('"').next()?.to_string())
+        }
+
+        /// `fd -> handle` from the handles array.
+        pub fn handles(&self) -> std::collections::HashMap<i32, u32> {
+            let mut m = std::collections::HashMap::new();
+            for obj in self.0.split("\"fd\": ").skip(1) {
+                let fd = obj
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()
+                    .and_then(|s| s.parse().ok());
+                let h = obj
+                    .split("\"handle\": ")
+                    .nth(1)
+                    .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+                    .and_then(|s| s.parse().ok());
+                if let (Some(fd), Some(h)) = (fd, h) {
+                    m.insert(fd, h);
+                }
+            }
+            m
+        }
+    }
+}
+
+#[test]
+fn generation_changes_when_a_number_is_reused() {
+    // Without quarantine the kernel hands the same number out again.
+    let mut d = Driven::start(&[("HANDLES_QUARANTINE", "0")]);
+    let pid = d.child.id();
+    let a = d.open();
+    let t = LiveTable::open(pid);
+    let v = t.view();
+    assert_eq!(v.pid(), pid);
+    assert_eq!(v.writer(), handles_model::table::writer::SHIM);
+    let first = v.detail(a).expect("consistent slot");
+    assert_eq!(first.value.state, state::OPEN);
+    assert!(first.created.len > 0, "creation stack recorded");
+    assert_eq!(
+        v.slot(t.fd).map(|s| s.state),
+        Some(state::INTERNAL),
+        "the table's own fd is internal"
+    );
+    let value1 = HandleValue::encode(Fd(a), first.value.generation, v.mixer());
+    if let Some(j) = handles_json(pid) {
+        assert_eq!(j.str_field("source").as_deref(), Some("shim"));
+        let hs = j.handles();
+        assert_eq!(
+            hs.get(&a),
+            Some(&value1.0),
+            "handles <pid> shows the shim's value"
+        );
+        assert!(!hs.contains_key(&t.fd), "the table fd is hidden");
+    }
+    assert_eq!(d.ask(&format!("close {a}")), format!("closed {a}"));
+    let closed = v.detail(a).expect("consistent slot");
+    assert_eq!(closed.value.state, state::FREE);
+    assert!(closed.closed.len > 0, "close stack recorded");
+    let b = d.open();
+    assert_eq!(a, b, "without quarantine the number is reused");
+    let second = v.detail(b).expect("consistent slot");
+    assert_eq!(second.value.state, state::OPEN);
+    assert_eq!(
+        second.value.generation,
+        first.value.generation.wrapping_add(1)
+    );
+    let value2 = HandleValue::encode(Fd(b), second.value.generation, v.mixer());
+    assert_ne!(value1, value2, "same fd, new handle value");
+    assert!(
+        second.closed.len == 0,
+        "a new incarnation has no close stack"
+    );
+    drop(d);
+
+    // With quarantine: the closed number is a hidden tombstone; dup2 onto
+    // it reuses it with the next generation.
+    let mut d = Driven::start(&[]);
+    let pid = d.child.id();
+    let a = d.open();
+    d.ask(&format!("close {a}"));
+    let b = d.open();
+    assert_ne!(a, b, "quarantine keeps the number");
+    let t = LiveTable::open(pid);
+    let v = t.view();
+    let tomb = v.detail(a).expect("consistent slot");
+    assert_eq!(tomb.value.state, state::TOMBSTONE);
+    assert!(tomb.closed.len > 0);
+    if let Some(j) = handles_json(pid) {
+        let hs = j.handles();
+        assert!(!hs.contains_key(&a), "tombstones are hidden: {hs:?}");
+        assert!(hs.contains_key(&b));
+    }
+    assert_eq!(d.ask(&format!("dup2 {b} {a}")), format!("dup2 {a}"));
+    let reused = v.detail(a).expect("consistent slot");
+    assert_eq!(reused.value.state, state::OPEN);
+    assert_eq!(
+        reused.value.generation,
+        tomb.value.generation.wrapping_add(1)
+    );
+}
+
+#[test]
+fn tables_read_consistently_while_eight_threads_churn() {
+    let mut child = preloaded(&fixture("shim_churn"))
+        .arg("2500")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut l = String::new();
+    out.read_line(&mut l).expect("ready");
+    assert_eq!(l.trim(), "READY");
+    let t = LiveTable::open(child.id());
+    let v = t.view();
+    let start = Instant::now();
+    let mut reads = 0u64;
+    let mut last_gen: HashMap<i32, u32> = HashMap::new();
+    let mut states_seen = [0u64; 4];
+    while start.elapsed() < Duration::from_millis(2000) {
+        for fd in 0..128 {
+            let Some(d) = v.detail(fd) else { continue };
+            reads += 1;
+            assert!(d.value.state <= state::INTERNAL, "torn state {:?}", d.value);
+            assert!(
+                d.value.obj_type == 0
+                    || handles_model::table::obj_type_from_code(d.value.obj_type).is_some(),
+                "torn type {:?}",
+                d.value
+            );
+            states_seen[d.value.state as usize] += 1;
+            if d.value.state == state::OPEN && d.value.generation > 0 {
+                assert!(
+                    d.created.len > 0,
+                    "an open slot from a wrapper has a creation stack"
+                );
+            }
+            let prev = last_gen.insert(fd, d.value.generation).unwrap_or(0);
+            assert!(
+                d.value.generation >= prev,
+                "generation went back at fd {fd}: {prev} -> {}",
+                d.value.generation
+            );
+        }
+    }
+    let mut rest = String::new();
+    out.read_line(&mut rest).expect("done line");
+    let st = child.wait().expect("wait");
+    assert!(st.success(), "{st:?}");
+    assert!(rest.starts_with("DONE "), "{rest}");
+    assert!(reads > 1000, "only {reads} consistent reads");
+    assert!(
+        states_seen[state::OPEN as usize] > 0 && states_seen[state::TOMBSTONE as usize] > 0,
+        "{states_seen:?}"
+    );
+}
+
+#[test]
+fn close_range_everything_does_not_break_the_shim() {
+    let o = run(preloaded(&fixture("shim_close_range")));
+    let out = stdout(&o);
+    assert!(out.contains("before: table present"), "{out}");
+    assert!(
+        out.contains("after: table present"),
+        "the table survives close_range: {out}"
+    );
+    assert!(out.contains("loop ok 200"), "{out}");
+    // After closefrom(3), a use-after-close is still caught.
+    assert_eq!(
+        o.status.signal(),
+        Some(libc::SIGTRAP),
+        "{:?}\n{out}\n{}",
+        o.status,
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains("use of a closed handle"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn a_thread_blocked_in_read_is_cancelled_and_joined() {
+    let mut c = preloaded(&fixture("shim_cancel"));
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("the cancelled thread was never joined (read() is no cancellation point)");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let o = child.wait_with_output().expect("output");
+    assert!(status.success(), "{status:?} {}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("joined cancelled=1 cleanup=1"), "{out}");
+    assert!(out.contains("read=1"), "{out}");
+}
+
+fn same_as_native(prog: &Path, args: &[&str], dir: Option<&Path>) {
+    let mk = |pre: bool| {
+        let mut c = if pre { preloaded(prog) } else { command(prog) };
+        c.args(args);
+        if let Some(d) = dir {
+            c.current_dir(d);
+        }
+        run(c)
+    };
+    let native = mk(false);
+    let shimmed = mk(true);
+    let what = format!("{} {args:?}", prog.display());
+    assert_eq!(
+        stdout(&native),
+        stdout(&shimmed),
+        "stdout differs for {what}"
+    );
+    assert_eq!(
+        native.status.code(),
+        shimmed.status.code(),
+        "status differs for {what}: {}",
+        stderr(&shimmed)
+    );
+    let err = stderr(&shimmed);
+    assert!(
+        !err.contains("handles:") && !err.contains("policy exception"),
+        "{what}:\n{err}"
+    );
+}
+
+#[test]
+fn bash_behaves_as_natively() {
+    let bash = Path::new("/bin/bash");
+    let script = "set -e; echo a | cat | tr a b; x=$(echo sub; ls / >/dev/null); echo \"$x\"; \
+                  for i in 1 2 3; do echo $i; done | sort -r; exec 7>/dev/null; echo hi >&7; exec 7>&-; \
+                  cat < /etc/hostname > /dev/null; (exit 3) || echo status $?; wait; echo end";
+    same_as_native(bash, &["-c", script], None);
+    same_as_native(bash, &["-c", "exit 5"], None);
+}
+
+#[test]
+fn python_behaves_as_natively() {
+    let Ok(o) = Command::new("python3")
+        .args(["-c", "import sys;print(sys.executable)"])
+        .output()
+    else {
+        eprintln!("no python3; skipped");
+        return;
+    };
+    let exe = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+    let code = "import subprocess, os, tempfile, json\n\
+                r = subprocess.run(['echo', 'child'], capture_output=True, text=True)\n\
+                print(r.stdout.strip(), r.returncode)\n\
+                p = subprocess.Popen(['cat'], stdin=subprocess.PIPE, stdout=subprocess.PIPE)\n\
+                print(p.communicate(b'piped')[0].decode())\n\
+                with tempfile.TemporaryDirectory() as d:\n\
+                \x20   f = os.path.join(d, 'x')\n\
+                \x20   open(f, 'w').write(json.dumps({'a': 1}))\n\
+                \x20   print(open(f).read(), sorted(os.listdir(d)))\n\
+                r, w = os.pipe(); os.write(w, b'os'); os.close(w); print(os.read(r, 9)); os.close(r)\n";
+    same_as_native(&exe, &["-c", code], None);
+}
+
+#[test]
+fn git_behaves_as_natively() {
+    let Ok(o) = Command::new("sh").args(["-c", "command -v git"]).output() else {
+        return;
+    };
+    let git = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+    if !o.status.success() || !git.exists() {
+        eprintln!("no git; skipped");
+        return;
+    }
+    same_as_native(&git, &["--version"], None);
+    for pre in [false, true] {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("shim-git-{pre}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let mut c = if pre { preloaded(&git) } else { command(&git) };
+        let o = run({
+            c.args(["init", "-q", "."]).current_dir(&dir);
+            c
+        });
+        assert!(o.status.success(), "git init (shim={pre}): {}", stderr(&o));
+        assert!(!stderr(&o).contains("handles:"), "{}", stderr(&o));
+        std::fs::write(dir.join("f"), "x\n").expect("write");
+        for args in [
+            &["add", "f"][..],
+            &[
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "commit",
+                "-qm",
+                "m",
+            ][..],
+            &["status", "--short"][..],
+        ] {
+            let mut c = if pre { preloaded(&git) } else { command(&git) };
+            c.args(args).current_dir(&dir);
+            let o = run(c);
+            assert!(
+                o.status.success(),
+                "git {args:?} (shim={pre}): {}",
+                stderr(&o)
+            );
+            assert!(!stderr(&o).contains("handles:"), "{}", stderr(&o));
+        }
+    }
+}
