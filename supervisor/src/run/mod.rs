@@ -3,16 +3,22 @@
 //! - [`syscalls`]: the fd syscall table (the prefilter and the policy both
 //!   read it);
 //! - [`spawn`]: PATH lookup, fork, PTRACE_SEIZE, filter, exec;
-//! - [`job`]: the event loop, fd tracking, quarantine, policy;
+//! - [`job`]: the job, its event loop and the ptrace events (fork, exec,
+//!   exit, stops); `checks` (every policy decision), `creation` (following
+//!   creating calls), `quarantine` and `leakcheck` extend it;
 //! - [`fdtable`]: the model of one fd table;
 //! - [`tracer`]: registers, memory, injected syscalls;
 //! - [`report`]: exception reports.
 
+mod checks;
+mod creation;
 pub mod fdtable;
 pub mod job;
+mod leakcheck;
 pub mod leaks;
 pub mod output;
 pub mod publish;
+mod quarantine;
 pub mod report;
 pub mod spawn;
 pub mod syscalls;

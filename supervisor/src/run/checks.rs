@@ -1,0 +1,667 @@
+//! The job policy at a syscall's entry: which fds a call uses, whether
+//! each is a valid handle, and what bad-handle, wrong-object, new-* and
+//! --max-handles do about it. Every policy decision is made here.
+
+use super::job::*;
+
+impl Job {
+    /// The fds a syscall uses, read from its registers (and memory for
+    /// poll/select).
+    pub(super) fn used_fds(&self, tid: i32, desc: &Desc, a: &[u64; 6]) -> Vec<i32> {
+        let mut fds = Vec::new();
+        for (i, &arg) in a.iter().enumerate() {
+            if (desc.fd_args | desc.dirfd_args) & (1 << i) != 0 {
+                let fd = arg as i32;
+                if fd >= 0 {
+                    fds.push(fd);
+                }
+            }
+        }
+        match desc.kind {
+            Kind::Mmap if a[3] & libc::MAP_ANONYMOUS as u64 == 0 && (a[4] as i32) >= 0 => {
+                fds.push(a[4] as i32);
+            }
+            Kind::Signalfd if (a[0] as i32) >= 0 => fds.push(a[0] as i32),
+            Kind::Poll => {
+                let n = (a[1] as usize).min(4096);
+                if let Ok(buf) = tracer::read_mem(tid, a[0], n * 8) {
+                    for chunk in buf.chunks_exact(8) {
+                        let fd = i32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+                        if fd >= 0 {
+                            fds.push(fd);
+                        }
+                    }
+                }
+            }
+            Kind::Select => {
+                let nfds = (a[0] as i64).clamp(0, 1024) as usize;
+                let bytes = nfds.div_ceil(64) * 8;
+                for set in [a[1], a[2], a[3]] {
+                    if set == 0 {
+                        continue;
+                    }
+                    if let Ok(buf) = tracer::read_mem(tid, set, bytes) {
+                        for (i, byte) in buf.iter().enumerate() {
+                            for bit in 0..8 {
+                                let fd = i * 8 + bit;
+                                if fd < nfds && byte & (1 << bit) != 0 {
+                                    fds.push(fd as i32);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        fds
+    }
+
+    /// Is `fd` a valid handle in the thread's table? Unknown fds that /proc
+    /// shows open are adopted (we missed their creation), never reported.
+    pub(super) fn check_fd(&mut self, tid: i32, fd: i32) -> Option<Bad> {
+        let t = self.threads.get(&tid)?;
+        let tgid = t.tgid;
+        let mut table = t.table.borrow_mut();
+        match table.get(fd) {
+            Some(Slot::Open(_)) => None,
+            Some(Slot::Tombstone(_)) => Some(Bad::Stale),
+            None if table.tomb_src == Some(fd) => Some(Bad::NotOpen),
+            None => {
+                if fd_exists(tgid, fd) {
+                    table.open(fd, Origin::Discovered, None, tgid);
+                    None
+                } else {
+                    Some(Bad::NotOpen)
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_seccomp(&mut self, tid: i32) {
+        let Ok(regs) = tracer::getregs(tid) else {
+            return;
+        };
+        let nr = regs.orig_rax as i64;
+        let desc = match syscalls::lookup(nr) {
+            // A 32-bit syscall (int 0x80) numbers differently: let it be.
+            Some(d) if regs.cs == 0x33 => d,
+            _ => {
+                self.resume(tid, None);
+                return;
+            }
+        };
+        let Some(tgid) = self.threads.get(&tid).map(|t| t.tgid) else {
+            self.resume(tid, None);
+            return;
+        };
+        let a = tracer::args(&regs);
+        for fd in self.used_fds(tid, desc, &a) {
+            if let Some(bad) = self.check_fd(tid, fd) {
+                if is_probe(desc, &a) {
+                    // fcntl(F_GETFD/F_GETFL) is how POSIX code asks whether a
+                    // number is open: answer as the kernel would, no report.
+                    if matches!(bad, Bad::Stale) {
+                        self.skip_with(tid, regs, libc::EBADF);
+                    }
+                    self.resume(tid, None);
+                    return;
+                }
+                self.bad_handle(tid, tgid, regs, desc, fd, bad);
+                return;
+            }
+        }
+        if let Some((expected, errno)) = expected_object(desc.name) {
+            let action = self.policy_of(tgid).get(Condition::WrongObject).action;
+            let fd = a[0] as i32;
+            if action != Action::Allow && fd >= 0 {
+                let facts = object_facts(tgid, fd);
+                let ty = refine_socket(
+                    tgid,
+                    fd,
+                    ObjType::from_name(facts.ty).unwrap_or(ObjType::Unknown),
+                );
+                if !expected.contains(&ty) {
+                    self.wrong_object(tid, tgid, regs, desc, fd, ty, expected, errno, action);
+                    return;
+                }
+            }
+        }
+        match desc.kind {
+            Kind::Use | Kind::Poll | Kind::Select | Kind::Mmap => self.resume(tid, None),
+            Kind::Limit => {
+                // RLIMIT_NOFILE may change: read it afresh next time.
+                for p in self.procs.values_mut() {
+                    p.nofile = None;
+                }
+                self.resume(tid, None);
+            }
+            Kind::Close => self.on_close(tid, tgid, regs),
+            Kind::Fcntl => {
+                let cmd = a[1] as i32;
+                if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
+                    self.follow_to_exit(tid, tgid, desc, regs);
+                } else {
+                    self.resume(tid, None);
+                }
+            }
+            Kind::Signalfd if (a[0] as i32) >= 0 => self.resume(tid, None),
+            Kind::CloseRange => {
+                if let Some(t) = self.threads.get_mut(&tid) {
+                    t.pending = Some(ExitWork::CloseRange { entry: regs });
+                }
+                let _ = ptrace::syscall(Pid::from_raw(tid), None);
+            }
+            _ => self.follow_to_exit(tid, tgid, desc, regs),
+        }
+    }
+
+    pub(super) fn bad_handle(
+        &mut self,
+        tid: i32,
+        tgid: i32,
+        regs: Regs,
+        desc: &'static Desc,
+        fd: i32,
+        bad: Bad,
+    ) {
+        let action = self.policy_of(tgid).get(Condition::BadHandle).action;
+        // A quarantined number stands for a closed fd: whatever the action,
+        // the call must see what a closed fd gives, EBADF, not the tombstone.
+        let deny = matches!(action, Action::Deny | Action::DenyException | Action::Kill)
+            || matches!(bad, Bad::Stale);
+        // allow and deny raise no exception: the call runs (answering EBADF
+        // for a quarantined number, as a closed fd would) or fails unrun.
+        if matches!(action, Action::Allow | Action::Deny) {
+            if deny {
+                self.skip_with(tid, regs, libc::EBADF);
+            }
+            self.resume(tid, None);
+            return;
+        }
+        let is_close = matches!(desc.kind, Kind::Close);
+        let is_dup = matches!(desc.kind, Kind::Dup | Kind::DupTo)
+            || desc.nr == libc::SYS_fcntl && {
+                let cmd = regs.rsi as i32;
+                cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC
+            };
+        let (closed_info, value) = {
+            let t = &self.threads[&tid];
+            let table = t.table.borrow();
+            let info = table.closed_info(fd).cloned();
+            let value = info.as_ref().map(|c| table.value_of(fd, c.generation));
+            (info, value)
+        };
+        let kind = match (&bad, is_close, is_dup) {
+            (_, true, _) if closed_info.is_some() => "double-close",
+            (_, true, _) => "close-never-opened",
+            (_, _, true) if closed_info.is_some() => "dup-closed",
+            (_, _, true) => "dup-never-opened",
+            (Bad::Stale, _, _) => "use-closed",
+            (Bad::NotOpen, _, _) if closed_info.is_some() => "use-closed",
+            (Bad::NotOpen, _, _) => "use-never-opened",
+        };
+        let what = match (&bad, is_close, is_dup) {
+            (_, true, _) if closed_info.is_some() => "close of a closed handle (double close)",
+            (_, true, _) => "close of a handle that was never opened",
+            (_, _, true) if closed_info.is_some() => "duplication of a closed handle",
+            (_, _, true) => "duplication of a handle that was never opened",
+            (Bad::Stale, _, _) => "use of a closed handle (its fd number is quarantined)",
+            (Bad::NotOpen, _, _) if closed_info.is_some() => "use of a closed handle",
+            (Bad::NotOpen, _, _) => "use of a handle that was never opened",
+        };
+        let handle = match (&closed_info, value) {
+            (Some(c), Some(v)) => Some(format!(
+                "{v} (fd {fd}): closed {} koid {} {}",
+                if c.facts.ty.is_empty() {
+                    "object"
+                } else {
+                    c.facts.ty
+                },
+                c.facts.koid,
+                c.facts.target
+            )),
+            _ => Some(format!("fd {fd}: not open")),
+        };
+        let outcome = match action {
+            Action::Kill => "the process is killed (SIGKILL)".to_string(),
+            _ => {
+                let call = if deny {
+                    "the call fails with EBADF without running"
+                } else {
+                    "the call runs (and fails with EBADF)"
+                };
+                match self.opts.on_exception {
+                    OnException::Trap => format!("{call}; SIGTRAP follows"),
+                    OnException::Stop => format!("{call}; the process is stopped for a debugger"),
+                }
+            }
+        };
+        let stack = self.capture_stack(tid, tgid, Some(&regs)).or_else(|| {
+            // Reports always carry the offending stack, even with stack
+            // recording off.
+            let maps = ModuleMap::read(tgid).ok()?;
+            Some(Arc::new(self.unwinder.unwind(
+                tid,
+                &maps,
+                StartRegs::from(&regs),
+                64,
+            )))
+        });
+        let backtrace = self.symbolize(tgid, stack.as_ref());
+        let suppressed = {
+            let event = Event {
+                report: "bad-handle",
+                kind,
+                ty: closed_info.as_ref().map_or("", |c| c.facts.ty),
+                path: closed_info.as_ref().map_or("", |c| c.facts.target.as_str()),
+                frames: backtrace
+                    .iter()
+                    .map(|f| FrameRef {
+                        function: f.function.as_deref(),
+                        module: f.module.as_deref(),
+                        file: f.file.as_deref(),
+                    })
+                    .collect(),
+            };
+            self.opts.suppressions.matching(&event).is_some()
+        };
+        if suppressed {
+            self.suppressed += 1;
+            if matches!(bad, Bad::Stale) {
+                self.skip_with(tid, regs, libc::EBADF);
+            }
+            self.resume(tid, None);
+            return;
+        }
+        let mut sections = vec![Section {
+            title: "backtrace".into(),
+            frames: backtrace,
+        }];
+        if let Some(c) = &closed_info {
+            let frames = self.symbolize(c.closer, c.closed.as_ref());
+            sections.push(Section {
+                title: format!("closed by {} in process {} at", c.how, c.closer),
+                frames,
+            });
+            let frames = self.symbolize(c.creator, c.created.as_ref());
+            let origin = match &c.origin {
+                Origin::Syscall(s) => format!("opened by {s}()"),
+                Origin::Inherited => "inherited".into(),
+                Origin::Received => "received through SCM_RIGHTS".into(),
+                Origin::Discovered => "found open".into(),
+            };
+            sections.push(Section {
+                title: format!("originally {origin} in process {} at", c.creator),
+                frames,
+            });
+        }
+        let report = ExceptionReport {
+            condition: "bad-handle".into(),
+            kind: kind.into(),
+            fd: Some(fd),
+            action: action.to_string(),
+            pid: tgid,
+            tid,
+            process_name: self
+                .procs
+                .get(&tgid)
+                .map(|p| p.name.clone())
+                .unwrap_or_default(),
+            thread_name: comm(tid),
+            syscall: format_syscall(
+                desc.name,
+                &tracer::args(&regs),
+                desc.nargs as usize,
+                desc.fd_args | desc.dirfd_args,
+            ),
+            handle,
+            what: what.into(),
+            outcome,
+            sections,
+        };
+        self.emit(&report);
+        if deny {
+            self.skip_with(tid, regs, libc::EBADF);
+        }
+        self.raise(tid, tgid, action);
+    }
+
+    /// The wrong-object condition: a call on an fd of a type it cannot work
+    /// on (a socket call on a file, epoll_ctl on a pipe, ...).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn wrong_object(
+        &mut self,
+        tid: i32,
+        tgid: i32,
+        regs: Regs,
+        desc: &'static Desc,
+        fd: i32,
+        ty: ObjType,
+        expected: &[ObjType],
+        errno: i32,
+        action: Action,
+    ) {
+        let deny = matches!(action, Action::Deny | Action::DenyException | Action::Kill);
+        if matches!(
+            action,
+            Action::AllowException | Action::DenyException | Action::Kill
+        ) {
+            let stack = self.capture_stack(tid, tgid, Some(&regs)).or_else(|| {
+                let maps = ModuleMap::read(tgid).ok()?;
+                Some(Arc::new(self.unwinder.unwind(
+                    tid,
+                    &maps,
+                    StartRegs::from(&regs),
+                    64,
+                )))
+            });
+            let frames = self.symbolize(tgid, stack.as_ref());
+            let value = {
+                let table = self.threads[&tid].table.borrow();
+                match table.get(fd) {
+                    Some(Slot::Open(h)) => {
+                        format!("{} (fd {fd})", table.value_of(fd, h.generation))
+                    }
+                    _ => format!("fd {fd}"),
+                }
+            };
+            let wanted: Vec<&str> = expected.iter().map(|t| t.name()).collect();
+            let report = ExceptionReport {
+                condition: "wrong-object".into(),
+                kind: "wrong-object".into(),
+                fd: Some(fd),
+                action: action.to_string(),
+                pid: tgid,
+                tid,
+                process_name: self
+                    .procs
+                    .get(&tgid)
+                    .map(|p| p.name.clone())
+                    .unwrap_or_default(),
+                thread_name: comm(tid),
+                syscall: format_syscall(
+                    desc.name,
+                    &tracer::args(&regs),
+                    desc.nargs as usize,
+                    desc.fd_args | desc.dirfd_args,
+                ),
+                handle: Some(format!("{value}: {}", ty.name())),
+                what: format!(
+                    "{}() on a {} handle; it needs a {}",
+                    desc.name,
+                    ty.name(),
+                    wanted.join(" or ")
+                ),
+                outcome: if deny {
+                    format!(
+                        "the call fails with {:?} without running",
+                        nix::errno::Errno::from_raw(errno)
+                    )
+                } else {
+                    "the call runs".into()
+                },
+                sections: vec![Section {
+                    title: "backtrace".into(),
+                    frames,
+                }],
+            };
+            self.emit(&report);
+        }
+        if deny {
+            self.skip_with(tid, regs, errno);
+        }
+        self.raise(tid, tgid, action);
+    }
+
+    /// `--max-handles`: the process holds more handles than its budget, the
+    /// sign of a runaway leak long before EMFILE. Reported once per process,
+    /// as an exception (SIGTRAP follows).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn over_budget(
+        &mut self,
+        tid: i32,
+        tgid: i32,
+        desc: &'static Desc,
+        entry: &Regs,
+        count: usize,
+        max: usize,
+        fd: Option<i32>,
+    ) {
+        let stack = self.capture_stack(tid, tgid, Some(entry));
+        let frames = self.symbolize(tgid, stack.as_ref());
+        let report = ExceptionReport {
+            condition: "max-handles".into(),
+            kind: "max-handles".into(),
+            fd,
+            action: "allow-exception".into(),
+            pid: tgid,
+            tid,
+            process_name: self
+                .procs
+                .get(&tgid)
+                .map(|p| p.name.clone())
+                .unwrap_or_default(),
+            thread_name: comm(tid),
+            syscall: format_syscall(
+                desc.name,
+                &tracer::args(entry),
+                desc.nargs as usize,
+                desc.fd_args | desc.dirfd_args,
+            ),
+            handle: fd.map(|f| format!("fd {f}: the newest")),
+            what: format!(
+                "the process holds {count} handles, over its budget of {max} (--max-handles)"
+            ),
+            outcome: "the call succeeds; SIGTRAP follows".into(),
+            sections: vec![Section {
+                title: "backtrace".into(),
+                frames,
+            }],
+        };
+        self.emit(&report);
+        self.raise(tid, tgid, Action::AllowException);
+    }
+
+    /// Applies the new-* conditions to freshly created fds. Returns true when
+    /// it resumed (or killed) the thread itself.
+    pub(super) fn new_policy(
+        &mut self,
+        tid: i32,
+        tgid: i32,
+        desc: &'static Desc,
+        entry: &Regs,
+        fds: &[i32],
+    ) -> bool {
+        let policy = self.policy_of(tgid);
+        let mut worst: Option<(Action, &'static str, i32)> = None;
+        for &fd in fds {
+            let facts = object_facts(tgid, fd);
+            let ty = ObjType::from_name(facts.ty).unwrap_or(ObjType::Unknown);
+            let ty = refine_socket(tgid, fd, ty);
+            let action = policy.action_for_new(ty);
+            if action != Action::Allow {
+                worst = Some((action, ty.name(), fd));
+                break;
+            }
+        }
+        let Some((action, ty, fd)) = worst else {
+            return false;
+        };
+        let condition =
+            Condition::for_new_object(ObjType::from_name(ty).unwrap_or(ObjType::Unknown));
+        let deny = matches!(action, Action::Deny | Action::DenyException);
+        if deny {
+            let Ok(mut exit) = tracer::getregs(tid) else {
+                return true;
+            };
+            for &f in fds {
+                match tracer::inject_at_exit(
+                    tid,
+                    &exit,
+                    libc::SYS_close,
+                    [f as u64, self.cookie, 0, 0, 0, 0],
+                    &mut self.deferred,
+                ) {
+                    Ok((_, e)) => exit = e,
+                    Err(_) => return true,
+                }
+                if let Some(t) = self.threads.get(&tid) {
+                    t.table.borrow_mut().close(
+                        f,
+                        None,
+                        tgid,
+                        ObjectFacts::default(),
+                        "policy deny",
+                        false,
+                    );
+                }
+            }
+            let mut done = *entry;
+            done.rax = (-(libc::EPERM as i64)) as u64;
+            let _ = tracer::setregs(tid, &done);
+        }
+        if matches!(
+            action,
+            Action::AllowException | Action::DenyException | Action::Kill
+        ) {
+            let regs = *entry;
+            let stack = self.capture_stack(tid, tgid, Some(&regs));
+            let frames = self.symbolize(tgid, stack.as_ref());
+            let report = ExceptionReport {
+                condition: condition.to_string(),
+                kind: condition.to_string(),
+                fd: Some(fd),
+                action: action.to_string(),
+                pid: tgid,
+                tid,
+                process_name: self
+                    .procs
+                    .get(&tgid)
+                    .map(|p| p.name.clone())
+                    .unwrap_or_default(),
+                thread_name: comm(tid),
+                syscall: format_syscall(
+                    desc.name,
+                    &tracer::args(entry),
+                    desc.nargs as usize,
+                    desc.fd_args | desc.dirfd_args,
+                ),
+                handle: Some(format!("fd {fd}: new {ty}")),
+                what: format!("creation of a {ty} handle"),
+                outcome: if deny {
+                    "the call fails with EPERM".into()
+                } else {
+                    "the call succeeds".into()
+                },
+                sections: vec![Section {
+                    title: "backtrace".into(),
+                    frames,
+                }],
+            };
+            self.emit(&report);
+            self.raise(tid, tgid, action);
+            return true;
+        }
+        self.resume(tid, None);
+        true
+    }
+}
+
+/// The object types a syscall's first (fd) argument must have, and the
+/// errno the kernel gives for any other.
+pub(super) fn expected_object(name: &str) -> Option<(&'static [ObjType], i32)> {
+    const SOCK: &[ObjType] = &[ObjType::Socket, ObjType::Channel];
+    Some(match name {
+        "connect" | "accept" | "accept4" | "sendto" | "recvfrom" | "sendmsg" | "recvmsg"
+        | "sendmmsg" | "recvmmsg" | "shutdown" | "bind" | "listen" | "getsockname"
+        | "getpeername" | "setsockopt" | "getsockopt" => (SOCK, libc::ENOTSOCK),
+        "epoll_ctl" | "epoll_wait" | "epoll_pwait" | "epoll_pwait2" => {
+            (&[ObjType::Port], libc::EINVAL)
+        }
+        "timerfd_settime" | "timerfd_gettime" => (&[ObjType::Timer], libc::EINVAL),
+        "inotify_add_watch" | "inotify_rm_watch" => (&[ObjType::Inotify], libc::EINVAL),
+        "pidfd_send_signal" | "pidfd_getfd" | "process_madvise" | "process_mrelease" => {
+            (&[ObjType::Process], libc::EBADF)
+        }
+        "getdents" | "getdents64" | "fchdir" => (&[ObjType::Dir], libc::ENOTDIR),
+        _ => return None,
+    })
+}
+
+/// `fcntl(fd, F_GETFD)` or `fcntl(fd, F_GETFL)`: a question, not a use.
+pub(super) fn is_probe(desc: &Desc, a: &[u64; 6]) -> bool {
+    desc.kind == Kind::Fcntl && matches!(a[1] as i32, libc::F_GETFD | libc::F_GETFL)
+}
+
+/// A socket's type in the model: AF_UNIX sockets are channels.
+pub(super) fn refine_socket(tgid: i32, fd: i32, ty: ObjType) -> ObjType {
+    if ty != ObjType::Socket {
+        return ty;
+    }
+    let path = format!("/proc/{tgid}/fd/{fd}");
+    let Ok(c) = std::ffi::CString::new(path) else {
+        return ty;
+    };
+    let mut buf = [0u8; 32];
+    // SAFETY: NUL-terminated path; buf writable for its length.
+    let n = unsafe {
+        libc::getxattr(
+            c.as_ptr(),
+            c"system.sockprotoname".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n > 0 && buf.starts_with(b"UNIX") {
+        ObjType::Channel
+    } else {
+        ty
+    }
+}
+
+/// Type, koid and link target of an open fd, from /proc: what a later
+/// report says the handle was.
+pub(super) fn object_facts(tgid: i32, fd: i32) -> ObjectFacts {
+    let path = format!("/proc/{tgid}/fd/{fd}");
+    let Ok(target) = std::fs::read_link(&path) else {
+        return ObjectFacts::default();
+    };
+    let target = target.to_string_lossy().into_owned();
+    let (ty, koid) = match LinkTarget::parse(&target) {
+        LinkTarget::Socket(i) => (ObjType::Socket, i),
+        LinkTarget::Pipe(i) => (ObjType::Pipe, i),
+        LinkTarget::Pidfd(i) => (ObjType::Process, i),
+        LinkTarget::Memfd(_) => (ObjType::Vmo, stat_ino(&path)),
+        LinkTarget::AnonInode(name) => (
+            match name.as_str() {
+                "eventfd" => ObjType::Event,
+                "eventpoll" => ObjType::Port,
+                "timerfd" => ObjType::Timer,
+                "signalfd" => ObjType::Signalfd,
+                "pidfd" => ObjType::Process,
+                _ => ObjType::Unknown,
+            },
+            0,
+        ),
+        LinkTarget::Path(_) | LinkTarget::Other(_) => {
+            let ty = match std::fs::metadata(&path) {
+                Ok(m) if m.is_dir() => ObjType::Dir,
+                Ok(m) if m.is_file() => ObjType::File,
+                Ok(_) => ObjType::Chardev,
+                Err(_) => ObjType::Unknown,
+            };
+            (ty, stat_ino(&path))
+        }
+    };
+    ObjectFacts {
+        ty: ty.name(),
+        koid,
+        target,
+    }
+}
+
+pub(super) fn stat_ino(path: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map(|m| m.ino()).unwrap_or(0)
+}

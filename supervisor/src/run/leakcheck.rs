@@ -1,0 +1,164 @@
+//! Leak checks at process exit (see `leaks.rs` for the report format).
+
+use super::job::*;
+
+impl Job {
+    /// PTRACE_EVENT_EXIT: the thread is exiting but its fd table still
+    /// exists. When it is the last thread using the table, check for leaks.
+    pub(super) fn on_exit_event(&mut self, tid: i32) {
+        if let Some(t) = self.threads.get_mut(&tid) {
+            t.exiting = true;
+        }
+        if self.opts.leak_mode != LeakMode::Off {
+            let last = self.threads.get(&tid).is_some_and(|t| {
+                self.threads
+                    .values()
+                    .filter(|o| Rc::ptr_eq(&o.table, &t.table))
+                    .all(|o| o.exiting)
+            });
+            if last {
+                self.leak_check(tid);
+            }
+        }
+        self.resume(tid, None);
+    }
+
+    pub(super) fn leak_check(&mut self, tid: i32) {
+        let Some(t) = self.threads.get(&tid) else {
+            return;
+        };
+        let tgid = t.tgid;
+        let all = self.opts.leak_mode == LeakMode::All;
+        let candidates: Vec<(i32, u32, Origin, Option<Stack>, bool)> = {
+            let table = t.table.borrow();
+            table
+                .open_fds()
+                .filter_map(|(fd, h)| {
+                    let inherited = h.origin == Origin::Inherited || h.creator != tgid;
+                    (all || !inherited).then(|| {
+                        (
+                            fd,
+                            table.value_of(fd, h.generation).0,
+                            h.origin.clone(),
+                            h.created.clone(),
+                            inherited,
+                        )
+                    })
+                })
+                .collect()
+        };
+        if candidates.is_empty() {
+            return;
+        }
+        let snapshot = crate::inspect::Inspector::new(crate::inspect::Options {
+            long: true,
+            peers: false,
+        })
+        .read_task(tgid, tid)
+        .ok();
+        let info = |fd: i32| {
+            snapshot
+                .as_ref()
+                .and_then(|s| s.handles.iter().find(|h| h.fd == fd))
+        };
+        let mut items = Vec::new();
+        for (fd, value, origin, stack, inherited) in candidates {
+            // Stdio is never a leak, even when a program re-opened it.
+            if fd <= 2 && !all {
+                continue;
+            }
+            let Some(h) = info(fd) else {
+                continue;
+            };
+            let origin = match origin {
+                Origin::Syscall(s) => s.to_string(),
+                Origin::Received => "recvmsg (SCM_RIGHTS)".into(),
+                Origin::Discovered => "an untraced call".into(),
+                Origin::Inherited => "inherited".into(),
+            };
+            let key: Vec<u64> = stack.as_ref().map(|s| s.to_vec()).unwrap_or_default();
+            items.push((
+                key,
+                (
+                    stack,
+                    Leak {
+                        fd,
+                        handle: value,
+                        ty: h.ty.to_string(),
+                        koid: h.koid,
+                        dev: h.dev.clone(),
+                        description: h.description.clone(),
+                        origin,
+                        inherited,
+                    },
+                ),
+            ));
+        }
+        let mut map: std::collections::BTreeMap<Vec<u64>, (Option<Stack>, Vec<Leak>)> =
+            Default::default();
+        for (k, (stack, leak)) in items {
+            map.entry(k)
+                .or_insert_with(|| (stack, Vec::new()))
+                .1
+                .push(leak);
+        }
+        let mut groups = Vec::new();
+        let mut stacks = Vec::new();
+        let mut suppressed = 0;
+        let mut rules = String::new();
+        for (_, (stack, handles)) in map {
+            let frames = self.symbolize(tgid, stack.as_ref());
+            let mut kept = Vec::new();
+            for l in handles {
+                let event = Event {
+                    report: "leak",
+                    kind: "leak",
+                    ty: &l.ty,
+                    path: &l.description,
+                    frames: frames
+                        .iter()
+                        .map(|f| FrameRef {
+                            function: f.function.as_deref(),
+                            module: f.module.as_deref(),
+                            file: f.file.as_deref(),
+                        })
+                        .collect(),
+                };
+                if self.opts.suppressions.matching(&event).is_some() {
+                    suppressed += 1;
+                    continue;
+                }
+                if self.opts.gen_suppressions && kept.is_empty() {
+                    let name = format!("leak-{}-{}", l.ty, l.origin.replace(' ', "-"));
+                    rules.push_str(&crate::suppress::Rule::for_event(&name, &event, 4).render());
+                }
+                kept.push(l);
+            }
+            if kept.is_empty() {
+                continue;
+            }
+            groups.push(LeakGroup {
+                handles: kept,
+                stack: frames.iter().map(SerFrame::from).collect(),
+            });
+            stacks.push(frames);
+        }
+        let report = ProcessLeaks {
+            pid: tgid,
+            name: self
+                .procs
+                .get(&tgid)
+                .map(|p| p.name.clone())
+                .unwrap_or_default(),
+            groups,
+            suppressed,
+        };
+        if report.count() > 0 {
+            let mut text = leaks::render(&report, &stacks);
+            // Rules print bare, ready to paste into a suppressions file.
+            text.push_str(&rules);
+            self.write_report(&text);
+        }
+        self.leak_reports.push(report);
+    }
+}
