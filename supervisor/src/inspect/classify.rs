@@ -143,6 +143,9 @@ pub(crate) fn phase_one(
         }
         LinkTarget::Pidfd(ino) => {
             h.koid = *ino;
+            // pidfs inodes, eventfd ids and inodes elsewhere are separate
+            // number spaces: the space keeps (koid, dev) unique.
+            h.dev = Some("pidfs".into());
             h.pidfd_pid = info.pid;
             h.rkoid = pidfd_parent_koid(info.pid.unwrap_or(0));
             ObjType::Process
@@ -151,8 +154,18 @@ pub(crate) fn phase_one(
             let ty = anon_type(name);
             let own_ino = info.ino.filter(|&i| Some(i) != anon_ino);
             match (ty, info.eventfd_id, own_ino) {
-                (ObjType::Event, Some(id), _) => h.koid = id,
-                (_, _, Some(ino)) => h.koid = ino,
+                (ObjType::Event, Some(id), _) => {
+                    h.koid = id;
+                    h.dev = Some("eventfd".into());
+                }
+                (_, _, Some(ino)) => {
+                    h.koid = ino;
+                    h.dev = Some(if ty == ObjType::Process {
+                        "pidfs".into()
+                    } else {
+                        "anon_inode".into()
+                    });
+                }
                 _ => facts.anon = true,
             }
             match ty {
