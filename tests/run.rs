@@ -1802,3 +1802,51 @@ fn handles_pid_shows_the_supervisors_view_without_tombstones() {
         s.err_seen
     );
 }
+
+#[test]
+fn close_sweeps_in_forked_children_are_not_double_closes() {
+    let prog = fixture("run_sweep");
+    for mode in ["loop", "listed"] {
+        let o = handles_run(&[OsStr::new("--"), prog.as_os_str(), OsStr::new(mode)]);
+        assert_code(&o, 0);
+        assert_eq!(
+            stdout_of(&o),
+            "child exec ok\nparent done status=0\n",
+            "{mode}\n{}",
+            describe(&o)
+        );
+        assert!(
+            !stderr_of(&o).contains("policy exception"),
+            "{mode}\n{}",
+            describe(&o)
+        );
+    }
+}
+
+#[test]
+fn a_debugger_under_supervision_gets_a_clear_error_not_a_hang() {
+    // strace cannot trace what handles already traces: it must say so and
+    // exit; handles must not hang either.
+    if Command::new("strace").arg("-V").output().is_err() {
+        eprintln!("note: strace not installed; skipped");
+        return;
+    }
+    let o = handles_run(&[
+        OsStr::new("--"),
+        OsStr::new("strace"),
+        OsStr::new("-o"),
+        OsStr::new("/dev/null"),
+        OsStr::new("true"),
+    ]);
+    assert_ne!(o.status.code(), Some(0), "{}", describe(&o));
+    assert!(
+        stderr_of(&o).contains("Operation not permitted"),
+        "{}",
+        describe(&o)
+    );
+    assert!(
+        !stderr_of(&o).contains("policy exception"),
+        "{}",
+        describe(&o)
+    );
+}

@@ -65,8 +65,9 @@ impl Job {
         let mut table = t.table.borrow_mut();
         match table.get(fd) {
             Some(Slot::Open(_)) => None,
-            Some(Slot::Tombstone(_)) => Some(Bad::Stale),
-            None if table.tomb_src == Some(fd) => Some(Bad::NotOpen),
+            Some(Slot::Tombstone(c)) if c.closer == tgid => Some(Bad::Stale),
+            Some(Slot::Tombstone(_)) => Some(Bad::StaleInherited),
+            None if table.tomb_src == Some(fd) => Some(Bad::Internal),
             None => {
                 if fd_exists(tgid, fd) {
                     table.open(fd, Origin::Discovered, None, tgid);
@@ -96,12 +97,46 @@ impl Job {
             return;
         };
         let a = tracer::args(&regs);
+        let last_close = match self.threads.get_mut(&tid) {
+            Some(t) if desc.kind == Kind::Close => t.last_close.replace(a[0] as i32),
+            _ => None,
+        };
         for fd in self.used_fds(tid, desc, &a) {
             if let Some(bad) = self.check_fd(tid, fd) {
-                if is_probe(desc, &a) {
+                if desc.kind == Kind::Close && matches!(bad, Bad::StaleInherited | Bad::Internal) {
+                    // A tombstone copied from the parent at fork, or the
+                    // tombstone source: this process never had the handle and
+                    // can only know the number from listing /proc/self/fd
+                    // (gdb's close_most_fds does). The close succeeds and the
+                    // number is released for real.
+                    if let Some(t) = self.threads.get(&tid) {
+                        let mut table = t.table.borrow_mut();
+                        if matches!(bad, Bad::Internal) {
+                            table.set_tomb_src(None);
+                        } else {
+                            table.drop_tombstone(fd);
+                        }
+                    }
+                    self.resume(tid, None);
+                    return;
+                }
+                if matches!(bad, Bad::Internal) {
+                    // Any other use of it: the number does not exist for the
+                    // program.
+                    self.skip_with(tid, regs, libc::EBADF);
+                    self.resume(tid, None);
+                    return;
+                }
+                // A loop closing every number (closefrom done by hand, common
+                // before exec) meets numbers that are not open: that is not a
+                // double close, unless this process closed that number itself.
+                let sweep = desc.kind == Kind::Close
+                    && !matches!(bad, Bad::Stale)
+                    && last_close.is_some_and(|l| (i64::from(l) - i64::from(fd)).abs() == 1);
+                if is_probe(desc, &a) || sweep {
                     // fcntl(F_GETFD/F_GETFL) is how POSIX code asks whether a
                     // number is open: answer as the kernel would, no report.
-                    if matches!(bad, Bad::Stale) {
+                    if matches!(bad, Bad::Stale | Bad::StaleInherited) {
                         self.skip_with(tid, regs, libc::EBADF);
                     }
                     self.resume(tid, None);
@@ -169,7 +204,7 @@ impl Job {
         // A quarantined number stands for a closed fd: whatever the action,
         // the call must see what a closed fd gives, EBADF, not the tombstone.
         let deny = matches!(action, Action::Deny | Action::DenyException | Action::Kill)
-            || matches!(bad, Bad::Stale);
+            || matches!(bad, Bad::Stale | Bad::StaleInherited);
         // allow and deny raise no exception: the call runs (answering EBADF
         // for a quarantined number, as a closed fd would) or fails unrun.
         if matches!(action, Action::Allow | Action::Deny) {
@@ -197,18 +232,20 @@ impl Job {
             (_, true, _) => "close-never-opened",
             (_, _, true) if closed_info.is_some() => "dup-closed",
             (_, _, true) => "dup-never-opened",
-            (Bad::Stale, _, _) => "use-closed",
+            (Bad::Stale | Bad::StaleInherited, _, _) => "use-closed",
             (Bad::NotOpen, _, _) if closed_info.is_some() => "use-closed",
-            (Bad::NotOpen, _, _) => "use-never-opened",
+            (Bad::NotOpen | Bad::Internal, _, _) => "use-never-opened",
         };
         let what = match (&bad, is_close, is_dup) {
             (_, true, _) if closed_info.is_some() => "close of a closed handle (double close)",
             (_, true, _) => "close of a handle that was never opened",
             (_, _, true) if closed_info.is_some() => "duplication of a closed handle",
             (_, _, true) => "duplication of a handle that was never opened",
-            (Bad::Stale, _, _) => "use of a closed handle (its fd number is quarantined)",
+            (Bad::Stale | Bad::StaleInherited, _, _) => {
+                "use of a closed handle (its fd number is quarantined)"
+            }
             (Bad::NotOpen, _, _) if closed_info.is_some() => "use of a closed handle",
-            (Bad::NotOpen, _, _) => "use of a handle that was never opened",
+            (Bad::NotOpen | Bad::Internal, _, _) => "use of a handle that was never opened",
         };
         let handle = match (&closed_info, value) {
             (Some(c), Some(v)) => Some(format!(
@@ -268,7 +305,7 @@ impl Job {
         };
         if suppressed {
             self.suppressed += 1;
-            if matches!(bad, Bad::Stale) {
+            if matches!(bad, Bad::Stale | Bad::StaleInherited) {
                 self.skip_with(tid, regs, libc::EBADF);
             }
             self.resume(tid, None);

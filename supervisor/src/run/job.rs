@@ -149,6 +149,9 @@ pub(super) struct Thread {
     pub(super) table: TableRef,
     pub(super) pending: Option<ExitWork>,
     pub(super) predicted: Option<Predicted>,
+    /// The fd of this thread's last close(), to tell a close sweep
+    /// (closefrom emulated with a loop) from a double close.
+    pub(super) last_close: Option<i32>,
     /// Its first stop (the auto-attach stop) has been seen and resumed.
     pub(super) started: bool,
     /// PTRACE_EVENT_EXIT seen: it is on its way out.
@@ -170,8 +173,13 @@ pub(super) struct Process {
 
 /// A bad fd use found at a syscall's entry.
 pub(super) enum Bad {
-    /// The number is quarantined: it was closed by the program.
+    /// The number is quarantined: this process closed it.
     Stale,
+    /// Quarantined in the parent before fork: this process never had it.
+    StaleInherited,
+    /// The tombstone source: the program can only know the number from
+    /// listing /proc/self/fd.
+    Internal,
     /// Not open, and not quarantined (never opened, or closed long ago).
     NotOpen,
 }
@@ -336,6 +344,7 @@ impl Job {
                 table: Rc::new(RefCell::new(FdTable::new(mixer))),
                 pending: None,
                 predicted: None,
+                last_close: None,
                 started: true,
                 exiting: false,
             },
@@ -649,6 +658,7 @@ impl Job {
                 table,
                 pending: None,
                 predicted: None,
+                last_close: None,
                 started,
                 exiting: false,
             },
