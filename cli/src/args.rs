@@ -112,6 +112,15 @@ pub struct RunArgs {
     /// Write the exceptions and leaks as SARIF 2.1.0, for code-scanning UIs.
     #[arg(long, value_name = "FILE")]
     pub sarif: Option<PathBuf>,
+    /// Preload the LD_PRELOAD shim into dynamically linked programs: its
+    /// calls carry the job's cookie and cost no ptrace stop (the fast path;
+    /// not yet the default: see docs/shim.md for what is integrated).
+    #[arg(long, conflicts_with = "no_shim")]
+    pub shim: bool,
+    /// Do not preload the shim (the default for now): the supervisor alone
+    /// sees every fd syscall.
+    #[arg(long)]
+    pub no_shim: bool,
     /// A per-process handle budget: creating more than N open handles raises
     /// an exception (catches runaway leaks long before EMFILE).
     #[arg(long, value_name = "N")]

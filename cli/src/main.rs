@@ -9,6 +9,7 @@ mod exit;
 mod filter;
 mod render;
 mod run;
+mod shim;
 mod show;
 
 use std::process::ExitCode;

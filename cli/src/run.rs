@@ -103,7 +103,19 @@ pub fn run(a: &RunArgs) -> u8 {
             return exit::USAGE;
         }
     };
+    let shim = if a.no_shim || !a.shim {
+        None
+    } else {
+        match crate::shim::locate() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("handles: {e}; running without the shim");
+                None
+            }
+        }
+    };
     let opts = RunOptions {
+        shim,
         program,
         args,
         policy,

@@ -2,7 +2,9 @@
 //! each is a valid handle, and what bad-handle, wrong-object, new-* and
 //! --max-handles do about it. Every policy decision is made here.
 
+use super::fdtable::ClosedHandle;
 use super::job::*;
+use super::shimtable::{ShimSays, ShimTable};
 
 impl Job {
     /// The fds a syscall uses, read from its registers (and memory for
@@ -60,8 +62,48 @@ impl Job {
     /// Is `fd` a valid handle in the thread's table? Unknown fds that /proc
     /// shows open are adopted (we missed their creation), never reported.
     pub(super) fn check_fd(&mut self, tid: i32, fd: i32) -> Option<Bad> {
+        let tgid = self.threads.get(&tid)?.tgid;
+        // The shim closes and creates without stopping here: where it is
+        // loaded, its table is the truth for what it did.
+        match self.shim_says(tgid, fd) {
+            ShimSays::Tombstone(d) => {
+                let t = self.threads.get(&tid)?;
+                let mut table = t.table.borrow_mut();
+                // The shim records return addresses only; the symbolizer
+                // takes frame 0 of a stack as an instruction pointer, so
+                // point it into the call instruction.
+                let stack = |pcs: &[u64]| {
+                    (!pcs.is_empty()).then(|| {
+                        let mut v = pcs.to_vec();
+                        v[0] = v[0].saturating_sub(1);
+                        Arc::new(v)
+                    })
+                };
+                table.forget_open(fd);
+                table.remember_closed(
+                    fd,
+                    ClosedHandle {
+                        generation: d.value.generation,
+                        origin: Origin::Shim,
+                        created: stack(d.created.frames()),
+                        closed: stack(d.closed.frames()),
+                        creator: tgid,
+                        closer: tgid,
+                        facts: ObjectFacts {
+                            ty: handles_model::table::obj_type_from_code(d.value.obj_type)
+                                .map_or("", |t| t.name()),
+                            koid: d.value.koid,
+                            target: String::new(),
+                        },
+                        how: "close()",
+                    },
+                );
+                return Some(Bad::Stale);
+            }
+            ShimSays::Internal => return Some(Bad::Internal),
+            ShimSays::Open | ShimSays::Unknown => {}
+        }
         let t = self.threads.get(&tid)?;
-        let tgid = t.tgid;
         let mut table = t.table.borrow_mut();
         match table.get(fd) {
             Some(Slot::Open(_)) => None,
@@ -77,6 +119,21 @@ impl Job {
                 }
             }
         }
+    }
+
+    /// What the shim's table of `tgid` says of `fd` (looked up lazily: the
+    /// shim makes its table in its constructor, after the loader's opens).
+    pub(super) fn shim_says(&mut self, tgid: i32, fd: i32) -> ShimSays {
+        if !self.shim_injected {
+            return ShimSays::Unknown;
+        }
+        let Some(p) = self.procs.get_mut(&tgid) else {
+            return ShimSays::Unknown;
+        };
+        if p.shim.is_none() {
+            p.shim = ShimTable::find(tgid);
+        }
+        p.shim.as_ref().map_or(ShimSays::Unknown, |s| s.says(fd))
     }
 
     pub(super) fn on_seccomp(&mut self, tid: i32) {
@@ -248,16 +305,21 @@ impl Job {
             (Bad::NotOpen | Bad::Internal, _, _) => "use of a handle that was never opened",
         };
         let handle = match (&closed_info, value) {
-            (Some(c), Some(v)) => Some(format!(
-                "{v} (fd {fd}): closed {} koid {} {}",
-                if c.facts.ty.is_empty() {
-                    "object"
-                } else {
-                    c.facts.ty
-                },
-                c.facts.koid,
-                c.facts.target
-            )),
+            (Some(c), Some(v)) => {
+                let mut line = format!("{v} (fd {fd}): closed");
+                if !c.facts.ty.is_empty() {
+                    line.push(' ');
+                    line.push_str(c.facts.ty);
+                }
+                if c.facts.koid != 0 {
+                    line.push_str(&format!(" koid {}", c.facts.koid));
+                }
+                if !c.facts.target.is_empty() {
+                    line.push(' ');
+                    line.push_str(&c.facts.target);
+                }
+                Some(line)
+            }
             _ => Some(format!("fd {fd}: not open")),
         };
         let outcome = match action {
@@ -327,6 +389,7 @@ impl Job {
                 Origin::Inherited => "inherited".into(),
                 Origin::Received => "received through SCM_RIGHTS".into(),
                 Origin::Discovered => "found open".into(),
+                Origin::Shim => "opened through the shim".into(),
             };
             sections.push(Section {
                 title: format!("originally {origin} in process {} at", c.creator),

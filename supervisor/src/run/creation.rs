@@ -38,7 +38,9 @@ impl Job {
         regs: &Regs,
         stack: &Option<Stack>,
     ) -> bool {
-        if self.opts.max_handles.is_some() {
+        // With a shim in the process, fds it made without stopping here
+        // are missing from our table: a prediction could name one of them.
+        if self.opts.max_handles.is_some() || self.shim_injected {
             return false;
         }
         let new_policy = self.procs.get(&tgid).is_some_and(|p| {

@@ -24,6 +24,8 @@ pub enum Origin {
     /// Found in /proc without our having seen its creation (io_uring direct
     /// opens, a syscall we do not trace).
     Discovered,
+    /// Created through the LD_PRELOAD shim, which did not stop here.
+    Shim,
 }
 
 /// What a handle was, remembered after it is closed for the report of a
@@ -246,6 +248,20 @@ impl FdTable {
             self.quarantine.push_back(fd);
         } else {
             self.remember(fd, c);
+        }
+    }
+
+    /// Records a handle closed where the supervisor did not see it (by the
+    /// shim), for the report of a later use.
+    pub fn remember_closed(&mut self, fd: i32, c: ClosedHandle) {
+        self.remember(fd, c);
+    }
+
+    /// Drops an open slot whose close happened elsewhere (the shim).
+    pub fn forget_open(&mut self, fd: i32) {
+        if let Some(Slot::Open(_)) = self.slots.get(&fd) {
+            self.slots.remove(&fd);
+            self.touch(fd);
         }
     }
 

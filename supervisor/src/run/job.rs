@@ -29,6 +29,7 @@ pub(super) use super::leaks::{self, Leak, LeakGroup, LeakMode, ProcessLeaks, Ser
 pub(super) use super::output::{self, SerException, SerProcess, SerStack};
 pub(super) use super::publish::Published;
 pub(super) use super::report::{format_syscall, ExceptionReport, Section};
+pub(super) use super::shimtable::ShimTable;
 pub(super) use super::spawn::{self, SpawnError};
 pub(super) use super::syscalls::{self, CheckLevel, Desc, Kind};
 pub(super) use super::tracer::{self, errno_of, Deferred, InjectError, Regs};
@@ -61,6 +62,8 @@ pub struct RunOptions {
     pub log: Option<PathBuf>,
     /// Depth of the creation/close stacks recorded; 0 records none.
     pub stack_depth: usize,
+    /// The LD_PRELOAD shim to inject into dynamically linked programs.
+    pub shim: Option<PathBuf>,
     /// Reports matching these are not raised (counted in `Outcome`).
     pub suppressions: Suppressions,
     pub leak_mode: LeakMode,
@@ -169,6 +172,8 @@ pub(super) struct Process {
     pub(super) detaching: bool,
     /// `--max-handles` was already reported for this process.
     pub(super) over_budget: bool,
+    /// The table of the shim loaded in it, once found.
+    pub(super) shim: Option<ShimTable>,
 }
 
 /// A bad fd use found at a syscall's entry.
@@ -276,6 +281,8 @@ pub struct Job {
     pub(super) log: Option<std::fs::File>,
     /// Published tables, by process.
     pub(super) published: HashMap<i32, Published>,
+    /// The shim was put in the job's environment.
+    pub(super) shim_injected: bool,
 }
 
 impl Job {
@@ -308,6 +315,37 @@ impl Job {
             .filter(|(k, _)| k != "HANDLES_POLICY" && k != "HANDLES_JOB")
             .collect();
         env.push(("HANDLES_POLICY".into(), opts.policy.encode().into()));
+        if let Some(shim) = &opts.shim {
+            // Preloaded into every dynamically linked program of the job;
+            // its raw syscalls carry the cookie, which the prefilter lets
+            // through without a stop.
+            let mut preload = shim.as_os_str().to_os_string();
+            if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
+                preload.push(":");
+                preload.push(old);
+            }
+            env.retain(|(k, _)| {
+                !matches!(
+                    k.to_str(),
+                    Some(
+                        "LD_PRELOAD"
+                            | "HANDLES_COOKIE"
+                            | "HANDLES_QUARANTINE"
+                            | "HANDLES_STACK_DEPTH"
+                    )
+                )
+            });
+            env.push(("LD_PRELOAD".into(), preload));
+            env.push(("HANDLES_COOKIE".into(), format!("{cookie:016x}").into()));
+            env.push((
+                "HANDLES_QUARANTINE".into(),
+                opts.quarantine.to_string().into(),
+            ));
+            env.push((
+                "HANDLES_STACK_DEPTH".into(),
+                opts.stack_depth.to_string().into(),
+            ));
+        }
         env.push(("HANDLES_JOB".into(), std::process::id().to_string().into()));
         let mut argv = vec![opts.program.clone()];
         argv.extend(opts.args.iter().cloned());
@@ -334,6 +372,7 @@ impl Job {
             tree: Default::default(),
             log,
             published: HashMap::new(),
+            shim_injected: opts.shim.is_some(),
             opts,
         };
         let mixer = random_u64() as u32;
@@ -358,6 +397,7 @@ impl Job {
                 maps: None,
                 detaching: false,
                 over_budget: false,
+                shim: None,
             },
         );
         job.tree.insert(
@@ -647,6 +687,7 @@ impl Job {
                     maps: None,
                     detaching: false,
                     over_budget: false,
+                    shim: None,
                 },
             );
         }
@@ -739,6 +780,8 @@ impl Job {
             p.name = comm(tgid);
             p.maps = None;
             p.nofile = None;
+            // The new image loads its own shim, with a new table.
+            p.shim = None;
             if let Some(policy) = nested {
                 p.policy = policy;
             }
@@ -821,7 +864,20 @@ impl Job {
                 Err(_) => return Vec::new(),
             },
         };
-        self.symbolizer.symbolize(&maps, stack, true)
+        let frames = self.symbolizer.symbolize(&maps, stack, true);
+        // The shim's own frames (its wrappers, its report path) are ours,
+        // not the program's: a report starts at the program's call.
+        let mut frames: Vec<_> = frames
+            .into_iter()
+            .filter(|f| {
+                !f.module_name()
+                    .is_some_and(|m| m.starts_with("libhandles_shim"))
+            })
+            .collect();
+        for (i, f) in frames.iter_mut().enumerate() {
+            f.index = i;
+        }
+        frames
     }
 
     /// Makes the syscall at an entry stop fail with `errno` without running.

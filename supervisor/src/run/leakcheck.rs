@@ -29,8 +29,9 @@ impl Job {
         };
         let tgid = t.tgid;
         let all = self.opts.leak_mode == LeakMode::All;
-        let candidates: Vec<(i32, u32, Origin, Option<Stack>, bool)> = {
-            let table = t.table.borrow();
+        let table_ref = t.table.clone();
+        let mut candidates: Vec<(i32, u32, Origin, Option<Stack>, bool)> = {
+            let table = table_ref.borrow();
             table
                 .open_fds()
                 .filter_map(|(fd, h)| {
@@ -47,6 +48,62 @@ impl Job {
                 })
                 .collect()
         };
+        // What the shim created never stopped here: its table has those
+        // handles and their creation stacks (return addresses only, so
+        // frame 0 is pointed into its call instruction for the symbolizer).
+        if let Some(shim) = self.procs.get_mut(&tgid).and_then(|p| {
+            if p.shim.is_none() && self.shim_injected {
+                p.shim = ShimTable::find(tgid);
+            }
+            p.shim.as_ref()
+        }) {
+            let table = table_ref.borrow();
+            for (fd, pcs, generation) in shim.open_fds() {
+                if table.is_hidden(fd) {
+                    continue;
+                }
+                // Found open by a check before the leak check: the shim
+                // knows where it came from.
+                if let Some(c) = candidates
+                    .iter_mut()
+                    .find(|c| c.0 == fd && c.2 == Origin::Discovered && c.3.is_none())
+                {
+                    if !pcs.is_empty() {
+                        let mut v = pcs;
+                        v[0] = v[0].saturating_sub(1);
+                        c.2 = Origin::Shim;
+                        c.3 = Some(Arc::new(v));
+                    }
+                    continue;
+                }
+                if table.is_open(fd) {
+                    continue;
+                }
+                // The shim registers what it finds open at start-up without
+                // a stack: those are inherited.
+                let inherited = pcs.is_empty();
+                if !all && inherited {
+                    continue;
+                }
+                let stack = (!pcs.is_empty()).then(|| {
+                    let mut v = pcs;
+                    v[0] = v[0].saturating_sub(1);
+                    Arc::new(v)
+                });
+                let origin = if inherited {
+                    Origin::Inherited
+                } else {
+                    Origin::Shim
+                };
+                candidates.push((
+                    fd,
+                    table.value_of(fd, generation).0,
+                    origin,
+                    stack,
+                    inherited,
+                ));
+            }
+        }
         if candidates.is_empty() {
             return;
         }
@@ -74,6 +131,7 @@ impl Job {
                 Origin::Syscall(s) => s.to_string(),
                 Origin::Received => "recvmsg (SCM_RIGHTS)".into(),
                 Origin::Discovered => "an untraced call".into(),
+                Origin::Shim => "the shim".into(),
                 Origin::Inherited => "inherited".into(),
             };
             let key: Vec<u64> = stack.as_ref().map(|s| s.to_vec()).unwrap_or_default();

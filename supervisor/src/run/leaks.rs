@@ -138,6 +138,10 @@ pub fn render(p: &ProcessLeaks, stacks: &[Vec<Frame>]) -> String {
             types.join(", "),
             if g.handles.iter().all(|h| h.inherited) {
                 "inherited".to_string()
+            } else if origin == "the shim" {
+                "created through the shim at".to_string()
+            } else if origin.contains(' ') {
+                format!("created by {origin} at")
             } else {
                 format!("created by {origin}() at")
             }

@@ -20,6 +20,7 @@ pub mod output;
 pub mod publish;
 mod quarantine;
 pub mod report;
+mod shimtable;
 pub mod spawn;
 pub mod syscalls;
 pub mod tracer;
