@@ -489,3 +489,19 @@ fn max_handles_raises_an_exception_past_the_budget() {
     let o = run(&["--max-handles", "100"], &fixture("leaks"), "many");
     assert_eq!(o.status.code(), Some(0), "{}", stderr_of(&o));
 }
+
+#[test]
+fn with_the_shim_leaks_carry_the_shims_creation_stacks() {
+    for mode in ["basic", "child"] {
+        let o = run(&["--shim", "--leak-check"], &fixture("leaks"), mode);
+        let stderr = stderr_of(&o);
+        let r = process_reports(&stderr);
+        assert_eq!(r.len(), 1, "{mode}\n{stderr}");
+        assert_group(&r[0], "file", "leak_file", "file");
+        if mode == "basic" {
+            assert_group(&r[0], "pipe", "leak_pipe", "pipe");
+            assert_group(&r[0], "socket", "leak_socket", "socket");
+            assert!(summary(&stderr).contains("4 handles to 3 objects"), "{stderr}");
+        }
+    }
+}

@@ -1850,3 +1850,29 @@ fn a_debugger_under_supervision_gets_a_clear_error_not_a_hang() {
         describe(&o)
     );
 }
+
+#[test]
+fn with_the_shim_the_report_names_the_function_and_both_stacks() {
+    // The shim quarantines the close itself and lets the stale write
+    // through without its cookie: the supervisor reports it with the
+    // shim's recorded stacks.
+    let prog = fixture("run_bugs");
+    let dir = scratch("shim_reuse");
+    let o = handles_run(&[
+        OsStr::new("--shim"),
+        OsStr::new("--"),
+        prog.as_os_str(),
+        OsStr::new("reuse"),
+        dir.as_os_str(),
+    ]);
+    assert_code(&o, 133);
+    let stderr = stderr_of(&o);
+    assert!(stderr.contains("use of a closed handle"), "{stderr}");
+    assert!(stderr.contains("in use_after_close at "), "{stderr}");
+    assert!(stderr.contains("in close_first_file at "), "{stderr}");
+    assert!(stderr.contains("in open_first_file at "), "{stderr}");
+    assert!(
+        !stderr.contains("libhandles_shim"),
+        "the shim's own frames are not the program's\n{stderr}"
+    );
+}
