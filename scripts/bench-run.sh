@@ -43,6 +43,11 @@ row "handles run --stack-depth 0" "$H" run --stack-depth 0 -- "$tmp/fdloop" "$N"
 row "handles run --check lifecycle" "$H" run --check lifecycle -- "$tmp/fdloop" "$N"
 row "handles run --check lifecycle --stack-depth 0" "$H" run --check lifecycle --stack-depth 0 -- "$tmp/fdloop" "$N"
 row "handles run --quarantine 0 --stack-depth 0" "$H" run --quarantine 0 --stack-depth 0 -- "$tmp/fdloop" "$N"
+row "handles run --shim" "$H" run --shim -- "$tmp/fdloop" "$N"
+SHIM=$(ls -t target/release/build/handles-*/out/libhandles_shim.so 2>/dev/null | head -1)
+if [ -n "$SHIM" ]; then
+    row "LD_PRELOAD shim alone" env LD_PRELOAD="$SHIM" "$tmp/fdloop" "$N"
+fi
 if command -v strace >/dev/null; then
     row "strace -f --seccomp-bpf -e trace=%desc" strace -f --seccomp-bpf -e trace=%desc -o /dev/null "$tmp/fdloop" "$N"
 fi
