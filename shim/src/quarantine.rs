@@ -15,7 +15,7 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 
-use handles_model::table::state;
+use handles_model::table::{state, Locked};
 
 use crate::state::{self as st, capacity, lock, slot, LIMIT, USED};
 use crate::sys;
@@ -63,13 +63,76 @@ fn evict(cap: u64) {
         if HEAD.compare_exchange(h, h + k, AcqRel, Acquire).is_err() {
             continue;
         }
+        let mut batch = [0i32; BATCH];
+        let mut nb = 0;
         for i in h..h + k {
             let e = RING_SLOTS[i as usize % RING].load(Acquire);
-            if e >> 32 == (i + 1) & 0xffff_ffff {
-                release(e as u32 as i32);
+            if e >> 32 != (i + 1) & 0xffff_ffff {
+                continue;
+            }
+            batch[nb] = e as u32 as i32;
+            nb += 1;
+            if nb == BATCH {
+                release_batch(&mut batch[..nb]);
+                nb = 0;
             }
         }
+        release_batch(&mut batch[..nb]);
         return;
+    }
+}
+
+const BATCH: usize = 64;
+
+/// Releases a batch of tombstones, closing runs of consecutive numbers
+/// with one close_range each (a loop that churns fds quarantines mostly
+/// consecutive numbers). Slots are locked in ascending order, so two
+/// threads evicting at once cannot deadlock; every other writer holds at
+/// most one slot lock.
+fn release_batch(fds: &mut [i32]) {
+    fds.sort_unstable();
+    let mut i = 0;
+    while i < fds.len() {
+        // The run fds[i..j]: consecutive, still tombstones, all locked.
+        let mut locks: [Option<Locked>; BATCH] = [const { None }; BATCH];
+        let mut j = i;
+        while j < fds.len() && (j == i || fds[j] == fds[j - 1] + 1) {
+            let fd = fds[j];
+            let Some(s) = slot(fd) else { break };
+            if s.state.load(Relaxed) != state::TOMBSTONE {
+                break;
+            }
+            let l = lock(s);
+            if s.load(&l).state != state::TOMBSTONE {
+                st::unlock(fd, s, l);
+                break;
+            }
+            locks[j - i] = Some(l);
+            j += 1;
+        }
+        if j == i {
+            // fds[i] is no tombstone any more (reused, or released).
+            i += 1;
+            continue;
+        }
+        let (lo, hi) = (fds[i], fds[j - 1]);
+        if lo == hi {
+            sys::close(lo);
+        } else {
+            // SAFETY: closing a run of the shim's own tombstones, each
+            // locked above.
+            unsafe { sys::sc(libc::SYS_close_range, [lo as u64, hi as u64, 0, 0, 0, 0]) };
+        }
+        for (fd, l) in (lo..=hi).zip(locks.iter_mut()) {
+            if let (Some(s), Some(l)) = (slot(fd), l.take()) {
+                let mut v = s.load(&l);
+                v.state = state::FREE;
+                s.store(&l, v);
+                st::unlock(fd, s, l);
+                USED.fetch_sub(1, Relaxed);
+            }
+        }
+        i = j;
     }
 }
 

@@ -258,6 +258,9 @@ fn module_is(pc: u64, name: &[u8]) -> bool {
 
 /// Raises the policy's consequence on the calling thread.
 pub fn apply(after: After) {
+    if after == After::Nothing {
+        return;
+    }
     let pid = sys::getpid();
     match after {
         After::Nothing => {}

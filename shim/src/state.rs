@@ -97,10 +97,25 @@ fn stacks_at(base: *mut u8, cap: u32, fd: i32) -> &'static SlotStacks {
     }
 }
 
-/// Copies slot `fd` (value and stacks) from the private table to the
-/// published one, as one seqlocked write. The caller holds the private
-/// slot's lock, so it is the only writer of the published slot.
+thread_local! {
+    /// Which stack records of the slot being written changed (bit 0:
+    /// creation, bit 1: close), so that publishing copies only those.
+    static DIRTY: Cell<u8> = const { Cell::new(0) };
+}
+
+const DIRTY_CREATED: u8 = 1;
+const DIRTY_CLOSED: u8 = 2;
+
+fn mark_dirty(bits: u8) {
+    DIRTY.with(|d| d.set(d.get() | bits));
+}
+
+/// Copies slot `fd` from the private table to the published one, as one
+/// seqlocked write: the value, and the stack records that changed. The
+/// caller holds the private slot's lock, so it is the only writer of the
+/// published slot.
 fn publish(fd: i32, s: &Slot, l: &Locked) {
+    let dirty = DIRTY.with(|d| d.replace(0));
     let cap = CAP.load(Relaxed);
     let base = BASE.load(Relaxed);
     let pb = PUB.load(Relaxed);
@@ -110,7 +125,15 @@ fn publish(fd: i32, s: &Slot, l: &Locked) {
     let p = slot_at(pb, fd);
     let pl = p.try_lock().unwrap_or_else(|| p.steal_lock());
     p.store(&pl, s.load(l));
-    stacks_at(pb, cap, fd).copy_from(&pl, stacks_at(base, cap, fd));
+    if dirty != 0 {
+        let (dst, src) = (stacks_at(pb, cap, fd), stacks_at(base, cap, fd));
+        if dirty & DIRTY_CREATED != 0 {
+            dst.set_created(&pl, src.created_stack().frames());
+        }
+        if dirty & DIRTY_CLOSED != 0 {
+            dst.set_closed(&pl, src.closed_stack().frames());
+        }
+    }
     p.unlock(pl);
 }
 
@@ -195,6 +218,7 @@ pub fn created_locked(fd: i32, s: &Slot, l: &Locked, ty: u32, pcs: &Pcs) {
     );
     if let Some(st) = stacks(fd) {
         st.set_created(l, pcs.frames());
+        mark_dirty(DIRTY_CREATED | DIRTY_CLOSED);
     }
     if !counted(old.state) {
         USED.fetch_add(1, Relaxed);
@@ -213,6 +237,7 @@ pub fn adopt(fd: i32) {
         s.store(&l, v);
         if let Some(st) = stacks(fd) {
             st.set_created(&l, &[]);
+            mark_dirty(DIRTY_CREATED | DIRTY_CLOSED);
         }
         USED.fetch_add(1, Relaxed);
     }
@@ -232,6 +257,7 @@ pub fn closed_locked(fd: i32, s: &Slot, l: &Locked, tombstone: bool, pcs: &Pcs) 
     s.store(l, v);
     if let Some(st) = stacks(fd) {
         st.set_closed(l, pcs.frames());
+        mark_dirty(DIRTY_CLOSED);
     }
     if counted(was) && !tombstone {
         USED.fetch_sub(1, Relaxed);
