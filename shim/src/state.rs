@@ -13,13 +13,14 @@ use crate::sys;
 /// Set once the constructor has published the table; never in a setuid
 /// context. Every wrapper is a plain pass-through while it is false.
 pub static ACTIVE: AtomicBool = AtomicBool::new(false);
-/// The authoritative table: a private anonymous mapping, so that fork
-/// gives the child an exact snapshot (the shared memfd would keep
-/// changing under the child, written by the parent's other threads).
-static BASE: AtomicPtr<u8> = AtomicPtr::new(ptr::null_mut());
-/// The published copy in the memfd that readers map, updated under the
-/// slot's lock on every write.
+/// The table in the memfd: what readers map, what a supervisor may update
+/// (under the same slot locks), and what the wrappers check.
 static PUB: AtomicPtr<u8> = AtomicPtr::new(ptr::null_mut());
+/// A private anonymous mirror of the shim's own writes, made under the
+/// slot lock. It exists for fork: the child gets an exact copy of it at
+/// the instant of the fork, while the shared memfd keeps changing under
+/// the child (the parent's other threads go on writing it).
+static BASE: AtomicPtr<u8> = AtomicPtr::new(ptr::null_mut());
 static CAP: AtomicU32 = AtomicU32::new(0);
 pub static TABLE_FD: AtomicI32 = AtomicI32::new(-1);
 pub static TOMB_SRC: AtomicI32 = AtomicI32::new(-1);
@@ -64,18 +65,20 @@ pub fn active() -> bool {
 #[inline(always)]
 pub fn slot(fd: i32) -> Option<&'static Slot> {
     let cap = CAP.load(Relaxed);
-    if (fd as u32) >= cap {
+    let pb = PUB.load(Relaxed);
+    if (fd as u32) >= cap || pb.is_null() {
         return None;
     }
-    Some(slot_at(BASE.load(Relaxed), fd))
+    Some(slot_at(pb, fd))
 }
 
 pub fn stacks(fd: i32) -> Option<&'static SlotStacks> {
     let cap = CAP.load(Relaxed);
-    if (fd as u32) >= cap {
+    let pb = PUB.load(Relaxed);
+    if (fd as u32) >= cap || pb.is_null() {
         return None;
     }
-    Some(stacks_at(BASE.load(Relaxed), cap, fd))
+    Some(stacks_at(pb, cap, fd))
 }
 
 /// The slot's state, one relaxed load: the wrappers' fast path.
@@ -110,11 +113,10 @@ fn mark_dirty(bits: u8) {
     DIRTY.with(|d| d.set(d.get() | bits));
 }
 
-/// Copies slot `fd` from the private table to the published one, as one
-/// seqlocked write: the value, and the stack records that changed. The
-/// caller holds the private slot's lock, so it is the only writer of the
-/// published slot.
-fn publish(fd: i32, s: &Slot, l: &Locked) {
+/// Mirrors slot `fd` (the value, and the stack records that changed)
+/// into the private copy. The caller holds the slot's lock, so it is the
+/// only writer of the mirror slot.
+fn mirror(fd: i32, s: &Slot, l: &Locked) {
     let dirty = DIRTY.with(|d| d.replace(0));
     let cap = CAP.load(Relaxed);
     let base = BASE.load(Relaxed);
@@ -122,24 +124,24 @@ fn publish(fd: i32, s: &Slot, l: &Locked) {
     if (fd as u32) >= cap || pb.is_null() || base.is_null() {
         return;
     }
-    let p = slot_at(pb, fd);
-    let pl = p.try_lock().unwrap_or_else(|| p.steal_lock());
-    p.store(&pl, s.load(l));
+    let m = slot_at(base, fd);
+    let ml = m.steal_lock();
+    m.store(&ml, s.load(l));
     if dirty != 0 {
-        let (dst, src) = (stacks_at(pb, cap, fd), stacks_at(base, cap, fd));
+        let (dst, src) = (stacks_at(base, cap, fd), stacks_at(pb, cap, fd));
         if dirty & DIRTY_CREATED != 0 {
-            dst.set_created(&pl, src.created_stack().frames());
+            dst.set_created(&ml, src.created_stack().frames());
         }
         if dirty & DIRTY_CLOSED != 0 {
-            dst.set_closed(&pl, src.closed_stack().frames());
+            dst.set_closed(&ml, src.closed_stack().frames());
         }
     }
-    p.unlock(pl);
+    m.unlock(ml);
 }
 
-/// Publishes slot `fd` and releases its lock.
+/// Mirrors slot `fd` and releases its lock.
 pub fn unlock(fd: i32, s: &Slot, l: Locked) {
-    publish(fd, s, &l);
+    mirror(fd, s, &l);
     s.unlock(l);
 }
 
@@ -554,13 +556,9 @@ pub extern "C" fn after_fork_child() {
     };
     let mixer = sys::random_u32();
     for i in 0..cap as i32 {
+        // The mirror: this child's exact copy of the parent's table at the
+        // fork (a slot a thread of the parent was writing may be torn).
         let s = slot_at(base, i);
-        if s.seq.load(Relaxed) & 1 != 0 {
-            // A thread of the parent was writing this slot when it forked;
-            // that thread does not exist here.
-            let l = s.steal_lock();
-            s.unlock(l);
-        }
         if s.state.load(Relaxed) == state::FREE && s.generation.load(Relaxed) == 0 {
             continue;
         }

@@ -629,6 +629,53 @@ fn generation_changes_when_a_number_is_reused() {
 }
 
 #[test]
+fn the_shim_honours_what_a_supervisor_writes_to_its_table() {
+    // A supervisor that sees a close the shim missed (a raw syscall, a
+    // libc-internal close) marks the slot in the shim's table; the shim's
+    // next check of that fd follows the table.
+    let mut d = Driven::start(&[("HANDLES_POLICY", "v1,bad-handle=deny")]);
+    let pid = d.child.id();
+    let a = d.open();
+    let first = d.ask(&format!("read {a}"));
+    assert!(first.starts_with("read ") && first != "read -1", "{first}");
+    let t = LiveTable::open(pid);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/{pid}/fd/{}", t.fd))
+        .expect("open the table for writing");
+    // SAFETY: a shared read-write mapping of the table, as a supervisor
+    // makes it.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            t.len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(base, libc::MAP_FAILED);
+    // SAFETY: slot `a` lies inside the mapping; all atomics.
+    let slot = unsafe {
+        &*((base as *const u8)
+            .add(handles_model::table::HEADER_SIZE + a as usize * handles_model::table::SLOT_SIZE)
+            as *const handles_model::table::Slot)
+    };
+    let mut v = slot.read(100).expect("consistent");
+    v.state = state::TOMBSTONE;
+    slot.write(v);
+    assert_eq!(
+        d.ask(&format!("read {a}")),
+        "read -1",
+        "the shim denies a use of a slot marked closed"
+    );
+    // SAFETY: our mapping.
+    unsafe { libc::munmap(base, t.len) };
+}
+
+#[test]
 fn tables_read_consistently_while_eight_threads_churn() {
     let mut child = preloaded(&fixture("shim_churn"))
         .arg("2500")
