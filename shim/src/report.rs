@@ -158,10 +158,29 @@ pub fn bad_handle(what: Op, fd: i32, call: &Call, frame: usize) -> Verdict {
         // Under the supervisor: re-issue the call without the cookie so
         // that it stops there and writes the full, symbolized report (it
         // reads this table to see the tombstone).
-        // SAFETY: the program's own call and arguments, unchanged.
-        let r = unsafe { sys::raw(call.nr, call.args) };
+        if call.nr >= 0 {
+            // SAFETY: the program's own call and arguments, unchanged.
+            let r = unsafe { sys::raw(call.nr, call.args) };
+            return Verdict {
+                result: Some(r),
+                after: After::Nothing,
+            };
+        }
+        // A libc function (fclose, fdopen, ...): the supervisor is shown
+        // the syscall it stands for, close(fd) or fstat(fd).
+        // SAFETY: an all-zero stat is a valid buffer for fstat.
+        let mut stat: libc::stat = unsafe { core::mem::zeroed() };
+        let (nr, args) = match what {
+            Op::Close => (libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]),
+            _ => (
+                libc::SYS_fstat,
+                [fd as u64, &mut stat as *mut libc::stat as u64, 0, 0, 0, 0],
+            ),
+        };
+        // SAFETY: close/fstat of the program's fd into a local buffer.
+        unsafe { sys::raw(nr, args) };
         return Verdict {
-            result: if call.nr < 0 { ebadf } else { Some(r) },
+            result: ebadf,
             after: After::Nothing,
         };
     }
