@@ -891,3 +891,98 @@ fn git_behaves_as_natively() {
         }
     }
 }
+
+/// Runs `prog args` natively and under the shim with RLIMIT_NOFILE = `nofile`.
+fn with_nofile(prog: &Path, args: &[&str], nofile: u64, pre: bool) -> Output {
+    use std::os::unix::process::CommandExt;
+    let mut c = if pre { preloaded(prog) } else { command(prog) };
+    c.args(args);
+    // SAFETY: setrlimit is async-signal-safe and touches only the child.
+    unsafe {
+        c.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: nofile,
+                rlim_max: nofile,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    run(c)
+}
+
+#[test]
+fn fd_pressure_select_bound_and_daemonize() {
+    let prog = fixture("shim_pressure");
+    let counts = |o: &Output| -> Vec<i64> {
+        stdout(o)
+            .lines()
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect()
+    };
+    let native = with_nofile(&prog, &["fill"], 300, false);
+    let shimmed = with_nofile(&prog, &["fill"], 300, true);
+    let (n, s) = (counts(&native), counts(&shimmed));
+    assert_eq!(n.len(), 3, "{}", stdout(&native));
+    assert_eq!(s.len(), 3, "{}", stdout(&shimmed));
+    // Filling the table, closing everything and filling it again never
+    // hits EMFILE early: the quarantine yields. The shim keeps one fd of
+    // its own (the table).
+    for (a, b) in n.iter().zip(&s) {
+        assert!(*b >= a - 1, "native {n:?} shim {s:?}");
+    }
+    assert!(
+        s.iter().all(|&x| x == s[0]),
+        "every round gets as many fds: {s:?}"
+    );
+    assert!(
+        !stderr(&shimmed).contains("handles:"),
+        "{}",
+        stderr(&shimmed)
+    );
+
+    let o = with_nofile(&prog, &["select"], 4096, true);
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert!(stdout(&o).contains("select ok"), "{}", stdout(&o));
+
+    let o = run({
+        let mut c = preloaded(&prog);
+        c.arg("daemon");
+        c
+    });
+    assert!(
+        stdout(&o).contains("open gets 0"),
+        "fd 0 is never quarantined: {}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn signal_handlers_that_open_and_close() {
+    let mut c = preloaded(&fixture("shim_signals"));
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn");
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("deadlock: a signal handler's close never returned");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let o = child.wait_with_output().expect("output");
+    assert!(o.status.success(), "{:?} {}", o.status, stderr(&o));
+    assert!(
+        stdout(&o).contains("loops many handled many probe low"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(!stderr(&o).contains("handles:"), "{}", stderr(&o));
+}
