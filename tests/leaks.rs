@@ -191,7 +191,7 @@ fn scm_rights_received_fds_and_anonymous_kinds_leak_too() {
     let r = process_reports(&stderr);
     assert_eq!(r.len(), 1, "{stderr}");
     assert!(
-        r[0].contains("created by recvmsg (SCM_RIGHTS)()"),
+        r[0].contains("created by recvmsg (SCM_RIGHTS) at"),
         "{stderr}"
     );
     assert!(r[0].contains("in receive_fd at "), "{stderr}");
