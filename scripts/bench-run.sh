@@ -43,6 +43,7 @@ row "handles run --stack-depth 0" "$H" run --stack-depth 0 -- "$tmp/fdloop" "$N"
 row "handles run --check lifecycle" "$H" run --check lifecycle -- "$tmp/fdloop" "$N"
 row "handles run --check lifecycle --stack-depth 0" "$H" run --check lifecycle --stack-depth 0 -- "$tmp/fdloop" "$N"
 row "handles run --quarantine 0 --stack-depth 0" "$H" run --quarantine 0 --stack-depth 0 -- "$tmp/fdloop" "$N"
+row "handles run --leak-check" "$H" run --leak-check -- "$tmp/fdloop" "$N"
 row "handles run --shim" "$H" run --shim -- "$tmp/fdloop" "$N"
 SHIM=$(ls -t target/release/build/handles-*/out/libhandles_shim.so 2>/dev/null | head -1)
 if [ -n "$SHIM" ]; then
@@ -54,3 +55,15 @@ fi
 if command -v valgrind >/dev/null; then
     row "valgrind --track-fds=yes" valgrind -q --track-fds=yes "$tmp/fdloop" "$N"
 fi
+
+# A real multi-process workload: a shell spawning short-lived processes
+# that open, read and pipe files (leak check on and off).
+WORK='for i in $(seq 150); do cat /etc/hostname /etc/passwd | wc -l >/dev/null; done'
+echo
+echo "multi-process workload (bash, 150 x cat | wc), median of $RUNS"
+native=$(median bash -c "$WORK")
+printf '%-44s %8.3f s %8.1fx native\n' "native" "$native" 1
+row "handles run" "$H" run -- bash -c "$WORK"
+row "handles run --leak-check" "$H" run --leak-check -- bash -c "$WORK"
+row "handles run --shim" "$H" run --shim -- bash -c "$WORK"
+row "handles run --shim --leak-check" "$H" run --shim --leak-check -- bash -c "$WORK"
