@@ -305,6 +305,16 @@ fn bug_after_exec_vfork_and_posix_spawn() {
 }
 
 #[test]
+fn a_close_sweep_in_a_forked_child_is_no_double_close() {
+    let o = bugs("sweep-child", &[]);
+    assert!(o.status.success(), "{:?}\n{}", o.status, stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("child exited 0"), "{out}\n{}", stderr(&o));
+    assert!(out.contains("parent keeps its fd: yes"), "{out}");
+    assert!(!stderr(&o).contains("handles:"), "{}", stderr(&o));
+}
+
+#[test]
 fn policy_actions() {
     for (action, survives) in [("allow", true), ("deny", true)] {
         let o = bugs(
