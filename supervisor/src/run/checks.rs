@@ -121,6 +121,45 @@ impl Job {
         }
     }
 
+    /// The fields every exception report shares: who, where, which call.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn report_head(
+        &self,
+        condition: String,
+        kind: String,
+        fd: Option<i32>,
+        action: String,
+        tid: i32,
+        tgid: i32,
+        desc: &Desc,
+        regs: &Regs,
+    ) -> ExceptionReport {
+        ExceptionReport {
+            condition,
+            kind,
+            fd,
+            action,
+            pid: tgid,
+            tid,
+            process_name: self
+                .procs
+                .get(&tgid)
+                .map(|p| p.name.clone())
+                .unwrap_or_default(),
+            thread_name: comm(tid),
+            syscall: format_syscall(
+                desc.name,
+                &tracer::args(regs),
+                desc.nargs as usize,
+                desc.fd_args | desc.dirfd_args,
+            ),
+            handle: None,
+            what: String::new(),
+            outcome: String::new(),
+            sections: Vec::new(),
+        }
+    }
+
     /// What the shim's table of `tgid` says of `fd` (looked up lazily: the
     /// shim makes its table in its constructor, after the loader's opens).
     pub(super) fn shim_says(&mut self, tgid: i32, fd: i32) -> ShimSays {
@@ -397,28 +436,20 @@ impl Job {
             });
         }
         let report = ExceptionReport {
-            condition: "bad-handle".into(),
-            kind: kind.into(),
-            fd: Some(fd),
-            action: action.to_string(),
-            pid: tgid,
-            tid,
-            process_name: self
-                .procs
-                .get(&tgid)
-                .map(|p| p.name.clone())
-                .unwrap_or_default(),
-            thread_name: comm(tid),
-            syscall: format_syscall(
-                desc.name,
-                &tracer::args(&regs),
-                desc.nargs as usize,
-                desc.fd_args | desc.dirfd_args,
-            ),
             handle,
             what: what.into(),
             outcome,
             sections,
+            ..self.report_head(
+                "bad-handle".into(),
+                kind.into(),
+                Some(fd),
+                action.to_string(),
+                tid,
+                tgid,
+                desc,
+                &regs,
+            )
         };
         self.emit(&report);
         if deny {
@@ -468,24 +499,6 @@ impl Job {
             };
             let wanted: Vec<&str> = expected.iter().map(|t| t.name()).collect();
             let report = ExceptionReport {
-                condition: "wrong-object".into(),
-                kind: "wrong-object".into(),
-                fd: Some(fd),
-                action: action.to_string(),
-                pid: tgid,
-                tid,
-                process_name: self
-                    .procs
-                    .get(&tgid)
-                    .map(|p| p.name.clone())
-                    .unwrap_or_default(),
-                thread_name: comm(tid),
-                syscall: format_syscall(
-                    desc.name,
-                    &tracer::args(&regs),
-                    desc.nargs as usize,
-                    desc.fd_args | desc.dirfd_args,
-                ),
                 handle: Some(format!("{value}: {}", ty.name())),
                 what: format!(
                     "{}() on a {} handle; it needs a {}",
@@ -505,6 +518,16 @@ impl Job {
                     title: "backtrace".into(),
                     frames,
                 }],
+                ..self.report_head(
+                    "wrong-object".into(),
+                    "wrong-object".into(),
+                    Some(fd),
+                    action.to_string(),
+                    tid,
+                    tgid,
+                    desc,
+                    &regs,
+                )
             };
             self.emit(&report);
         }
@@ -531,24 +554,6 @@ impl Job {
         let stack = self.capture_stack(tid, tgid, Some(entry));
         let frames = self.symbolize(tgid, stack.as_ref());
         let report = ExceptionReport {
-            condition: "max-handles".into(),
-            kind: "max-handles".into(),
-            fd,
-            action: "allow-exception".into(),
-            pid: tgid,
-            tid,
-            process_name: self
-                .procs
-                .get(&tgid)
-                .map(|p| p.name.clone())
-                .unwrap_or_default(),
-            thread_name: comm(tid),
-            syscall: format_syscall(
-                desc.name,
-                &tracer::args(entry),
-                desc.nargs as usize,
-                desc.fd_args | desc.dirfd_args,
-            ),
             handle: fd.map(|f| format!("fd {f}: the newest")),
             what: format!(
                 "the process holds {count} handles, over its budget of {max} (--max-handles)"
@@ -558,6 +563,16 @@ impl Job {
                 title: "backtrace".into(),
                 frames,
             }],
+            ..self.report_head(
+                "max-handles".into(),
+                "max-handles".into(),
+                fd,
+                "allow-exception".into(),
+                tid,
+                tgid,
+                desc,
+                entry,
+            )
         };
         self.emit(&report);
         self.raise(tid, tgid, Action::AllowException);
@@ -629,24 +644,6 @@ impl Job {
             let stack = self.capture_stack(tid, tgid, Some(&regs));
             let frames = self.symbolize(tgid, stack.as_ref());
             let report = ExceptionReport {
-                condition: condition.to_string(),
-                kind: condition.to_string(),
-                fd: Some(fd),
-                action: action.to_string(),
-                pid: tgid,
-                tid,
-                process_name: self
-                    .procs
-                    .get(&tgid)
-                    .map(|p| p.name.clone())
-                    .unwrap_or_default(),
-                thread_name: comm(tid),
-                syscall: format_syscall(
-                    desc.name,
-                    &tracer::args(entry),
-                    desc.nargs as usize,
-                    desc.fd_args | desc.dirfd_args,
-                ),
                 handle: Some(format!("fd {fd}: new {ty}")),
                 what: format!("creation of a {ty} handle"),
                 outcome: if deny {
@@ -658,6 +655,16 @@ impl Job {
                     title: "backtrace".into(),
                     frames,
                 }],
+                ..self.report_head(
+                    condition.to_string(),
+                    condition.to_string(),
+                    Some(fd),
+                    action.to_string(),
+                    tid,
+                    tgid,
+                    desc,
+                    entry,
+                )
             };
             self.emit(&report);
             self.raise(tid, tgid, action);

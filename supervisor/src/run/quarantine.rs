@@ -93,17 +93,7 @@ impl Job {
                     // The source is gone (closed by the program under
                     // another name): close for real and plant anew next time.
                     table.borrow_mut().set_tomb_src(None);
-                    let (_, exit) = tracer::inject_at_exit(
-                        tid,
-                        &exit,
-                        libc::SYS_close,
-                        [fd as u64, self.cookie, 0, 0, 0, 0],
-                        &mut self.deferred,
-                    )?;
-                    let mut done = *entry;
-                    done.rax = exit.rax;
-                    tracer::setregs(tid, &done)?;
-                    return Ok(false);
+                    return self.close_for_real(tid, &exit, entry, fd);
                 }
             }
             None => {
@@ -126,33 +116,11 @@ impl Job {
                             &mut self.deferred,
                         )?;
                         if ret != fd as i64 {
-                            let (_, exit) = tracer::inject_at_exit(
-                                tid,
-                                &exit,
-                                libc::SYS_close,
-                                [fd as u64, self.cookie, 0, 0, 0, 0],
-                                &mut self.deferred,
-                            )?;
-                            let mut done = *entry;
-                            done.rax = exit.rax;
-                            tracer::setregs(tid, &done)?;
-                            return Ok(false);
+                            return self.close_for_real(tid, &exit, entry, fd);
                         }
                         exit
                     }
-                    None => {
-                        let (_, exit) = tracer::inject_at_exit(
-                            tid,
-                            &exit,
-                            libc::SYS_close,
-                            [fd as u64, self.cookie, 0, 0, 0, 0],
-                            &mut self.deferred,
-                        )?;
-                        let mut done = *entry;
-                        done.rax = exit.rax;
-                        tracer::setregs(tid, &done)?;
-                        return Ok(false);
-                    }
+                    None => return self.close_for_real(tid, &exit, entry, fd),
                 }
             }
         };
@@ -191,6 +159,28 @@ impl Job {
         done.rax = 0;
         tracer::setregs(tid, &done)?;
         Ok(true)
+    }
+
+    /// The quarantine could not take `fd`: close it plainly from the exit
+    /// stop at `state` and give the program close's own result.
+    fn close_for_real(
+        &mut self,
+        tid: i32,
+        state: &Regs,
+        entry: &Regs,
+        fd: i32,
+    ) -> Result<bool, InjectError> {
+        let (_, exit) = tracer::inject_at_exit(
+            tid,
+            state,
+            libc::SYS_close,
+            [fd as u64, self.cookie, 0, 0, 0, 0],
+            &mut self.deferred,
+        )?;
+        let mut done = *entry;
+        done.rax = exit.rax;
+        tracer::setregs(tid, &done)?;
+        Ok(false)
     }
 
     /// Opens `/` with O_PATH|O_CLOEXEC in the tracee and moves it high, to
