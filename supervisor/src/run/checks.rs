@@ -160,6 +160,19 @@ impl Job {
         }
     }
 
+    /// `object_facts_at` through the process's cached /proc/PID/fd dirfd.
+    pub(super) fn object_facts(&mut self, tgid: i32, fd: i32) -> ObjectFacts {
+        let Some(p) = self.procs.get_mut(&tgid) else {
+            return object_facts_at(None, tgid, fd);
+        };
+        if p.fd_dir.is_none() {
+            p.fd_dir = std::fs::File::open(format!("/proc/{tgid}/fd"))
+                .ok()
+                .map(std::os::fd::OwnedFd::from);
+        }
+        object_facts_at(p.fd_dir.as_ref(), tgid, fd)
+    }
+
     /// What the shim's table of `tgid` says of `fd` (looked up lazily: the
     /// shim makes its table in its constructor, after the loader's opens).
     pub(super) fn shim_says(&mut self, tgid: i32, fd: i32) -> ShimSays {
@@ -246,7 +259,7 @@ impl Job {
             let action = self.policy_of(tgid).get(Condition::WrongObject).action;
             let fd = a[0] as i32;
             if action != Action::Allow && fd >= 0 {
-                let facts = object_facts(tgid, fd);
+                let facts = self.object_facts(tgid, fd);
                 let ty = refine_socket(
                     tgid,
                     fd,
@@ -591,7 +604,7 @@ impl Job {
         let policy = self.policy_of(tgid);
         let mut worst: Option<(Action, &'static str, i32)> = None;
         for &fd in fds {
-            let facts = object_facts(tgid, fd);
+            let facts = self.object_facts(tgid, fd);
             let ty = ObjType::from_name(facts.ty).unwrap_or(ObjType::Unknown);
             let ty = refine_socket(tgid, fd, ty);
             let action = policy.action_for_new(ty);
@@ -727,19 +740,53 @@ pub(super) fn refine_socket(tgid: i32, fd: i32, ty: ObjType) -> ObjType {
     }
 }
 
-/// Type, koid and link target of an open fd, from /proc: what a later
-/// report says the handle was.
-pub(super) fn object_facts(tgid: i32, fd: i32) -> ObjectFacts {
-    let path = format!("/proc/{tgid}/fd/{fd}");
-    let Ok(target) = std::fs::read_link(&path) else {
-        return ObjectFacts::default();
+/// Type, koid and link target of an open fd, read through the process's
+/// `/proc/PID/fd` directory fd (`dir`) when there is one: what a later
+/// report says the handle was. Taken at every close, so it avoids the full
+/// /proc path walk.
+pub(super) fn object_facts_at(
+    dir: Option<&std::os::fd::OwnedFd>,
+    tgid: i32,
+    fd: i32,
+) -> ObjectFacts {
+    use std::os::fd::AsRawFd;
+    let name = std::ffi::CString::new(fd.to_string()).unwrap_or_default();
+    let mut buf = [0u8; 4096];
+    let (n, dirfd, cpath) = match dir {
+        Some(d) => {
+            // SAFETY: name is NUL-terminated and buf writable for its length.
+            let n = unsafe {
+                libc::readlinkat(
+                    d.as_raw_fd(),
+                    name.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
+            (n, d.as_raw_fd(), name.clone())
+        }
+        None => {
+            let path = std::ffi::CString::new(format!("/proc/{tgid}/fd/{fd}")).unwrap_or_default();
+            // SAFETY: as above, with an absolute path.
+            let n = unsafe { libc::readlink(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+            (n, libc::AT_FDCWD, path)
+        }
     };
-    let target = target.to_string_lossy().into_owned();
+    if n <= 0 {
+        return ObjectFacts::default();
+    }
+    let target = String::from_utf8_lossy(&buf[..n as usize]).into_owned();
+    let stat = || -> Option<libc::stat> {
+        // SAFETY: an all-zero stat is a valid value to be overwritten.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: cpath is NUL-terminated, st writable; follows the magic link.
+        (unsafe { libc::fstatat(dirfd, cpath.as_ptr(), &mut st, 0) } == 0).then_some(st)
+    };
     let (ty, koid) = match LinkTarget::parse(&target) {
         LinkTarget::Socket(i) => (ObjType::Socket, i),
         LinkTarget::Pipe(i) => (ObjType::Pipe, i),
         LinkTarget::Pidfd(i) => (ObjType::Process, i),
-        LinkTarget::Memfd(_) => (ObjType::Vmo, stat_ino(&path)),
+        LinkTarget::Memfd(_) => (ObjType::Vmo, stat().map_or(0, |s| s.st_ino)),
         LinkTarget::AnonInode(name) => (
             match name.as_str() {
                 "eventfd" => ObjType::Event,
@@ -751,24 +798,16 @@ pub(super) fn object_facts(tgid: i32, fd: i32) -> ObjectFacts {
             },
             0,
         ),
-        LinkTarget::Path(_) | LinkTarget::Other(_) => {
-            let ty = match std::fs::metadata(&path) {
-                Ok(m) if m.is_dir() => ObjType::Dir,
-                Ok(m) if m.is_file() => ObjType::File,
-                Ok(_) => ObjType::Chardev,
-                Err(_) => ObjType::Unknown,
-            };
-            (ty, stat_ino(&path))
-        }
+        LinkTarget::Path(_) | LinkTarget::Other(_) => match stat() {
+            Some(s) if s.st_mode & libc::S_IFMT == libc::S_IFDIR => (ObjType::Dir, s.st_ino),
+            Some(s) if s.st_mode & libc::S_IFMT == libc::S_IFREG => (ObjType::File, s.st_ino),
+            Some(s) => (ObjType::Chardev, s.st_ino),
+            None => (ObjType::Unknown, 0),
+        },
     };
     ObjectFacts {
         ty: ty.name(),
         koid,
         target,
     }
-}
-
-pub(super) fn stat_ino(path: &str) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).map(|m| m.ino()).unwrap_or(0)
 }

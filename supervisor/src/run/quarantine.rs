@@ -2,13 +2,12 @@
 //! number is not reused at once; planting the tombstone source, eviction,
 //! and giving numbers back under fd pressure.
 
-use super::checks::object_facts;
 use super::job::*;
 
 impl Job {
     pub(super) fn on_close(&mut self, tid: i32, tgid: i32, regs: Regs) {
         let fd = regs.rdi as i32;
-        let facts = object_facts(tgid, fd);
+        let facts = self.object_facts(tgid, fd);
         let stack = self.capture_stack(tid, tgid, Some(&regs));
         let quarantine = self.opts.quarantine > 0 && fd > 2 && self.room_for_tombstone(tid, tgid);
         if !quarantine {
