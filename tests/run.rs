@@ -1876,3 +1876,70 @@ fn with_the_shim_the_report_names_the_function_and_both_stacks() {
         "the shim's own frames are not the program's\n{stderr}"
     );
 }
+
+#[test]
+fn exec_from_a_non_leader_thread_is_followed() {
+    let prog = fixture("run_thread_exec");
+    let o = handles_run(&[OsStr::new("--"), prog.as_os_str()]);
+    assert_code(&o, 0);
+    assert_eq!(
+        stdout_of(&o),
+        "exec from a thread: ok\n",
+        "{}",
+        describe(&o)
+    );
+}
+
+#[test]
+fn a_stopped_and_continued_job_runs_to_completion() {
+    // Job control: SIGSTOP to a supervised program stops it (group-stop,
+    // kept with PTRACE_LISTEN), SIGCONT resumes it, and the job ends
+    // normally.
+    let dir = scratch("stopcont");
+    let pidfile = dir.join("pid");
+    let script = format!("echo $$ > {}; sleep 1; echo resumed", pidfile.display());
+    let watcher = {
+        let pidfile = pidfile.clone();
+        std::thread::spawn(move || -> String {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let pid = loop {
+                if let Some(p) = fs::read_to_string(&pidfile)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i32>().ok())
+                {
+                    break p;
+                }
+                if Instant::now() > deadline {
+                    return "no pid file".into();
+                }
+                sleep(Duration::from_millis(10));
+            };
+            // SAFETY: signalling the shell this test started.
+            unsafe { libc::kill(pid, libc::SIGSTOP) };
+            sleep(Duration::from_millis(300));
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+                .unwrap_or("")
+                .to_string();
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+            state
+        })
+    };
+    let o = handles_run(&[
+        OsStr::new("--"),
+        OsStr::new("sh"),
+        OsStr::new("-c"),
+        OsStr::new(&script),
+    ]);
+    let state = watcher.join().expect("watcher");
+    assert!(
+        state == "T" || state == "t",
+        "the program was stopped; state {state:?}"
+    );
+    assert_code(&o, 0);
+    assert_eq!(stdout_of(&o), "resumed\n", "{}", describe(&o));
+}
