@@ -501,7 +501,10 @@ fn with_the_shim_leaks_carry_the_shims_creation_stacks() {
         if mode == "basic" {
             assert_group(&r[0], "pipe", "leak_pipe", "pipe");
             assert_group(&r[0], "socket", "leak_socket", "socket");
-            assert!(summary(&stderr).contains("4 handles to 3 objects"), "{stderr}");
+            assert!(
+                summary(&stderr).contains("4 handles to 3 objects"),
+                "{stderr}"
+            );
         }
     }
 }
