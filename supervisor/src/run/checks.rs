@@ -5,6 +5,7 @@
 use super::fdtable::ClosedHandle;
 use super::job::*;
 use super::shimtable::{ShimSays, ShimTable};
+use crate::backtrace::Frame;
 
 impl Job {
     /// The fds a syscall uses, read from its registers (and memory for
@@ -119,6 +120,21 @@ impl Job {
                 }
             }
         }
+    }
+
+    /// The symbolized stack of the call being judged. Reports always carry
+    /// it, even with stack recording off (`--stack-depth 0`).
+    pub(super) fn offending_stack(&mut self, tid: i32, tgid: i32, regs: &Regs) -> Vec<Frame> {
+        let stack = self.capture_stack(tid, tgid, Some(regs)).or_else(|| {
+            let maps = ModuleMap::read(tgid).ok()?;
+            Some(Arc::new(self.unwinder.unwind(
+                tid,
+                &maps,
+                StartRegs::from(regs),
+                64,
+            )))
+        });
+        self.symbolize(tgid, stack.as_ref())
     }
 
     /// The fields every exception report shares: who, where, which call.
@@ -388,18 +404,7 @@ impl Job {
                 }
             }
         };
-        let stack = self.capture_stack(tid, tgid, Some(&regs)).or_else(|| {
-            // Reports always carry the offending stack, even with stack
-            // recording off.
-            let maps = ModuleMap::read(tgid).ok()?;
-            Some(Arc::new(self.unwinder.unwind(
-                tid,
-                &maps,
-                StartRegs::from(&regs),
-                64,
-            )))
-        });
-        let backtrace = self.symbolize(tgid, stack.as_ref());
+        let backtrace = self.offending_stack(tid, tgid, &regs);
         let suppressed = {
             let event = Event {
                 report: "bad-handle",
@@ -491,16 +496,7 @@ impl Job {
             action,
             Action::AllowException | Action::DenyException | Action::Kill
         ) {
-            let stack = self.capture_stack(tid, tgid, Some(&regs)).or_else(|| {
-                let maps = ModuleMap::read(tgid).ok()?;
-                Some(Arc::new(self.unwinder.unwind(
-                    tid,
-                    &maps,
-                    StartRegs::from(&regs),
-                    64,
-                )))
-            });
-            let frames = self.symbolize(tgid, stack.as_ref());
+            let frames = self.offending_stack(tid, tgid, &regs);
             let value = {
                 let table = self.threads[&tid].table.borrow();
                 match table.get(fd) {
@@ -564,8 +560,7 @@ impl Job {
         max: usize,
         fd: Option<i32>,
     ) {
-        let stack = self.capture_stack(tid, tgid, Some(entry));
-        let frames = self.symbolize(tgid, stack.as_ref());
+        let frames = self.offending_stack(tid, tgid, entry);
         let report = ExceptionReport {
             handle: fd.map(|f| format!("fd {f}: the newest")),
             what: format!(
@@ -654,8 +649,7 @@ impl Job {
             Action::AllowException | Action::DenyException | Action::Kill
         ) {
             let regs = *entry;
-            let stack = self.capture_stack(tid, tgid, Some(&regs));
-            let frames = self.symbolize(tgid, stack.as_ref());
+            let frames = self.offending_stack(tid, tgid, &regs);
             let report = ExceptionReport {
                 handle: Some(format!("fd {fd}: new {ty}")),
                 what: format!("creation of a {ty} handle"),
