@@ -1943,3 +1943,17 @@ fn a_stopped_and_continued_job_runs_to_completion() {
     assert_code(&o, 0);
     assert_eq!(stdout_of(&o), "resumed\n", "{}", describe(&o));
 }
+
+#[test]
+fn a_program_listing_its_own_fds_does_not_see_tombstones() {
+    let prog = fixture("run_listing");
+    let native = run_limited(Command::new(&prog), LIMIT);
+    let o = handles_run(&[OsStr::new("--"), prog.as_os_str()]);
+    assert_code(&o, 0);
+    assert_eq!(stdout_of(&o), stdout_of(&native), "{}", describe(&o));
+    assert!(
+        !stderr_of(&o).contains("policy exception"),
+        "{}",
+        describe(&o)
+    );
+}

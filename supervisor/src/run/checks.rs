@@ -288,6 +288,8 @@ impl Job {
             }
         }
         match desc.kind {
+            Kind::Use
+                if desc.nr == libc::SYS_getdents64 && self.watch_listing(tid, tgid, &regs) => {}
             Kind::Use | Kind::Poll | Kind::Select | Kind::Mmap => self.resume(tid, None),
             Kind::Limit => {
                 // RLIMIT_NOFILE may change: read it afresh next time.

@@ -118,6 +118,7 @@ impl Job {
         };
         let ret = regs.rax as i64;
         match work {
+            ExitWork::Listing { entry, pid } => self.filter_listing(tid, &entry, &regs, pid),
             ExitWork::CloseRange { entry } => {
                 if ret == 0 {
                     self.after_close_range(tid, tgid, &entry);

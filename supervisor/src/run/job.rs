@@ -133,6 +133,8 @@ pub(super) enum ExitWork {
     },
     /// close_range(first, last, flags).
     CloseRange { entry: Regs },
+    /// getdents64 of the fd directory of process `pid`: hide tombstones.
+    Listing { entry: Regs, pid: i32 },
 }
 
 /// A creation let run without a stop at its exit: the new fd was

@@ -12,6 +12,7 @@
 
 mod checks;
 mod creation;
+mod dents;
 pub mod fdtable;
 pub mod job;
 mod leakcheck;
