@@ -1957,3 +1957,18 @@ fn a_program_listing_its_own_fds_does_not_see_tombstones() {
         describe(&o)
     );
 }
+
+#[test]
+fn poll_on_a_closed_fd_answers_pollnval_as_natively_and_is_no_exception() {
+    let prog = fixture("run_poll");
+    let native = run_limited(Command::new(&prog), LIMIT);
+    assert_eq!(stdout_of(&native), "poll=2 open:POLLIN closed:POLLNVAL\n");
+    let o = handles_run(&[OsStr::new("--"), prog.as_os_str()]);
+    assert_code(&o, 0);
+    assert_eq!(stdout_of(&o), stdout_of(&native), "{}", describe(&o));
+    assert!(
+        !stderr_of(&o).contains("policy exception"),
+        "{}",
+        describe(&o)
+    );
+}

@@ -226,6 +226,35 @@ impl Job {
             Some(t) if desc.kind == Kind::Close => t.last_close.replace(a[0] as i32),
             _ => None,
         };
+        if desc.kind == Kind::Poll {
+            // poll() on a closed fd is defined: that entry gets POLLNVAL.
+            // Programs use it to ask which fds are open (findutils' fd leak
+            // check in xargs does), so it is never a bad-handle use; but a
+            // tombstone would poll as ready, so its entries are fixed up at
+            // the exit.
+            let hidden: Vec<i32> = self
+                .used_fds(tid, desc, &a)
+                .into_iter()
+                .filter(|&fd| {
+                    matches!(
+                        self.check_fd(tid, fd),
+                        Some(Bad::Stale | Bad::StaleInherited | Bad::Internal)
+                    )
+                })
+                .collect();
+            if hidden.is_empty() {
+                self.resume(tid, None);
+            } else {
+                if let Some(t) = self.threads.get_mut(&tid) {
+                    t.pending = Some(ExitWork::Poll {
+                        entry: regs,
+                        hidden,
+                    });
+                }
+                let _ = ptrace::syscall(Pid::from_raw(tid), None);
+            }
+            return;
+        }
         for fd in self.used_fds(tid, desc, &a) {
             if let Some(bad) = self.check_fd(tid, fd) {
                 if desc.kind == Kind::Close && matches!(bad, Bad::StaleInherited | Bad::Internal) {

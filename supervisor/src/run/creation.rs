@@ -119,6 +119,10 @@ impl Job {
         let ret = regs.rax as i64;
         match work {
             ExitWork::Listing { entry, pid } => self.filter_listing(tid, &entry, &regs, pid),
+            ExitWork::Poll { entry, hidden } => {
+                fix_poll(tid, &entry, &regs, &hidden);
+                self.resume(tid, None);
+            }
             ExitWork::CloseRange { entry } => {
                 if ret == 0 {
                     self.after_close_range(tid, tgid, &entry);
@@ -345,4 +349,31 @@ pub(super) fn scm_rights(tid: i32, msghdr: u64) -> Vec<i32> {
         off += (cmsg_len + 7) & !7;
     }
     fds
+}
+
+/// At a poll/ppoll exit: entries naming a hidden number (a tombstone) get
+/// POLLNVAL, as a closed fd does natively, and the count is redone.
+fn fix_poll(tid: i32, entry: &Regs, exit: &Regs, hidden: &[i32]) {
+    if (exit.rax as i64) < 0 {
+        return;
+    }
+    let n = (entry.rsi as usize).min(4096);
+    let Ok(mut buf) = tracer::read_mem(tid, entry.rdi, n * 8) else {
+        return;
+    };
+    let mut ready = 0u64;
+    for e in buf.chunks_exact_mut(8) {
+        let fd = i32::from_ne_bytes([e[0], e[1], e[2], e[3]]);
+        if fd >= 0 && hidden.contains(&fd) {
+            e[6..8].copy_from_slice(&(libc::POLLNVAL as i16).to_ne_bytes());
+        }
+        if i16::from_ne_bytes([e[6], e[7]]) != 0 {
+            ready += 1;
+        }
+    }
+    if tracer::write_mem(tid, entry.rdi, &buf).is_ok() {
+        let mut done = *exit;
+        done.rax = ready;
+        let _ = tracer::setregs(tid, &done);
+    }
 }

@@ -135,6 +135,8 @@ pub(super) enum ExitWork {
     CloseRange { entry: Regs },
     /// getdents64 of the fd directory of process `pid`: hide tombstones.
     Listing { entry: Regs, pid: i32 },
+    /// poll/ppoll over these hidden numbers: they must read POLLNVAL.
+    Poll { entry: Regs, hidden: Vec<i32> },
 }
 
 /// A creation let run without a stop at its exit: the new fd was
