@@ -365,7 +365,7 @@ fn fix_poll(tid: i32, entry: &Regs, exit: &Regs, hidden: &[i32]) {
     for e in buf.chunks_exact_mut(8) {
         let fd = i32::from_ne_bytes([e[0], e[1], e[2], e[3]]);
         if fd >= 0 && hidden.contains(&fd) {
-            e[6..8].copy_from_slice(&(libc::POLLNVAL as i16).to_ne_bytes());
+            e[6..8].copy_from_slice(&libc::POLLNVAL.to_ne_bytes());
         }
         if i16::from_ne_bytes([e[6], e[7]]) != 0 {
             ready += 1;
