@@ -51,7 +51,8 @@ pub fn process_koid(pid: i32) -> Option<u64> {
     (Some(st.st_ino) != anon_inode_ino()).then_some(st.st_ino)
 }
 
-fn anon_type(name: &str) -> ObjType {
+/// The type of an anon_inode object from its name (`anon_inode:[NAME]`).
+pub(crate) fn anon_type(name: &str) -> ObjType {
     match name {
         "eventfd" => ObjType::Event,
         "eventpoll" => ObjType::Port,
@@ -281,7 +282,8 @@ pub fn clock_name(id: i32) -> &'static str {
     }
 }
 
-fn sock_protocol_name(pid: i32, fd: i32) -> Option<String> {
+/// The `system.sockprotoname` of a socket fd (`UNIX`, `TCP`, ...).
+pub(crate) fn sock_protocol_name(pid: i32, fd: i32) -> Option<String> {
     let path = std::ffi::CString::new(format!("/proc/{pid}/fd/{fd}")).ok()?;
     let mut buf = [0u8; 64];
     // SAFETY: path is NUL-terminated, buf writable for buf.len() bytes.

@@ -97,14 +97,20 @@ pub fn find(pid: i32, own: &[(i32, &str)], tracer: i32) -> Option<Found> {
     if tracer <= 0 {
         return None;
     }
-    let dir = std::fs::read_dir(format!("/proc/{tracer}/fd")).ok()?;
+    find_among_fds(tracer, pid).map(Found::Supervisor)
+}
+
+/// Scans the fds of process `holder` for the table of process `pid` and
+/// maps it.
+pub fn find_among_fds(holder: i32, pid: i32) -> Option<MappedTable> {
+    let dir = std::fs::read_dir(format!("/proc/{holder}/fd")).ok()?;
     for e in dir.flatten() {
         let Ok(target) = std::fs::read_link(e.path()) else {
             continue;
         };
         if is_table_link(&target.to_string_lossy(), pid) {
             let f = open_magic_link(&e.path().to_string_lossy())?;
-            return MappedTable::map(&f).map(Found::Supervisor);
+            return MappedTable::map(&f);
         }
     }
     None

@@ -199,7 +199,12 @@ impl Job {
             return ShimSays::Unknown;
         };
         if p.shim.is_none() {
-            p.shim = ShimTable::find(tgid);
+            // Looking costs a scan of /proc/PID/fd: a process with no shim
+            // (static binaries) must not pay it at every checked call.
+            p.shim_lookups = p.shim_lookups.wrapping_add(1);
+            if p.shim_lookups < 32 || p.shim_lookups % 256 == 0 {
+                p.shim = ShimTable::find(tgid);
+            }
         }
         p.shim.as_ref().map_or(ShimSays::Unknown, |s| s.says(fd))
     }
@@ -301,7 +306,7 @@ impl Job {
             }
         }
         if let Some((expected, errno)) = expected_object(desc.name) {
-            let action = self.policy_of(tgid).get(Condition::WrongObject).action;
+            let action = self.action_of(tgid, Condition::WrongObject);
             let fd = a[0] as i32;
             if action != Action::Allow && fd >= 0 {
                 let facts = self.object_facts(tgid, fd);
@@ -356,7 +361,7 @@ impl Job {
         fd: i32,
         bad: Bad,
     ) {
-        let action = self.policy_of(tgid).get(Condition::BadHandle).action;
+        let action = self.action_of(tgid, Condition::BadHandle);
         // A quarantined number stands for a closed fd: whatever the action,
         // the call must see what a closed fd gives, EBADF, not the tombstone.
         let deny = matches!(action, Action::Deny | Action::DenyException | Action::Kill)
@@ -741,24 +746,10 @@ pub(super) fn is_probe(desc: &Desc, a: &[u64; 6]) -> bool {
 
 /// A socket's type in the model: AF_UNIX sockets are channels.
 pub(super) fn refine_socket(tgid: i32, fd: i32, ty: ObjType) -> ObjType {
-    if ty != ObjType::Socket {
-        return ty;
-    }
-    let path = format!("/proc/{tgid}/fd/{fd}");
-    let Ok(c) = std::ffi::CString::new(path) else {
-        return ty;
-    };
-    let mut buf = [0u8; 32];
-    // SAFETY: NUL-terminated path; buf writable for its length.
-    let n = unsafe {
-        libc::getxattr(
-            c.as_ptr(),
-            c"system.sockprotoname".as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n > 0 && buf.starts_with(b"UNIX") {
+    if ty == ObjType::Socket
+        && crate::inspect::classify::sock_protocol_name(tgid, fd)
+            .is_some_and(|p| p.starts_with("UNIX"))
+    {
         ObjType::Channel
     } else {
         ty
@@ -812,17 +803,7 @@ pub(super) fn object_facts_at(
         LinkTarget::Pipe(i) => (ObjType::Pipe, i),
         LinkTarget::Pidfd(i) => (ObjType::Process, i),
         LinkTarget::Memfd(_) => (ObjType::Vmo, stat().map_or(0, |s| s.st_ino)),
-        LinkTarget::AnonInode(name) => (
-            match name.as_str() {
-                "eventfd" => ObjType::Event,
-                "eventpoll" => ObjType::Port,
-                "timerfd" => ObjType::Timer,
-                "signalfd" => ObjType::Signalfd,
-                "pidfd" => ObjType::Process,
-                _ => ObjType::Unknown,
-            },
-            0,
-        ),
+        LinkTarget::AnonInode(name) => (crate::inspect::classify::anon_type(&name), 0),
         LinkTarget::Path(_) | LinkTarget::Other(_) => match stat() {
             Some(s) if s.st_mode & libc::S_IFMT == libc::S_IFDIR => (ObjType::Dir, s.st_ino),
             Some(s) if s.st_mode & libc::S_IFMT == libc::S_IFREG => (ObjType::File, s.st_ino),

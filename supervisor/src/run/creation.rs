@@ -131,7 +131,7 @@ impl Job {
             }
             ExitWork::Create { desc, entry, stack } => {
                 if matches!(errno_of(ret), Some(libc::EMFILE) | Some(libc::ENFILE)) {
-                    match self.release_quarantine(tid, &regs) {
+                    match self.release_tombstones(tid, &regs, true) {
                         Ok(true) => {
                             // Retry the call now that the numbers are free:
                             // the program never sees an early EMFILE.

@@ -178,6 +178,8 @@ pub(super) struct Process {
     pub(super) over_budget: bool,
     /// The table of the shim loaded in it, once found.
     pub(super) shim: Option<ShimTable>,
+    /// Lookups of that table so far (they back off when there is none).
+    pub(super) shim_lookups: u32,
     /// `/proc/PID/fd`, held open for cheap per-fd lookups.
     pub(super) fd_dir: Option<std::os::fd::OwnedFd>,
 }
@@ -258,6 +260,18 @@ pub(super) fn fd_exists(tgid: i32, fd: i32) -> bool {
         return false;
     }
     std::fs::symlink_metadata(format!("/proc/{tgid}/fd/{fd}")).is_ok()
+}
+
+/// The fd numbers listed in a `/proc/.../fd` directory (empty if it cannot
+/// be read).
+pub(super) fn fd_numbers(dir: &str) -> Vec<i32> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The soft RLIMIT_NOFILE of a process.
@@ -416,6 +430,7 @@ impl Job {
                 detaching: false,
                 over_budget: false,
                 shim: None,
+                shim_lookups: 0,
                 fd_dir: None,
             },
         );
@@ -707,6 +722,7 @@ impl Job {
                     detaching: false,
                     over_budget: false,
                     shim: None,
+                    shim_lookups: 0,
                     fd_dir: None,
                 },
             );
@@ -753,13 +769,9 @@ impl Job {
         // and the tombstone source among them).
         let old = self.threads[&tid].table.clone();
         let mut table = old.borrow().unshared_copy();
-        let present: HashSet<i32> = std::fs::read_dir(format!("/proc/{tgid}/fd"))
-            .map(|d| {
-                d.flatten()
-                    .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let present: HashSet<i32> = fd_numbers(&format!("/proc/{tgid}/fd"))
+            .into_iter()
+            .collect();
         for fd in table.numbers() {
             if present.contains(&fd) {
                 continue;
@@ -802,6 +814,7 @@ impl Job {
             p.nofile = None;
             // The new image loads its own shim, with a new table.
             p.shim = None;
+            p.shim_lookups = 0;
             if let Some(policy) = nested {
                 p.policy = policy;
             }
@@ -905,6 +918,16 @@ impl Job {
         regs.orig_rax = u64::MAX;
         regs.rax = (-(errno as i64)) as u64;
         let _ = tracer::setregs(tid, &regs);
+    }
+
+    /// The action of one condition for a process, without copying its policy
+    /// (asked on every socket and epoll call when wrong-object is on).
+    pub(super) fn action_of(&self, tgid: i32, c: Condition) -> Action {
+        self.procs
+            .get(&tgid)
+            .map_or(&self.opts.policy, |p| &p.policy)
+            .get(c)
+            .action
     }
 
     pub(super) fn policy_of(&self, tgid: i32) -> Policy {

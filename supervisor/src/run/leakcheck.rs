@@ -58,13 +58,7 @@ impl Job {
             p.shim.as_ref()
         }) {
             let table = table_ref.borrow();
-            let present: Vec<i32> = std::fs::read_dir(format!("/proc/{tgid}/task/{tid}/fd"))
-                .map(|d| {
-                    d.flatten()
-                        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let present = fd_numbers(&format!("/proc/{tgid}/task/{tid}/fd"));
             for (fd, pcs, generation) in shim.open_fds(&present) {
                 if table.is_hidden(fd) {
                     continue;

@@ -6,7 +6,7 @@
 //! still exists; it renders the per-process report then and the job-wide
 //! summary at the end.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fmt::Write;
 
 use serde::Serialize;
@@ -88,15 +88,6 @@ impl ProcessLeaks {
     pub fn count(&self) -> usize {
         self.groups.iter().map(|g| g.handles.len()).sum()
     }
-}
-
-/// Groups (creation stack → handles); input order kept within a group.
-pub fn group<K: Ord + Clone>(items: Vec<(K, Leak)>) -> Vec<(K, Vec<Leak>)> {
-    let mut map: BTreeMap<K, Vec<Leak>> = BTreeMap::new();
-    for (k, l) in items {
-        map.entry(k).or_default().push(l);
-    }
-    map.into_iter().collect()
 }
 
 /// The per-process report, with the symbolized stack of each group.
@@ -231,12 +222,5 @@ mod tests {
             summary(&[p, q]),
             "handles: LEAK SUMMARY: 4 handles to 3 objects in 2 processes (2 suppressed)\n"
         );
-    }
-
-    #[test]
-    fn grouping_keeps_order() {
-        let g = group(vec![(2, leak(3, 1)), (1, leak(4, 2)), (2, leak(5, 3))]);
-        assert_eq!(g.len(), 2);
-        assert_eq!(g[1].1.iter().map(|l| l.fd).collect::<Vec<_>>(), vec![3, 5]);
     }
 }

@@ -84,19 +84,23 @@ fn primary_location(frames: &[SerFrame]) -> Option<Value> {
                 .as_deref()
                 .is_some_and(|p| p.starts_with('/') && std::path::Path::new(p).is_file())
     })?;
-    let file = f.file.as_deref()?;
+    Some(json!({
+        "physicalLocation": physical(f.file.as_deref()?, f.line?),
+        "logicalLocations": f.function.as_ref().map(|n| vec![json!({"name": n, "kind": "function"})]).unwrap_or_default(),
+    }))
+}
+
+/// A SARIF physicalLocation: absolute paths as file:// URIs.
+fn physical(file: &str, line: u32) -> Value {
     let uri = if file.starts_with('/') {
         format!("file://{file}")
     } else {
         file.to_string()
     };
-    Some(json!({
-        "physicalLocation": {
-            "artifactLocation": { "uri": uri },
-            "region": { "startLine": f.line.unwrap_or(1).max(1) }
-        },
-        "logicalLocations": f.function.as_ref().map(|n| vec![json!({"name": n, "kind": "function"})]).unwrap_or_default(),
-    }))
+    json!({
+        "artifactLocation": { "uri": uri },
+        "region": { "startLine": line.max(1) }
+    })
 }
 
 fn sarif_frame(f: &SerFrame) -> Value {
@@ -104,15 +108,7 @@ fn sarif_frame(f: &SerFrame) -> Value {
         "message": { "text": format!("{} {}", f.addr, f.function.as_deref().unwrap_or("??")) },
     });
     if let (Some(file), Some(line)) = (&f.file, f.line) {
-        let uri = if file.starts_with('/') {
-            format!("file://{file}")
-        } else {
-            file.clone()
-        };
-        loc["physicalLocation"] = json!({
-            "artifactLocation": { "uri": uri },
-            "region": { "startLine": line.max(1) }
-        });
+        loc["physicalLocation"] = physical(file, line);
     }
     json!({
         "location": loc,

@@ -259,16 +259,6 @@ impl Job {
         Ok((placed, e))
     }
 
-    /// Closes every tombstone and the tombstone source of the thread's
-    /// table (under fd pressure). Leaves the thread at an exit stop.
-    pub(super) fn release_quarantine(
-        &mut self,
-        tid: i32,
-        exit: &Regs,
-    ) -> Result<bool, InjectError> {
-        self.release_tombstones(tid, exit, true)
-    }
-
     /// Closes every tombstone (and with `with_src` the tombstone source) of
     /// the thread's table. Leaves the thread at an injected syscall's exit
     /// stop: the caller sets the registers it wants after.

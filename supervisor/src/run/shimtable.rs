@@ -10,8 +10,7 @@
 
 use handles_model::table::{state, SlotDetail};
 
-use crate::inspect::parse::LinkTarget;
-use crate::inspect::shared::{table_name, MappedTable};
+use crate::inspect::shared::{find_among_fds, MappedTable};
 
 pub(super) struct ShimTable {
     mapped: MappedTable,
@@ -28,25 +27,13 @@ pub(super) enum ShimSays {
 }
 
 impl ShimTable {
-    /// Finds the table of process `tgid` among its fds.
+    /// Finds the table of process `tgid` among its own fds.
     pub(super) fn find(tgid: i32) -> Option<ShimTable> {
-        let want = table_name(tgid);
-        let dir = std::fs::read_dir(format!("/proc/{tgid}/fd")).ok()?;
-        for e in dir.flatten() {
-            let Ok(target) = std::fs::read_link(e.path()) else {
-                continue;
-            };
-            if matches!(LinkTarget::parse(&target.to_string_lossy()), LinkTarget::Memfd(n) if n == want)
-            {
-                let f = std::fs::File::open(e.path()).ok()?;
-                let mapped = MappedTable::map(&std::os::fd::OwnedFd::from(f))?;
-                // A table that does not validate is ignored: a program can
-                // scribble on its own shim's memory.
-                mapped.view().ok()?;
-                return Some(ShimTable { mapped });
-            }
-        }
-        None
+        let mapped = find_among_fds(tgid, tgid)?;
+        // A table that does not validate is ignored: a program can scribble
+        // on its own shim's memory.
+        mapped.view().ok()?;
+        Some(ShimTable { mapped })
     }
 
     pub(super) fn says(&self, fd: i32) -> ShimSays {
