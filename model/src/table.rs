@@ -7,7 +7,7 @@
 //! ```text
 //! offset 0                      Header (64 bytes)
 //! offset 64                     Slot[capacity] (32 bytes each), indexed by fd
-//! offset 64 + 32 * capacity     SlotStacks[capacity] (256 bytes each)
+//! offset 64 + 32 * capacity     SlotStacks[capacity] (320 bytes each)
 //! ```
 //!
 //! Every field is an atomic, and each slot has a sequence counter (a
@@ -23,21 +23,35 @@
 //! A reader must treat the bytes as hostile: a buggy program can scribble on
 //! its own shim's table. [`TableView`] checks everything and never panics.
 //!
-//! Version 2 added the stack area (version 1 had slots only).
+//! Version 2 added the stack area (version 1 had slots only). Version 3
+//! added how each handle was made (`Slot::how`) and the name it was
+//! opened by (a path, 63 bytes at most, in the stack record): what a
+//! report needs to say what a closed handle was when the writer closed it
+//! without anybody else looking.
 
 use core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 /// `b"HNDLTBL1"` as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"HNDLTBL1");
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 pub const HEADER_SIZE: usize = 64;
 pub const SLOT_SIZE: usize = 32;
 /// Return addresses kept per stack record (creation, close).
 pub const STACK_DEPTH: usize = 16;
-/// Bytes of one slot's stack records: creation then close.
-pub const STACKS_SIZE: usize = 2 * STACK_DEPTH * 8;
+/// Bytes of the name recorded per slot (NUL-padded; cut at the front
+/// when longer, with a leading `...`).
+pub const NAME_SIZE: usize = 64;
+/// Bytes of one slot's stack records: creation, close, then the name.
+pub const STACKS_SIZE: usize = 2 * STACK_DEPTH * 8 + NAME_SIZE;
 /// Largest table a reader accepts (the kernel's default fs.nr_open).
 pub const MAX_CAPACITY: u32 = 1 << 20;
+
+/// XORed with the job's cookie in the cookie register of an
+/// `fcntl(table_fd, F_GETFD)` the shim issues once it has made a table:
+/// the prefilter does not recognise the cookie, so the call stops at the
+/// supervisor, which learns where the process's table is without
+/// scanning /proc/PID/fd (`b"ANNOUNCE"`).
+pub const ANNOUNCE_XOR: u64 = u64::from_le_bytes(*b"ANNOUNCE");
 
 /// Who writes the table.
 pub mod writer {
@@ -81,7 +95,38 @@ pub struct Slot {
     pub obj_type: AtomicU32,
     pub koid: AtomicU64,
     pub rights: AtomicU32,
-    _reserved: AtomicU32,
+    /// How the handle came to be: a [`how`] code.
+    pub how: AtomicU32,
+}
+
+/// `Slot::how` codes: the creating syscall's number + 1, or one of the
+/// ways a handle arrives without a creating call of the writer's.
+pub mod how {
+    pub const UNKNOWN: u32 = 0;
+    /// Open when the process image started (inherited across exec).
+    pub const INHERITED: u32 = 1 << 16;
+    /// Received through SCM_RIGHTS.
+    pub const RECEIVED: u32 = (1 << 16) + 1;
+    /// Found open without its creation having been seen.
+    pub const ADOPTED: u32 = (1 << 16) + 2;
+
+    /// The code for a handle made by syscall `nr`.
+    pub const fn syscall(nr: u32) -> u32 {
+        if nr < 1 << 16 {
+            nr + 1
+        } else {
+            UNKNOWN
+        }
+    }
+
+    /// The syscall number a code names, if it names one.
+    pub const fn syscall_nr(code: u32) -> Option<u32> {
+        if code >= 1 && code <= 1 << 16 {
+            Some(code - 1)
+        } else {
+            None
+        }
+    }
 }
 
 /// The creation and close stacks of one fd number, 0-terminated return
@@ -90,6 +135,8 @@ pub struct Slot {
 pub struct SlotStacks {
     pub created: [AtomicU64; STACK_DEPTH],
     pub closed: [AtomicU64; STACK_DEPTH],
+    /// The name the handle was opened by, NUL-padded bytes.
+    pub name: [AtomicU64; NAME_SIZE / 8],
 }
 
 const _: () = assert!(core::mem::size_of::<Header>() == HEADER_SIZE);
@@ -104,6 +151,7 @@ pub struct SlotValue {
     pub obj_type: u32,
     pub koid: u64,
     pub rights: u32,
+    pub how: u32,
 }
 
 /// Where the stack area of a table of `capacity` slots starts.
@@ -130,12 +178,52 @@ impl Stack {
     }
 }
 
+/// A recorded name: `len` bytes (not UTF-8 checked: paths are bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Name {
+    pub bytes: [u8; NAME_SIZE],
+    pub len: usize,
+}
+
+impl Default for Name {
+    fn default() -> Name {
+        Name {
+            bytes: [0; NAME_SIZE],
+            len: 0,
+        }
+    }
+}
+
+impl Name {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len.min(NAME_SIZE)]
+    }
+
+    /// Packs `name` as stored: at most NAME_SIZE - 1 bytes; a longer name
+    /// keeps its tail (the file name is the useful part) behind `...`.
+    pub fn pack(name: &[u8]) -> Name {
+        let mut n = Name::default();
+        let max = NAME_SIZE - 1;
+        if name.len() <= max {
+            n.bytes[..name.len()].copy_from_slice(name);
+            n.len = name.len();
+        } else {
+            n.bytes[..3].copy_from_slice(b"...");
+            let tail = &name[name.len() - (max - 3)..];
+            n.bytes[3..max].copy_from_slice(tail);
+            n.len = max;
+        }
+        n
+    }
+}
+
 /// A slot and its stacks, read as one snapshot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SlotDetail {
     pub value: SlotValue,
     pub created: Stack,
     pub closed: Stack,
+    pub name: Name,
 }
 
 /// The `obj_type` code of a slot for `t` (index in [`ObjType::ALL`] + 1).
@@ -224,6 +312,7 @@ impl Slot {
         self.obj_type.store(v.obj_type, Ordering::Relaxed);
         self.koid.store(v.koid, Ordering::Relaxed);
         self.rights.store(v.rights, Ordering::Relaxed);
+        self.how.store(v.how, Ordering::Relaxed);
     }
 
     /// The current value, as seen by the lock holder.
@@ -238,6 +327,7 @@ impl Slot {
             obj_type: self.obj_type.load(Ordering::Relaxed),
             koid: self.koid.load(Ordering::Relaxed),
             rights: self.rights.load(Ordering::Relaxed),
+            how: self.how.load(Ordering::Relaxed),
         }
     }
 
@@ -283,12 +373,14 @@ impl Slot {
             let value = self.load_relaxed();
             let created = stacks.created_stack();
             let closed = stacks.closed_stack();
+            let name = stacks.name();
             fence(Ordering::Acquire);
             if self.seq.load(Ordering::Relaxed) == s1 {
                 return Some(SlotDetail {
                     value,
                     created,
                     closed,
+                    name,
                 });
             }
         }
@@ -317,11 +409,39 @@ fn load_stack(src: &[AtomicU64; STACK_DEPTH]) -> Stack {
 
 impl SlotStacks {
     /// Stores the creation stack (at most [`STACK_DEPTH`] frames) and
-    /// clears the close stack, which belonged to an earlier incarnation.
-    /// Only while holding the slot's lock.
+    /// clears the close stack and the name, which belonged to an earlier
+    /// incarnation. Only while holding the slot's lock.
     pub fn set_created(&self, _lock: &Locked, pcs: &[u64]) {
         store_stack(&self.created, pcs);
         store_stack(&self.closed, &[]);
+        for w in &self.name {
+            w.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Stores the name the handle was opened by ([`Name::pack`] rules).
+    /// Only while holding the slot's lock.
+    pub fn set_name(&self, _lock: &Locked, name: &[u8]) {
+        let n = Name::pack(name);
+        for (i, w) in self.name.iter().enumerate() {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&n.bytes[i * 8..i * 8 + 8]);
+            w.store(u64::from_le_bytes(b), Ordering::Relaxed);
+        }
+    }
+
+    pub fn name(&self) -> Name {
+        let mut n = Name::default();
+        for (i, w) in self.name.iter().enumerate() {
+            n.bytes[i * 8..i * 8 + 8].copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+        }
+        // A scribbled record may lack the NUL: the last byte is never
+        // part of a name.
+        n.len = n.bytes[..NAME_SIZE - 1]
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(NAME_SIZE - 1);
+        n
     }
 
     /// Stores the close stack. Only while holding the slot's lock.
@@ -335,6 +455,9 @@ impl SlotStacks {
             d.store(s.load(Ordering::Relaxed), Ordering::Relaxed);
         }
         for (d, s) in self.closed.iter().zip(&other.closed) {
+            d.store(s.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        for (d, s) in self.name.iter().zip(&other.name) {
             d.store(s.load(Ordering::Relaxed), Ordering::Relaxed);
         }
     }
@@ -604,6 +727,22 @@ mod tests {
         let d = view.detail(2).expect("consistent");
         assert_eq!(d.created.frames(), &[0x99]);
         assert!(d.closed.frames().is_empty());
+
+        let l = slots[2].lock(10);
+        stacks[2].set_name(&l, b"/tmp/a.txt");
+        slots[2].unlock(l);
+        assert_eq!(
+            view.detail(2).map(|d| d.name.as_bytes().to_vec()),
+            Some(b"/tmp/a.txt".to_vec())
+        );
+        let long: std::vec::Vec<u8> = (0..200).map(|i| b'a' + (i % 26) as u8).collect();
+        let l = slots[2].lock(10);
+        stacks[2].set_name(&l, &long);
+        slots[2].unlock(l);
+        let n = view.detail(2).expect("consistent").name;
+        assert_eq!(n.len, NAME_SIZE - 1);
+        assert!(n.as_bytes().starts_with(b"..."));
+        assert!(long.ends_with(&n.as_bytes()[3..]), "the tail is kept");
         assert_eq!(view.detail(4), None);
         assert_eq!(view.detail(-3), None);
     }
@@ -647,6 +786,7 @@ mod tests {
                                 obj_type: g,
                                 koid: u64::from(g),
                                 rights: g,
+                                how: g,
                             },
                         );
                         st.set_created(&l, &[u64::from(g); STACK_DEPTH]);

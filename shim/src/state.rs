@@ -244,6 +244,7 @@ pub fn created_locked(fd: i32, s: &Slot, l: &Locked, ty: u32, pcs: &Pcs) {
             obj_type: ty,
             koid: 0,
             rights: 0,
+            how: table::how::UNKNOWN,
         },
     );
     if let Some(st) = stacks(fd) {
@@ -601,6 +602,7 @@ pub extern "C" fn after_fork_child() {
                 obj_type: s.obj_type.load(Relaxed),
                 koid: s.koid.load(Relaxed),
                 rights: s.rights.load(Relaxed),
+                how: s.how.load(Relaxed),
             },
         );
         stacks_at(pb, cap, i).copy_from(&l, stacks_at(base, cap, i));
