@@ -119,6 +119,11 @@ fn ptrs(v: &[CString]) -> Vec<*const libc::c_char> {
         .collect()
 }
 
+/// The signals `handles` catches and forwards to the job (job.rs,
+/// `install_forwarding`).
+pub(super) const FORWARDED: [libc::c_int; 4] =
+    [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
 /// A started, seized child; `exec_error` reads the errno the child reports
 /// if its execve fails (the pipe closes on a successful exec).
 pub struct Child {
@@ -187,12 +192,26 @@ pub fn spawn(
     let (go_r, go_w) = pipe_cloexec().map_err(err)?;
     let (ex_r, ex_w) = pipe_cloexec().map_err(err)?;
 
+    // The child inherits our handler of the forwarded signals, which
+    // would swallow a signal reaching it before its exec (the job's
+    // SIGINT forwarded right after start, or a terminal's Ctrl-C): block
+    // them across the fork; the child restores their default action once
+    // seized, then unblocks them.
+    // SAFETY: sigset_t is plain data, filled by sigemptyset/sigaddset;
+    // pthread_sigmask only changes this thread's mask.
+    let saved_mask = unsafe {
+        let mut forwarded: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut forwarded);
+        for sig in FORWARDED {
+            libc::sigaddset(&mut forwarded, sig);
+        }
+        let mut saved: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, &forwarded, &mut saved);
+        saved
+    };
     // SAFETY: the child only calls async-signal-safe functions on memory
     // prepared above, then execs or _exits.
     let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(err(io::Error::last_os_error()));
-    }
     if pid == 0 {
         // SAFETY: child side of the fork; raw syscalls only.
         unsafe {
@@ -207,6 +226,17 @@ pub fn spawn(
             if libc::read(go_r.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) != 1 {
                 libc::_exit(125);
             }
+            // Seized: a signal pending since the fork is now seen by the
+            // supervisor and delivered with its default action.
+            for sig in FORWARDED {
+                // Leave an ignored one ignored, as exec would.
+                let mut cur: libc::sigaction = std::mem::zeroed();
+                libc::sigaction(sig, std::ptr::null(), &mut cur);
+                if cur.sa_sigaction != libc::SIG_IGN {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+            }
+            libc::sigprocmask(libc::SIG_SETMASK, &saved_mask, std::ptr::null_mut());
             // Rust's runtime ignores SIGPIPE in `handles`; ignored signals
             // survive exec, and the program must start as it would natively.
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
@@ -220,6 +250,12 @@ pub fn spawn(
             }
             report(*libc::__errno_location());
         }
+    }
+    // SAFETY: restores this thread's mask saved above; a forwarded signal
+    // that arrived meanwhile is handled now.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &saved_mask, std::ptr::null_mut()) };
+    if pid < 0 {
+        return Err(err(io::Error::last_os_error()));
     }
     drop(go_r);
     drop(ex_w);
