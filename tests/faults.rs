@@ -20,7 +20,7 @@ mod common;
 
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -894,6 +894,12 @@ fn a_fork_bomb_under_an_unprivileged_supervisor_completes() {
             .env_remove("XDG_RUNTIME_DIR");
         let what = format!("{mode:?} as uid {uid}");
         let r = run(cmd);
+        // Where that user's handles unpacked its embedded shim, if it had
+        // to (no shim beside the binary).
+        let unpacked = std::env::temp_dir().join(format!("handles-{uid}"));
+        if fs::metadata(&unpacked).is_ok_and(|m| m.uid().to_string() == uid) {
+            let _ = fs::remove_dir_all(&unpacked);
+        }
         r.assert_code(0, &what);
         assert_eq!(r.stdout, "eagain\n", "{what}\n{}", r.describe());
         r.assert_silent(&what);
