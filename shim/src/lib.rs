@@ -54,11 +54,126 @@ fn parse_cookie(s: &str) -> Option<u64> {
         .flatten()
 }
 
-#[cfg(not(test))]
-extern "C" fn init() {
+/// Set-user-ID, or set-group-ID with group execute (the kernel's own rule:
+/// S_ISGID without S_IXGRP is mandatory locking, not set-group-ID).
+fn mode_is_set_id(mode: u32) -> bool {
+    mode & libc::S_ISUID != 0
+        || mode & (libc::S_ISGID | libc::S_IXGRP) == (libc::S_ISGID | libc::S_IXGRP)
+}
+
+/// Whether the file at `path` (NUL-terminated) is set-user-ID,
+/// set-group-ID or has file capabilities; None when it cannot be stat'ed.
+/// Raw syscalls, no allocation.
+fn file_is_privileged(path: &core::ffi::CStr) -> Option<bool> {
+    // SAFETY: an all-zero stat is a valid buffer for the kernel to fill.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: newfstatat with a NUL-terminated path and a stat buffer that
+    // lives across the call; flags 0 follows the /proc/self/exe link.
+    let r = unsafe {
+        sys::raw(
+            libc::SYS_newfstatat,
+            [
+                libc::AT_FDCWD as u64,
+                path.as_ptr() as u64,
+                (&raw mut st) as u64,
+                0,
+                0,
+                0,
+            ],
+        )
+    };
+    if r < 0 {
+        return None;
+    }
+    if mode_is_set_id(st.st_mode) {
+        return Some(true);
+    }
+    // getxattr with a NULL buffer of size 0 answers the value's size, or
+    // ENODATA when there is none (EOPNOTSUPP where xattrs are not
+    // supported: no capabilities either).
+    // SAFETY: two NUL-terminated strings; a NULL buffer with size 0 is
+    // never written.
+    let caps = unsafe {
+        sys::raw(
+            libc::SYS_getxattr,
+            [
+                path.as_ptr() as u64,
+                c"security.capability".as_ptr() as u64,
+                0,
+                0,
+                0,
+                0,
+            ],
+        )
+    };
+    Some(caps >= 0)
+}
+
+/// Whether this process runs a privileged image, in which the shim must do
+/// nothing:
+///
+/// - `AT_SECURE`: the kernel granted privileges at exec (set-ID bits, file
+///   capabilities), or an LSM asked for secure mode;
+/// - real and effective ids differ (what AT_SECURE is computed from; two
+///   cheap syscalls, kept as a second line);
+/// - the executable file itself is set-user-ID, set-group-ID or carries
+///   file capabilities, *whether or not the kernel honoured them*: under
+///   ptrace by an unprivileged tracer, or with no_new_privs (`handles run`
+///   sets it for its seccomp filter), the kernel execs such a file without
+///   its privileges and AT_SECURE is 0, so ld.so loads LD_PRELOAD. The shim
+///   stays out of every set-ID image, so that what a set-ID program does
+///   never depends on who started it or how.
+///
+/// The file is found through `/proc/self/exe` (the image the kernel
+/// exec'ed, whatever path or fd it was exec'ed by), else `AT_EXECFN` (the
+/// path given to execve, still valid as the cwd has not changed yet). When
+/// neither can be stat'ed the shim loads: without /proc it could not list
+/// the inherited fds either, and such a process is not privileged by the
+/// first two rules.
+fn privileged_image() -> bool {
     // SAFETY: getauxval has no preconditions.
     if unsafe { libc::getauxval(libc::AT_SECURE) } != 0 {
-        // setuid/setgid: do nothing at all, every wrapper passes through.
+        return true;
+    }
+    let (mut r, mut e, mut s) = (0u32, 0u32, 0u32);
+    // SAFETY: getresuid/getresgid write three ids into locals.
+    let ids = |nr: i64, r: &mut u32, e: &mut u32, s: &mut u32| unsafe {
+        sys::raw(
+            nr,
+            [
+                (r as *mut u32) as u64,
+                (e as *mut u32) as u64,
+                (s as *mut u32) as u64,
+                0,
+                0,
+                0,
+            ],
+        )
+    };
+    if ids(libc::SYS_getresuid, &mut r, &mut e, &mut s) == 0 && r != e {
+        return true;
+    }
+    if ids(libc::SYS_getresgid, &mut r, &mut e, &mut s) == 0 && r != e {
+        return true;
+    }
+    if let Some(p) = file_is_privileged(c"/proc/self/exe") {
+        return p;
+    }
+    // SAFETY: getauxval has no preconditions.
+    let execfn = unsafe { libc::getauxval(libc::AT_EXECFN) } as *const core::ffi::c_char;
+    if execfn.is_null() {
+        return false;
+    }
+    // SAFETY: AT_EXECFN points at the NUL-terminated path execve was
+    // given, on the initial stack, alive for the whole process.
+    file_is_privileged(unsafe { core::ffi::CStr::from_ptr(execfn) }).unwrap_or(false)
+}
+
+#[cfg(not(test))]
+extern "C" fn init() {
+    if privileged_image() {
+        // setuid/setgid/file capabilities: do nothing at all, every
+        // wrapper passes through.
         return;
     }
     sys::init_cookie_args();
@@ -130,5 +245,22 @@ mod tests {
         assert_eq!(parse_cookie("ff"), None);
         assert_eq!(parse_cookie("+0000000000000ff"), None);
         assert_eq!(parse_cookie("00000000000000fg"), None);
+    }
+
+    #[test]
+    fn set_id_modes() {
+        assert!(mode_is_set_id(0o104755));
+        assert!(mode_is_set_id(0o102755));
+        assert!(mode_is_set_id(0o106711));
+        // S_ISGID without group execute is mandatory locking.
+        assert!(!mode_is_set_id(0o102745));
+        assert!(!mode_is_set_id(0o100755));
+    }
+
+    #[test]
+    fn the_test_binary_is_not_privileged() {
+        assert_eq!(file_is_privileged(c"/proc/self/exe"), Some(false));
+        assert_eq!(file_is_privileged(c"/nonexistent/file"), None);
+        assert!(!privileged_image());
     }
 }
