@@ -819,6 +819,11 @@ impl Job {
                 p.policy = policy;
             }
         }
+        // Issue 6 (privilege.rs): one line when the new image is set-ID or
+        // has file capabilities.
+        if let Some(n) = super::privilege::notice_for_exec(tgid, self.shim_injected) {
+            self.write_report(&n);
+        }
         self.resume(tid, None);
     }
 

@@ -18,6 +18,7 @@ pub mod job;
 mod leakcheck;
 pub mod leaks;
 pub mod output;
+mod privilege;
 pub mod publish;
 mod quarantine;
 pub mod report;
