@@ -74,8 +74,32 @@ pub(crate) fn open_module_file(
     ))
 }
 
+/// Opens a file the traced program named (a module path from its maps, a
+/// debug file its ELF's .gnu_debuglink names) for reading, refusing
+/// anything but a regular file. O_NONBLOCK: a FIFO put at such a path would
+/// otherwise block the open, and with it the supervisor, for ever; O_NOCTTY:
+/// opening a terminal must not make it ours.
+pub(crate) fn open_regular(path: &str) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| with_context(e, path.to_string()))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| with_context(e, format!("stat {path}")))?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{path} is not a regular file"),
+        ));
+    }
+    Ok(f)
+}
+
 fn open_checked(path: &str, inode: u64) -> io::Result<File> {
-    let f = File::open(path).map_err(|e| with_context(e, path.to_string()))?;
+    let f = open_regular(path)?;
     let meta = f
         .metadata()
         .map_err(|e| with_context(e, format!("stat {path}")))?;
@@ -159,4 +183,25 @@ fn own_vdso() -> io::Result<Arc<[u8]>> {
     let (s, e) = (parse(s)?, parse(e)?);
     let len = usize::try_from(e.saturating_sub(s)).map_err(io::Error::other)?;
     Ok(Arc::from(read_exact(me, s, len)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::open_regular;
+
+    #[test]
+    fn only_regular_files_are_opened_and_a_fifo_does_not_block() {
+        let dir = std::env::temp_dir().join(format!("handles-open-regular-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).expect("path");
+        // SAFETY: mkfifo with a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // Without O_NONBLOCK this open would wait for a writer for ever.
+        assert!(open_regular(&fifo.to_string_lossy()).is_err());
+        assert!(open_regular("/dev/null").is_err());
+        assert!(open_regular("/proc/self/exe").is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

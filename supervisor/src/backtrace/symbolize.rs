@@ -11,7 +11,7 @@ use std::sync::Arc;
 use addr2line::gimli;
 use object::{Object, ObjectSection, ObjectSymbol, ReadCache, ReadRef, SymbolKind};
 
-use super::elf::{check_build_id, open_module_file, vdso_image, FileKey};
+use super::elf::{check_build_id, open_module_file, open_regular, vdso_image, FileKey};
 use super::maps::{Mapping, ModuleMap};
 use super::{Frame, InlinedCall};
 
@@ -388,7 +388,7 @@ fn find_debug_file<'d, R: ReadRef<'d>>(
             if p == path {
                 continue;
             }
-            let Ok(f) = File::open(&p) else { continue };
+            let Ok(f) = open_regular(&p) else { continue };
             if let Some(id) = build_id {
                 let cache = ReadCache::new(&f);
                 let same = object::File::parse(&cache)

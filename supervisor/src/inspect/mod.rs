@@ -236,8 +236,17 @@ fn apply_published(
         Ok(v) => v,
         Err(e) => return (Source::Proc, 0, Some(e.to_string())),
     };
+    // A table can only hide what its writers hide: tombstones and the
+    // tombstone source are O_PATH fds (on "/"). A program can scribble on
+    // its own shim's table; a slot that calls anything else a tombstone is
+    // not believed, so the table never hides a real handle.
     handles.retain_mut(|h| match view.slot(h.fd) {
-        Some(v) if v.state == state::TOMBSTONE || v.state == state::INTERNAL => false,
+        Some(v)
+            if (v.state == state::TOMBSTONE || v.state == state::INTERNAL)
+                && h.flags & oflags::PATH != 0 =>
+        {
+            false
+        }
         Some(v) if v.state == state::OPEN => {
             h.generation = v.generation;
             true

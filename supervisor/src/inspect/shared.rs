@@ -85,12 +85,25 @@ fn open_magic_link(path: &str) -> Option<OwnedFd> {
     std::fs::File::open(path).ok().map(OwnedFd::from)
 }
 
+/// Whether `fd` is a memfd sealed with F_SEAL_SHRINK, as the shim seals its
+/// table. Any other file named like a table, in a process that may be
+/// hostile, could be truncated while it is mapped here, and reading the
+/// vanished pages would kill the reader with SIGBUS.
+pub fn sealed_against_shrinking(fd: &OwnedFd) -> bool {
+    // SAFETY: F_GET_SEALS on an fd we own; no memory is passed.
+    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    seals >= 0 && seals & libc::F_SEAL_SHRINK != 0
+}
+
 /// Looks for `pid`'s table: first among its own fds (given as link
 /// targets), then in its tracer's fds.
 pub fn find(pid: i32, own: &[(i32, &str)], tracer: i32) -> Option<Found> {
     for &(fd, target) in own {
         if is_table_link(target, pid) {
             let f = open_magic_link(&format!("/proc/{pid}/fd/{fd}"))?;
+            if !sealed_against_shrinking(&f) {
+                return None;
+            }
             return MappedTable::map(&f).map(|m| Found::Shim(fd, m));
         }
     }
