@@ -1,7 +1,8 @@
 //! Publishes the supervisor's view of each traced process as a shared
 //! handle table (layout in `handles_model::table`), so that `handles <pid>`
 //! shows the values, generations and hidden tombstones the supervisor
-//! knows, without stopping anything.
+//! knows, and `handles --stacks <pid>` how each handle was made and the
+//! stack that made it, without stopping anything.
 //!
 //! The table lives in a memfd named `handles-table:<pid>` that only the
 //! supervisor holds; a reader finds it through the process's TracerPid, and
@@ -12,7 +13,11 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use handles_model::table::{self, Header, Slot, SlotValue};
+use std::sync::atomic::Ordering;
+
+use handles_model::table::{self, how, Header, Slot, SlotStacks, SlotValue};
+
+use super::fdtable::{FdTable, Origin, Slot as ModelSlot};
 
 /// Name prefix of published tables (`/memfd:handles-table:PID`).
 pub const NAME_PREFIX: &str = "handles-table:";
@@ -50,9 +55,15 @@ impl Published {
 
     fn map(&mut self, capacity: u32) -> io::Result<()> {
         let len = table::table_size(capacity);
+        if !self.base.is_null() {
+            // The stack area starts after the last slot, so it moves when
+            // the table grows: no reader may take the old layout for the
+            // new one meanwhile (Header::init stores the magic last).
+            self.header().magic.store(0, Ordering::Release);
+        }
         // SAFETY: ftruncate on our memfd.
         if unsafe { libc::ftruncate(self.fd.as_raw_fd(), len as libc::off_t) } < 0 {
-            return Err(io::Error::last_os_error());
+            return Err(self.keep_old_layout());
         }
         // SAFETY: a new shared mapping of our memfd; checked below.
         let base = unsafe {
@@ -66,11 +77,26 @@ impl Published {
             )
         };
         if base == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
+            return Err(self.keep_old_layout());
         }
         if !self.base.is_null() {
             // SAFETY: unmapping our previous mapping of this memfd.
             unsafe { libc::munmap(self.base.cast(), self.len) };
+            let old = self.capacity;
+            if capacity > old {
+                let from = table::stacks_offset(old);
+                let to = table::stacks_offset(capacity);
+                let n = old as usize * table::STACKS_SIZE;
+                // SAFETY: both ranges lie inside the new mapping of `len`
+                // bytes (to + n <= table_size(capacity) as old < capacity);
+                // `copy` is a memmove, and they overlap. The old stack area
+                // below `to` becomes slots old..capacity, which start free.
+                unsafe {
+                    let b: *mut u8 = base.cast();
+                    std::ptr::copy(b.add(from), b.add(to), n);
+                    std::ptr::write_bytes(b.add(from), 0, to - from);
+                }
+            }
         }
         self.base = base.cast();
         self.len = len;
@@ -82,6 +108,22 @@ impl Published {
             table::writer::SUPERVISOR,
         );
         Ok(())
+    }
+
+    /// After a failed growth: the old mapping and layout stay in use (the
+    /// file may have grown; nothing lies beyond the old layout). Returns
+    /// the error that made it fail.
+    fn keep_old_layout(&self) -> io::Error {
+        let e = io::Error::last_os_error();
+        if !self.base.is_null() {
+            self.header().init(
+                self.capacity,
+                self.pid as u32,
+                self.mixer,
+                table::writer::SUPERVISOR,
+            );
+        }
+        e
     }
 
     fn header(&self) -> &Header {
@@ -104,12 +146,39 @@ impl Published {
         })
     }
 
+    fn stacks(&self, fd: i32) -> Option<&SlotStacks> {
+        let i = u32::try_from(fd).ok()?;
+        if i >= self.capacity {
+            return None;
+        }
+        // SAFETY: record i lies inside the mapping (i < capacity, and the
+        // mapping is table_size(capacity) bytes); its offset is a multiple
+        // of 8; SlotStacks is all atomics.
+        Some(unsafe {
+            &*(self
+                .base
+                .add(table::stacks_offset(self.capacity) + i as usize * table::STACKS_SIZE)
+                as *const SlotStacks)
+        })
+    }
+
     pub fn mixer(&self) -> u32 {
         self.mixer
     }
 
-    /// Writes the slot of `fd`, growing the table if needed.
+    /// Writes the slot of `fd`, growing the table if needed. Its creation
+    /// stack is cleared: it belonged to an earlier handle.
     pub fn set(&mut self, fd: i32, v: SlotValue) {
+        self.set_created(fd, v, &[]);
+    }
+
+    /// Writes the slot of `fd` (with `v.how`, how the handle was made) and
+    /// its creation stack as one snapshot, growing the table if needed.
+    /// `created` is innermost first; its first address may be the one
+    /// after the `syscall` instruction (what the unwinder gives), which a
+    /// reader symbolizes as the return address it takes it for. At most
+    /// `table::STACK_DEPTH` frames are kept.
+    pub fn set_created(&mut self, fd: i32, v: SlotValue, created: &[u64]) {
         if fd < 0 {
             return;
         }
@@ -119,9 +188,42 @@ impl Published {
                 return;
             }
         }
-        if let Some(s) = self.slot(fd) {
-            s.write(v);
+        let (Some(s), Some(st)) = (self.slot(fd), self.stacks(fd)) else {
+            return;
+        };
+        let l = s.lock(1 << 20);
+        s.store(&l, v);
+        st.set_created(&l, created);
+        s.unlock(l);
+    }
+
+    /// Publishes what the supervisor's model says of `fd`: its slot, how
+    /// the handle was made and the stack that made it.
+    pub fn set_from(&mut self, model: &FdTable, fd: i32) {
+        let mut v = model.slot_value(fd);
+        match model.get(fd) {
+            Some(ModelSlot::Open(h)) if model.tomb_src != Some(fd) => {
+                v.how = how_of(&h.origin);
+                let created = h.created.as_deref().map_or(&[][..], Vec::as_slice);
+                self.set_created(fd, v, created);
+            }
+            _ => self.set(fd, v),
         }
+    }
+}
+
+/// The `how` code of a handle the supervisor's model holds.
+pub(super) fn how_of(origin: &Origin) -> u32 {
+    match origin {
+        Origin::Syscall(name) => handles_model::syscalls::TABLE
+            .iter()
+            .find(|d| d.name == *name)
+            .and_then(|d| u32::try_from(d.nr).ok())
+            .map_or(how::UNKNOWN, how::syscall),
+        Origin::Inherited => how::INHERITED,
+        Origin::Received => how::RECEIVED,
+        Origin::Discovered => how::ADOPTED,
+        Origin::Shim => how::UNKNOWN,
     }
 }
 
@@ -131,5 +233,92 @@ impl Drop for Published {
             // SAFETY: unmapping our own mapping once.
             unsafe { libc::munmap(self.base.cast(), self.len) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use handles_model::table::{state, TableView};
+
+    fn view_of(p: &Published) -> TableView<'_> {
+        // SAFETY: base maps len bytes for the life of p.
+        let b = unsafe { std::slice::from_raw_parts(p.base as *const u8, p.len) };
+        TableView::new(b).expect("a valid table")
+    }
+
+    fn open(generation: u32, how: u32) -> SlotValue {
+        SlotValue {
+            state: state::OPEN,
+            generation,
+            how,
+            ..SlotValue::default()
+        }
+    }
+
+    #[test]
+    fn stacks_are_published_cleared_and_survive_growth() {
+        let mut p = Published::new(std::process::id() as i32, 0x1230, 64).expect("memfd");
+        p.set_created(3, open(1, how::INHERITED), &[0x10, 0x20]);
+        p.set_created(63, open(2, how::RECEIVED), &[0x30]);
+        let d = view_of(&p).detail(3).expect("slot 3");
+        assert_eq!(d.created.frames(), &[0x10, 0x20]);
+        assert_eq!(d.value.how, how::INHERITED);
+
+        // Growing moves the stack area behind the new slots.
+        p.set_created(200, open(5, how::ADOPTED), &[0x40]);
+        assert!(p.capacity >= 201);
+        let v = view_of(&p);
+        assert_eq!(v.capacity(), p.capacity as usize);
+        assert_eq!(
+            v.detail(3).map(|d| d.created.frames().to_vec()),
+            Some(vec![0x10, 0x20])
+        );
+        assert_eq!(
+            v.detail(63).map(|d| d.created.frames().to_vec()),
+            Some(vec![0x30])
+        );
+        assert_eq!(v.detail(63).map(|d| d.value.generation), Some(2));
+        assert_eq!(
+            v.detail(200).map(|d| d.created.frames().to_vec()),
+            Some(vec![0x40])
+        );
+        for fd in 64..200 {
+            let d = v.detail(fd).expect("readable");
+            assert_eq!(d.value, SlotValue::default(), "fd {fd} starts free");
+            assert!(d.created.frames().is_empty(), "fd {fd} has no stack");
+        }
+
+        // A plain set is a new handle: the old stack goes.
+        p.set(3, open(7, how::UNKNOWN));
+        let d = view_of(&p).detail(3).expect("slot 3");
+        assert!(d.created.frames().is_empty());
+        assert_eq!(d.value.generation, 7);
+    }
+
+    #[test]
+    fn the_model_publishes_how_and_the_creation_stack() {
+        let mut model = FdTable::new(0);
+        let stack: super::super::fdtable::Stack = std::sync::Arc::new(vec![0x51, 0x52]);
+        model.open(4, Origin::Syscall("openat"), Some(stack), 1);
+        model.open(5, Origin::Inherited, None, 1);
+        let mut p = Published::new(std::process::id() as i32, 0, 64).expect("memfd");
+        p.set_from(&model, 4);
+        p.set_from(&model, 5);
+        p.set_from(&model, 6);
+        let v = view_of(&p);
+        let d = v.detail(4).expect("slot 4");
+        assert_eq!(d.value.state, state::OPEN);
+        assert_eq!(d.created.frames(), &[0x51, 0x52]);
+        let openat = handles_model::syscalls::TABLE
+            .iter()
+            .find(|d| d.name == "openat")
+            .map(|d| d.nr as u32)
+            .expect("openat");
+        assert_eq!(d.value.how, how::syscall(openat));
+        let d = v.detail(5).expect("slot 5");
+        assert_eq!(d.value.how, how::INHERITED);
+        assert!(d.created.frames().is_empty());
+        assert_eq!(v.slot(6), Some(SlotValue::default()));
     }
 }
