@@ -544,16 +544,15 @@ impl Job {
             let mut all = table.numbers();
             all.extend(table.tomb_src);
             for fd in all {
-                let v = table.slot_value(fd);
                 if let Some(p) = self.published.get_mut(&tgid) {
-                    p.set(fd, v);
+                    p.set_from(&table, fd);
                 }
             }
             return;
         }
         if let Some(p) = self.published.get_mut(&tgid) {
             for fd in dirty {
-                p.set(fd, table.slot_value(fd));
+                p.set_from(&table, fd);
             }
         }
     }
