@@ -1549,3 +1549,331 @@ fn a_memfd_and_an_eventfd_with_equal_raw_ids_are_two_objects() {
     let (_, _, n, m) = parse_long(&ok(&args(["-l", "--type", "vmo,event", &p])));
     assert_eq!((n, m), (2, 2), "2 handles, 2 objects");
 }
+
+// ---------------------------------------------------------------------------
+// Creation stacks (--stacks), from the table the shim or the supervisor
+// publishes.
+
+/// The LD_PRELOAD shim, built as shim/tests/shim.rs builds it (cargo does
+/// not build another package's cdylib for these tests).
+fn shim_so() -> &'static std::path::Path {
+    static SHIM: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    SHIM.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "handles-shim"])
+            .current_dir(repo_root())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build -p handles-shim failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("target"));
+        let p = target.join("debug/libhandles_shim.so");
+        assert!(p.exists(), "{} missing after the build", p.display());
+        p
+    })
+}
+
+/// The line of tests/fixtures/stacks.c that carries `STACK:<name>`.
+fn stacks_line(name: &str) -> u32 {
+    let src = fs::read_to_string(repo_root().join("tests/fixtures/stacks.c")).expect("read");
+    let marker = format!("STACK:{name} ");
+    let i = src
+        .lines()
+        .position(|l| l.contains(&marker))
+        .unwrap_or_else(|| panic!("no {marker} in stacks.c"));
+    i as u32 + 1
+}
+
+/// A running stacks fixture and what it printed.
+struct Made {
+    run: Running,
+    pid: i32,
+    file: i32,
+    pipe: [i32; 2],
+    cfg: PathBuf,
+}
+
+/// Starts the stacks fixture through `cmd(fixture, config_file)`.
+fn start_stacks(tag: &str, cmd: impl FnOnce(PathBuf, &std::path::Path) -> Command) -> Made {
+    let cfg = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("stacks-{tag}.conf"));
+    fs::write(&cfg, "x\n").expect("write config");
+    let run = spawn_ready(cmd(fixture("stacks"), &cfg));
+    let num = |k: &str| -> i32 {
+        run.value(k)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {k}= in {:?}", run.lines))
+    };
+    let (pid, file, pipe) = (num("pid"), num("file"), [num("pipe_r"), num("pipe_w")]);
+    Made {
+        run,
+        pid,
+        file,
+        pipe,
+        cfg,
+    }
+}
+
+/// The `--stacks` blocks after a table: each heading with its frame lines
+/// (without their indent).
+fn stack_blocks(text: &str) -> Vec<(String, Vec<String>)> {
+    let mut blocks: Vec<(String, Vec<String>)> = Vec::new();
+    for l in text.lines() {
+        if l.starts_with("fd ") && l.ends_with(" at:") {
+            blocks.push((l.to_string(), Vec::new()));
+        } else if let Some(f) = l.strip_prefix("    #") {
+            if let Some(b) = blocks.last_mut() {
+                b.1.push(format!("#{f}"));
+            }
+        }
+    }
+    blocks
+}
+
+/// What comes before the first blank line: the table part of the output.
+fn table_part(text: &str) -> &str {
+    text.split_once("\n\n").map_or(text, |(t, _)| t)
+}
+
+/// The frame line (`#N 0x… in FUNC at …/stacks.c:LINE (stacks+0x…)`) of
+/// `func` in `frames`, checked to be followed by main's.
+fn frame_of<'a>(frames: &'a [String], func: &str, line: u32, ctx: &str) -> &'a str {
+    let i = frames
+        .iter()
+        .position(|f| f.contains(&format!(" in {func} at ")))
+        .unwrap_or_else(|| panic!("no {func} frame in {frames:#?}\n{ctx}"));
+    let f = &frames[i];
+    assert!(
+        f.contains(&format!("stacks.c:{line} (stacks+0x")),
+        "{func}'s frame names stacks.c:{line} in the fixture's module: {f}\n{ctx}"
+    );
+    assert!(
+        frames
+            .get(i + 1)
+            .is_some_and(|m| m.contains(" in main at ")),
+        "{func} is called by main: {frames:#?}"
+    );
+    assert!(
+        frames
+            .iter()
+            .enumerate()
+            .all(|(k, f)| f.starts_with(&format!("#{k} 0x"))),
+        "frames are numbered from #0: {frames:#?}"
+    );
+    assert!(
+        !frames.iter().any(|f| f.contains("libhandles_shim")),
+        "the shim's own frames are not the program's: {frames:#?}"
+    );
+    f
+}
+
+/// The address a frame line shows.
+fn frame_pc(f: &str) -> u64 {
+    let hex = f
+        .split_whitespace()
+        .nth(1)
+        .and_then(|a| a.strip_prefix("0x"))
+        .unwrap_or_else(|| panic!("no address in {f}"));
+    u64::from_str_radix(hex, 16).expect("hex address")
+}
+
+/// Everything `--stacks` promises for the fixture's three handles, in every
+/// view, and that the views without --stacks are unchanged.
+fn check_stacks(m: &Made) {
+    let p = m.pid.to_string();
+    let open_line = stacks_line("open");
+    let pipe_line = stacks_line("pipe");
+
+    // The table is the same with and without --stacks; the blocks follow.
+    let plain = ok(&args([&p]));
+    let text = ok(&args(["--stacks", &p]));
+    assert_eq!(table_part(&text), plain.trim_end(), "{text}");
+    assert!(
+        !plain.contains(" at:"),
+        "no stacks without --stacks:\n{plain}"
+    );
+    let blocks = stack_blocks(&text);
+    let fds: Vec<i32> = blocks
+        .iter()
+        .map(|(h, _)| {
+            h.split_whitespace()
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .expect("fd N")
+        })
+        .collect();
+    assert!(
+        fds.windows(2).all(|w| w[0] < w[1]),
+        "blocks in fd order: {fds:?}\n{text}"
+    );
+    let block = |fd: i32| -> &(String, Vec<String>) {
+        blocks
+            .iter()
+            .find(|(h, _)| h.starts_with(&format!("fd {fd} 0x")))
+            .unwrap_or_else(|| panic!("no block for fd {fd}:\n{text}"))
+    };
+
+    // JSON: the same values, the `created` object only with --stacks.
+    let plain_json = ok(&args(["--json", &p]));
+    assert!(!plain_json.contains("\"created\""), "{plain_json}");
+    let doc = parse_json(&ok(&args(["--stacks", "--json", &p])));
+    let hs = doc["processes"][0]["handles"].as_array().expect("handles");
+    let row = |fd: i32| -> &serde_json::Value {
+        hs.iter()
+            .find(|h| h["fd"] == fd)
+            .unwrap_or_else(|| panic!("fd {fd} not listed: {doc:#}"))
+    };
+    for fd in 0..=2 {
+        assert!(
+            row(fd).get("created").is_none(),
+            "stdio is inherited: {:#}",
+            row(fd)
+        );
+    }
+
+    // The file: made by openat() in open_config.
+    let (head, frames) = block(m.file);
+    let cfg = m.cfg.to_string_lossy();
+    assert!(
+        head.ends_with(&format!(" file {cfg} created by openat() at:")),
+        "{head}\n{text}"
+    );
+    assert!(
+        head.contains(row(m.file)["handle_hex"].as_str().expect("hex")),
+        "the heading carries the handle value: {head}"
+    );
+    let f = frame_of(frames, "open_config", open_line, &text);
+    let created = &row(m.file)["created"];
+    assert_eq!(created["by"], "openat", "{created:#}");
+    let jf = created["frames"]
+        .as_array()
+        .and_then(|a| a.iter().find(|f| f["function"] == "open_config"))
+        .unwrap_or_else(|| panic!("no open_config frame: {created:#}"));
+    assert_eq!(jf["line"], open_line, "{jf:#}");
+    assert!(
+        jf["file"].as_str().is_some_and(|s| s.ends_with("stacks.c")),
+        "{jf:#}"
+    );
+    assert!(
+        jf["module"]
+            .as_str()
+            .is_some_and(|s| s.ends_with("/stacks")),
+        "{jf:#}"
+    );
+    assert_eq!(jf["pc"].as_u64(), Some(frame_pc(f)), "{jf:#} vs {f}");
+    assert!(jf["offset"].as_u64().is_some_and(|o| o > 0), "{jf:#}");
+
+    // Both pipe ends: made by pipe2() (or pipe()) in make_pipe.
+    for fd in m.pipe {
+        let (head, frames) = block(fd);
+        assert!(
+            head.contains(" pipe pipe:[")
+                && (head.ends_with(" created by pipe2() at:")
+                    || head.ends_with(" created by pipe() at:")),
+            "{head}\n{text}"
+        );
+        frame_of(frames, "make_pipe", pipe_line, &text);
+        let by = &row(fd)["created"]["by"];
+        assert!(by == "pipe2" || by == "pipe", "{:#}", row(fd));
+    }
+
+    // The long view: its table unchanged, its descriptions in the headings.
+    let long = ok(&args(["-l", &p]));
+    let long_stacks = ok(&args(["-l", "--stacks", &p]));
+    assert_eq!(table_part(&long_stacks), long.trim_end(), "{long_stacks}");
+    let lb = stack_blocks(&long_stacks);
+    assert!(
+        lb.iter()
+            .any(|(h, _)| h.starts_with(&format!("fd {} ", m.pipe[0]))
+                && h.contains(" read end created by ")),
+        "{long_stacks}"
+    );
+
+    // The debugger views.
+    let zx = ok(&args(["--zxdb", &p]));
+    let zx_stacks = ok(&args(["--zxdb", "--stacks", &p]));
+    assert_eq!(table_part(&zx_stacks), zx.trim_end(), "{zx_stacks}");
+    assert_eq!(stack_blocks(&zx_stacks).len(), blocks.len(), "{zx_stacks}");
+    let hex = row(m.file)["handle_hex"].as_str().expect("hex").to_string();
+    let detail = ok(&args(["--stacks", "--handle", &hex, &p]));
+    let d = &parse_details(&detail)[0];
+    assert_eq!(field(d, "Origin"), "openat()", "{detail}");
+    assert!(
+        field(d, "Created at").starts_with("#0 0x"),
+        "the first frame follows Created at: {detail}"
+    );
+    assert!(
+        detail.contains(" in open_config at ")
+            && detail.contains(&format!("stacks.c:{open_line} ")),
+        "{detail}"
+    );
+    let plain_detail = ok(&args(["--handle", &hex, &p]));
+    assert!(!plain_detail.contains("Origin"), "{plain_detail}");
+}
+
+#[test]
+fn stacks_show_how_and_where_each_handle_was_made_under_the_shim() {
+    let m = start_stacks("shim", |prog, cfg| {
+        let mut c = Command::new(prog);
+        c.arg(cfg).env("LD_PRELOAD", shim_so());
+        c
+    });
+    let doc = parse_json(&ok(&args(["--json", &m.pid.to_string()])));
+    assert_eq!(doc["processes"][0]["source"], "shim", "{doc:#}");
+    check_stacks(&m);
+    drop(m.run);
+}
+
+#[test]
+fn stacks_under_handles_run_with_and_without_the_shim() {
+    for (tag, mode, source) in [
+        ("run-default", None, None),
+        ("run-no-shim", Some("--no-shim"), Some("supervisor")),
+    ] {
+        let m = start_stacks(tag, |prog, cfg| {
+            let mut c = Command::new(handles());
+            c.arg("run").args(mode).arg("--").arg(prog).arg(cfg);
+            c
+        });
+        let doc = parse_json(&ok(&args(["--json", &m.pid.to_string()])));
+        let src = &doc["processes"][0]["source"];
+        assert_ne!(src, "proc", "{tag}: {doc:#}");
+        if let Some(s) = source {
+            assert_eq!(src, s, "{tag}: {doc:#}");
+        }
+        check_stacks(&m);
+        drop(m.run);
+    }
+}
+
+#[test]
+fn stacks_of_a_process_without_a_table_are_a_note_on_stderr() {
+    let m = start_stacks("plain", |prog, cfg| {
+        let mut c = Command::new(prog);
+        c.arg(cfg).env_remove("LD_PRELOAD");
+        c
+    });
+    let p = m.pid.to_string();
+    let plain = ok(&args([&p]));
+    for extra in [&[][..], &["-l"][..], &["--json"][..], &["--zxdb"][..]] {
+        let mut a = args(extra);
+        let base = if extra.is_empty() {
+            plain.clone()
+        } else {
+            ok(&args(extra.iter().chain(&[p.as_str()])))
+        };
+        a.push("--stacks".into());
+        a.push(p.clone());
+        let o = run_handles(&a);
+        assert_no_panic(&o);
+        assert_eq!(o.status.code(), Some(0), "{a:?}: {}", stderr_of(&o));
+        assert_eq!(stdout_of(&o), base, "{a:?}: the output is unchanged");
+        let e = stderr_of(&o);
+        assert_eq!(e.lines().count(), 1, "{a:?}: one note\n{e}");
+        assert!(
+            e.starts_with(&format!("handles: process {p}: no creation stacks")),
+            "{a:?}: {e}"
+        );
+    }
+    drop(m.run);
+}

@@ -186,4 +186,9 @@ pub struct ShowArgs {
     /// Debugger detail view of every handle to the object with this koid.
     #[arg(long, value_name = "KOID", conflicts_with_all = ["json", "long"])]
     pub koid: Option<String>,
+    /// Also show how each handle was made (openat(), pipe2(), inherited,
+    /// received through SCM_RIGHTS) and the stack that created it, for
+    /// processes under the LD_PRELOAD shim or `handles run`.
+    #[arg(long)]
+    pub stacks: bool,
 }

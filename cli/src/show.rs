@@ -3,7 +3,7 @@
 use std::io::{self, Write};
 
 use handles_supervisor::inspect::{
-    resolve_tgid, HandleInfo, InspectError, Inspector, Options, Snapshot,
+    resolve_tgid, HandleInfo, InspectError, Inspector, Options, Snapshot, Source,
 };
 
 use crate::args::ShowArgs;
@@ -93,7 +93,7 @@ pub fn run(a: &ShowArgs) -> u8 {
     }
 
     let long = a.long || a.json || lookup.is_some();
-    let mut inspector = Inspector::new(Options { long, peers: long });
+    let mut inspector = Inspector::new(Options { long, peers: long }).with_stacks(a.stacks);
     let results = inspector.read_many(&targets);
 
     let stdout = io::stdout();
@@ -156,16 +156,34 @@ pub fn run(a: &ShowArgs) -> u8 {
                     }
                 }
                 if a.zxdb {
-                    writeln!(out, "{}", render::zxdb::list(&rows))
+                    writeln!(out, "{}", render::zxdb::list(&rows))?;
                 } else if a.long {
-                    render::table::long(&mut out, &rows)
+                    render::table::long(&mut out, &rows)?;
                 } else {
-                    render::table::short(&mut out, &rows)
+                    render::table::short(&mut out, &rows)?;
                 }
+                if a.stacks {
+                    render::stacks::blocks(&mut out, &rows)?;
+                }
+                Ok(())
             })()
         };
         if let Err(e) = res {
             return write_failed(e);
+        }
+        if a.stacks && snap.source == Source::Proc {
+            // Said once per process, on stderr: the table above stands.
+            let _ = out.flush();
+            match &snap.table_error {
+                Some(e) => eprintln!(
+                    "handles: process {}: no creation stacks (its published handle table is unreadable: {e})",
+                    snap.pid
+                ),
+                None => eprintln!(
+                    "handles: process {}: no creation stacks (not running under handles run or the LD_PRELOAD shim)",
+                    snap.pid
+                ),
+            }
         }
         if !snap.complete {
             let _ = out.flush();

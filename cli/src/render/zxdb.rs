@@ -64,5 +64,14 @@ pub fn detail(h: &HandleInfo) -> String {
     if let Some(p) = h.pos {
         row("Offset", p.to_string());
     }
+    if let Some(c) = &h.created {
+        row(
+            "Origin",
+            c.how.describe().unwrap_or_else(|| "unknown".into()),
+        );
+        for (i, f) in c.frames.iter().enumerate() {
+            row(if i == 0 { "Created at" } else { "" }, f.to_string());
+        }
+    }
     trimmed(&t)
 }

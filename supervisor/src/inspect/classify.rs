@@ -115,6 +115,7 @@ fn blank(fd: i32, target: String, info: &FdInfo) -> HandleInfo {
         timer: None,
         vmo: None,
         pidfd_pid: None,
+        created: None,
         raw: RawFacts::default(),
     }
 }

@@ -13,6 +13,7 @@ pub mod parse;
 mod procdir;
 pub mod shared;
 pub mod sockdiag;
+pub mod stacks;
 
 use std::collections::{HashMap, HashSet};
 
@@ -22,6 +23,7 @@ use serde::Serialize;
 use parse::{oflags, FdInfo, LinkTarget};
 use procdir::ProcDir;
 use sockdiag::SockTable;
+use stacks::Creation;
 
 /// Why a process's table could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +178,10 @@ pub struct HandleInfo {
     /// For a pidfd: the process it refers to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pidfd_pid: Option<i64>,
+    /// How the handle was made and its creation stack, from the published
+    /// table (only when stacks were asked for: [`Inspector::with_stacks`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<Box<Creation>>,
     #[serde(skip)]
     pub(crate) raw: RawFacts,
 }
@@ -217,11 +223,13 @@ pub fn resolve_tgid(pid: i32) -> Result<(i32, bool), InspectError> {
 }
 
 /// Takes values, generations and hidden fds from the table the shim or the
-/// supervisor publishes, if there is one.
+/// supervisor publishes, if there is one; with `stacks`, also how each open
+/// handle was made and its creation stack (not yet symbolized).
 fn apply_published(
     pid: i32,
     tracer: i32,
     handles: &mut Vec<HandleInfo>,
+    stacks: bool,
 ) -> (Source, u32, Option<String>) {
     use handles_model::table::state;
     let own: Vec<(i32, &str)> = handles.iter().map(|h| (h.fd, h.target.as_str())).collect();
@@ -240,18 +248,26 @@ fn apply_published(
     // tombstone source are O_PATH fds (on "/"). A program can scribble on
     // its own shim's table; a slot that calls anything else a tombstone is
     // not believed, so the table never hides a real handle.
-    handles.retain_mut(|h| match view.slot(h.fd) {
-        Some(v)
-            if (v.state == state::TOMBSTONE || v.state == state::INTERNAL)
-                && h.flags & oflags::PATH != 0 =>
-        {
-            false
+    handles.retain_mut(|h| {
+        // The slot and its stacks as one snapshot, read only when asked.
+        let detail = if stacks { view.detail(h.fd) } else { None };
+        match detail.map(|d| d.value).or_else(|| view.slot(h.fd)) {
+            Some(v)
+                if (v.state == state::TOMBSTONE || v.state == state::INTERNAL)
+                    && h.flags & oflags::PATH != 0 =>
+            {
+                false
+            }
+            Some(v) if v.state == state::OPEN => {
+                h.generation = v.generation;
+                h.created = detail
+                    .as_ref()
+                    .and_then(Creation::from_detail)
+                    .map(Box::new);
+                true
+            }
+            _ => true,
         }
-        Some(v) if v.state == state::OPEN => {
-            h.generation = v.generation;
-            true
-        }
-        _ => true,
     });
     (source, view.mixer(), None)
 }
@@ -261,6 +277,8 @@ fn apply_published(
 pub struct Inspector {
     opts: Options,
     anon_ino: Option<u64>,
+    /// Set when creation stacks are wanted (see [`Inspector::with_stacks`]).
+    symbolizer: Option<crate::backtrace::Symbolizer>,
 }
 
 impl Inspector {
@@ -268,7 +286,17 @@ impl Inspector {
         Inspector {
             opts,
             anon_ino: classify::anon_inode_ino(),
+            symbolizer: None,
         }
+    }
+
+    /// Also reads, for every open handle whose published slot recorded one,
+    /// how it was made and its creation stack, symbolized against the
+    /// process's modules ([`HandleInfo::created`]). Off by default: without
+    /// it no stack is read and nothing is symbolized.
+    pub fn with_stacks(mut self, on: bool) -> Inspector {
+        self.symbolizer = on.then(crate::backtrace::Symbolizer::new);
+        self
     }
 
     /// Reads every pid, then resolves what needs all of them at once. The
@@ -278,6 +306,7 @@ impl Inspector {
         let mut snaps: Vec<&mut Snapshot> =
             results.iter_mut().filter_map(|r| r.as_mut().ok()).collect();
         self.resolve(&mut snaps);
+        self.symbolize(&mut snaps);
         results
     }
 
@@ -287,6 +316,7 @@ impl Inspector {
     pub fn read_task(&mut self, pid: i32, tid: i32) -> Result<Snapshot, InspectError> {
         let mut snap = self.read_from(pid, ProcDir::open_task(pid, tid)?)?;
         self.resolve(&mut [&mut snap]);
+        self.symbolize(&mut [&mut snap]);
         Ok(snap)
     }
 
@@ -325,7 +355,12 @@ impl Inspector {
         // An fd that vanished is normal (closed after listing); a process
         // that vanished makes the table partial, which the caller reports.
         let complete = !failed || dir.alive();
-        let (source, mixer, table_error) = apply_published(pid, status.tracerpid, &mut handles);
+        let (source, mixer, table_error) = apply_published(
+            pid,
+            status.tracerpid,
+            &mut handles,
+            self.symbolizer.is_some(),
+        );
         Ok(Snapshot {
             pid,
             name: status.name,
@@ -336,6 +371,23 @@ impl Inspector {
             table_error,
             handles,
         })
+    }
+
+    /// Symbolizes the creation stacks read (only with stacks on).
+    fn symbolize(&mut self, snaps: &mut [&mut Snapshot]) {
+        let Some(symbolizer) = self.symbolizer.as_mut() else {
+            return;
+        };
+        for snap in snaps.iter_mut() {
+            if snap.handles.iter().any(|h| h.created.is_some()) {
+                let pid = snap.pid;
+                let creations = snap
+                    .handles
+                    .iter_mut()
+                    .filter_map(|h| h.created.as_deref_mut());
+                stacks::symbolize(symbolizer, pid, creations);
+            }
+        }
     }
 
     /// Phase two: socket types and peers, synthetic koids, rights,
