@@ -196,31 +196,24 @@ extern "C" fn init() {
     if env(c"HANDLES_STACKS") == Some("unwind") {
         stack::UNWIND.store(true, Relaxed);
     }
-    let mut lim = libc::rlimit {
-        rlim_cur: 1024,
-        rlim_max: 1024,
-    };
-    // SAFETY: getrlimit into a local struct.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        lim.rlim_cur = 1024;
-    }
-    let limit = lim.rlim_cur.max(1);
+    let (soft, hard) = state::nofile().unwrap_or((1024, 1024));
+    let limit = soft.max(1);
     state::LIMIT.store(limit, Relaxed);
     let cap = limit.clamp(1024, u64::from(handles_model::table::MAX_CAPACITY)) as u32;
-    // The shim's own fds sit just under min(limit, 65536): high enough to
-    // stay out of the program's way, low enough not to blow up the
-    // kernel's fd table (and every fork's copy of it).
-    let high = (limit.min(1 << 16) as i64 - 64).max(3) as i32;
-    state::HIGH.store(high, Relaxed);
+    state::HIGH.store(state::choose_high(soft, hard), Relaxed);
     stack::init();
     state::init_exe_name();
     stdio::init();
+    // Listed before the shim's own fds exist: the walk of /proc/self/fd
+    // covers the program's fd table only.
+    let inherited = state::list_open_fds();
     let pid = sys::getpid();
     if !state::create_table(pid, cap) {
         return;
     }
     state::tomb_src();
-    state::register_inherited();
+    state::register_inherited(&inherited);
+    state::announce();
     // SAFETY: registering a handler that only issues raw syscalls.
     unsafe { libc::pthread_atfork(None, None, Some(state::after_fork_child)) };
     state::ACTIVE.store(true, Relaxed);

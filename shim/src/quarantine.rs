@@ -30,15 +30,36 @@ pub static CAPACITY: AtomicU32 = AtomicU32::new(64);
 /// Largest bound: the ring must stay well ahead of the pending entries.
 pub const MAX_CAPACITY: u32 = (RING / 4) as u32;
 
-/// Whether one more tombstone fits: quarantine on, clear of
-/// RLIMIT_NOFILE and of 1024 (select() users) by 16.
-pub fn room() -> bool {
-    if CAPACITY.load(Relaxed) == 0 {
-        return false;
-    }
+/// Whether the fd numbers in use (open and quarantined) come within 16
+/// of RLIMIT_NOFILE or of FD_SETSIZE (1024, for select() users): the
+/// supervisor's rule. The quarantine then takes no more numbers, and
+/// gives back those it holds.
+#[inline(always)]
+pub fn crowded() -> bool {
     let used = i64::from(USED.load(Relaxed).max(0)) as u64;
-    let limit = LIMIT.load(Relaxed).min(1024);
-    used + 16 < limit
+    used + 16 >= LIMIT.load(Relaxed).min(1024)
+}
+
+/// Whether one more tombstone fits: quarantine on and not [`crowded`].
+pub fn room() -> bool {
+    CAPACITY.load(Relaxed) != 0 && !crowded()
+}
+
+/// Whether the ring holds entries not yet released.
+#[inline(always)]
+pub fn pending() -> bool {
+    TAIL.load(Relaxed) != HEAD.load(Relaxed)
+}
+
+/// After a creation: when the numbers in use come near FD_SETSIZE or the
+/// limit, the quarantine gives every number back, so that the program's
+/// next fds are the numbers it would get natively (below 1024 for a
+/// select() user that holds many fds). The caller is inside the shim.
+#[inline(always)]
+pub fn after_create() {
+    if pending() && crowded() {
+        evict(0);
+    }
 }
 
 /// Queues a fresh tombstone, releasing the oldest half past the bound.
@@ -129,35 +150,55 @@ fn release_batch(fds: &mut [i32]) {
                 v.state = state::FREE;
                 s.store(&l, v);
                 st::unlock(fd, s, l);
-                USED.fetch_sub(1, Relaxed);
+                st::account(state::TOMBSTONE, state::FREE);
             }
         }
         i = j;
     }
 }
 
-/// Closes the tombstone at `fd` if the slot still says so.
-pub fn release(fd: i32) {
-    let Some(s) = slot(fd) else { return };
+/// Closes the tombstone at `fd` if the slot still says so; whether it did.
+pub fn release(fd: i32) -> bool {
+    let Some(s) = slot(fd) else { return false };
     if s.state.load(Relaxed) != state::TOMBSTONE {
-        return;
+        return false;
     }
     let l = lock(s);
     let mut v = s.load(&l);
-    if v.state == state::TOMBSTONE {
+    let was = v.state == state::TOMBSTONE;
+    if was {
         sys::close(fd);
         v.state = state::FREE;
         s.store(&l, v);
-        USED.fetch_sub(1, Relaxed);
+        st::account(state::TOMBSTONE, state::FREE);
     }
     st::unlock(fd, s, l);
+    was
 }
 
-/// Releases every tombstone: the answer to EMFILE/ENFILE. Scans the table
-/// rather than the ring, so tombstones the ring lost are released too.
-pub fn release_all() {
+/// Releases every tombstone below the soft limit (numbers beyond it
+/// cannot help): the answer to EMFILE/ENFILE. Scans the table rather than
+/// the ring, so tombstones the ring lost, and those a supervisor wrote
+/// there, are released too. Whether any was.
+pub fn release_all() -> bool {
     HEAD.store(TAIL.load(Acquire), Release);
-    for fd in 0..capacity() {
-        release(fd as i32);
+    let end = u64::from(capacity()).min(LIMIT.load(Relaxed)) as i32;
+    let mut any = false;
+    for fd in 0..end {
+        any |= release(fd);
+    }
+    any
+}
+
+/// Gives the program every fd number the shim holds below the soft limit,
+/// one kind at a time (`step` 0: the tombstones, 1: the tombstone source,
+/// 2: the table's fd), the answer to EMFILE/ENFILE. Returns whether that
+/// step freed anything (the call is then worth retrying).
+pub fn relieve(step: u32) -> bool {
+    match step {
+        0 => release_all(),
+        1 => st::yield_internal(&st::TOMB_SRC),
+        2 => st::yield_internal(&st::TABLE_FD),
+        _ => false,
     }
 }

@@ -3,6 +3,7 @@
 //! `handles_model::table`.
 
 use core::cell::Cell;
+use core::ffi::c_char;
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering::*};
 
@@ -29,10 +30,26 @@ pub static MIXER: AtomicU32 = AtomicU32::new(0);
 pub static LIMIT: AtomicU64 = AtomicU64::new(1024);
 /// Open and quarantined fds the shim knows of (not its own).
 pub static USED: AtomicI32 = AtomicI32::new(0);
-/// Where the shim puts its own fds: just under min(limit, 65536). Higher
-/// would make the kernel grow every fd table (and every fork's copy of
-/// it) to the size of a huge RLIMIT_NOFILE.
-pub static HIGH: AtomicI32 = AtomicI32::new(960);
+/// Where the shim puts its own fds ([`choose_high`]).
+pub static HIGH: AtomicI32 = AtomicI32::new(1024);
+/// Slots per bit of [`WRITTEN`]: one 4 KiB page of slots.
+const GROUP: usize = 4096 / table::SLOT_SIZE;
+/// One bit per group of [`GROUP`] slots the shim ever wrote: a forked
+/// child copies those groups of the mirror, not the whole capacity (up to
+/// 2^20 slots, most never touched: reading them would fault in page after
+/// page of zeroes in every child).
+static WRITTEN: [AtomicU64; table::MAX_CAPACITY as usize / GROUP / 64] =
+    [const { AtomicU64::new(0) }; table::MAX_CAPACITY as usize / GROUP / 64];
+
+fn mark_written(fd: i32) {
+    let g = fd as u32 as usize / GROUP;
+    if let Some(w) = WRITTEN.get(g / 64) {
+        let bit = 1u64 << (g % 64);
+        if w.load(Relaxed) & bit == 0 {
+            w.fetch_or(bit, Relaxed);
+        }
+    }
+}
 /// A word in a MADV_WIPEONFORK page: the kernel zeroes it in any child
 /// made without CLONE_VM, so a child that skipped the atfork handler (raw
 /// fork/clone) notices before it writes its parent's table.
@@ -152,15 +169,16 @@ fn mirror(fd: i32, s: &Slot, l: &Locked) {
     if (fd as u32) >= cap || pb.is_null() || base.is_null() {
         return;
     }
+    mark_written(fd);
     let m = slot_at(base, fd);
     let ml = m.steal_lock();
     m.store(&ml, s.load(l));
     if dirty != 0 {
         let (dst, src) = (stacks_at(base, cap, fd), stacks_at(pb, cap, fd));
         if dirty & DIRTY_CREATED != 0 {
-            dst.set_created(&ml, src.created_stack().frames());
-        }
-        if dirty & DIRTY_CLOSED != 0 {
+            // A new handle: creation stack, (empty) close stack and name.
+            dst.copy_from(&ml, src);
+        } else {
             dst.set_closed(&ml, src.closed_stack().frames());
         }
     }
@@ -221,21 +239,112 @@ fn counted(st: u32) -> bool {
     st == state::OPEN || st == state::TOMBSTONE
 }
 
+/// Keeps [`USED`] in step with a slot going from state `old` to `new`.
+pub fn account(old: u32, new: u32) {
+    match (counted(old), counted(new)) {
+        (false, true) => {
+            USED.fetch_add(1, Relaxed);
+        }
+        (true, false) => {
+            USED.fetch_sub(1, Relaxed);
+        }
+        _ => {}
+    }
+}
+
+/// The name a new handle is recorded with (table v3: the path as the
+/// program passed it, cut to its tail past 63 bytes).
+#[derive(Clone, Copy)]
+pub enum Named {
+    No,
+    /// The program's NUL-terminated path (null: none). Read after the
+    /// call succeeded, so the kernel has already read it.
+    Path(*const c_char),
+    /// `memfd:` and the program's NUL-terminated memfd name.
+    Memfd(*const c_char),
+    /// A duplicate of the handle at this fd: its name and its type.
+    DupOf(i32),
+}
+
+/// Longest path the kernel accepts (PATH_MAX, with its NUL).
+const PATH_MAX: usize = 4096;
+
+/// The bytes of a NUL-terminated string, at most `max` of them.
+///
+/// # Safety
+/// `p` is null or points at a NUL-terminated string (or at least `max`
+/// readable bytes) that stays alive while the slice is used.
+unsafe fn c_bytes<'a>(p: *const c_char, max: usize) -> &'a [u8] {
+    if p.is_null() {
+        return &[];
+    }
+    let mut n = 0;
+    // SAFETY: the caller's promise; the scan stops at the NUL or at max.
+    while n < max && unsafe { *p.add(n) } != 0 {
+        n += 1;
+    }
+    // SAFETY: the n bytes just scanned.
+    unsafe { core::slice::from_raw_parts(p.cast::<u8>(), n) }
+}
+
+/// Stores `name` for the new handle at `fd`; runs under its lock after
+/// `set_created` (which cleared the old name). `dup` is the source's name,
+/// read before `set_created` (the source may be the same slot: freopen).
+fn set_name(st: &SlotStacks, l: &Locked, name: Named, dup: &table::Name) {
+    match name {
+        Named::No => {}
+        Named::Path(p) => {
+            // SAFETY: see Named::Path.
+            let b = unsafe { c_bytes(p, PATH_MAX) };
+            if !b.is_empty() {
+                st.set_name(l, b);
+            }
+        }
+        Named::Memfd(p) => {
+            // memfd names are at most 249 bytes (MFD_NAME_MAX_LEN).
+            let mut buf = [0u8; 6 + 249];
+            buf[..6].copy_from_slice(b"memfd:");
+            // SAFETY: see Named::Memfd; the kernel accepted at most 249
+            // bytes before the NUL.
+            let b = unsafe { c_bytes(p, 249) };
+            buf[6..6 + b.len()].copy_from_slice(b);
+            st.set_name(l, &buf[..6 + b.len()]);
+        }
+        Named::DupOf(_) => {
+            if dup.len > 0 {
+                st.set_name(l, dup.as_bytes());
+            }
+        }
+    }
+}
+
 /// Records a new handle at `fd` (its number may be reused: the generation
-/// moves on). `ty` is an obj_type code, 0 when the call did not tell.
-pub fn created(fd: i32, ty: u32, pcs: &Pcs) {
+/// moves on). `ty` is an obj_type code, 0 when the call did not tell;
+/// `how` a `table::how` code (the creating syscall's); `name` what the
+/// handle was opened by. A [`Named::DupOf`] takes the source's type too.
+pub fn created(fd: i32, ty: u32, how: u32, name: Named, pcs: &Pcs) {
     let Some(s) = slot(fd) else { return };
     let l = lock(s);
-    created_locked(fd, s, &l, ty, pcs);
+    created_locked(fd, s, &l, ty, how, name, pcs);
     unlock(fd, s, l);
 }
 
 /// [`created`] for a caller that already holds the slot's lock.
-pub fn created_locked(fd: i32, s: &Slot, l: &Locked, ty: u32, pcs: &Pcs) {
+pub fn created_locked(fd: i32, s: &Slot, l: &Locked, ty: u32, how: u32, name: Named, pcs: &Pcs) {
     let old = s.load(l);
     if old.state == state::INTERNAL {
         lost_internal(fd);
     }
+    // A dup's source is read without its lock (taking a second slot lock
+    // here could deadlock): only a program that races a close of the
+    // source against the dup sees a torn name.
+    let (ty, dup) = match name {
+        Named::DupOf(src) => (
+            slot(src).map_or(ty, |x| x.obj_type.load(Relaxed)),
+            stacks(src).map(|x| x.name()).unwrap_or_default(),
+        ),
+        _ => (ty, table::Name::default()),
+    };
     s.store(
         l,
         SlotValue {
@@ -244,16 +353,15 @@ pub fn created_locked(fd: i32, s: &Slot, l: &Locked, ty: u32, pcs: &Pcs) {
             obj_type: ty,
             koid: 0,
             rights: 0,
-            how: table::how::UNKNOWN,
+            how,
         },
     );
     if let Some(st) = stacks(fd) {
         st.set_created(l, pcs.frames());
+        set_name(st, l, name, &dup);
         mark_dirty(DIRTY_CREATED | DIRTY_CLOSED);
     }
-    if !counted(old.state) {
-        USED.fetch_add(1, Relaxed);
-    }
+    account(old.state, state::OPEN);
 }
 
 /// Takes over an fd the kernel has open but the shim never saw created
@@ -265,12 +373,13 @@ pub fn adopt(fd: i32) {
     if v.state == state::FREE {
         v.state = state::OPEN;
         v.obj_type = 0;
+        v.how = table::how::ADOPTED;
         s.store(&l, v);
         if let Some(st) = stacks(fd) {
             st.set_created(&l, &[]);
             mark_dirty(DIRTY_CREATED | DIRTY_CLOSED);
         }
-        USED.fetch_add(1, Relaxed);
+        account(state::FREE, state::OPEN);
     }
     unlock(fd, s, l);
 }
@@ -290,11 +399,7 @@ pub fn closed_locked(fd: i32, s: &Slot, l: &Locked, tombstone: bool, pcs: &Pcs) 
         st.set_closed(l, pcs.frames());
         mark_dirty(DIRTY_CLOSED);
     }
-    if counted(was) && !tombstone {
-        USED.fetch_sub(1, Relaxed);
-    } else if !counted(was) && tombstone {
-        USED.fetch_add(1, Relaxed);
-    }
+    account(was, v.state);
 }
 
 /// The shim's own fd at `fd` disappeared behind its back (the kernel
@@ -314,9 +419,7 @@ fn mark_internal(fd: i32) {
     if let Some(s) = slot(fd) {
         let l = lock(s);
         let mut v = s.load(&l);
-        if counted(v.state) {
-            USED.fetch_sub(1, Relaxed);
-        }
+        account(v.state, state::INTERNAL);
         v.state = state::INTERNAL;
         v.obj_type = 0;
         s.store(&l, v);
@@ -337,17 +440,149 @@ pub fn free_internal(fd: i32) {
     }
 }
 
-/// Moves a fresh fd of the shim's up to [`HIGH`] (close-on-exec), closes
-/// the original and returns the new number (or the original when that
-/// fails, e.g. under a tiny RLIMIT_NOFILE).
-fn move_high(fd: i32) -> i32 {
+/// FD_SETSIZE: programs that use select() need their fds below it.
+const SELECT_LIMIT: u64 = 1024;
+
+/// Where the shim's own fds (the table and the tombstone source) go, for
+/// RLIMIT_NOFILE `soft`/`hard` at start-up. They must cost the program
+/// no fd number it would get natively, in particular none below
+/// FD_SETSIZE, and must not grow the kernel's fd table (every fork copies
+/// it, every /proc/PID/fd listing walks it) to a huge limit's size:
+///
+/// - a soft limit of at most 1024 that the hard limit lets the shim
+///   exceed: just above the soft limit. The program can never get those
+///   numbers (nor dup2 onto them) unless it raises its limit;
+/// - a soft limit above 1026: 1024 and up, clear of select() users; the
+///   kernel's table grows to 2048 entries (16 KiB) whatever the limit;
+/// - otherwise (a small limit that is also the hard one): the top two
+///   numbers under the limit, which a program meets only once it has
+///   filled its table; under EMFILE the shim then gives them up.
+pub fn choose_high(soft: u64, hard: u64) -> i32 {
+    if soft > SELECT_LIMIT + 2 {
+        SELECT_LIMIT as i32
+    } else if hard >= soft + 2 {
+        soft.max(3) as i32
+    } else {
+        soft.saturating_sub(2).max(3) as i32
+    }
+}
+
+/// RLIMIT_NOFILE now, (soft, hard); None when it cannot be read.
+pub fn nofile() -> Option<(u64, u64)> {
+    let mut lim = libc::rlimit64 {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit64 on this process, reading into a local struct.
+    let r = unsafe {
+        sys::sc(
+            libc::SYS_prlimit64,
+            [
+                0,
+                libc::RLIMIT_NOFILE as u64,
+                0,
+                (&raw mut lim) as u64,
+                0,
+                0,
+            ],
+        )
+    };
+    (r == 0).then_some((lim.rlim_cur, lim.rlim_max))
+}
+
+fn set_soft_nofile(soft: u64, hard: u64) -> bool {
+    let lim = libc::rlimit64 {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: prlimit64 on this process from a local struct.
+    let r = unsafe {
+        sys::sc(
+            libc::SYS_prlimit64,
+            [
+                0,
+                libc::RLIMIT_NOFILE as u64,
+                (&raw const lim) as u64,
+                0,
+                0,
+                0,
+            ],
+        )
+    };
+    r == 0
+}
+
+/// Runs `f`, which makes an fd at number `at` or a few above, with the
+/// soft RLIMIT_NOFILE raised past it for the moment when `at` is at or
+/// beyond it and the hard limit allows (the kernel refuses fd numbers
+/// beyond the soft limit, but keeps fds made there). The shim issues
+/// this with the cookie: a supervisor never sees the short raise.
+fn beyond_soft(at: i32, f: impl FnOnce() -> i64) -> Option<i64> {
+    let (soft, hard) = nofile()?;
+    if (at as u64) < soft {
+        return Some(f());
+    }
+    let want = (at as u64 + 8).min(hard);
+    if want <= at as u64 || !set_soft_nofile(want, hard) {
+        return None;
+    }
+    let r = f();
+    set_soft_nofile(soft, hard);
+    Some(r)
+}
+
+/// A close-on-exec duplicate of `fd` at [`HIGH`] or the first free
+/// number above it (raw result).
+fn dup_high(fd: i32) -> i64 {
     let high = HIGH.load(Relaxed);
     let n = sys::fcntl(fd, libc::F_DUPFD_CLOEXEC, high as u64);
+    if n != -(libc::EINVAL as i64) {
+        return n;
+    }
+    // EINVAL: HIGH is at or beyond the soft limit.
+    beyond_soft(high, || sys::fcntl(fd, libc::F_DUPFD_CLOEXEC, high as u64)).unwrap_or(n)
+}
+
+/// Moves a fresh fd of the shim's up to [`HIGH`] (close-on-exec), closes
+/// the original and returns the new number (or the original when that
+/// fails: every number from HIGH up is taken).
+fn move_high(fd: i32) -> i32 {
+    let n = dup_high(fd);
     if n < 0 {
         return fd;
     }
     sys::close(fd);
     n as i32
+}
+
+/// EMFILE: gives the program the shim's own fd `which` (the tombstone
+/// source first, the table fd last) when it sits below the soft limit.
+/// The table fd is moved beyond the soft limit when the hard limit
+/// allows (and announced there), else closed: the mapping outlives it,
+/// only `handles <pid>` loses sight of the table. Returns whether a
+/// number below the limit was freed.
+pub fn yield_internal(which: &AtomicI32) -> bool {
+    let fd = which.load(Relaxed);
+    let Some((soft, _)) = nofile() else {
+        return false;
+    };
+    if fd < 0 || fd as u64 >= soft {
+        return false;
+    }
+    let is_table = core::ptr::eq(which, &TABLE_FD);
+    let moved = if is_table {
+        beyond_soft(soft as i32, || sys::fcntl(fd, libc::F_DUPFD_CLOEXEC, soft)).filter(|&n| n >= 0)
+    } else {
+        None
+    };
+    which.store(moved.map_or(-1, |n| n as i32), Relaxed);
+    sys::close(fd);
+    free_internal(fd);
+    if let Some(n) = moved {
+        mark_internal(n as i32);
+        announce();
+    }
+    true
 }
 
 /// Opens the tombstone source (an O_PATH fd on "/") if there is none.
@@ -382,17 +617,42 @@ pub fn tomb_src() -> i32 {
 /// The shim's own fd `fd` is about to be overwritten by the program
 /// (dup2 onto it): move it out of the way first.
 pub fn relocate_internal(fd: i32) {
-    let high = HIGH.load(Relaxed);
-    let n = sys::fcntl(fd, libc::F_DUPFD_CLOEXEC, high as u64);
+    let n = dup_high(fd);
     if TOMB_SRC.load(Relaxed) == fd {
         TOMB_SRC.store(if n >= 0 { n as i32 } else { -1 }, Relaxed);
     }
-    if TABLE_FD.load(Relaxed) == fd {
+    let table = TABLE_FD.load(Relaxed) == fd;
+    if table {
         TABLE_FD.store(if n >= 0 { n as i32 } else { -1 }, Relaxed);
     }
     if n >= 0 {
         mark_internal(n as i32);
+        if table {
+            announce();
+        }
     }
+}
+
+/// Tells a supervisor where the table is: `fcntl(TABLE_FD, F_GETFD)`
+/// with the cookie register holding `COOKIE ^ ANNOUNCE_XOR`. Its
+/// prefilter does not let that through, so the call stops at the
+/// supervisor, which maps the table from /proc/PID/fd/<arg0>. Nothing
+/// without a cookie (no supervisor to tell).
+pub fn announce() {
+    if !sys::COOKIE_ON.load(Relaxed) {
+        return;
+    }
+    let fd = TABLE_FD.load(Relaxed);
+    let Some(i) = sys::cookie_arg(libc::SYS_fcntl) else {
+        return;
+    };
+    if fd < 0 {
+        return;
+    }
+    let mut a = [fd as u64, libc::F_GETFD as u64, 0, 0, 0, 0];
+    a[i] = sys::COOKIE.load(Relaxed) ^ table::ANNOUNCE_XOR;
+    // SAFETY: F_GETFD on the table's fd reads its flags, nothing else.
+    unsafe { sys::raw(libc::SYS_fcntl, a) };
 }
 
 /// Formats `handles-table:<pid>` into `buf` (NUL-terminated).
@@ -584,7 +844,13 @@ pub extern "C" fn after_fork_child() {
         return;
     };
     let mixer = sys::random_u32();
-    for i in 0..cap as i32 {
+    let written = (0..cap as usize).step_by(GROUP).filter(|&g| {
+        WRITTEN
+            .get(g / GROUP / 64)
+            .is_some_and(|w| w.load(Relaxed) & (1 << (g / GROUP % 64)) != 0)
+    });
+    for i in written.flat_map(|g| g..(g + GROUP).min(cap as usize)) {
+        let i = i as i32;
         // The mirror: this child's exact copy of the parent's table at the
         // fork (a slot a thread of the parent was writing may be torn).
         let s = slot_at(base, i);
@@ -612,59 +878,150 @@ pub extern "C" fn after_fork_child() {
     MIXER.store(mixer, Relaxed);
     PUB.store(pb, Release);
     let old_fd = TABLE_FD.load(Relaxed);
-    if old_fd >= 0 && sys::dup3(fd, old_fd, libc::O_CLOEXEC) == old_fd as i64 {
+    let replaced = old_fd >= 0 && {
+        let mut r = sys::dup3(fd, old_fd, libc::O_CLOEXEC);
+        if r == -(libc::EBADF as i64) {
+            // The parent's table fd sits beyond the soft limit.
+            r = beyond_soft(old_fd, || sys::dup3(fd, old_fd, libc::O_CLOEXEC)).unwrap_or(r);
+        }
+        r == old_fd as i64
+    };
+    if replaced {
         sys::close(fd);
     } else {
         let fd = move_high(fd);
         TABLE_FD.store(fd, Relaxed);
         mark_internal(fd);
     }
+    announce();
+}
+
+/// The fds open when the constructor started, listed before the shim
+/// made its own (so the listing walks the program's small fd table).
+pub struct Listing {
+    fds: [i32; 256],
+    n: usize,
+    /// More than fit, or /proc could not be read.
+    incomplete: bool,
+}
+
+/// Calls `f` with every fd open now, listed from /proc/self/fd with raw
+/// syscalls that carry the cookie: no allocation, and no close for a
+/// supervisor to quarantine. False when the listing failed.
+fn each_open_fd(mut f: impl FnMut(i32)) -> bool {
+    // SAFETY: openat on a static NUL-terminated path.
+    let dfd = unsafe {
+        sys::sc(
+            libc::SYS_openat,
+            [
+                libc::AT_FDCWD as u64,
+                c"/proc/self/fd".as_ptr() as u64,
+                (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
+                0,
+                0,
+                0,
+            ],
+        )
+    };
+    if dfd < 0 {
+        return false;
+    }
+    let mut buf = [0u64; 512];
+    let ok = loop {
+        // SAFETY: getdents64 into a local buffer of its length.
+        let n = unsafe {
+            sys::sc(
+                libc::SYS_getdents64,
+                [dfd as u64, buf.as_mut_ptr() as u64, 4096, 0, 0, 0],
+            )
+        };
+        if n <= 0 {
+            break n == 0;
+        }
+        // SAFETY: the kernel wrote n bytes of records into buf.
+        let bytes = unsafe { core::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n as usize) };
+        let mut at = 0;
+        // Each record: d_ino (8), d_off (8), d_reclen (2), d_type (1),
+        // then the NUL-terminated name.
+        while at + 19 < bytes.len() {
+            let reclen = usize::from(u16::from_ne_bytes([bytes[at + 16], bytes[at + 17]]));
+            if reclen == 0 || at + reclen > bytes.len() {
+                break;
+            }
+            let mut fd: i64 = 0;
+            let mut digits = 0;
+            for &b in &bytes[at + 19..at + reclen] {
+                if !b.is_ascii_digit() || digits > 9 {
+                    break;
+                }
+                fd = fd * 10 + i64::from(b - b'0');
+                digits += 1;
+            }
+            if digits > 0 && fd != dfd && fd <= i64::from(i32::MAX) {
+                f(fd as i32);
+            }
+            at += reclen;
+        }
+    };
+    sys::close(dfd as i32);
+    ok
+}
+
+/// Lists the fds open now (the constructor, before the table exists).
+pub fn list_open_fds() -> Listing {
+    let mut l = Listing {
+        fds: [-1; 256],
+        n: 0,
+        incomplete: false,
+    };
+    let ok = each_open_fd(|fd| {
+        if l.n < l.fds.len() {
+            l.fds[l.n] = fd;
+            l.n += 1;
+        } else {
+            l.incomplete = true;
+        }
+    });
+    l.incomplete |= !ok;
+    l
 }
 
 /// Registers every fd open at start-up (inherited across exec, or opened
-/// by constructors that ran before ours) as open, generation 0.
-pub fn register_inherited() {
-    let mut fds: [i32; 256] = [-1; 256];
-    let mut n = 0;
-    let mut more = false;
-    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
-        for e in dir.flatten() {
-            if let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) {
-                if n < fds.len() {
-                    fds[n] = fd;
-                    n += 1;
-                } else {
-                    more = true;
-                }
-            }
-        }
-    }
+/// by constructors that ran before ours) as open, generation 0, how
+/// INHERITED.
+pub fn register_inherited(first: &Listing) {
     let reg = |fd: i32| {
-        if !is_internal(fd) && sys::is_open(fd) {
-            if let Some(s) = slot(fd) {
-                let l = lock(s);
-                let v = s.load(&l);
-                if v.state == state::FREE {
-                    s.store(
-                        &l,
-                        SlotValue {
-                            state: state::OPEN,
-                            ..v
-                        },
-                    );
-                    USED.fetch_add(1, Relaxed);
-                }
-                unlock(fd, s, l);
+        if is_internal(fd) {
+            return;
+        }
+        if let Some(s) = slot(fd) {
+            let l = lock(s);
+            let v = s.load(&l);
+            if v.state == state::FREE {
+                s.store(
+                    &l,
+                    SlotValue {
+                        state: state::OPEN,
+                        how: table::how::INHERITED,
+                        ..v
+                    },
+                );
+                account(state::FREE, state::OPEN);
             }
+            unlock(fd, s, l);
         }
     };
-    for &fd in &fds[..n] {
+    for &fd in &first.fds[..first.n] {
+        // Listed before the shim's own fds existed: still open unless a
+        // constructor closed it since (none of ours does).
         reg(fd);
     }
-    if more {
-        // More than 256 inherited fds: probe every number instead.
+    if first.incomplete && !each_open_fd(reg) {
+        // No /proc: probe every number instead.
         for fd in 0..CAP.load(Relaxed) as i32 {
-            reg(fd);
+            if sys::is_open(fd) {
+                reg(fd);
+            }
         }
     }
 }
@@ -702,7 +1059,7 @@ pub fn release_inherited(fd: i32) -> bool {
         sys::close(fd);
         v.state = state::FREE;
         s.store(&l, v);
-        USED.fetch_sub(1, Relaxed);
+        account(state::TOMBSTONE, state::FREE);
     }
     unlock(fd, s, l);
     ok
@@ -732,7 +1089,7 @@ pub fn closed_in_range(fd: i32, pcs: &Pcs) {
     } else if v.state == state::TOMBSTONE {
         v.state = state::FREE;
         s.store(&l, v);
-        USED.fetch_sub(1, Relaxed);
+        account(state::TOMBSTONE, state::FREE);
     }
     unlock(fd, s, l);
 }

@@ -24,7 +24,7 @@ use libc::FILE;
 use crate::quarantine;
 use crate::report::{self, After, Call, Op};
 use crate::stack;
-use crate::state::{self as st, active, enter, leave};
+use crate::state::{self as st, active, enter, leave, Named};
 use crate::sys;
 
 /// Offset of `_fileno` in glibc's `struct _IO_FILE` on x86_64: `_flags`
@@ -120,13 +120,15 @@ fn emfile() -> bool {
     e == libc::EMFILE || e == libc::ENFILE
 }
 
-/// Runs `f` (a libc function that opens an fd internally), retrying once
-/// after releasing the quarantine on EMFILE, then records the fd that
-/// `fd_of` finds in the result.
+/// Runs `f` (a libc function that opens an fd internally); on EMFILE gives
+/// the program the numbers the shim holds and retries (as the wrappers of
+/// syscalls do), then records the fd that `fd_of` finds in the result,
+/// made by syscall `nr` (the one libc issues), with its name.
 fn opened<T: Copy>(
     frame: usize,
     ty: u32,
-    fail: T,
+    nr: i64,
+    name: Named,
     f: impl Fn() -> T,
     fd_of: impl Fn(T) -> c_int,
 ) -> T {
@@ -136,17 +138,23 @@ fn opened<T: Copy>(
     }
     if fd_of(r) < 0 && emfile() && enter() {
         st::ensure_own_table();
-        quarantine::release_all();
+        let mut step = 0;
+        while fd_of(r) < 0 && emfile() && step < 3 {
+            if quarantine::relieve(step) {
+                r = f();
+            }
+            step += 1;
+        }
         leave();
-        r = f();
     }
     let fd = fd_of(r);
     if fd >= 0 && enter() {
         st::ensure_own_table();
-        st::created(fd, ty, &stack::capture(frame));
+        let how = handles_model::table::how::syscall(nr as u32);
+        st::created(fd, ty, how, name, &stack::capture(frame));
+        quarantine::after_create();
         leave();
     }
-    let _ = fail;
     r
 }
 
@@ -209,7 +217,8 @@ unsafe extern "C-unwind" fn fopen_impl(
     opened(
         frame,
         0,
-        core::ptr::null_mut(),
+        libc::SYS_openat,
+        Named::Path(path),
         || unsafe { f(path, mode) },
         file_fd,
     )
@@ -226,7 +235,8 @@ unsafe extern "C-unwind" fn fopen64_impl(
     opened(
         frame,
         0,
-        core::ptr::null_mut(),
+        libc::SYS_openat,
+        Named::Path(path),
         || unsafe { f(path, mode) },
         file_fd,
     )
@@ -246,7 +256,8 @@ unsafe extern "C-unwind" fn popen_impl(
     opened(
         frame,
         obj_type_code(ObjType::Pipe),
-        core::ptr::null_mut(),
+        libc::SYS_pipe2,
+        Named::No,
         || unsafe { f(cmd, mode) },
         file_fd,
     )
@@ -261,7 +272,8 @@ unsafe extern "C-unwind" fn tmpfile_impl(frame: usize) -> *mut FILE {
     opened(
         frame,
         obj_type_code(ObjType::File),
-        core::ptr::null_mut(),
+        libc::SYS_openat,
+        Named::No,
         || unsafe { f() },
         file_fd,
     )
@@ -277,7 +289,8 @@ unsafe extern "C-unwind" fn mkstemp_impl(t: *mut c_char, frame: usize) -> c_int 
     opened(
         frame,
         obj_type_code(ObjType::File),
-        -1,
+        libc::SYS_openat,
+        Named::Path(t),
         || unsafe { f(t) },
         |fd| fd,
     )
@@ -290,7 +303,8 @@ unsafe extern "C-unwind" fn mkostemp_impl(t: *mut c_char, flags: c_int, frame: u
     opened(
         frame,
         obj_type_code(ObjType::File),
-        -1,
+        libc::SYS_openat,
+        Named::Path(t),
         || unsafe { f(t, flags) },
         |fd| fd,
     )
@@ -303,7 +317,8 @@ unsafe extern "C-unwind" fn mkstemps_impl(t: *mut c_char, suffix: c_int, frame: 
     opened(
         frame,
         obj_type_code(ObjType::File),
-        -1,
+        libc::SYS_openat,
+        Named::Path(t),
         || unsafe { f(t, suffix) },
         |fd| fd,
     )
@@ -321,7 +336,8 @@ unsafe extern "C-unwind" fn mkostemps_impl(
     opened(
         frame,
         obj_type_code(ObjType::File),
-        -1,
+        libc::SYS_openat,
+        Named::Path(t),
         || unsafe { f(t, suffix, flags) },
         |fd| fd,
     )
@@ -341,7 +357,8 @@ unsafe extern "C-unwind" fn opendir_impl(name: *const c_char, frame: usize) -> *
     opened(
         frame,
         obj_type_code(ObjType::Dir),
-        core::ptr::null_mut(),
+        libc::SYS_openat,
+        Named::Path(name),
         || unsafe { f(name) },
         dir_fd,
     )
@@ -564,7 +581,15 @@ fn reopen(
         let pcs = stack::capture(frame);
         let new = file_fd(r);
         if new >= 0 {
-            st::created(new, 0, &pcs);
+            // glibc opens the file (openat) and moves it to the stream's
+            // number; with no path it reopens the stream's own file.
+            let name = if path.is_null() {
+                Named::DupOf(old)
+            } else {
+                Named::Path(path)
+            };
+            let how = handles_model::table::how::syscall(libc::SYS_openat as u32);
+            st::created(new, 0, how, name, &pcs);
         }
         if old >= 0 && old != new {
             st::closed(old, &pcs);

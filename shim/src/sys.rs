@@ -58,6 +58,12 @@ pub unsafe fn raw(nr: i64, a: [u64; 6]) -> i64 {
     ret
 }
 
+/// The argument register the cookie goes in for syscall `nr`, if any.
+pub fn cookie_arg(nr: i64) -> Option<usize> {
+    let i = COOKIE_ARG.get(usize::try_from(nr).ok()?)?.load(Relaxed);
+    (i < 6).then_some(usize::from(i))
+}
+
 /// Puts the cookie in the syscall's free argument register, if a cookie
 /// is set and the syscall has one free (six-argument syscalls do not).
 #[inline(always)]

@@ -8,14 +8,14 @@
 
 use core::ffi::{c_char, c_int, c_uint, c_void};
 
-use handles_model::table::{obj_type_code, state};
+use handles_model::table::{self, obj_type_code, state};
 use handles_model::ObjType;
 use libc::{size_t, ssize_t};
 
 use crate::quarantine;
 use crate::report::{self, After, Call, Op};
 use crate::stack;
-use crate::state::{self as st, active, enter, leave};
+use crate::state::{self as st, active, enter, leave, Named};
 use crate::sys::{self, ret, sc, sc_cancel};
 
 /// Exported function `$name` that calls `$imp` with the same arguments
@@ -98,50 +98,62 @@ fn check_slow(fd: c_int, what: Op, call: &Call, frame: usize) -> Option<i64> {
     Some(ret(r))
 }
 
-/// Runs a creating syscall `f` (raw result), retries once after releasing
-/// the quarantine on EMFILE/ENFILE, and records the new fd.
+/// A creating syscall's failure that the shim's own fd numbers may cause.
 #[inline(always)]
-fn create(frame: usize, ty: u32, f: impl Fn() -> i64) -> i64 {
+fn emfile(r: i64) -> bool {
+    r == -(libc::EMFILE as i64) || r == -(libc::ENFILE as i64)
+}
+
+/// Runs a creating syscall `f` (raw result); on EMFILE/ENFILE gives the
+/// program the numbers the shim holds and retries; records the new fd
+/// with its type, how (`table::how`) and name.
+#[inline(always)]
+fn create(frame: usize, ty: u32, how: u32, name: Named, f: impl Fn() -> i64) -> i64 {
     if !active() {
         return f();
     }
     let mut r = f();
-    if r == -(libc::EMFILE as i64) || r == -(libc::ENFILE as i64) {
+    if emfile(r) {
         r = retry_after_release(&f, r);
     }
     if r >= 0 && enter() {
         st::ensure_own_table();
-        st::created(r as i32, ty, &stack::capture(frame));
+        st::created(r as i32, ty, how, name, &stack::capture(frame));
+        quarantine::after_create();
         leave();
     }
     r
 }
 
+/// The answer to EMFILE/ENFILE: the quarantine's numbers, then the
+/// tombstone source, then the table's fd, each followed by a retry while
+/// the call still fails so. A program that fills its fd table gets as
+/// many fds as natively. (Under a supervisor, its own tombstones are its
+/// to give back: see shim/README.md.)
 #[cold]
-fn retry_after_release(f: &dyn Fn() -> i64, r: i64) -> i64 {
+fn retry_after_release(f: &dyn Fn() -> i64, mut r: i64) -> i64 {
     if !enter() {
         return r;
     }
     st::ensure_own_table();
-    quarantine::release_all();
-    // The tombstone source is one more fd the program may need; it comes
-    // back on the next close that has room to quarantine.
-    let src = st::TOMB_SRC.swap(-1, core::sync::atomic::Ordering::Relaxed);
-    if src >= 0 {
-        sys::close(src);
-        st::free_internal(src);
+    let mut step = 0;
+    while emfile(r) && step < 3 {
+        if quarantine::relieve(step) {
+            r = f();
+        }
+        step += 1;
     }
     leave();
-    f()
+    r
 }
 
 /// [`create`] for calls that return two fds in an int[2].
-fn create_pair(frame: usize, ty: u32, fds: *mut c_int, f: impl Fn() -> i64) -> i64 {
+fn create_pair(frame: usize, ty: u32, how: u32, fds: *mut c_int, f: impl Fn() -> i64) -> i64 {
     if !active() {
         return f();
     }
     let mut r = f();
-    if r == -(libc::EMFILE as i64) || r == -(libc::ENFILE as i64) {
+    if emfile(r) {
         r = retry_after_release(&f, r);
     }
     if r == 0 && enter() {
@@ -149,11 +161,17 @@ fn create_pair(frame: usize, ty: u32, fds: *mut c_int, f: impl Fn() -> i64) -> i
         let pcs = stack::capture(frame);
         // SAFETY: the kernel just wrote both fds there.
         let (a, b) = unsafe { (*fds, *fds.add(1)) };
-        st::created(a, ty, &pcs);
-        st::created(b, ty, &pcs);
+        st::created(a, ty, how, Named::No, &pcs);
+        st::created(b, ty, how, Named::No, &pcs);
+        quarantine::after_create();
         leave();
     }
     r
+}
+
+/// The `table::how` code of a handle made by syscall `nr`.
+fn how(nr: i64) -> u32 {
+    table::how::syscall(nr as u32)
 }
 
 macro_rules! args {
@@ -554,9 +572,13 @@ unsafe extern "C-unwind" fn openat_impl(
     }
     // Opening a FIFO blocks: a cancellation point.
     // SAFETY: the program's call.
-    ret(create(frame, open_type(flags), || unsafe {
-        sc_cancel(libc::SYS_openat, a)
-    })) as c_int
+    ret(create(
+        frame,
+        open_type(flags),
+        how(libc::SYS_openat),
+        Named::Path(path),
+        || unsafe { sc_cancel(libc::SYS_openat, a) },
+    )) as c_int
 }
 
 unsafe extern "C-unwind" fn open_impl(
@@ -624,9 +646,13 @@ unsafe extern "C-unwind" fn socket_impl(
 ) -> c_int {
     let a = args!(domain, ty, proto);
     // SAFETY: the program's call.
-    ret(create(frame, socket_type(domain), || unsafe {
-        sc(libc::SYS_socket, a)
-    })) as c_int
+    ret(create(
+        frame,
+        socket_type(domain),
+        how(libc::SYS_socket),
+        Named::No,
+        || unsafe { sc(libc::SYS_socket, a) },
+    )) as c_int
 }
 trampoline!(socket => socket_impl, "rcx", (domain: c_int, ty: c_int, proto: c_int) -> c_int);
 
@@ -639,9 +665,13 @@ unsafe extern "C-unwind" fn socketpair_impl(
 ) -> c_int {
     let a = args!(domain, ty, proto, sv);
     // SAFETY: the program's call.
-    ret(create_pair(frame, socket_type(domain), sv, || unsafe {
-        sc(libc::SYS_socketpair, a)
-    })) as c_int
+    ret(create_pair(
+        frame,
+        socket_type(domain),
+        how(libc::SYS_socketpair),
+        sv,
+        || unsafe { sc(libc::SYS_socketpair, a) },
+    )) as c_int
 }
 trampoline!(socketpair => socketpair_impl, "r8", (domain: c_int, ty: c_int, proto: c_int, sv: *mut c_int) -> c_int);
 
@@ -658,9 +688,13 @@ unsafe extern "C-unwind" fn accept4_impl(
     }
     let ty = st::type_of(fd);
     // SAFETY: the program's call.
-    ret(create(frame, ty, || unsafe {
-        sc_cancel(libc::SYS_accept4, a)
-    })) as c_int
+    ret(create(
+        frame,
+        ty,
+        how(libc::SYS_accept4),
+        Named::No,
+        || unsafe { sc_cancel(libc::SYS_accept4, a) },
+    )) as c_int
 }
 
 unsafe extern "C-unwind" fn accept_impl(
@@ -675,9 +709,13 @@ unsafe extern "C-unwind" fn accept_impl(
     }
     let ty = st::type_of(fd);
     // SAFETY: the program's call.
-    ret(create(frame, ty, || unsafe {
-        sc_cancel(libc::SYS_accept, a)
-    })) as c_int
+    ret(create(
+        frame,
+        ty,
+        how(libc::SYS_accept),
+        Named::No,
+        || unsafe { sc_cancel(libc::SYS_accept, a) },
+    )) as c_int
 }
 trampoline!(accept => accept_impl, "rcx", (fd: c_int, addr: *mut libc::sockaddr, len: *mut libc::socklen_t) -> c_int);
 trampoline!(accept4 => accept4_impl, "r8", (fd: c_int, addr: *mut libc::sockaddr, len: *mut libc::socklen_t, flags: c_int) -> c_int);
@@ -685,9 +723,13 @@ trampoline!(accept4 => accept4_impl, "r8", (fd: c_int, addr: *mut libc::sockaddr
 unsafe extern "C-unwind" fn pipe2_impl(fds: *mut c_int, flags: c_int, frame: usize) -> c_int {
     let a = args!(fds, flags);
     // SAFETY: the program's call.
-    ret(create_pair(frame, code(ObjType::Pipe), fds, || unsafe {
-        sc(libc::SYS_pipe2, a)
-    })) as c_int
+    ret(create_pair(
+        frame,
+        code(ObjType::Pipe),
+        how(libc::SYS_pipe2),
+        fds,
+        || unsafe { sc(libc::SYS_pipe2, a) },
+    )) as c_int
 }
 unsafe extern "C-unwind" fn pipe_impl(fds: *mut c_int, frame: usize) -> c_int {
     // SAFETY: forwarding.
@@ -699,10 +741,13 @@ trampoline!(pipe2 => pipe2_impl, "rdx", (fds: *mut c_int, flags: c_int) -> c_int
 /// A creating call with integer arguments and a fixed type.
 macro_rules! simple_create {
     ($name:ident, $imp:ident, $reg:literal, $nr:expr, $ty:expr, ($($arg:ident: $t:ty),*), [$($sysarg:expr),*]) => {
+        simple_create!($name, $imp, $reg, $nr, $ty, Named::No, ($($arg: $t),*), [$($sysarg),*]);
+    };
+    ($name:ident, $imp:ident, $reg:literal, $nr:expr, $ty:expr, $named:expr, ($($arg:ident: $t:ty),*), [$($sysarg:expr),*]) => {
         unsafe extern "C-unwind" fn $imp($($arg: $t,)* frame: usize) -> c_int {
             let a = args!($($sysarg),*);
             // SAFETY: the program's call.
-            ret(create(frame, $ty, || unsafe { sc($nr, a) })) as c_int
+            ret(create(frame, $ty, how($nr), $named, || unsafe { sc($nr, a) })) as c_int
         }
         trampoline!($name => $imp, $reg, ($($arg: $t),*) -> c_int);
     };
@@ -723,7 +768,7 @@ simple_create!(
 );
 simple_create!(inotify_init1, inotify_init1_impl, "rsi", libc::SYS_inotify_init1, code(ObjType::Inotify), (flags: c_int), [flags]);
 simple_create!(fanotify_init, fanotify_init_impl, "rdx", libc::SYS_fanotify_init, code(ObjType::Fanotify), (flags: c_uint, evflags: c_uint), [flags, evflags]);
-simple_create!(memfd_create, memfd_create_impl, "rdx", libc::SYS_memfd_create, code(ObjType::Vmo), (name: *const c_char, flags: c_uint), [name, flags]);
+simple_create!(memfd_create, memfd_create_impl, "rdx", libc::SYS_memfd_create, code(ObjType::Vmo), Named::Memfd(name), (name: *const c_char, flags: c_uint), [name, flags]);
 simple_create!(pidfd_open, pidfd_open_impl, "rdx", libc::SYS_pidfd_open, code(ObjType::Process), (pid: libc::pid_t, flags: c_uint), [pid, flags]);
 
 unsafe extern "C-unwind" fn signalfd_impl(
@@ -742,9 +787,13 @@ unsafe extern "C-unwind" fn signalfd_impl(
         return ret(unsafe { sc(libc::SYS_signalfd4, a) }) as c_int;
     }
     // SAFETY: the program's call.
-    ret(create(frame, code(ObjType::Signalfd), || unsafe {
-        sc(libc::SYS_signalfd4, a)
-    })) as c_int
+    ret(create(
+        frame,
+        code(ObjType::Signalfd),
+        how(libc::SYS_signalfd4),
+        Named::No,
+        || unsafe { sc(libc::SYS_signalfd4, a) },
+    )) as c_int
 }
 trampoline!(signalfd => signalfd_impl, "rcx", (fd: c_int, mask: *const libc::sigset_t, flags: c_int) -> c_int);
 
@@ -753,9 +802,14 @@ unsafe extern "C-unwind" fn dup_impl(fd: c_int, frame: usize) -> c_int {
     if let Some(r) = check(fd, Op::Dup, libc::SYS_dup, a, frame) {
         return r as c_int;
     }
-    let ty = st::type_of(fd);
     // SAFETY: the program's call.
-    ret(create(frame, ty, || unsafe { sc(libc::SYS_dup, a) })) as c_int
+    ret(create(
+        frame,
+        0,
+        how(libc::SYS_dup),
+        Named::DupOf(fd),
+        || unsafe { sc(libc::SYS_dup, a) },
+    )) as c_int
 }
 trampoline!(dup => dup_impl, "rsi", (fd: c_int) -> c_int);
 
@@ -784,7 +838,15 @@ fn dup_to(nr: i64, old: c_int, new: c_int, flags: c_int, frame: usize) -> c_int 
             // SAFETY: the program's call.
             let r = unsafe { sc(nr, a) };
             if r >= 0 {
-                st::created_locked(new, s, &l, st::type_of(old), &stack::capture(frame));
+                st::created_locked(
+                    new,
+                    s,
+                    &l,
+                    0,
+                    how(nr),
+                    Named::DupOf(old),
+                    &stack::capture(frame),
+                );
             }
             st::unlock(new, s, l);
             r
@@ -817,9 +879,14 @@ unsafe extern "C-unwind" fn fcntl_impl(
             if let Some(r) = check(fd, Op::Dup, libc::SYS_fcntl, a, frame) {
                 return r as c_int;
             }
-            let ty = st::type_of(fd);
             // SAFETY: the program's call.
-            ret(create(frame, ty, || unsafe { sc(libc::SYS_fcntl, a) })) as c_int
+            ret(create(
+                frame,
+                0,
+                how(libc::SYS_fcntl),
+                Named::DupOf(fd),
+                || unsafe { sc(libc::SYS_fcntl, a) },
+            )) as c_int
         }
         libc::F_GETFD | libc::F_GETFL => {
             // Probes ("is this fd open?") are never reported; a
@@ -894,11 +961,14 @@ unsafe fn note_rights(msg: *mut libc::msghdr, frame: usize) {
                 for i in 0..n {
                     let fd = data.add(i).read_unaligned();
                     let p = pcs.get_or_insert_with(|| stack::capture(frame));
-                    st::created(fd, 0, p);
+                    st::created(fd, 0, table::how::RECEIVED, Named::No, p);
                 }
             }
             c = libc::CMSG_NXTHDR(msg, c);
         }
+    }
+    if pcs.is_some() {
+        quarantine::after_create();
     }
 }
 
@@ -1064,6 +1134,66 @@ trampoline!(closefrom => closefrom_impl, "rsi", (lo: c_int) -> ());
 pub unsafe extern "C" fn vfork() -> libc::pid_t {
     // SAFETY: plain fork.
     unsafe { libc::fork() }
+}
+
+/// setrlimit/prlimit: the quarantine's bound follows RLIMIT_NOFILE (a
+/// program that lowers it must not meet an early EMFILE, nor tombstones
+/// in the numbers it has left). Issued without the cookie, so that a
+/// supervisor sees the limit change too, as glibc issues it (prlimit64).
+fn set_limit(
+    pid: libc::pid_t,
+    res: c_int,
+    new: *const libc::rlimit,
+    old: *mut libc::rlimit,
+) -> i64 {
+    // SAFETY: the program's call; the kernel checks both pointers.
+    let r = unsafe {
+        sys::raw(
+            libc::SYS_prlimit64,
+            [pid as u64, res as u64, new as u64, old as u64, 0, 0],
+        )
+    };
+    if r == 0
+        && active()
+        && res == libc::RLIMIT_NOFILE as c_int
+        && !new.is_null()
+        && (pid == 0 || pid == sys::getpid())
+    {
+        // SAFETY: the kernel just read it.
+        let soft = unsafe { (*new).rlim_cur };
+        st::LIMIT.store(soft.max(1), core::sync::atomic::Ordering::Relaxed);
+    }
+    r
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn setrlimit(res: c_int, rl: *const libc::rlimit) -> c_int {
+    ret(set_limit(0, res, rl, core::ptr::null_mut())) as c_int
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn setrlimit64(res: c_int, rl: *const libc::rlimit) -> c_int {
+    ret(set_limit(0, res, rl, core::ptr::null_mut())) as c_int
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn prlimit(
+    pid: libc::pid_t,
+    res: c_int,
+    new: *const libc::rlimit,
+    old: *mut libc::rlimit,
+) -> c_int {
+    ret(set_limit(pid, res, new, old)) as c_int
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn prlimit64(
+    pid: libc::pid_t,
+    res: c_int,
+    new: *const libc::rlimit,
+    old: *mut libc::rlimit,
+) -> c_int {
+    ret(set_limit(pid, res, new, old)) as c_int
 }
 
 /// syscall(2): the fd-lifecycle syscalls a program issues through libc's
