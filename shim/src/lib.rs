@@ -199,8 +199,14 @@ extern "C" fn init() {
     let (soft, hard) = state::nofile().unwrap_or((1024, 1024));
     let limit = soft.max(1);
     state::LIMIT.store(limit, Relaxed);
-    let cap = limit.clamp(1024, u64::from(handles_model::table::MAX_CAPACITY)) as u32;
-    state::HIGH.store(state::choose_high(soft, hard), Relaxed);
+    let high = state::choose_high(soft, hard);
+    state::HIGH.store(high, Relaxed);
+    // The table also covers the shim's own fds (placed just beyond a small
+    // soft limit), so that their slots say INTERNAL: a supervisor hides
+    // them from the program's listings of /proc/self/fd.
+    let cap = limit
+        .max(high as u64 + 2)
+        .clamp(1024, u64::from(handles_model::table::MAX_CAPACITY)) as u32;
     stack::init();
     state::init_exe_name();
     stdio::init();

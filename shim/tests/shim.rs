@@ -1042,8 +1042,8 @@ fn fd_pressure_after_lowering_the_limit_and_a_crowded_select_bound() {
 }
 
 /// The number of the table's fd in a process started with RLIMIT_NOFILE
-/// `soft`/`hard`.
-fn table_fd_with(soft: u64, hard: u64) -> i32 {
+/// `soft`/`hard`, and the state of its slot.
+fn table_fd_with(soft: u64, hard: u64) -> (i32, Option<u32>) {
     use std::os::unix::process::CommandExt;
     let mut c = preloaded(&fixture("shim_table"));
     // SAFETY: setrlimit is async-signal-safe and touches only the child.
@@ -1060,7 +1060,9 @@ fn table_fd_with(soft: u64, hard: u64) -> i32 {
         });
     }
     let d = Driven::spawn(c);
-    LiveTable::open(d.child.id()).fd
+    let t = LiveTable::open(d.child.id());
+    let st = t.view().slot(t.fd).map(|s| s.state);
+    (t.fd, st)
 }
 
 #[test]
@@ -1077,16 +1079,22 @@ fn the_shims_own_fds_stay_out_of_the_programs_numbers() {
     let hard = hard.rlim_max;
     // A small soft limit below a larger hard one: just beyond the soft
     // limit, where the program can never get a number.
+    // The slot says INTERNAL wherever the fd sits (a supervisor hides
+    // those from the program's listings).
+    let internal = Some(state::INTERNAL);
     if hard >= 512 {
-        assert_eq!(table_fd_with(256, hard), 256);
+        assert_eq!(table_fd_with(256, hard), (256, internal));
+    }
+    if hard >= 1100 {
+        assert_eq!(table_fd_with(1024, hard), (1024, internal));
     }
     // Soft = hard: the top of the range.
-    assert_eq!(table_fd_with(300, 300), 298);
+    assert_eq!(table_fd_with(300, 300), (298, internal));
     // A large limit: 1024, clear of select() users, and the kernel's fd
     // table stays small (not the limit's size).
     if hard >= 4096 {
-        assert_eq!(table_fd_with(4096, 4096), 1024);
-        assert_eq!(table_fd_with(hard, hard), 1024);
+        assert_eq!(table_fd_with(4096, 4096), (1024, internal));
+        assert_eq!(table_fd_with(hard, hard), (1024, internal));
     }
 }
 
