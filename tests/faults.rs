@@ -645,9 +645,6 @@ fn with_hup_and_int_ignored(args: &[&std::ffi::OsStr]) -> Command {
 }
 
 #[test]
-#[ignore = "known bug: handles replaces a SIG_IGN it was started with by its forwarding \
-            handler, so the program starts with SIGHUP/SIGINT at SIG_DFL; the fix is to skip \
-            signals ignored on entry in job.rs install_forwarding"]
 fn signals_ignored_when_the_supervisor_starts_stay_ignored_in_the_job() {
     // What nohup (or a script's `cmd &`) gives the program natively, it
     // keeps under handles; and handles, ignoring them too, does not

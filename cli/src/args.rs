@@ -112,15 +112,21 @@ pub struct RunArgs {
     /// Write the exceptions and leaks as SARIF 2.1.0, for code-scanning UIs.
     #[arg(long, value_name = "FILE")]
     pub sarif: Option<PathBuf>,
-    /// Preload the LD_PRELOAD shim into dynamically linked programs: its
-    /// calls carry the job's cookie and cost no ptrace stop (the fast path;
-    /// not yet the default: see docs/shim.md for what is integrated).
-    #[arg(long, conflicts_with = "no_shim")]
+    /// Preload the LD_PRELOAD shim into dynamically linked programs (the
+    /// default): its calls carry the job's cookie and cost no ptrace stop.
+    #[arg(long, conflicts_with = "no_shim", hide = true)]
     pub shim: bool,
-    /// Do not preload the shim (the default for now): the supervisor alone
-    /// sees every fd syscall.
-    #[arg(long)]
+    /// Do not preload the shim: the supervisor alone sees every fd syscall
+    /// (one ptrace stop each; slower, same verdicts).
+    #[arg(long, conflicts_with = "no_ptrace")]
     pub no_shim: bool,
+    /// The shim alone, no supervisor: the program is exec'd with the shim
+    /// preloaded, which checks and quarantines in-process and reports with
+    /// module+offset frames (no leak check, no reports of raw syscalls or
+    /// static binaries; the program's status is its own).
+    #[arg(long, conflicts_with_all = ["leak_check", "max_handles", "report", "sarif", "log", "gen_suppressions"])]
+    pub no_ptrace: bool,
+
     /// A per-process handle budget: creating more than N open handles raises
     /// an exception (catches runaway leaks long before EMFILE).
     #[arg(long, value_name = "N")]

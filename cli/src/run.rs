@@ -71,6 +71,48 @@ fn exec_nested(a: &RunArgs, policy: &Policy) -> u8 {
     }
 }
 
+/// `--no-ptrace`: the program becomes this process, with the shim
+/// preloaded and the job's policy in its environment. Nothing stays
+/// between the program and its parent: its exit status and signals are
+/// its own.
+fn exec_with_shim_alone(a: &RunArgs, policy: &Policy) -> u8 {
+    use std::os::unix::process::CommandExt;
+    let Some((prog, args)) = a.command.split_first() else {
+        return exit::USAGE;
+    };
+    let shim = match crate::shim::locate() {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            eprintln!("handles: --no-ptrace needs the shim, and this build has none");
+            return SUPERVISOR_FAILED;
+        }
+        Err(e) => {
+            eprintln!("handles: {e}");
+            return SUPERVISOR_FAILED;
+        }
+    };
+    let mut cmd = std::process::Command::new(prog);
+    cmd.args(args)
+        .env_remove("HANDLES_COOKIE")
+        .env_remove("HANDLES_JOB")
+        .env("HANDLES_POLICY", policy.encode())
+        .envs(handles_supervisor::run::spawn::preload_env(
+            &shim,
+            a.quarantine,
+            a.stack_depth,
+        ));
+    if a.no_default_suppressions {
+        cmd.env("HANDLES_NO_DEFAULT_SUPPRESSIONS", "1");
+    }
+    let err = cmd.exec();
+    eprintln!("handles: {}: {err}", prog.to_string_lossy());
+    if err.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    }
+}
+
 pub fn run(a: &RunArgs) -> u8 {
     let policy = match build_policy(a) {
         Ok(p) => p,
@@ -81,6 +123,9 @@ pub fn run(a: &RunArgs) -> u8 {
     };
     if inside_job() {
         return exec_nested(a, &policy);
+    }
+    if a.no_ptrace {
+        return exec_with_shim_alone(a, &policy);
     }
     let mut suppressions = if a.no_default_suppressions {
         Suppressions::default()
@@ -103,7 +148,7 @@ pub fn run(a: &RunArgs) -> u8 {
             return exit::USAGE;
         }
     };
-    let shim = if a.no_shim || !a.shim {
+    let shim = if a.no_shim {
         None
     } else {
         match crate::shim::locate() {

@@ -1,7 +1,7 @@
 //! Finding the LD_PRELOAD shim to inject: HANDLES_SHIM, then
 //! `libhandles_shim.so` beside the binary (a cargo target dir, an install
-//! prefix), then the copy embedded at build time, written once to a
-//! private cache directory.
+//! prefix) if it is the very copy embedded at build time, else that
+//! embedded copy, written once to a private cache directory.
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -87,8 +87,13 @@ pub fn locate() -> Result<Option<PathBuf>, String> {
             Err(format!("HANDLES_SHIM={}: no such file", p.display()))
         };
     }
+    // A copy beside the binary is used only when it is the one built with
+    // it: in a cargo target dir it may be left over from an older build,
+    // and the table layout and the cookie protocol must match ours.
     if let Some(p) = beside_binary() {
-        return Ok(Some(p));
+        if EMBEDDED.is_empty() || std::fs::read(&p).is_ok_and(|b| b == EMBEDDED) {
+            return Ok(Some(p));
+        }
     }
     extract_embedded()
 }

@@ -587,6 +587,14 @@ impl<'a> TableView<'a> {
         self.slots.get(i)?.read(64)
     }
 
+    /// The cells of `fd`'s slot and stack record, for a writer that holds
+    /// a writable mapping (a supervisor updating a shim's table takes the
+    /// slot's lock like the shim does). None beyond the mapped areas.
+    pub fn cells(&self, fd: i32) -> Option<(&'a Slot, &'a SlotStacks)> {
+        let i = usize::try_from(fd).ok()?;
+        Some((self.slots.get(i)?, self.stacks.get(i)?))
+    }
+
     /// The slot for `fd` with its creation and close stacks, read as one
     /// snapshot; None beyond the table or the mapped stack area.
     pub fn detail(&self, fd: i32) -> Option<SlotDetail> {

@@ -24,8 +24,18 @@ pub struct MappedTable {
 }
 
 impl MappedTable {
-    /// Maps the whole of an open table file.
+    /// Maps the whole of an open table file, read-only.
     pub fn map(fd: &OwnedFd) -> Option<MappedTable> {
+        MappedTable::map_prot(fd, libc::PROT_READ)
+    }
+
+    /// Maps it read-write: the supervisor updates a shim's table with the
+    /// syscalls it catches (the file must have been opened O_RDWR).
+    pub fn map_rw(fd: &OwnedFd) -> Option<MappedTable> {
+        MappedTable::map_prot(fd, libc::PROT_READ | libc::PROT_WRITE)
+    }
+
+    fn map_prot(fd: &OwnedFd, prot: libc::c_int) -> Option<MappedTable> {
         // SAFETY: an all-zero stat is valid to be overwritten.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: fstat on an fd we own.
@@ -37,12 +47,12 @@ impl MappedTable {
         if len == 0 || len > max {
             return None;
         }
-        // SAFETY: a fresh read-only shared mapping; checked below.
+        // SAFETY: a fresh shared mapping; checked below.
         let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ,
+                prot,
                 libc::MAP_SHARED,
                 fd.as_raw_fd(),
                 0,

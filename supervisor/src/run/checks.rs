@@ -4,7 +4,7 @@
 
 use super::fdtable::ClosedHandle;
 use super::job::*;
-use super::shimtable::{ShimSays, ShimTable};
+use super::shimtable::{self, ShimSays, ShimTable};
 use crate::backtrace::Frame;
 
 impl Job {
@@ -70,31 +70,21 @@ impl Job {
             ShimSays::Tombstone(d) => {
                 let t = self.threads.get(&tid)?;
                 let mut table = t.table.borrow_mut();
-                // The shim records return addresses only; the symbolizer
-                // takes frame 0 of a stack as an instruction pointer, so
-                // point it into the call instruction.
-                let stack = |pcs: &[u64]| {
-                    (!pcs.is_empty()).then(|| {
-                        let mut v = pcs.to_vec();
-                        v[0] = v[0].saturating_sub(1);
-                        Arc::new(v)
-                    })
-                };
                 table.forget_open(fd);
+                let (ty, target) = shimtable::object_of(tgid, &d);
                 table.remember_closed(
                     fd,
                     ClosedHandle {
                         generation: d.value.generation,
-                        origin: Origin::Shim,
-                        created: stack(d.created.frames()),
-                        closed: stack(d.closed.frames()),
+                        origin: shimtable::origin_of(d.value.how),
+                        created: shimtable::call_stack(d.created.frames()),
+                        closed: shimtable::call_stack(d.closed.frames()),
                         creator: tgid,
                         closer: tgid,
                         facts: ObjectFacts {
-                            ty: handles_model::table::obj_type_from_code(d.value.obj_type)
-                                .map_or("", |t| t.name()),
+                            ty,
                             koid: d.value.koid,
-                            target: String::new(),
+                            target,
                         },
                         how: "close()",
                     },
@@ -102,6 +92,17 @@ impl Job {
                 return Some(Bad::Stale);
             }
             ShimSays::Internal => return Some(Bad::Internal),
+            ShimSays::Free => {
+                // The shim closed it for real (no room in its quarantine),
+                // or never had it: an open in our model is stale unless
+                // the kernel still has the number (made by a call neither
+                // of us saw).
+                let t = self.threads.get(&tid)?;
+                let mut table = t.table.borrow_mut();
+                if table.is_open(fd) && !fd_exists(tgid, fd) {
+                    table.forget_open(fd);
+                }
+            }
             ShimSays::Open | ShimSays::Unknown => {}
         }
         let t = self.threads.get(&tid)?;
@@ -189,24 +190,47 @@ impl Job {
         object_facts_at(p.fd_dir.as_ref(), tgid, fd)
     }
 
-    /// What the shim's table of `tgid` says of `fd` (looked up lazily: the
-    /// shim makes its table in its constructor, after the loader's opens).
-    pub(super) fn shim_says(&mut self, tgid: i32, fd: i32) -> ShimSays {
-        if !self.shim_injected {
-            return ShimSays::Unknown;
-        }
-        let Some(p) = self.procs.get_mut(&tgid) else {
-            return ShimSays::Unknown;
+    /// What the shim's table of `tgid` says of `fd` (Unknown until the
+    /// shim announced its table: before that it has done nothing).
+    pub(super) fn shim_says(&self, tgid: i32, fd: i32) -> ShimSays {
+        self.procs
+            .get(&tgid)
+            .and_then(|p| p.shim.as_ref())
+            .map_or(ShimSays::Unknown, |s| s.says(fd))
+    }
+
+    /// The shim of `tid`'s process announced its table at `fd`: map it,
+    /// take its mixer (values must agree) and write into it everything
+    /// the supervisor knows that the shim cannot (the supervisor's
+    /// tombstones and tombstone source must hide there too).
+    pub(super) fn on_announce(&mut self, tid: i32, tgid: i32, fd: i32) {
+        let Some(shim) = ShimTable::announced(tgid, fd) else {
+            return;
         };
-        if p.shim.is_none() {
-            // Looking costs a scan of /proc/PID/fd: a process with no shim
-            // (static binaries) must not pay it at every checked call.
-            p.shim_lookups = p.shim_lookups.wrapping_add(1);
-            if p.shim_lookups < 32 || p.shim_lookups % 256 == 0 {
-                p.shim = ShimTable::find(tgid);
+        if let (Some(t), Some(mixer)) = (self.threads.get(&tid), shim.mixer()) {
+            let mut table = t.table.borrow_mut();
+            table.mixer = mixer;
+            table.touch_all();
+        }
+        if let Some(p) = self.procs.get_mut(&tgid) {
+            p.shim = Some(shim);
+            p.awaiting_shim = false;
+        }
+        // Before the announcement the shim's own start-up (its table's fd,
+        // mapped with an mmap that stopped here) may have been taken for
+        // handles of the program's: drop what the kernel no longer has.
+        let present: HashSet<i32> = fd_numbers(&format!("/proc/{tgid}/fd"))
+            .into_iter()
+            .collect();
+        if let Some(t) = self.threads.get(&tid) {
+            let mut table = t.table.borrow_mut();
+            for fd in table.numbers() {
+                if !present.contains(&fd) && table.is_open(fd) {
+                    table.forget_open(fd);
+                }
             }
         }
-        p.shim.as_ref().map_or(ShimSays::Unknown, |s| s.says(fd))
+        self.publish(tid);
     }
 
     pub(super) fn on_seccomp(&mut self, tid: i32) {
@@ -227,6 +251,11 @@ impl Job {
             return;
         };
         let a = tracer::args(&regs);
+        if self.shim_injected && shimtable::is_announcement(nr, &a, self.cookie) {
+            self.on_announce(tid, tgid, a[0] as i32);
+            self.resume(tid, None);
+            return;
+        }
         let last_close = match self.threads.get_mut(&tid) {
             Some(t) if desc.kind == Kind::Close => t.last_close.replace(a[0] as i32),
             _ => None,
@@ -737,6 +766,34 @@ pub(super) fn expected_object(name: &str) -> Option<(&'static [ObjType], i32)> {
         "getdents" | "getdents64" | "fchdir" => (&[ObjType::Dir], libc::ENOTDIR),
         _ => return None,
     })
+}
+
+/// Must every call of `desc` stop at the supervisor, even one the shim
+/// makes? The shim checks handles in-process, but the conditions that
+/// judge what is created (new-*, a handle budget) or what kind of object
+/// a call is made on (wrong-object) are the supervisor's alone: for those
+/// the shim's cookie buys no exemption. The job's policy at the start
+/// decides (a nested job that turns one on later is not seen for calls
+/// the shim makes: docs/shim.md).
+pub(super) fn judged_at_every_call(desc: &Desc, policy: &Policy, budget: bool) -> bool {
+    let creates = matches!(
+        desc.kind,
+        Kind::Create
+            | Kind::Dup
+            | Kind::DupTo
+            | Kind::Fcntl
+            | Kind::Pipe
+            | Kind::SocketPair
+            | Kind::RecvMsg
+            | Kind::RecvMmsg
+            | Kind::Signalfd
+    );
+    let judges_new = budget
+        || Condition::NEW
+            .iter()
+            .any(|&c| policy.get(c).action != Action::Allow);
+    let judges_kind = policy.get(Condition::WrongObject).action != Action::Allow;
+    (creates && judges_new) || (judges_kind && expected_object(desc.name).is_some())
 }
 
 /// `fcntl(fd, F_GETFD)` or `fcntl(fd, F_GETFL)`: a question, not a use.

@@ -9,6 +9,7 @@
 //! it.
 
 use super::job::*;
+use super::shimtable::ShimSays;
 
 /// `/proc/PID/fd`, `/proc/self/fd`, `/proc/PID/task/TID/fd`: the pid whose
 /// fds a directory lists, if the link target is one of those.
@@ -69,7 +70,8 @@ impl Job {
             .is_some_and(|t| {
                 let table = t.table.borrow();
                 table.quarantined() > 0 || table.tomb_src.is_some()
-            });
+            })
+            || self.procs.get(&pid).is_some_and(|p| p.shim.is_some());
         if !hides {
             return false;
         }
@@ -104,7 +106,14 @@ impl Job {
         };
         let kept = {
             let t = table.borrow();
-            filter_dirents(&buf, |n| t.is_hidden(n))
+            // The shim's tombstones and own fds hide too.
+            let shim = self.procs.get(&pid).and_then(|p| p.shim.as_ref());
+            filter_dirents(&buf, |n| {
+                t.is_hidden(n)
+                    || shim.is_some_and(|s| {
+                        matches!(s.says(n), ShimSays::Tombstone(_) | ShimSays::Internal)
+                    })
+            })
         };
         if kept.len() == buf.len() {
             self.resume(tid, None);

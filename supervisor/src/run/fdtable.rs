@@ -116,6 +116,22 @@ impl FdTable {
         }
     }
 
+    /// Everything needs publishing again (a shim's table was found).
+    pub fn touch_all(&mut self) {
+        self.dirty = None;
+    }
+
+    /// The handle at `fd` takes generation `g` (the one a shim's table
+    /// gave it), and the number's next handle `g + 1`.
+    pub fn set_generation(&mut self, fd: i32, g: u32) {
+        match self.slots.get_mut(&fd) {
+            Some(Slot::Open(h)) => h.generation = g,
+            Some(Slot::Tombstone(c)) => c.generation = g,
+            None => return,
+        }
+        self.next_generation.insert(fd, g.wrapping_add(1));
+    }
+
     /// Sets the tombstone source (hidden in published tables).
     pub fn set_tomb_src(&mut self, fd: Option<i32>) {
         if let Some(old) = self.tomb_src {
@@ -257,11 +273,11 @@ impl FdTable {
         self.remember(fd, c);
     }
 
-    /// Drops an open slot whose close happened elsewhere (the shim).
+    /// Drops an open slot whose close happened elsewhere (the shim). Not
+    /// a change to publish: the shim's table already says it.
     pub fn forget_open(&mut self, fd: i32) {
         if let Some(Slot::Open(_)) = self.slots.get(&fd) {
             self.slots.remove(&fd);
-            self.touch(fd);
         }
     }
 

@@ -176,10 +176,14 @@ pub(super) struct Process {
     pub(super) detaching: bool,
     /// `--max-handles` was already reported for this process.
     pub(super) over_budget: bool,
-    /// The table of the shim loaded in it, once found.
+    /// The table of the shim loaded in it, once announced.
     pub(super) shim: Option<ShimTable>,
-    /// Lookups of that table so far (they back off when there is none).
-    pub(super) shim_lookups: u32,
+    /// The new image will load the shim, which has not announced its
+    /// table yet: what closes before that are the dynamic loader's and
+    /// the constructors', not worth quarantining (and tombstones the shim
+    /// never learns of would cost the program fd numbers and an early
+    /// EMFILE).
+    pub(super) awaiting_shim: bool,
     /// `/proc/PID/fd`, held open for cheap per-fd lookups.
     pub(super) fd_dir: Option<std::os::fd::OwnedFd>,
 }
@@ -211,6 +215,18 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut
 
 pub(super) fn install_forwarding() {
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+        // A signal ignored when we started (nohup, a shell's `cmd &`) stays
+        // ignored, for us and, through spawn's reset, for the program: as
+        // natively, where the program inherits the ignored disposition.
+        // SAFETY: reading the current action into a local struct.
+        let ignored = unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(sig, std::ptr::null(), &mut old) == 0
+                && old.sa_sigaction == libc::SIG_IGN
+        };
+        if ignored {
+            continue;
+        }
         // SAFETY: installing a handler that only stores to an atomic; no
         // SA_RESTART so waitpid returns EINTR and the loop forwards.
         unsafe {
@@ -325,7 +341,9 @@ impl Job {
         let program = spawn::resolve(&opts.program, path_var.as_deref())?;
         let cookie = random_u64();
         let spec = FilterSpec {
-            traced: syscalls::traced(opts.check),
+            traced: syscalls::traced(opts.check, |d| {
+                super::checks::judged_at_every_call(d, &opts.policy, opts.max_handles.is_some())
+            }),
             cookie: Some(cookie),
             allow_ip: None,
         };
@@ -351,32 +369,10 @@ impl Job {
             // Preloaded into every dynamically linked program of the job;
             // its raw syscalls carry the cookie, which the prefilter lets
             // through without a stop.
-            let mut preload = shim.as_os_str().to_os_string();
-            if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
-                preload.push(":");
-                preload.push(old);
-            }
-            env.retain(|(k, _)| {
-                !matches!(
-                    k.to_str(),
-                    Some(
-                        "LD_PRELOAD"
-                            | "HANDLES_COOKIE"
-                            | "HANDLES_QUARANTINE"
-                            | "HANDLES_STACK_DEPTH"
-                    )
-                )
-            });
-            env.push(("LD_PRELOAD".into(), preload));
+            let preload = spawn::preload_env(shim, opts.quarantine, opts.stack_depth);
+            env.retain(|(k, _)| k != "HANDLES_COOKIE" && !preload.iter().any(|(p, _)| p == k));
+            env.extend(preload);
             env.push(("HANDLES_COOKIE".into(), format!("{cookie:016x}").into()));
-            env.push((
-                "HANDLES_QUARANTINE".into(),
-                opts.quarantine.to_string().into(),
-            ));
-            env.push((
-                "HANDLES_STACK_DEPTH".into(),
-                opts.stack_depth.to_string().into(),
-            ));
         }
         env.push(("HANDLES_JOB".into(), std::process::id().to_string().into()));
         let mut argv = vec![opts.program.clone()];
@@ -430,7 +426,7 @@ impl Job {
                 detaching: false,
                 over_budget: false,
                 shim: None,
-                shim_lookups: 0,
+                awaiting_shim: false,
                 fd_dir: None,
             },
         );
@@ -522,6 +518,10 @@ impl Job {
             return;
         };
         let tgid = t.tgid;
+        if self.procs.get(&tgid).is_some_and(|p| p.shim.is_some()) {
+            self.publish_to_shim(tid, tgid);
+            return;
+        }
         let mut table = t.table.borrow_mut();
         let dirty = table.take_dirty();
         if dirty.is_empty() && self.published.contains_key(&tgid) {
@@ -721,7 +721,7 @@ impl Job {
                     detaching: false,
                     over_budget: false,
                     shim: None,
-                    shim_lookups: 0,
+                    awaiting_shim: false,
                     fd_dir: None,
                 },
             );
@@ -806,14 +806,20 @@ impl Job {
         if let Some(p) = self.tree.get_mut(&tgid) {
             p.names.push(comm(tgid));
         }
-        let nested = self.nested_policy(tgid);
+        let env = std::fs::read(format!("/proc/{tgid}/environ")).unwrap_or_default();
+        let nested = self.nested_policy(tgid, &env);
+        let awaiting_shim = self
+            .opts
+            .shim
+            .as_deref()
+            .is_some_and(|shim| super::shimtable::will_load(tgid, shim, &env));
         if let Some(p) = self.procs.get_mut(&tgid) {
+            p.awaiting_shim = awaiting_shim;
             p.name = comm(tgid);
             p.maps = None;
             p.nofile = None;
             // The new image loads its own shim, with a new table.
             p.shim = None;
-            p.shim_lookups = 0;
             if let Some(policy) = nested {
                 p.policy = policy;
             }
@@ -828,8 +834,7 @@ impl Job {
 
     /// A nested `handles run` passes its policy to the new image through
     /// HANDLES_POLICY; it is taken only where the enclosing job allows.
-    pub(super) fn nested_policy(&self, tgid: i32) -> Option<Policy> {
-        let env = std::fs::read(format!("/proc/{tgid}/environ")).ok()?;
+    pub(super) fn nested_policy(&self, tgid: i32, env: &[u8]) -> Option<Policy> {
         let value = env
             .split(|&b| b == 0)
             .find_map(|kv| kv.strip_prefix(b"HANDLES_POLICY="))?;

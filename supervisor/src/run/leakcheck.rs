@@ -1,6 +1,7 @@
 //! Leak checks at process exit (see `leaks.rs` for the report format).
 
 use super::job::*;
+use super::shimtable;
 
 impl Job {
     /// PTRACE_EVENT_EXIT: the thread is exiting but its fd table still
@@ -49,57 +50,40 @@ impl Job {
                 .collect()
         };
         // What the shim created never stopped here: its table has those
-        // handles and their creation stacks (return addresses only, so
-        // frame 0 is pointed into its call instruction for the symbolizer).
-        if let Some(shim) = self.procs.get_mut(&tgid).and_then(|p| {
-            if p.shim.is_none() && self.shim_injected {
-                p.shim = ShimTable::find(tgid);
-            }
-            p.shim.as_ref()
-        }) {
+        // handles, their creation stacks and the calls that made them.
+        if let Some(shim) = self.procs.get(&tgid).and_then(|p| p.shim.as_ref()) {
             let table = table_ref.borrow();
             let present = fd_numbers(&format!("/proc/{tgid}/task/{tid}/fd"));
-            for (fd, pcs, generation) in shim.open_fds(&present) {
+            for (fd, d) in shim.open_fds(&present) {
                 if table.is_hidden(fd) {
                     continue;
                 }
+                let origin = shimtable::origin_of(d.value.how);
+                let stack = shimtable::call_stack(d.created.frames());
                 // Found open by a check before the leak check: the shim
                 // knows where it came from.
                 if let Some(c) = candidates
                     .iter_mut()
                     .find(|c| c.0 == fd && c.2 == Origin::Discovered && c.3.is_none())
                 {
-                    if !pcs.is_empty() {
-                        let mut v = pcs;
-                        v[0] = v[0].saturating_sub(1);
-                        c.2 = Origin::Shim;
-                        c.3 = Some(Arc::new(v));
+                    if stack.is_some() {
+                        c.2 = origin;
+                        c.3 = stack;
                     }
                     continue;
                 }
                 if table.is_open(fd) {
                     continue;
                 }
-                // The shim registers what it finds open at start-up without
-                // a stack: those are inherited.
-                let inherited = pcs.is_empty();
+                let inherited = origin == Origin::Inherited
+                    || (stack.is_none() && d.value.how == handles_model::table::how::UNKNOWN);
                 if !all && inherited {
                     continue;
                 }
-                let stack = (!pcs.is_empty()).then(|| {
-                    let mut v = pcs;
-                    v[0] = v[0].saturating_sub(1);
-                    Arc::new(v)
-                });
-                let origin = if inherited {
-                    Origin::Inherited
-                } else {
-                    Origin::Shim
-                };
                 candidates.push((
                     fd,
-                    table.value_of(fd, generation).0,
-                    origin,
+                    table.value_of(fd, d.value.generation).0,
+                    if inherited { Origin::Inherited } else { origin },
                     stack,
                     inherited,
                 ));

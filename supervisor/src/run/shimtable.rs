@@ -1,16 +1,38 @@
-//! The shim's table, as the supervisor sees it.
+//! The shim's table, as the supervisor sees and updates it.
 //!
 //! Calls the shim makes carry the job's cookie and never stop at the
 //! supervisor, so for the fds they create and close the supervisor's own
 //! model knows nothing: the shim's table (a memfd in the process, named
 //! `handles-table:<pid>`, layout `handles_model::table`) is the truth for
-//! them. The supervisor reads it when its model has no answer: a
-//! tombstone there is a closed handle (with the shim's close and creation
-//! stacks), an OPEN slot a live one.
+//! them. The shim announces the table once it has made it (an `fcntl`
+//! whose cookie register holds `cookie ^ ANNOUNCE_XOR`, see
+//! [`is_announcement`]); the supervisor maps it read-write from
+//! /proc/PID/fd and from then on:
+//!
+//! - reads it for every fd its own model has no answer for (a tombstone
+//!   there is a closed handle, with the shim's stacks and the name and
+//!   call it was made by);
+//! - writes into it what it catches itself (libc-internal and raw
+//!   syscalls, static parts): new handles, its tombstones, its tombstone
+//!   source, real closes. So one table per process holds every handle,
+//!   values and generations agree between the shim, the supervisor's
+//!   reports and `handles <pid>`, and the shim sees the supervisor's
+//!   tombstones (a use of one goes to the supervisor, which reports it).
+//!
+//! Writes take the slot's sequence lock exactly as the shim does. The
+//! memory is the program's: it may be scribbled on, so every read is
+//! checked and a lock held too long is stolen rather than waited for.
 
-use handles_model::table::{state, SlotDetail};
+use std::os::fd::OwnedFd;
 
-use crate::inspect::shared::{find_among_fds, MappedTable};
+use handles_model::table::{self, how, state, Name, SlotDetail, SlotValue};
+use handles_model::ObjType;
+
+use crate::inspect::shared::MappedTable;
+
+/// Lock spins before a held slot lock is stolen: the shim holds it for
+/// one syscall; a holder that is stopped or dead must not stop us.
+const LOCK_SPINS: u32 = 100_000;
 
 pub(super) struct ShimTable {
     mapped: MappedTable,
@@ -23,17 +45,62 @@ pub(super) enum ShimSays {
     Tombstone(Box<SlotDetail>),
     /// One of the shim's own fds (its table, its tombstone source).
     Internal,
+    /// Not open as far as the shim knows.
+    Free,
+    /// No table, or a slot that cannot be read.
     Unknown,
 }
 
+/// What the supervisor knows of one fd it changed, to write into the
+/// shim's table.
+pub(super) enum Update<'a> {
+    /// A handle the supervisor saw created (or found open).
+    Open {
+        how: u32,
+        ty: Option<ObjType>,
+        name: &'a str,
+        created: &'a [u64],
+    },
+    /// Closed by a call the supervisor caught, and quarantined.
+    Tombstone { generation: u32, closed: &'a [u64] },
+    /// The supervisor's tombstone source.
+    Internal,
+    /// Closed for real (or a tombstone released) by the supervisor.
+    Free,
+}
+
+/// Is this syscall the shim's announcement of its table? `cookie_reg` is
+/// the value of the syscall's cookie register.
+pub(super) fn is_announcement(nr: i64, a: &[u64; 6], cookie: u64) -> bool {
+    let Some(d) = handles_model::syscalls::lookup(nr) else {
+        return false;
+    };
+    nr == libc::SYS_fcntl
+        && a[1] == libc::F_GETFD as u64
+        && d.cookie_arg()
+            .is_some_and(|i| a[usize::from(i)] == cookie ^ table::ANNOUNCE_XOR)
+}
+
 impl ShimTable {
-    /// Finds the table of process `tgid` among its own fds.
-    pub(super) fn find(tgid: i32) -> Option<ShimTable> {
-        let mapped = find_among_fds(tgid, tgid)?;
-        // A table that does not validate is ignored: a program can scribble
-        // on its own shim's memory.
-        mapped.view().ok()?;
+    /// Maps the table the shim of process `tgid` announced at `fd`.
+    pub(super) fn announced(tgid: i32, fd: i32) -> Option<ShimTable> {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{tgid}/fd/{fd}"))
+            .ok()?;
+        let mapped = MappedTable::map_rw(&OwnedFd::from(f))?;
+        let view = mapped.view().ok()?;
+        // The announcement names the table of this process, written by a
+        // shim: anything else is a program playing games with the call.
+        if view.pid() != tgid as u32 || view.writer() != table::writer::SHIM {
+            return None;
+        }
         Some(ShimTable { mapped })
+    }
+
+    pub(super) fn mixer(&self) -> Option<u32> {
+        self.mapped.view().ok().map(|v| v.mixer())
     }
 
     pub(super) fn says(&self, fd: i32) -> ShimSays {
@@ -44,14 +111,15 @@ impl ShimTable {
             Some(d) if d.value.state == state::OPEN => ShimSays::Open,
             Some(d) if d.value.state == state::TOMBSTONE => ShimSays::Tombstone(Box::new(d)),
             Some(d) if d.value.state == state::INTERNAL => ShimSays::Internal,
+            Some(d) if d.value.state == state::FREE => ShimSays::Free,
             _ => ShimSays::Unknown,
         }
     }
 
     /// Which of `fds` (the numbers open in the kernel) the shim holds open,
-    /// with their creation stacks. Asking only for those keeps this cheap
-    /// in a table with a million slots.
-    pub(super) fn open_fds(&self, fds: &[i32]) -> Vec<(i32, Vec<u64>, u32)> {
+    /// with their records. Asking only for those keeps this cheap in a
+    /// table with a million slots.
+    pub(super) fn open_fds(&self, fds: &[i32]) -> Vec<(i32, SlotDetail)> {
         let Ok(view) = self.mapped.view() else {
             return Vec::new();
         };
@@ -59,9 +127,258 @@ impl ShimTable {
             .copied()
             .filter_map(|fd| {
                 let d = view.detail(fd)?;
-                (d.value.state == state::OPEN)
-                    .then(|| (fd, d.created.frames().to_vec(), d.value.generation))
+                (d.value.state == state::OPEN).then_some((fd, d))
             })
             .collect()
+    }
+
+    /// Writes what the supervisor knows of `fd`; returns the generation
+    /// the slot holds afterwards (the supervisor takes it over, so that
+    /// its handle values are the shim's), None when the slot is out of
+    /// the table.
+    pub(super) fn update(&self, fd: i32, u: &Update) -> Option<u32> {
+        let view = self.mapped.view().ok()?;
+        let (slot, stacks) = view.cells(fd)?;
+        let l = slot.lock(LOCK_SPINS);
+        let old = slot.load(&l);
+        let generation = match u {
+            Update::Open {
+                how,
+                ty,
+                name,
+                created,
+            } => {
+                if old.state == state::OPEN {
+                    // The shim has it already (it was there first, or
+                    // adopted it): same handle, same value.
+                    old.generation
+                } else {
+                    let g = old.generation.wrapping_add(1);
+                    slot.store(
+                        &l,
+                        SlotValue {
+                            state: state::OPEN,
+                            generation: g,
+                            obj_type: ty.map_or(0, table::obj_type_code),
+                            koid: 0,
+                            rights: 0,
+                            how: *how,
+                        },
+                    );
+                    stacks.set_created(&l, created);
+                    stacks.set_name(&l, name.as_bytes());
+                    g
+                }
+            }
+            Update::Tombstone { generation, closed } => {
+                slot.store(
+                    &l,
+                    SlotValue {
+                        state: state::TOMBSTONE,
+                        generation: *generation,
+                        ..old
+                    },
+                );
+                stacks.set_closed(&l, closed);
+                *generation
+            }
+            Update::Internal => {
+                slot.store(
+                    &l,
+                    SlotValue {
+                        state: state::INTERNAL,
+                        ..old
+                    },
+                );
+                old.generation
+            }
+            Update::Free => {
+                if matches!(old.state, state::OPEN | state::TOMBSTONE) {
+                    slot.store(
+                        &l,
+                        SlotValue {
+                            state: state::FREE,
+                            ..old
+                        },
+                    );
+                }
+                old.generation
+            }
+        };
+        slot.unlock(l);
+        Some(generation)
+    }
+}
+
+/// Will the image process `tgid` just exec'd load the shim at `shim`? It
+/// does when it is dynamically linked (the auxiliary vector has an
+/// interpreter base), not set-ID (AT_SECURE; the shim also stays out of
+/// images the kernel ran without their privileges, but it says so with
+/// no announcement, which only leaves quarantine on) and its environment
+/// `env` preloads it.
+pub(super) fn will_load(tgid: i32, shim: &std::path::Path, env: &[u8]) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(auxv) = std::fs::read(format!("/proc/{tgid}/auxv")) else {
+        return false;
+    };
+    let entry = |key: u64| {
+        auxv.chunks_exact(16).find_map(|c| {
+            let k = u64::from_ne_bytes(c[..8].try_into().ok()?);
+            let v = u64::from_ne_bytes(c[8..].try_into().ok()?);
+            (k == key).then_some(v)
+        })
+    };
+    if entry(libc::AT_BASE).unwrap_or(0) == 0 || entry(libc::AT_SECURE).unwrap_or(1) != 0 {
+        return false;
+    }
+    let want = shim.as_os_str().as_bytes();
+    env.split(|&b| b == 0)
+        .find_map(|kv| kv.strip_prefix(b"LD_PRELOAD="))
+        .is_some_and(|v| v.split(|&b| b == b':' || b == b' ').any(|p| p == want))
+}
+
+/// Where a handle of a shim record came from, in the supervisor's terms
+/// (a record with no `how` is simply "made through the shim").
+pub(super) fn origin_of(code: u32) -> super::fdtable::Origin {
+    use super::fdtable::Origin;
+    match code {
+        how::INHERITED => Origin::Inherited,
+        how::RECEIVED => Origin::Received,
+        how::ADOPTED => Origin::Discovered,
+        c => how::syscall_nr(c)
+            .and_then(|nr| handles_model::syscalls::lookup(i64::from(nr)))
+            .map_or(Origin::Shim, |d| Origin::Syscall(d.name)),
+    }
+}
+
+/// A shim stack record as the symbolizer wants it: return addresses, so
+/// frame 0 is pointed into its call instruction.
+pub(super) fn call_stack(pcs: &[u64]) -> Option<super::fdtable::Stack> {
+    (!pcs.is_empty()).then(|| {
+        let mut v = pcs.to_vec();
+        v[0] = v[0].saturating_sub(1);
+        std::sync::Arc::new(v)
+    })
+}
+
+/// What a shim record says the object was: its type name and its name.
+/// The shim does not stat what it opens (that would cost every open a
+/// syscall), so for a handle opened by path with no type from the call,
+/// the path is looked up now, as process `tgid` sees it (through its
+/// /proc/PID/root): a report says "chardev /dev/null", not "file". A path
+/// that is gone (or unreachable) leaves it a file.
+pub(super) fn object_of(tgid: i32, d: &SlotDetail) -> (&'static str, String) {
+    use std::os::unix::fs::FileTypeExt;
+    let name = name_text(&d.name);
+    let ty = match table::obj_type_from_code(d.value.obj_type) {
+        Some(t) => t,
+        None if name.starts_with("memfd:") => ObjType::Vmo,
+        None if name.starts_with('/') => {
+            match std::fs::metadata(format!("/proc/{tgid}/root{name}")).map(|m| m.file_type()) {
+                Ok(t) if t.is_dir() => ObjType::Dir,
+                Ok(t) if t.is_char_device() => ObjType::Chardev,
+                Ok(t) if t.is_block_device() => ObjType::Blockdev,
+                Ok(t) if t.is_fifo() => ObjType::Pipe,
+                _ => ObjType::File,
+            }
+        }
+        None if !name.is_empty() => ObjType::File,
+        None => return ("", name),
+    };
+    (ty.name(), name)
+}
+
+fn name_text(n: &Name) -> String {
+    String::from_utf8_lossy(n.as_bytes()).into_owned()
+}
+
+/// The `how` code of a handle the supervisor's model holds.
+fn how_of(origin: &super::fdtable::Origin) -> u32 {
+    use super::fdtable::Origin;
+    match origin {
+        Origin::Syscall(name) => handles_model::syscalls::TABLE
+            .iter()
+            .find(|d| d.name == *name)
+            .and_then(|d| u32::try_from(d.nr).ok())
+            .map_or(how::UNKNOWN, how::syscall),
+        Origin::Inherited => how::INHERITED,
+        Origin::Received => how::RECEIVED,
+        Origin::Discovered => how::ADOPTED,
+        Origin::Shim => how::UNKNOWN,
+    }
+}
+
+impl super::job::Job {
+    /// Writes the fds the supervisor changed since the last publish into
+    /// the shim's table of `tgid` (instead of a table of its own), and
+    /// takes over the generations the shim's table gives them.
+    pub(super) fn publish_to_shim(&mut self, tid: i32, tgid: i32) {
+        use super::fdtable::{Origin, Slot};
+        let Some(t) = self.threads.get(&tid) else {
+            return;
+        };
+        let table_rc = t.table.clone();
+        let dirty = table_rc.borrow_mut().take_dirty();
+        for fd in dirty {
+            // What the model says, copied out so the model is not borrowed
+            // while /proc is read for the object's name.
+            enum Want {
+                Open(u32, Vec<u64>),
+                Tomb(u32, Vec<u64>),
+                Internal,
+                Free,
+                Skip,
+            }
+            let want = {
+                let table = table_rc.borrow();
+                if table.tomb_src == Some(fd) {
+                    Want::Internal
+                } else {
+                    match table.get(fd) {
+                        // Made by the shim, already in its table.
+                        Some(Slot::Open(h)) if matches!(h.origin, Origin::Shim) => Want::Skip,
+                        Some(Slot::Open(h)) => Want::Open(
+                            how_of(&h.origin),
+                            h.created.as_ref().map_or_else(Vec::new, |s| s.to_vec()),
+                        ),
+                        Some(Slot::Tombstone(c)) => Want::Tomb(
+                            c.generation,
+                            c.closed.as_ref().map_or_else(Vec::new, |s| s.to_vec()),
+                        ),
+                        None => Want::Free,
+                    }
+                }
+            };
+            let written = match want {
+                Want::Skip => None,
+                Want::Open(how, created) => {
+                    let facts = self.object_facts(tgid, fd);
+                    let update = Update::Open {
+                        how,
+                        ty: ObjType::from_name(facts.ty),
+                        name: &facts.target,
+                        created: &created,
+                    };
+                    self.shim_update(tgid, fd, &update)
+                }
+                Want::Tomb(generation, closed) => self.shim_update(
+                    tgid,
+                    fd,
+                    &Update::Tombstone {
+                        generation,
+                        closed: &closed,
+                    },
+                ),
+                Want::Internal => self.shim_update(tgid, fd, &Update::Internal),
+                Want::Free => self.shim_update(tgid, fd, &Update::Free),
+            };
+            if let Some(g) = written {
+                table_rc.borrow_mut().set_generation(fd, g);
+            }
+        }
+    }
+
+    fn shim_update(&self, tgid: i32, fd: i32, u: &Update) -> Option<u32> {
+        self.procs.get(&tgid)?.shim.as_ref()?.update(fd, u)
     }
 }

@@ -290,3 +290,24 @@ pub fn exec_errno(pipe: &std::os::fd::OwnedFd) -> Option<i32> {
     let n = unsafe { libc::read(pipe.as_raw_fd(), b.as_mut_ptr().cast(), 4) };
     (n == 4).then(|| i32::from_ne_bytes(b))
 }
+
+/// The environment that preloads the shim `shim` (in front of any
+/// LD_PRELOAD already set) and tells it the job's quarantine size and
+/// stack depth. The supervisor adds its cookie; `handles run --no-ptrace`
+/// uses it as it is.
+pub fn preload_env(
+    shim: &std::path::Path,
+    quarantine: usize,
+    stack_depth: usize,
+) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    let mut preload = shim.as_os_str().to_os_string();
+    if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
+        preload.push(":");
+        preload.push(old);
+    }
+    vec![
+        ("LD_PRELOAD".into(), preload),
+        ("HANDLES_QUARANTINE".into(), quarantine.to_string().into()),
+        ("HANDLES_STACK_DEPTH".into(), stack_depth.to_string().into()),
+    ]
+}
