@@ -204,7 +204,7 @@ macro_rules! use_call {
 
 use libc::{
     SYS_bind, SYS_connect, SYS_epoll_ctl, SYS_epoll_wait, SYS_fchdir, SYS_fchmod, SYS_fchown,
-    SYS_fdatasync, SYS_flock, SYS_fstat, SYS_fstatfs, SYS_fsync, SYS_ftruncate, SYS_getpeername,
+    SYS_fdatasync, SYS_flock, SYS_fstatfs, SYS_fsync, SYS_ftruncate, SYS_getpeername,
     SYS_getsockname, SYS_getsockopt, SYS_ioctl, SYS_listen, SYS_lseek, SYS_pread64, SYS_pwrite64,
     SYS_read, SYS_readv, SYS_sendfile, SYS_sendmsg, SYS_setsockopt, SYS_shutdown, SYS_write,
     SYS_writev,
@@ -223,8 +223,6 @@ use_call!(connect, SYS_connect, cancel, (fd: c_int, addr: *const libc::sockaddr,
 use_call!(epoll_wait, SYS_epoll_wait, cancel, (epfd: c_int, ev: *mut libc::epoll_event, max: c_int, timeout: c_int) -> c_int, [epfd]);
 use_call!(fsync, SYS_fsync, cancel, (fd: c_int) -> c_int, [fd]);
 use_call!(fdatasync, SYS_fdatasync, cancel, (fd: c_int) -> c_int, [fd]);
-use_call!(fstat, SYS_fstat, plain, (fd: c_int, buf: *mut libc::stat) -> c_int, [fd]);
-use_call!(fstat64, SYS_fstat, plain, (fd: c_int, buf: *mut libc::stat) -> c_int, [fd]);
 use_call!(fstatfs, SYS_fstatfs, plain, (fd: c_int, buf: *mut libc::statfs) -> c_int, [fd]);
 use_call!(fstatfs64, SYS_fstatfs, plain, (fd: c_int, buf: *mut libc::statfs) -> c_int, [fd]);
 use_call!(lseek, SYS_lseek, plain, (fd: c_int, off: i64, whence: c_int) -> i64, [fd]);
@@ -246,6 +244,33 @@ use_call!(flock, SYS_flock, cancel, (fd: c_int, op: c_int) -> c_int, [fd]);
 use_call!(fchdir, SYS_fchdir, plain, (fd: c_int) -> c_int, [fd]);
 use_call!(fchmod, SYS_fchmod, plain, (fd: c_int, mode: libc::mode_t) -> c_int, [fd]);
 use_call!(fchown, SYS_fchown, plain, (fd: c_int, uid: libc::uid_t, gid: libc::gid_t) -> c_int, [fd]);
+use_call!(fgetxattr, libc::SYS_fgetxattr, plain, (fd: c_int, name: *const c_char, val: *mut c_void, size: size_t) -> ssize_t, [fd]);
+use_call!(fsetxattr, libc::SYS_fsetxattr, plain, (fd: c_int, name: *const c_char, val: *const c_void, size: size_t, flags: c_int) -> c_int, [fd]);
+use_call!(flistxattr, libc::SYS_flistxattr, plain, (fd: c_int, list: *mut c_char, size: size_t) -> ssize_t, [fd]);
+use_call!(fremovexattr, libc::SYS_fremovexattr, plain, (fd: c_int, name: *const c_char) -> c_int, [fd]);
+use_call!(readahead, libc::SYS_readahead, plain, (fd: c_int, off: i64, count: size_t) -> ssize_t, [fd]);
+use_call!(syncfs, libc::SYS_syncfs, plain, (fd: c_int) -> c_int, [fd]);
+use_call!(fallocate, libc::SYS_fallocate, cancel, (fd: c_int, mode: c_int, off: i64, len: i64) -> c_int, [fd]);
+use_call!(fallocate64, libc::SYS_fallocate, cancel, (fd: c_int, mode: c_int, off: i64, len: i64) -> c_int, [fd]);
+
+/// fstat issues `newfstatat(fd, "", buf, AT_EMPTY_PATH)`, as glibc's own
+/// fstat does (since 2.33): a report, or a supervisor, names the syscall
+/// the program would have made natively.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn fstat(fd: c_int, buf: *mut libc::stat) -> c_int {
+    let a = args!(fd, c"".as_ptr(), buf, libc::AT_EMPTY_PATH);
+    if let Some(r) = check(fd, Op::Use, libc::SYS_newfstatat, a, 0) {
+        return r as c_int;
+    }
+    // SAFETY: the program's call, with an empty path.
+    ret(unsafe { sc(libc::SYS_newfstatat, a) }) as c_int
+}
+
+#[no_mangle]
+pub unsafe extern "C-unwind" fn fstat64(fd: c_int, buf: *mut libc::stat) -> c_int {
+    // SAFETY: forwarding.
+    unsafe { fstat(fd, buf) }
+}
 
 /// send/recv and friends: six-argument syscalls, so no cookie (the
 /// supervisor stops on them when it traces them).
