@@ -2110,3 +2110,28 @@ fn new_object_policies_judge_creations_made_through_the_shim_too() {
         assert!(r.text().contains("in main at "), "{}", r.text());
     }
 }
+
+#[test]
+fn shells_asking_whether_a_number_is_open_are_not_reported() {
+    // dash saves an fd before redirecting onto it with fcntl(fd, F_DUPFD,
+    // 10), which fails with EBADF when the number was never open: a
+    // question, as natively, in every mode. A dup of a *closed* fd is
+    // still reported (the three-mode test covers dup/dup2).
+    if !Path::new("/bin/dash").exists() {
+        eprintln!("no /bin/dash; skipped");
+        return;
+    }
+    let script = "exec 5</dev/null; exec 5<&-; exec 7>/dev/null; echo ok";
+    for how in [&["--no-shim"][..], &[][..], &["--no-ptrace"][..]] {
+        let mut args: Vec<&OsStr> = how.iter().map(OsStr::new).collect();
+        args.extend(["--", "/bin/dash", "-c", script].map(OsStr::new));
+        let o = handles_run(&args);
+        assert_code(&o, 0);
+        assert_eq!(stdout_of(&o), "ok\n", "{how:?}\n{}", describe(&o));
+        assert!(
+            !stderr_of(&o).contains("handles:"),
+            "{how:?}\n{}",
+            describe(&o)
+        );
+    }
+}

@@ -901,8 +901,18 @@ unsafe extern "C-unwind" fn fcntl_impl(
     let a = args!(fd, cmd, arg);
     match cmd {
         libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
-            if let Some(r) = check(fd, Op::Dup, libc::SYS_fcntl, a, frame) {
-                return r as c_int;
+            // On a number that never held a handle this is how shells (dash
+            // saving an fd before a redirection) ask whether it is open:
+            // the kernel answers, no report. A closed one is still a bug.
+            let never_used = active()
+                && st::slot(fd).is_some_and(|s| {
+                    s.state.load(core::sync::atomic::Ordering::Relaxed) == state::FREE
+                        && s.generation.load(core::sync::atomic::Ordering::Relaxed) == 0
+                });
+            if !never_used {
+                if let Some(r) = check(fd, Op::Dup, libc::SYS_fcntl, a, frame) {
+                    return r as c_int;
+                }
             }
             // SAFETY: the program's call.
             ret(create(

@@ -94,16 +94,32 @@ impl Job {
             ShimSays::Internal => return Some(Bad::Internal),
             ShimSays::Free => {
                 // The shim closed it for real (no room in its quarantine),
-                // or never had it: an open in our model is stale unless
-                // the kernel still has the number (made by a call neither
-                // of us saw).
+                // released one of our tombstones under fd pressure, or
+                // never had it: our model is stale unless the kernel still
+                // has the number (made by a call neither of us saw).
                 let t = self.threads.get(&tid)?;
                 let mut table = t.table.borrow_mut();
-                if table.is_open(fd) && !fd_exists(tgid, fd) {
+                if table.get(fd).is_some() && !fd_exists(tgid, fd) {
                     table.forget_open(fd);
+                    table.drop_tombstone(fd);
                 }
             }
-            ShimSays::Open | ShimSays::Unknown => {}
+            ShimSays::Open(generation) => {
+                // The shim made a new handle at this number (after giving
+                // one of our tombstones back under fd pressure): ours is
+                // stale.
+                let t = self.threads.get(&tid)?;
+                let mut table = t.table.borrow_mut();
+                if matches!(table.get(fd), Some(Slot::Tombstone(_))) {
+                    table.drop_tombstone(fd);
+                }
+                if table.get(fd).is_none() {
+                    table.open(fd, Origin::Shim, None, tgid);
+                    table.set_generation(fd, generation);
+                }
+                return None;
+            }
+            ShimSays::Unknown => {}
         }
         let t = self.threads.get(&tid)?;
         let mut table = t.table.borrow_mut();
@@ -321,7 +337,16 @@ impl Job {
                 let sweep = desc.kind == Kind::Close
                     && !matches!(bad, Bad::Stale)
                     && last_close.is_some_and(|l| (i64::from(l) - i64::from(fd)).abs() == 1);
-                if is_probe(desc, &a) || sweep {
+                // fcntl(F_DUPFD) on a number this process never had a
+                // handle at is how shells (dash, before a redirection) ask
+                // whether it is open.
+                let dup_probe = is_dup_probe(desc, &a)
+                    && matches!(bad, Bad::NotOpen)
+                    && self
+                        .threads
+                        .get(&tid)
+                        .is_some_and(|t| t.table.borrow().closed_info(fd).is_none());
+                if is_probe(desc, &a) || sweep || dup_probe {
                     // fcntl(F_GETFD/F_GETFL) is how POSIX code asks whether a
                     // number is open: answer as the kernel would, no report.
                     if matches!(bad, Bad::Stale | Bad::StaleInherited) {
@@ -794,6 +819,11 @@ pub(super) fn judged_at_every_call(desc: &Desc, policy: &Policy, budget: bool) -
             .any(|&c| policy.get(c).action != Action::Allow);
     let judges_kind = policy.get(Condition::WrongObject).action != Action::Allow;
     (creates && judges_new) || (judges_kind && expected_object(desc.name).is_some())
+}
+
+/// `fcntl(fd, F_DUPFD[_CLOEXEC], n)`.
+pub(super) fn is_dup_probe(desc: &Desc, a: &[u64; 6]) -> bool {
+    desc.kind == Kind::Fcntl && matches!(a[1] as i32, libc::F_DUPFD | libc::F_DUPFD_CLOEXEC)
 }
 
 /// `fcntl(fd, F_GETFD)` or `fcntl(fd, F_GETFL)`: a question, not a use.

@@ -60,12 +60,11 @@ impl Job {
                 }
                 let origin = shimtable::origin_of(d.value.how);
                 let stack = shimtable::call_stack(d.created.frames());
-                // Found open by a check before the leak check: the shim
-                // knows where it came from.
-                if let Some(c) = candidates
-                    .iter_mut()
-                    .find(|c| c.0 == fd && c.2 == Origin::Discovered && c.3.is_none())
-                {
+                // Found open by a check before the leak check (or seen
+                // only as the shim's): the shim knows where it came from.
+                if let Some(c) = candidates.iter_mut().find(|c| {
+                    c.0 == fd && matches!(c.2, Origin::Discovered | Origin::Shim) && c.3.is_none()
+                }) {
                     if stack.is_some() {
                         c.2 = origin;
                         c.3 = stack;

@@ -35,7 +35,9 @@ impl Published {
     pub fn new(pid: i32, mixer: u32, capacity: u32) -> io::Result<Published> {
         let name = CString::new(format!("{NAME_PREFIX}{pid}")).map_err(io::Error::other)?;
         // SAFETY: memfd_create with a NUL-terminated name; owned right away.
-        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe {
+            libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+        };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -50,6 +52,14 @@ impl Published {
             mixer,
         };
         p.map(capacity.clamp(64, table::MAX_CAPACITY))?;
+        // Anyone who may ptrace us can open this memfd through
+        // /proc/PID/fd, a traced program included: sealed against
+        // shrinking, it cannot make our own mapping's pages vanish under
+        // us (SIGBUS). Growing stays possible.
+        // SAFETY: F_ADD_SEALS on our own memfd.
+        if unsafe { libc::fcntl(p.fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
         Ok(p)
     }
 

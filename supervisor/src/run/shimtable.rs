@@ -28,7 +28,7 @@ use std::os::fd::OwnedFd;
 use handles_model::table::{self, how, state, Name, SlotDetail, SlotValue};
 use handles_model::ObjType;
 
-use crate::inspect::shared::MappedTable;
+use crate::inspect::shared::{sealed_against_shrinking, MappedTable};
 
 /// Lock spins before a held slot lock is stolen: the shim holds it for
 /// one syscall; a holder that is stopped or dead must not stop us.
@@ -40,7 +40,8 @@ pub(super) struct ShimTable {
 
 /// What the shim's table says of an fd.
 pub(super) enum ShimSays {
-    Open,
+    /// Open, at this generation.
+    Open(u32),
     /// Closed by the program through the shim (quarantined there).
     Tombstone(Box<SlotDetail>),
     /// One of the shim's own fds (its table, its tombstone source).
@@ -84,12 +85,20 @@ pub(super) fn is_announcement(nr: i64, a: &[u64; 6], cookie: u64) -> bool {
 impl ShimTable {
     /// Maps the table the shim of process `tgid` announced at `fd`.
     pub(super) fn announced(tgid: i32, fd: i32) -> Option<ShimTable> {
+        use std::os::unix::fs::OpenOptionsExt;
+        // The program names the fd: it must not be able to make us block
+        // (a FIFO) or lose mapped pages (a file it can truncate).
         let f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
             .open(format!("/proc/{tgid}/fd/{fd}"))
             .ok()?;
-        let mapped = MappedTable::map_rw(&OwnedFd::from(f))?;
+        let f = OwnedFd::from(f);
+        if !sealed_against_shrinking(&f) {
+            return None;
+        }
+        let mapped = MappedTable::map_rw(&f)?;
         let view = mapped.view().ok()?;
         // The announcement names the table of this process, written by a
         // shim: anything else is a program playing games with the call.
@@ -108,7 +117,7 @@ impl ShimTable {
             return ShimSays::Unknown;
         };
         match view.detail(fd) {
-            Some(d) if d.value.state == state::OPEN => ShimSays::Open,
+            Some(d) if d.value.state == state::OPEN => ShimSays::Open(d.value.generation),
             Some(d) if d.value.state == state::TOMBSTONE => ShimSays::Tombstone(Box::new(d)),
             Some(d) if d.value.state == state::INTERNAL => ShimSays::Internal,
             Some(d) if d.value.state == state::FREE => ShimSays::Free,
