@@ -1612,6 +1612,16 @@ fn usage_errors_exit_2() {
     let none: [&str; 0] = [];
     let o = handles_run(&none);
     assert_code(&o, 2);
+    // Unknown flags, and flags that cannot go together.
+    for bad in [
+        &["--bogus", "--", "true"][..],
+        &["--no-shim", "--no-ptrace", "--", "true"][..],
+        &["--no-ptrace", "--leak-check", "--", "true"][..],
+    ] {
+        let o = handles_run(bad);
+        assert_code(&o, 2);
+        assert!(stderr_of(&o).contains("error:"), "{bad:?}\n{}", describe(&o));
+    }
 }
 
 // ---------------------------------------------------------------------------
