@@ -24,12 +24,20 @@
 //!   binary search on nr over runs of equal outcome:
 //!       untraced run                          -> ret ALLOW
 //!       traced, nothing can exempt it          -> ret TRACE
-//!       traced, exemptable                     -> ja block(cookie argument)
-//!   block(i), one per distinct cookie argument:
+//!       traced, exemptable                     -> ja block(key)
+//!   block(key), one per distinct key (cookie argument i, argument masks m):
 //!       args[i] == cookie (both 32-bit halves) -> ret ALLOW
+//!       low32(args[j]) & m[j] != 0, each j     -> ret ALLOW   (jset)
 //!       allow_ip.start <= ip < allow_ip.end    -> ret ALLOW   (64-bit compare)
 //!       otherwise                              -> ret TRACE
 //! ```
+//!
+//! The argument tests ([`TracedSyscall::allow_if`]) let through the calls
+//! of a traced syscall whose arguments alone show them to be of no
+//! interest to the supervisor, such as an `mmap` that takes no fd. A
+//! syscall's tests are folded into one mask per argument register, so a
+//! block tests each register at most once; two syscalls share a block only
+//! when both their cookie argument and their masks agree.
 //!
 //! # Jump layout: a binary search with trampolines
 //!
@@ -60,6 +68,9 @@
 //! The cookie and the instruction-pointer exemption exist so that the shim's
 //! own syscalls cost no ptrace stop. Any code in the process can forge
 //! either, so the filter finds bugs; it does not confine hostile code.
+//! The argument tests are of another kind: they read the very registers
+//! the kernel acts on (never memory, which could change after the check),
+//! so what they let through is exactly the calls they describe.
 
 use std::ops::Range;
 
@@ -81,6 +92,20 @@ pub struct TracedSyscall {
     /// argument index (0..=5) that carries the cookie for this syscall, None
     /// when all six are used
     pub cookie_arg: Option<u8>,
+    /// A call that passes any of these tests is allowed (none: no call is
+    /// exempted this way).
+    pub allow_if: &'static [ArgTest],
+}
+
+/// "Allow the call if `(args[arg] as u32) & mask != 0`": a test on the low
+/// 32 bits of one argument register, which is all the kernel reads of an
+/// `int` argument (and where the flag bits of a flags argument live).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ArgTest {
+    /// The argument index, 0 to 5.
+    pub arg: u8,
+    /// The bits, at least one, of which any one set allows the call.
+    pub mask: u32,
 }
 
 /// What [`compile`] builds a filter from.
@@ -106,6 +131,8 @@ pub enum FilterError {
     TooLong { len: usize, max: usize },
     #[error("syscall {nr}: cookie argument {arg} does not exist (syscalls have arguments 0 to 5)")]
     BadCookieArg { nr: i64, arg: u8 },
+    #[error("syscall {nr}: the test of argument {arg} against mask {mask:#x} can never pass (syscalls have arguments 0 to 5; the mask needs a bit)")]
+    BadArgTest { nr: i64, arg: u8, mask: u32 },
     #[error("{nr} is not a native x86_64 syscall number (expected 0 to {max})", max = X32_SYSCALL_BIT - 1)]
     BadSyscallNr { nr: i64 },
     #[error(
@@ -116,6 +143,8 @@ pub enum FilterError {
         first: Option<u8>,
         second: Option<u8>,
     },
+    #[error("syscall {nr} is listed twice with different argument tests")]
+    ConflictingArgTests { nr: i64 },
     #[error("the allowed instruction-pointer range {start:#x}..{end:#x} is empty")]
     EmptyIpRange { start: u64, end: u64 },
     // Unused argument registers are often 0, so a zero cookie would silently
@@ -214,13 +243,16 @@ pub fn compile(spec: &FilterSpec) -> Result<Vec<libc::sock_filter>, FilterError>
     }
     let traced = normalize(&spec.traced)?;
 
-    // Without a cookie no register can exempt a syscall, so every traced
-    // syscall shares the same (IP-only) block.
-    let key = |t: &TracedSyscall| spec.cookie.and(t.cookie_arg);
-    let mut block_keys: Vec<Option<u8>> = Vec::new();
-    let mut outcome_of = |t: &TracedSyscall| -> Outcome {
+    // Without a cookie no register carries one, so syscalls that differ
+    // only in their cookie argument share a block.
+    let key = |t: &Normalized| BlockKey {
+        cookie_arg: spec.cookie.and(t.cookie_arg),
+        masks: t.masks,
+    };
+    let mut block_keys: Vec<BlockKey> = Vec::new();
+    let mut outcome_of = |t: &Normalized| -> Outcome {
         let k = key(t);
-        if k.is_none() && spec.allow_ip.is_none() {
+        if k.cookie_arg.is_none() && k.masks == NO_MASKS && spec.allow_ip.is_none() {
             return Outcome::Trace;
         }
         let idx = match block_keys.iter().position(|b| *b == k) {
@@ -252,10 +284,9 @@ pub fn compile(spec: &FilterSpec) -> Result<Vec<libc::sock_filter>, FilterError>
         runs.push((start, outcome));
     };
     for t in &traced {
-        // normalize() guarantees 0 <= nr < X32_SYSCALL_BIT.
-        let nr = t.nr as u32;
-        push_run(nr, outcome_of(t));
-        push_run(nr + 1, Outcome::Allow);
+        // normalize() guarantees nr < X32_SYSCALL_BIT.
+        push_run(t.nr, outcome_of(t));
+        push_run(t.nr + 1, Outcome::Allow);
     }
 
     let mut prog = vec![
@@ -270,7 +301,13 @@ pub fn compile(spec: &FilterSpec) -> Result<Vec<libc::sock_filter>, FilterError>
 
     let blocks: Vec<Vec<libc::sock_filter>> = block_keys
         .iter()
-        .map(|k| exemption_block(k.zip(spec.cookie), spec.allow_ip.as_ref()))
+        .map(|k| {
+            exemption_block(
+                k.cookie_arg.zip(spec.cookie),
+                &k.masks,
+                spec.allow_ip.as_ref(),
+            )
+        })
         .collect();
     let tree_start = prog.len();
     let mut block_start = Vec::with_capacity(blocks.len());
@@ -303,10 +340,33 @@ pub fn compile(spec: &FilterSpec) -> Result<Vec<libc::sock_filter>, FilterError>
     Ok(prog)
 }
 
+/// Per argument register, the bits of its low half of which any one set
+/// allows the call; 0 tests nothing.
+type ArgMasks = [u32; 6];
+
+const NO_MASKS: ArgMasks = [0; 6];
+
+/// A traced syscall once validated, its tests folded into [`ArgMasks`]
+/// (two tests of one register allow exactly when their union does).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Normalized {
+    nr: u32,
+    cookie_arg: Option<u8>,
+    masks: ArgMasks,
+}
+
+/// What makes exemption blocks differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct BlockKey {
+    /// The register to compare with the cookie (None without a cookie).
+    cookie_arg: Option<u8>,
+    masks: ArgMasks,
+}
+
 /// Validates the traced set and returns it sorted by number, without
 /// duplicates.
-fn normalize(traced: &[TracedSyscall]) -> Result<Vec<TracedSyscall>, FilterError> {
-    let mut out: Vec<TracedSyscall> = Vec::with_capacity(traced.len());
+fn normalize(traced: &[TracedSyscall]) -> Result<Vec<Normalized>, FilterError> {
+    let mut out: Vec<Normalized> = Vec::with_capacity(traced.len());
     for t in traced {
         if !(0..i64::from(X32_SYSCALL_BIT)).contains(&t.nr) {
             return Err(FilterError::BadSyscallNr { nr: t.nr });
@@ -316,19 +376,38 @@ fn normalize(traced: &[TracedSyscall]) -> Result<Vec<TracedSyscall>, FilterError
                 return Err(FilterError::BadCookieArg { nr: t.nr, arg });
             }
         }
-        out.push(*t);
+        let mut masks = NO_MASKS;
+        for test in t.allow_if {
+            if test.arg > 5 || test.mask == 0 {
+                return Err(FilterError::BadArgTest {
+                    nr: t.nr,
+                    arg: test.arg,
+                    mask: test.mask,
+                });
+            }
+            masks[usize::from(test.arg)] |= test.mask;
+        }
+        out.push(Normalized {
+            nr: t.nr as u32,
+            cookie_arg: t.cookie_arg,
+            masks,
+        });
     }
     out.sort_by_key(|t| t.nr);
-    let mut deduped: Vec<TracedSyscall> = Vec::with_capacity(out.len());
+    let mut deduped: Vec<Normalized> = Vec::with_capacity(out.len());
     for t in out {
         match deduped.last() {
             Some(prev) if prev.nr == t.nr => {
+                let nr = i64::from(t.nr);
                 if prev.cookie_arg != t.cookie_arg {
                     return Err(FilterError::ConflictingCookieArg {
-                        nr: t.nr,
+                        nr,
                         first: prev.cookie_arg,
                         second: t.cookie_arg,
                     });
+                }
+                if prev.masks != t.masks {
+                    return Err(FilterError::ConflictingArgTests { nr });
                 }
             }
             _ => deduped.push(t),
@@ -370,15 +449,21 @@ fn dispatch_tree(runs: &[(u32, Outcome)]) -> Vec<TreeInsn> {
 }
 
 /// The checks that can exempt a traced syscall, ending in its own
-/// `ret TRACE ; ret ALLOW` pair so that every jump stays local.
-fn exemption_block(cookie: Option<(u8, u64)>, ip: Option<&Range<u64>>) -> Vec<libc::sock_filter> {
+/// `ret TRACE ; ret ALLOW` pair so that every jump stays local (a block is
+/// at most 4 + 12 + 10 + 2 instructions).
+fn exemption_block(
+    cookie: Option<(u8, u64)>,
+    masks: &ArgMasks,
+    ip: Option<&Range<u64>>,
+) -> Vec<libc::sock_filter> {
     let cookie_len = if cookie.is_some() { 4 } else { 0 };
+    let tests_len = 2 * masks.iter().filter(|&&m| m != 0).count();
     let ip_len = match ip {
         None => 0,
         Some(r) if same_high_half(r) => 5,
         Some(_) => 10,
     };
-    let trace = cookie_len + ip_len;
+    let trace = cookie_len + tests_len + ip_len;
     let allow = trace + 1;
     let mut b = Vec::with_capacity(allow + 1);
 
@@ -393,6 +478,15 @@ fn exemption_block(cookie: Option<(u8, u64)>, ip: Option<&Range<u64>>) -> Vec<li
         jump_to(&mut b, JEQ, hi, To::At(allow), To::At(after));
     }
 
+    // Then the argument tests: one load and one jset each.
+    for (arg, &mask) in (0u8..).zip(masks) {
+        if mask != 0 {
+            b.push(stmt(LD_ABS, off_arg_lo(arg)));
+            jump_to(&mut b, JSET, mask, To::At(allow), To::Next);
+        }
+    }
+    debug_assert_eq!(b.len(), cookie_len + tests_len);
+
     if let Some(r) = ip {
         let (start_hi, start_lo) = (arg_hi(r.start), arg_lo(r.start));
         // `end` is exclusive; compile() rejected empty ranges, so end > 0.
@@ -404,7 +498,7 @@ fn exemption_block(cookie: Option<(u8, u64)>, ip: Option<&Range<u64>>) -> Vec<li
             jump_to(&mut b, JGE, start_lo, To::Next, To::At(trace));
             jump_to(&mut b, JGE, end_lo, To::At(trace), To::At(allow));
         } else {
-            let upper = cookie_len + 6;
+            let upper = b.len() + 6;
             // ip >= start
             b.push(stmt(LD_ABS, OFF_IP_HI));
             jump_to(&mut b, JGT, start_hi, To::At(upper), To::Next);
@@ -562,7 +656,40 @@ mod tests {
     }
 
     fn traced(nr: i64, cookie_arg: Option<u8>) -> TracedSyscall {
-        TracedSyscall { nr, cookie_arg }
+        TracedSyscall {
+            nr,
+            cookie_arg,
+            allow_if: &[],
+        }
+    }
+
+    fn traced_if(nr: i64, cookie_arg: Option<u8>, allow_if: &'static [ArgTest]) -> TracedSyscall {
+        TracedSyscall {
+            nr,
+            cookie_arg,
+            allow_if,
+        }
+    }
+
+    /// An [`ArgTest`] literal (a struct expression, so that `&[...]` of
+    /// them is promoted to a `'static` slice).
+    macro_rules! arg_test {
+        ($arg:expr, $mask:expr) => {
+            ArgTest {
+                arg: $arg,
+                mask: $mask,
+            }
+        };
+    }
+
+    /// mmap's: MAP_ANONYMOUS in the flags, or a negative (32-bit) fd.
+    const MMAP_NO_FD: &[ArgTest] = &[
+        arg_test!(3, libc::MAP_ANONYMOUS as u32),
+        arg_test!(4, 1 << 31),
+    ];
+
+    fn jset(k: u32, jt: u8, jf: u8) -> Raw {
+        (JSET, jt, jf, k)
     }
 
     // ---- a classic-BPF interpreter and the kernel's checks, for the tests ----
@@ -709,12 +836,20 @@ mod tests {
                 return RET_ALLOW;
             }
         }
+        if t.allow_if
+            .iter()
+            .any(|a| (d.args[usize::from(a.arg)] as u32) & a.mask != 0)
+        {
+            return RET_ALLOW;
+        }
         RET_TRACE
     }
 
     /// Interesting inputs for `spec`: every traced nr and its neighbours,
     /// with the cookie in each register (exact, and off in either half), IPs
-    /// at the edges of the range, foreign arch, x32.
+    /// at the edges of the range, each argument test's register with one of
+    /// its bits, or all bits but its own, or its bits in the high half only,
+    /// foreign arch, x32.
     fn probes(spec: &FilterSpec) -> Vec<Data> {
         let mut nrs: Vec<i32> = vec![0, 1, 2, 500, 0x3fff_ffff, -1, i32::MIN];
         for t in &spec.traced {
@@ -735,15 +870,37 @@ mod tests {
         }
         let c = spec.cookie.unwrap_or(COOKIE);
         let cookies = [c, c ^ (1 << 32), c ^ (1 << 63), c ^ 1, c ^ (1 << 31), 0];
+        let mut tests: Vec<(usize, u64)> = Vec::new();
+        for a in spec.traced.iter().flat_map(|t| t.allow_if) {
+            let m = u64::from(a.mask);
+            let low_bit = m & m.wrapping_neg();
+            let high_bit = 1u64 << (63 - m.leading_zeros());
+            for v in [low_bit, high_bit, m, m << 32, u64::MAX ^ m] {
+                tests.push((usize::from(a.arg), v));
+            }
+        }
+        tests.sort_unstable();
+        tests.dedup();
         let mut out = Vec::new();
-        // The IP and the cookie exempt independently, so vary one at a time
-        // (with the other at an arbitrary value) rather than their product.
+        // The IP, the cookie and the argument tests exempt independently, so
+        // vary one at a time (with the others at an arbitrary value) rather
+        // than their product.
         for &nr in &nrs {
             for &ip in &ips {
-                let mut d = Data::native(nr);
-                d.ip = ip;
-                d.args = [c ^ 0x10; 6];
-                out.push(d);
+                for args in [[c ^ 0x10; 6], [0; 6]] {
+                    let mut d = Data::native(nr);
+                    d.ip = ip;
+                    d.args = args;
+                    out.push(d);
+                }
+            }
+            for &(arg, v) in &tests {
+                for ip in [ips[2], ips[ips.len() - 1]] {
+                    let mut d = Data::native(nr);
+                    d.ip = ip;
+                    d.args[arg] = v;
+                    out.push(d);
+                }
             }
             for arg in 0..6 {
                 for &cv in &cookies {
@@ -911,7 +1068,16 @@ mod tests {
             SYS_mount_setattr,
             SYS_memfd_secret,
         ];
-        let mut v: Vec<TracedSyscall> = six.iter().map(|&nr| traced(nr, None)).collect();
+        let mut v: Vec<TracedSyscall> = six
+            .iter()
+            .map(|&nr| {
+                if nr == SYS_mmap {
+                    traced_if(nr, None, MMAP_NO_FD)
+                } else {
+                    traced(nr, None)
+                }
+            })
+            .collect();
         v.extend(
             others
                 .iter()
@@ -1089,6 +1255,113 @@ mod tests {
         assert_matches_reference(&spec, &prog);
     }
 
+    #[test]
+    fn golden_arg_tests_block() {
+        // mmap as the supervisor traces it: no cookie slot, two tests.
+        let spec = FilterSpec {
+            traced: vec![traced_if(9, None, MMAP_NO_FD)],
+            cookie: Some(COOKIE),
+            allow_ip: None,
+        };
+        let mut want = prelude();
+        want.extend([
+            jge(9, 1, 0), // 6
+            ret(RET_ALLOW),
+            jge(10, 1, 0),
+            ja(1), // 9 -> 11
+            ret(RET_ALLOW),
+            ld(40), // 11: args[3] (flags) low half
+            jset(0x20, 3, 0),
+            ld(48), // args[4] (fd) low half
+            jset(0x8000_0000, 1, 0),
+            ret(RET_TRACE),
+            ret(RET_ALLOW),
+        ]);
+        let prog = compile(&spec).unwrap();
+        assert_eq!(raw(&prog), want);
+        assert_matches_reference(&spec, &prog);
+    }
+
+    #[test]
+    fn golden_cookie_then_arg_tests_then_ip_range() {
+        // Tests of one register are merged; registers are tested in order.
+        let spec = FilterSpec {
+            traced: vec![traced_if(
+                3,
+                Some(1),
+                &[
+                    arg_test!(5, 0x100),
+                    arg_test!(0, 0x3),
+                    arg_test!(5, 0x8000_0000),
+                ],
+            )],
+            cookie: Some(0xdead_beef_0bad_f00d),
+            allow_ip: Some(0x7000_0000..0x7000_1000),
+        };
+        let mut want = prelude();
+        want.extend([
+            jge(3, 1, 0),
+            ret(RET_ALLOW),
+            jge(4, 1, 0),
+            ja(1),
+            ret(RET_ALLOW),
+            // 0: cookie in args[1]
+            ld(24),
+            jeq(0x0bad_f00d, 0, 2),
+            ld(28),
+            jeq(0xdead_beef, 10, 0),
+            // 4: args[0] & 0x3, args[5] & 0x8000_0100
+            ld(16),
+            jset(0x3, 8, 0),
+            ld(56),
+            jset(0x8000_0100, 6, 0),
+            // 8: the IP range
+            ld(12),
+            jeq(0, 0, 3),
+            ld(8),
+            jge(0x7000_0000, 0, 1),
+            jge(0x7000_1000, 0, 1),
+            ret(RET_TRACE), // 13
+            ret(RET_ALLOW),
+        ]);
+        let prog = compile(&spec).unwrap();
+        assert_eq!(raw(&prog), want);
+        assert_matches_reference(&spec, &prog);
+    }
+
+    #[test]
+    fn blocks_are_shared_only_by_equal_cookie_argument_and_tests() {
+        let spec = FilterSpec {
+            traced: vec![
+                traced_if(1, Some(3), MMAP_NO_FD),
+                traced(3, Some(3)),
+                traced_if(5, Some(3), MMAP_NO_FD),
+                // The same tests written in another order: the same block.
+                traced_if(7, Some(3), &[arg_test!(4, 1 << 31), arg_test!(3, 0x20)]),
+                traced_if(9, Some(2), MMAP_NO_FD),
+            ],
+            cookie: Some(COOKIE),
+            allow_ip: None,
+        };
+        // Each block with the tests has two jsets (the prelude one more).
+        let jsets = |p: &[libc::sock_filter]| p.iter().filter(|f| f.code == JSET).count() - 1;
+        let prog = compile(&spec).unwrap();
+        assert_matches_reference(&spec, &prog);
+        // Blocks (3, tests) for 1, 5 and 7, (2, tests) for 9; 3 has a
+        // cookie-only block.
+        assert_eq!(jsets(&prog), 2 * 2, "{:?}", raw(&prog));
+
+        // Without a cookie the cookie argument no longer tells blocks
+        // apart: one block for 1, 5, 7 and 9, and 3 is plain TRACE.
+        let no_cookie = FilterSpec {
+            cookie: None,
+            ..spec.clone()
+        };
+        let prog = compile(&no_cookie).unwrap();
+        assert_matches_reference(&no_cookie, &prog);
+        assert_eq!(jsets(&prog), 2, "{:?}", raw(&prog));
+    }
+
     // ---- structure and errors ----
 
     #[test]
@@ -1120,8 +1393,34 @@ mod tests {
                 second: Some(2)
             }
         );
-        // The same entry twice is harmless.
+        assert_eq!(
+            compile(&with(vec![traced_if(9, None, MMAP_NO_FD), traced(9, None)])).unwrap_err(),
+            FilterError::ConflictingArgTests { nr: 9 }
+        );
+        assert_eq!(
+            compile(&with(vec![traced_if(9, None, &[arg_test!(6, 1)])])).unwrap_err(),
+            FilterError::BadArgTest {
+                nr: 9,
+                arg: 6,
+                mask: 1
+            }
+        );
+        assert_eq!(
+            compile(&with(vec![traced_if(9, None, &[arg_test!(3, 0)])])).unwrap_err(),
+            FilterError::BadArgTest {
+                nr: 9,
+                arg: 3,
+                mask: 0
+            }
+        );
+        // The same entry twice is harmless, as are the same tests written
+        // in another order.
         assert!(compile(&with(vec![traced(3, Some(1)), traced(3, Some(1))])).is_ok());
+        assert!(compile(&with(vec![
+            traced_if(9, None, MMAP_NO_FD),
+            traced_if(9, None, &[arg_test!(4, 1 << 31), arg_test!(3, 0x20)]),
+        ]))
+        .is_ok());
         let mut zero = with(vec![]);
         zero.cookie = Some(0);
         assert_eq!(compile(&zero).unwrap_err(), FilterError::ZeroCookie);
@@ -1149,6 +1448,12 @@ mod tests {
             },
             FilterError::EmptyIpRange { start: 9, end: 1 },
             FilterError::ZeroCookie,
+            FilterError::BadArgTest {
+                nr: 9,
+                arg: 7,
+                mask: 0,
+            },
+            FilterError::ConflictingArgTests { nr: 9 },
         ];
         for e in errs {
             let msg = e.to_string();
@@ -1271,8 +1576,30 @@ mod tests {
         }
     }
 
+    /// Argument tests for the random specs: none to three, on one register
+    /// or several, single bits (the lowest, the sign bit), several bits, all
+    /// bits, the same register twice.
+    const ARG_TESTS: &[&[ArgTest]] = &[
+        MMAP_NO_FD,
+        &[arg_test!(0, 1)],
+        &[arg_test!(5, 0xffff_ffff)],
+        &[arg_test!(2, 0x8000_0000)],
+        &[arg_test!(3, 0x0000_0f00), arg_test!(1, 0x20)],
+        &[arg_test!(4, 0x10), arg_test!(4, 0x8000_0000)],
+        &[
+            arg_test!(1, 0x4000_0001),
+            arg_test!(0, 2),
+            arg_test!(5, 0x0001_0000),
+        ],
+    ];
+
     fn arb_spec() -> impl Strategy<Value = FilterSpec> {
-        let traced = prop::collection::btree_map(0i64..520, prop::option::of(0u8..6), 0..160);
+        let allow_if = prop_oneof![
+            2 => Just(&[][..]),
+            1 => prop::sample::select(ARG_TESTS),
+        ];
+        let traced =
+            prop::collection::btree_map(0i64..520, (prop::option::of(0u8..6), allow_if), 0..160);
         let cookie = prop::option::of(1u64..);
         let boundary = prop_oneof![
             any::<u64>(),
@@ -1285,7 +1612,11 @@ mod tests {
         (traced, cookie, ip).prop_map(|(traced, cookie, ip)| FilterSpec {
             traced: traced
                 .into_iter()
-                .map(|(nr, cookie_arg)| TracedSyscall { nr, cookie_arg })
+                .map(|(nr, (cookie_arg, allow_if))| TracedSyscall {
+                    nr,
+                    cookie_arg,
+                    allow_if,
+                })
                 .collect(),
             cookie,
             allow_ip: ip.map(|(start, len)| {
@@ -1307,12 +1638,18 @@ mod tests {
         #[test]
         fn random_inputs_match_reference(
             spec in arb_spec(),
-            inputs in prop::collection::vec((any::<i32>(), 0usize..6, any::<u64>(), any::<bool>()), 64),
+            inputs in prop::collection::vec(
+                (any::<i32>(), 0usize..6, any::<u64>(), any::<bool>(), 0usize..6, any::<u64>()),
+                64,
+            ),
         ) {
             let prog = compile(&spec).unwrap();
-            for (nr, arg, ip, use_cookie) in inputs {
+            for (nr, arg, ip, use_cookie, other, value) in inputs {
                 let mut d = Data::native(if use_cookie { nr.rem_euclid(520) } else { nr });
                 d.ip = ip;
+                // A random register value: random bits for the argument
+                // tests (the cookie, if any, overwrites it).
+                d.args[other] = value;
                 if use_cookie {
                     d.args[arg] = spec.cookie.unwrap_or(COOKIE);
                 }
@@ -1577,6 +1914,63 @@ mod tests {
             assert_eq!(r[0], want, "stub at {ip:#x}, range {range:#x?}");
             assert_eq!(r[1], ENOSYS, "libc's syscall() is outside {range:#x?}");
         }
+    }
+
+    #[test]
+    fn installed_filter_lets_mmap_without_an_fd_through() {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(std::env::current_exe().unwrap()).unwrap();
+        let fd = file.as_raw_fd() as u64;
+        let not_open = 0x7ff0_0000u64; // a non-negative int beyond any fd table
+        let mmap = |flags: u64, fd: u64| Call {
+            args: [0, 4096, libc::PROT_READ as u64, flags, fd, 0],
+            ..call(libc::SYS_mmap)
+        };
+        let private = libc::MAP_PRIVATE as u64;
+        let anon = private | libc::MAP_ANONYMOUS as u64;
+        let calls = [
+            mmap(anon, u64::MAX),                 // 0: anonymous
+            mmap(anon, fd),                       // 1: anonymous, fd ignored
+            mmap(private, fd),                    // 2: a file
+            mmap(private, u64::MAX),              // 3: fd -1
+            mmap(private, 0xffff_ffff),           // 4: -1 in the low half only
+            mmap(private, 0x8000_0000),           // 5: INT_MIN
+            mmap(private, (1 << 32) | fd),        // 6: fd, junk in the high half
+            mmap(private, (1 << 63) | fd),        // 7: fd, junk in the top bit
+            mmap(anon << 32 | private, not_open), // 8: MAP_ANONYMOUS in the high half
+        ];
+        let mapped = |r: [i64; 2]| r[0] > 0 && r[1] == 0;
+        let ebadf = [-1, libc::EBADF as i64];
+
+        // What the kernel makes of these: it reads the fd as a 32-bit int
+        // and MAP_ANONYMOUS from the low half of the flags.
+        let (_, native) = run_in_child(None, &calls);
+        for i in [0, 1, 2, 6, 7] {
+            assert!(mapped(native[i]), "native call {i}: {:?}", native[i]);
+        }
+        for i in [3, 4, 5, 8] {
+            assert_eq!(native[i], ebadf, "native call {i}");
+        }
+
+        let spec = FilterSpec {
+            traced: vec![traced_if(libc::SYS_mmap, None, MMAP_NO_FD)],
+            cookie: Some(COOKIE),
+            allow_ip: None,
+        };
+        let prog = compile(&spec).unwrap();
+        let (install_errno, r) = run_in_child(Some(&prog), &calls);
+        drop(file);
+        assert_eq!(install_errno, 0);
+        assert!(mapped(r[0]), "anonymous mmap does not stop: {:?}", r[0]);
+        assert!(mapped(r[1]), "anonymous mmap with an fd: {:?}", r[1]);
+        assert_eq!(r[2], ENOSYS, "a file mmap stops");
+        for i in [3, 4, 5] {
+            assert_eq!(r[i], ebadf, "call {i}: a negative fd does not stop");
+        }
+        for i in [6, 7] {
+            assert_eq!(r[i], ENOSYS, "call {i}: high bits do not hide the fd");
+        }
+        assert_eq!(r[8], ENOSYS, "MAP_ANONYMOUS must be in the low half");
     }
 
     #[test]

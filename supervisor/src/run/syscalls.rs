@@ -4,7 +4,7 @@
 
 pub use handles_model::syscalls::{lookup, Desc, Kind, TABLE};
 
-use crate::seccomp::TracedSyscall;
+use crate::seccomp::{ArgTest, TracedSyscall};
 
 /// Which syscalls the prefilter stops on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,6 +16,23 @@ pub enum CheckLevel {
     Lifecycle,
 }
 
+/// The `mmap` calls that use no fd, which the supervisor resumes at once
+/// (`Job::used_fds`): MAP_ANONYMOUS in the flags (the kernel then ignores
+/// the fd), or an fd that is negative as the 32-bit int the kernel reads
+/// (it truncates the register and fails with EBADF). These are malloc
+/// arenas, thread stacks and ld.so's zero-filled maps: about 3 of the 8
+/// mmaps of a short dynamically linked program, which need no stop.
+const MMAP_WITHOUT_FD: &[ArgTest] = &[
+    ArgTest {
+        arg: 3,
+        mask: libc::MAP_ANONYMOUS as u32,
+    },
+    ArgTest {
+        arg: 4,
+        mask: 1 << 31,
+    },
+];
+
 /// The prefilter's traced set for `level`. Syscalls for which `judged`
 /// is true stop even when the shim makes them (no cookie exemption): the
 /// job's policy must see each one (see `checks::judged_at_every_call`).
@@ -26,6 +43,10 @@ pub fn traced(level: CheckLevel, judged: impl Fn(&Desc) -> bool) -> Vec<TracedSy
         .map(|d| TracedSyscall {
             nr: d.nr,
             cookie_arg: if judged(d) { None } else { d.cookie_arg() },
+            allow_if: match d.kind {
+                Kind::Mmap => MMAP_WITHOUT_FD,
+                _ => &[],
+            },
         })
         .collect()
 }
@@ -47,6 +68,20 @@ mod tests {
         ] {
             assert_eq!(lookup(nr).map(|d| d.name), Some(name));
         }
+    }
+
+    #[test]
+    fn only_mmap_has_argument_tests() {
+        let all = traced(CheckLevel::All, |_| false);
+        let mmap = all.iter().find(|t| t.nr == libc::SYS_mmap).unwrap();
+        assert_eq!(mmap.allow_if, MMAP_WITHOUT_FD);
+        assert!(all
+            .iter()
+            .all(|t| t.nr == libc::SYS_mmap || t.allow_if.is_empty()));
+        // --check=lifecycle does not trace mmap at all.
+        assert!(traced(CheckLevel::Lifecycle, |_| false)
+            .iter()
+            .all(|t| t.nr != libc::SYS_mmap && t.allow_if.is_empty()));
     }
 
     #[test]
