@@ -1620,7 +1620,11 @@ fn usage_errors_exit_2() {
     ] {
         let o = handles_run(bad);
         assert_code(&o, 2);
-        assert!(stderr_of(&o).contains("error:"), "{bad:?}\n{}", describe(&o));
+        assert!(
+            stderr_of(&o).contains("error:"),
+            "{bad:?}\n{}",
+            describe(&o)
+        );
     }
 }
 

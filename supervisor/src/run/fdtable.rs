@@ -28,6 +28,24 @@ pub enum Origin {
     Shim,
 }
 
+impl Origin {
+    /// The shared table's `how` code for a handle of this origin.
+    pub fn how_code(&self) -> u32 {
+        use handles_model::table::how;
+        match self {
+            Origin::Syscall(name) => handles_model::syscalls::TABLE
+                .iter()
+                .find(|d| d.name == *name)
+                .and_then(|d| u32::try_from(d.nr).ok())
+                .map_or(how::UNKNOWN, how::syscall),
+            Origin::Inherited => how::INHERITED,
+            Origin::Received => how::RECEIVED,
+            Origin::Discovered => how::ADOPTED,
+            Origin::Shim => how::UNKNOWN,
+        }
+    }
+}
+
 /// What a handle was, remembered after it is closed for the report of a
 /// later stale use.
 #[derive(Clone, Debug, Default)]

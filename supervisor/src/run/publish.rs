@@ -15,9 +15,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use std::sync::atomic::Ordering;
 
-use handles_model::table::{self, how, Header, Slot, SlotStacks, SlotValue};
+use handles_model::table::{self, Header, Slot, SlotStacks, SlotValue};
 
-use super::fdtable::{FdTable, Origin, Slot as ModelSlot};
+use super::fdtable::{FdTable, Slot as ModelSlot};
 
 /// Name prefix of published tables (`/memfd:handles-table:PID`).
 pub const NAME_PREFIX: &str = "handles-table:";
@@ -213,27 +213,12 @@ impl Published {
         let mut v = model.slot_value(fd);
         match model.get(fd) {
             Some(ModelSlot::Open(h)) if model.tomb_src != Some(fd) => {
-                v.how = how_of(&h.origin);
+                v.how = h.origin.how_code();
                 let created = h.created.as_deref().map_or(&[][..], Vec::as_slice);
                 self.set_created(fd, v, created);
             }
             _ => self.set(fd, v),
         }
-    }
-}
-
-/// The `how` code of a handle the supervisor's model holds.
-pub(super) fn how_of(origin: &Origin) -> u32 {
-    match origin {
-        Origin::Syscall(name) => handles_model::syscalls::TABLE
-            .iter()
-            .find(|d| d.name == *name)
-            .and_then(|d| u32::try_from(d.nr).ok())
-            .map_or(how::UNKNOWN, how::syscall),
-        Origin::Inherited => how::INHERITED,
-        Origin::Received => how::RECEIVED,
-        Origin::Discovered => how::ADOPTED,
-        Origin::Shim => how::UNKNOWN,
     }
 }
 
@@ -249,7 +234,8 @@ impl Drop for Published {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use handles_model::table::{state, TableView};
+    use super::super::fdtable::Origin;
+    use handles_model::table::{how, state, TableView};
 
     fn view_of(p: &Published) -> TableView<'_> {
         // SAFETY: base maps len bytes for the life of p.

@@ -301,22 +301,6 @@ fn name_text(n: &Name) -> String {
     String::from_utf8_lossy(n.as_bytes()).into_owned()
 }
 
-/// The `how` code of a handle the supervisor's model holds.
-fn how_of(origin: &super::fdtable::Origin) -> u32 {
-    use super::fdtable::Origin;
-    match origin {
-        Origin::Syscall(name) => handles_model::syscalls::TABLE
-            .iter()
-            .find(|d| d.name == *name)
-            .and_then(|d| u32::try_from(d.nr).ok())
-            .map_or(how::UNKNOWN, how::syscall),
-        Origin::Inherited => how::INHERITED,
-        Origin::Received => how::RECEIVED,
-        Origin::Discovered => how::ADOPTED,
-        Origin::Shim => how::UNKNOWN,
-    }
-}
-
 impl super::job::Job {
     /// Writes the fds the supervisor changed since the last publish into
     /// the shim's table of `tgid` (instead of a table of its own), and
@@ -347,7 +331,7 @@ impl super::job::Job {
                         // Made by the shim, already in its table.
                         Some(Slot::Open(h)) if matches!(h.origin, Origin::Shim) => Want::Skip,
                         Some(Slot::Open(h)) => Want::Open(
-                            how_of(&h.origin),
+                            h.origin.how_code(),
                             h.created.as_ref().map_or_else(Vec::new, |s| s.to_vec()),
                         ),
                         Some(Slot::Tombstone(c)) => Want::Tomb(
