@@ -964,9 +964,6 @@ fn emfile_with_the_shim_is_consistent_and_recovers() {
 }
 
 #[test]
-#[ignore = "known bug: with --shim the supervisor's tombstones of the dynamic loader's \
-            closes (3-5 numbers) are never released under RLIMIT_NOFILE pressure, so \
-            EMFILE comes early"]
 fn emfile_comes_at_the_native_count_with_the_shim() {
     let prog = fixture("fault_emfile");
     let n = run(native(&prog, &["64"]));
@@ -1070,8 +1067,6 @@ fn a_loop_under_rlimit_nofile_16_runs_as_natively() {
 }
 
 #[test]
-#[ignore = "known bug: with --shim the supervisor's tombstones of the dynamic loader's \
-            closes take numbers below a lowered RLIMIT_NOFILE for good"]
 fn a_loop_under_rlimit_nofile_16_with_8_held_runs_as_natively_with_the_shim() {
     let n = low_nofile(None, "8");
     let r = low_nofile(Some(Mode::Shim), "8");
