@@ -38,13 +38,12 @@ row() {
 echo "fdloop, $N iterations ($((N * 8)) fd syscalls), median of $RUNS; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 native=$(median "$tmp/fdloop" "$N")
 printf '%-44s %8.3f s %8.1fx native\n' "native" "$native" 1
-row "handles run (check all, stacks 32)" "$H" run -- "$tmp/fdloop" "$N"
-row "handles run --stack-depth 0" "$H" run --stack-depth 0 -- "$tmp/fdloop" "$N"
-row "handles run --check lifecycle" "$H" run --check lifecycle -- "$tmp/fdloop" "$N"
-row "handles run --check lifecycle --stack-depth 0" "$H" run --check lifecycle --stack-depth 0 -- "$tmp/fdloop" "$N"
-row "handles run --quarantine 0 --stack-depth 0" "$H" run --quarantine 0 --stack-depth 0 -- "$tmp/fdloop" "$N"
+row "handles run (default: shim + supervisor)" "$H" run -- "$tmp/fdloop" "$N"
+row "handles run --no-ptrace (shim alone)" "$H" run --no-ptrace -- "$tmp/fdloop" "$N"
+row "handles run --no-shim (check all, stacks 32)" "$H" run --no-shim -- "$tmp/fdloop" "$N"
+row "handles run --no-shim --check lifecycle" "$H" run --no-shim --check lifecycle -- "$tmp/fdloop" "$N"
+row "handles run --no-shim --quarantine 0 --stack-depth 0" "$H" run --no-shim --quarantine 0 --stack-depth 0 -- "$tmp/fdloop" "$N"
 row "handles run --leak-check" "$H" run --leak-check -- "$tmp/fdloop" "$N"
-row "handles run --shim" "$H" run --shim -- "$tmp/fdloop" "$N"
 SHIM=$(ls -t target/release/build/handles-*/out/libhandles_shim.so 2>/dev/null | head -1)
 if [ -n "$SHIM" ]; then
     row "LD_PRELOAD shim alone" env LD_PRELOAD="$SHIM" "$tmp/fdloop" "$N"
@@ -65,5 +64,29 @@ native=$(median bash -c "$WORK")
 printf '%-44s %8.3f s %8.1fx native\n' "native" "$native" 1
 row "handles run" "$H" run -- bash -c "$WORK"
 row "handles run --leak-check" "$H" run --leak-check -- bash -c "$WORK"
-row "handles run --shim" "$H" run --shim -- bash -c "$WORK"
-row "handles run --shim --leak-check" "$H" run --shim --leak-check -- bash -c "$WORK"
+row "handles run --no-shim" "$H" run --no-shim -- bash -c "$WORK"
+row "handles run --no-ptrace" "$H" run --no-ptrace -- bash -c "$WORK"
+if command -v strace >/dev/null; then
+    row "strace -f --seccomp-bpf -e trace=%desc" strace -f --seccomp-bpf -e trace=%desc -o /dev/null bash -c "$WORK"
+fi
+
+# Real workloads: a make -j2 build of a small C project, and a git
+# operation sequence.
+mkdir -p "$tmp/proj"
+for i in $(seq 1 12); do printf 'int f%d(void) { return %d; }\n' "$i" "$i" > "$tmp/proj/f$i.c"; done
+printf 'int f1(void);\nint main(void) { return f1() - 1; }\n' > "$tmp/proj/main.c"
+printf 'OBJS = main.o %s\nprog: $(OBJS)\n\t$(CC) -o $@ $(OBJS)\n%%.o: %%.c\n\t$(CC) -O2 -c -o $@ $<\n' "$(for i in $(seq 1 12); do printf 'f%d.o ' "$i"; done)" > "$tmp/proj/Makefile"
+MAKE_WORK="make -s -C $tmp/proj clean >/dev/null 2>&1; rm -f $tmp/proj/*.o $tmp/proj/prog; make -s -j2 -C $tmp/proj"
+GIT_WORK="rm -rf $tmp/g && git init -q $tmp/g && cd $tmp/g && git config user.email a@b && git config user.name a && for i in \$(seq 20); do echo \$i > f\$i; git add f\$i; git commit -qm c\$i; done && git log --oneline | wc -l && git gc -q"
+for w in "make -j2 (13 files)|$MAKE_WORK" "git (20 commits, log, gc)|$GIT_WORK"; do
+    name=${w%%|*} cmd=${w#*|}
+    echo
+    echo "$name, median of $RUNS"
+    native=$(median bash -c "$cmd")
+    printf '%-44s %8.3f s %8.1fx native\n' "native" "$native" 1
+    row "handles run" "$H" run -- bash -c "$cmd"
+    row "handles run --no-shim" "$H" run --no-shim -- bash -c "$cmd"
+    if command -v strace >/dev/null; then
+        row "strace -f --seccomp-bpf -e trace=%desc" strace -f --seccomp-bpf -e trace=%desc -o /dev/null bash -c "$cmd"
+    fi
+done
