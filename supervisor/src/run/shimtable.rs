@@ -116,11 +116,16 @@ impl ShimTable {
         let Ok(view) = self.mapped.view() else {
             return ShimSays::Unknown;
         };
-        match view.detail(fd) {
-            Some(d) if d.value.state == state::OPEN => ShimSays::Open(d.value.generation),
-            Some(d) if d.value.state == state::TOMBSTONE => ShimSays::Tombstone(Box::new(d)),
-            Some(d) if d.value.state == state::INTERNAL => ShimSays::Internal,
-            Some(d) if d.value.state == state::FREE => ShimSays::Free,
+        // Every checked call asks: read the 32-byte slot, and the stack
+        // record (320 bytes) only for the tombstone a report needs.
+        match view.slot(fd) {
+            Some(v) if v.state == state::OPEN => ShimSays::Open(v.generation),
+            Some(v) if v.state == state::TOMBSTONE => match view.detail(fd) {
+                Some(d) if d.value.state == state::TOMBSTONE => ShimSays::Tombstone(Box::new(d)),
+                _ => ShimSays::Unknown,
+            },
+            Some(v) if v.state == state::INTERNAL => ShimSays::Internal,
+            Some(v) if v.state == state::FREE => ShimSays::Free,
             _ => ShimSays::Unknown,
         }
     }
