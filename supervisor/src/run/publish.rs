@@ -233,8 +233,8 @@ impl Drop for Published {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use super::super::fdtable::Origin;
+    use super::*;
     use handles_model::table::{how, state, TableView};
 
     fn view_of(p: &Published) -> TableView<'_> {
