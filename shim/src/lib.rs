@@ -21,6 +21,35 @@
 // interpose the test harness itself), so most of the crate is unused there.
 #![cfg_attr(test, allow(dead_code, unused_imports))]
 
+/// Exported function `$name` that calls `$imp` with the same arguments
+/// plus its frame pointer in `$reg` (the wrappers of `wrap` and `stdio`
+/// record stacks from their caller's frame). Defined before the modules
+/// that use it.
+#[cfg(not(test))]
+macro_rules! trampoline {
+    ($name:ident => $imp:ident, $reg:literal, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+        #[unsafe(naked)]
+        #[no_mangle]
+        pub unsafe extern "C-unwind" fn $name($($arg: $ty),*) -> $ret {
+            core::arch::naked_asm!(
+                ".cfi_startproc",
+                "push rbp",
+                ".cfi_adjust_cfa_offset 8",
+                ".cfi_offset rbp, -16",
+                "mov rbp, rsp",
+                ".cfi_def_cfa_register rbp",
+                concat!("mov ", $reg, ", rbp"),
+                "call {imp}",
+                "pop rbp",
+                ".cfi_def_cfa rsp, 8",
+                "ret",
+                ".cfi_endproc",
+                imp = sym $imp,
+            )
+        }
+    };
+}
+
 mod quarantine;
 mod report;
 mod stack;

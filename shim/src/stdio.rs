@@ -181,30 +181,6 @@ fn no_fn<T>(fail: T) -> T {
     fail
 }
 
-macro_rules! trampoline {
-    ($name:ident => $imp:ident, $reg:literal, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
-        #[unsafe(naked)]
-        #[no_mangle]
-        pub unsafe extern "C-unwind" fn $name($($arg: $ty),*) -> $ret {
-            core::arch::naked_asm!(
-                ".cfi_startproc",
-                "push rbp",
-                ".cfi_adjust_cfa_offset 8",
-                ".cfi_offset rbp, -16",
-                "mov rbp, rsp",
-                ".cfi_def_cfa_register rbp",
-                concat!("mov ", $reg, ", rbp"),
-                "call {imp}",
-                "pop rbp",
-                ".cfi_def_cfa rsp, 8",
-                "ret",
-                ".cfi_endproc",
-                imp = sym $imp,
-            )
-        }
-    };
-}
-
 unsafe extern "C-unwind" fn fopen_impl(
     path: *const c_char,
     mode: *const c_char,

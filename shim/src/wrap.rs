@@ -18,32 +18,6 @@ use crate::stack;
 use crate::state::{self as st, active, enter, leave, Named};
 use crate::sys::{self, ret, sc, sc_cancel};
 
-/// Exported function `$name` that calls `$imp` with the same arguments
-/// plus its frame pointer in `$reg`.
-macro_rules! trampoline {
-    ($name:ident => $imp:ident, $reg:literal, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
-        #[unsafe(naked)]
-        #[no_mangle]
-        pub unsafe extern "C-unwind" fn $name($($arg: $ty),*) -> $ret {
-            core::arch::naked_asm!(
-                ".cfi_startproc",
-                "push rbp",
-                ".cfi_adjust_cfa_offset 8",
-                ".cfi_offset rbp, -16",
-                "mov rbp, rsp",
-                ".cfi_def_cfa_register rbp",
-                concat!("mov ", $reg, ", rbp"),
-                "call {imp}",
-                "pop rbp",
-                ".cfi_def_cfa rsp, 8",
-                "ret",
-                ".cfi_endproc",
-                imp = sym $imp,
-            )
-        }
-    };
-}
-
 const EBADF: i64 = -(libc::EBADF as i64);
 
 fn code(t: ObjType) -> u32 {
