@@ -73,13 +73,14 @@ pub(super) enum Update<'a> {
 /// Is this syscall the shim's announcement of its table? `cookie_reg` is
 /// the value of the syscall's cookie register.
 pub(super) fn is_announcement(nr: i64, a: &[u64; 6], cookie: u64) -> bool {
+    if nr != libc::SYS_fcntl || a[1] != libc::F_GETFD as u64 {
+        return false;
+    }
     let Some(d) = handles_model::syscalls::lookup(nr) else {
         return false;
     };
-    nr == libc::SYS_fcntl
-        && a[1] == libc::F_GETFD as u64
-        && d.cookie_arg()
-            .is_some_and(|i| a[usize::from(i)] == cookie ^ table::ANNOUNCE_XOR)
+    d.cookie_arg()
+        .is_some_and(|i| a[usize::from(i)] == cookie ^ table::ANNOUNCE_XOR)
 }
 
 impl ShimTable {
