@@ -46,12 +46,40 @@ pub const STACKS_SIZE: usize = 2 * STACK_DEPTH * 8 + NAME_SIZE;
 /// Largest table a reader accepts (the kernel's default fs.nr_open).
 pub const MAX_CAPACITY: u32 = 1 << 20;
 
-/// XORed with the job's cookie in the cookie register of an
-/// `fcntl(table_fd, F_GETFD)` the shim issues once it has made a table:
-/// the prefilter does not recognise the cookie, so the call stops at the
-/// supervisor, which learns where the process's table is without
-/// scanning /proc/PID/fd (`b"ANNOUNCE"`).
-pub const ANNOUNCE_XOR: u64 = u64::from_le_bytes(*b"ANNOUNCE");
+/// Markers: values the shim puts in a syscall's cookie register in place
+/// of the cookie when it wants the call to stop at the supervisor. A
+/// marker has the cookie's high 32 bits and a tag XORed into the low 32;
+/// the prefilter lets the exact cookie through and stops on any other
+/// value with the cookie's high half, in every filter mode (also for
+/// calls the filter would otherwise let through because they come from a
+/// shared library).
+pub mod marker {
+    /// `fcntl(table_fd, F_GETFD)`: the shim has made its table; the
+    /// supervisor maps it from /proc/PID/fd/<arg0>.
+    pub const ANNOUNCE: u32 = u32::from_le_bytes(*b"ANNC");
+    /// The program's own call, which the shim found bad and passes on
+    /// unchanged for the supervisor to judge and report.
+    pub const CHECK: u32 = u32::from_le_bytes(*b"CHEK");
+    /// `fstat(fd, buf, marker, nr)`: stands for syscall `nr` on `fd`, a
+    /// call the shim found bad that has no register free for a marker
+    /// (six arguments, such as mmap). Judged and reported as `nr`; the
+    /// fstat itself changes nothing, and the shim returns EBADF.
+    pub const PROXY: u32 = u32::from_le_bytes(*b"PRXY");
+
+    /// The register value that carries `tag` for a job with `cookie`.
+    pub const fn make(cookie: u64, tag: u32) -> u64 {
+        cookie ^ tag as u64
+    }
+
+    /// The tag a cookie register holds, if it holds a marker.
+    pub const fn tag(cookie: u64, reg: u64) -> Option<u32> {
+        if reg >> 32 == cookie >> 32 && reg != cookie {
+            Some((reg ^ cookie) as u32)
+        } else {
+            None
+        }
+    }
+}
 
 /// Who writes the table.
 pub mod writer {
