@@ -2149,3 +2149,73 @@ fn shells_asking_whether_a_number_is_open_are_not_reported() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// What stops: library code under the shim, the strict filter
+
+#[test]
+fn a_dynamic_program_that_drops_the_shim_gets_the_strict_filter() {
+    // `env -u LD_PRELOAD` execs run_bugs without the shim. The job started
+    // under the lenient filter, which lets libc's calls through; the
+    // supervisor must notice at the exec and install the strict one, or
+    // the stale write would go unseen.
+    let prog = fixture("run_bugs");
+    let dir = scratch("noshim_env");
+    let o = supervised(&[
+        OsStr::new("env"),
+        OsStr::new("-u"),
+        OsStr::new("LD_PRELOAD"),
+        prog.as_os_str(),
+        OsStr::new("reuse"),
+        dir.as_os_str(),
+    ]);
+    check_reuse_trapped(&o, &dir, "run_bugs");
+}
+
+#[test]
+fn libc_internal_use_of_a_closed_fd_is_caught_with_strict_only() {
+    let prog = fixture("run_stdio");
+    let dir = scratch("stdio");
+    let file = dir.join("f.txt");
+    let n = native(&prog, &[file.as_os_str()]);
+    assert_code(&n, 0);
+    assert_eq!(stdout_of(&n), "fflush=-1 EBADF\n", "{}", describe(&n));
+
+    // Default: the shim sees the close but not stdio's write from inside
+    // libc; the quarantined number makes it fail as natively, unreported.
+    let o = supervised(&[prog.as_os_str(), file.as_os_str()]);
+    assert_code(&o, 0);
+    assert_eq!(stdout_of(&o), stdout_of(&n), "{}", describe(&o));
+    assert!(
+        !stderr_of(&o).contains("policy exception"),
+        "{}",
+        describe(&o)
+    );
+
+    // --strict: libc's write stops at the supervisor, which knows the
+    // number is a closed handle.
+    let o = handles_run(&[
+        OsStr::new("--strict"),
+        OsStr::new("--"),
+        prog.as_os_str(),
+        file.as_os_str(),
+    ]);
+    assert_code(&o, 128 + SIGTRAP);
+    let r = only_report(&o);
+    // stdio's first touch of the fd: the fstat that sizes the buffer.
+    let call = r.field("syscall");
+    assert!(
+        ["newfstatat(3, ", "fstat(3, ", "write(3, "]
+            .iter()
+            .any(|c| call.starts_with(c)),
+        "\n{}",
+        r.text()
+    );
+    r.assert_names("backtrace", "main");
+    r.assert_innermost(
+        "closed by close()",
+        "main",
+        "run_stdio.c",
+        marker_line("run_stdio", "/* CLOSE: under stdio */"),
+    );
+}

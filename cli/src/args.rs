@@ -126,6 +126,13 @@ pub struct RunArgs {
     /// static binaries; the program's status is its own).
     #[arg(long, conflicts_with_all = ["leak_check", "max_handles", "report", "sarif", "log", "gen_suppressions"])]
     pub no_ptrace: bool,
+    /// Also stop on fd syscalls made inside shared libraries (libc's own
+    /// calls such as stdio's writes or locale loading, the dynamic loader)
+    /// in processes the shim covers. By default the shim covers those
+    /// processes and only what it passes on stops; --strict catches a bad
+    /// handle used by libc itself, at the price of a ptrace stop each.
+    #[arg(long, conflicts_with = "no_ptrace")]
+    pub strict: bool,
 
     /// A per-process handle budget: creating more than N open handles raises
     /// an exception (catches runaway leaks long before EMFILE).

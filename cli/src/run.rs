@@ -185,6 +185,7 @@ pub fn run(a: &RunArgs) -> u8 {
         report: a.report.clone(),
         sarif: a.sarif.clone(),
         max_handles: a.max_handles,
+        strict: a.strict,
     };
     match Job::run(opts) {
         Ok(outcome) => match a.error_exitcode {

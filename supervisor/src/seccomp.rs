@@ -25,8 +25,11 @@
 //!       untraced run                          -> ret ALLOW
 //!       traced, nothing can exempt it          -> ret TRACE
 //!       traced, exemptable                     -> ja block(key)
-//!   block(key), one per distinct key (cookie argument i, argument masks m):
-//!       args[i] == cookie (both 32-bit halves) -> ret ALLOW
+//!   block(key), one per distinct key (cookie argument i, argument masks m,
+//!   IP-exempt or not):
+//!       high32(args[i]) == high32(cookie):
+//!           low32(args[i]) == low32(cookie)    -> ret ALLOW   (the cookie)
+//!           otherwise                          -> ret TRACE   (a marker)
 //!       low32(args[j]) & m[j] != 0, each j     -> ret ALLOW   (jset)
 //!       allow_ip.start <= ip < allow_ip.end    -> ret ALLOW   (64-bit compare)
 //!       otherwise                              -> ret TRACE
@@ -95,6 +98,8 @@ pub struct TracedSyscall {
     /// A call that passes any of these tests is allowed (none: no call is
     /// exempted this way).
     pub allow_if: &'static [ArgTest],
+    /// Calls made from [`FilterSpec::allow_ip`] are allowed.
+    pub ip_exempt: bool,
 }
 
 /// "Allow the call if `(args[arg] as u32) & mask != 0`": a test on the low
@@ -115,10 +120,14 @@ pub struct FilterSpec {
     /// every other native syscall is allowed.
     pub traced: Vec<TracedSyscall>,
     /// A traced syscall whose `cookie_arg` register equals all 64 bits of
-    /// this value is allowed.
+    /// this value is allowed; one whose register has the same high 32 bits
+    /// but differs in the low ones carries a marker
+    /// (`handles_model::table::marker`) and always stops, whatever the
+    /// other exemptions say.
     pub cookie: Option<u64>,
-    /// A traced syscall whose `seccomp_data.instruction_pointer` (the address
-    /// *after* the `syscall` instruction) lies in this range is allowed.
+    /// An `ip_exempt` traced syscall whose
+    /// `seccomp_data.instruction_pointer` (the address *after* the
+    /// `syscall` instruction) lies in this range is allowed.
     pub allow_ip: Option<Range<u64>>,
 }
 
@@ -248,11 +257,12 @@ pub fn compile(spec: &FilterSpec) -> Result<Vec<libc::sock_filter>, FilterError>
     let key = |t: &Normalized| BlockKey {
         cookie_arg: spec.cookie.and(t.cookie_arg),
         masks: t.masks,
+        ip: t.ip_exempt && spec.allow_ip.is_some(),
     };
     let mut block_keys: Vec<BlockKey> = Vec::new();
     let mut outcome_of = |t: &Normalized| -> Outcome {
         let k = key(t);
-        if k.cookie_arg.is_none() && k.masks == NO_MASKS && spec.allow_ip.is_none() {
+        if k.cookie_arg.is_none() && k.masks == NO_MASKS && !k.ip {
             return Outcome::Trace;
         }
         let idx = match block_keys.iter().position(|b| *b == k) {
@@ -305,7 +315,7 @@ pub fn compile(spec: &FilterSpec) -> Result<Vec<libc::sock_filter>, FilterError>
             exemption_block(
                 k.cookie_arg.zip(spec.cookie),
                 &k.masks,
-                spec.allow_ip.as_ref(),
+                spec.allow_ip.as_ref().filter(|_| k.ip),
             )
         })
         .collect();
@@ -353,6 +363,7 @@ struct Normalized {
     nr: u32,
     cookie_arg: Option<u8>,
     masks: ArgMasks,
+    ip_exempt: bool,
 }
 
 /// What makes exemption blocks differ.
@@ -361,6 +372,8 @@ struct BlockKey {
     /// The register to compare with the cookie (None without a cookie).
     cookie_arg: Option<u8>,
     masks: ArgMasks,
+    /// Tests the instruction pointer against `allow_ip`.
+    ip: bool,
 }
 
 /// Validates the traced set and returns it sorted by number, without
@@ -391,6 +404,7 @@ fn normalize(traced: &[TracedSyscall]) -> Result<Vec<Normalized>, FilterError> {
             nr: t.nr as u32,
             cookie_arg: t.cookie_arg,
             masks,
+            ip_exempt: t.ip_exempt,
         });
     }
     out.sort_by_key(|t| t.nr);
@@ -406,7 +420,7 @@ fn normalize(traced: &[TracedSyscall]) -> Result<Vec<Normalized>, FilterError> {
                         second: t.cookie_arg,
                     });
                 }
-                if prev.masks != t.masks {
+                if prev.masks != t.masks || prev.ip_exempt != t.ip_exempt {
                     return Err(FilterError::ConflictingArgTests { nr });
                 }
             }
@@ -467,15 +481,17 @@ fn exemption_block(
     let allow = trace + 1;
     let mut b = Vec::with_capacity(allow + 1);
 
-    // The cookie first: it is the hot path (every shim syscall).
+    // The cookie first: it is the hot path (every shim syscall). The high
+    // half decides whether the register holds the cookie or a marker; a
+    // marker must stop even where the IP would exempt the call.
     if let Some((arg, value)) = cookie {
         let lo = arg_lo(value);
         let hi = arg_hi(value);
         let after = cookie_len;
-        b.push(stmt(LD_ABS, off_arg_lo(arg)));
-        jump_to(&mut b, JEQ, lo, To::Next, To::At(after));
         b.push(stmt(LD_ABS, off_arg_lo(arg) + 4));
-        jump_to(&mut b, JEQ, hi, To::At(allow), To::At(after));
+        jump_to(&mut b, JEQ, hi, To::Next, To::At(after));
+        b.push(stmt(LD_ABS, off_arg_lo(arg)));
+        jump_to(&mut b, JEQ, lo, To::At(allow), To::At(trace));
     }
 
     // Then the argument tests: one load and one jset each.
@@ -660,6 +676,7 @@ mod tests {
             nr,
             cookie_arg,
             allow_if: &[],
+            ip_exempt: true,
         }
     }
 
@@ -668,6 +685,7 @@ mod tests {
             nr,
             cookie_arg,
             allow_if,
+            ip_exempt: true,
         }
     }
 
@@ -828,18 +846,23 @@ mod tests {
         let Some(t) = spec.traced.iter().find(|t| t.nr == i64::from(d.nr)) else {
             return RET_ALLOW;
         };
-        if spec.allow_ip.as_ref().is_some_and(|r| r.contains(&d.ip)) {
-            return RET_ALLOW;
-        }
         if let (Some(c), Some(i)) = (spec.cookie, t.cookie_arg) {
-            if d.args[usize::from(i)] == c {
+            let reg = d.args[usize::from(i)];
+            if reg == c {
                 return RET_ALLOW;
+            }
+            if reg >> 32 == c >> 32 {
+                // A marker.
+                return RET_TRACE;
             }
         }
         if t.allow_if
             .iter()
             .any(|a| (d.args[usize::from(a.arg)] as u32) & a.mask != 0)
         {
+            return RET_ALLOW;
+        }
+        if t.ip_exempt && spec.allow_ip.as_ref().is_some_and(|r| r.contains(&d.ip)) {
             return RET_ALLOW;
         }
         RET_TRACE
@@ -869,7 +892,15 @@ mod tests {
             }
         }
         let c = spec.cookie.unwrap_or(COOKIE);
-        let cookies = [c, c ^ (1 << 32), c ^ (1 << 63), c ^ 1, c ^ (1 << 31), 0];
+        let cookies = [
+            c,
+            c ^ (1 << 32),
+            c ^ (1 << 63),
+            c ^ 1,
+            c ^ (1 << 31),
+            c ^ 0x4b45_4843,
+            0,
+        ];
         let mut tests: Vec<(usize, u64)> = Vec::new();
         for a in spec.traced.iter().flat_map(|t| t.allow_if) {
             let m = u64::from(a.mask);
@@ -1140,10 +1171,10 @@ mod tests {
             jge(33, 1, 0),
             ja(1), // 9 -> 11
             ret(RET_ALLOW),
-            ld(24), // 11: args[1] low half
-            jeq(0x5566_7788, 0, 2),
-            ld(28),
-            jeq(0x1122_3344, 1, 0),
+            ld(28), // 11: args[1] high half
+            jeq(0x1122_3344, 0, 2),
+            ld(24),
+            jeq(0x5566_7788, 1, 0),
             ret(RET_TRACE),
             ret(RET_ALLOW),
         ]);
@@ -1190,10 +1221,10 @@ mod tests {
             ja(1),
             ret(RET_ALLOW),
             // cookie in args[0]
-            ld(16),
-            jeq(0x0bad_f00d, 0, 2),
             ld(20),
-            jeq(0xdead_beef, 11, 0),
+            jeq(0xdead_beef, 0, 2),
+            ld(16),
+            jeq(0x0bad_f00d, 11, 10),
             // ip >= start
             ld(12),
             jgt(0, 4, 0),
@@ -1236,17 +1267,17 @@ mod tests {
             ret(RET_TRACE),
             ret(RET_ALLOW),
             // block 0: cookie in args[3]
-            ld(40), // 19
-            jeq(0x1234_5678, 0, 2),
-            ld(44),
-            jeq(0x5eed_c0de, 1, 0),
+            ld(44), // 19
+            jeq(0x5eed_c0de, 0, 2),
+            ld(40),
+            jeq(0x1234_5678, 1, 0),
             ret(RET_TRACE),
             ret(RET_ALLOW),
             // block 1: cookie in args[1]
-            ld(24), // 25
-            jeq(0x1234_5678, 0, 2),
-            ld(28),
-            jeq(0x5eed_c0de, 1, 0),
+            ld(28), // 25
+            jeq(0x5eed_c0de, 0, 2),
+            ld(24),
+            jeq(0x1234_5678, 1, 0),
             ret(RET_TRACE),
             ret(RET_ALLOW),
         ]);
@@ -1306,10 +1337,10 @@ mod tests {
             ja(1),
             ret(RET_ALLOW),
             // 0: cookie in args[1]
-            ld(24),
-            jeq(0x0bad_f00d, 0, 2),
             ld(28),
-            jeq(0xdead_beef, 10, 0),
+            jeq(0xdead_beef, 0, 2),
+            ld(24),
+            jeq(0x0bad_f00d, 10, 9),
             // 4: args[0] & 0x3, args[5] & 0x8000_0100
             ld(16),
             jset(0x3, 8, 0),
@@ -1598,8 +1629,11 @@ mod tests {
             2 => Just(&[][..]),
             1 => prop::sample::select(ARG_TESTS),
         ];
-        let traced =
-            prop::collection::btree_map(0i64..520, (prop::option::of(0u8..6), allow_if), 0..160);
+        let traced = prop::collection::btree_map(
+            0i64..520,
+            (prop::option::of(0u8..6), allow_if, any::<bool>()),
+            0..160,
+        );
         let cookie = prop::option::of(1u64..);
         let boundary = prop_oneof![
             any::<u64>(),
@@ -1612,10 +1646,11 @@ mod tests {
         (traced, cookie, ip).prop_map(|(traced, cookie, ip)| FilterSpec {
             traced: traced
                 .into_iter()
-                .map(|(nr, (cookie_arg, allow_if))| TracedSyscall {
+                .map(|(nr, (cookie_arg, allow_if, ip_exempt))| TracedSyscall {
                     nr,
                     cookie_arg,
                     allow_if,
+                    ip_exempt,
                 })
                 .collect(),
             cookie,

@@ -272,6 +272,10 @@ impl Job {
             self.resume(tid, None);
             return;
         }
+        let (desc, a) = match shimtable::proxied(nr, &a, self.cookie) {
+            Some(p) if self.shim_injected => p,
+            _ => (desc, a),
+        };
         let last_close = match self.threads.get_mut(&tid) {
             Some(t) if desc.kind == Kind::Close => t.last_close.replace(a[0] as i32),
             _ => None,

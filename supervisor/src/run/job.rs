@@ -75,6 +75,11 @@ pub struct RunOptions {
     pub sarif: Option<PathBuf>,
     /// A per-process handle budget: creating more raises an exception.
     pub max_handles: Option<usize>,
+    /// Stop on fd syscalls made inside shared libraries too (libc's
+    /// internal calls, the dynamic loader), even in processes the shim
+    /// covers. Without it, those processes stop only for what the shim
+    /// passes on (docs/shim.md, "What stops").
+    pub strict: bool,
 }
 
 /// How the job ended.
@@ -184,6 +189,9 @@ pub(super) struct Process {
     /// never learns of would cost the program fd numbers and an early
     /// EMFILE).
     pub(super) awaiting_shim: bool,
+    /// The strict filter is installed: library code stops too. Inherited
+    /// across fork and exec (seccomp filters are).
+    pub(super) strict: bool,
     /// `/proc/PID/fd`, held open for cheap per-fd lookups.
     pub(super) fd_dir: Option<std::os::fd::OwnedFd>,
 }
@@ -331,6 +339,14 @@ pub struct Job {
     pub(super) published: HashMap<i32, Published>,
     /// The shim was put in the job's environment.
     pub(super) shim_injected: bool,
+    /// The strict filter, to install in a process that will not load the
+    /// shim (a static binary, an environment without LD_PRELOAD) when the
+    /// job started under the lenient one; None when the job is strict
+    /// from the start.
+    pub(super) strict_filter: Option<Vec<libc::sock_filter>>,
+    /// Offset of a `syscall` instruction in the vDSO (the same image in
+    /// every process), where filters are injected from.
+    pub(super) vdso_syscall: Option<u64>,
 }
 
 impl Job {
@@ -347,7 +363,21 @@ impl Job {
             cookie: Some(cookie),
             allow_ip: None,
         };
-        let filter = seccomp::compile(&spec).map_err(|e| RunError::Filter(e.to_string()))?;
+        let compile =
+            |spec: &FilterSpec| seccomp::compile(spec).map_err(|e| RunError::Filter(e.to_string()));
+        let strict_filter = compile(&spec)?;
+        // With the shim, library code (libc's internal calls, ld.so, the
+        // shim) stops only for what the shim marks: see docs/shim.md.
+        let lenient = opts.shim.is_some() && !opts.strict;
+        let (filter, strict_filter) = if lenient {
+            let spec = FilterSpec {
+                allow_ip: Some(syscalls::LIBRARY_IPS),
+                ..spec
+            };
+            (compile(&spec)?, Some(strict_filter))
+        } else {
+            (strict_filter, None)
+        };
         let log = match &opts.log {
             Some(p) => Some(
                 std::fs::OpenOptions::new()
@@ -401,6 +431,8 @@ impl Job {
             log,
             published: HashMap::new(),
             shim_injected: opts.shim.is_some(),
+            strict_filter,
+            vdso_syscall: None,
             opts,
         };
         let mixer = random_u64() as u32;
@@ -427,6 +459,7 @@ impl Job {
                 over_budget: false,
                 shim: None,
                 awaiting_shim: false,
+                strict: !lenient,
                 fd_dir: None,
             },
         );
@@ -518,9 +551,15 @@ impl Job {
             return;
         };
         let tgid = t.tgid;
-        if self.procs.get(&tgid).is_some_and(|p| p.shim.is_some()) {
-            self.publish_to_shim(tid, tgid);
-            return;
+        match self.procs.get(&tgid) {
+            Some(p) if p.shim.is_some() => {
+                self.publish_to_shim(tid, tgid);
+                return;
+            }
+            // Its shim will make the table (a memfd per short-lived
+            // process would cost more than the process's own work).
+            Some(p) if p.awaiting_shim => return,
+            _ => {}
         }
         let mut table = t.table.borrow_mut();
         let dirty = table.take_dirty();
@@ -707,9 +746,15 @@ impl Job {
                     exit: None,
                 },
             );
-            let (name, policy) = match self.procs.get(&ptgid) {
-                Some(p) => (p.name.clone(), p.policy.clone()),
-                None => (comm(child), self.opts.policy.clone()),
+            let (name, policy, strict, awaiting_shim) = match self.procs.get(&ptgid) {
+                // The shim's fork handler makes the child its own table.
+                Some(p) => (
+                    p.name.clone(),
+                    p.policy.clone(),
+                    p.strict,
+                    p.shim.is_some() || p.awaiting_shim,
+                ),
+                None => (comm(child), self.opts.policy.clone(), true, false),
             };
             self.procs.insert(
                 child,
@@ -721,7 +766,8 @@ impl Job {
                     detaching: false,
                     over_budget: false,
                     shim: None,
-                    awaiting_shim: false,
+                    awaiting_shim,
+                    strict,
                     fd_dir: None,
                 },
             );
@@ -813,6 +859,10 @@ impl Job {
             .shim
             .as_deref()
             .is_some_and(|shim| super::shimtable::will_load(tgid, shim, &env));
+        let needs_strict = !awaiting_shim && self.procs.get(&tgid).is_some_and(|p| !p.strict);
+        if needs_strict {
+            self.make_strict(tid, tgid);
+        }
         if let Some(p) = self.procs.get_mut(&tgid) {
             p.awaiting_shim = awaiting_shim;
             p.name = comm(tgid);

@@ -5,7 +5,8 @@
 //! - [`spawn`]: PATH lookup, fork, PTRACE_SEIZE, filter, exec;
 //! - [`job`]: the job, its event loop and the ptrace events (fork, exec,
 //!   exit, stops); `checks` (every policy decision), `creation` (following
-//!   creating calls), `quarantine` and `leakcheck` extend it;
+//!   creating calls), `quarantine`, `leakcheck` and `strict` (moving a
+//!   process to the strict filter) extend it;
 //! - [`fdtable`]: the model of one fd table;
 //! - [`tracer`]: registers, memory, injected syscalls;
 //! - [`report`]: exception reports.
@@ -24,6 +25,7 @@ mod quarantine;
 pub mod report;
 mod shimtable;
 pub mod spawn;
+mod strict;
 pub mod syscalls;
 pub mod tracer;
 

@@ -5,7 +5,7 @@
 //! model knows nothing: the shim's table (a memfd in the process, named
 //! `handles-table:<pid>`, layout `handles_model::table`) is the truth for
 //! them. The shim announces the table once it has made it (an `fcntl`
-//! whose cookie register holds `cookie ^ ANNOUNCE_XOR`, see
+//! whose cookie register holds the `marker::ANNOUNCE` marker, see
 //! [`is_announcement`]); the supervisor maps it read-write from
 //! /proc/PID/fd and from then on:
 //!
@@ -79,8 +79,37 @@ pub(super) fn is_announcement(nr: i64, a: &[u64; 6], cookie: u64) -> bool {
     let Some(d) = handles_model::syscalls::lookup(nr) else {
         return false;
     };
-    d.cookie_arg()
-        .is_some_and(|i| a[usize::from(i)] == cookie ^ table::ANNOUNCE_XOR)
+    d.cookie_arg().is_some_and(|i| {
+        table::marker::tag(cookie, a[usize::from(i)]) == Some(table::marker::ANNOUNCE)
+    })
+}
+
+/// The call a shim proxy stands for: `fstat(fd, buf, PROXY marker, nr)`
+/// is the shim handing on a bad six-argument call `nr` on `fd` (no
+/// register was free for a marker). Returns `nr`'s description and
+/// arguments that put `fd` where `nr` takes it, for the checks and the
+/// report; the fstat itself is what runs.
+pub(super) fn proxied(
+    nr: i64,
+    a: &[u64; 6],
+    cookie: u64,
+) -> Option<(&'static handles_model::syscalls::Desc, [u64; 6])> {
+    use handles_model::syscalls::{lookup, Kind};
+    if nr != libc::SYS_fstat {
+        return None;
+    }
+    let slot = usize::from(lookup(nr)?.cookie_arg()?);
+    if table::marker::tag(cookie, a[slot]) != Some(table::marker::PROXY) {
+        return None;
+    }
+    let real = lookup(a[3] as i64)?;
+    let mut args = [0u64; 6];
+    match real.kind {
+        Kind::Mmap => args[4] = a[0],
+        Kind::Use if real.fd_args != 0 => args[real.fd_args.trailing_zeros() as usize] = a[0],
+        _ => return None,
+    }
+    Some((real, args))
 }
 
 impl ShimTable {
@@ -243,13 +272,28 @@ pub(super) fn will_load(tgid: i32, shim: &std::path::Path, env: &[u8]) -> bool {
             (k == key).then_some(v)
         })
     };
-    if entry(libc::AT_BASE).unwrap_or(0) == 0 || entry(libc::AT_SECURE).unwrap_or(1) != 0 {
+    let base = entry(libc::AT_BASE).unwrap_or(0);
+    if base == 0 || entry(libc::AT_SECURE).unwrap_or(1) != 0 || !glibc_loader_at(tgid, base) {
         return false;
     }
     let want = shim.as_os_str().as_bytes();
     env.split(|&b| b == 0)
         .find_map(|kv| kv.strip_prefix(b"LD_PRELOAD="))
         .is_some_and(|v| v.split(|&b| b == b':' || b == b' ').any(|p| p == want))
+}
+
+/// Whether the dynamic loader mapped at `base` is glibc's, the only one
+/// that can load the shim (musl's honours LD_PRELOAD too, but the shim
+/// links against glibc and would not load).
+fn glibc_loader_at(tgid: i32, base: u64) -> bool {
+    let Ok(maps) = std::fs::read_to_string(format!("/proc/{tgid}/maps")) else {
+        return false;
+    };
+    let start = format!("{base:x}-");
+    maps.lines()
+        .find(|l| l.starts_with(&start))
+        .and_then(|l| l.rsplit('/').next())
+        .is_some_and(|name| name.starts_with("ld-linux-x86-64.so"))
 }
 
 /// Where a handle of a shim record came from, in the supervisor's terms

@@ -33,6 +33,28 @@ const MMAP_WITHOUT_FD: &[ArgTest] = &[
     },
 ];
 
+/// Where shared libraries live: the top of the x86-64 user address
+/// space, where the kernel's top-down mmap places ld.so, libc, the shim
+/// and every other library (from just below the stack gap and its up to
+/// 1 TiB of randomization, downwards). Executables are mapped far lower
+/// (non-PIE at 4 MiB, PIE near 0x5555_5555_0000 plus up to 1 TiB), so a
+/// program's own `syscall` instructions fall outside. Where the layout is
+/// unusual (`ulimit -s unlimited` selects the legacy bottom-up layout,
+/// address-space-hungry programs push late libraries down) calls simply
+/// stop as they would in strict mode: slower, never less checked.
+pub const LIBRARY_IPS: std::ops::Range<u64> = 0x6000_0000_0000..0x8000_0000_0000;
+
+/// Whether a syscall made from library code may skip its stop when the
+/// job's shim covers the process (`FilterSpec::allow_ip`). Those with a
+/// free register do: the shim marks the ones it wants judged. mmap has no
+/// free register but is what ld.so does most while loading a library,
+/// and the shim passes a bad one on by proxy (`marker::PROXY`). The other
+/// six-argument syscalls (recvfrom, sendto, splice, ...) keep stopping:
+/// the shim cannot mark them, and libc issues few of them internally.
+fn ip_exempt(d: &Desc) -> bool {
+    d.cookie_arg().is_some() || d.kind == Kind::Mmap
+}
+
 /// The prefilter's traced set for `level`. Syscalls for which `judged`
 /// is true stop even when the shim makes them (no cookie exemption): the
 /// job's policy must see each one (see `checks::judged_at_every_call`).
@@ -40,13 +62,17 @@ pub fn traced(level: CheckLevel, judged: impl Fn(&Desc) -> bool) -> Vec<TracedSy
     TABLE
         .iter()
         .filter(|d| level == CheckLevel::All || d.is_lifecycle())
-        .map(|d| TracedSyscall {
-            nr: d.nr,
-            cookie_arg: if judged(d) { None } else { d.cookie_arg() },
-            allow_if: match d.kind {
-                Kind::Mmap => MMAP_WITHOUT_FD,
-                _ => &[],
-            },
+        .map(|d| {
+            let judged = judged(d);
+            TracedSyscall {
+                nr: d.nr,
+                cookie_arg: if judged { None } else { d.cookie_arg() },
+                allow_if: match d.kind {
+                    Kind::Mmap => MMAP_WITHOUT_FD,
+                    _ => &[],
+                },
+                ip_exempt: !judged && ip_exempt(d),
+            }
         })
         .collect()
 }

@@ -220,3 +220,33 @@ pub fn inject_at_exit(
 pub fn errno_of(ret: i64) -> Option<i32> {
     (-4095..0).contains(&ret).then_some((-ret) as i32)
 }
+
+/// At a PTRACE_EVENT_EXEC stop: runs `nr(args)` in the new image before
+/// its first instruction, from the `syscall` instruction at `insn` (the
+/// new image has not executed one yet, so there is none to point back
+/// at), and leaves the thread where exec left it. Returns the raw result.
+///
+/// The syscall cannot be set up at the event stop itself: execve's return
+/// value is written into rax after the event, so the thread is first run
+/// to execve's exit stop.
+pub fn inject_after_exec(
+    tid: i32,
+    insn: u64,
+    nr: i64,
+    a: [u64; 6],
+    deferred: &mut Deferred,
+) -> Result<i64, InjectError> {
+    step_to_syscall_stop(tid, deferred)?;
+    let saved = getregs(tid)?;
+    let mut r = saved;
+    r.rip = insn;
+    r.rax = nr as u64;
+    set_args(&mut r, a);
+    setregs(tid, &r)?;
+    // Entry stop, then exit stop.
+    step_to_syscall_stop(tid, deferred)?;
+    step_to_syscall_stop(tid, deferred)?;
+    let ret = getregs(tid)?.rax as i64;
+    setregs(tid, &saved)?;
+    Ok(ret)
+}

@@ -1,0 +1,128 @@
+//! Moving a process to the strict filter.
+//!
+//! A job that preloads the shim starts under the lenient filter: fd
+//! syscalls made from shared-library code (`syscalls::LIBRARY_IPS`) run
+//! without a stop unless the shim marks them, because the shim covers
+//! that process. An image that will not load the shim (a static binary,
+//! an environment stripped of LD_PRELOAD, a foreign dynamic loader) has
+//! nobody covering its library calls, so at its exec the supervisor
+//! installs the strict filter on top. Filters only ever add up (the
+//! kernel applies the most restrictive verdict of all of them), so the
+//! process and every descendant stay strict from then on; a descendant
+//! that loads the shim again is merely checked twice over.
+//!
+//! The filter is installed from inside the process, by a `seccomp`
+//! syscall injected before the new image's first instruction and issued
+//! from the `syscall` instruction every vDSO has. `no_new_privs` is
+//! already set (the first filter needed it), so no privilege is needed.
+
+use super::job::*;
+use super::tracer;
+
+impl Job {
+    /// At the exec stop of `tid` (process `tgid`): installs the strict
+    /// filter. If that fails the process would run with its library calls
+    /// unchecked, so it is said on stderr.
+    pub(super) fn make_strict(&mut self, tid: i32, tgid: i32) {
+        let Some(filter) = self.strict_filter.clone() else {
+            return;
+        };
+        match self.install_filter(tid, tgid, &filter) {
+            Ok(()) => {
+                if let Some(p) = self.procs.get_mut(&tgid) {
+                    p.strict = true;
+                }
+            }
+            Err(why) => {
+                let name = comm(tgid);
+                self.write_report(&format!(
+                    "handles: process {tgid} ({name}) does not load the shim and could not be \
+                     given the strict filter ({why}): its library calls go unchecked\n"
+                ));
+            }
+        }
+    }
+
+    fn install_filter(
+        &mut self,
+        tid: i32,
+        tgid: i32,
+        filter: &[libc::sock_filter],
+    ) -> Result<(), String> {
+        let vdso = auxv_entry(tgid, libc::AT_SYSINFO_EHDR).ok_or("no vDSO")?;
+        let offset = match self.vdso_syscall {
+            Some(o) => o,
+            None => {
+                let o = find_syscall_insn(tid, vdso).ok_or("no syscall instruction in the vDSO")?;
+                self.vdso_syscall = Some(o);
+                o
+            }
+        };
+        let regs = tracer::getregs(tid).map_err(|e| e.to_string())?;
+        // Below the red zone of the new image's initial stack, which the
+        // kernel mapped with room to spare below argv and the environment.
+        let bytes: Vec<u8> = filter
+            .iter()
+            .flat_map(|f| {
+                let mut b = [0u8; 8];
+                b[..2].copy_from_slice(&f.code.to_ne_bytes());
+                b[2] = f.jt;
+                b[3] = f.jf;
+                b[4..].copy_from_slice(&f.k.to_ne_bytes());
+                b
+            })
+            .collect();
+        let prog_addr = (regs.rsp - 1024 - bytes.len() as u64) & !15;
+        let fprog_addr = prog_addr - 16;
+        let mut fprog = [0u8; 16];
+        fprog[..2].copy_from_slice(&(filter.len() as u16).to_ne_bytes());
+        fprog[8..].copy_from_slice(&prog_addr.to_ne_bytes());
+        tracer::write_mem(tid, prog_addr, &bytes).map_err(|e| e.to_string())?;
+        tracer::write_mem(tid, fprog_addr, &fprog).map_err(|e| e.to_string())?;
+        let args = [
+            u64::from(libc::SECCOMP_SET_MODE_FILTER),
+            0,
+            fprog_addr,
+            0,
+            0,
+            0,
+        ];
+        let ret = tracer::inject_after_exec(
+            tid,
+            vdso + offset,
+            libc::SYS_seccomp,
+            args,
+            &mut self.deferred,
+        )
+        .map_err(|e| format!("{e:?}"))?;
+        match tracer::errno_of(ret) {
+            None => Ok(()),
+            Some(e) => Err(std::io::Error::from_raw_os_error(e).to_string()),
+        }
+    }
+}
+
+/// The value of auxiliary vector entry `key` of process `tgid`.
+pub(super) fn auxv_entry(tgid: i32, key: u64) -> Option<u64> {
+    let auxv = std::fs::read(format!("/proc/{tgid}/auxv")).ok()?;
+    auxv.chunks_exact(16).find_map(|c| {
+        let k = u64::from_ne_bytes(c[..8].try_into().ok()?);
+        let v = u64::from_ne_bytes(c[8..].try_into().ok()?);
+        (k == key).then_some(v)
+    })
+}
+
+/// Offset of the first `syscall` instruction (0f 05) in the vDSO mapped
+/// at `base` in `tid`. The vDSO's fallback paths (clock_gettime without a
+/// usable clocksource) contain one.
+fn find_syscall_insn(tid: i32, base: u64) -> Option<u64> {
+    // One or two pages depending on the kernel; the whole mapping is
+    // executable, and the CPU decodes from wherever rip points.
+    let image = tracer::read_mem(tid, base, 2 * 4096)
+        .or_else(|_| tracer::read_mem(tid, base, 4096))
+        .ok()?;
+    image
+        .windows(2)
+        .position(|w| w == [0x0f, 0x05])
+        .map(|i| i as u64)
+}
