@@ -49,6 +49,12 @@ impl Job {
         tgid: i32,
         filter: &[libc::sock_filter],
     ) -> Result<(), String> {
+        let regs = tracer::getregs(tid).map_err(|e| e.to_string())?;
+        if regs.cs != 0x33 {
+            // A 32-bit image: the filter already stops on every syscall
+            // of a foreign architecture.
+            return Ok(());
+        }
         let vdso = auxv_entry(tgid, libc::AT_SYSINFO_EHDR).ok_or("no vDSO")?;
         let offset = match self.vdso_syscall {
             Some(o) => o,
@@ -58,7 +64,6 @@ impl Job {
                 o
             }
         };
-        let regs = tracer::getregs(tid).map_err(|e| e.to_string())?;
         // Below the red zone of the new image's initial stack, which the
         // kernel mapped with room to spare below argv and the environment.
         let bytes: Vec<u8> = filter
