@@ -64,6 +64,7 @@ native=$(median bash -c "$WORK")
 printf '%-44s %8.3f s %8.1fx native\n' "native" "$native" 1
 row "handles run" "$H" run -- bash -c "$WORK"
 row "handles run --leak-check" "$H" run --leak-check -- bash -c "$WORK"
+row "handles run --strict" "$H" run --strict -- bash -c "$WORK"
 row "handles run --no-shim" "$H" run --no-shim -- bash -c "$WORK"
 row "handles run --no-ptrace" "$H" run --no-ptrace -- bash -c "$WORK"
 if command -v strace >/dev/null; then
@@ -78,13 +79,26 @@ printf 'int f1(void);\nint main(void) { return f1() - 1; }\n' > "$tmp/proj/main.
 printf 'OBJS = main.o %s\nprog: $(OBJS)\n\t$(CC) -o $@ $(OBJS)\n%%.o: %%.c\n\t$(CC) -O2 -c -o $@ $<\n' "$(for i in $(seq 1 12); do printf 'f%d.o ' "$i"; done)" > "$tmp/proj/Makefile"
 MAKE_WORK="make -s -C $tmp/proj clean >/dev/null 2>&1; rm -f $tmp/proj/*.o $tmp/proj/prog; make -s -j2 -C $tmp/proj"
 GIT_WORK="rm -rf $tmp/g && git init -q $tmp/g && cd $tmp/g && git config user.email a@b && git config user.name a && for i in \$(seq 20); do echo \$i > f\$i; git add f\$i; git commit -qm c\$i; done && git log --oneline | wc -l && git gc -q"
-for w in "make -j2 (13 files)|$MAKE_WORK" "git (20 commits, log, gc)|$GIT_WORK"; do
+cat > "$tmp/spawn.py" <<'PY'
+import json, os, subprocess, sys, tempfile
+d = tempfile.mkdtemp()
+for i in range(30):
+    p = os.path.join(d, f"f{i}.json")
+    with open(p, "w") as f:
+        json.dump({"i": i, "data": list(range(100))}, f)
+    out = subprocess.run(["wc", "-c", p], capture_output=True, check=True).stdout
+    assert out.split()[0].isdigit()
+print(subprocess.check_output(["ls", d]).count(b"\n"))
+PY
+PY_WORK="python3 $tmp/spawn.py"
+for w in "make -j2 (13 files)|$MAKE_WORK" "git (20 commits, log, gc)|$GIT_WORK" "python3 (30 files, 31 subprocesses)|$PY_WORK"; do
     name=${w%%|*} cmd=${w#*|}
     echo
     echo "$name, median of $RUNS"
     native=$(median bash -c "$cmd")
     printf '%-44s %8.3f s %8.1fx native\n' "native" "$native" 1
     row "handles run" "$H" run -- bash -c "$cmd"
+    row "handles run --strict" "$H" run --strict -- bash -c "$cmd"
     row "handles run --no-shim" "$H" run --no-shim -- bash -c "$cmd"
     if command -v strace >/dev/null; then
         row "strace -f --seccomp-bpf -e trace=%desc" strace -f --seccomp-bpf -e trace=%desc -o /dev/null bash -c "$cmd"
