@@ -4,7 +4,7 @@
 use core::fmt::Write;
 use core::sync::atomic::{AtomicU8, Ordering::Relaxed};
 
-use handles_model::table::{obj_type_from_code, state, STACK_DEPTH};
+use handles_model::table::{marker, obj_type_from_code, state, STACK_DEPTH};
 use handles_model::{Fd, HandleValue};
 
 use crate::state::{self as st, Pcs};
@@ -148,42 +148,15 @@ pub struct Verdict {
 /// Decides and reports a use/close/dup of `fd`, whose slot is a tombstone
 /// (`stale`) or free and not open in the kernel. Called inside the shim.
 pub fn bad_handle(what: Op, fd: i32, call: &Call, frame: usize) -> Verdict {
+    if sys::COOKIE_ON.load(Relaxed) {
+        return defer(what, fd, call);
+    }
     let detail = st::slot(fd)
         .zip(st::stacks(fd))
         .and_then(|(s, k)| s.read_detail(k, 1000));
     let value = detail.map(|d| d.value).unwrap_or_default();
     let stale = value.state == state::TOMBSTONE;
     let ebadf = Some(-(libc::EBADF as i64));
-    if sys::COOKIE_ON.load(Relaxed) {
-        // Under the supervisor: re-issue the call without the cookie so
-        // that it stops there and writes the full, symbolized report (it
-        // reads this table to see the tombstone).
-        if call.nr >= 0 {
-            // SAFETY: the program's own call and arguments, unchanged.
-            let r = unsafe { sys::raw(call.nr, call.args) };
-            return Verdict {
-                result: Some(r),
-                after: After::Nothing,
-            };
-        }
-        // A libc function (fclose, fdopen, ...): the supervisor is shown
-        // the syscall it stands for, close(fd) or fstat(fd).
-        // SAFETY: an all-zero stat is a valid buffer for fstat.
-        let mut stat: libc::stat = unsafe { core::mem::zeroed() };
-        let (nr, args) = match what {
-            Op::Close => (libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]),
-            _ => (
-                libc::SYS_fstat,
-                [fd as u64, &mut stat as *mut libc::stat as u64, 0, 0, 0, 0],
-            ),
-        };
-        // SAFETY: close/fstat of the program's fd into a local buffer.
-        unsafe { sys::raw(nr, args) };
-        return Verdict {
-            result: ebadf,
-            after: After::Nothing,
-        };
-    }
     let a = action();
     let (result, after) = match a {
         // A quarantined number stands for a closed fd: the call must see
@@ -248,6 +221,54 @@ pub fn bad_handle(what: Op, fd: i32, call: &Call, frame: usize) -> Verdict {
         w.flush();
     }
     Verdict { result, after }
+}
+
+/// Under the supervisor: hands the bad call to it instead of reporting,
+/// marked so that its prefilter stops on it (the IP of the shim's own
+/// syscalls would otherwise let it through). The supervisor reads this
+/// table (a TOMBSTONE slot is a closed handle), writes the symbolized
+/// report and applies the policy.
+fn defer(what: Op, fd: i32, call: &Call) -> Verdict {
+    let ebadf = Verdict {
+        result: Some(-(libc::EBADF as i64)),
+        after: After::Nothing,
+    };
+    if call.nr >= 0 && sys::cookie_arg(call.nr).is_some() {
+        // SAFETY: the program's own call and arguments, unchanged but for
+        // the register the syscall does not read.
+        let r = unsafe { sys::marked(call.nr, call.args, marker::CHECK) };
+        return Verdict {
+            result: Some(r),
+            after: After::Nothing,
+        };
+    }
+    // SAFETY: an all-zero stat is a valid buffer for fstat.
+    let mut stat: libc::stat = unsafe { core::mem::zeroed() };
+    let buf = &raw mut stat as u64;
+    if call.nr >= 0 {
+        // No register left for a marker (six arguments): an fstat of the
+        // fd stands for the call, which the shim does not run.
+        // SAFETY: fstat of the program's fd into a local buffer; the
+        // proxy's number rides in a register fstat does not read.
+        unsafe {
+            sys::marked(
+                libc::SYS_fstat,
+                [fd as u64, buf, 0, call.nr as u64, 0, 0],
+                marker::PROXY,
+            )
+        };
+        return ebadf;
+    }
+    // A libc function (fclose, fdopen, ...): the supervisor is shown the
+    // syscall it stands for, close(fd) or fstat(fd).
+    let (nr, args) = match what {
+        Op::Close => (libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]),
+        _ => (libc::SYS_fstat, [fd as u64, buf, 0, 0, 0, 0]),
+    };
+    // SAFETY: close/fstat of the program's bad fd (nothing is open
+    // there, or a tombstone the supervisor keeps), into a local buffer.
+    unsafe { sys::marked(nr, args, marker::CHECK) };
+    ebadf
 }
 
 static NO_DEFAULT_SUPPRESSIONS: core::sync::atomic::AtomicBool =

@@ -634,25 +634,23 @@ pub fn relocate_internal(fd: i32) {
 }
 
 /// Tells a supervisor where the table is: `fcntl(TABLE_FD, F_GETFD)`
-/// with the cookie register holding `COOKIE ^ ANNOUNCE_XOR`. Its
-/// prefilter does not let that through, so the call stops at the
-/// supervisor, which maps the table from /proc/PID/fd/<arg0>. Nothing
+/// with the ANNOUNCE marker in the cookie register. Its prefilter stops
+/// on every marker, so the supervisor learns of the table without
+/// scanning /proc/PID/fd, and maps it from /proc/PID/fd/<arg0>. Nothing
 /// without a cookie (no supervisor to tell).
 pub fn announce() {
-    if !sys::COOKIE_ON.load(Relaxed) {
-        return;
-    }
     let fd = TABLE_FD.load(Relaxed);
-    let Some(i) = sys::cookie_arg(libc::SYS_fcntl) else {
-        return;
-    };
-    if fd < 0 {
+    if !sys::COOKIE_ON.load(Relaxed) || fd < 0 {
         return;
     }
-    let mut a = [fd as u64, libc::F_GETFD as u64, 0, 0, 0, 0];
-    a[i] = sys::COOKIE.load(Relaxed) ^ table::ANNOUNCE_XOR;
     // SAFETY: F_GETFD on the table's fd reads its flags, nothing else.
-    unsafe { sys::raw(libc::SYS_fcntl, a) };
+    unsafe {
+        sys::marked(
+            libc::SYS_fcntl,
+            [fd as u64, libc::F_GETFD as u64, 0, 0, 0, 0],
+            table::marker::ANNOUNCE,
+        )
+    };
 }
 
 /// Formats `handles-table:<pid>` into `buf` (NUL-terminated).

@@ -33,8 +33,10 @@ pub fn init_cookie_args() {
     }
 }
 
-/// A syscall exactly as given: no cookie, so a supervisor's prefilter
-/// stops on it if it traces `nr`.
+/// A syscall exactly as given, no cookie: for the shim's own calls that
+/// no supervisor traces. Do not count on a traced one stopping: the
+/// prefilter lets the fd syscalls of shared-library code (the shim's
+/// included) through unless they carry a marker ([`marked`]).
 #[inline(always)]
 pub unsafe fn raw(nr: i64, a: [u64; 6]) -> i64 {
     let ret: i64;
@@ -160,6 +162,24 @@ pub fn ret(r: i64) -> i64 {
     } else {
         r
     }
+}
+
+/// A syscall the shim wants the supervisor to stop on: the cookie
+/// register holds the marker `tag` (`handles_model::table::marker`),
+/// which the prefilter never lets through, wherever the call comes from.
+/// Without a cookie (no supervisor) or without a free register it goes
+/// out as given, like [`raw`]; callers that need the stop then use the
+/// proxy marker on another syscall.
+#[inline(always)]
+pub unsafe fn marked(nr: i64, mut a: [u64; 6], tag: u32) -> i64 {
+    if COOKIE_ON.load(Relaxed) {
+        if let Some(i) = cookie_arg(nr) {
+            a[i] = handles_model::table::marker::make(COOKIE.load(Relaxed), tag);
+        }
+    }
+    // SAFETY: as for `raw`; the marker only fills a register the syscall
+    // does not read.
+    unsafe { raw(nr, a) }
 }
 
 /// Shorthands for the few syscalls the shim issues for itself.

@@ -246,8 +246,8 @@ pub unsafe extern "C-unwind" fn fstat64(fd: c_int, buf: *mut libc::stat) -> c_in
     unsafe { fstat(fd, buf) }
 }
 
-/// send/recv and friends: six-argument syscalls, so no cookie (the
-/// supervisor stops on them when it traces them).
+/// send/recv and friends: six-argument syscalls, with no register left
+/// for the cookie (a supervisor that traces them stops on each).
 #[no_mangle]
 pub unsafe extern "C-unwind" fn sendto(
     fd: c_int,
@@ -1147,8 +1147,9 @@ pub unsafe extern "C" fn vfork() -> libc::pid_t {
 
 /// setrlimit/prlimit: the quarantine's bound follows RLIMIT_NOFILE (a
 /// program that lowers it must not meet an early EMFILE, nor tombstones
-/// in the numbers it has left). Issued without the cookie, so that a
-/// supervisor sees the limit change too, as glibc issues it (prlimit64).
+/// in the numbers it has left). Marked, so that a supervisor sees the
+/// limit change too (its quarantine follows the limit), as glibc issues
+/// it (prlimit64).
 fn set_limit(
     pid: libc::pid_t,
     res: c_int,
@@ -1157,9 +1158,10 @@ fn set_limit(
 ) -> i64 {
     // SAFETY: the program's call; the kernel checks both pointers.
     let r = unsafe {
-        sys::raw(
+        sys::marked(
             libc::SYS_prlimit64,
             [pid as u64, res as u64, new as u64, old as u64, 0, 0],
+            table::marker::CHECK,
         )
     };
     if r == 0
@@ -1206,9 +1208,12 @@ pub unsafe extern "C" fn prlimit64(
 }
 
 /// syscall(2): the fd-lifecycle syscalls a program issues through libc's
-/// generic entry get the same treatment as their wrappers. Everything
-/// else goes out unchanged, without the cookie (the supervisor must see
-/// it).
+/// generic entry get the same treatment as their wrappers. The other fd
+/// syscalls of the model's table go out marked, so that a supervisor
+/// still judges them: the `syscall` instruction is libc's, which its
+/// prefilter would otherwise let through (CPython lists /proc/self/fd
+/// with `syscall(SYS_getdents64)`, and the supervisor filters that
+/// listing). Everything else goes out unchanged.
 #[no_mangle]
 pub unsafe extern "C-unwind" fn syscall(
     nr: libc::c_long,
@@ -1251,7 +1256,15 @@ pub unsafe extern "C-unwind" fn syscall(
             libc::SYS_memfd_create => {
                 memfd_create_impl(a0 as *const c_char, a1 as c_uint, 0) as libc::c_long
             }
-            _ => ret(sys::raw(nr, [a0, a1, a2, a3, a4, a5])) as libc::c_long,
+            _ => {
+                let a = [a0, a1, a2, a3, a4, a5];
+                let r = if handles_model::syscalls::lookup(nr).is_some() {
+                    sys::marked(nr, a, table::marker::CHECK)
+                } else {
+                    sys::raw(nr, a)
+                };
+                ret(r) as libc::c_long
+            }
         }
     }
 }

@@ -1236,21 +1236,44 @@ struct Announcement {
     target: String,
 }
 
-/// Runs `prog` under a minimal ptrace tracer (following forks) with the
-/// shim preloaded and `cookie` in HANDLES_COOKIE (None: unset), and
-/// returns its output and every `fcntl(fd, F_GETFD)` whose cookie
-/// register holds `cookie ^ ANNOUNCE_XOR`, plus the number of
-/// `fcntl(table, F_GETFD)` calls on a table fd with anything else there.
-fn trace_announcements(prog: &Path, cookie: Option<u64>) -> (String, Vec<Announcement>, usize) {
+/// A syscall entry seen by [`trace`]. `target` is what arg 0 was, for
+/// `fcntl(fd, F_GETFD)` only (empty otherwise).
+#[derive(Debug)]
+struct Entry {
+    pid: i32,
+    nr: i64,
+    args: [u64; 6],
+    target: String,
+}
+
+impl Entry {
+    /// The marker tag in the syscall's cookie register, if it holds one.
+    fn tag(&self, cookie: u64) -> Option<u32> {
+        let i = handles_model::syscalls::lookup(self.nr)?.cookie_arg()?;
+        handles_model::table::marker::tag(cookie, self.args[usize::from(i)])
+    }
+}
+
+/// Runs `prog args` under a minimal ptrace tracer (following forks) with
+/// the shim preloaded and `cookie` in HANDLES_COOKIE (None: unset), and
+/// returns its output and every syscall entry of the job.
+fn trace(prog: &Path, args: &[&str], cookie: Option<u64>) -> (String, Vec<Entry>) {
     use std::ffi::CString;
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let out_path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "announce-{}-{}.out",
+        "trace-{}-{}.out",
         std::process::id(),
-        cookie.is_some()
+        RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let out = std::fs::File::create(&out_path).expect("output file");
     let cprog = CString::new(prog.as_os_str().as_encoded_bytes()).expect("path");
-    let argv = [cprog.as_ptr(), std::ptr::null()];
+    let cargs: Vec<CString> = args
+        .iter()
+        .map(|a| CString::new(*a).expect("arg"))
+        .collect();
+    let mut argv: Vec<*const libc::c_char> = vec![cprog.as_ptr()];
+    argv.extend(cargs.iter().map(|a| a.as_ptr()));
+    argv.push(std::ptr::null());
     let mut env: Vec<CString> =
         vec![CString::new(format!("LD_PRELOAD={}", shim().display())).expect("env")];
     if let Some(c) = cookie {
@@ -1258,12 +1281,6 @@ fn trace_announcements(prog: &Path, cookie: Option<u64>) -> (String, Vec<Announc
     }
     let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
     envp.push(std::ptr::null());
-    let fcntl_arg = handles_model::syscalls::TABLE
-        .iter()
-        .find(|d| d.nr == libc::SYS_fcntl)
-        .and_then(|d| d.cookie_arg())
-        .expect("fcntl has a cookie register") as usize;
-    let want = cookie.map(|c| c ^ handles_model::table::ANNOUNCE_XOR);
 
     // SAFETY: the child only calls async-signal-safe functions (ptrace,
     // dup2, execve, _exit) on memory prepared before the fork.
@@ -1280,14 +1297,15 @@ fn trace_announcements(prog: &Path, cookie: Option<u64>) -> (String, Vec<Announc
     }
     drop(out);
     let mut seen = Vec::new();
-    let mut other = 0;
     let mut live = std::collections::HashSet::new();
     live.insert(child);
     let mut started = false;
     while !live.is_empty() {
         let mut status = 0;
+        // This thread's tracees only: another test's tracer, or its
+        // children, are another thread's business.
         // SAFETY: waiting for our tracees.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::__WALL) };
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::__WALL | libc::__WNOTHREAD) };
         if pid < 0 {
             break;
         }
@@ -1325,17 +1343,20 @@ fn trace_announcements(prog: &Path, cookie: Option<u64>) -> (String, Vec<Announc
             if n > 0 && info.op == libc::PTRACE_SYSCALL_INFO_ENTRY {
                 // SAFETY: op says the entry member is the one filled.
                 let e = unsafe { info.u.entry };
-                if e.nr == libc::SYS_fcntl as u64 && e.args[1] == libc::F_GETFD as u64 {
-                    let fd = e.args[0] as i32;
-                    let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                let target = if e.nr == libc::SYS_fcntl as u64 && e.args[1] == libc::F_GETFD as u64
+                {
+                    std::fs::read_link(format!("/proc/{pid}/fd/{}", e.args[0] as i32))
                         .map(|p| p.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    if Some(e.args[fcntl_arg]) == want {
-                        seen.push(Announcement { pid, fd, target });
-                    } else if target.starts_with("/memfd:handles-table:") {
-                        other += 1;
-                    }
-                }
+                        .unwrap_or_default()
+                } else {
+                    String::new()
+                };
+                seen.push(Entry {
+                    pid,
+                    nr: e.nr as i64,
+                    args: e.args,
+                    target,
+                });
             }
         } else if status >> 16 == 0 && sig != libc::SIGSTOP && sig != libc::SIGTRAP {
             // A signal for the tracee: deliver it.
@@ -1346,6 +1367,31 @@ fn trace_announcements(prog: &Path, cookie: Option<u64>) -> (String, Vec<Announc
     }
     let text = std::fs::read_to_string(&out_path).unwrap_or_default();
     let _ = std::fs::remove_file(&out_path);
+    (text, seen)
+}
+
+/// [`trace`]s `prog` and returns its output, every `fcntl(fd, F_GETFD)`
+/// whose cookie register holds the ANNOUNCE marker, and the number of
+/// `fcntl(table, F_GETFD)` calls on a table fd with anything else there.
+fn trace_announcements(prog: &Path, cookie: Option<u64>) -> (String, Vec<Announcement>, usize) {
+    use handles_model::table::marker;
+    let (text, entries) = trace(prog, &[], cookie);
+    let mut seen = Vec::new();
+    let mut other = 0;
+    for e in entries {
+        if e.nr != libc::SYS_fcntl || e.args[1] != libc::F_GETFD as u64 {
+            continue;
+        }
+        if cookie.and_then(|c| e.tag(c)) == Some(marker::ANNOUNCE) {
+            seen.push(Announcement {
+                pid: e.pid,
+                fd: e.args[0] as i32,
+                target: e.target,
+            });
+        } else if e.target.starts_with("/memfd:handles-table:") {
+            other += 1;
+        }
+    }
     (text, seen, other)
 }
 
@@ -1397,4 +1443,61 @@ fn the_table_is_announced_to_a_supervisor() {
     assert!(out.contains("parent "), "{out}");
     assert!(seen.is_empty(), "{seen:?}");
     assert_eq!(other, 0);
+}
+
+#[test]
+fn under_a_supervisor_bad_calls_carry_markers() {
+    use handles_model::table::marker;
+    let cookie = 0x0123_4567_89ab_cdef_u64;
+    // The marked calls of a traced run, but the announcement.
+    let marks = |prog: &Path, args: &[&str]| -> (String, Vec<Entry>) {
+        let (out, entries) = trace(prog, args, Some(cookie));
+        let marked = entries
+            .into_iter()
+            .filter(|e| e.tag(cookie).is_some_and(|t| t != marker::ANNOUNCE))
+            .collect();
+        (out, marked)
+    };
+    let fd_in = |out: &str, key: &str| -> u64 {
+        out.split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {out}"))
+    };
+    let one = |marked: &[Entry], what: &str| -> (i64, u32, [u64; 6]) {
+        assert_eq!(marked.len(), 1, "{what}: {marked:?}");
+        let e = &marked[0];
+        (e.nr, e.tag(cookie).unwrap_or(0), e.args)
+    };
+
+    // A call with a free register: the program's own call, marked CHECK.
+    let bugs = fixture("shim_bugs");
+    let (out, marked) = marks(&bugs, &["use-after-close"]);
+    let fd = fd_in(&out, "first=");
+    let (nr, tag, args) = one(&marked, "read");
+    assert_eq!((nr, tag, args[0]), (libc::SYS_read, marker::CHECK, fd));
+    assert_eq!(args[2], 64, "the program's arguments are unchanged");
+    let (_, marked) = marks(&bugs, &["double-close"]);
+    let (nr, tag, args) = one(&marked, "close");
+    assert_eq!((nr, tag, args[0]), (libc::SYS_close, marker::CHECK, 3));
+
+    // No register free (mmap): an fstat of the fd stands for it.
+    let (out, marked) = marks(&bugs, &["mmap-uac"]);
+    assert!(out.contains("mmap failed"), "{out}");
+    let (nr, tag, args) = one(&marked, "mmap by proxy");
+    let fd = fd_in(&out, "fd=");
+    assert_eq!(
+        (nr, tag, args[0], args[3]),
+        (libc::SYS_fstat, marker::PROXY, fd, libc::SYS_mmap as u64)
+    );
+
+    // A libc function: the syscall it stands for, marked CHECK.
+    let (out, marked) = marks(&bugs, &["fdopen-uac"]);
+    assert!(out.contains("fdopen failed"), "{out}");
+    let (nr, tag, args) = one(&marked, "fdopen");
+    let fd = fd_in(&out, "fd=");
+    assert_eq!((nr, tag, args[0]), (libc::SYS_fstat, marker::CHECK, fd));
+
+    // A correct program makes no marked call at all.
+    let (_, marked) = marks(&fixture("shim_announce"), &[]);
+    assert!(marked.is_empty(), "{marked:?}");
 }
