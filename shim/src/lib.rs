@@ -50,6 +50,7 @@ macro_rules! trampoline {
     };
 }
 
+mod fddir;
 mod quarantine;
 mod report;
 mod stack;

@@ -9,7 +9,7 @@ use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64,
 
 use handles_model::table::{self, state, Locked, Slot, SlotStacks, SlotValue, STACK_DEPTH};
 
-use crate::sys;
+use crate::{fddir, sys};
 
 /// Set once the constructor has published the table; never in a setuid
 /// context. Every wrapper is a plain pass-through while it is false.
@@ -331,6 +331,7 @@ pub fn created(fd: i32, ty: u32, how: u32, name: Named, pcs: &Pcs) {
 
 /// [`created`] for a caller that already holds the slot's lock.
 pub fn created_locked(fd: i32, s: &Slot, l: &Locked, ty: u32, how: u32, name: Named, pcs: &Pcs) {
+    fddir::forget(fd);
     let old = s.load(l);
     if old.state == state::INTERNAL {
         lost_internal(fd);
@@ -387,6 +388,7 @@ pub fn adopt(fd: i32) {
 /// Records that the handle at `fd` was closed, quarantined or not; the
 /// caller holds the lock.
 pub fn closed_locked(fd: i32, s: &Slot, l: &Locked, tombstone: bool, pcs: &Pcs) {
+    fddir::forget(fd);
     let mut v = s.load(l);
     let was = v.state;
     v.state = if tombstone {

@@ -21,6 +21,7 @@ use handles_model::table::{obj_type_code, state};
 use handles_model::ObjType;
 use libc::FILE;
 
+use crate::fddir;
 use crate::quarantine;
 use crate::report::{self, After, Call, Op};
 use crate::stack;
@@ -82,10 +83,32 @@ static MKSTEMP: Real = Real::new(c"mkstemp");
 static MKOSTEMP: Real = Real::new(c"mkostemp");
 static MKSTEMPS: Real = Real::new(c"mkstemps");
 static MKOSTEMPS: Real = Real::new(c"mkostemps");
+static READDIR: Real = Real::new(c"readdir");
+static READDIR64: Real = Real::new(c"readdir64");
+static READDIR_R: Real = Real::new(c"readdir_r");
+static READDIR64_R: Real = Real::new(c"readdir64_r");
 
-static ALL: [&Real; 16] = [
-    &FOPEN, &FOPEN64, &FREOPEN, &FREOPEN64, &FCLOSE, &PCLOSE, &POPEN, &FDOPEN, &OPENDIR,
-    &FDOPENDIR, &CLOSEDIR, &TMPFILE, &MKSTEMP, &MKOSTEMP, &MKSTEMPS, &MKOSTEMPS,
+static ALL: [&Real; 20] = [
+    &FOPEN,
+    &FOPEN64,
+    &FREOPEN,
+    &FREOPEN64,
+    &FCLOSE,
+    &PCLOSE,
+    &POPEN,
+    &FDOPEN,
+    &OPENDIR,
+    &FDOPENDIR,
+    &CLOSEDIR,
+    &TMPFILE,
+    &MKSTEMP,
+    &MKOSTEMP,
+    &MKSTEMPS,
+    &MKOSTEMPS,
+    &READDIR,
+    &READDIR64,
+    &READDIR_R,
+    &READDIR64_R,
 ];
 
 macro_rules! real {
@@ -105,6 +128,10 @@ type TmpfileFn = unsafe extern "C" fn() -> *mut FILE;
 type MkstempFn = unsafe extern "C" fn(*mut c_char) -> c_int;
 type MkostempFn = unsafe extern "C" fn(*mut c_char, c_int) -> c_int;
 type MkostempsFn = unsafe extern "C" fn(*mut c_char, c_int, c_int) -> c_int;
+// glibc's dirent and dirent64 are the same on x86_64.
+type ReaddirFn = unsafe extern "C" fn(*mut libc::DIR) -> *mut libc::dirent;
+type ReaddirRFn =
+    unsafe extern "C" fn(*mut libc::DIR, *mut libc::dirent, *mut *mut libc::dirent) -> c_int;
 
 /// Resolves every real function now (the constructor), so that wrappers
 /// never call dlsym, which may allocate.
@@ -330,16 +357,108 @@ unsafe extern "C-unwind" fn opendir_impl(name: *const c_char, frame: usize) -> *
         return no_fn(core::ptr::null_mut());
     };
     // SAFETY: the program's call.
-    opened(
+    let d = opened(
         frame,
         obj_type_code(ObjType::Dir),
         libc::SYS_openat,
         Named::Path(name),
         || unsafe { f(name) },
         dir_fd,
-    )
+    );
+    note_dir(d);
+    d
 }
 trampoline!(opendir => opendir_impl, "rsi", (name: *const c_char) -> *mut libc::DIR);
+
+/// A new directory stream: whether its readdir must hide the shim's
+/// numbers (`fddir`). After the fd was recorded, which forgets whatever
+/// stream had the number before.
+fn note_dir(d: *mut libc::DIR) {
+    let fd = dir_fd(d);
+    if fd >= 0 && active() {
+        fddir::note(fd);
+    }
+}
+
+/// Whether entries read from `d` go through `fddir::hidden`: one load of
+/// a global for every stream until the process opens an fd directory.
+fn filters(d: *mut libc::DIR) -> bool {
+    !d.is_null() && fddir::any() && active() && fddir::is_fd_dir(dir_fd(d))
+}
+
+/// readdir and readdir64 (the same function in glibc on x86_64): on a
+/// listing of this process's fds, the entries of the shim's numbers are
+/// skipped.
+fn read_entry(d: *mut libc::DIR, real: &Real) -> *mut libc::dirent {
+    let Some(f) = real.get::<ReaddirFn>() else {
+        return no_fn(core::ptr::null_mut());
+    };
+    let filter = filters(d);
+    loop {
+        // SAFETY: the program's call.
+        let e = unsafe { f(d) };
+        // SAFETY: a non-null entry is the dirent libc just filled, with
+        // its NUL-terminated name.
+        if e.is_null() || !filter || !unsafe { fddir::hidden((*e).d_name.as_ptr()) } {
+            return e;
+        }
+    }
+}
+
+/// readdir_r and readdir64_r, filtered as [`read_entry`].
+fn read_entry_r(
+    d: *mut libc::DIR,
+    entry: *mut libc::dirent,
+    result: *mut *mut libc::dirent,
+    real: &Real,
+) -> c_int {
+    let Some(f) = real.get::<ReaddirRFn>() else {
+        return libc::ENOSYS;
+    };
+    let filter = filters(d) && !result.is_null();
+    loop {
+        // SAFETY: the program's call.
+        let r = unsafe { f(d, entry, result) };
+        if r != 0 || !filter {
+            return r;
+        }
+        // SAFETY: libc stored the entry it filled (or null at the end)
+        // through the program's non-null result pointer.
+        let e = unsafe { *result };
+        // SAFETY: as in read_entry.
+        if e.is_null() || !unsafe { fddir::hidden((*e).d_name.as_ptr()) } {
+            return r;
+        }
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C-unwind" fn readdir(d: *mut libc::DIR) -> *mut libc::dirent {
+    read_entry(d, &READDIR)
+}
+
+#[no_mangle]
+pub unsafe extern "C-unwind" fn readdir64(d: *mut libc::DIR) -> *mut libc::dirent {
+    read_entry(d, &READDIR64)
+}
+
+#[no_mangle]
+pub unsafe extern "C-unwind" fn readdir_r(
+    d: *mut libc::DIR,
+    entry: *mut libc::dirent,
+    result: *mut *mut libc::dirent,
+) -> c_int {
+    read_entry_r(d, entry, result, &READDIR_R)
+}
+
+#[no_mangle]
+pub unsafe extern "C-unwind" fn readdir64_r(
+    d: *mut libc::DIR,
+    entry: *mut libc::dirent,
+    result: *mut *mut libc::dirent,
+) -> c_int {
+    read_entry_r(d, entry, result, &READDIR64_R)
+}
 
 /// Checks the fd a stream is about to be built on; Some(errno) when the
 /// call must fail.
@@ -393,11 +512,13 @@ pub unsafe extern "C-unwind" fn fdopendir(fd: c_int) -> *mut libc::DIR {
         sys::set_errno(e);
         return core::ptr::null_mut();
     }
-    match real!(FDOPENDIR, FdopendirFn) {
+    let d = match real!(FDOPENDIR, FdopendirFn) {
         // SAFETY: the program's call.
         Some(f) => unsafe { f(fd) },
         None => no_fn(core::ptr::null_mut()),
-    }
+    };
+    note_dir(d);
+    d
 }
 
 /// Closes a stream whose fd is `fd` and whose fd field is at `field`
@@ -533,6 +654,8 @@ unsafe extern "C-unwind" fn closedir_impl(d: *mut libc::DIR, frame: usize) -> c_
         // SAFETY: the program's call.
         return unsafe { real(d) };
     }
+    // Also for an fd beyond the table, whose close the table never sees.
+    fddir::forget(fd);
     // SAFETY: glibc's DIR starts with its fd.
     let field = unsafe { (*(d as *mut c_int) == fd).then_some(d as *mut c_int) };
     // SAFETY: the program's call.

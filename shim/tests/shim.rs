@@ -1445,8 +1445,151 @@ fn the_table_is_announced_to_a_supervisor() {
     assert_eq!(other, 0);
 }
 
+/// What `shim_listing list HOW WHERE` printed: the number it closed, its
+/// stream's fd, and the entries it read (in a listing of its own fds, the
+/// stream's fd left out).
+#[derive(Debug)]
+struct Listed {
+    closed: i32,
+    dir: i32,
+    fds: std::collections::BTreeSet<i32>,
+    names: std::collections::BTreeSet<String>,
+}
+
+fn listed(o: &Output, own_fds: bool) -> Listed {
+    let out = stdout(o);
+    let num = |key: &str| -> i32 {
+        out.lines()
+            .find_map(|l| l.strip_prefix(key)?.parse().ok())
+            .unwrap_or_else(|| panic!("no {key:?} in:\n{out}\n{}", stderr(o)))
+    };
+    let (closed, dir) = (num("closed "), num("dir "));
+    let mut fds: std::collections::BTreeSet<i32> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("fd ")?.parse().ok())
+        .collect();
+    if own_fds {
+        assert!(
+            fds.remove(&dir),
+            "the stream's own fd {dir} is listed:\n{out}"
+        );
+    }
+    let names = out
+        .lines()
+        .filter_map(|l| Some(l.strip_prefix("name ")?.to_string()))
+        .collect();
+    Listed {
+        closed,
+        dir,
+        fds,
+        names,
+    }
+}
+
 #[test]
-fn under_a_supervisor_bad_calls_carry_markers() {
+fn listings_of_the_own_fds_hide_the_shims_numbers() {
+    let prog = fixture("shim_listing");
+    let list = |pre: bool, how: &str, place: &str| {
+        let mut c = if pre {
+            preloaded(&prog)
+        } else {
+            command(&prog)
+        };
+        c.args(["list", how, place]);
+        let o = run(c);
+        assert!(
+            o.status.success(),
+            "{how} {place} (shim={pre}): {:?}\n{}",
+            o.status,
+            stderr(&o)
+        );
+        assert!(!stderr(&o).contains("handles:"), "{}", stderr(&o));
+        listed(&o, !place.starts_with('/'))
+    };
+    let places = [
+        "self",
+        "devfd",
+        "pid",
+        "thread-self",
+        "task",
+        "other-task",
+        "other-tid",
+    ];
+    for how in [
+        "readdir",
+        "readdir64",
+        "readdir_r",
+        "readdir64_r",
+        "fdopendir",
+    ] {
+        for place in places {
+            let native = list(false, how, place);
+            let shimmed = list(true, how, place);
+            // Natively the closed number is free again and the stream
+            // takes it; under the shim it is a tombstone.
+            assert_eq!(native.dir, native.closed, "{how} {place}: {native:?}");
+            assert_ne!(shimmed.dir, shimmed.closed, "{how} {place}: {shimmed:?}");
+            assert!(
+                !shimmed.fds.contains(&shimmed.closed),
+                "{how} {place}: the quarantined {} is listed: {shimmed:?}",
+                shimmed.closed
+            );
+            assert_eq!(
+                native.fds, shimmed.fds,
+                "{how} {place}: the shim's listing differs from the native one \
+                 (its table and tombstone source are hidden too)"
+            );
+            assert!(native.names.is_empty() && shimmed.names.is_empty());
+        }
+    }
+
+    // Any other directory is listed in full, numbers like fds included.
+    let plain = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("shim-listing-plain");
+    let _ = std::fs::remove_dir_all(&plain);
+    std::fs::create_dir_all(&plain).expect("mkdir");
+    let files: Vec<String> = (0..10)
+        .chain([1024, 1025])
+        .map(|n| n.to_string())
+        .chain(["x".to_string()])
+        .collect();
+    for f in &files {
+        std::fs::write(plain.join(f), "").expect("write");
+    }
+    let place = plain.to_str().expect("utf-8 path");
+    for how in ["readdir", "readdir_r"] {
+        let native = list(false, how, place);
+        let shimmed = list(true, how, place);
+        assert!(shimmed.fds.contains(&shimmed.closed), "{shimmed:?}");
+        assert_eq!(native.fds, shimmed.fds, "{how}");
+        assert_eq!(native.names, shimmed.names, "{how}");
+        assert_eq!(shimmed.fds.len() + shimmed.names.len(), files.len());
+    }
+}
+
+#[test]
+fn a_sweep_of_every_listed_fd_is_no_double_close() {
+    let prog = fixture("shim_listing");
+    let native = run({
+        let mut c = command(&prog);
+        c.arg("sweep");
+        c
+    });
+    let o = run({
+        let mut c = preloaded(&prog);
+        c.arg("sweep");
+        c
+    });
+    assert!(o.status.success(), "{:?}\n{}", o.status, stderr(&o));
+    assert!(!stderr(&o).contains("handles:"), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&native),
+        stdout(&o),
+        "the sweep closes what it closes natively"
+    );
+}
+
+#[test]
+fn under_a_supervisor_bad_calls_and_raw_fd_syscalls_carry_markers() {
     use handles_model::table::marker;
     let cookie = 0x0123_4567_89ab_cdef_u64;
     // The marked calls of a traced run, but the announcement.
@@ -1496,6 +1639,23 @@ fn under_a_supervisor_bad_calls_carry_markers() {
     let (nr, tag, args) = one(&marked, "fdopen");
     let fd = fd_in(&out, "fd=");
     assert_eq!((nr, tag, args[0]), (libc::SYS_fstat, marker::CHECK, fd));
+
+    // fd syscalls through syscall(2), and the limit, for the supervisor
+    // to judge.
+    let (out, marked) = marks(&fixture("shim_listing"), &["raw"]);
+    assert!(out.contains("raw listed setrlimit 0"), "{out}");
+    let got: Vec<(i64, u32)> = marked
+        .iter()
+        .map(|e| (e.nr, e.tag(cookie).unwrap_or(0)))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (libc::SYS_getdents64, marker::CHECK),
+            (libc::SYS_prlimit64, marker::CHECK)
+        ],
+        "{marked:?}"
+    );
 
     // A correct program makes no marked call at all.
     let (_, marked) = marks(&fixture("shim_announce"), &[]);

@@ -1,0 +1,288 @@
+//! Hiding the shim's numbers from the process's own listings of its fds.
+//!
+//! The kernel lists a tombstone, the table's fd and the tombstone source
+//! in `/proc/self/fd` like any fd. A program that lists its fds to close
+//! them all (gdb's close_most_fds, daemons before exec) would close a
+//! tombstone, a double close, and one that shows them would show numbers
+//! it closed. The supervisor filters the `getdents64` it sees, but libc's
+//! readdir issues that from libc, which its prefilter lets through
+//! unseen, and with no supervisor nobody filters at all. So the readdir
+//! wrappers (`stdio.rs`) skip those entries themselves.
+//!
+//! Whether a stream lists this process's fds is decided once, when
+//! opendir/fdopendir made it, from the link of its fd (the path the
+//! kernel resolved: `/dev/fd`, `/proc/self/fd`, `/proc/thread-self/fd`
+//! all end up as `/proc/PID/fd` or `/proc/PID/task/TID/fd`), and kept as
+//! one bit per fd number. A readdir on any other stream costs one load.
+
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+use handles_model::table::{state, MAX_CAPACITY};
+
+use crate::state as st;
+use crate::sys;
+
+/// One bit per fd number: its directory stream lists this process's fds.
+static FD_DIR: [AtomicU64; MAX_CAPACITY as usize / 64] =
+    [const { AtomicU64::new(0) }; MAX_CAPACITY as usize / 64];
+/// Set once any bit of [`FD_DIR`] was: until then readdir and the
+/// creating wrappers skip the bitmap altogether.
+static ANY: AtomicBool = AtomicBool::new(false);
+
+fn word(fd: i32) -> Option<(&'static AtomicU64, u64)> {
+    let i = usize::try_from(fd).ok()?;
+    Some((FD_DIR.get(i / 64)?, 1 << (i % 64)))
+}
+
+/// Whether any stream was found to list this process's fds.
+#[inline(always)]
+pub fn any() -> bool {
+    ANY.load(Relaxed)
+}
+
+/// Whether the stream on `fd` lists this process's fds.
+#[inline(always)]
+pub fn is_fd_dir(fd: i32) -> bool {
+    any() && word(fd).is_some_and(|(w, bit)| w.load(Relaxed) & bit != 0)
+}
+
+/// `fd` was closed or is a new handle: whatever stream was on it is gone.
+#[inline(always)]
+pub fn forget(fd: i32) {
+    if !ANY.load(Relaxed) {
+        return;
+    }
+    if let Some((w, bit)) = word(fd) {
+        if w.load(Relaxed) & bit != 0 {
+            w.fetch_and(!bit, Relaxed);
+        }
+    }
+}
+
+/// A directory stream was just made on `fd` (opendir, fdopendir):
+/// decides whether it lists this process's fds.
+pub fn note(fd: i32) {
+    let Some((w, bit)) = word(fd) else { return };
+    if lists_own_fds(fd) {
+        ANY.store(true, Relaxed);
+        w.fetch_or(bit, Relaxed);
+    } else {
+        forget(fd);
+    }
+}
+
+/// Whether a readdir entry named `name` (NUL-terminated, from a stream
+/// that lists this process's fds) is a number the program must not see:
+/// a tombstone, or an fd the shim (or the supervisor, in the shim's
+/// table) keeps for itself. The supervisor's rule.
+///
+/// # Safety
+/// `name` points at a NUL-terminated string (a dirent's `d_name`).
+pub unsafe fn hidden(name: *const core::ffi::c_char) -> bool {
+    let mut b = [0u8; 12];
+    let mut n = 0;
+    while n < b.len() {
+        // SAFETY: the caller's promise; the scan stops at the NUL or
+        // after more bytes than any fd number has.
+        let c = unsafe { *name.add(n) } as u8;
+        if c == 0 {
+            break;
+        }
+        b[n] = c;
+        n += 1;
+    }
+    match parse_fd(&b[..n]) {
+        Some(fd) => {
+            st::internal(fd) || matches!(st::state_of(fd), Some(state::TOMBSTONE | state::INTERNAL))
+        }
+        None => false,
+    }
+}
+
+/// The fd number a directory entry of `/proc/PID/fd` names: decimal, no
+/// sign, no leading zero (the kernel's format).
+fn parse_fd(b: &[u8]) -> Option<i32> {
+    if b.is_empty() || b.len() > 10 || (b[0] == b'0' && b.len() > 1) {
+        return None;
+    }
+    let mut v: i64 = 0;
+    for &c in b {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + i64::from(c - b'0');
+    }
+    i32::try_from(v).ok()
+}
+
+/// The pid whose fds a directory lists, from its link target: `PID` in
+/// `/proc/PID/fd` and `/proc/PID/task/TID/fd` (all threads of a process
+/// share its fd table).
+fn listed_pid(target: &[u8]) -> Option<i32> {
+    let rest = target.strip_prefix(b"/proc/")?;
+    let slash = rest.iter().position(|&c| c == b'/')?;
+    let (who, tail) = (&rest[..slash], &rest[slash..]);
+    let pid = parse_fd(who)?;
+    if tail == b"/fd" {
+        return Some(pid);
+    }
+    let tid = tail.strip_prefix(b"/task/")?.strip_suffix(b"/fd")?;
+    parse_fd(tid).map(|_| pid)
+}
+
+/// Writes `prefix` and the decimal `n` into `buf`, NUL-terminated.
+fn path_with_number<'a>(buf: &'a mut [u8; 48], prefix: &[u8], n: i32) -> &'a [u8] {
+    buf[..prefix.len()].copy_from_slice(prefix);
+    let mut digits = [0u8; 10];
+    let mut k = 0;
+    let mut v = n.unsigned_abs();
+    loop {
+        digits[k] = b'0' + (v % 10) as u8;
+        k += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let mut at = prefix.len();
+    for i in (0..k).rev() {
+        buf[at] = digits[i];
+        at += 1;
+    }
+    buf[at] = 0;
+    &buf[..=at]
+}
+
+/// Whether the directory open at `fd` is an fd directory of this process.
+/// Two syscalls at most, both with the cookie (nothing for a supervisor).
+fn lists_own_fds(fd: i32) -> bool {
+    let mut path = [0u8; 48];
+    let path = path_with_number(&mut path, b"/proc/self/fd/", fd);
+    let mut target = [0u8; 64];
+    // SAFETY: readlinkat of a NUL-terminated path into a local buffer of
+    // the length given.
+    let n = unsafe {
+        sys::sc(
+            libc::SYS_readlinkat,
+            [
+                libc::AT_FDCWD as u64,
+                path.as_ptr() as u64,
+                target.as_mut_ptr() as u64,
+                target.len() as u64,
+                0,
+                0,
+            ],
+        )
+    };
+    // A target that fills the buffer is longer than any /proc fd
+    // directory's.
+    let Some(target) = usize::try_from(n)
+        .ok()
+        .filter(|&n| n < target.len())
+        .map(|n| &target[..n])
+    else {
+        return false;
+    };
+    let Some(pid) = listed_pid(target) else {
+        return false;
+    };
+    if pid == sys::getpid() {
+        return true;
+    }
+    // Another of this process's threads (`/proc/TID` works for any
+    // thread), or a /proc that counts pids in another namespace than
+    // getpid(): either way /proc/self/task lists it.
+    let mut task = [0u8; 48];
+    let task = path_with_number(&mut task, b"/proc/self/task/", pid);
+    // SAFETY: an all-zero stat is a valid buffer for the kernel to fill.
+    let mut stat: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: newfstatat of a NUL-terminated path into a local buffer.
+    let r = unsafe {
+        sys::sc(
+            libc::SYS_newfstatat,
+            [
+                libc::AT_FDCWD as u64,
+                task.as_ptr() as u64,
+                (&raw mut stat) as u64,
+                libc::AT_SYMLINK_NOFOLLOW as u64,
+                0,
+                0,
+            ],
+        )
+    };
+    r == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fd_numbers() {
+        assert_eq!(parse_fd(b"0"), Some(0));
+        assert_eq!(parse_fd(b"1024"), Some(1024));
+        assert_eq!(parse_fd(b"2147483647"), Some(i32::MAX));
+        assert_eq!(parse_fd(b"2147483648"), None);
+        assert_eq!(parse_fd(b"03"), None);
+        assert_eq!(parse_fd(b"."), None);
+        assert_eq!(parse_fd(b".."), None);
+        assert_eq!(parse_fd(b""), None);
+        assert_eq!(parse_fd(b"-1"), None);
+        assert_eq!(parse_fd(b"3a"), None);
+    }
+
+    #[test]
+    fn fd_directories() {
+        assert_eq!(listed_pid(b"/proc/123/fd"), Some(123));
+        assert_eq!(listed_pid(b"/proc/123/task/124/fd"), Some(123));
+        assert_eq!(listed_pid(b"/proc/123/fdinfo"), None);
+        assert_eq!(listed_pid(b"/proc/123/fd/3"), None);
+        assert_eq!(listed_pid(b"/proc/123/task/124"), None);
+        assert_eq!(listed_pid(b"/proc/123/task/x/fd"), None);
+        assert_eq!(listed_pid(b"/proc/self/fd"), None);
+        assert_eq!(listed_pid(b"/tmp/123/fd"), None);
+        assert_eq!(listed_pid(b"/proc/123"), None);
+    }
+
+    #[test]
+    fn paths() {
+        let mut b = [0u8; 48];
+        assert_eq!(
+            path_with_number(&mut b, b"/proc/self/fd/", 0),
+            b"/proc/self/fd/0\0"
+        );
+        assert_eq!(
+            path_with_number(&mut b, b"/proc/self/task/", i32::MAX),
+            b"/proc/self/task/2147483647\0"
+        );
+    }
+
+    #[test]
+    fn this_process_fd_directories() {
+        use std::os::fd::AsRawFd;
+        let own = std::fs::File::open("/proc/self/fd").expect("open /proc/self/fd");
+        assert!(lists_own_fds(own.as_raw_fd()));
+        let dev = std::fs::File::open("/dev/fd").expect("open /dev/fd");
+        assert!(lists_own_fds(dev.as_raw_fd()));
+        let task = format!("/proc/self/task/{}/fd", sys::gettid());
+        let task = std::fs::File::open(task).expect("open the task's fd dir");
+        assert!(lists_own_fds(task.as_raw_fd()));
+        // A thread of this process, by its own /proc entry.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            tx.send(sys::gettid()).expect("send tid");
+            let _ = done_rx.recv();
+        });
+        let tid = rx.recv().expect("tid");
+        let other = std::fs::File::open(format!("/proc/{tid}/fd")).expect("open");
+        assert!(lists_own_fds(other.as_raw_fd()));
+        drop(done_tx);
+        t.join().expect("join");
+        for not in ["/proc/self/fdinfo", "/proc/self", "/tmp", "/proc/1/fd"] {
+            if let Ok(f) = std::fs::File::open(not) {
+                assert!(!lists_own_fds(f.as_raw_fd()), "{not}");
+            }
+        }
+    }
+}
