@@ -50,6 +50,25 @@ fn mark_written(fd: i32) {
         }
     }
 }
+/// The fds in `lo..=hi` (within the table) whose slots the shim may have
+/// written: the rest are FREE with generation 0, and reading them would
+/// only fault in pages of zeroes.
+pub fn maybe_written(lo: u32, hi: u32) -> impl Iterator<Item = i32> {
+    let cap = CAP.load(Relaxed);
+    let end = hi.min(cap.saturating_sub(1)) as usize;
+    let start = lo as usize;
+    (start / GROUP * GROUP..=end)
+        .step_by(GROUP)
+        .filter(|&g| {
+            WRITTEN
+                .get(g / GROUP / 64)
+                .is_some_and(|w| w.load(Relaxed) & (1 << (g / GROUP % 64)) != 0)
+        })
+        .flat_map(move |g| g.max(start)..(g + GROUP).min(end + 1))
+        .map(|i| i as i32)
+        .filter(move |_| cap > 0)
+}
+
 /// A word in a MADV_WIPEONFORK page: the kernel zeroes it in any child
 /// made without CLONE_VM, so a child that skipped the atfork handler (raw
 /// fork/clone) notices before it writes its parent's table.
@@ -844,13 +863,7 @@ pub extern "C" fn after_fork_child() {
         return;
     };
     let mixer = sys::random_u32();
-    let written = (0..cap as usize).step_by(GROUP).filter(|&g| {
-        WRITTEN
-            .get(g / GROUP / 64)
-            .is_some_and(|w| w.load(Relaxed) & (1 << (g / GROUP % 64)) != 0)
-    });
-    for i in written.flat_map(|g| g..(g + GROUP).min(cap as usize)) {
-        let i = i as i32;
+    for i in maybe_written(0, cap) {
         // The mirror: this child's exact copy of the parent's table at the
         // fork (a slot a thread of the parent was writing may be torn).
         let s = slot_at(base, i);

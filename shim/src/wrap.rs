@@ -1083,11 +1083,10 @@ fn do_close_range(lo: c_uint, hi: c_uint, flags: c_uint, frame: usize) -> i64 {
     }
     st::ensure_own_table();
     let pcs = stack::capture(frame);
-    let cap = st::capacity();
-    if cap > 0 {
-        for fd in lo..=hi.min(cap - 1) {
-            st::closed_in_range(fd as i32, &pcs);
-        }
+    // closefrom(3) is close_range(3, ~0U): only the slots ever written
+    // can hold anything to mark.
+    for fd in st::maybe_written(lo, hi) {
+        st::closed_in_range(fd, &pcs);
     }
     let mut keep = [
         st::TABLE_FD.load(core::sync::atomic::Ordering::Relaxed),
