@@ -2219,3 +2219,25 @@ fn libc_internal_use_of_a_closed_fd_is_caught_with_strict_only() {
         marker_line("run_stdio", "/* CLOSE: under stdio */"),
     );
 }
+
+#[test]
+fn a_vfork_child_closing_fds_before_exec_leaves_the_parent_table_alone() {
+    // The shim lets a vfork child share the parent's memory (no fork in
+    // disguise), so its closes must not reach the parent's table.
+    let prog = fixture("run_vfork");
+    let n = native(&prog, &[] as &[&str]);
+    assert_code(&n, 0);
+    for mode in [&[][..], &["--no-ptrace"][..], &["--no-shim"][..]] {
+        let mut args: Vec<&OsStr> = mode.iter().map(OsStr::new).collect();
+        args.push(OsStr::new("--"));
+        args.push(prog.as_os_str());
+        let o = handles_run(&args);
+        assert_code(&o, 0);
+        assert_eq!(stdout_of(&o), stdout_of(&n), "{mode:?}\n{}", describe(&o));
+        assert!(
+            !stderr_of(&o).contains("policy exception"),
+            "{mode:?}\n{}",
+            describe(&o)
+        );
+    }
+}
