@@ -90,7 +90,10 @@ for i in range(30):
     assert out.split()[0].isdigit()
 print(subprocess.check_output(["ls", d]).count(b"\n"))
 PY
-PY_WORK="python3 $tmp/spawn.py"
+# The system python3, not a version manager's shell wrapper (pyenv's
+# shim is a bash script that spawns half a dozen processes itself).
+PY=${PYTHON:-$(command -v /usr/bin/python3 || command -v python3)}
+PY_WORK="$PY $tmp/spawn.py"
 for w in "make -j2 (13 files)|$MAKE_WORK" "git (20 commits, log, gc)|$GIT_WORK" "python3 (30 files, 31 subprocesses)|$PY_WORK"; do
     name=${w%%|*} cmd=${w#*|}
     echo
