@@ -228,9 +228,19 @@ impl Job {
             table.mixer = mixer;
             table.touch_all();
         }
-        if let Some(p) = self.procs.get_mut(&tgid) {
-            p.shim = Some(shim);
-            p.awaiting_shim = false;
+        let strict = match self.procs.get_mut(&tgid) {
+            Some(p) => {
+                p.shim = Some(shim);
+                p.awaiting_shim = false;
+                p.strict
+            }
+            None => true,
+        };
+        if !strict {
+            // Under the lenient filter nothing of the start-up stopped
+            // here: the model is what exec or fork left, nothing to undo.
+            self.publish(tid);
+            return;
         }
         // Before the announcement the shim's own start-up (its table's fd,
         // mapped with an mmap that stopped here) may have been taken for
