@@ -2241,3 +2241,34 @@ fn a_vfork_child_closing_fds_before_exec_leaves_the_parent_table_alone() {
         );
     }
 }
+
+#[test]
+fn the_built_in_bash_rule_applies_in_every_mode_and_can_be_turned_off() {
+    // bash closes a pipeline's pipe ends twice. The built-in rule hides
+    // it (in the shim, without a stop, and in the supervisor);
+    // --no-default-suppressions shows it in both places.
+    let script = ["bash", "-c", "echo x | cat"];
+    for mode in [&[][..], &["--no-shim"][..]] {
+        let mut args: Vec<&str> = mode.to_vec();
+        args.push("--");
+        args.extend(script);
+        let o = handles_run(&args);
+        assert_code(&o, 0);
+        assert_eq!(stdout_of(&o), "x\n", "{mode:?}\n{}", describe(&o));
+        assert!(stderr_of(&o).is_empty(), "{mode:?}\n{}", describe(&o));
+
+        let mut args: Vec<&str> = vec!["--no-default-suppressions"];
+        args.extend(mode);
+        args.push("--");
+        args.extend(script);
+        let o = handles_run(&args);
+        assert_code(&o, 128 + SIGTRAP);
+        let r = only_report(&o);
+        assert!(
+            r.text().contains("close of a closed handle (double close)")
+                && r.field("handle").contains("closed pipe"),
+            "{mode:?}\n{}",
+            r.text()
+        );
+    }
+}

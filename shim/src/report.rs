@@ -148,15 +148,35 @@ pub struct Verdict {
 /// Decides and reports a use/close/dup of `fd`, whose slot is a tombstone
 /// (`stale`) or free and not open in the kernel. Called inside the shim.
 pub fn bad_handle(what: Op, fd: i32, call: &Call, frame: usize) -> Verdict {
-    if sys::COOKIE_ON.load(Relaxed) {
-        return defer(what, fd, call);
-    }
     let detail = st::slot(fd)
         .zip(st::stacks(fd))
         .and_then(|(s, k)| s.read_detail(k, 1000));
     let value = detail.map(|d| d.value).unwrap_or_default();
     let stale = value.state == state::TOMBSTONE;
     let ebadf = Some(-(libc::EBADF as i64));
+    let was_closed = stale || detail.is_some_and(|d| d.closed.len > 0);
+    if what == Op::Close
+        && was_closed
+        && obj_type_from_code(value.obj_type) == Some(handles_model::ObjType::Pipe)
+        && suppress_defaults()
+        && offending_stack(frame)
+            .frames()
+            .iter()
+            .any(|&pc| module_is(pc, b"bash"))
+    {
+        // The supervisor's default suppression, same rule, applied here
+        // under a supervisor too (it would cost every bash pipeline a stop
+        // and a symbolized stack): bash closes the pipe ends of a pipeline
+        // twice in its parent; nothing is opened in between, so no other
+        // object can be hit. The kernel answers EBADF, as natively.
+        return Verdict {
+            result: ebadf,
+            after: After::Nothing,
+        };
+    }
+    if sys::COOKIE_ON.load(Relaxed) {
+        return defer(what, fd, call);
+    }
     let a = action();
     let (result, after) = match a {
         // A quarantined number stands for a closed fd: the call must see
@@ -169,7 +189,6 @@ pub fn bad_handle(what: Op, fd: i32, call: &Call, frame: usize) -> Verdict {
     if after != After::Nothing {
         let closed = detail.map(|d| d.closed).unwrap_or_default();
         let created = detail.map(|d| d.created).unwrap_or_default();
-        let was_closed = stale || closed.len > 0;
         let whatline = match (what, was_closed, stale) {
             (Op::Close, true, _) => "close of a closed handle (double close)",
             (Op::Close, false, _) => "close of a handle that was never opened",
@@ -179,32 +198,7 @@ pub fn bad_handle(what: Op, fd: i32, call: &Call, frame: usize) -> Verdict {
             (Op::Use, true, false) => "use of a closed handle",
             (Op::Use, false, false) => "use of a handle that was never opened",
         };
-        let offending = if frame != 0 && !stack::UNWIND.load(Relaxed) {
-            // The unwinder gives the deeper stack; the trampoline frame
-            // only matters when the program has no unwind info.
-            let u = stack::unwind(STACK_DEPTH, 0);
-            if u.n > 0 {
-                u
-            } else {
-                stack::capture(frame)
-            }
-        } else {
-            stack::unwind(STACK_DEPTH, 0)
-        };
-        if what == Op::Close
-            && was_closed
-            && obj_type_from_code(value.obj_type) == Some(handles_model::ObjType::Pipe)
-            && suppress_defaults()
-            && offending.frames().iter().any(|&pc| module_is(pc, b"bash"))
-        {
-            // The supervisor's default suppression, same rule: bash closes
-            // the pipe ends of a pipeline twice in its parent; nothing is
-            // opened in between, so no other object can be hit.
-            return Verdict {
-                result,
-                after: After::Nothing,
-            };
-        }
+        let offending = offending_stack(frame);
         let mut w = Out::new();
         let _ = write_report(
             &mut w,
@@ -278,6 +272,22 @@ static NO_DEFAULT_SUPPRESSIONS: core::sync::atomic::AtomicBool =
 /// would silence.
 pub fn set_no_default_suppressions() {
     NO_DEFAULT_SUPPRESSIONS.store(true, Relaxed);
+}
+
+/// The stack of the bad call, from the wrapper's trampoline `frame`.
+fn offending_stack(frame: usize) -> Pcs {
+    if frame != 0 && !stack::UNWIND.load(Relaxed) {
+        // The unwinder gives the deeper stack; the trampoline frame only
+        // matters when the program has no unwind info.
+        let u = stack::unwind(STACK_DEPTH, 0);
+        if u.n > 0 {
+            u
+        } else {
+            stack::capture(frame)
+        }
+    } else {
+        stack::unwind(STACK_DEPTH, 0)
+    }
 }
 
 fn suppress_defaults() -> bool {

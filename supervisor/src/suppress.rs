@@ -273,6 +273,11 @@ impl Suppressions {
         Suppressions::parse(&text, &file)
     }
 
+    /// Whether a rule of this name is in the set.
+    pub fn has_rule(&self, name: &str) -> bool {
+        self.rules.iter().any(|r| r.name == name)
+    }
+
     pub fn extend(&mut self, other: Suppressions) {
         self.rules.extend(other.rules);
     }

@@ -403,6 +403,12 @@ impl Job {
             env.retain(|(k, _)| k != "HANDLES_COOKIE" && !preload.iter().any(|(p, _)| p == k));
             env.extend(preload);
             env.push(("HANDLES_COOKIE".into(), format!("{cookie:016x}").into()));
+            // The shim applies the built-in bash rule itself, without a
+            // stop (shim/src/report.rs), unless the job turned it off.
+            env.retain(|(k, _)| k != "HANDLES_NO_DEFAULT_SUPPRESSIONS");
+            if !opts.suppressions.has_rule("bash-pipeline-double-close") {
+                env.push(("HANDLES_NO_DEFAULT_SUPPRESSIONS".into(), "1".into()));
+            }
         }
         env.push(("HANDLES_JOB".into(), std::process::id().to_string().into()));
         let mut argv = vec![opts.program.clone()];
