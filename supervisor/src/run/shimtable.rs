@@ -378,8 +378,16 @@ impl super::job::Job {
                     Want::Internal
                 } else {
                     match table.get(fd) {
-                        // Made by the shim, already in its table.
-                        Some(Slot::Open(h)) if matches!(h.origin, Origin::Shim) => Want::Skip,
+                        // Made by the shim, or there before the image
+                        // started (the shim registers those itself):
+                        // already in its table. Naming each inherited fd
+                        // here cost every exec a readlink and a stat per
+                        // fd.
+                        Some(Slot::Open(h))
+                            if matches!(h.origin, Origin::Shim | Origin::Inherited) =>
+                        {
+                            Want::Skip
+                        }
                         Some(Slot::Open(h)) => Want::Open(
                             h.origin.how_code(),
                             h.created.as_ref().map_or_else(Vec::new, |s| s.to_vec()),
