@@ -743,15 +743,6 @@ impl Job {
             Rc::new(RefCell::new(copy))
         };
         if !thread {
-            self.tree.insert(
-                child,
-                SerProcess {
-                    pid: child,
-                    parent: Some(ptgid),
-                    names: vec![comm(child)],
-                    exit: None,
-                },
-            );
             let (name, policy, strict, awaiting_shim) = match self.procs.get(&ptgid) {
                 // The shim's fork handler makes the child its own table.
                 Some(p) => (
@@ -762,6 +753,16 @@ impl Job {
                 ),
                 None => (comm(child), self.opts.policy.clone(), true, false),
             };
+            // A forked child carries its parent's name until it execs.
+            self.tree.insert(
+                child,
+                SerProcess {
+                    pid: child,
+                    parent: Some(ptgid),
+                    names: vec![name.clone()],
+                    exit: None,
+                },
+            );
             self.procs.insert(
                 child,
                 Process {
@@ -855,8 +856,9 @@ impl Job {
         }
         // The new image's table is published afresh.
         self.published.remove(&tgid);
+        let name = comm(tgid);
         if let Some(p) = self.tree.get_mut(&tgid) {
-            p.names.push(comm(tgid));
+            p.names.push(name.clone());
         }
         let env = std::fs::read(format!("/proc/{tgid}/environ")).unwrap_or_default();
         let nested = self.nested_policy(tgid, &env);
@@ -871,7 +873,7 @@ impl Job {
         }
         if let Some(p) = self.procs.get_mut(&tgid) {
             p.awaiting_shim = awaiting_shim;
-            p.name = comm(tgid);
+            p.name = name;
             p.maps = None;
             p.nofile = None;
             // The new image loads its own shim, with a new table.
