@@ -196,6 +196,15 @@ impl ShimTable {
                     // The shim has it already (it was there first, or
                     // adopted it): same handle, same value.
                     old.generation
+                } else if old.state == state::TOMBSTONE {
+                    // A creation this supervisor confirms late (at the
+                    // thread's next stop), which the shim has closed since:
+                    // the number is its tombstone now (a new handle cannot
+                    // get a number a tombstone holds). Found by fopen
+                    // under --strict: libc's openat stops, the shim's
+                    // close of that fd does not, and the stale write made
+                    // the next use of the closed number look fine.
+                    old.generation
                 } else {
                     let g = old.generation.wrapping_add(1);
                     slot.store(
