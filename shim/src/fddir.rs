@@ -130,34 +130,11 @@ fn listed_pid(target: &[u8]) -> Option<i32> {
     parse_fd(tid).map(|_| pid)
 }
 
-/// Writes `prefix` and the decimal `n` into `buf`, NUL-terminated.
-fn path_with_number<'a>(buf: &'a mut [u8; 48], prefix: &[u8], n: i32) -> &'a [u8] {
-    buf[..prefix.len()].copy_from_slice(prefix);
-    let mut digits = [0u8; 10];
-    let mut k = 0;
-    let mut v = n.unsigned_abs();
-    loop {
-        digits[k] = b'0' + (v % 10) as u8;
-        k += 1;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    let mut at = prefix.len();
-    for i in (0..k).rev() {
-        buf[at] = digits[i];
-        at += 1;
-    }
-    buf[at] = 0;
-    &buf[..=at]
-}
-
 /// Whether the directory open at `fd` is an fd directory of this process.
 /// Two syscalls at most, both with the cookie (nothing for a supervisor).
 fn lists_own_fds(fd: i32) -> bool {
     let mut path = [0u8; 48];
-    let path = path_with_number(&mut path, b"/proc/self/fd/", fd);
+    let path = sys::with_number(&mut path, b"/proc/self/fd/", fd);
     let mut target = [0u8; 64];
     // SAFETY: readlinkat of a NUL-terminated path into a local buffer of
     // the length given.
@@ -193,7 +170,7 @@ fn lists_own_fds(fd: i32) -> bool {
     // thread), or a /proc that counts pids in another namespace than
     // getpid(): either way /proc/self/task lists it.
     let mut task = [0u8; 48];
-    let task = path_with_number(&mut task, b"/proc/self/task/", pid);
+    let task = sys::with_number(&mut task, b"/proc/self/task/", pid);
     // SAFETY: an all-zero stat is a valid buffer for the kernel to fill.
     let mut stat: libc::stat = unsafe { core::mem::zeroed() };
     // SAFETY: newfstatat of a NUL-terminated path into a local buffer.
@@ -248,11 +225,11 @@ mod tests {
     fn paths() {
         let mut b = [0u8; 48];
         assert_eq!(
-            path_with_number(&mut b, b"/proc/self/fd/", 0),
+            sys::with_number(&mut b, b"/proc/self/fd/", 0),
             b"/proc/self/fd/0\0"
         );
         assert_eq!(
-            path_with_number(&mut b, b"/proc/self/task/", i32::MAX),
+            sys::with_number(&mut b, b"/proc/self/task/", i32::MAX),
             b"/proc/self/task/2147483647\0"
         );
     }

@@ -674,33 +674,10 @@ pub fn announce() {
     };
 }
 
-/// Formats `handles-table:<pid>` into `buf` (NUL-terminated).
-fn table_name(pid: i32, buf: &mut [u8; 40]) {
-    let prefix = b"handles-table:";
-    buf[..prefix.len()].copy_from_slice(prefix);
-    let mut digits = [0u8; 12];
-    let mut n = pid.unsigned_abs();
-    let mut k = 0;
-    loop {
-        digits[k] = b'0' + (n % 10) as u8;
-        k += 1;
-        n /= 10;
-        if n == 0 || k == digits.len() {
-            break;
-        }
-    }
-    let mut at = prefix.len();
-    for i in (0..k).rev() {
-        buf[at] = digits[i];
-        at += 1;
-    }
-    buf[at] = 0;
-}
-
 /// Creates, sizes, seals and maps a new table memfd; returns (fd, base).
 fn new_table(pid: i32, cap: u32) -> Option<(i32, *mut u8)> {
-    let mut name = [0u8; 40];
-    table_name(pid, &mut name);
+    let mut name = [0u8; 48];
+    let name = sys::with_number(&mut name, b"handles-table:", pid);
     // SAFETY: memfd_create with a NUL-terminated name in a local buffer.
     let fd = unsafe {
         sys::sc(

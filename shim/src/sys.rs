@@ -268,3 +268,26 @@ pub fn random_u32() -> u32 {
         (ts.tv_nsec as u32) ^ ((getpid() as u32) << 16)
     }
 }
+
+/// Writes `prefix` and the decimal `n` into `buf`, NUL-terminated.
+pub fn with_number<'a>(buf: &'a mut [u8; 48], prefix: &[u8], n: i32) -> &'a [u8] {
+    buf[..prefix.len()].copy_from_slice(prefix);
+    let mut digits = [0u8; 10];
+    let mut k = 0;
+    let mut v = n.unsigned_abs();
+    loop {
+        digits[k] = b'0' + (v % 10) as u8;
+        k += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let mut at = prefix.len();
+    for i in (0..k).rev() {
+        buf[at] = digits[i];
+        at += 1;
+    }
+    buf[at] = 0;
+    &buf[..=at]
+}
