@@ -171,23 +171,7 @@ fn lists_own_fds(fd: i32) -> bool {
     // getpid(): either way /proc/self/task lists it.
     let mut task = [0u8; 48];
     let task = sys::with_number(&mut task, b"/proc/self/task/", pid);
-    // SAFETY: an all-zero stat is a valid buffer for the kernel to fill.
-    let mut stat: libc::stat = unsafe { core::mem::zeroed() };
-    // SAFETY: newfstatat of a NUL-terminated path into a local buffer.
-    let r = unsafe {
-        sys::sc(
-            libc::SYS_newfstatat,
-            [
-                libc::AT_FDCWD as u64,
-                task.as_ptr() as u64,
-                (&raw mut stat) as u64,
-                libc::AT_SYMLINK_NOFOLLOW as u64,
-                0,
-                0,
-            ],
-        )
-    };
-    r == 0
+    sys::stat_path(task, libc::AT_SYMLINK_NOFOLLOW).is_some()
 }
 
 #[cfg(test)]

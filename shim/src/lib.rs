@@ -95,26 +95,9 @@ fn mode_is_set_id(mode: u32) -> bool {
 /// set-group-ID or has file capabilities; None when it cannot be stat'ed.
 /// Raw syscalls, no allocation.
 fn file_is_privileged(path: &core::ffi::CStr) -> Option<bool> {
-    // SAFETY: an all-zero stat is a valid buffer for the kernel to fill.
-    let mut st: libc::stat = unsafe { core::mem::zeroed() };
-    // SAFETY: newfstatat with a NUL-terminated path and a stat buffer that
-    // lives across the call; flags 0 follows the /proc/self/exe link.
-    let r = unsafe {
-        sys::raw(
-            libc::SYS_newfstatat,
-            [
-                libc::AT_FDCWD as u64,
-                path.as_ptr() as u64,
-                (&raw mut st) as u64,
-                0,
-                0,
-                0,
-            ],
-        )
-    };
-    if r < 0 {
-        return None;
-    }
+    // Flags 0 follows the /proc/self/exe link. (The constructor runs
+    // before the cookie is set: this goes out as a plain syscall.)
+    let st = sys::stat_path(path.to_bytes_with_nul(), 0)?;
     if mode_is_set_id(st.st_mode) {
         return Some(true);
     }

@@ -291,3 +291,29 @@ pub fn with_number<'a>(buf: &'a mut [u8; 48], prefix: &[u8], n: i32) -> &'a [u8]
     buf[at] = 0;
     &buf[..=at]
 }
+
+/// `newfstatat(AT_FDCWD, path, flags)`: the file's stat, None on error.
+/// `path` must be NUL-terminated. Carries the cookie when one is set.
+pub fn stat_path(path: &[u8], flags: c_int) -> Option<libc::stat> {
+    if path.last() != Some(&0) {
+        return None;
+    }
+    // SAFETY: an all-zero stat is a valid buffer for the kernel to fill.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: a NUL-terminated path (checked above) and a stat buffer
+    // that lives across the call.
+    let r = unsafe {
+        sc(
+            libc::SYS_newfstatat,
+            [
+                libc::AT_FDCWD as u64,
+                path.as_ptr() as u64,
+                (&raw mut st) as u64,
+                flags as u64,
+                0,
+                0,
+            ],
+        )
+    };
+    (r == 0).then_some(st)
+}
