@@ -2,7 +2,8 @@
 //! straight to libc's internal symbols, past the PLT, so the shim wraps
 //! the functions themselves: the real ones (found with
 //! dlsym(RTLD_NEXT)) do the work, and the shim registers the stream's fd
-//! afterwards.
+//! afterwards. Their uses of a stream's fd, which libc makes from inside,
+//! are checked in `streams`.
 //!
 //! Closing a stream is quarantined without a race: before the real
 //! fclose/closedir runs, the stream's fd is duplicated to a spare number,
@@ -27,6 +28,8 @@ use crate::report::{self, After, Call, Op};
 use crate::stack;
 use crate::state::{self as st, active, enter, leave, Named};
 use crate::sys;
+
+mod streams;
 
 /// Offset of `_fileno` in glibc's `struct _IO_FILE` on x86_64: `_flags`
 /// (padded to 8), eleven buffer pointers, `_markers`, `_chain`.
@@ -56,6 +59,16 @@ impl Real {
         let p = unsafe { libc::dlsym(libc::RTLD_NEXT, self.name.as_ptr()) } as usize;
         self.p.store(p, Relaxed);
         p
+    }
+
+    /// The function as `F` if it is resolved already (the constructor
+    /// resolves them all): a wrapper's fast path never calls dlsym.
+    #[inline(always)]
+    fn resolved<F: Copy>(&self) -> Option<F> {
+        const { assert!(core::mem::size_of::<F>() == core::mem::size_of::<usize>()) };
+        let p = self.p.load(Relaxed);
+        // SAFETY: p is libc's function of type F (the caller names it).
+        (p != 0).then(|| unsafe { core::mem::transmute_copy::<usize, F>(&p) })
     }
 
     /// The function as `F` (a function pointer type matching libc's).
@@ -139,6 +152,7 @@ pub fn init() {
     for r in ALL {
         r.addr();
     }
+    streams::init();
 }
 
 fn emfile() -> bool {

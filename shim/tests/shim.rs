@@ -44,23 +44,35 @@ static COMPILE: Mutex<()> = Mutex::new(());
 
 /// Compiles `tests/fixtures/NAME.c` once per test binary.
 fn fixture(name: &str) -> PathBuf {
+    fixture_with(name, &[])
+}
+
+/// [`fixture`] with extra cc flags (after the default -O0), as its own
+/// executable.
+fn fixture_with(name: &str, extra: &[&str]) -> PathBuf {
     let _g = COMPILE.lock().unwrap_or_else(|e| e.into_inner());
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{name}.c"));
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("shim-fixtures");
     std::fs::create_dir_all(&dir).expect("fixture dir");
-    let out = dir.join(name);
+    let tag: String = extra
+        .iter()
+        .map(|f| format!("-{}", f.trim_start_matches('-').replace(['/', '='], "_")))
+        .collect();
+    let out = dir.join(format!("{name}{tag}"));
     let fresh = match (std::fs::metadata(&src), std::fs::metadata(&out)) {
         (Ok(s), Ok(o)) => o.modified().ok() >= s.modified().ok(),
         _ => false,
     };
     if !fresh {
         let st = Command::new("cc")
-            .args(["-g", "-O0", "-pthread", "-Wall", "-o"])
+            .args(["-g", "-O0", "-pthread", "-Wall"])
+            .args(extra)
+            .arg("-o")
             .arg(&out)
             .arg(&src)
             .status()
             .expect("run cc");
-        assert!(st.success(), "compiling {name} failed");
+        assert!(st.success(), "compiling {name} {extra:?} failed");
     }
     out
 }
@@ -259,6 +271,130 @@ fn use_after_fclose_traps() {
         "read(3, ",
         "use of a closed handle (its fd number is quarantined)",
     );
+}
+
+#[test]
+fn a_stream_whose_fd_was_closed_traps_at_the_stdio_call() {
+    // libc would reach the fd from inside fputs, where no syscall
+    // wrapper sees it: the shim checks the stream at fputs.
+    let o = bugs("stdio-uac", &[]);
+    assert_trapped(&o);
+    assert!(
+        !stdout(&o).contains("fputs="),
+        "dies in fputs\n{}",
+        stdout(&o)
+    );
+    assert_report(
+        &stderr(&o),
+        "fputs(3)",
+        "use of a closed handle (its fd number is quarantined)",
+    );
+}
+
+/// Both builds of shim_stdio: plain, and fortified with the inline
+/// unlocked getc/putc (the __*_chk entries, __uflow and __overflow).
+const STDIO_BUILDS: [&[&str]; 2] = [&[], &["-O2", "-D_FORTIFY_SOURCE=2"]];
+
+fn scratch(test: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("shim-scratch")
+        .join(format!("{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("scratch dir");
+    d
+}
+
+#[test]
+fn a_stdio_heavy_program_behaves_as_natively() {
+    let dir = scratch("stdio-clean");
+    for flags in STDIO_BUILDS {
+        let prog = fixture_with("shim_stdio", flags);
+        let mk = |pre: bool| {
+            let mut c = if pre {
+                preloaded(&prog)
+            } else {
+                command(&prog)
+            };
+            c.arg("clean").arg(&dir);
+            run(c)
+        };
+        let native = mk(false);
+        let shimmed = mk(true);
+        assert!(native.status.success(), "{flags:?}: {}", stderr(&native));
+        let out = stdout(&native);
+        assert!(
+            out.contains("\n299: end=") && out.ends_with("popen: piped\npclose=0\n"),
+            "{flags:?}: the fixture ran every round\n{out}"
+        );
+        assert_eq!(out, stdout(&shimmed), "{flags:?}: stdout differs");
+        assert_eq!(
+            native.status.code(),
+            shimmed.status.code(),
+            "{flags:?}: {}",
+            stderr(&shimmed)
+        );
+        assert_eq!(stderr(&shimmed), "", "{flags:?}");
+    }
+}
+
+#[test]
+fn every_checked_stdio_call_on_a_stream_whose_fd_was_closed_fails_with_ebadf() {
+    // Under deny (no report) and allow (no report, but a quarantined
+    // number still answers as closed): each call returns its documented
+    // error value with EBADF without running, and a read or write sets
+    // the error indicator, as libc does when the fd fails. Natively
+    // the writes succeed into the buffer instead.
+    let expected = "\
+fputs=-1 EBADF ferror=1
+fputc=-1 EBADF ferror=1
+putc=-1 EBADF ferror=1
+putc_unlocked=-1 EBADF ferror=1
+fwrite=0 EBADF ferror=1
+fprintf=-1 EBADF ferror=1
+vfprintf=-1 EBADF ferror=1
+fflush=-1 EBADF ferror=1
+fgets=0 EBADF ferror=1
+fgetc=-1 EBADF ferror=1
+getc=-1 EBADF ferror=1
+getc_unlocked=-1 EBADF ferror=1
+fread=0 EBADF ferror=1
+getline=-1 EBADF ferror=1
+getdelim=-1 EBADF ferror=1
+fscanf=-1 EBADF ferror=1
+vfscanf=-1 EBADF ferror=1
+dprintf=-1 EBADF ferror=0
+vdprintf=-1 EBADF ferror=0
+fseek=-1 EBADF ferror=0
+fseeko=-1 EBADF ferror=0
+ftell=-1 EBADF ferror=0
+ftello=-1 EBADF ferror=0
+fgetpos=-1 EBADF ferror=0
+fsetpos=-1 EBADF ferror=0
+rewind=0 EBADF ferror=0
+fflush(NULL)=0 Success ferror=0
+";
+    let dir = scratch("stdio-closed");
+    for flags in STDIO_BUILDS {
+        let prog = fixture_with("shim_stdio", flags);
+        let mut c = command(&prog);
+        c.arg("closed").arg(&dir);
+        let native = run(c);
+        assert!(
+            stdout(&native).starts_with("fputs=1 Success ferror=0\n"),
+            "natively fputs only fills the buffer\n{}",
+            stdout(&native)
+        );
+        for policy in ["deny", "allow"] {
+            let mut c = preloaded(&prog);
+            c.arg("closed")
+                .arg(&dir)
+                .env("HANDLES_POLICY", format!("v1,bad-handle={policy}"));
+            let o = run(c);
+            assert!(o.status.success(), "{flags:?} {policy}: {:?}", o.status);
+            assert_eq!(stdout(&o), expected, "{flags:?} {policy}");
+            assert_eq!(stderr(&o), "", "{flags:?} {policy}");
+        }
+    }
 }
 
 #[test]
@@ -1637,6 +1773,14 @@ fn under_a_supervisor_bad_calls_and_raw_fd_syscalls_carry_markers() {
     let (out, marked) = marks(&bugs, &["fdopen-uac"]);
     assert!(out.contains("fdopen failed"), "{out}");
     let (nr, tag, args) = one(&marked, "fdopen");
+    let fd = fd_in(&out, "fd=");
+    assert_eq!((nr, tag, args[0]), (libc::SYS_fstat, marker::CHECK, fd));
+
+    // A stdio function: no syscall of its own to mark, an fstat of the
+    // stream's fd stands for it.
+    let (out, marked) = marks(&bugs, &["stdio-uac"]);
+    assert!(out.contains("fputs=-1 EBADF"), "{out}");
+    let (nr, tag, args) = one(&marked, "fputs");
     let fd = fd_in(&out, "fd=");
     assert_eq!((nr, tag, args[0]), (libc::SYS_fstat, marker::CHECK, fd));
 
