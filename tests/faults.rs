@@ -1153,3 +1153,29 @@ fn strace_and_gdb_under_handles_fail_clearly_in_both_modes() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Real-time signals
+
+#[test]
+fn real_time_signals_are_delivered_and_a_death_by_one_is_reported() {
+    // nix's waitpid cannot name a real-time signal and failed with EINVAL,
+    // after the kernel had consumed the status: pthread_cancel (SIGRTMIN)
+    // made `handles run` give up with exit 125 and lose the job.
+    let prog = fixture("fault_rtsig");
+    let rtmin = libc::SIGRTMIN();
+    for mode in MODES {
+        let r = run(under(mode, &[], &prog, &["cancel"]));
+        r.assert_code(0, &format!("{mode:?} cancel"));
+        assert_eq!(r.stdout, "joined\n", "{mode:?}\n{}", r.describe());
+        r.assert_silent(&format!("{mode:?} cancel"));
+
+        let r = run(under(mode, &[], &prog, &["handle"]));
+        r.assert_code(0, &format!("{mode:?} handle"));
+        assert_eq!(r.stdout, "got 6\n", "{mode:?}\n{}", r.describe());
+
+        let r = run(under(mode, &[], &prog, &["die"]));
+        r.assert_code(128 + rtmin + 3, &format!("{mode:?} die"));
+        r.assert_silent(&format!("{mode:?} die"));
+    }
+}

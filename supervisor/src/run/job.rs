@@ -21,7 +21,7 @@ pub(super) use handles_model::ObjType;
 pub(super) use nix::errno::Errno;
 pub(super) use nix::sys::ptrace;
 pub(super) use nix::sys::signal::Signal;
-pub(super) use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+pub(super) use nix::sys::wait::WaitStatus;
 pub(super) use nix::unistd::Pid;
 
 pub(super) use super::fdtable::{runs, FdTable, ObjectFacts, Origin, Slot, Stack};
@@ -506,13 +506,32 @@ impl Job {
         if let Some(st) = self.deferred.statuses.pop() {
             return Ok(Some(st));
         }
+        for (pid, sig, core) in std::mem::take(&mut self.deferred.killed) {
+            self.on_gone(pid, Exit::Signal(sig, core));
+        }
         loop {
             let sig = FORWARD_SIGNAL.swap(0, Ordering::SeqCst);
             if sig != 0 {
                 self.forward(sig);
             }
-            match waitpid(None, Some(WaitPidFlag::__WALL)) {
-                Ok(st) => return Ok(Some(st)),
+            match tracer::wait(None) {
+                Ok(tracer::Waited::Status(st)) => return Ok(Some(st)),
+                // Real-time signals: passed on as they came.
+                Ok(tracer::Waited::SignalStop(tid, sig)) => {
+                    let detach = self
+                        .threads
+                        .get(&tid)
+                        .and_then(|t| self.procs.get(&t.tgid))
+                        .is_some_and(|p| p.detaching);
+                    if detach {
+                        self.threads.remove(&tid);
+                    }
+                    // ESRCH: killed meanwhile; its exit comes next.
+                    let _ = tracer::resume_with(tid, sig, detach);
+                }
+                Ok(tracer::Waited::Killed(pid, sig, core)) => {
+                    self.on_gone(pid, Exit::Signal(sig, core));
+                }
                 Err(Errno::EINTR) => continue,
                 Err(Errno::ECHILD) => return Ok(None),
                 Err(e) => return Err(RunError::Wait(e)),
@@ -546,7 +565,7 @@ impl Job {
         for (tid, sig) in std::mem::take(&mut self.deferred.signals) {
             if let Some(t) = self.threads.get(&tid) {
                 // SAFETY: tgkill to one of our tracees.
-                unsafe { libc::syscall(libc::SYS_tgkill, t.tgid, tid, sig as i32) };
+                unsafe { libc::syscall(libc::SYS_tgkill, t.tgid, tid, sig) };
             }
         }
     }

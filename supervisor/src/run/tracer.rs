@@ -12,8 +12,7 @@ use std::io;
 
 use nix::errno::Errno;
 use nix::sys::ptrace;
-use nix::sys::signal::Signal;
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
 pub type Regs = libc::user_regs_struct;
@@ -133,7 +132,65 @@ impl From<Errno> for InjectError {
 #[derive(Default, Debug)]
 pub struct Deferred {
     pub statuses: Vec<WaitStatus>,
-    pub signals: Vec<(i32, Signal)>,
+    /// (tid, signal number): real-time signals included.
+    pub signals: Vec<(i32, i32)>,
+    /// (pid, signal, core dumped): deaths by a signal nix cannot name.
+    pub killed: Vec<(i32, i32, bool)>,
+}
+
+/// A wait status, including what nix's `WaitStatus` cannot hold: nix
+/// knows only the classic signals, and its waitpid fails with EINVAL on
+/// a stop or death by a real-time one (glibc's pthread_cancel and
+/// setxid broadcasts use SIGRTMIN and SIGRTMIN+1), after the kernel has
+/// already consumed the status.
+#[derive(Debug)]
+pub enum Waited {
+    Status(WaitStatus),
+    /// Signal-delivery stop for a signal nix cannot name.
+    SignalStop(i32, i32),
+    /// Killed by a signal nix cannot name (pid, signal, core dumped).
+    Killed(i32, i32, bool),
+}
+
+/// waitpid(pid or -1, __WALL), decoded without losing any status.
+pub fn wait(pid: Option<i32>) -> Result<Waited, Errno> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: waitpid writes one int into `status`.
+    let r = unsafe { libc::waitpid(pid.unwrap_or(-1), &mut status, libc::__WALL) };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    if let Ok(st) = WaitStatus::from_raw(Pid::from_raw(r), status) {
+        return Ok(Waited::Status(st));
+    }
+    if libc::WIFSIGNALED(status) {
+        return Ok(Waited::Killed(
+            r,
+            libc::WTERMSIG(status),
+            libc::WCOREDUMP(status),
+        ));
+    }
+    if libc::WIFSTOPPED(status) {
+        return Ok(Waited::SignalStop(r, libc::WSTOPSIG(status)));
+    }
+    Err(Errno::EINVAL)
+}
+
+/// Resumes `tid` (PTRACE_CONT, or PTRACE_DETACH) delivering signal `sig`
+/// by number, real-time ones included.
+pub fn resume_with(tid: i32, sig: i32, detach: bool) -> Result<(), Errno> {
+    let req = if detach {
+        libc::PTRACE_DETACH
+    } else {
+        libc::PTRACE_CONT
+    };
+    // SAFETY: PTRACE_CONT/DETACH of our own tracee; data is a signal number.
+    let r = unsafe { libc::ptrace(req, tid, 0, sig as libc::c_long) };
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(())
+    }
 }
 
 /// Resumes `tid` with PTRACE_SYSCALL and waits for its next syscall stop,
@@ -142,8 +199,17 @@ fn step_to_syscall_stop(tid: i32, deferred: &mut Deferred) -> Result<(), InjectE
     let pid = Pid::from_raw(tid);
     ptrace::syscall(pid, None)?;
     loop {
-        let st = match waitpid(pid, Some(WaitPidFlag::__WALL)) {
-            Ok(st) => st,
+        let st = match wait(Some(tid)) {
+            Ok(Waited::Status(st)) => st,
+            Ok(Waited::SignalStop(_, sig)) => {
+                deferred.signals.push((tid, sig));
+                ptrace::syscall(pid, None)?;
+                continue;
+            }
+            Ok(Waited::Killed(p, sig, core)) => {
+                deferred.killed.push((p, sig, core));
+                return Err(InjectError::Gone);
+            }
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
         };
@@ -159,7 +225,7 @@ fn step_to_syscall_stop(tid: i32, deferred: &mut Deferred) -> Result<(), InjectE
             WaitStatus::Stopped(_, sig) => {
                 // A signal arrived on the way back to user mode: hold it, and
                 // let the caller raise it again when the thread is its own.
-                deferred.signals.push((tid, sig));
+                deferred.signals.push((tid, sig as i32));
                 ptrace::syscall(pid, None)?;
             }
             WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
