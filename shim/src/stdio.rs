@@ -486,10 +486,7 @@ fn check_fd(fd: c_int, name: &str) -> Option<c_int> {
     }
     st::ensure_own_table();
     let v = match s {
-        state::INTERNAL if st::internal(fd) => Some(report::Verdict {
-            result: Some(-(libc::EBADF as i64)),
-            after: After::Nothing,
-        }),
+        state::INTERNAL if st::internal(fd) => Some(not_the_programs()),
         state::TOMBSTONE => Some(report::bad_handle(Op::Use, fd, &Call::libc(name, fd), 0)),
         state::FREE if !sys::is_open(fd) => {
             Some(report::bad_handle(Op::Use, fd, &Call::libc(name, fd), 0))
@@ -500,6 +497,23 @@ fn check_fd(fd: c_int, name: &str) -> Option<c_int> {
         }
         _ => None,
     };
+    conclude(v)
+}
+
+/// The verdict on a stream or fd call that names one of the shim's own
+/// numbers: as if nothing were open there (EBADF, no report), and the
+/// shim's table stays untouched.
+fn not_the_programs() -> report::Verdict {
+    report::Verdict {
+        result: Some(-(libc::EBADF as i64)),
+        after: After::Nothing,
+    }
+}
+
+/// Ends a check begun with `enter()`: leaves the shim first, then carries
+/// out the verdict's after-effect (a trap or a kill). Some(errno) when the
+/// call must fail without running.
+fn conclude(v: Option<report::Verdict>) -> Option<c_int> {
     leave();
     let v = v?;
     let r = v.result?;

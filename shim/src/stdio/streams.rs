@@ -23,8 +23,8 @@ use handles_model::table::state;
 use libc::{size_t, ssize_t, FILE};
 
 use super::{no_fn, Real, FILENO_OFFSET};
-use crate::report::{self, After, Call, Op};
-use crate::state::{self as st, active, enter, leave};
+use crate::report::{self, Call, Op};
+use crate::state::{self as st, active, enter};
 use crate::sys;
 
 /// glibc's `_IO_IS_FILEBUF` (the stream has an fd; fileno() tests it)
@@ -198,19 +198,11 @@ fn check_slow(fd: c_int, name: &str, frame: usize) -> Option<c_int> {
             &Call::libc(name, fd),
             frame,
         )),
-        // A stale stream on a number the shim took for itself: as if
-        // nothing were open there, and the shim's table stays untouched.
-        Some(state::INTERNAL) if st::internal(fd) => Some(report::Verdict {
-            result: Some(-(libc::EBADF as i64)),
-            after: After::Nothing,
-        }),
+        // A stale stream on a number the shim took for itself.
+        Some(state::INTERNAL) if st::internal(fd) => Some(super::not_the_programs()),
         _ => None,
     };
-    leave();
-    let v = v?;
-    let r = v.result?;
-    report::apply(v.after);
-    Some(-r as c_int)
+    super::conclude(v)
 }
 
 /// What a failure does to the stream besides errno.
