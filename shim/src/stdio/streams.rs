@@ -84,6 +84,9 @@ reals! {
     ISOC99_VFSCANF = c"__isoc99_vfscanf",
     VDPRINTF = c"vdprintf",
     VDPRINTF_CHK = c"__vdprintf_chk",
+    FSTATVFS = c"fstatvfs",
+    FSTATVFS64 = c"fstatvfs64",
+    FPATHCONF = c"fpathconf",
     GETLINE = c"getline",
     GETDELIM = c"getdelim",
     INTERNAL_GETDELIM = c"__getdelim",
@@ -354,6 +357,13 @@ on_stream!(vfscanf, VFSCANF, Io, (f: *mut FILE, fmt: *const c_char, ap: VaList) 
 on_stream!(__isoc99_vfscanf, ISOC99_VFSCANF, Io, (f: *mut FILE, fmt: *const c_char, ap: VaList) -> c_int, f, EOF);
 on_fd!(vdprintf, VDPRINTF, (fd: c_int, fmt: *const c_char, ap: VaList) -> c_int, fd, -1);
 on_fd!(__vdprintf_chk, VDPRINTF_CHK, (fd: c_int, flag: c_int, fmt: *const c_char, ap: VaList) -> c_int, fd, -1);
+
+// libc functions of an fd that reach it through libc's internal fstatfs,
+// which a quarantined number (an O_PATH tombstone) would answer: natively
+// a closed fd fails them with EBADF (CPython's test_os checks it).
+on_fd!(fstatvfs, FSTATVFS, (fd: c_int, buf: *mut libc::statvfs) -> c_int, fd, -1);
+on_fd!(fstatvfs64, FSTATVFS64, (fd: c_int, buf: *mut libc::statvfs64) -> c_int, fd, -1);
+on_fd!(fpathconf, FPATHCONF, (fd: c_int, name: c_int) -> libc::c_long, fd, -1);
 
 on_stream!(getline, GETLINE, Io, (line: *mut *mut c_char, n: *mut size_t, f: *mut FILE) -> ssize_t, f, -1);
 on_stream!(getdelim, GETDELIM, Io, (line: *mut *mut c_char, n: *mut size_t, delim: c_int, f: *mut FILE) -> ssize_t, f, -1);
