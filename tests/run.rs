@@ -1704,13 +1704,26 @@ fn listed_fds(process: &serde_json::Value) -> BTreeSet<i32> {
 }
 
 /// fd numbers in /proc/PID/fd that link to "/" (O_PATH tombstones).
+/// The fds of `pid` that are tombstones (or their source): O_PATH fds on
+/// "/" (the supervisor's) or on the shim's table memfd (the shim's; the
+/// table itself is an O_RDWR fd, a real handle the process holds).
 fn proc_fds_to_root(pid: i32) -> BTreeSet<i32> {
     fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("read /proc/PID/fd")
         .filter_map(|e| {
             let e = e.ok()?;
-            let fd = e.file_name().to_str()?.parse().ok()?;
-            (fs::read_link(e.path()).ok()? == Path::new("/")).then_some(fd)
+            let fd: i32 = e.file_name().to_str()?.parse().ok()?;
+            let link = fs::read_link(e.path()).ok()?;
+            if link == Path::new("/") {
+                return Some(fd);
+            }
+            let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
+            let flags = info
+                .lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|f| u64::from_str_radix(f.trim(), 8).ok())?;
+            let o_path = flags & libc::O_PATH as u64 != 0;
+            (o_path && link.to_str()?.starts_with("/memfd:handles-table:")).then_some(fd)
         })
         .collect()
 }
@@ -2308,5 +2321,32 @@ fn the_built_in_bash_rule_applies_in_every_mode_and_can_be_turned_off() {
             "{mode:?}\n{}",
             r.text()
         );
+    }
+}
+
+#[test]
+fn a_closed_dirfd_never_resolves_paths_from_somewhere_else() {
+    // The quarantine's tombstone used to be an O_PATH fd on "/": a libc
+    // *at call the shim does not wrap, on a closed dirfd, resolved
+    // "etc/hostname" from the root under the lenient filter.
+    let prog = fixture("run_closed_dirfd");
+    let n = native(&prog, &[] as &[&str]);
+    assert_eq!(
+        stdout_of(&n),
+        "fstatat=-1\nfaccessat=-1\n",
+        "{}",
+        describe(&n)
+    );
+    for mode in [
+        &["--policy", "bad-handle=deny"][..],
+        &["--no-ptrace", "--policy", "bad-handle=deny"][..],
+    ] {
+        let mut args: Vec<&str> = mode.to_vec();
+        args.push("--");
+        let p = prog.to_str().unwrap();
+        args.push(p);
+        let o = handles_run(&args);
+        assert_code(&o, 0);
+        assert_eq!(stdout_of(&o), stdout_of(&n), "{mode:?}\n{}", describe(&o));
     }
 }

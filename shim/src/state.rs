@@ -606,26 +606,55 @@ pub fn yield_internal(which: &AtomicI32) -> bool {
     true
 }
 
-/// Opens the tombstone source (an O_PATH fd on "/") if there is none.
+/// Opens the tombstone source if there is none: an O_PATH fd on the
+/// table's memfd, so that every quarantined number fails read, write,
+/// ioctl, mmap... with EBADF and, not being a directory, every *at call
+/// that takes it as dirfd with ENOTDIR. An O_PATH fd on "/" (the first
+/// choice, kept as the fallback for kernels without open_tree) made a
+/// relative fstatat/faccessat/unlinkat on a closed dirfd resolve from the
+/// root directory whenever nobody checked the call (libc's calls under
+/// the supervisor's lenient filter, the *at functions the shim does not
+/// wrap): a silent wrong-object access.
 pub fn tomb_src() -> i32 {
     let cur = TOMB_SRC.load(Relaxed);
     if cur >= 0 {
         return cur;
     }
-    // SAFETY: openat on a static NUL-terminated path.
-    let fd = unsafe {
-        sys::sc(
-            libc::SYS_openat,
-            [
-                libc::AT_FDCWD as u64,
-                c"/".as_ptr() as u64,
-                (libc::O_PATH | libc::O_CLOEXEC) as u64,
-                0,
-                0,
-                0,
-            ],
-        )
-    };
+    let table = TABLE_FD.load(Relaxed);
+    let mut fd = -1;
+    if table >= 0 {
+        // SAFETY: open_tree(fd, "", AT_EMPTY_PATH) reopens our own memfd
+        // as O_PATH; the path is a static empty C string.
+        fd = unsafe {
+            sys::sc(
+                libc::SYS_open_tree,
+                [
+                    table as u64,
+                    c"".as_ptr() as u64,
+                    (libc::AT_EMPTY_PATH | libc::O_CLOEXEC) as u64,
+                    0,
+                    0,
+                    0,
+                ],
+            )
+        };
+    }
+    if fd < 0 {
+        // SAFETY: openat on a static NUL-terminated path.
+        fd = unsafe {
+            sys::sc(
+                libc::SYS_openat,
+                [
+                    libc::AT_FDCWD as u64,
+                    c"/".as_ptr() as u64,
+                    (libc::O_PATH | libc::O_CLOEXEC) as u64,
+                    0,
+                    0,
+                    0,
+                ],
+            )
+        };
+    }
     if fd < 0 {
         return -1;
     }

@@ -232,7 +232,13 @@ fn apply_published(
     stacks: bool,
 ) -> (Source, u32, Option<String>) {
     use handles_model::table::state;
-    let own: Vec<(i32, &str)> = handles.iter().map(|h| (h.fd, h.target.as_str())).collect();
+    // The table is the memfd opened read-write; the shim's tombstones are
+    // O_PATH fds on the same memfd, and must not be taken for it.
+    let own: Vec<(i32, &str)> = handles
+        .iter()
+        .filter(|h| h.flags & oflags::PATH == 0)
+        .map(|h| (h.fd, h.target.as_str()))
+        .collect();
     let (source, own_fd, mapped) = match shared::find(pid, &own, tracer) {
         Some(shared::Found::Shim(fd, m)) => (Source::Shim, Some(fd), m),
         Some(shared::Found::Supervisor(m)) => (Source::Supervisor, None, m),
@@ -245,7 +251,8 @@ fn apply_published(
         Err(e) => return (Source::Proc, 0, Some(e.to_string())),
     };
     // A table can only hide what its writers hide: tombstones and the
-    // tombstone source are O_PATH fds (on "/"). A program can scribble on
+    // tombstone source are O_PATH fds (on "/" for the supervisor's, on the
+    // table's memfd for the shim's). A program can scribble on
     // its own shim's table; a slot that calls anything else a tombstone is
     // not believed, so the table never hides a real handle.
     handles.retain_mut(|h| {
