@@ -255,16 +255,17 @@ fn suspect_fd(fd: c_int) -> bool {
     matches!(st::state_of(fd), Some(state::TOMBSTONE | state::INTERNAL))
 }
 
-/// A function of a stream: the stream `$f` is checked, then libc's
-/// function runs with the program's arguments. The fast path is loads
-/// and a tail jump to libc; anything else (a missing function, a suspect
-/// number, a failure) is in `slow`, out of line, so that the fast path
-/// saves no registers. No trampoline (frame 0, stacks from the unwinder,
-/// as for read and write): putc and getc run once per character, and a
-/// trampoline would add its own call and return to every one.
-macro_rules! on_stream {
-    ($name:ident, $real:ident, $kind:ident,
-     ($($arg:ident: $ty:ty),*) -> $ret:ty, $f:ident, $fail:expr) => {
+/// A checked libc function: `$check` (Some(errno) to fail) runs on the
+/// slow path only, which `$suspect` (loads only) or a missing function
+/// sends calls to; otherwise libc's function runs with the program's
+/// arguments. The fast path is loads and a tail jump to libc; the rest is
+/// in `slow`, out of line, so that the fast path saves no registers. No
+/// trampoline (frame 0, stacks from the unwinder, as for read and
+/// write): putc and getc run once per character, and a trampoline would
+/// add its own call and return to every one.
+macro_rules! checked_call {
+    ($name:ident, $real:ident, $kind:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty, $fail:expr,
+     suspect: $suspect:expr, check: $check:expr, stream: $stream:expr) => {
         #[no_mangle]
         pub unsafe extern "C-unwind" fn $name($($arg: $ty),*) -> $ret {
             type F = unsafe extern "C-unwind" fn($($ty),*) -> $ret;
@@ -274,15 +275,15 @@ macro_rules! on_stream {
                 let Some(real) = $real.get::<F>() else {
                     return no_fn($fail);
                 };
-                if let Some(e) = check_stream($f, stringify!($name), 0) {
-                    return failed($f, Kind::$kind, e, $fail);
+                if let Some(e) = $check {
+                    return failed($stream, Kind::$kind, e, $fail);
                 }
                 // SAFETY: the program's call, unchanged.
                 unsafe { real($($arg),*) }
             }
             match $real.resolved::<F>() {
                 // SAFETY: the program's call, unchanged.
-                Some(real) if !suspect_stream($f) => unsafe { real($($arg),*) },
+                Some(real) if !$suspect => unsafe { real($($arg),*) },
                 // SAFETY: the same call, through the checks.
                 _ => unsafe { slow($($arg),*) },
             }
@@ -290,31 +291,24 @@ macro_rules! on_stream {
     };
 }
 
-/// A function of an fd (vdprintf): as [`on_stream`], with no stream.
+/// A function of a stream `$f`.
+macro_rules! on_stream {
+    ($name:ident, $real:ident, $kind:ident,
+     ($($arg:ident: $ty:ty),*) -> $ret:ty, $f:ident, $fail:expr) => {
+        checked_call!($name, $real, $kind, ($($arg: $ty),*) -> $ret, $fail,
+            suspect: suspect_stream($f),
+            check: check_stream($f, stringify!($name), 0),
+            stream: $f);
+    };
+}
+
+/// A function of an fd `$fd` (vdprintf, fstatvfs): no stream to flag.
 macro_rules! on_fd {
     ($name:ident, $real:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty, $fd:ident, $fail:expr) => {
-        #[no_mangle]
-        pub unsafe extern "C-unwind" fn $name($($arg: $ty),*) -> $ret {
-            type F = unsafe extern "C-unwind" fn($($ty),*) -> $ret;
-            #[cold]
-            #[inline(never)]
-            unsafe extern "C-unwind" fn slow($($arg: $ty),*) -> $ret {
-                let Some(real) = $real.get::<F>() else {
-                    return no_fn($fail);
-                };
-                if let Some(e) = check_fd($fd, stringify!($name), 0) {
-                    return failed(core::ptr::null_mut(), Kind::Io, e, $fail);
-                }
-                // SAFETY: the program's call, unchanged.
-                unsafe { real($($arg),*) }
-            }
-            match $real.resolved::<F>() {
-                // SAFETY: the program's call, unchanged.
-                Some(real) if !(active() && suspect_fd($fd)) => unsafe { real($($arg),*) },
-                // SAFETY: the same call, through the checks.
-                _ => unsafe { slow($($arg),*) },
-            }
-        }
+        checked_call!($name, $real, Io, ($($arg: $ty),*) -> $ret, $fail,
+            suspect: (active() && suspect_fd($fd)),
+            check: check_fd($fd, stringify!($name), 0),
+            stream: core::ptr::null_mut());
     };
 }
 
