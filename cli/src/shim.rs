@@ -43,18 +43,13 @@ fn cache_dir() -> Result<PathBuf, String> {
     Ok(base)
 }
 
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    })
-}
-
 fn extract_embedded() -> Result<Option<PathBuf>, String> {
     if EMBEDDED.is_empty() {
         return Ok(None);
     }
     let dir = cache_dir()?;
-    let path = dir.join(format!("libhandles_shim-{:016x}.so", fnv1a(EMBEDDED)));
+    // FNV-1a of EMBEDDED, computed by build.rs.
+    let path = dir.join(format!("libhandles_shim-{}.so", env!("HANDLES_SHIM_HASH")));
     if std::fs::metadata(&path).is_ok_and(|m| m.len() == EMBEDDED.len() as u64) {
         return Ok(Some(path));
     }
@@ -91,7 +86,10 @@ pub fn locate() -> Result<Option<PathBuf>, String> {
     // it: in a cargo target dir it may be left over from an older build,
     // and the table layout and the cookie protocol must match ours.
     if let Some(p) = beside_binary() {
-        if EMBEDDED.is_empty() || std::fs::read(&p).is_ok_and(|b| b == EMBEDDED) {
+        // The size first: a stale copy rarely has the same, and the
+        // compare reads the whole file.
+        let same_size = std::fs::metadata(&p).is_ok_and(|m| m.len() == EMBEDDED.len() as u64);
+        if EMBEDDED.is_empty() || (same_size && std::fs::read(&p).is_ok_and(|b| b == EMBEDDED)) {
             return Ok(Some(p));
         }
     }
