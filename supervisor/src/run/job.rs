@@ -299,6 +299,24 @@ pub(super) fn fd_numbers(dir: &str) -> Vec<i32> {
 }
 
 /// The soft RLIMIT_NOFILE of a process.
+/// A process's auxiliary vector (`/proc/PID/auxv`), read once.
+pub(super) struct Auxv(Vec<u8>);
+
+impl Auxv {
+    pub(super) fn read(tgid: i32) -> Option<Auxv> {
+        std::fs::read(format!("/proc/{tgid}/auxv")).ok().map(Auxv)
+    }
+
+    /// The value of entry `key`.
+    pub(super) fn get(&self, key: u64) -> Option<u64> {
+        self.0.chunks_exact(16).find_map(|c| {
+            let k = u64::from_ne_bytes(c[..8].try_into().ok()?);
+            let v = u64::from_ne_bytes(c[8..].try_into().ok()?);
+            (k == key).then_some(v)
+        })
+    }
+}
+
 pub(super) fn nofile_limit(tgid: i32) -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -518,11 +536,7 @@ impl Job {
                 Ok(tracer::Waited::Status(st)) => return Ok(Some(st)),
                 // Real-time signals: passed on as they came.
                 Ok(tracer::Waited::SignalStop(tid, sig)) => {
-                    let detach = self
-                        .threads
-                        .get(&tid)
-                        .and_then(|t| self.procs.get(&t.tgid))
-                        .is_some_and(|p| p.detaching);
+                    let detach = self.is_detaching(tid);
                     if detach {
                         self.threads.remove(&tid);
                     }
@@ -1136,11 +1150,16 @@ impl Job {
 
     /// For `--on-exception=stop`: detaches each thread of a marked process
     /// at its next stop, leaving it stopped.
+    /// `tid`'s process is being detached for `--on-exception=stop`.
+    pub(super) fn is_detaching(&self, tid: i32) -> bool {
+        self.threads
+            .get(&tid)
+            .and_then(|t| self.procs.get(&t.tgid))
+            .is_some_and(|p| p.detaching)
+    }
+
     pub(super) fn detach_if_needed(&mut self, tid: i32, sig: Option<Signal>) -> bool {
-        let Some(tgid) = self.threads.get(&tid).map(|t| t.tgid) else {
-            return false;
-        };
-        if !self.procs.get(&tgid).is_some_and(|p| p.detaching) {
+        if !self.is_detaching(tid) {
             return false;
         }
         let keep = match sig {

@@ -271,18 +271,11 @@ impl ShimTable {
 /// `env` preloads it.
 pub(super) fn will_load(tgid: i32, shim: &std::path::Path, env: &[u8]) -> bool {
     use std::os::unix::ffi::OsStrExt;
-    let Ok(auxv) = std::fs::read(format!("/proc/{tgid}/auxv")) else {
+    let Some(auxv) = super::job::Auxv::read(tgid) else {
         return false;
     };
-    let entry = |key: u64| {
-        auxv.chunks_exact(16).find_map(|c| {
-            let k = u64::from_ne_bytes(c[..8].try_into().ok()?);
-            let v = u64::from_ne_bytes(c[8..].try_into().ok()?);
-            (k == key).then_some(v)
-        })
-    };
-    let base = entry(libc::AT_BASE).unwrap_or(0);
-    if base == 0 || entry(libc::AT_SECURE).unwrap_or(1) != 0 || !glibc_loader_at(tgid, base) {
+    let base = auxv.get(libc::AT_BASE).unwrap_or(0);
+    if base == 0 || auxv.get(libc::AT_SECURE).unwrap_or(1) != 0 || !glibc_loader_at(tgid, base) {
         return false;
     }
     let want = shim.as_os_str().as_bytes();

@@ -55,7 +55,9 @@ impl Job {
             // of a foreign architecture.
             return Ok(());
         }
-        let vdso = auxv_entry(tgid, libc::AT_SYSINFO_EHDR).ok_or("no vDSO")?;
+        let vdso = Auxv::read(tgid)
+            .and_then(|a| a.get(libc::AT_SYSINFO_EHDR))
+            .ok_or("no vDSO")?;
         let offset = match self.vdso_syscall {
             Some(o) => o,
             None => {
@@ -105,16 +107,6 @@ impl Job {
             Some(e) => Err(std::io::Error::from_raw_os_error(e).to_string()),
         }
     }
-}
-
-/// The value of auxiliary vector entry `key` of process `tgid`.
-pub(super) fn auxv_entry(tgid: i32, key: u64) -> Option<u64> {
-    let auxv = std::fs::read(format!("/proc/{tgid}/auxv")).ok()?;
-    auxv.chunks_exact(16).find_map(|c| {
-        let k = u64::from_ne_bytes(c[..8].try_into().ok()?);
-        let v = u64::from_ne_bytes(c[8..].try_into().ok()?);
-        (k == key).then_some(v)
-    })
 }
 
 /// Offset of the first `syscall` instruction (0f 05) in the vDSO mapped
