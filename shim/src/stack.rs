@@ -8,9 +8,16 @@
 //! exist where the program keeps frame pointers (-O0, or
 //! -fno-omit-frame-pointer, as several distributions now build). The walk
 //! stays inside the calling thread's stack, so a garbage frame pointer
-//! ends it instead of faulting. `HANDLES_STACKS=unwind` records with
-//! glibc's DWARF unwinder (`backtrace()`) instead: complete, about 2 µs a
-//! stack. The offending stack of a report always uses the unwinder.
+//! ends it instead of faulting. `HANDLES_STACKS=unwind` records with the
+//! DWARF unwinder instead: complete, about 2 µs a stack. The offending
+//! stack of a report always uses the unwinder.
+//!
+//! The unwinder is libgcc's, linked statically into the shim (build.rs):
+//! glibc's backtrace() would dlopen libgcc_s.so.1 at its first call,
+//! which allocates and opens files (not something to do inside a
+//! wrapper), and preloading it costs every process about 0.1 ms. The
+//! static copy finds unwind tables with _dl_find_object, without
+//! allocating.
 
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed};
 
@@ -27,27 +34,61 @@ pub static UNWIND: AtomicBool = AtomicBool::new(false);
 /// Frames to record (`HANDLES_STACK_DEPTH`, 0 turns recording off).
 pub static DEPTH: AtomicU32 = AtomicU32::new(STACK_DEPTH as u32);
 
+#[repr(C)]
+struct UnwindContext {
+    _opaque: [u8; 0],
+}
+
+/// _URC_NO_REASON: go on to the next frame.
+const URC_NO_REASON: libc::c_int = 0;
+/// _URC_END_OF_STACK: any other value stops the walk.
+const URC_END_OF_STACK: libc::c_int = 5;
+
 extern "C" {
-    fn backtrace(buf: *mut *mut libc::c_void, size: libc::c_int) -> libc::c_int;
+    fn _Unwind_Backtrace(
+        trace: extern "C" fn(*mut UnwindContext, *mut libc::c_void) -> libc::c_int,
+        arg: *mut libc::c_void,
+    ) -> libc::c_int;
+    fn _Unwind_GetIP(ctx: *mut UnwindContext) -> usize;
+    /// ld.so's record of where the initial (main thread's) stack ends.
+    static __libc_stack_end: *const libc::c_void;
 }
 
 pub fn init() {
-    // SAFETY: dlsym with a static name; the symbol, if found, is a
-    // pointer-sized variable of ld.so.
+    // SAFETY: __libc_stack_end is set by ld.so before any constructor
+    // runs and never changes; dladdr only reads the loader's tables.
     unsafe {
-        let p = libc::dlsym(libc::RTLD_DEFAULT, c"__libc_stack_end".as_ptr());
-        if !p.is_null() {
-            MAIN_TOP.store(*(p as *const usize), Relaxed);
-        }
+        MAIN_TOP.store(__libc_stack_end as usize, Relaxed);
         let mut info: libc::Dl_info = core::mem::zeroed();
         if libc::dladdr(init as *const libc::c_void, &mut info) != 0 {
             SELF_BASE.store(info.dli_fbase as usize, Relaxed);
         }
-        // Loads libgcc_s now: its first use allocates and opens files,
-        // which must not happen inside a wrapper.
-        let mut buf = [core::ptr::null_mut(); 4];
-        backtrace(buf.as_mut_ptr(), 4);
     }
+}
+
+/// Return addresses of the calling thread's stack, innermost first, into
+/// `out`; returns how many.
+fn backtrace(out: &mut [usize]) -> usize {
+    struct Walk<'a> {
+        out: &'a mut [usize],
+        n: usize,
+    }
+    extern "C" fn step(ctx: *mut UnwindContext, arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: arg is the &mut Walk passed below, alive for the walk.
+        let w = unsafe { &mut *arg.cast::<Walk>() };
+        // SAFETY: ctx is the unwinder's context for the current frame.
+        let ip = unsafe { _Unwind_GetIP(ctx) };
+        if ip == 0 || w.n >= w.out.len() {
+            return URC_END_OF_STACK;
+        }
+        w.out[w.n] = ip;
+        w.n += 1;
+        URC_NO_REASON
+    }
+    let mut w = Walk { out, n: 0 };
+    // SAFETY: the callback only writes within w, which outlives the call.
+    unsafe { _Unwind_Backtrace(step, (&mut w as *mut Walk).cast()) };
+    w.n
 }
 
 pub fn self_base() -> usize {
@@ -118,13 +159,11 @@ pub fn capture(frame: usize) -> Pcs {
     out
 }
 
-/// A stack from glibc's unwinder, without this library's frames; `skip`
+/// A stack from the DWARF unwinder, without this library's frames; `skip`
 /// more frames are dropped from the top.
 pub fn unwind(depth: usize, skip: usize) -> Pcs {
-    let mut raw = [core::ptr::null_mut::<libc::c_void>(); 64];
-    // SAFETY: backtrace fills at most raw.len() entries.
-    let n = unsafe { backtrace(raw.as_mut_ptr(), raw.len() as libc::c_int) };
-    let n = usize::try_from(n).unwrap_or(0).min(raw.len());
+    let mut raw = [0usize; 64];
+    let n = backtrace(&mut raw);
     let base = self_base();
     let mut out = Pcs::EMPTY;
     let mut skipped = 0;
@@ -132,7 +171,7 @@ pub fn unwind(depth: usize, skip: usize) -> Pcs {
         if out.n >= depth.min(STACK_DEPTH) {
             break;
         }
-        if base != 0 && module_base(pc as usize) == base {
+        if base != 0 && module_base(pc) == base {
             continue;
         }
         if skipped < skip {
