@@ -14,6 +14,7 @@
 mod checks;
 mod creation;
 mod dents;
+mod execinfo;
 pub mod fdtable;
 pub mod job;
 mod leakcheck;

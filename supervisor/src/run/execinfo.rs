@@ -1,0 +1,1032 @@
+//! What a new image was started with, read from its initial stack at the
+//! PTRACE_EVENT_EXEC stop instead of from /proc.
+//!
+//! At that stop the image has not run one instruction: the stack at rsp
+//! is still exactly what the kernel's `create_elf_tables` wrote (argc, the
+//! argv and envp pointer arrays, the auxiliary vector) above which lie the
+//! argv strings, the environment strings and the exec'd filename
+//! (AT_EXECFN), contiguous, in that order, ending 8 bytes below the top of
+//! the stack mapping. One or two `process_vm_readv` calls (about 1–3 µs
+//! each) get all of it, where opening and reading /proc/PID/environ,
+//! auxv, maps and comm costs 20–35 µs apiece.
+//!
+//! Every answer here is "the same as /proc, or nothing": anything
+//! unexpected (a 32-bit or x32 image, a dead tracee, a layout that is not
+//! the kernel's, a stack larger than [`MAX_STACK`]) gives `None` or
+//! `false`, and the caller falls back to /proc.
+
+// Not called yet: on_exec takes it up in a separate change.
+#![cfg_attr(not(test), allow(dead_code))]
+
+use std::borrow::Cow;
+use std::ffi::CStr;
+use std::ops::Range;
+
+use super::tracer::Regs;
+
+/// The code segment selector of a 64-bit thread (__USER_CS); a 32-bit one
+/// runs with 0x23.
+const USER64_CS: u64 = 0x33;
+
+/// The first read from rsp: the pointer arrays, the random gap of up to
+/// 8 KiB that `arch_align_stack` leaves below the strings, and the strings
+/// of a usual environment. A read stops short at the end of the stack
+/// mapping, so asking for more than is there costs nothing.
+const FIRST_READ: usize = 16 << 10;
+
+/// Beyond this much stack the caller reads /proc instead (the kernel
+/// allows up to 6 MiB of arguments and environment).
+pub const MAX_STACK: usize = 1 << 20;
+
+/// Room for AT_EXECFN's string past its start: a path (PATH_MAX, 4096
+/// with its NUL) behind "/dev/fd/N/" for an execveat relative to a
+/// directory fd.
+const EXECFN_ROOM: usize = 4096 + 32;
+
+/// Granularity of the remote iovecs: process_vm_readv documents partial
+/// transfers only at iovec boundaries, so a read meant to stop at the end
+/// of the stack mapping asks page by page.
+const PAGE: u64 = 4096;
+
+/// The soname of glibc's x86_64 dynamic loader.
+const GLIBC_LOADER: &[u8] = b"ld-linux-x86-64.so.2";
+
+/// The initial stack of a thread stopped at PTRACE_EVENT_EXEC.
+#[derive(Debug)]
+pub struct ExecInfo {
+    /// Tracee memory from rsp to the end of AT_EXECFN's string.
+    mem: Vec<u8>,
+    argc: usize,
+    /// The argv strings, each with its NUL, as /proc/PID/cmdline has them.
+    args: Range<usize>,
+    /// The environment strings, each with its NUL: /proc/PID/environ.
+    environ: Range<usize>,
+    /// The auxv pairs up to and with AT_NULL: /proc/PID/auxv.
+    auxv: Range<usize>,
+    /// AT_EXECFN's string, without its NUL.
+    execfn: Range<usize>,
+}
+
+impl ExecInfo {
+    /// Reads the initial stack of `tid`, stopped at PTRACE_EVENT_EXEC with
+    /// `regs`. None for a 32-bit image (its stack holds 32-bit words) and
+    /// whenever [`ExecInfo::read`] gives None.
+    pub fn from_regs(tid: i32, regs: &Regs) -> Option<ExecInfo> {
+        if regs.cs != USER64_CS {
+            return None;
+        }
+        ExecInfo::read(tid, regs.rsp)
+    }
+
+    /// Reads the initial stack of `tid` at `rsp`, which must be the rsp of
+    /// its PTRACE_EVENT_EXEC stop: after the image has run, the stack is
+    /// its own. Usually one process_vm_readv, two for an environment
+    /// beyond [`FIRST_READ`], three when the pointer arrays alone are
+    /// larger than that.
+    ///
+    /// None when the tracee is gone, the stack is not the layout the
+    /// kernel writes for a 64-bit image (an x32 image's argc word reads as
+    /// a huge count), there is no AT_EXECFN, or it spans more than
+    /// [`MAX_STACK`]: the caller then reads /proc/PID/environ, auxv and
+    /// comm as before.
+    pub fn read(tid: i32, rsp: u64) -> Option<ExecInfo> {
+        // The ABI has rsp 16-byte aligned at process entry.
+        if rsp == 0 || !rsp.is_multiple_of(16) {
+            return None;
+        }
+        let mut stack = Stack::new(tid, rsp);
+        stack.ensure(8, FIRST_READ)?;
+        let argc = usize::try_from(stack.word(0)?).ok()?;
+        // Each argument costs at least its pointer and a NUL.
+        if argc > MAX_STACK / 9 {
+            return None;
+        }
+        // argc, argv[], NULL
+        let envp_at = 8 * (argc + 2);
+        stack.ensure(envp_at + 8, 2 * envp_at)?;
+        if stack.word(envp_at - 8)? != 0 {
+            return None;
+        }
+        let mut envc = 0;
+        loop {
+            let at = envp_at + 8 * envc;
+            stack.ensure(at + 8, 2 * at)?;
+            if stack.word(at)? == 0 {
+                break;
+            }
+            envc += 1;
+        }
+        let auxv_at = envp_at + 8 * (envc + 1);
+        let mut auxv_end = auxv_at;
+        let mut execfn = None;
+        loop {
+            stack.ensure(auxv_end + 16, 2 * auxv_end)?;
+            let key = stack.word(auxv_end)?;
+            let value = stack.word(auxv_end + 8)?;
+            auxv_end += 16;
+            if key == libc::AT_NULL {
+                break;
+            }
+            if key == libc::AT_EXECFN && execfn.is_none() {
+                execfn = Some(value);
+            }
+        }
+        let execfn_at = stack.offset(execfn?)?;
+        if execfn_at < auxv_end {
+            return None;
+        }
+        let end = execfn_at.checked_add(EXECFN_ROOM)?;
+        let name_len = loop {
+            if let Some(s) = stack.mem.get(execfn_at..) {
+                if let Ok(name) = CStr::from_bytes_until_nul(s) {
+                    break name.to_bytes().len();
+                }
+            }
+            // Grows or fails: the loop ends within MAX_STACK.
+            stack.ensure(stack.mem.len().max(execfn_at) + 1, end)?;
+        };
+        let execfn = execfn_at..execfn_at + name_len;
+
+        // The strings run from argv[0] up to AT_EXECFN's, each pointer
+        // just past the previous string's NUL: check that much of the
+        // kernel's layout, so that splitting the blocks at NULs gives back
+        // exactly the strings the pointers name.
+        let pointers = |first: usize, count: usize| -> Option<Vec<usize>> {
+            (0..count)
+                .map(|i| stack.offset(stack.word(first + 8 * i)?))
+                .collect()
+        };
+        let argv = pointers(8, argc)?;
+        let envp = pointers(envp_at, envc)?;
+        let strings_at = argv.first().or(envp.first()).copied().unwrap_or(execfn_at);
+        if strings_at < auxv_end {
+            return None;
+        }
+        let mut next = strings_at;
+        for &p in argv.iter().chain(&envp) {
+            if p < next || (p > strings_at && stack.mem.get(p - 1) != Some(&0)) {
+                return None;
+            }
+            next = p + 1;
+        }
+        if next > execfn_at || (execfn_at > strings_at && stack.mem.get(execfn_at - 1) != Some(&0))
+        {
+            return None;
+        }
+        let env_at = envp.first().copied().unwrap_or(execfn_at);
+        let mut mem = stack.mem;
+        mem.truncate(execfn.end + 1);
+        Some(ExecInfo {
+            mem,
+            argc,
+            args: strings_at..env_at,
+            environ: env_at..execfn_at,
+            auxv: auxv_at..auxv_end,
+            execfn,
+        })
+    }
+
+    pub fn argc(&self) -> usize {
+        self.argc
+    }
+
+    /// The arguments, as in /proc/PID/cmdline.
+    pub fn args(&self) -> impl Iterator<Item = &[u8]> {
+        entries(&self.mem[self.args.clone()])
+    }
+
+    /// The environment block, byte for byte what /proc/PID/environ reads
+    /// at this stop: `NAME=VALUE` strings, each ending in a NUL.
+    pub fn environ(&self) -> &[u8] {
+        &self.mem[self.environ.clone()]
+    }
+
+    /// The environment strings, without their NULs (an entry need not
+    /// hold a '=': execve takes any string).
+    pub fn env_entries(&self) -> impl Iterator<Item = &[u8]> {
+        entries(self.environ())
+    }
+
+    /// The value of `name` in the environment: the first entry that
+    /// starts with `name=`, as getenv finds it.
+    pub fn env(&self, name: &[u8]) -> Option<&[u8]> {
+        self.env_entries()
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix(b"="))
+    }
+
+    /// The auxiliary vector, byte for byte what /proc/PID/auxv reads.
+    pub fn auxv_raw(&self) -> &[u8] {
+        &self.mem[self.auxv.clone()]
+    }
+
+    /// The value of auxv entry `key` (a `libc::AT_*`), as `job::Auxv::get`
+    /// answers it. A static binary has AT_BASE 0, not no AT_BASE.
+    pub fn auxv(&self, key: u64) -> Option<u64> {
+        self.auxv_raw().chunks_exact(16).find_map(|c| {
+            let k = u64::from_ne_bytes(c[..8].try_into().ok()?);
+            let v = u64::from_ne_bytes(c[8..].try_into().ok()?);
+            (k == key).then_some(v)
+        })
+    }
+
+    /// The filename the kernel executed (AT_EXECFN): the path execve was
+    /// given, or "/dev/fd/N" ("/dev/fd/N/PATH") for an execveat relative
+    /// to fd N. For a script it is the script's, not the interpreter's.
+    pub fn execfn(&self) -> Option<&[u8]> {
+        Some(&self.mem[self.execfn.clone()])
+    }
+
+    /// What /proc/PID/comm says (without its newline): the kernel's
+    /// `__set_task_comm(kbasename(bprm->filename))` in begin_new_exec,
+    /// that is, what follows the last '/' of AT_EXECFN, cut to 15 bytes.
+    ///
+    /// None when that rule may not be the kernel's: an execveat of fd N
+    /// itself (AT_EMPTY_PATH: fexecve), whose filename "/dev/fd/N" gives
+    /// "N" before Linux 6.14 and the file's dentry name since; and a name
+    /// that is not UTF-8 (job::comm reads /proc as a String). The caller
+    /// then reads /proc/PID/comm. job::comm also trims trailing
+    /// whitespace, which this does not.
+    pub fn comm_guess(&self) -> Option<String> {
+        let file = self.execfn()?;
+        if is_dev_fd(file) {
+            return None;
+        }
+        let base = file
+            .iter()
+            .rposition(|&b| b == b'/')
+            .map_or(file, |i| &file[i + 1..]);
+        // TASK_COMM_LEN less the NUL.
+        let base = &base[..base.len().min(15)];
+        String::from_utf8(base.to_vec()).ok()
+    }
+}
+
+/// Whether the ELF image mapped at `at_base` (AT_BASE) in `tid` is glibc's
+/// x86_64 dynamic loader (the only one that can load the shim: musl's
+/// honours LD_PRELOAD too, but the shim links against glibc), judged by
+/// its DT_SONAME, read from tracee memory: the ELF header, the program
+/// headers, PT_DYNAMIC, and DT_STRTAB + DT_SONAME. Two process_vm_readv
+/// calls for glibc's loader (its .dynstr lies in its first page).
+///
+/// At the exec stop the loader has not relocated itself, so the dynamic
+/// entries hold link-time addresses, which are added to `at_base`; values
+/// already inside the image (a loader that has run) are taken as they
+/// are.
+///
+/// False for AT_BASE 0 (a static binary), for a 32-bit or x32 loader, for
+/// musl's (libc.so, with no soname), for anything unreadable (a dead
+/// tracee) or not an ELF image. Unlike the /proc/PID/maps check it
+/// replaces, which looked at the mapped file's name, it also says true
+/// for glibc's loader installed under another name (before glibc 2.34 the
+/// file was ld-2.NN.so, with ld-linux-x86-64.so.2 a symlink to it).
+pub fn loader_is_glibc(tid: i32, at_base: u64) -> bool {
+    glibc_soname(tid, at_base).is_some()
+}
+
+fn glibc_soname(tid: i32, base: u64) -> Option<()> {
+    const PT_LOAD: u32 = 1;
+    const PT_DYNAMIC: u32 = 2;
+    const DT_NULL: u64 = 0;
+    const DT_STRTAB: u64 = 5;
+    const DT_STRSZ: u64 = 10;
+    const DT_SONAME: u64 = 14;
+    const PHENT: usize = 56;
+    if base == 0 || !base.is_multiple_of(PAGE) {
+        return None;
+    }
+    // The header, the program headers and, in glibc's loader, .dynstr.
+    let mut head = Vec::new();
+    read_into(tid, base, PAGE as usize, &mut head);
+    let ehdr = head.get(..64)?;
+    // ELF magic, ELFCLASS64, ELFDATA2LSB, ET_DYN, EM_X86_64.
+    if ehdr[..6] != *b"\x7fELF\x02\x01" || u16_at(ehdr, 16)? != 3 || u16_at(ehdr, 18)? != 62 {
+        return None;
+    }
+    let phoff = usize::try_from(u64_at(ehdr, 32)?).ok()?;
+    let phnum = usize::from(u16_at(ehdr, 56)?);
+    if usize::from(u16_at(ehdr, 54)?) != PHENT || phnum == 0 || phoff >= MAX_STACK {
+        return None;
+    }
+    let phdrs_len = PHENT * phnum;
+    let phdrs: Cow<[u8]> = match head.get(phoff..phoff + phdrs_len) {
+        Some(p) => Cow::Borrowed(p),
+        None => {
+            let mut v = Vec::new();
+            read_into(tid, base.checked_add(phoff as u64)?, phdrs_len, &mut v);
+            Cow::Owned(v)
+        }
+    };
+    if phdrs.len() < phdrs_len {
+        return None;
+    }
+    let mut span = 0u64;
+    let mut dynamic = None;
+    for ph in phdrs.chunks_exact(PHENT) {
+        let vaddr = u64_at(ph, 16)?;
+        match u32_at(ph, 0)? {
+            PT_LOAD => span = span.max(vaddr.checked_add(u64_at(ph, 40)?)?),
+            PT_DYNAMIC => dynamic = Some((vaddr, u64_at(ph, 32)?)),
+            _ => {}
+        }
+    }
+    let (dyn_vaddr, dyn_size) = dynamic?;
+    // A link-time address, or one the loader relocated already.
+    let at = |addr: u64| -> Option<u64> {
+        if addr < span {
+            base.checked_add(addr)
+        } else {
+            (addr >= base && addr - base < span).then_some(addr)
+        }
+    };
+    let dyn_len = usize::try_from(dyn_size.min(16 << 10)).ok()?;
+    let mut dyns = Vec::new();
+    read_into(tid, at(dyn_vaddr)?, dyn_len, &mut dyns);
+    let (mut strtab, mut strsz, mut soname) = (None, None, None);
+    for d in dyns.chunks_exact(16) {
+        let (tag, val) = (u64_at(d, 0)?, u64_at(d, 8)?);
+        match tag {
+            DT_NULL => break,
+            DT_STRTAB => strtab = Some(val),
+            DT_STRSZ => strsz = Some(val),
+            DT_SONAME => soname = Some(val),
+            _ => {}
+        }
+    }
+    let soname = soname?;
+    if strsz.is_some_and(|n| soname >= n) {
+        return None;
+    }
+    let addr = at(strtab?)?.checked_add(soname)?;
+    let want = GLIBC_LOADER.len() + 1;
+    let in_head = addr
+        .checked_sub(base)
+        .and_then(|o| usize::try_from(o).ok())
+        .and_then(|o| head.get(o..o.checked_add(want)?));
+    let name = match in_head {
+        Some(n) => n.to_vec(),
+        None => {
+            let mut v = Vec::new();
+            read_into(tid, addr, want, &mut v);
+            v
+        }
+    };
+    (name.get(..GLIBC_LOADER.len()) == Some(GLIBC_LOADER)
+        && name.get(GLIBC_LOADER.len()) == Some(&0))
+    .then_some(())
+}
+
+/// "/dev/fd/N": the filename of an execveat(N, "", AT_EMPTY_PATH).
+fn is_dev_fd(file: &[u8]) -> bool {
+    file.strip_prefix(b"/dev/fd/")
+        .is_some_and(|n| !n.is_empty() && n.iter().all(u8::is_ascii_digit))
+}
+
+/// NUL-terminated strings of a block, without their NULs.
+fn entries(block: &[u8]) -> impl Iterator<Item = &[u8]> {
+    // An empty block has no entries, not one empty one.
+    block
+        .strip_suffix(b"\0")
+        .into_iter()
+        .flat_map(|body| body.split(|&b| b == 0))
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(
+        b.get(at..at.checked_add(2)?)?.try_into().ok()?,
+    ))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(
+        b.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_ne_bytes(
+        b.get(at..at.checked_add(8)?)?.try_into().ok()?,
+    ))
+}
+
+/// The stack read so far, from rsp.
+struct Stack {
+    tid: i32,
+    rsp: u64,
+    mem: Vec<u8>,
+    /// A read stopped short: the end of the mapping (or the tracee) is
+    /// behind us, and asking again would give nothing more.
+    at_end: bool,
+}
+
+impl Stack {
+    fn new(tid: i32, rsp: u64) -> Stack {
+        Stack {
+            tid,
+            rsp,
+            mem: Vec::new(),
+            at_end: false,
+        }
+    }
+
+    /// Makes sure the first `len` bytes are read, reading up to `want`
+    /// (within [`MAX_STACK`]) when it has to read at all, so that a
+    /// growing walk reads a few times rather than once per word.
+    fn ensure(&mut self, len: usize, want: usize) -> Option<()> {
+        if self.mem.len() >= len {
+            return Some(());
+        }
+        if self.at_end || len > MAX_STACK {
+            return None;
+        }
+        let target = want.max(len).min(MAX_STACK);
+        let ask = target - self.mem.len();
+        let addr = self.rsp.checked_add(self.mem.len() as u64)?;
+        if read_into(self.tid, addr, ask, &mut self.mem) < ask {
+            self.at_end = true;
+        }
+        (self.mem.len() >= len).then_some(())
+    }
+
+    fn word(&self, at: usize) -> Option<u64> {
+        u64_at(&self.mem, at)
+    }
+
+    /// The offset from rsp of a stack address, if it lies within what
+    /// [`MAX_STACK`] allows.
+    fn offset(&self, addr: u64) -> Option<usize> {
+        let off = usize::try_from(addr.checked_sub(self.rsp)?).ok()?;
+        (off < MAX_STACK).then_some(off)
+    }
+}
+
+/// Appends up to `len` bytes of `tid`'s memory at `addr` to `out`, fewer
+/// when the range runs into unmapped memory; returns how many. A dead
+/// tracee reads as nothing.
+fn read_into(tid: i32, addr: u64, len: usize, out: &mut Vec<u8>) -> usize {
+    let Some(end) = addr.checked_add(len as u64) else {
+        return 0;
+    };
+    let mut remote = Vec::with_capacity(len / PAGE as usize + 2);
+    let mut at = addr;
+    while at < end {
+        let next = ((at / PAGE) + 1).saturating_mul(PAGE).min(end);
+        remote.push(libc::iovec {
+            iov_base: at as *mut libc::c_void,
+            iov_len: (next - at) as usize,
+        });
+        at = next;
+    }
+    // IOV_MAX; MAX_STACK keeps us far below it.
+    remote.truncate(1024);
+    let len = remote.iter().map(|v| v.iov_len).sum::<usize>();
+    out.reserve(len);
+    let spare = out.spare_capacity_mut();
+    let local = libc::iovec {
+        iov_base: spare.as_mut_ptr().cast(),
+        iov_len: len,
+    };
+    // SAFETY: local points at `len` bytes of out's spare capacity, which
+    // the kernel only writes; the remote iovecs are only interpreted in
+    // the tracee's address space.
+    let n = unsafe {
+        libc::process_vm_readv(
+            tid,
+            &local,
+            1,
+            remote.as_ptr(),
+            remote.len() as libc::c_ulong,
+            0,
+        )
+    };
+    let Ok(n) = usize::try_from(n) else {
+        return 0;
+    };
+    let n = n.min(len);
+    // SAFETY: process_vm_readv wrote n bytes at the start of the spare
+    // capacity, so they are initialised; n <= len <= spare capacity.
+    unsafe { out.set_len(out.len() + n) };
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each test forks a child that stops itself under PTRACE_TRACEME,
+    //! gets PTRACE_O_TRACEEXEC, and execs a real program; at its
+    //! PTRACE_EVENT_EXEC stop every answer is compared with /proc, the
+    //! source the module replaces.
+
+    use super::*;
+    use crate::run::tracer;
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    /// How the child execs.
+    enum How<'a> {
+        Path(&'a Path),
+        /// fexecve: execveat(fd, "", AT_EMPTY_PATH).
+        Fd(&'a Path),
+        /// execveat(fd of `dir`, `name`, 0).
+        DirFd(&'a Path, &'a str),
+    }
+
+    /// A child at its exec stop; killed and reaped when dropped.
+    struct Stopped {
+        pid: i32,
+    }
+
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) of our own child.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            reap(self.pid);
+        }
+    }
+
+    fn reap(pid: i32) {
+        loop {
+            let mut st = 0;
+            // SAFETY: waitpid writes one int into `st`.
+            let r = unsafe { libc::waitpid(pid, &mut st, libc::__WALL) };
+            if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            if r < 0 || libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
+                return;
+            }
+        }
+    }
+
+    fn wait_status(pid: i32) -> i32 {
+        loop {
+            let mut st = 0;
+            // SAFETY: waitpid writes one int into `st`.
+            let r = unsafe { libc::waitpid(pid, &mut st, libc::__WALL) };
+            if r == pid {
+                return st;
+            }
+            let e = std::io::Error::last_os_error();
+            assert_eq!(e.raw_os_error(), Some(libc::EINTR), "waitpid: {e}");
+        }
+    }
+
+    fn cstring(b: &[u8]) -> CString {
+        CString::new(b).expect("no NUL in test strings")
+    }
+
+    fn open(path: &Path, flags: i32) -> std::os::fd::OwnedFd {
+        use std::os::fd::FromRawFd;
+        let p = cstring(path.as_os_str().as_bytes());
+        // SAFETY: open(2) of a NUL-terminated path; the fd is owned below.
+        let fd = unsafe { libc::open(p.as_ptr(), flags | libc::O_CLOEXEC) };
+        assert!(fd >= 0, "open {}", path.display());
+        // SAFETY: fd was just opened and is owned by nobody else.
+        unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+    }
+
+    /// Forks a child that execs `how` with `argv` and `env`, and returns
+    /// it at its PTRACE_EVENT_EXEC stop; None if the exec failed.
+    fn exec_stop(how: How, argv: &[&[u8]], env: &[&[u8]]) -> Option<Stopped> {
+        use std::os::fd::AsRawFd;
+        // Everything the child needs is made before fork: the test
+        // harness has other threads, so the child may only make syscalls.
+        let argv: Vec<CString> = argv.iter().map(|a| cstring(a)).collect();
+        let env: Vec<CString> = env.iter().map(|e| cstring(e)).collect();
+        let mut argp: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+        argp.push(std::ptr::null());
+        let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        let (fd, name, flags) = match how {
+            How::Path(p) => (None, cstring(p.as_os_str().as_bytes()), 0),
+            How::Fd(p) => (
+                Some(open(p, libc::O_RDONLY)),
+                cstring(b""),
+                libc::AT_EMPTY_PATH,
+            ),
+            How::DirFd(d, n) => (
+                Some(open(d, libc::O_RDONLY | libc::O_DIRECTORY)),
+                cstring(n.as_bytes()),
+                0,
+            ),
+        };
+        let dirfd = fd.as_ref().map_or(libc::AT_FDCWD, |f| f.as_raw_fd());
+        // SAFETY: the child makes only async-signal-safe syscalls on
+        // memory prepared before the fork, then execs or _exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            // SAFETY: see above; execveat keeps the CLOEXEC fd long
+            // enough to exec it.
+            unsafe {
+                libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
+                libc::raise(libc::SIGSTOP);
+                libc::syscall(
+                    libc::SYS_execveat,
+                    dirfd,
+                    name.as_ptr(),
+                    argp.as_ptr(),
+                    envp.as_ptr(),
+                    flags,
+                );
+                libc::_exit(127);
+            }
+        }
+        let child = Stopped { pid };
+        let st = wait_status(pid);
+        assert!(libc::WIFSTOPPED(st) && libc::WSTOPSIG(st) == libc::SIGSTOP);
+        let opts = libc::PTRACE_O_TRACEEXEC | libc::PTRACE_O_EXITKILL;
+        // SAFETY: PTRACE_SETOPTIONS and PTRACE_CONT of our stopped tracee.
+        unsafe {
+            assert_eq!(libc::ptrace(libc::PTRACE_SETOPTIONS, pid, 0, opts), 0);
+            assert_eq!(libc::ptrace(libc::PTRACE_CONT, pid, 0, 0), 0);
+        }
+        let st = wait_status(pid);
+        if libc::WIFEXITED(st) {
+            // Reaped already: nothing for Drop to kill.
+            std::mem::forget(child);
+            return None;
+        }
+        assert!(
+            libc::WIFSTOPPED(st) && st >> 8 == libc::SIGTRAP | (libc::PTRACE_EVENT_EXEC << 8),
+            "not an exec stop: {st:#x}"
+        );
+        Some(child)
+    }
+
+    fn proc_file(pid: i32, what: &str) -> Vec<u8> {
+        std::fs::read(format!("/proc/{pid}/{what}")).expect("read /proc")
+    }
+
+    /// The check `shimtable::glibc_loader_at` makes, on /proc/PID/maps.
+    fn maps_say_glibc(pid: i32, base: u64) -> bool {
+        let maps = String::from_utf8(proc_file(pid, "maps")).expect("maps is text");
+        let start = format!("{base:x}-");
+        maps.lines()
+            .find(|l| l.starts_with(&start))
+            .and_then(|l| l.rsplit('/').next())
+            .is_some_and(|name| name.starts_with("ld-linux-x86-64.so"))
+    }
+
+    fn info_of(child: &Stopped) -> Option<ExecInfo> {
+        let regs = tracer::getregs(child.pid).expect("getregs");
+        ExecInfo::from_regs(child.pid, &regs)
+    }
+
+    /// Compares every answer with /proc; returns what the loader check said.
+    fn check_against_proc(child: &Stopped, info: &ExecInfo) -> bool {
+        let pid = child.pid;
+        assert!(info.environ() == proc_file(pid, "environ"), "environ");
+        assert_eq!(info.auxv_raw(), proc_file(pid, "auxv"), "auxv");
+        let cmdline: Vec<u8> = info
+            .args()
+            .flat_map(|a| a.iter().chain(b"\0"))
+            .copied()
+            .collect();
+        assert!(cmdline == proc_file(pid, "cmdline"), "cmdline");
+        assert_eq!(info.args().count(), info.argc());
+        let comm = proc_file(pid, "comm");
+        let comm = comm.strip_suffix(b"\n").expect("comm ends in a newline");
+        if let Some(guess) = info.comm_guess() {
+            assert_eq!(guess.as_bytes(), comm, "comm");
+        }
+        let base = info.auxv(libc::AT_BASE).expect("AT_BASE is always there");
+        let glibc = loader_is_glibc(pid, base);
+        assert_eq!(glibc, maps_say_glibc(pid, base), "loader at {base:#x}");
+        glibc
+    }
+
+    /// A scratch directory, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Scratch {
+            let d =
+                std::env::temp_dir().join(format!("handles-execinfo-{}-{tag}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).expect("scratch dir");
+            Scratch(d)
+        }
+
+        /// Compiles a do-nothing C program with `cc` (or `musl-gcc`) and
+        /// `flags`; None where the toolchain cannot.
+        fn build(&self, cc: &str, flags: &[&str], name: &str) -> Option<PathBuf> {
+            let src = self.0.join("nothing.c");
+            std::fs::write(&src, "int main(void) { return 0; }\n").ok()?;
+            let out = self.0.join(name);
+            let ok = Command::new(cc)
+                .args(flags)
+                .arg("-o")
+                .arg(&out)
+                .arg(&src)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                eprintln!("skipped: {cc} {flags:?} cannot build here");
+            }
+            ok.then_some(out)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn bin_true() -> PathBuf {
+        let p = PathBuf::from("/bin/true");
+        assert!(p.exists(), "/bin/true");
+        p
+    }
+
+    #[test]
+    fn a_custom_environment_reads_as_proc_does() {
+        let t = bin_true();
+        let env: &[&[u8]] = &[
+            b"A=1",
+            b"EMPTY=",
+            b"DUP=first",
+            b"DUP=second",
+            b"NOEQUALS",
+            b"",
+            b"=nameless",
+            b"HANDLES_POLICY=bad-fd=deny",
+            b"LAST=z",
+        ];
+        let child = exec_stop(How::Path(&t), &[b"true", b"one", b"", b"three"], env)
+            .expect("exec /bin/true");
+        let info = info_of(&child).expect("ExecInfo");
+        assert!(check_against_proc(&child, &info), "/bin/true is glibc's");
+        assert_eq!(info.env(b"A"), Some(&b"1"[..]));
+        assert_eq!(info.env(b"EMPTY"), Some(&b""[..]));
+        assert_eq!(
+            info.env(b"DUP"),
+            Some(&b"first"[..]),
+            "the first, as getenv"
+        );
+        assert_eq!(info.env(b"NOEQUALS"), None);
+        assert_eq!(info.env(b""), Some(&b"nameless"[..]));
+        assert_eq!(info.env(b"LAS"), None);
+        assert_eq!(info.env(b"HANDLES_POLICY"), Some(&b"bad-fd=deny"[..]));
+        assert_eq!(info.env_entries().count(), env.len());
+        assert_eq!(info.argc(), 4);
+        let args: Vec<&[u8]> = info.args().collect();
+        assert_eq!(args, [&b"true"[..], b"one", b"", b"three"]);
+        assert_eq!(info.execfn(), Some(t.as_os_str().as_bytes()));
+        assert_eq!(info.comm_guess().as_deref(), Some("true"));
+        assert!(info.auxv(libc::AT_BASE).is_some_and(|b| b != 0));
+        assert_eq!(info.auxv(libc::AT_SECURE), Some(0));
+        assert_eq!(info.auxv(0xdead), None);
+    }
+
+    #[test]
+    fn no_environment_and_no_arguments() {
+        let t = bin_true();
+        // Since Linux 5.18 an empty argv execs with argc 1 and "".
+        let child = exec_stop(How::Path(&t), &[], &[]).expect("exec /bin/true");
+        let info = info_of(&child).expect("ExecInfo");
+        check_against_proc(&child, &info);
+        assert_eq!(info.environ(), b"");
+        assert_eq!(info.env_entries().count(), 0);
+        assert_eq!(info.env(b"PATH"), None);
+    }
+
+    #[test]
+    fn a_large_environment_and_argv_are_read_whole() {
+        let t = bin_true();
+        let big: Vec<Vec<u8>> = (0..4)
+            .map(|i| {
+                let mut v = format!("BIG{i}=").into_bytes();
+                v.resize(50_000, b'a' + i as u8);
+                v
+            })
+            .collect();
+        // Pointer arrays alone beyond the first read.
+        let small: Vec<Vec<u8>> = (0..3000)
+            .map(|i| format!("V{i}={i}").into_bytes())
+            .collect();
+        let mut env: Vec<&[u8]> = big.iter().map(|v| &v[..]).collect();
+        env.extend(small.iter().map(|v| &v[..]));
+        env.push(b"TAIL=end");
+        let args: Vec<Vec<u8>> = (0..2000).map(|i| format!("arg-{i}").into_bytes()).collect();
+        let argv: Vec<&[u8]> = args.iter().map(|v| &v[..]).collect();
+        let child = exec_stop(How::Path(&t), &argv, &env).expect("exec /bin/true");
+        let info = info_of(&child).expect("ExecInfo");
+        assert!(info.environ().len() > 200_000);
+        assert!(check_against_proc(&child, &info));
+        assert_eq!(info.argc(), 2000);
+        assert_eq!(info.env(b"TAIL"), Some(&b"end"[..]));
+        assert_eq!(info.env(b"V2999"), Some(&b"2999"[..]));
+        assert_eq!(info.env(b"BIG3").map(<[u8]>::len), Some(50_000 - 5));
+    }
+
+    #[test]
+    fn a_stack_beyond_the_cap_is_left_to_proc() {
+        let t = bin_true();
+        // 10 x 120 KB: within the kernel's limits (each string < 128 KiB),
+        // beyond MAX_STACK.
+        let big: Vec<Vec<u8>> = (0..10)
+            .map(|i| {
+                let mut v = format!("HUGE{i}=").into_bytes();
+                v.resize(120_000, b'x');
+                v
+            })
+            .collect();
+        let env: Vec<&[u8]> = big.iter().map(|v| &v[..]).collect();
+        let Some(child) = exec_stop(How::Path(&t), &[b"true"], &env) else {
+            eprintln!("skipped: the stack limit refuses a 1.2 MB environment");
+            return;
+        };
+        assert!(info_of(&child).is_none());
+    }
+
+    #[test]
+    fn comm_follows_the_kernel_rule() {
+        let t = bin_true();
+        let s = Scratch::new("comm");
+        let check = |how: How, execfn: &[u8], comm: Option<&str>| {
+            let child = exec_stop(how, &[b"x"], &[b"A=1"]).expect("exec");
+            let info = info_of(&child).expect("ExecInfo");
+            check_against_proc(&child, &info);
+            assert_eq!(info.execfn(), Some(execfn));
+            assert_eq!(info.comm_guess().as_deref(), comm);
+            let proc_comm = proc_file(child.pid, "comm");
+            if let Some(c) = comm {
+                assert_eq!(proc_comm, format!("{c}\n").as_bytes());
+            }
+            proc_comm
+        };
+
+        // Through a symlink: the link's name, cut to 15 bytes.
+        let link = s.0.join("a-rather-long-program-name");
+        std::os::unix::fs::symlink(&t, &link).expect("symlink");
+        check(
+            How::Path(&link),
+            link.as_os_str().as_bytes(),
+            Some("a-rather-long-p"),
+        );
+
+        // A script: its own name, not its interpreter's.
+        let script = s.0.join("my-script.sh");
+        std::fs::write(&script, format!("#!{}\n", t.display())).expect("script");
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        check(
+            How::Path(&script),
+            script.as_os_str().as_bytes(),
+            Some("my-script.sh"),
+        );
+
+        // execveat relative to a directory fd: "/dev/fd/N/NAME".
+        let dir = t.parent().expect("/bin");
+        let child = exec_stop(How::DirFd(dir, "true"), &[b"x"], &[]).expect("execveat");
+        let info = info_of(&child).expect("ExecInfo");
+        check_against_proc(&child, &info);
+        let f = info.execfn().expect("execfn");
+        assert!(f.starts_with(b"/dev/fd/") && f.ends_with(b"/true"), "{f:?}");
+        assert_eq!(info.comm_guess().as_deref(), Some("true"));
+        drop(child);
+
+        // fexecve: "/dev/fd/N", whose comm depends on the kernel.
+        let child = exec_stop(How::Fd(&t), &[b"x"], &[]).expect("fexecve");
+        let info = info_of(&child).expect("ExecInfo");
+        check_against_proc(&child, &info);
+        assert!(info.execfn().is_some_and(is_dev_fd));
+        assert_eq!(info.comm_guess(), None);
+        eprintln!(
+            "fexecve: execfn {:?}, comm {:?}",
+            String::from_utf8_lossy(info.execfn().unwrap_or_default()),
+            String::from_utf8_lossy(&proc_file(child.pid, "comm"))
+        );
+        drop(child);
+
+        // Not UTF-8 once cut: 14 ASCII bytes and a 2-byte character.
+        let name = "aaaaaaaaaaaaaa\u{e9}";
+        let link = s.0.join(name);
+        std::os::unix::fs::symlink(&t, &link).expect("symlink");
+        let proc_comm = check(How::Path(&link), link.as_os_str().as_bytes(), None);
+        assert_eq!(proc_comm, [&name.as_bytes()[..15], b"\n"].concat());
+
+        // A name that is exactly 15 bytes is whole.
+        let link = s.0.join("fifteen-bytes-x");
+        std::os::unix::fs::symlink(&t, &link).expect("symlink");
+        check(
+            How::Path(&link),
+            link.as_os_str().as_bytes(),
+            Some("fifteen-bytes-x"),
+        );
+    }
+
+    #[test]
+    fn a_static_binary_has_no_loader() {
+        let s = Scratch::new("static");
+        let Some(bin) = s.build("cc", &["-static"], "static") else {
+            return;
+        };
+        let child = exec_stop(How::Path(&bin), &[b"static"], &[b"A=1"]).expect("exec");
+        let info = info_of(&child).expect("ExecInfo");
+        assert!(!check_against_proc(&child, &info));
+        assert_eq!(info.auxv(libc::AT_BASE), Some(0));
+        assert!(!loader_is_glibc(child.pid, 0));
+        // The program's own image is an ELF file, with no soname.
+        let phdr = info.auxv(libc::AT_PHDR).expect("AT_PHDR");
+        assert!(!loader_is_glibc(child.pid, phdr & !(PAGE - 1)));
+    }
+
+    #[test]
+    fn musls_loader_is_not_glibcs() {
+        if !Path::new("/lib/ld-musl-x86_64.so.1").exists() {
+            eprintln!("skipped: no musl loader");
+            return;
+        }
+        let s = Scratch::new("musl");
+        let Some(bin) = s.build("musl-gcc", &[], "musl") else {
+            return;
+        };
+        let child = exec_stop(How::Path(&bin), &[b"musl"], &[b"A=1"]).expect("exec");
+        let info = info_of(&child).expect("ExecInfo");
+        assert!(!check_against_proc(&child, &info));
+        assert!(info.auxv(libc::AT_BASE).is_some_and(|b| b != 0));
+    }
+
+    #[test]
+    fn a_32_bit_image_is_refused() {
+        let s = Scratch::new("m32");
+        let Some(bin) = s.build("cc", &["-m32"], "m32") else {
+            return;
+        };
+        let child = exec_stop(How::Path(&bin), &[b"m32"], &[b"A=1"]).expect("exec");
+        let regs = tracer::getregs(child.pid).expect("getregs");
+        assert_ne!(regs.cs, USER64_CS);
+        assert!(ExecInfo::from_regs(child.pid, &regs).is_none());
+        // Even without the cs check, the 32-bit words do not parse.
+        assert!(ExecInfo::read(child.pid, regs.rsp).is_none());
+        let auxv = proc_file(child.pid, "auxv");
+        let base = auxv.chunks_exact(8).find_map(|c| {
+            let k = u32::from_ne_bytes(c[..4].try_into().ok()?);
+            let v = u32::from_ne_bytes(c[4..].try_into().ok()?);
+            (u64::from(k) == libc::AT_BASE).then_some(u64::from(v))
+        });
+        let base = base.expect("AT_BASE");
+        assert_ne!(base, 0);
+        assert!(!loader_is_glibc(child.pid, base));
+        assert!(!maps_say_glibc(child.pid, base));
+    }
+
+    #[test]
+    fn wrong_addresses_and_dead_tracees_give_nothing() {
+        let t = bin_true();
+        let child = exec_stop(How::Path(&t), &[b"true", b"x"], &[b"A=1"]).expect("exec");
+        let pid = child.pid;
+        let regs = tracer::getregs(pid).expect("getregs");
+        let info = info_of(&child).expect("ExecInfo");
+        let base = info.auxv(libc::AT_BASE).expect("AT_BASE");
+        // Not the exec stop's rsp: argv[0]'s pointer taken for argc.
+        assert!(ExecInfo::read(pid, regs.rsp + 16).is_none());
+        assert!(ExecInfo::read(pid, regs.rsp + 8).is_none());
+        assert!(ExecInfo::read(pid, 0x1000).is_none());
+        assert!(ExecInfo::read(pid, u64::MAX - 15).is_none());
+        assert!(!loader_is_glibc(pid, base + PAGE));
+        assert!(!loader_is_glibc(pid, base + 1));
+        assert!(!loader_is_glibc(pid, regs.rsp & !(PAGE - 1)));
+        assert!(!loader_is_glibc(pid, !(PAGE - 1)));
+        assert!(loader_is_glibc(pid, base));
+
+        // Killed, not yet reaped: a zombie has no memory.
+        // SAFETY: kill(2) of our own child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        // SAFETY: waitid into a local siginfo; WNOWAIT leaves it a zombie.
+        unsafe {
+            let mut si: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut si,
+                libc::WEXITED | libc::WNOWAIT | libc::__WALL,
+            );
+        }
+        assert!(ExecInfo::read(pid, regs.rsp).is_none());
+        assert!(!loader_is_glibc(pid, base));
+        drop(child);
+        // Reaped: no such process.
+        assert!(ExecInfo::read(pid, regs.rsp).is_none());
+        assert!(!loader_is_glibc(pid, base));
+    }
+
+    #[test]
+    fn blocks_split_into_their_strings() {
+        assert_eq!(entries(b"").count(), 0);
+        assert_eq!(entries(b"\0").collect::<Vec<_>>(), [b""]);
+        assert_eq!(
+            entries(b"a\0\0b\0").collect::<Vec<_>>(),
+            [&b"a"[..], b"", b"b"]
+        );
+        assert!(is_dev_fd(b"/dev/fd/3"));
+        assert!(is_dev_fd(b"/dev/fd/123"));
+        assert!(!is_dev_fd(b"/dev/fd/"));
+        assert!(!is_dev_fd(b"/dev/fd/3/true"));
+        assert!(!is_dev_fd(b"/dev/fd/x"));
+    }
+}
