@@ -215,32 +215,36 @@ impl Job {
             .map_or(ShimSays::Unknown, |s| s.says(fd))
     }
 
-    /// The shim of `tid`'s process announced its table at `fd`: map it,
-    /// take its mixer (values must agree) and write into it everything
-    /// the supervisor knows that the shim cannot (the supervisor's
-    /// tombstones and tombstone source must hide there too).
+    /// The shim of `tid`'s process announced its table at `fd`. Under the
+    /// lenient filter nothing of the start-up stopped here, so nothing
+    /// needs writing into it: it is mapped when something needs it
+    /// (`sync_shim`), which for most short-lived processes is never.
+    /// Under the strict filter it is mapped now, the shim's mixer taken
+    /// (values must agree) and everything the supervisor knows that the
+    /// shim cannot (its tombstones, its tombstone source) written there.
     pub(super) fn on_announce(&mut self, tid: i32, tgid: i32, fd: i32) {
-        let Some(shim) = ShimTable::announced(tgid, fd) else {
-            return;
-        };
-        if let (Some(t), Some(mixer)) = (self.threads.get(&tid), shim.mixer()) {
-            let mut table = t.table.borrow_mut();
-            table.mixer = mixer;
-            table.touch_all();
-        }
         let strict = match self.procs.get_mut(&tgid) {
             Some(p) => {
-                p.shim = Some(shim);
-                p.awaiting_shim = false;
+                p.shim = Some(ShimTable::announced(tgid, fd));
                 p.strict
             }
-            None => true,
+            None => return,
         };
         if !strict {
-            // Under the lenient filter nothing of the start-up stopped
-            // here: the model is what exec or fork left, nothing to undo.
-            self.publish(tid);
+            if let Some(p) = self.procs.get_mut(&tgid) {
+                p.awaiting_shim = false;
+            }
+            if let Some(t) = self.threads.get(&tid) {
+                t.table.borrow_mut().touch_all();
+            }
             return;
+        }
+        self.sync_shim(tid, tgid);
+        if self.procs.get(&tgid).is_none_or(|p| p.shim.is_none()) {
+            return;
+        }
+        if let Some(p) = self.procs.get_mut(&tgid) {
+            p.awaiting_shim = false;
         }
         // Before the announcement the shim's own start-up (its table's fd,
         // mapped with an mmap that stopped here) may have been taken for
@@ -257,6 +261,59 @@ impl Job {
             }
         }
         self.publish(tid);
+    }
+
+    /// Brings the model of `tid`'s process in line with its shim's table
+    /// before anything reads it: maps an announced table (dropping it if
+    /// the announcement was not a genuine table), takes its mixer, and
+    /// after an exec whose fd listing was skipped keeps of the handles the
+    /// model had only those the shim registered as inherited (the others
+    /// were O_CLOEXEC, or closed and reused since).
+    pub(super) fn sync_shim(&mut self, tid: i32, tgid: i32) {
+        let Some(p) = self.procs.get_mut(&tgid) else {
+            return;
+        };
+        let Some(t) = self.threads.get(&tid) else {
+            return;
+        };
+        if let Some(shim) = p.shim.as_ref().filter(|s| !s.synced.get()) {
+            shim.synced.set(true);
+            match shim.mixer() {
+                Some(mixer) => {
+                    let mut table = t.table.borrow_mut();
+                    table.mixer = mixer;
+                    table.touch_all();
+                }
+                None => p.shim = None,
+            }
+        }
+        if !p.exec_unverified {
+            return;
+        }
+        p.exec_unverified = false;
+        let mut table = t.table.borrow_mut();
+        let open: Vec<i32> = table.open_fds().map(|(fd, _)| fd).collect();
+        match p.shim.as_ref() {
+            Some(shim) => {
+                for fd in open {
+                    if !shim.holds_inherited(fd) {
+                        table.forget_open(fd);
+                    }
+                }
+            }
+            None => {
+                // The shim never came: ask the kernel (what opened since
+                // without stopping here is adopted when it is used).
+                let present: HashSet<i32> = fd_numbers(&format!("/proc/{tgid}/fd"))
+                    .into_iter()
+                    .collect();
+                for fd in open {
+                    if !present.contains(&fd) {
+                        table.forget_open(fd);
+                    }
+                }
+            }
+        }
     }
 
     pub(super) fn on_seccomp(&mut self, tid: i32) {
@@ -282,6 +339,7 @@ impl Job {
             self.resume(tid, None);
             return;
         }
+        self.sync_shim(tid, tgid);
         let (desc, a) = match shimtable::proxied(nr, &a, self.cookie) {
             Some(p) if self.shim_injected => p,
             _ => (desc, a),

@@ -194,6 +194,10 @@ pub(super) struct Process {
     pub(super) strict: bool,
     /// `/proc/PID/fd`, held open for cheap per-fd lookups.
     pub(super) fd_dir: Option<std::os::fd::OwnedFd>,
+    /// The model's open handles predate the last exec and were not
+    /// checked against what survived it (O_CLOEXEC): `sync_shim` does
+    /// that before anything reads the model.
+    pub(super) exec_unverified: bool,
 }
 
 /// A bad fd use found at a syscall's entry.
@@ -485,6 +489,7 @@ impl Job {
                 awaiting_shim: false,
                 strict: !lenient,
                 fd_dir: None,
+                exec_unverified: false,
             },
         );
         job.tree.insert(
@@ -733,11 +738,16 @@ impl Job {
                 return;
             }
         };
+        let Some(ptgid) = self.threads.get(&tid).map(|t| t.tgid) else {
+            self.resume(tid, None);
+            return;
+        };
+        // The child's model starts as a copy of the parent's.
+        self.sync_shim(tid, ptgid);
         let Some(parent) = self.threads.get(&tid) else {
             self.resume(tid, None);
             return;
         };
-        let ptgid = parent.tgid;
         let ptable = parent.table.clone();
         let regs = tracer::getregs(tid).ok();
         let (flags, pidfd_ptr) = match regs {
@@ -809,6 +819,7 @@ impl Job {
                     awaiting_shim,
                     strict,
                     fd_dir: None,
+                    exec_unverified: false,
                 },
             );
         }
@@ -850,20 +861,34 @@ impl Job {
             self.root_execed = true;
             self.exec_error = None;
         }
+        let env = std::fs::read(format!("/proc/{tgid}/environ")).unwrap_or_default();
+        let nested = self.nested_policy(tgid, &env);
+        let awaiting_shim = self
+            .opts
+            .shim
+            .as_deref()
+            .is_some_and(|shim| super::shimtable::will_load(tgid, shim, &env));
+        let lenient = self.procs.get(&tgid).is_some_and(|p| !p.strict);
         // exec unshares the fd table and closes O_CLOEXEC fds (tombstones
         // and the tombstone source among them).
         let old = self.threads[&tid].table.clone();
         let mut table = old.borrow().unshared_copy();
-        let present: HashSet<i32> = fd_numbers(&format!("/proc/{tgid}/fd"))
-            .into_iter()
-            .collect();
+        // Which fds survived the exec: an image that will load the shim
+        // under the lenient filter is told by the shim's table, if anything
+        // ever needs to know (`sync_shim`); listing /proc/PID/fd here cost
+        // every exec ~50 µs. Tombstones and the tombstone source are
+        // O_CLOEXEC: gone either way.
+        let deferred = awaiting_shim && lenient;
+        let present: Option<HashSet<i32>> = (!deferred).then(|| {
+            fd_numbers(&format!("/proc/{tgid}/fd"))
+                .into_iter()
+                .collect()
+        });
+        let survived = |fd: i32| present.as_ref().is_some_and(|p| p.contains(&fd));
         for fd in table.numbers() {
-            if present.contains(&fd) {
-                continue;
-            }
             match table.get(fd) {
-                Some(Slot::Tombstone(_)) => table.drop_tombstone(fd),
-                Some(Slot::Open(_)) => table.close(
+                Some(Slot::Tombstone(_)) if !survived(fd) => table.drop_tombstone(fd),
+                Some(Slot::Open(_)) if present.is_some() && !survived(fd) => table.close(
                     fd,
                     None,
                     tgid,
@@ -871,13 +896,13 @@ impl Job {
                     "exec (O_CLOEXEC)",
                     false,
                 ),
-                None => {}
+                _ => {}
             }
         }
-        if table.tomb_src.is_some_and(|s| !present.contains(&s)) {
+        if table.tomb_src.is_some_and(|s| !survived(s)) {
             table.set_tomb_src(None);
         }
-        for fd in present {
+        for fd in present.into_iter().flatten() {
             if table.get(fd).is_none() && table.tomb_src != Some(fd) {
                 table.open(fd, Origin::Inherited, None, tgid);
             }
@@ -893,19 +918,12 @@ impl Job {
         if let Some(p) = self.tree.get_mut(&tgid) {
             p.names.push(name.clone());
         }
-        let env = std::fs::read(format!("/proc/{tgid}/environ")).unwrap_or_default();
-        let nested = self.nested_policy(tgid, &env);
-        let awaiting_shim = self
-            .opts
-            .shim
-            .as_deref()
-            .is_some_and(|shim| super::shimtable::will_load(tgid, shim, &env));
-        let needs_strict = !awaiting_shim && self.procs.get(&tgid).is_some_and(|p| !p.strict);
-        if needs_strict {
+        if !awaiting_shim && lenient {
             self.make_strict(tid, tgid);
         }
         if let Some(p) = self.procs.get_mut(&tgid) {
             p.awaiting_shim = awaiting_shim;
+            p.exec_unverified = deferred;
             p.name = name;
             p.maps = None;
             p.nofile = None;

@@ -29,6 +29,10 @@ impl Job {
             return;
         };
         let tgid = t.tgid;
+        self.sync_shim(tid, tgid);
+        let Some(t) = self.threads.get(&tid) else {
+            return;
+        };
         let all = self.opts.leak_mode == LeakMode::All;
         let table_ref = t.table.clone();
         let mut candidates: Vec<(i32, u32, Origin, Option<Stack>, bool)> = {

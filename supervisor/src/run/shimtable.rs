@@ -34,8 +34,18 @@ use crate::inspect::shared::{sealed_against_shrinking, MappedTable};
 /// one syscall; a holder that is stopped or dead must not stop us.
 const LOCK_SPINS: u32 = 100_000;
 
+/// A shim's announced table, mapped at its first use: most processes
+/// never need it mapped (a short-lived process under the lenient filter
+/// has no stop between the announcement and its exit), and mapping,
+/// checking and unmapping a table cost every process ~60 µs of /proc
+/// lookup, page faults and a TLB flush.
 pub(super) struct ShimTable {
-    mapped: MappedTable,
+    tgid: i32,
+    fd: i32,
+    mapped: std::cell::OnceCell<Option<MappedTable>>,
+    /// The supervisor's model of the process has taken this table's
+    /// mixer (see `Job::sync_shim`).
+    pub(super) synced: std::cell::Cell<bool>,
 }
 
 /// What the shim's table says of an fd.
@@ -113,37 +123,41 @@ pub(super) fn proxied(
 }
 
 impl ShimTable {
-    /// Maps the table the shim of process `tgid` announced at `fd`.
-    pub(super) fn announced(tgid: i32, fd: i32) -> Option<ShimTable> {
-        use std::os::unix::fs::OpenOptionsExt;
-        // The program names the fd: it must not be able to make us block
-        // (a FIFO) or lose mapped pages (a file it can truncate).
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open(format!("/proc/{tgid}/fd/{fd}"))
-            .ok()?;
-        let f = OwnedFd::from(f);
-        if !sealed_against_shrinking(&f) {
-            return None;
+    /// The table the shim of process `tgid` announced at `fd`; nothing is
+    /// opened or mapped until it is used.
+    pub(super) fn announced(tgid: i32, fd: i32) -> ShimTable {
+        ShimTable {
+            tgid,
+            fd,
+            mapped: std::cell::OnceCell::new(),
+            synced: std::cell::Cell::new(false),
         }
-        let mapped = MappedTable::map_rw(&f)?;
-        let view = mapped.view().ok()?;
-        // The announcement names the table of this process, written by a
-        // shim: anything else is a program playing games with the call.
-        if view.pid() != tgid as u32 || view.writer() != table::writer::SHIM {
-            return None;
-        }
-        Some(ShimTable { mapped })
+    }
+
+    /// The mapped table; None when the announced fd is not a shim's table
+    /// of this process (a program playing games with the announcement).
+    fn table(&self) -> Option<&MappedTable> {
+        self.mapped
+            .get_or_init(|| map_announced(self.tgid, self.fd))
+            .as_ref()
     }
 
     pub(super) fn mixer(&self) -> Option<u32> {
-        self.mapped.view().ok().map(|v| v.mixer())
+        self.table()?.view().ok().map(|v| v.mixer())
+    }
+
+    /// Whether the shim holds `fd` open as a handle the image inherited
+    /// (registered by its constructor, not made since).
+    pub(super) fn holds_inherited(&self, fd: i32) -> bool {
+        let Some(view) = self.table().and_then(|m| m.view().ok()) else {
+            return false;
+        };
+        view.slot(fd)
+            .is_some_and(|v| v.state == state::OPEN && v.how == how::INHERITED)
     }
 
     pub(super) fn says(&self, fd: i32) -> ShimSays {
-        let Ok(view) = self.mapped.view() else {
+        let Some(Ok(view)) = self.table().map(|m| m.view()) else {
             return ShimSays::Unknown;
         };
         // Every checked call asks: read the 32-byte slot, and the stack
@@ -164,7 +178,7 @@ impl ShimTable {
     /// with their records. Asking only for those keeps this cheap in a
     /// table with a million slots.
     pub(super) fn open_fds(&self, fds: &[i32]) -> Vec<(i32, SlotDetail)> {
-        let Ok(view) = self.mapped.view() else {
+        let Some(Ok(view)) = self.table().map(|m| m.view()) else {
             return Vec::new();
         };
         fds.iter()
@@ -181,7 +195,7 @@ impl ShimTable {
     /// its handle values are the shim's), None when the slot is out of
     /// the table.
     pub(super) fn update(&self, fd: i32, u: &Update) -> Option<u32> {
-        let view = self.mapped.view().ok()?;
+        let view = self.table()?.view().ok()?;
         let (slot, stacks) = view.cells(fd)?;
         let l = slot.lock(LOCK_SPINS);
         let old = slot.load(&l);
@@ -261,6 +275,32 @@ impl ShimTable {
         slot.unlock(l);
         Some(generation)
     }
+}
+
+/// Maps, read-write, the table the shim of process `tgid` announced at
+/// `fd`, if it is one.
+fn map_announced(tgid: i32, fd: i32) -> Option<MappedTable> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // The program names the fd: it must not be able to make us block
+    // (a FIFO) or lose mapped pages (a file it can truncate).
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(format!("/proc/{tgid}/fd/{fd}"))
+        .ok()?;
+    let f = OwnedFd::from(f);
+    if !sealed_against_shrinking(&f) {
+        return None;
+    }
+    let mapped = MappedTable::map_rw(&f)?;
+    let view = mapped.view().ok()?;
+    // The announcement names the table of this process, written by a
+    // shim: anything else is a program playing games with the call.
+    if view.pid() != tgid as u32 || view.writer() != table::writer::SHIM {
+        return None;
+    }
+    Some(mapped)
 }
 
 /// Will the image process `tgid` just exec'd load the shim at `shim`? It
