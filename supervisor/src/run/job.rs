@@ -437,7 +437,8 @@ impl Job {
         argv.extend(opts.args.iter().cloned());
 
         install_forwarding();
-        let child = spawn::spawn(&program, &argv, &env, &filter)?;
+        let exit_events = opts.leak_mode != LeakMode::Off;
+        let child = spawn::spawn(&program, &argv, &env, &filter, exit_events)?;
         let root = child.pid;
         let mut job = Job {
             cookie,

@@ -132,13 +132,20 @@ pub struct Child {
 }
 
 /// Ptrace options for every tracee (inherited by auto-attached children).
-pub fn trace_options() -> ptrace::Options {
-    ptrace::Options::PTRACE_O_TRACESYSGOOD
+/// Exit events (a stop in every exiting thread, while its fds still
+/// exist) only serve leak checks: without them each process costs one
+/// stop less.
+pub fn trace_options(exit_events: bool) -> ptrace::Options {
+    let exit = if exit_events {
+        ptrace::Options::PTRACE_O_TRACEEXIT
+    } else {
+        ptrace::Options::empty()
+    };
+    exit | ptrace::Options::PTRACE_O_TRACESYSGOOD
         | ptrace::Options::PTRACE_O_TRACEFORK
         | ptrace::Options::PTRACE_O_TRACEVFORK
         | ptrace::Options::PTRACE_O_TRACECLONE
         | ptrace::Options::PTRACE_O_TRACEEXEC
-        | ptrace::Options::PTRACE_O_TRACEEXIT
         | ptrace::Options::PTRACE_O_TRACESECCOMP
         | ptrace::Options::PTRACE_O_EXITKILL
 }
@@ -165,6 +172,7 @@ pub fn spawn(
     argv: &[OsString],
     env: &[(OsString, OsString)],
     filter: &[libc::sock_filter],
+    exit_events: bool,
 ) -> Result<Child, SpawnError> {
     use std::os::fd::AsRawFd;
     let shown = program.to_string_lossy().into_owned();
@@ -260,7 +268,7 @@ pub fn spawn(
     drop(go_r);
     drop(ex_w);
     let child = Pid::from_raw(pid);
-    if let Err(e) = ptrace::seize(child, trace_options()) {
+    if let Err(e) = ptrace::seize(child, trace_options(exit_events)) {
         // SAFETY: kill and reap the child we could not trace.
         unsafe {
             libc::kill(pid, libc::SIGKILL);
