@@ -6,9 +6,15 @@
 //! argv and envp pointer arrays, the auxiliary vector) above which lie the
 //! argv strings, the environment strings and the exec'd filename
 //! (AT_EXECFN), contiguous, in that order, ending 8 bytes below the top of
-//! the stack mapping. One or two `process_vm_readv` calls (about 1–3 µs
-//! each) get all of it, where opening and reading /proc/PID/environ,
-//! auxv, maps and comm costs 20–35 µs apiece.
+//! the stack mapping. One `process_vm_readv` call gets all of it (two for
+//! a stack beyond 32 KiB), and two more tell glibc's loader by its soname.
+//! Measured at the exec stops of a traced shell's children (the ignored
+//! test `measure_exec_stop`): about 25–30 µs for all of it, getregs
+//! included, against 125–140 µs for reading /proc/PID/environ, auxv,
+//! maps and comm. Most of what is left is a first access to a new
+//! address space (a 64-byte read costs ~6 µs there, ~2 µs warm) and
+//! faulting in the loader's first page and its .dynamic, which the loader
+//! would otherwise fault in itself.
 //!
 //! Every answer here is "the same as /proc, or nothing": anything
 //! unexpected (a 32-bit or x32 image, a dead tracee, a layout that is not
@@ -30,18 +36,16 @@ const USER64_CS: u64 = 0x33;
 
 /// The first read from rsp: the pointer arrays, the random gap of up to
 /// 8 KiB that `arch_align_stack` leaves below the strings, and the strings
-/// of a usual environment. A read stops short at the end of the stack
-/// mapping, so asking for more than is there costs nothing.
-const FIRST_READ: usize = 16 << 10;
+/// of a usual environment (with a 2 KB environment, rsp is 3–12 KB below
+/// the top). A read stops short at the end of the stack mapping, so
+/// asking for more than is there costs nothing.
+const FIRST_READ: usize = 32 << 10;
 
 /// Beyond this much stack the caller reads /proc instead (the kernel
-/// allows up to 6 MiB of arguments and environment).
+/// allows up to 6 MiB of arguments and environment). A stack larger than
+/// [`FIRST_READ`] is read in a second call that asks for all of this and
+/// stops at the end of the mapping.
 pub const MAX_STACK: usize = 1 << 20;
-
-/// Room for AT_EXECFN's string past its start: a path (PATH_MAX, 4096
-/// with its NUL) behind "/dev/fd/N/" for an execveat relative to a
-/// directory fd.
-const EXECFN_ROOM: usize = 4096 + 32;
 
 /// Granularity of the remote iovecs: process_vm_readv documents partial
 /// transfers only at iovec boundaries, so a read meant to stop at the end
@@ -80,9 +84,8 @@ impl ExecInfo {
 
     /// Reads the initial stack of `tid` at `rsp`, which must be the rsp of
     /// its PTRACE_EVENT_EXEC stop: after the image has run, the stack is
-    /// its own. Usually one process_vm_readv, two for an environment
-    /// beyond [`FIRST_READ`], three when the pointer arrays alone are
-    /// larger than that.
+    /// its own. One process_vm_readv, or two when the stack from rsp up
+    /// is larger than [`FIRST_READ`].
     ///
     /// None when the tracee is gone, the stack is not the layout the
     /// kernel writes for a 64-bit image (an x32 image's argc word reads as
@@ -95,7 +98,7 @@ impl ExecInfo {
             return None;
         }
         let mut stack = Stack::new(tid, rsp);
-        stack.ensure(8, FIRST_READ)?;
+        stack.ensure(8)?;
         let argc = usize::try_from(stack.word(0)?).ok()?;
         // Each argument costs at least its pointer and a NUL.
         if argc > MAX_STACK / 9 {
@@ -103,14 +106,14 @@ impl ExecInfo {
         }
         // argc, argv[], NULL
         let envp_at = 8 * (argc + 2);
-        stack.ensure(envp_at + 8, 2 * envp_at)?;
+        stack.ensure(envp_at + 8)?;
         if stack.word(envp_at - 8)? != 0 {
             return None;
         }
         let mut envc = 0;
         loop {
             let at = envp_at + 8 * envc;
-            stack.ensure(at + 8, 2 * at)?;
+            stack.ensure(at + 8)?;
             if stack.word(at)? == 0 {
                 break;
             }
@@ -120,7 +123,7 @@ impl ExecInfo {
         let mut auxv_end = auxv_at;
         let mut execfn = None;
         loop {
-            stack.ensure(auxv_end + 16, 2 * auxv_end)?;
+            stack.ensure(auxv_end + 16)?;
             let key = stack.word(auxv_end)?;
             let value = stack.word(auxv_end + 8)?;
             auxv_end += 16;
@@ -135,7 +138,6 @@ impl ExecInfo {
         if execfn_at < auxv_end {
             return None;
         }
-        let end = execfn_at.checked_add(EXECFN_ROOM)?;
         let name_len = loop {
             if let Some(s) = stack.mem.get(execfn_at..) {
                 if let Ok(name) = CStr::from_bytes_until_nul(s) {
@@ -143,7 +145,7 @@ impl ExecInfo {
                 }
             }
             // Grows or fails: the loop ends within MAX_STACK.
-            stack.ensure(stack.mem.len().max(execfn_at) + 1, end)?;
+            stack.ensure(stack.mem.len().max(execfn_at) + 1)?;
         };
         let execfn = execfn_at..execfn_at + name_len;
 
@@ -428,17 +430,22 @@ impl Stack {
         }
     }
 
-    /// Makes sure the first `len` bytes are read, reading up to `want`
-    /// (within [`MAX_STACK`]) when it has to read at all, so that a
-    /// growing walk reads a few times rather than once per word.
-    fn ensure(&mut self, len: usize, want: usize) -> Option<()> {
+    /// Makes sure the first `len` bytes are read. The first read asks
+    /// for [`FIRST_READ`], a second for everything up to [`MAX_STACK`]:
+    /// it stops at the end of the mapping, so there is no third.
+    fn ensure(&mut self, len: usize) -> Option<()> {
         if self.mem.len() >= len {
             return Some(());
         }
         if self.at_end || len > MAX_STACK {
             return None;
         }
-        let target = want.max(len).min(MAX_STACK);
+        let ask_for = if self.mem.is_empty() {
+            FIRST_READ
+        } else {
+            MAX_STACK
+        };
+        let target = ask_for.max(len);
         let ask = target - self.mem.len();
         let addr = self.rsp.checked_add(self.mem.len() as u64)?;
         if read_into(self.tid, addr, ask, &mut self.mem) < ask {
@@ -620,6 +627,8 @@ mod tests {
             // enough to exec it.
             unsafe {
                 libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
+                // A group of its own, for measure_exec_stop's waitpid.
+                libc::setpgid(0, 0);
                 libc::raise(libc::SIGSTOP);
                 libc::syscall(
                     libc::SYS_execveat,
@@ -1013,6 +1022,159 @@ mod tests {
         // Reaped: no such process.
         assert!(ExecInfo::read(pid, regs.rsp).is_none());
         assert!(!loader_is_glibc(pid, base));
+    }
+
+    /// Times what on_exec would do with this module against the /proc
+    /// reads it replaces. Run with `cargo test --release -p
+    /// handles-supervisor --lib measure_exec_stop -- --ignored
+    /// --nocapture`.
+    ///
+    /// The exec'ing processes are forked by a traced shell, as under
+    /// `handles run`: a fork of our own per sample would make our heap
+    /// copy-on-write and charge the first writes into the read buffers
+    /// with page faults the supervisor does not have.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn measure_exec_stop() {
+        use std::time::{Duration, Instant};
+        const RUNS: usize = 400;
+        let median = |v: &mut Vec<Duration>| {
+            v.sort();
+            v[v.len() / 2]
+        };
+        let new_way = |pid: i32| {
+            let regs = tracer::getregs(pid).expect("getregs");
+            let info = ExecInfo::from_regs(pid, &regs).expect("ExecInfo");
+            let base = info.auxv(libc::AT_BASE).unwrap_or(0);
+            let glibc = base != 0 && loader_is_glibc(pid, base);
+            let comm = info.comm_guess().expect("comm");
+            (info.env(b"LD_PRELOAD").is_some(), glibc, comm)
+        };
+        let old_way = |pid: i32| {
+            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let auxv = std::fs::read(format!("/proc/{pid}/auxv")).unwrap_or_default();
+            let base = auxv
+                .chunks_exact(16)
+                .find_map(|c| {
+                    let k = u64::from_ne_bytes(c[..8].try_into().ok()?);
+                    let v = u64::from_ne_bytes(c[8..].try_into().ok()?);
+                    (k == libc::AT_BASE).then_some(v)
+                })
+                .unwrap_or(0);
+            let glibc = base != 0 && maps_say_glibc(pid, base);
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            (
+                env.split(|&b| b == 0)
+                    .any(|kv| kv.starts_with(b"LD_PRELOAD=")),
+                glibc,
+                comm.trim_end().to_string(),
+            )
+        };
+        let t = bin_true();
+        let script = format!(
+            "i=0; while [ $i -lt {RUNS} ]; do {}; i=$((i+1)); done",
+            t.display()
+        );
+        let env: Vec<Vec<u8>> = std::env::vars_os()
+            .map(|(k, v)| [k.as_bytes(), b"=", v.as_bytes()].concat())
+            .collect();
+        let env: Vec<&[u8]> = env.iter().map(|v| &v[..]).collect();
+        let sh = exec_stop(
+            How::Path(Path::new("/bin/sh")),
+            &[b"sh", b"-c", script.as_bytes()],
+            &env,
+        )
+        .expect("exec /bin/sh");
+        let opts = libc::PTRACE_O_TRACEEXEC
+            | libc::PTRACE_O_EXITKILL
+            | libc::PTRACE_O_TRACEFORK
+            | libc::PTRACE_O_TRACEVFORK
+            | libc::PTRACE_O_TRACECLONE;
+        // SAFETY: PTRACE_SETOPTIONS and PTRACE_CONT of our stopped tracee.
+        unsafe {
+            assert_eq!(libc::ptrace(libc::PTRACE_SETOPTIONS, sh.pid, 0, opts), 0);
+            assert_eq!(libc::ptrace(libc::PTRACE_CONT, sh.pid, 0, 0), 0);
+        }
+        let (mut new_first, mut new_second) = (Vec::new(), Vec::new());
+        let (mut old_first, mut old_second) = (Vec::new(), Vec::new());
+        let (mut regs_t, mut read_t, mut loader_t) = (Vec::new(), Vec::new(), Vec::new());
+        let mut n = 0usize;
+        loop {
+            let mut st = 0;
+            // The shell and what it forks, and no other test's children:
+            // exec_stop put the shell in a process group of its own.
+            // SAFETY: waitpid writes one int into `st`.
+            let pid = unsafe { libc::waitpid(-sh.pid, &mut st, libc::__WALL) };
+            if pid < 0 {
+                break;
+            }
+            if pid == sh.pid && (libc::WIFEXITED(st) || libc::WIFSIGNALED(st)) {
+                std::mem::forget(sh);
+                break;
+            }
+            if !libc::WIFSTOPPED(st) {
+                continue;
+            }
+            let mut sig = 0;
+            if st >> 8 == libc::SIGTRAP | (libc::PTRACE_EVENT_EXEC << 8) && pid != sh.pid {
+                // Alternate which goes first: the first touch of the
+                // tracee's pages and /proc entries costs more.
+                let (a, b) = match n % 3 {
+                    0 => {
+                        let s = Instant::now();
+                        let a = new_way(pid);
+                        let m = Instant::now();
+                        let b = old_way(pid);
+                        new_first.push(m - s);
+                        old_second.push(m.elapsed());
+                        (a, b)
+                    }
+                    1 => {
+                        let s = Instant::now();
+                        let b = old_way(pid);
+                        let m = Instant::now();
+                        let a = new_way(pid);
+                        old_first.push(m - s);
+                        new_second.push(m.elapsed());
+                        (a, b)
+                    }
+                    // The new way's pieces on their own.
+                    _ => {
+                        let s = Instant::now();
+                        let regs = tracer::getregs(pid).expect("getregs");
+                        let r = Instant::now();
+                        let info = ExecInfo::from_regs(pid, &regs).expect("read");
+                        let i = Instant::now();
+                        assert!(loader_is_glibc(pid, info.auxv(libc::AT_BASE).unwrap_or(0)));
+                        loader_t.push(i.elapsed());
+                        regs_t.push(r - s);
+                        read_t.push(i - r);
+                        (new_way(pid), old_way(pid))
+                    }
+                };
+                assert_eq!(a, b);
+                n += 1;
+            } else if libc::WSTOPSIG(st) != libc::SIGTRAP && libc::WSTOPSIG(st) != libc::SIGSTOP {
+                sig = libc::WSTOPSIG(st);
+            }
+            // SAFETY: PTRACE_CONT of one of our tracees.
+            unsafe { libc::ptrace(libc::PTRACE_CONT, pid, 0, sig) };
+        }
+        assert_eq!(n, RUNS);
+        eprintln!(
+            "{RUNS} exec stops of {} forked by a traced sh, medians:\n  \
+             getregs + ExecInfo + loader_is_glibc + env + comm_guess: {:?} first, {:?} second\n  \
+             /proc environ + auxv + maps scan + comm:                {:?} first, {:?} second\n  \
+             alone, first: getregs {:?}, ExecInfo::from_regs {:?}, loader_is_glibc {:?}",
+            t.display(),
+            median(&mut new_first),
+            median(&mut new_second),
+            median(&mut old_first),
+            median(&mut old_second),
+            median(&mut regs_t),
+            median(&mut read_t),
+            median(&mut loader_t),
+        );
     }
 
     #[test]
