@@ -22,7 +22,6 @@
 //! `false`, and the caller falls back to /proc.
 
 // Not called yet: on_exec takes it up in a separate change.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use std::borrow::Cow;
 use std::ffi::CStr;
@@ -60,8 +59,11 @@ const GLIBC_LOADER: &[u8] = b"ld-linux-x86-64.so.2";
 pub struct ExecInfo {
     /// Tracee memory from rsp to the end of AT_EXECFN's string.
     mem: Vec<u8>,
+    /// The argument count and strings (each with its NUL, as
+    /// /proc/PID/cmdline has them): checked by the tests, used by nobody.
+    #[cfg(test)]
     argc: usize,
-    /// The argv strings, each with its NUL, as /proc/PID/cmdline has them.
+    #[cfg(test)]
     args: Range<usize>,
     /// The environment strings, each with its NUL: /proc/PID/environ.
     environ: Range<usize>,
@@ -180,7 +182,9 @@ impl ExecInfo {
         mem.truncate(execfn.end + 1);
         Some(ExecInfo {
             mem,
+            #[cfg(test)]
             argc,
+            #[cfg(test)]
             args: strings_at..env_at,
             environ: env_at..execfn_at,
             auxv: auxv_at..auxv_end,
@@ -188,11 +192,13 @@ impl ExecInfo {
         })
     }
 
+    #[cfg(test)]
     pub fn argc(&self) -> usize {
         self.argc
     }
 
     /// The arguments, as in /proc/PID/cmdline.
+    #[cfg(test)]
     pub fn args(&self) -> impl Iterator<Item = &[u8]> {
         entries(&self.mem[self.args.clone()])
     }

@@ -303,25 +303,41 @@ fn map_announced(tgid: i32, fd: i32) -> Option<MappedTable> {
     Some(mapped)
 }
 
-/// Will the image process `tgid` just exec'd load the shim at `shim`? It
-/// does when it is dynamically linked (the auxiliary vector has an
-/// interpreter base), not set-ID (AT_SECURE; the shim also stays out of
-/// images the kernel ran without their privileges, but it says so with
-/// no announcement, which only leaves quarantine on) and its environment
-/// `env` preloads it.
-pub(super) fn will_load(tgid: i32, shim: &std::path::Path, env: &[u8]) -> bool {
+/// Will the image thread `tid` of process `tgid` just exec'd load the
+/// shim at `shim`? It does when its LD_PRELOAD (`preload`) names it, it is
+/// dynamically linked by glibc's loader (the auxiliary vector has an
+/// interpreter base) and not set-ID (AT_SECURE; the shim also stays out
+/// of images the kernel ran without their privileges, but it says so
+/// with no announcement, which only leaves quarantine on). `info`, the
+/// exec stop's initial stack, answers without /proc when it could be read.
+pub(super) fn will_load(
+    tid: i32,
+    tgid: i32,
+    shim: &std::path::Path,
+    preload: Option<&[u8]>,
+    info: Option<&super::execinfo::ExecInfo>,
+) -> bool {
     use std::os::unix::ffi::OsStrExt;
-    let Some(auxv) = super::job::Auxv::read(tgid) else {
-        return false;
-    };
-    let base = auxv.get(libc::AT_BASE).unwrap_or(0);
-    if base == 0 || auxv.get(libc::AT_SECURE).unwrap_or(1) != 0 || !glibc_loader_at(tgid, base) {
+    let want = shim.as_os_str().as_bytes();
+    let preloads = preload.is_some_and(|v| v.split(|&b| b == b':' || b == b' ').any(|p| p == want));
+    if !preloads {
         return false;
     }
-    let want = shim.as_os_str().as_bytes();
-    env.split(|&b| b == 0)
-        .find_map(|kv| kv.strip_prefix(b"LD_PRELOAD="))
-        .is_some_and(|v| v.split(|&b| b == b':' || b == b' ').any(|p| p == want))
+    let (base, secure) = match info {
+        Some(i) => (i.auxv(libc::AT_BASE), i.auxv(libc::AT_SECURE)),
+        None => match super::job::Auxv::read(tgid) {
+            Some(a) => (a.get(libc::AT_BASE), a.get(libc::AT_SECURE)),
+            None => return false,
+        },
+    };
+    let base = base.unwrap_or(0);
+    if base == 0 || secure.unwrap_or(1) != 0 {
+        return false;
+    }
+    match info {
+        Some(_) => super::execinfo::loader_is_glibc(tid, base),
+        None => glibc_loader_at(tgid, base),
+    }
 }
 
 /// Whether the dynamic loader mapped at `base` is glibc's, the only one
