@@ -233,8 +233,15 @@ extern "C" fn init() {
     state::tomb_src();
     state::register_inherited(&inherited);
     state::announce();
-    // SAFETY: registering a handler that only issues raw syscalls.
-    unsafe { libc::pthread_atfork(None, None, Some(state::after_fork_child)) };
+    // SAFETY: registering handlers that only issue raw syscalls and take
+    // slot locks as the wrappers do.
+    unsafe {
+        libc::pthread_atfork(
+            Some(state::before_fork),
+            None,
+            Some(state::after_fork_child),
+        )
+    };
     state::ACTIVE.store(true, Relaxed);
 }
 

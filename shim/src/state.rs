@@ -14,14 +14,30 @@ use crate::{fddir, sys};
 /// Set once the constructor has published the table; never in a setuid
 /// context. Every wrapper is a plain pass-through while it is false.
 pub static ACTIVE: AtomicBool = AtomicBool::new(false);
-/// The table in the memfd: what readers map, what a supervisor may update
-/// (under the same slot locks), and what the wrappers check.
+/// The table the wrappers check and write: the memfd's mapping (what
+/// readers map, what a supervisor may update under the same slot locks);
+/// in a forked child that has not made its own table yet, the mirror
+/// [`BASE`] (its snapshot of the parent's table at the fork).
 static PUB: AtomicPtr<u8> = AtomicPtr::new(ptr::null_mut());
 /// A private anonymous mirror of the shim's own writes, made under the
 /// slot lock. It exists for fork: the child gets an exact copy of it at
 /// the instant of the fork, while the shared memfd keeps changing under
-/// the child (the parent's other threads go on writing it).
+/// the child (the parent's other threads go on writing it). Null until
+/// the process first forks (the atfork prepare handler makes it from the
+/// table, [`before_fork`]): a process that never forks never pays for
+/// the pages and the copies.
 static BASE: AtomicPtr<u8> = AtomicPtr::new(ptr::null_mut());
+/// In a forked child with no table of its own yet: the parent's table,
+/// still mapped here (nothing reads it; unmapped when the child makes its
+/// own).
+static STALE: AtomicPtr<u8> = AtomicPtr::new(ptr::null_mut());
+/// Set in a forked child until it has a table of its own: it makes one
+/// at its first table write ([`ensure_own_table`]), or never if it execs
+/// or exits first. Until then its wrappers read its snapshot (`PUB` is
+/// `BASE`).
+static PENDING: AtomicBool = AtomicBool::new(false);
+/// The thread id of the thread making the child's own table (0: none).
+static MAKER: AtomicI32 = AtomicI32::new(0);
 static CAP: AtomicU32 = AtomicU32::new(0);
 pub static TABLE_FD: AtomicI32 = AtomicI32::new(-1);
 pub static TOMB_SRC: AtomicI32 = AtomicI32::new(-1);
@@ -41,12 +57,16 @@ const GROUP: usize = 4096 / table::SLOT_SIZE;
 static WRITTEN: [AtomicU64; table::MAX_CAPACITY as usize / GROUP / 64] =
     [const { AtomicU64::new(0) }; table::MAX_CAPACITY as usize / GROUP / 64];
 
+/// Sequentially consistent with the load of [`BASE`] that follows it in
+/// [`mirror`] and with [`enable_mirror`]'s store and scan: a writer that
+/// did not see the mirror yet has marked its group before the scan reads
+/// it (plain loads and one `lock or` on x86).
 fn mark_written(fd: i32) {
     let g = fd as u32 as usize / GROUP;
     if let Some(w) = WRITTEN.get(g / 64) {
         let bit = 1u64 << (g % 64);
-        if w.load(Relaxed) & bit == 0 {
-            w.fetch_or(bit, Relaxed);
+        if w.load(SeqCst) & bit == 0 {
+            w.fetch_or(bit, SeqCst);
         }
     }
 }
@@ -62,7 +82,7 @@ pub fn maybe_written(lo: u32, hi: u32) -> impl Iterator<Item = i32> {
         .filter(|&g| {
             WRITTEN
                 .get(g / GROUP / 64)
-                .is_some_and(|w| w.load(Relaxed) & (1 << (g / GROUP % 64)) != 0)
+                .is_some_and(|w| w.load(SeqCst) & (1 << (g / GROUP % 64)) != 0)
         })
         .flat_map(move |g| g.max(start)..(g + GROUP).min(end + 1))
         .map(|i| i as i32)
@@ -174,8 +194,8 @@ fn mark_dirty(bits: u8) {
 }
 
 /// Mirrors slot `fd` (the value, and the stack records that changed)
-/// into the private copy. The caller holds the slot's lock, so it is the
-/// only writer of the mirror slot.
+/// into the private copy, once there is one. The caller holds the slot's
+/// lock, so it is the only writer of the mirror slot.
 fn mirror(fd: i32, s: &Slot, l: &Locked) {
     let dirty = DIRTY.with(|d| d.replace(0));
     if dirty & DIRTY_CLOSED != 0 || s.load(l).state != state::TOMBSTONE {
@@ -183,12 +203,18 @@ fn mirror(fd: i32, s: &Slot, l: &Locked) {
         set_inherited(fd, false);
     }
     let cap = CAP.load(Relaxed);
-    let base = BASE.load(Relaxed);
     let pb = PUB.load(Relaxed);
-    if (fd as u32) >= cap || pb.is_null() || base.is_null() {
+    if (fd as u32) >= cap || pb.is_null() {
         return;
     }
     mark_written(fd);
+    let base = BASE.load(SeqCst);
+    // No mirror yet (no fork so far), or the mirror is the table itself
+    // (a child that could not make its own): nothing to copy, and taking
+    // the mirror slot's lock would take the caller's.
+    if base.is_null() || base == pb {
+        return;
+    }
     let m = slot_at(base, fd);
     let ml = m.steal_lock();
     m.store(&ml, s.load(l));
@@ -690,7 +716,7 @@ pub fn relocate_internal(fd: i32) {
 /// without a cookie (no supervisor to tell).
 pub fn announce() {
     let fd = TABLE_FD.load(Relaxed);
-    if !sys::COOKIE_ON.load(Relaxed) || fd < 0 {
+    if !sys::COOKIE_ON.load(Relaxed) || fd < 0 || !has_own_table() {
         return;
     }
     // SAFETY: F_GETFD on the table's fd reads its flags, nothing else.
@@ -763,16 +789,12 @@ fn header(base: *mut u8) -> &'static table::Header {
 /// Makes the process's table (constructor only, single-threaded in
 /// practice). Returns false when the shim must stay inactive.
 pub fn create_table(pid: i32, cap: u32) -> bool {
-    let Some(private) = anon(table::table_size(cap)) else {
-        return false;
-    };
     let Some((fd, base)) = new_table(pid, cap) else {
         return false;
     };
     let mixer = sys::random_u32();
     MIXER.store(mixer, Relaxed);
     CAP.store(cap, Relaxed);
-    BASE.store(private, Relaxed);
     PUB.store(base, Relaxed);
     header(base).init(cap, pid as u32, mixer, table::writer::SHIM);
     let fd = move_high(fd);
@@ -821,58 +843,184 @@ fn init_fork_mark() {
     FORK_MARK.store(mark, Release);
 }
 
-/// Called before every table write: a child of a fork that bypassed the
-/// atfork handler still maps its parent's table, and must get its own
-/// first.
+/// Called before every table write: a forked child makes its own table
+/// first (after a fork that bypassed the atfork handlers too, noticed
+/// by the MADV_WIPEONFORK mark: such a child still maps its parent's
+/// table as its own).
 #[inline(always)]
 pub fn ensure_own_table() {
-    let m = FORK_MARK.load(Relaxed);
-    // SAFETY: the mark page stays mapped for the life of the process (and
-    // is inherited, zeroed, by children).
-    if !m.is_null() && unsafe { (*m).load(Relaxed) } == 0 {
-        after_fork_child();
+    if needs_own_table() {
+        own_table();
     }
 }
 
-/// The child side of fork: a new published table named with the
-/// child's pid, filled from the private table (the child's exact
-/// snapshot of it), a new mixer, and the parent's table fd replaced by
-/// the child's at the same number. Raw syscalls only: runs in the child
-/// of a possibly multi-threaded parent.
+fn needs_own_table() -> bool {
+    let m = FORK_MARK.load(Relaxed);
+    // SAFETY: the mark page stays mapped for the life of the process (and
+    // is inherited, zeroed, by children).
+    PENDING.load(Acquire) || (!m.is_null() && unsafe { (*m).load(Acquire) } == 0)
+}
+
+/// Whether the table the wrappers use is this process's own published
+/// one (not a forked child's snapshot, nor its parent's table).
+fn has_own_table() -> bool {
+    let pb = PUB.load(Relaxed);
+    !pb.is_null() && pb != BASE.load(Relaxed) && !needs_own_table()
+}
+
+/// The atfork prepare handler: the mirror a child will read is made at
+/// the first fork, from the table, then kept up to date by every write.
+/// Runs in the parent, as an ordinary (non-nested) call of the shim.
+pub extern "C" fn before_fork() {
+    if !active() || !BASE.load(Relaxed).is_null() || PUB.load(Relaxed).is_null() {
+        return;
+    }
+    if !enter() {
+        // A fork from a signal handler that interrupted the shim: this
+        // thread may hold a slot lock. The child copies its parent's
+        // table as after a raw fork.
+        return;
+    }
+    enable_mirror();
+    leave();
+}
+
+/// Makes the mirror: publishes it first, so that every write from then
+/// on mirrors itself, then copies every slot written so far, each under
+/// its lock. A writer either marked its group before the scan below (and
+/// the copy, locking the slot after it, takes its value) or sees the
+/// mirror (both sides sequentially consistent, see [`mark_written`]).
+fn enable_mirror() {
+    let cap = CAP.load(Relaxed);
+    let pb = PUB.load(Relaxed);
+    let Some(base) = anon(table::table_size(cap)) else {
+        return;
+    };
+    BASE.store(base, SeqCst);
+    for i in maybe_written(0, cap) {
+        let s = slot_at(pb, i);
+        let l = lock(s);
+        let v = s.load(&l);
+        if v.state != state::FREE || v.generation != 0 {
+            let m = slot_at(base, i);
+            let ml = m.steal_lock();
+            m.store(&ml, v);
+            stacks_at(base, cap, i).copy_from(&ml, stacks_at(pb, cap, i));
+            m.unlock(ml);
+        }
+        s.unlock(l);
+    }
+}
+
+/// The atfork child handler: the child goes on reading its snapshot (the
+/// mirror, inherited copy-on-write) and makes a table of its own only at
+/// its first write. A child that execs or exits first never makes one:
+/// no memfd, no copy, no announcement (most forked children exec at
+/// once). Runs in the child, single-threaded; raw syscalls only (none
+/// here).
 pub extern "C" fn after_fork_child() {
     if !active() {
         return;
     }
-    let m = FORK_MARK.load(Relaxed);
-    if !m.is_null() {
-        // SAFETY: see ensure_own_table.
-        unsafe { (*m).store(1, Relaxed) };
+    // A thread of the parent making its own table is not in this child.
+    MAKER.store(0, Relaxed);
+    let base = BASE.load(Relaxed);
+    let pb = PUB.load(Relaxed);
+    if !base.is_null() && pb != base {
+        STALE.store(pb, Relaxed);
+        PUB.store(base, Relaxed);
     }
+    // Without a mirror (the fork came from inside the shim) the child
+    // reads its parent's table until it makes its own, as after a raw
+    // fork.
+    PENDING.store(true, Release);
+}
+
+/// Makes this forked child's own table, once: the first thread to get
+/// here makes it, any other waits until it is there (it is about to
+/// write it).
+#[cold]
+#[inline(never)]
+fn own_table() {
+    let me = sys::gettid();
+    loop {
+        match MAKER.compare_exchange(0, me, Acquire, Relaxed) {
+            Ok(_) => break,
+            Err(owner) => {
+                if !needs_own_table() {
+                    return;
+                }
+                if !sys::thread_alive(owner) {
+                    // Its maker is not in this process (a raw fork while
+                    // a parent's thread was making its table).
+                    if MAKER.compare_exchange(owner, me, Acquire, Relaxed).is_ok() {
+                        break;
+                    }
+                    continue;
+                }
+                // SAFETY: sched_yield has no arguments.
+                unsafe { sys::raw(libc::SYS_sched_yield, [0; 6]) };
+            }
+        }
+    }
+    if needs_own_table() {
+        make_own_table();
+    }
+    MAKER.store(0, Release);
+}
+
+/// The child side of fork, made lazily: a new published table named with
+/// the child's pid, filled from the child's snapshot (the mirror; the
+/// parent's table as it is now when there is none, after a raw fork of a
+/// process that never forked through glibc), a new mixer, and the
+/// parent's table fd replaced by the child's at the same number. Raw
+/// syscalls only: runs in the child of a possibly multi-threaded parent.
+fn make_own_table() {
+    let m = FORK_MARK.load(Relaxed);
+    let done = || {
+        if !m.is_null() {
+            // SAFETY: see ensure_own_table.
+            unsafe { (*m).store(1, Release) };
+        }
+        PENDING.store(false, Release);
+    };
     let pid = sys::getpid();
     let cap = CAP.load(Relaxed);
-    let old_pub = PUB.load(Relaxed);
+    let cur = PUB.load(Relaxed);
     let base = BASE.load(Relaxed);
-    // Until the new table exists nothing may be published: the old one is
-    // the parent's.
-    PUB.store(ptr::null_mut(), Relaxed);
-    if !old_pub.is_null() {
-        // SAFETY: unmapping the parent's table from this process only.
-        unsafe {
-            sys::sc(
-                libc::SYS_munmap,
-                [old_pub as u64, table::table_size(cap) as u64, 0, 0, 0, 0],
-            )
-        };
-    }
-    let Some((fd, pb)) = new_table(pid, cap) else {
-        // The child goes on without a published table.
+    let (src, stale) = if cur == base {
+        (base, STALE.swap(ptr::null_mut(), Relaxed))
+    } else if base.is_null() {
+        (cur, cur)
+    } else {
+        (base, cur)
+    };
+    let unmap = |p: *mut u8| {
+        if !p.is_null() && p != base {
+            // SAFETY: unmapping the parent's table from this process
+            // only; nothing here points into it any more.
+            unsafe {
+                sys::sc(
+                    libc::SYS_munmap,
+                    [p as u64, table::table_size(cap) as u64, 0, 0, 0, 0],
+                )
+            };
+        }
+    };
+    let Some((fd, pb)) = (!src.is_null()).then(|| new_table(pid, cap)).flatten() else {
+        // No memfd (fds exhausted, no memory): the child goes on with its
+        // snapshot as a private table nobody else sees, or, without one,
+        // with no table at all (never with its parent's).
+        PUB.store(if src == base { base } else { ptr::null_mut() }, Release);
+        unmap(stale);
+        done();
         return;
     };
     let mixer = sys::random_u32();
     for i in maybe_written(0, cap) {
-        // The mirror: this child's exact copy of the parent's table at the
-        // fork (a slot a thread of the parent was writing may be torn).
-        let s = slot_at(base, i);
+        // The child's exact copy of the parent's table at the fork (a
+        // slot a thread of the parent was writing may be torn).
+        let s = slot_at(src, i);
         set_inherited(i, s.state.load(Relaxed) == state::TOMBSTONE);
         if s.state.load(Relaxed) == state::FREE && s.generation.load(Relaxed) == 0 {
             continue;
@@ -890,12 +1038,13 @@ pub extern "C" fn after_fork_child() {
                 how: s.how.load(Relaxed),
             },
         );
-        stacks_at(pb, cap, i).copy_from(&l, stacks_at(base, cap, i));
+        stacks_at(pb, cap, i).copy_from(&l, stacks_at(src, cap, i));
         p.unlock(l);
     }
     header(pb).init(cap, pid as u32, mixer, table::writer::SHIM);
     MIXER.store(mixer, Relaxed);
     PUB.store(pb, Release);
+    unmap(stale);
     let old_fd = TABLE_FD.load(Relaxed);
     let replaced = old_fd >= 0 && {
         let mut r = sys::dup3(fd, old_fd, libc::O_CLOEXEC);
@@ -912,6 +1061,7 @@ pub extern "C" fn after_fork_child() {
         TABLE_FD.store(fd, Relaxed);
         mark_internal(fd);
     }
+    done();
     announce();
 }
 

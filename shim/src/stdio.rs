@@ -558,13 +558,16 @@ fn close_stream(
     frame: usize,
     real: impl FnOnce() -> c_int,
 ) -> c_int {
-    let Some(s) = st::slot(fd).filter(|_| active()) else {
-        return real();
-    };
-    if !enter() {
+    if !active() || st::slot(fd).is_none() || !enter() {
         return real();
     }
     st::ensure_own_table();
+    // Looked up after ensure_own_table: a forked child's first write
+    // moves it from its snapshot to a table of its own.
+    let Some(s) = st::slot(fd) else {
+        leave();
+        return real();
+    };
     let stale = match s.state.load(Relaxed) {
         state::TOMBSTONE => true,
         state::INTERNAL => st::internal(fd),

@@ -213,6 +213,13 @@ pub fn gettid() -> i32 {
     unsafe { raw(libc::SYS_gettid, [0; 6]) as i32 }
 }
 
+/// Whether `tid` is a live thread of this process (a signal 0 probe).
+pub fn thread_alive(tid: i32) -> bool {
+    // SAFETY: tgkill with signal 0 sends nothing; it only checks that the
+    // thread exists in this thread group.
+    unsafe { raw(libc::SYS_tgkill, [getpid() as u64, tid as u64, 0, 0, 0, 0]) == 0 }
+}
+
 /// Is `fd` open in the kernel? (F_GETFD, never reported.)
 pub fn is_open(fd: i32) -> bool {
     fcntl(fd, libc::F_GETFD, 0) >= 0

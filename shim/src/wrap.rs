@@ -1237,6 +1237,17 @@ pub unsafe extern "C" fn prlimit64(
     ret(set_limit(pid, res, new, old)) as c_int
 }
 
+/// Before a call goes to a supervisor for judgement: a forked child that
+/// still reads its snapshot makes and announces its own table, which the
+/// supervisor judges by (it hides the shim's numbers from a getdents64
+/// listing with it, for one).
+fn publish_for_supervisor() {
+    if sys::COOKIE_ON.load(core::sync::atomic::Ordering::Relaxed) && active() && enter() {
+        st::ensure_own_table();
+        leave();
+    }
+}
+
 /// syscall(2): the fd-lifecycle syscalls a program issues through libc's
 /// generic entry get the same treatment as their wrappers. The other fd
 /// syscalls of the model's table go out marked, so that a supervisor
@@ -1289,6 +1300,7 @@ pub unsafe extern "C-unwind" fn syscall(
             _ => {
                 let a = [a0, a1, a2, a3, a4, a5];
                 let r = if handles_model::syscalls::lookup(nr).is_some() {
+                    publish_for_supervisor();
                     sys::marked(nr, a, table::marker::CHECK)
                 } else {
                     sys::raw(nr, a)

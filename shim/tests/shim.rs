@@ -1805,3 +1805,306 @@ fn under_a_supervisor_bad_calls_and_raw_fd_syscalls_carry_markers() {
     let (_, marked) = marks(&fixture("shim_announce"), &[]);
     assert!(marked.is_empty(), "{marked:?}");
 }
+
+// ---- forked children and their tables ----
+
+/// `shim_fork` driven from stdin, its stderr (the reports) in a file.
+struct Forking {
+    d: Driven,
+    err: PathBuf,
+    child: Option<u32>,
+}
+
+impl Drop for Forking {
+    fn drop(&mut self) {
+        // A failed test may leave either process waiting for its turn.
+        for pid in [self.child, Some(self.d.child.id())].into_iter().flatten() {
+            // SAFETY: kill(2) on a process of this test.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+impl Forking {
+    fn start(test: &str) -> Forking {
+        let err = scratch(test).join("stderr");
+        let mut c = preloaded(&fixture("shim_fork"));
+        c.stderr(std::fs::File::create(&err).expect("stderr file"));
+        Forking {
+            d: Driven::spawn(c),
+            err,
+            child: None,
+        }
+    }
+
+    fn fork(&mut self) -> u32 {
+        let l = self.d.ask("fork");
+        let pid = l
+            .strip_prefix("child ")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad answer {l}"));
+        self.child = Some(pid);
+        pid
+    }
+
+    fn fd(&mut self, cmd: &str) -> i32 {
+        let l = self.d.ask(cmd);
+        l.strip_prefix("fd ")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{cmd}: bad answer {l}"))
+    }
+
+    fn read(&mut self, fd: i32) -> i64 {
+        let l = self.d.ask(&format!("read {fd}"));
+        l.strip_prefix("read ")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("read {fd}: bad answer {l}"))
+    }
+
+    /// (fd of the own table or -1, fds naming another process's table).
+    fn table(&mut self) -> (i32, usize) {
+        let l = self.d.ask("table");
+        let w: Vec<&str> = l.split(' ').collect();
+        match w.as_slice() {
+            ["table", own, "parent", other] => {
+                (own.parse().expect("fd"), other.parse().expect("count"))
+            }
+            _ => panic!("bad answer {l}"),
+        }
+    }
+
+    /// Hands stdin to the other process.
+    fn switch(&mut self) {
+        assert_eq!(self.d.ask("switch"), "switched");
+        assert_eq!(self.d.line(), "resumed");
+    }
+
+    /// The reports written so far: (pid, syscall line) of each.
+    fn reports(&self) -> Vec<(u32, String)> {
+        parse_reports(&std::fs::read_to_string(&self.err).unwrap_or_default())
+    }
+}
+
+fn parse_reports(err: &str) -> Vec<(u32, String)> {
+    let mut v = Vec::new();
+    let mut pid = None;
+    for l in err.lines() {
+        if let Some(rest) = l.strip_prefix("handles:     process ") {
+            pid = rest.split(' ').next().and_then(|p| p.parse().ok());
+        } else if let Some(call) = l.strip_prefix("handles:     syscall ") {
+            if let Some(p) = pid.take() {
+                v.push((p, call.to_string()));
+            }
+        }
+    }
+    v
+}
+
+/// The memfds named like a table among the fds of `pid`, as (fd, name).
+fn table_fds(pid: u32) -> Vec<(i32, String)> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("list fds")
+        .flatten()
+    {
+        let Ok(t) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        let t = t.to_string_lossy().into_owned();
+        let Some(name) = t.strip_prefix("/memfd:") else {
+            continue;
+        };
+        let flags = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            e.file_name().to_string_lossy()
+        ))
+        .ok()
+        .and_then(|i| {
+            i.lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+        })
+        .unwrap_or(0);
+        if name.starts_with("handles-table:") && flags & libc::O_PATH as u32 == 0 {
+            let fd = e.file_name().to_string_lossy().parse().expect("fd number");
+            v.push((fd, name.trim_end_matches(" (deleted)").to_string()));
+        }
+    }
+    v
+}
+
+#[test]
+fn a_forked_child_reads_its_snapshot_and_makes_its_table_at_its_first_write() {
+    let mut f = Forking::start("fork-snapshot");
+    let parent = f.d.child.id();
+    // Before the fork: a open, b closed (a tombstone), c open at its
+    // second generation (dup2 onto it).
+    let a = f.fd("open");
+    let b = f.fd("open");
+    assert_eq!(f.d.ask(&format!("close {b}")), format!("closed {b}"));
+    let c = f.fd("open");
+    assert_eq!(f.d.ask(&format!("dup2 {a} {c}")), format!("dup2 {c}"));
+    let pt = LiveTable::open(parent);
+    let at_fork: HashMap<i32, _> = [a, b, c]
+        .into_iter()
+        .map(|fd| (fd, pt.view().detail(fd).expect("consistent slot")))
+        .collect();
+    assert_eq!(at_fork[&b].value.state, state::TOMBSTONE);
+    assert_eq!(
+        at_fork[&c].value.generation,
+        at_fork[&a].value.generation + 1
+    );
+    let (parent_table, _) = f.table();
+    assert_eq!(
+        table_fds(parent),
+        vec![(parent_table, format!("handles-table:{parent}"))]
+    );
+
+    let child = f.fork();
+    // After the fork the parent closes a, reuses b and opens another fd:
+    // none of it is the child's.
+    assert_eq!(f.d.ask(&format!("close {a}")), format!("closed {a}"));
+    assert_eq!(f.d.ask(&format!("dup2 {c} {b}")), format!("dup2 {b}"));
+    let e = f.fd("open");
+    f.switch();
+
+    // The child made no table: it holds its parent's, at the same number.
+    assert_eq!(f.table(), (-1, 1));
+    assert_eq!(
+        table_fds(child),
+        vec![(parent_table, format!("handles-table:{parent}"))]
+    );
+    // Its a is open (its parent's close is not its own), its b is closed
+    // (the parent's reuse of the number is not its own).
+    assert!(f.read(a) >= 0);
+    assert!(f.reports().is_empty(), "{:?}", f.reports());
+    assert_eq!(f.read(b), -1);
+    let r = f.reports();
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].0, child);
+    assert!(r[0].1.starts_with(&format!("read({b}, ")), "{r:?}");
+    // That check was its first write of the table (a report under a
+    // supervisor needs the table published): now it has its own, at
+    // the number its parent's had, and none of its parent's.
+    assert_eq!(f.table(), (parent_table, 0));
+    assert_eq!(f.d.ask(&format!("close {c}")), format!("closed {c}"));
+    let ct = LiveTable::open(child);
+    let cv = ct.view();
+    assert_eq!(cv.pid(), child);
+    // The child's values: its parent's at the fork, plus its own close.
+    let da = cv.detail(a).expect("consistent slot");
+    assert_eq!(da.value, at_fork[&a].value, "a as at the fork");
+    assert_eq!(da.created.frames(), at_fork[&a].created.frames());
+    assert_eq!(da.name.as_bytes(), b"/etc/hostname");
+    let db = cv.detail(b).expect("consistent slot");
+    assert_eq!(db.value, at_fork[&b].value, "b still the tombstone");
+    assert_eq!(db.closed.frames(), at_fork[&b].closed.frames());
+    let dc = cv.detail(c).expect("consistent slot");
+    assert_eq!(dc.value.state, state::TOMBSTONE);
+    assert_eq!(dc.value.generation, at_fork[&c].value.generation);
+    assert!(dc.closed.len > 0, "the child's close stack");
+    if e != a && e != b && e != c {
+        assert_eq!(cv.slot(e).map(|s| s.state), Some(state::FREE));
+    }
+    // The parent's table is untouched by the child.
+    let pv = pt.view();
+    assert_eq!(pv.pid(), parent);
+    assert_eq!(pv.slot(c).map(|s| s.state), Some(state::OPEN));
+    assert_eq!(pv.slot(a).map(|s| s.state), Some(state::TOMBSTONE));
+    assert_eq!(pv.slot(b).map(|s| s.state), Some(state::OPEN));
+    assert_eq!(pv.slot(e).map(|s| s.state), Some(state::OPEN));
+
+    assert_eq!(f.d.ask("exit"), "resumed");
+    assert_eq!(f.d.ask("wait"), "child exited 0");
+    // The child's close of c is not the parent's; its own close of a is.
+    assert!(f.read(c) >= 0);
+    assert_eq!(f.reports().len(), 1);
+    assert_eq!(f.read(a), -1);
+    let r = f.reports();
+    assert_eq!(r.len(), 2, "{r:?}");
+    assert_eq!(r[1].0, parent);
+    assert!(r[1].1.starts_with(&format!("read({a}, ")), "{r:?}");
+}
+
+#[test]
+fn a_forked_child_that_execs_at_once_makes_no_table() {
+    let cookie = 0x0123_4567_89ab_cdef_u64;
+    let check = |out: &str, entries: &[Entry], children: usize| {
+        let root = entries.first().map(|e| e.pid).expect("syscalls");
+        let execs: Vec<usize> = entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.pid != root && e.nr == libc::SYS_execve)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(execs.len(), children, "{out}");
+        for &x in &execs {
+            let pid = entries[x].pid;
+            let before = entries[..x].iter().filter(|e| e.pid == pid);
+            let made: Vec<&Entry> = before
+                .filter(|e| {
+                    e.nr == libc::SYS_memfd_create
+                        || e.tag(cookie) == Some(handles_model::table::marker::ANNOUNCE)
+                })
+                .collect();
+            assert!(made.is_empty(), "child {pid} before its exec: {made:?}");
+            // After the exec, the new image's constructor makes one.
+            let after = entries[x..]
+                .iter()
+                .filter(|e| e.pid == pid && e.nr == libc::SYS_memfd_create)
+                .count();
+            assert_eq!(after, 1, "child {pid} after its exec");
+        }
+    };
+    let (out, entries) = trace(&fixture("shim_fork"), &["exec", "3"], Some(cookie));
+    assert_eq!(out, "done\n");
+    check(&out, &entries, 3);
+    // A shell's children likewise.
+    let (out, entries) = trace(
+        Path::new("/bin/sh"),
+        &["-c", "for i in 1 2 3; do /bin/true; done; echo ok"],
+        Some(cookie),
+    );
+    assert_eq!(out, "ok\n");
+    check(&out, &entries, 3);
+}
+
+#[test]
+fn the_threads_of_a_forked_child_make_one_table() {
+    for _ in 0..5 {
+        let mut c = preloaded(&fixture("shim_fork"));
+        c.arg("threads");
+        let o = run(c);
+        assert_eq!(
+            stdout(&o),
+            "table yes parent 0\nchild exited 0\n",
+            "{}",
+            stderr(&o)
+        );
+        assert_eq!(stderr(&o), "");
+    }
+}
+
+#[test]
+fn a_child_of_a_raw_fork_makes_its_own_table_from_its_parents() {
+    let mut c = preloaded(&fixture("shim_fork"));
+    c.arg("rawfork");
+    let o = run(c);
+    let out = stdout(&o);
+    let child: u32 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("child ")?.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(out.contains("table yes parent 0\n"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("parent read ") && l != "parent read -1"),
+        "{out}\n{}",
+        stderr(&o)
+    );
+    assert!(out.contains("child exited 0\n"), "{out}");
+    let r = parse_reports(&stderr(&o));
+    assert_eq!(r.len(), 1, "{}", stderr(&o));
+    assert_eq!(r[0].0, child);
+    assert!(r[0].1.starts_with("read(4, "), "{r:?}");
+}
