@@ -1877,3 +1877,105 @@ fn stacks_of_a_process_without_a_table_are_a_note_on_stderr() {
     }
     drop(m.run);
 }
+
+// ---------------------------------------------------------------------------
+// A forked child of a shim process makes its own table only at its first
+// write of it; until then it holds its parent's table fd.
+
+/// fd -> (generation, handle) of the one process in `handles --json`,
+/// with the document's source and mixer.
+fn json_table(pid: i32) -> (String, u64, BTreeMap<i32, (u64, u64)>) {
+    let doc = parse_json(&ok(&args(["--json", &pid.to_string()])));
+    let p = &doc["processes"][0];
+    let handles = p["handles"]
+        .as_array()
+        .expect("handles array")
+        .iter()
+        .map(|h| {
+            (
+                h["fd"].as_i64().expect("fd") as i32,
+                (
+                    h["generation"].as_u64().expect("generation"),
+                    h["handle"].as_u64().expect("handle"),
+                ),
+            )
+        })
+        .collect();
+    (
+        p["source"].as_str().expect("source").to_string(),
+        p["mixer"].as_u64().expect("mixer"),
+        handles,
+    )
+}
+
+#[test]
+fn a_forked_child_shows_its_own_fds_before_and_after_it_makes_its_table() {
+    let mut c = Command::new(fixture("inspect_fork"));
+    for k in ["HANDLES_COOKIE", "HANDLES_POLICY", "HANDLES_QUARANTINE"] {
+        c.env_remove(k);
+    }
+    c.env("LD_PRELOAD", shim_so());
+    let mut run = spawn_ready(c);
+    let num = |r: &Running, k: &str| -> i32 {
+        r.value(k)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {k}= in {:?}", r.lines))
+    };
+    let (parent, child) = (run.pid(), num(&run, "child"));
+    let (file, closed) = (num(&run, "file"), num(&run, "closed"));
+    let (psource, pmixer, ptable) = json_table(parent);
+    assert_eq!(psource, "shim");
+    // The shim's fds in the child: its parent's table, the tombstone of
+    // `closed` and the tombstone source, all on the parent's memfd.
+    let shims: Vec<i32> = proc_fds(child)
+        .into_iter()
+        .filter(|&fd| link(child, fd).starts_with(&format!("/memfd:handles-table:{parent} ")))
+        .collect();
+    assert!(shims.len() >= 3 && shims.contains(&closed), "{shims:?}");
+
+    // No table of its own yet: /proc's view of its own fds, none of the
+    // shim's, and not its parent's values.
+    let (source, mixer, before) = json_table(child);
+    assert_eq!((source.as_str(), mixer), ("proc", 0));
+    let expect: BTreeSet<i32> = proc_fds(child)
+        .into_iter()
+        .filter(|fd| !shims.contains(fd))
+        .collect();
+    assert_eq!(before.keys().copied().collect::<BTreeSet<_>>(), expect);
+    assert!(before.contains_key(&file));
+    assert_eq!(
+        before[&file],
+        (0, (file as u64) << 2 | 3),
+        "unmanaged value"
+    );
+    assert_ne!(before[&file].1, ptable[&file].1);
+
+    // Its first open makes its table: the shim's values, its own mixer,
+    // the generation its parent's handle had; the shim's fds stay hidden.
+    run.child
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(b"go\n")
+        .expect("write");
+    let opened: i32 = run
+        .next_line()
+        .and_then(|l| l.strip_prefix("opened=")?.parse().ok())
+        .expect("opened=K");
+    let (source, mixer, after) = json_table(child);
+    assert_eq!(source, "shim");
+    assert!(mixer != 0 && mixer != pmixer, "{mixer} {pmixer}");
+    let shown: BTreeSet<i32> = after.keys().copied().collect();
+    assert!(
+        shown.contains(&opened) && shown.contains(&file),
+        "{shown:?}"
+    );
+    for fd in proc_fds(child) {
+        if link(child, fd).starts_with("/memfd:handles-table:") {
+            assert!(!shown.contains(&fd), "fd {fd} of the shim shown: {shown:?}");
+        }
+    }
+    assert_eq!(after[&file].0, ptable[&file].0, "the parent's generation");
+    assert_ne!(after[&opened].1, (opened as u64) << 2 | 3);
+    drop(run);
+}

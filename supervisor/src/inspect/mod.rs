@@ -232,6 +232,22 @@ fn apply_published(
     stacks: bool,
 ) -> (Source, u32, Option<String>) {
     use handles_model::table::state;
+    // A forked child with no table of its own yet still holds its
+    // parent's (named with the parent's pid, at the parent's table fd
+    // number): that table is not this process's, and its fd is no handle
+    // of the program's. Nor are the shim's tombstones and tombstone
+    // source, O_PATH fds on a table's memfd, which only a table of the
+    // child's own would tell apart; so they are left out too while the
+    // values are /proc's.
+    let inherited: Vec<i32> = handles
+        .iter()
+        .filter(|h| h.flags & oflags::PATH == 0)
+        .filter_map(|h| {
+            let owner = shared::table_owner(&h.target)?;
+            shared::is_inherited_table(pid, h.fd, owner).then_some(h.fd)
+        })
+        .collect();
+    handles.retain(|h| !inherited.contains(&h.fd));
     // The table is the memfd opened read-write; the shim's tombstones are
     // O_PATH fds on the same memfd, and must not be taken for it.
     let own: Vec<(i32, &str)> = handles
@@ -239,7 +255,11 @@ fn apply_published(
         .filter(|h| h.flags & oflags::PATH == 0)
         .map(|h| (h.fd, h.target.as_str()))
         .collect();
-    let (source, own_fd, mapped) = match shared::find(pid, &own, tracer) {
+    let found = shared::find(pid, &own, tracer);
+    if !inherited.is_empty() && !matches!(found, Some(shared::Found::Shim(..))) {
+        handles.retain(|h| h.flags & oflags::PATH == 0 || shared::table_owner(&h.target).is_none());
+    }
+    let (source, own_fd, mapped) = match found {
         Some(shared::Found::Shim(fd, m)) => (Source::Shim, Some(fd), m),
         Some(shared::Found::Supervisor(m)) => (Source::Supervisor, None, m),
         None => return (Source::Proc, 0, None),

@@ -91,6 +91,38 @@ fn is_table_link(target: &str, pid: i32) -> bool {
     matches!(LinkTarget::parse(target), LinkTarget::Memfd(name) if name == table_name(pid))
 }
 
+/// The process a memfd named like a table (`handles-table:<pid>`) names,
+/// from an fd's link target.
+pub fn table_owner(target: &str) -> Option<i32> {
+    match LinkTarget::parse(target) {
+        LinkTarget::Memfd(name) => name.strip_prefix("handles-table:")?.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Whether fd `fd` of process `pid` is the table a shim published for
+/// another process, `owner`: sealed like the shim's, with a header that
+/// names `owner` and the shim. A forked child holds its parent's table
+/// (at the parent's table fd number) until its own first write makes it
+/// one, and never if it execs or exits first.
+pub fn is_inherited_table(pid: i32, fd: i32, owner: i32) -> bool {
+    if owner == pid {
+        return false;
+    }
+    let Some(f) = open_magic_link(&format!("/proc/{pid}/fd/{fd}")) else {
+        return false;
+    };
+    if !sealed_against_shrinking(&f) {
+        return false;
+    }
+    MappedTable::map(&f).is_some_and(|m| {
+        m.view().is_ok_and(|v| {
+            i64::from(v.pid()) == i64::from(owner)
+                && v.writer() == handles_model::table::writer::SHIM
+        })
+    })
+}
+
 fn open_magic_link(path: &str) -> Option<OwnedFd> {
     std::fs::File::open(path).ok().map(OwnedFd::from)
 }
