@@ -58,6 +58,17 @@ fn process_reports(stderr: &str) -> Vec<String> {
     out
 }
 
+/// Runs the fixture in `mode` with --leak-check, asserts one process
+/// report saying `says`, and returns it.
+fn sole_report(mode: &str, says: &str) -> String {
+    let o = run(&["--leak-check"], &fixture("leaks"), mode);
+    let stderr = stderr_of(&o);
+    let r = process_reports(&stderr);
+    assert_eq!(r.len(), 1, "{stderr}");
+    assert!(r[0].contains(says), "{stderr}");
+    r[0].clone()
+}
+
 fn summary(stderr: &str) -> String {
     stderr
         .lines()
@@ -165,27 +176,13 @@ fn leaks_in_threads_and_exec_images_are_reported() {
     assert!(r[0].contains("in thread_main at "), "{}", r[0]);
     // exec: the new image's leaks are its own; what crossed the exec is
     // inherited, not a leak.
-    let o = run(&["--leak-check"], &fixture("leaks"), "exec");
-    let stderr = stderr_of(&o);
-    let r = process_reports(&stderr);
-    assert_eq!(r.len(), 1, "{stderr}");
-    assert!(
-        r[0].contains("exits holding 4 handles it created"),
-        "{stderr}"
-    );
+    sole_report("exec", "exits holding 4 handles it created");
     // An O_CLOEXEC handle the supervisor saw made does not cross the
     // exec: the new image's file at the same number is its own leak (the
     // supervisor's model of what crossed is checked against the shim's
     // table, not taken for granted).
-    let o = run(&["--leak-check"], &fixture("leaks"), "cloexec");
-    let stderr = stderr_of(&o);
-    let r = process_reports(&stderr);
-    assert_eq!(r.len(), 1, "{stderr}");
-    assert!(
-        r[0].contains("exits holding 4 handles it created"),
-        "{stderr}"
-    );
-    assert_group(&r[0], "file", "leak_file", "file");
+    let r = sole_report("cloexec", "exits holding 4 handles it created");
+    assert_group(&r, "file", "leak_file", "file");
     // --leak-check=all shows the inherited one too, marked.
     let o = run(&["--leak-check=all"], &fixture("leaks"), "exec");
     let stderr = stderr_of(&o);
