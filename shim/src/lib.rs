@@ -221,7 +221,6 @@ extern "C" fn init() {
         .max(high as u64 + 2)
         .clamp(1024, u64::from(handles_model::table::MAX_CAPACITY)) as u32;
     stack::init();
-    state::init_exe_name();
     stdio::init();
     // Listed before the shim's own fds exist: the walk of /proc/self/fd
     // covers the program's fd table only.
@@ -230,7 +229,6 @@ extern "C" fn init() {
     if !state::create_table(pid, cap) {
         return;
     }
-    state::tomb_src();
     state::register_inherited(&inherited);
     state::announce();
     // SAFETY: registering handlers that only issue raw syscalls and take

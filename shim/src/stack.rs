@@ -52,17 +52,19 @@ extern "C" {
     fn _Unwind_GetIP(ctx: *mut UnwindContext) -> usize;
     /// ld.so's record of where the initial (main thread's) stack ends.
     static __libc_stack_end: *const libc::c_void;
+    /// This object's ELF header, defined by the linker (hidden).
+    static __ehdr_start: u8;
 }
 
 pub fn init() {
     // SAFETY: __libc_stack_end is set by ld.so before any constructor
-    // runs and never changes; dladdr only reads the loader's tables.
+    // runs and never changes; __ehdr_start is only taken the address of.
     unsafe {
         MAIN_TOP.store(__libc_stack_end as usize, Relaxed);
-        let mut info: libc::Dl_info = core::mem::zeroed();
-        if libc::dladdr(init as *const libc::c_void, &mut info) != 0 {
-            SELF_BASE.store(info.dli_fbase as usize, Relaxed);
-        }
+        // The linker's symbol for this object's ELF header, which sits at
+        // its load address (what dladdr's dli_fbase says, without a walk
+        // of the loader's tables).
+        SELF_BASE.store(&raw const __ehdr_start as usize, Relaxed);
     }
 }
 
@@ -211,5 +213,19 @@ pub fn module_of(pc: usize) -> Option<(&'static [u8], usize)> {
             core::ffi::CStr::from_ptr(info.dli_fname).to_bytes()
         };
         Some((name, info.dli_fbase as usize))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_base_is_where_the_loader_put_this_object() {
+        init();
+        assert_eq!(
+            module_of(init as *const () as usize).map(|(_, base)| base),
+            Some(self_base())
+        );
     }
 }
