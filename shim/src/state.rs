@@ -1139,13 +1139,41 @@ fn each_open_fd(mut f: impl FnMut(i32)) -> bool {
     ok
 }
 
+/// Fds probed one by one before [`list_open_fds`] lists /proc/self/fd.
+const PROBED: i32 = 32;
+
 /// Lists the fds open now (the constructor, before the table exists).
+///
+/// Linux 6.2 and later give the number of open fds as the size of
+/// /proc/self/fd. When that many answer `F_GETFD` among the lowest
+/// numbers (stdio, a few more), they are all of them, found with one
+/// stat and a few fcntl: listing the directory makes a dentry and an
+/// inode for every entry (~40 µs for six fds on a test VM, against ~10 µs
+/// for the stat). Otherwise (a high inherited fd, an older kernel, whose
+/// size is 0) the directory is listed.
 pub fn list_open_fds() -> Listing {
     let mut l = Listing {
         fds: [-1; 256],
         n: 0,
         incomplete: false,
     };
+    let count = sys::stat_path(b"/proc/self/fd\0", 0).map_or(0, |st| st.st_size);
+    if (1..=i64::from(PROBED)).contains(&count) {
+        for fd in 0..PROBED {
+            if sys::is_open(fd) {
+                l.fds[l.n] = fd;
+                l.n += 1;
+                if l.n as i64 == count {
+                    return l;
+                }
+            }
+            if count - l.n as i64 > i64::from(PROBED - 1 - fd) {
+                // The rest cannot all be below PROBED.
+                break;
+            }
+        }
+        l.n = 0;
+    }
     let ok = each_open_fd(|fd| {
         if l.n < l.fds.len() {
             l.fds[l.n] = fd;

@@ -2108,3 +2108,67 @@ fn a_child_of_a_raw_fork_makes_its_own_table_from_its_parents() {
     assert_eq!(r[0].0, child);
     assert!(r[0].1.starts_with("read(4, "), "{r:?}");
 }
+
+#[test]
+fn every_inherited_fd_is_registered_whether_probed_or_listed() {
+    use handles_model::table::how;
+    use std::os::unix::process::CommandExt;
+
+    // 0-2 and 5 only: found by probing the lowest numbers (their count is
+    // the size of /proc/self/fd); with 300 too, by listing the directory.
+    for high in [None, Some(300)] {
+        let file = std::fs::File::open("/etc/hostname").expect("open");
+        let ifd = file.as_raw_fd();
+        let mut c = preloaded(&fixture("shim_table"));
+        // SAFETY: dup2 and close_range are async-signal-safe syscalls on
+        // fd numbers.
+        unsafe {
+            c.pre_exec(move || {
+                let to = |fd: i32| {
+                    if libc::dup2(ifd, fd) == fd {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                };
+                to(5)?;
+                if let Some(h) = high {
+                    to(h)?;
+                }
+                let keep = [5, high.unwrap_or(i32::MAX)];
+                let mut lo = 3u32;
+                for k in keep {
+                    if k == i32::MAX {
+                        break;
+                    }
+                    libc::syscall(libc::SYS_close_range, lo, k as u32 - 1, 0);
+                    lo = k as u32 + 1;
+                }
+                libc::syscall(libc::SYS_close_range, lo, u32::MAX, 0);
+                Ok(())
+            });
+        }
+        let d = Driven::spawn(c);
+        let pid = d.child.id();
+        let t = LiveTable::open(pid);
+        let v = t.view();
+        let mut want = vec![0, 1, 2, 5];
+        want.extend(high);
+        for fd in want {
+            let s = v.slot(fd).unwrap_or_else(|| panic!("no slot {fd}"));
+            assert_eq!(
+                (s.state, s.how),
+                (state::OPEN, how::INHERITED),
+                "fd {fd} ({high:?})"
+            );
+        }
+        for fd in [3, 4, 6, 299] {
+            assert_eq!(
+                v.slot(fd).map(|s| s.state),
+                Some(state::FREE),
+                "fd {fd} ({high:?})"
+            );
+        }
+        drop(file);
+    }
+}
