@@ -231,16 +231,22 @@ extern "C" fn init() {
     }
     state::register_inherited(&inherited);
     state::announce();
-    // SAFETY: registering handlers that only issue raw syscalls and take
-    // slot locks as the wrappers do.
-    unsafe {
-        libc::pthread_atfork(
-            Some(state::before_fork),
-            None,
-            Some(state::after_fork_child),
-        )
-    };
+    // SAFETY: registering handlers that only issue raw syscalls, take
+    // slot locks as the wrappers do, and (the prepare handler, in the
+    // parent) call dlsym.
+    unsafe { libc::pthread_atfork(Some(before_fork), None, Some(state::after_fork_child)) };
     state::ACTIVE.store(true, Relaxed);
+}
+
+/// The atfork prepare handler (in the parent): what a forked child must
+/// find done already.
+#[cfg(not(test))]
+extern "C" fn before_fork() {
+    if !state::active() {
+        return;
+    }
+    stdio::resolve_all();
+    state::before_fork();
 }
 
 #[cfg(not(test))]

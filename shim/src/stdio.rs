@@ -36,11 +36,17 @@ mod streams;
 const FILENO_OFFSET: usize = 8 + 11 * 8 + 8 + 8;
 
 /// A libc function found in the next object (libc) with
-/// dlsym(RTLD_NEXT), resolved in the constructor.
+/// dlsym(RTLD_NEXT), at its wrapper's first call (or at the process's
+/// first fork, see [`resolve_all`]).
 struct Real {
+    /// 0: not looked up yet, [`MISSING`]: not found, else its address.
     p: AtomicUsize,
     name: &'static core::ffi::CStr,
 }
+
+/// [`Real::p`] of a function libc does not have: looked up once (a
+/// failed dlsym allocates its error message).
+const MISSING: usize = 1;
 
 impl Real {
     const fn new(name: &'static core::ffi::CStr) -> Real {
@@ -57,18 +63,19 @@ impl Real {
         }
         // SAFETY: dlsym with a NUL-terminated name.
         let p = unsafe { libc::dlsym(libc::RTLD_NEXT, self.name.as_ptr()) } as usize;
+        let p = if p == 0 { MISSING } else { p };
         self.p.store(p, Relaxed);
         p
     }
 
-    /// The function as `F` if it is resolved already (the constructor
-    /// resolves them all): a wrapper's fast path never calls dlsym.
+    /// The function as `F` if it is resolved already: a wrapper's fast
+    /// path never calls dlsym.
     #[inline(always)]
     fn resolved<F: Copy>(&self) -> Option<F> {
         const { assert!(core::mem::size_of::<F>() == core::mem::size_of::<usize>()) };
         let p = self.p.load(Relaxed);
         // SAFETY: p is libc's function of type F (the caller names it).
-        (p != 0).then(|| unsafe { core::mem::transmute_copy::<usize, F>(&p) })
+        (p > MISSING).then(|| unsafe { core::mem::transmute_copy::<usize, F>(&p) })
     }
 
     /// The function as `F` (a function pointer type matching libc's).
@@ -76,7 +83,7 @@ impl Real {
         const { assert!(core::mem::size_of::<F>() == core::mem::size_of::<usize>()) };
         let p = self.addr();
         // SAFETY: p is libc's function of type F (the caller names it).
-        (p != 0).then(|| unsafe { core::mem::transmute_copy::<usize, F>(&p) })
+        (p > MISSING).then(|| unsafe { core::mem::transmute_copy::<usize, F>(&p) })
     }
 }
 
@@ -146,13 +153,28 @@ type ReaddirFn = unsafe extern "C" fn(*mut libc::DIR) -> *mut libc::dirent;
 type ReaddirRFn =
     unsafe extern "C" fn(*mut libc::DIR, *mut libc::dirent, *mut *mut libc::dirent) -> c_int;
 
-/// Resolves every real function now (the constructor), so that wrappers
-/// never call dlsym, which may allocate.
+/// Checks the FILE layout (the constructor). The real functions are
+/// looked up at their wrapper's first call: resolving all 73 of them up
+/// front cost every process ~20 µs and a few page faults of libc's
+/// symbol tables, for functions most programs never call.
 pub fn init() {
+    streams::init();
+}
+
+/// Resolves every real function not resolved yet (the atfork prepare
+/// handler: the first fork looks them up, later ones find them all
+/// resolved, 73 loads). dlsym takes the dynamic loader's lock, which
+/// another thread of a multi-threaded parent may hold at the fork: a
+/// forked child must never need to call it. Its other risk, the first
+/// call of a wrapper from a signal handler that interrupted the loader
+/// on the same thread, is the program's own: these functions are not
+/// async-signal-safe, but for fpathconf, whose first call from such a
+/// handler is the one case left.
+pub fn resolve_all() {
     for r in ALL {
         r.addr();
     }
-    streams::init();
+    streams::resolve_all();
 }
 
 fn emfile() -> bool {

@@ -22,7 +22,7 @@ use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use handles_model::table::state;
 use libc::{size_t, ssize_t, FILE};
 
-use super::{no_fn, Real, FILENO_OFFSET};
+use super::{no_fn, Real, FILENO_OFFSET, MISSING};
 use crate::report::{self, Call, Op};
 use crate::state::{self as st, active, enter};
 use crate::sys;
@@ -103,15 +103,8 @@ reals! {
     REWIND = c"rewind",
 }
 
-/// Resolves the real functions (see `stdio::init`) and checks the FILE
-/// layout on the standard streams.
+/// Checks the FILE layout on the standard streams.
 pub fn init() {
-    for r in ALL {
-        r.addr();
-    }
-    for v in VARIADIC {
-        v.real.addr();
-    }
     // SAFETY: glibc's standard streams, set up before any constructor.
     let std = unsafe { [stdin, stdout, stderr] };
     let ok = std.iter().enumerate().all(|(i, &f)| {
@@ -119,6 +112,17 @@ pub fn init() {
         !f.is_null() && unsafe { libc::fileno(f) == i as c_int && read_fd(f) == i as c_int }
     });
     LAYOUT.store(ok, Relaxed);
+}
+
+/// Resolves the real functions not resolved yet (see
+/// `stdio::resolve_all`).
+pub fn resolve_all() {
+    for r in ALL {
+        r.addr();
+    }
+    for v in VARIADIC {
+        v.real.addr();
+    }
 }
 
 /// The fd of stream `f` as fileno() computes it, read from the FILE.
@@ -444,7 +448,7 @@ struct Next {
 /// an fd), with the entry's frame.
 extern "C" fn variadic_guard(arg: usize, frame: usize, v: &'static Variadic) -> Next {
     let to = v.real.addr();
-    if to == 0 {
+    if to <= MISSING {
         return Next {
             to: 0,
             ret: no_fn(v.fail),
