@@ -189,8 +189,9 @@ extern "C" fn init() {
         // wrapper passes through.
         return;
     }
-    sys::init_cookie_args();
     if let Some(c) = env(c"HANDLES_COOKIE").and_then(parse_cookie) {
+        // Where the cookie goes matters only when there is one.
+        sys::init_cookie_args();
         sys::COOKIE.store(c, Relaxed);
         sys::COOKIE_ON.store(true, Relaxed);
     }

@@ -93,6 +93,9 @@ pub fn maybe_written(lo: u32, hi: u32) -> impl Iterator<Item = i32> {
 /// made without CLONE_VM, so a child that skipped the atfork handler (raw
 /// fork/clone) notices before it writes its parent's table.
 static FORK_MARK: AtomicPtr<AtomicU32> = AtomicPtr::new(ptr::null_mut());
+/// The pid the table was made by: tells a mark page the kernel dropped
+/// (MAP_DROPPABLE) from a child's.
+static OWN_PID: AtomicI32 = AtomicI32::new(0);
 
 /// Tombstones a forked child got from its parent, one bit per fd: the
 /// child never had those handles, so closing one (a close-every-fd sweep,
@@ -796,6 +799,7 @@ pub fn create_table(pid: i32, cap: u32) -> bool {
     MIXER.store(mixer, Relaxed);
     CAP.store(cap, Relaxed);
     PUB.store(base, Relaxed);
+    OWN_PID.store(pid, Relaxed);
     header(base).init(cap, pid as u32, mixer, table::writer::SHIM);
     let fd = move_high(fd);
     TABLE_FD.store(fd, Relaxed);
@@ -824,22 +828,43 @@ fn anon(len: usize) -> Option<*mut u8> {
 }
 
 fn init_fork_mark() {
-    // A mapping of its own: the advice on a page of the shim's .bss
-    // instead (anonymous memory too) saved the mmap but split the .bss
-    // mapping in three, which cost as much.
-    let Some(p) = anon(4096) else { return };
-    let p = p as i64;
-    // SAFETY: advising our own page.
-    let r = unsafe {
-        sys::raw(
-            libc::SYS_madvise,
-            [p as u64, 4096, libc::MADV_WIPEONFORK as u64, 0, 0, 0],
+    // A droppable page is wiped in a child in one syscall; the madvise a
+    // private page needs cost ~6 µs a process on the test VM (the advice
+    // on a page of the shim's .bss instead split that mapping in three,
+    // which cost as much). A dropped page reads as zero like a child's:
+    // own_table tells them apart by the pid.
+    // SAFETY: a new anonymous page, ours.
+    let p = unsafe {
+        sys::sc(
+            libc::SYS_mmap,
+            [
+                0,
+                4096,
+                (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                (libc::MAP_ANONYMOUS | libc::MAP_DROPPABLE) as u64,
+                u64::MAX,
+                0,
+            ],
         )
     };
-    if r < 0 {
-        // Kernels before 4.14: rely on the atfork handler alone.
-        return;
-    }
+    let p = if (-4095..0).contains(&p) {
+        // Before 6.11: a private page, advised.
+        let Some(p) = anon(4096) else { return };
+        // SAFETY: advising our own page.
+        let r = unsafe {
+            sys::raw(
+                libc::SYS_madvise,
+                [p as u64, 4096, libc::MADV_WIPEONFORK as u64, 0, 0, 0],
+            )
+        };
+        if r < 0 {
+            // Kernels before 4.14: rely on the atfork handler alone.
+            return;
+        }
+        p as i64
+    } else {
+        p
+    };
     let mark = p as *mut AtomicU32;
     // SAFETY: the page is mapped, writable and aligned.
     unsafe { (*mark).store(1, Relaxed) };
@@ -967,9 +992,23 @@ fn own_table() {
         }
     }
     if needs_own_table() {
-        make_own_table();
+        if !PENDING.load(Acquire) && sys::getpid() == OWN_PID.load(Relaxed) {
+            // Not a child: the kernel dropped the mark's page (memory
+            // pressure), which then reads as zero.
+            rearm_fork_mark();
+        } else {
+            make_own_table();
+        }
     }
     MAKER.store(0, Release);
+}
+
+fn rearm_fork_mark() {
+    let m = FORK_MARK.load(Relaxed);
+    if !m.is_null() {
+        // SAFETY: see ensure_own_table.
+        unsafe { (*m).store(1, Release) };
+    }
 }
 
 /// The child side of fork, made lazily: a new published table named with
@@ -979,15 +1018,12 @@ fn own_table() {
 /// parent's table fd replaced by the child's at the same number. Raw
 /// syscalls only: runs in the child of a possibly multi-threaded parent.
 fn make_own_table() {
-    let m = FORK_MARK.load(Relaxed);
+    let pid = sys::getpid();
     let done = || {
-        if !m.is_null() {
-            // SAFETY: see ensure_own_table.
-            unsafe { (*m).store(1, Release) };
-        }
+        OWN_PID.store(pid, Relaxed);
+        rearm_fork_mark();
         PENDING.store(false, Release);
     };
-    let pid = sys::getpid();
     let cap = CAP.load(Relaxed);
     let cur = PUB.load(Relaxed);
     let base = BASE.load(Relaxed);

@@ -2172,3 +2172,15 @@ fn every_inherited_fd_is_registered_whether_probed_or_listed() {
         drop(file);
     }
 }
+
+#[test]
+fn a_dropped_fork_mark_page_is_no_fork() {
+    // The kernel may drop the droppable page that tells a child of a raw
+    // fork (it then reads zero, as in a child): the process keeps its
+    // table.
+    let mut c = preloaded(&fixture("shim_fork"));
+    c.arg("dropmark");
+    let o = run(c);
+    assert_eq!(stdout(&o), "marks 1\ntable same\n", "{}", stderr(&o));
+    assert_eq!(stderr(&o), "");
+}
