@@ -27,6 +27,10 @@ static PUB: AtomicPtr<u8> = AtomicPtr::new(ptr::null_mut());
 /// table, [`before_fork`]): a process that never forks never pays for
 /// the pages and the copies.
 static BASE: AtomicPtr<u8> = AtomicPtr::new(ptr::null_mut());
+/// [`BASE`] is 0: not made, 1: being filled (writes mirror themselves
+/// already), 2: complete, a child's exact snapshot.
+static MIRROR: AtomicU32 = AtomicU32::new(0);
+const MIRROR_READY: u32 = 2;
 /// In a forked child with no table of its own yet: the parent's table,
 /// still mapped here (nothing reads it; unmapped when the child makes its
 /// own).
@@ -900,7 +904,7 @@ fn has_own_table() -> bool {
 /// the first fork, from the table, then kept up to date by every write.
 /// Runs in the parent, as an ordinary (non-nested) call of the shim.
 pub extern "C" fn before_fork() {
-    if !active() || !BASE.load(Relaxed).is_null() || PUB.load(Relaxed).is_null() {
+    if !active() || MIRROR.load(Acquire) == MIRROR_READY || PUB.load(Relaxed).is_null() {
         return;
     }
     if !enter() {
@@ -909,7 +913,20 @@ pub extern "C" fn before_fork() {
         // table as after a raw fork.
         return;
     }
-    enable_mirror();
+    if MIRROR.compare_exchange(0, 1, Acquire, Acquire).is_ok() {
+        let made = enable_mirror();
+        MIRROR.store(if made { MIRROR_READY } else { 0 }, Release);
+    } else {
+        // Another thread forking at the same time is filling it: this
+        // child must not get it half filled.
+        for _ in 0..100_000 {
+            if MIRROR.load(Acquire) != 1 {
+                break;
+            }
+            // SAFETY: sched_yield has no arguments.
+            unsafe { sys::raw(libc::SYS_sched_yield, [0; 6]) };
+        }
+    }
     leave();
 }
 
@@ -918,11 +935,11 @@ pub extern "C" fn before_fork() {
 /// its lock. A writer either marked its group before the scan below (and
 /// the copy, locking the slot after it, takes its value) or sees the
 /// mirror (both sides sequentially consistent, see [`mark_written`]).
-fn enable_mirror() {
+fn enable_mirror() -> bool {
     let cap = CAP.load(Relaxed);
     let pb = PUB.load(Relaxed);
     let Some(base) = anon(table::table_size(cap)) else {
-        return;
+        return false;
     };
     BASE.store(base, SeqCst);
     for i in maybe_written(0, cap) {
@@ -938,6 +955,16 @@ fn enable_mirror() {
         }
         s.unlock(l);
     }
+    true
+}
+
+/// The mirror, when it is complete (a child's exact snapshot).
+fn ready_mirror() -> *mut u8 {
+    if MIRROR.load(Acquire) == MIRROR_READY {
+        BASE.load(Relaxed)
+    } else {
+        ptr::null_mut()
+    }
 }
 
 /// The atfork child handler: the child goes on reading its snapshot (the
@@ -952,15 +979,15 @@ pub extern "C" fn after_fork_child() {
     }
     // A thread of the parent making its own table is not in this child.
     MAKER.store(0, Relaxed);
-    let base = BASE.load(Relaxed);
+    let base = ready_mirror();
     let pb = PUB.load(Relaxed);
     if !base.is_null() && pb != base {
         STALE.store(pb, Relaxed);
         PUB.store(base, Relaxed);
     }
-    // Without a mirror (the fork came from inside the shim) the child
-    // reads its parent's table until it makes its own, as after a raw
-    // fork.
+    // Without a complete mirror (the fork came from inside the shim)
+    // the child reads its parent's table until it makes its own, as
+    // after a raw fork.
     PENDING.store(true, Release);
 }
 
@@ -1026,7 +1053,8 @@ fn make_own_table() {
     };
     let cap = CAP.load(Relaxed);
     let cur = PUB.load(Relaxed);
-    let base = BASE.load(Relaxed);
+    // A mirror a raw fork caught half filled is no snapshot.
+    let base = ready_mirror();
     let (src, stale) = if cur == base {
         (base, STALE.swap(ptr::null_mut(), Relaxed))
     } else if base.is_null() {

@@ -2184,3 +2184,23 @@ fn a_dropped_fork_mark_page_is_no_fork() {
     assert_eq!(stdout(&o), "marks 1\ntable same\n", "{}", stderr(&o));
     assert_eq!(stderr(&o), "");
 }
+
+#[test]
+fn threads_that_fork_at_once_all_give_their_children_the_snapshot() {
+    // The first fork makes the mirror the children read; a second thread
+    // forking meanwhile waits until it is complete.
+    for _ in 0..5 {
+        let mut c = preloaded(&fixture("shim_fork"));
+        c.arg("forkers");
+        let o = run(c);
+        assert_eq!(stdout(&o), "exited 8\n", "{}", stderr(&o));
+        let r = parse_reports(&stderr(&o));
+        assert_eq!(r.len(), 8, "one use after close per child: {r:?}");
+        assert!(
+            r.iter().all(|(_, call)| call.starts_with("read(4, ")),
+            "{r:?}"
+        );
+        let pids: std::collections::HashSet<u32> = r.iter().map(|(p, _)| *p).collect();
+        assert_eq!(pids.len(), 8, "{r:?}");
+    }
+}
