@@ -168,6 +168,25 @@ fn a_leak_in_a_forked_child_only_is_reported_for_the_child() {
     );
 }
 
+/// A forked child that makes nothing through the shim never gets a shim
+/// table: --leak-check=all still lists what it inherited, from /proc, and
+/// none of the shim's own fds.
+#[test]
+fn an_idle_forked_child_lists_its_inherited_handles_under_leak_check_all() {
+    let o = run(&["--leak-check"], &fixture("leaks"), "child-idle");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr_of(&o));
+    assert!(process_reports(&stderr_of(&o)).is_empty(), "{}", stderr_of(&o));
+    let o = run(&["--leak-check=all"], &fixture("leaks"), "child-idle");
+    let stderr = stderr_of(&o);
+    let reports = process_reports(&stderr);
+    let child = reports
+        .iter()
+        .find(|r| r.contains("/etc/hostname (inherited)"))
+        .unwrap_or_else(|| panic!("no report lists the inherited file\n{stderr}"));
+    assert!(!child.contains("handles-table"), "{child}");
+    assert!(!child.contains("memfd:"), "{child}");
+}
+
 #[test]
 fn leaks_in_threads_and_exec_images_are_reported() {
     let o = run(&["--leak-check"], &fixture("leaks"), "thread");

@@ -833,6 +833,33 @@ fn bug_in_a_forked_child_kills_the_child_and_the_parent_continues() {
     );
 }
 
+/// A forked child makes its shim table only at its first write; until
+/// then a use the supervisor catches (a syscall instruction of the
+/// program's own) of a tombstone inherited from the parent is told from
+/// the parent's table, reached through the tombstone's own memfd.
+#[test]
+fn raw_use_in_a_forked_child_of_an_fd_closed_before_the_fork_is_caught() {
+    let prog = fixture("run_bugs");
+    let o = supervised(&[prog.as_os_str(), OsStr::new("fork-raw")]);
+    assert_code(&o, 0);
+    let stdout = stdout_of(&o);
+    assert!(
+        stdout.contains(&format!("child exited=0 signaled=1 sig={SIGTRAP}\n")),
+        "the child must be stopped by SIGTRAP\n{}",
+        describe(&o)
+    );
+    assert!(!stdout.contains("raw write="), "\n{}", describe(&o));
+    let r = only_report(&o);
+    assert!(r.lines.iter().any(|l| l.contains("write(")), "\n{}", describe(&o));
+    // The close is the parent's, found in the parent's table.
+    r.assert_innermost(
+        "closed by close()",
+        "fork_raw_bug",
+        "run_bugs.c",
+        marker_line("run_bugs", "/* CLOSE: raw */"),
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 7. The bug after exec
 

@@ -106,21 +106,26 @@ pub fn table_owner(target: &str) -> Option<i32> {
 /// (at the parent's table fd number) until its own first write makes it
 /// one, and never if it execs or exits first.
 pub fn is_inherited_table(pid: i32, fd: i32, owner: i32) -> bool {
+    inherited_table(pid, fd, owner).is_some()
+}
+
+/// The table a shim published for process `owner`, mapped read-only
+/// through fd `fd` of process `pid` (the table's fd itself, or an O_PATH
+/// tombstone on its memfd), if it is one: sealed like the shim's, with a
+/// header that names `owner` and the shim.
+pub fn inherited_table(pid: i32, fd: i32, owner: i32) -> Option<MappedTable> {
     if owner == pid {
-        return false;
+        return None;
     }
-    let Some(f) = open_magic_link(&format!("/proc/{pid}/fd/{fd}")) else {
-        return false;
-    };
+    let f = open_magic_link(&format!("/proc/{pid}/fd/{fd}"))?;
     if !sealed_against_shrinking(&f) {
-        return false;
+        return None;
     }
-    MappedTable::map(&f).is_some_and(|m| {
-        m.view().is_ok_and(|v| {
-            i64::from(v.pid()) == i64::from(owner)
-                && v.writer() == handles_model::table::writer::SHIM
-        })
-    })
+    let m = MappedTable::map(&f)?;
+    let genuine = m.view().is_ok_and(|v| {
+        i64::from(v.pid()) == i64::from(owner) && v.writer() == handles_model::table::writer::SHIM
+    });
+    genuine.then_some(m)
 }
 
 fn open_magic_link(path: &str) -> Option<OwnedFd> {

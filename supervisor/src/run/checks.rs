@@ -122,20 +122,73 @@ impl Job {
             ShimSays::Unknown => {}
         }
         let t = self.threads.get(&tid)?;
-        let mut table = t.table.borrow_mut();
+        let table = t.table.borrow();
         match table.get(fd) {
             Some(Slot::Open(_)) => None,
             Some(Slot::Tombstone(c)) if c.closer == tgid => Some(Bad::Stale),
             Some(Slot::Tombstone(_)) => Some(Bad::StaleInherited),
             None if table.tomb_src == Some(fd) => Some(Bad::Internal),
             None => {
-                if fd_exists(tgid, fd) {
-                    table.open(fd, Origin::Discovered, None, tgid);
-                    None
-                } else {
-                    Some(Bad::NotOpen)
+                if !fd_exists(tgid, fd) {
+                    return Some(Bad::NotOpen);
                 }
+                drop(table);
+                if let Some(bad) = self.parents_shim_says(tid, tgid, fd) {
+                    return Some(bad);
+                }
+                let t = self.threads.get(&tid)?;
+                t.table
+                    .borrow_mut()
+                    .open(fd, Origin::Discovered, None, tgid);
+                None
             }
+        }
+    }
+
+    /// A forked child makes its shim table only at its first write: until
+    /// then the shim's fds it inherited (its parent's table, tombstones
+    /// and tombstone source: O_PATH fds on that table's memfd) are
+    /// unknown here. The parent's table, mapped through the fd itself,
+    /// tells them apart: its own fds are INTERNAL there, anything else on
+    /// that memfd is a tombstone the parent had at the fork.
+    fn parents_shim_says(&mut self, tid: i32, tgid: i32, fd: i32) -> Option<Bad> {
+        use handles_model::table::state;
+        let p = self.procs.get(&tgid)?;
+        if !self.shim_injected || p.shim.is_some() || !p.awaiting_shim {
+            return None;
+        }
+        let target = self.object_facts(tgid, fd).target;
+        let owner = crate::inspect::shared::table_owner(&target)?;
+        let table = crate::inspect::shared::inherited_table(tgid, fd, owner)?;
+        let view = table.view().ok()?;
+        match view.detail(fd) {
+            Some(d) if d.value.state == state::INTERNAL => Some(Bad::Internal),
+            Some(d) if d.value.state == state::TOMBSTONE => {
+                // Still the parent's tombstone: what it closed there (the
+                // parent may have closed the number again since the fork;
+                // then this is its later close, rarely so).
+                let (ty, target) = shimtable::object_of(owner, &d);
+                let t = self.threads.get(&tid)?;
+                t.table.borrow_mut().remember_closed(
+                    fd,
+                    ClosedHandle {
+                        generation: d.value.generation,
+                        origin: shimtable::origin_of(d.value.how),
+                        created: shimtable::call_stack(d.created.frames()),
+                        closed: shimtable::call_stack(d.closed.frames()),
+                        creator: owner,
+                        closer: owner,
+                        facts: ObjectFacts {
+                            ty,
+                            koid: d.value.koid,
+                            target,
+                        },
+                        how: "close()",
+                    },
+                );
+                Some(Bad::StaleInherited)
+            }
+            _ => Some(Bad::StaleInherited),
         }
     }
 
@@ -233,6 +286,7 @@ impl Job {
         if !strict {
             if let Some(p) = self.procs.get_mut(&tgid) {
                 p.awaiting_shim = false;
+                p.loading = false;
             }
             if let Some(t) = self.threads.get(&tid) {
                 t.table.borrow_mut().touch_all();
@@ -245,6 +299,7 @@ impl Job {
         }
         if let Some(p) = self.procs.get_mut(&tgid) {
             p.awaiting_shim = false;
+            p.loading = false;
         }
         // Before the announcement the shim's own start-up (its table's fd,
         // mapped with an mmap that stopped here) may have been taken for

@@ -184,12 +184,16 @@ pub(super) struct Process {
     pub(super) over_budget: bool,
     /// The table of the shim loaded in it, once announced.
     pub(super) shim: Option<ShimTable>,
-    /// The new image will load the shim, which has not announced its
-    /// table yet: what closes before that are the dynamic loader's and
-    /// the constructors', not worth quarantining (and tombstones the shim
-    /// never learns of would cost the program fd numbers and an early
-    /// EMFILE).
+    /// The process will make a shim table the supervisor has not learned
+    /// of yet (after an exec, until the shim's announcement; in a forked
+    /// child, until its first table write, which may never come): no
+    /// table of the supervisor's own is published for it.
     pub(super) awaiting_shim: bool,
+    /// Between an exec that loads the shim and its announcement: what
+    /// closes then are the dynamic loader's and the constructors', not
+    /// worth quarantining (tombstones the shim never learns of would cost
+    /// the program fd numbers and an early EMFILE).
+    pub(super) loading: bool,
     /// The strict filter is installed: library code stops too. Inherited
     /// across fork and exec (seccomp filters are).
     pub(super) strict: bool,
@@ -497,6 +501,7 @@ impl Job {
                 over_budget: false,
                 shim: None,
                 awaiting_shim: false,
+                loading: false,
                 strict: !lenient,
                 fd_dir: None,
                 exec_unverified: false,
@@ -796,15 +801,16 @@ impl Job {
             Rc::new(RefCell::new(copy))
         };
         if !thread {
-            let (name, policy, strict, awaiting_shim) = match self.procs.get(&ptgid) {
-                // The shim's fork handler makes the child its own table.
+            let (name, policy, strict, awaiting_shim, loading) = match self.procs.get(&ptgid) {
+                // The child's shim makes it a table at its first write.
                 Some(p) => (
                     p.name.clone(),
                     p.policy.clone(),
                     p.strict,
                     p.shim.is_some() || p.awaiting_shim,
+                    p.loading,
                 ),
-                None => (comm(child), self.opts.policy.clone(), true, false),
+                None => (comm(child), self.opts.policy.clone(), true, false, false),
             };
             // A forked child carries its parent's name until it execs.
             self.tree.insert(
@@ -827,6 +833,7 @@ impl Job {
                     over_budget: false,
                     shim: None,
                     awaiting_shim,
+                    loading,
                     strict,
                     fd_dir: None,
                     exec_unverified: false,
@@ -948,6 +955,7 @@ impl Job {
         }
         if let Some(p) = self.procs.get_mut(&tgid) {
             p.awaiting_shim = awaiting_shim;
+            p.loading = awaiting_shim;
             p.exec_unverified = deferred;
             p.name = name;
             p.maps = None;

@@ -92,6 +92,24 @@ impl Job {
                 ));
             }
         }
+        // A forked child whose shim never made a table (it created and
+        // closed nothing through the shim): what it holds came from its
+        // parent or stopped here. Under --leak-check=all the inherited ones
+        // the model does not know (the parent's shim made them) are listed
+        // from /proc; the shim's own fds drop out with the snapshot below.
+        let tableless = self
+            .procs
+            .get(&tgid)
+            .is_some_and(|p| p.shim.is_none() && p.awaiting_shim);
+        if all && tableless {
+            let table = table_ref.borrow();
+            for fd in fd_numbers(&format!("/proc/{tgid}/task/{tid}/fd")) {
+                if table.is_hidden(fd) || candidates.iter().any(|c| c.0 == fd) {
+                    continue;
+                }
+                candidates.push((fd, table.value_of(fd, 0).0, Origin::Inherited, None, true));
+            }
+        }
         if candidates.is_empty() {
             return;
         }

@@ -9,11 +9,9 @@ impl Job {
         let fd = regs.rdi as i32;
         let facts = self.object_facts(tgid, fd);
         let stack = self.capture_stack(tid, tgid, Some(&regs));
-        let awaiting_shim = self.procs.get(&tgid).is_some_and(|p| p.awaiting_shim);
-        let quarantine = self.opts.quarantine > 0
-            && fd > 2
-            && !awaiting_shim
-            && self.room_for_tombstone(tid, tgid);
+        let loading = self.procs.get(&tgid).is_some_and(|p| p.loading);
+        let quarantine =
+            self.opts.quarantine > 0 && fd > 2 && !loading && self.room_for_tombstone(tid, tgid);
         if !quarantine {
             if let Some(t) = self.threads.get(&tid) {
                 t.table
