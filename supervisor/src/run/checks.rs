@@ -276,9 +276,23 @@ impl Job {
     /// (values must agree) and everything the supervisor knows that the
     /// shim cannot (its tombstones, its tombstone source) written there.
     pub(super) fn on_announce(&mut self, tid: i32, tgid: i32, fd: i32) {
+        let leak_check = self.opts.leak_mode != LeakMode::Off;
         let strict = match self.procs.get_mut(&tgid) {
             Some(p) => {
-                p.shim = Some(ShimTable::announced(tgid, fd));
+                let shim = ShimTable::announced(tgid, fd);
+                // A forked child announces a table that is still exactly
+                // its fork snapshot (its first write comes after): what is
+                // open there is its parent's, not a leak of its own. Taken
+                // only for a leak check, which is the only reader.
+                if leak_check && p.awaiting_shim && !p.loading {
+                    let present = fd_numbers(&format!("/proc/{tgid}/fd"));
+                    p.inherited_at_fork = shim
+                        .open_fds(&present)
+                        .into_iter()
+                        .map(|(fd, d)| (fd, d.value.generation))
+                        .collect();
+                }
+                p.shim = Some(shim);
                 p.strict
             }
             None => return,

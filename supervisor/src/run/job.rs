@@ -203,6 +203,10 @@ pub(super) struct Process {
     /// checked against what survived it (O_CLOEXEC): `sync_shim` does
     /// that before anything reads the model.
     pub(super) exec_unverified: bool,
+    /// For a forked child with leak checks on: the (fd, generation) of
+    /// the handles open in its shim's table when it announced it, which
+    /// was its fork snapshot: its parent's handles, not its leaks.
+    pub(super) inherited_at_fork: Vec<(i32, u32)>,
 }
 
 /// A bad fd use found at a syscall's entry.
@@ -505,6 +509,7 @@ impl Job {
                 strict: !lenient,
                 fd_dir: None,
                 exec_unverified: false,
+                inherited_at_fork: Vec::new(),
             },
         );
         job.tree.insert(
@@ -837,6 +842,7 @@ impl Job {
                     strict,
                     fd_dir: None,
                     exec_unverified: false,
+                    inherited_at_fork: Vec::new(),
                 },
             );
         }
@@ -957,6 +963,7 @@ impl Job {
             p.awaiting_shim = awaiting_shim;
             p.loading = awaiting_shim;
             p.exec_unverified = deferred;
+            p.inherited_at_fork.clear();
             p.name = name;
             p.maps = None;
             p.nofile = None;

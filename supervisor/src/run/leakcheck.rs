@@ -55,6 +55,10 @@ impl Job {
         };
         // What the shim created never stopped here: its table has those
         // handles, their creation stacks and the calls that made them.
+        let at_fork: &[(i32, u32)] = self
+            .procs
+            .get(&tgid)
+            .map_or(&[], |p| p.inherited_at_fork.as_slice());
         if let Some(shim) = self.procs.get(&tgid).and_then(|p| p.shim.as_ref()) {
             let table = table_ref.borrow();
             let present = fd_numbers(&format!("/proc/{tgid}/task/{tid}/fd"));
@@ -79,7 +83,8 @@ impl Job {
                     continue;
                 }
                 let inherited = origin == Origin::Inherited
-                    || (stack.is_none() && d.value.how == handles_model::table::how::UNKNOWN);
+                    || (stack.is_none() && d.value.how == handles_model::table::how::UNKNOWN)
+                    || at_fork.contains(&(fd, d.value.generation));
                 if !all && inherited {
                     continue;
                 }
