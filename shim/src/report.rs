@@ -159,10 +159,8 @@ pub fn bad_handle(what: Op, fd: i32, call: &Call, frame: usize) -> Verdict {
         && was_closed
         && obj_type_from_code(value.obj_type) == Some(handles_model::ObjType::Pipe)
         && suppress_defaults()
-        && offending_stack(frame)
-            .frames()
-            .iter()
-            .any(|&pc| module_is(pc, b"bash"))
+        && st::exe_name() == b"bash"
+        && called_from_bash(frame)
     {
         // The supervisor's default suppression, same rule, applied here
         // under a supervisor too (it would cost every bash pipeline a stop
@@ -292,6 +290,27 @@ fn offending_stack(frame: usize) -> Pcs {
 
 fn suppress_defaults() -> bool {
     !NO_DEFAULT_SUPPRESSIONS.load(Relaxed)
+}
+
+/// Whether the bad call was made by bash's own code. Its pipeline double
+/// closes are direct calls, so the trampoline's return address answers
+/// at the price of a frame-pointer read; only another caller costs an
+/// unwind and a module lookup per frame (each a dladdr: a linear search
+/// of bash's symbols, which made every pipeline of a shell loop pay ~0.1
+/// ms).
+fn called_from_bash(frame: usize) -> bool {
+    let first = stack::capture(frame);
+    if first
+        .frames()
+        .first()
+        .is_some_and(|&pc| stack::in_main_program(pc as usize))
+    {
+        return true;
+    }
+    offending_stack(frame)
+        .frames()
+        .iter()
+        .any(|&pc| module_is(pc, b"bash"))
 }
 
 /// Is `pc` in a module whose file name is `name`?
