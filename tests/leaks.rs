@@ -175,7 +175,11 @@ fn a_leak_in_a_forked_child_only_is_reported_for_the_child() {
 fn an_idle_forked_child_lists_its_inherited_handles_under_leak_check_all() {
     let o = run(&["--leak-check"], &fixture("leaks"), "child-idle");
     assert_eq!(o.status.code(), Some(0), "{}", stderr_of(&o));
-    assert!(process_reports(&stderr_of(&o)).is_empty(), "{}", stderr_of(&o));
+    assert!(
+        process_reports(&stderr_of(&o)).is_empty(),
+        "{}",
+        stderr_of(&o)
+    );
     let o = run(&["--leak-check=all"], &fixture("leaks"), "child-idle");
     let stderr = stderr_of(&o);
     let reports = process_reports(&stderr);
