@@ -850,7 +850,11 @@ fn raw_use_in_a_forked_child_of_an_fd_closed_before_the_fork_is_caught() {
     );
     assert!(!stdout.contains("raw write="), "\n{}", describe(&o));
     let r = only_report(&o);
-    assert!(r.lines.iter().any(|l| l.contains("write(")), "\n{}", describe(&o));
+    assert!(
+        r.lines.iter().any(|l| l.contains("write(")),
+        "\n{}",
+        describe(&o)
+    );
     // The close is the parent's, found in the parent's table.
     r.assert_innermost(
         "closed by close()",
