@@ -55,6 +55,33 @@ if command -v valgrind >/dev/null; then
     row "valgrind --track-fds=yes" valgrind -q --track-fds=yes "$tmp/fdloop" "$N"
 fi
 
+# A real fd-heavy program: grep -r opens, reads and closes every file of a
+# tree (one process). The loop above is the best case for valgrind (the
+# program does nothing but syscalls, which valgrind runs natively); a
+# program that also computes on what it reads shows what valgrind's
+# instrumentation costs, and that is the comparison users make.
+TREE=${TREE:-/usr/include}
+if [ -d "$TREE" ]; then
+    nfiles=$(find "$TREE" -type f | wc -l)
+    GREP="grep -r -c handles_bench_no_match $TREE"
+    $GREP >/dev/null 2>&1 || true   # warm the page cache
+    echo
+    echo "fd-heavy program: $GREP ($nfiles files), median of $RUNS"
+    native=$(median $GREP)
+    printf '%-44s %8.3f s %8.1fx native\n' "native" "$native" 1
+    ours=$(median "$H" run -- $GREP)
+    printf '%-44s %8.3f s %8.1fx native\n' "handles run" "$ours" "$(echo "$ours / $native" | bc -l)"
+    row "handles run --no-ptrace (shim alone)" "$H" run --no-ptrace -- $GREP
+    if command -v strace >/dev/null; then
+        t=$(median strace -f --seccomp-bpf -e trace=%desc -o /dev/null $GREP)
+        printf '%-44s %8.3f s %8.1fx native %6.1fx handles run\n' "strace -f --seccomp-bpf -e trace=%desc" "$t" "$(echo "$t / $native" | bc -l)" "$(echo "$t / $ours" | bc -l)"
+    fi
+    if command -v valgrind >/dev/null; then
+        t=$(median valgrind -q --track-fds=yes $GREP)
+        printf '%-44s %8.3f s %8.1fx native %6.1fx handles run\n' "valgrind --track-fds=yes" "$t" "$(echo "$t / $native" | bc -l)" "$(echo "$t / $ours" | bc -l)"
+    fi
+fi
+
 # A real multi-process workload: a shell spawning short-lived processes
 # that open, read and pipe files (leak check on and off).
 WORK='for i in $(seq 150); do cat /etc/hostname /etc/passwd | wc -l >/dev/null; done'
