@@ -2,7 +2,6 @@
 //! each is a valid handle, and what bad-handle, wrong-object, new-* and
 //! --max-handles do about it. Every policy decision is made here.
 
-use super::fdtable::ClosedHandle;
 use super::job::*;
 use super::shimtable::{self, ShimSays, ShimTable};
 use crate::backtrace::Frame;
@@ -71,24 +70,7 @@ impl Job {
                 let t = self.threads.get(&tid)?;
                 let mut table = t.table.borrow_mut();
                 table.forget_open(fd);
-                let (ty, target) = shimtable::object_of(tgid, &d);
-                table.remember_closed(
-                    fd,
-                    ClosedHandle {
-                        generation: d.value.generation,
-                        origin: shimtable::origin_of(d.value.how),
-                        created: shimtable::call_stack(d.created.frames()),
-                        closed: shimtable::call_stack(d.closed.frames()),
-                        creator: tgid,
-                        closer: tgid,
-                        facts: ObjectFacts {
-                            ty,
-                            koid: d.value.koid,
-                            target,
-                        },
-                        how: "close()",
-                    },
-                );
+                table.remember_closed(fd, shimtable::closed_handle(tgid, &d));
                 return Some(Bad::Stale);
             }
             ShimSays::Internal => return Some(Bad::Internal),
@@ -167,25 +149,10 @@ impl Job {
                 // Still the parent's tombstone: what it closed there (the
                 // parent may have closed the number again since the fork;
                 // then this is its later close, rarely so).
-                let (ty, target) = shimtable::object_of(owner, &d);
                 let t = self.threads.get(&tid)?;
-                t.table.borrow_mut().remember_closed(
-                    fd,
-                    ClosedHandle {
-                        generation: d.value.generation,
-                        origin: shimtable::origin_of(d.value.how),
-                        created: shimtable::call_stack(d.created.frames()),
-                        closed: shimtable::call_stack(d.closed.frames()),
-                        creator: owner,
-                        closer: owner,
-                        facts: ObjectFacts {
-                            ty,
-                            koid: d.value.koid,
-                            target,
-                        },
-                        how: "close()",
-                    },
-                );
+                t.table
+                    .borrow_mut()
+                    .remember_closed(fd, shimtable::closed_handle(owner, &d));
                 Some(Bad::StaleInherited)
             }
             _ => Some(Bad::StaleInherited),

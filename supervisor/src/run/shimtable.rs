@@ -378,6 +378,26 @@ pub(super) fn call_stack(pcs: &[u64]) -> Option<super::fdtable::Stack> {
     })
 }
 
+/// A tombstone of the shim's table of process `tgid` (which made and
+/// closed it), as the supervisor remembers a closed handle for reports.
+pub(super) fn closed_handle(tgid: i32, d: &SlotDetail) -> super::fdtable::ClosedHandle {
+    let (ty, target) = object_of(tgid, d);
+    super::fdtable::ClosedHandle {
+        generation: d.value.generation,
+        origin: origin_of(d.value.how),
+        created: call_stack(d.created.frames()),
+        closed: call_stack(d.closed.frames()),
+        creator: tgid,
+        closer: tgid,
+        facts: super::fdtable::ObjectFacts {
+            ty,
+            koid: d.value.koid,
+            target,
+        },
+        how: "close()",
+    }
+}
+
 /// What a shim record says the object was: its type name and its name.
 /// The shim does not stat what it opens (that would cost every open a
 /// syscall), so for a handle opened by path with no type from the call,
