@@ -210,7 +210,8 @@ impl ExecInfo {
     }
 
     /// The environment strings, without their NULs (an entry need not
-    /// hold a '=': execve takes any string).
+    /// hold a '=': execve takes any string). A test oracle.
+    #[cfg(test)]
     pub fn env_entries(&self) -> impl Iterator<Item = &[u8]> {
         entries(self.environ())
     }
@@ -218,8 +219,7 @@ impl ExecInfo {
     /// The value of `name` in the environment: the first entry that
     /// starts with `name=`, as getenv finds it.
     pub fn env(&self, name: &[u8]) -> Option<&[u8]> {
-        self.env_entries()
-            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix(b"="))
+        getenv_in(self.environ(), name)
     }
 
     /// The auxiliary vector, byte for byte what /proc/PID/auxv reads.
@@ -387,6 +387,12 @@ fn glibc_soname(tid: i32, base: u64) -> Option<()> {
 fn is_dev_fd(file: &[u8]) -> bool {
     file.strip_prefix(b"/dev/fd/")
         .is_some_and(|n| !n.is_empty() && n.iter().all(u8::is_ascii_digit))
+}
+
+/// The value of `name` in an environment block as /proc/PID/environ has
+/// it (the first `name=` entry, as getenv finds it).
+pub fn getenv_in<'a>(block: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    entries(block).find_map(|kv| kv.strip_prefix(name)?.strip_prefix(b"="))
 }
 
 /// NUL-terminated strings of a block, without their NULs.

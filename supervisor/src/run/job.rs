@@ -301,14 +301,6 @@ pub(super) fn fd_exists(tgid: i32, fd: i32) -> bool {
 
 /// The fd numbers listed in a `/proc/.../fd` directory (empty if it cannot
 /// be read).
-/// The value of `name` in an environment block as /proc/PID/environ
-/// has it (the first `name=` entry, as getenv finds it).
-pub(super) fn getenv_in<'a>(block: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    block
-        .split(|&b| b == 0)
-        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix(b"="))
-}
-
 pub(super) fn fd_numbers(dir: &str) -> Vec<i32> {
     std::fs::read_dir(dir)
         .map(|d| {
@@ -896,7 +888,7 @@ impl Job {
         };
         let var = |name: &[u8]| match &info {
             Some(i) => i.env(name),
-            None => getenv_in(&proc_env, name),
+            None => super::execinfo::getenv_in(&proc_env, name),
         };
         let nested = self.nested_policy(tgid, var(b"HANDLES_POLICY"));
         let awaiting_shim = self.opts.shim.as_deref().is_some_and(|shim| {
