@@ -833,6 +833,24 @@ fn bug_in_a_forked_child_kills_the_child_and_the_parent_continues() {
     );
 }
 
+/// Shims announce their tables (a ptrace stop each) only when something
+/// reads them early: --strict and leak checks. Otherwise the supervisor
+/// finds a table by its name when it first needs it, and what it reports
+/// is the same (the three-mode test covers the reports).
+#[test]
+fn shims_announce_only_for_strict_and_leak_checks() {
+    let announce = |flags: &[&str]| {
+        let mut args: Vec<&str> = flags.to_vec();
+        args.extend(["--", "/bin/sh", "-c", "echo \"$HANDLES_ANNOUNCE\""]);
+        let o = handles_run(&args);
+        assert_code(&o, 0);
+        stdout_of(&o).trim().to_string()
+    };
+    assert_eq!(announce(&[]), "0");
+    assert_eq!(announce(&["--strict"]), "1");
+    assert_eq!(announce(&["--leak-check"]), "1");
+}
+
 /// A forked child makes its shim table only at its first write; until
 /// then a use the supervisor catches (a syscall instruction of the
 /// program's own) of a tombstone inherited from the parent is told from

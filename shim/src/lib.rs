@@ -194,6 +194,9 @@ extern "C" fn init() {
         sys::init_cookie_args();
         sys::COOKIE.store(c, Relaxed);
         sys::COOKIE_ON.store(true, Relaxed);
+        if env(c"HANDLES_ANNOUNCE") == Some("0") {
+            state::ANNOUNCE.store(false, Relaxed);
+        }
     }
     if let Some(a) = env(c"HANDLES_POLICY").and_then(report::parse_policy) {
         report::set_action(a);

@@ -716,6 +716,12 @@ pub fn relocate_internal(fd: i32) {
     }
 }
 
+/// Whether the supervisor wants announcements (`HANDLES_ANNOUNCE=0`: it
+/// finds the table by its name when it needs it, which under its lenient
+/// filter and without leak checks is rarely; each announcement is a
+/// ptrace stop).
+pub static ANNOUNCE: AtomicBool = AtomicBool::new(true);
+
 /// Tells a supervisor where the table is: `fcntl(TABLE_FD, F_GETFD)`
 /// with the ANNOUNCE marker in the cookie register. Its prefilter stops
 /// on every marker, so the supervisor learns of the table without
@@ -723,7 +729,7 @@ pub fn relocate_internal(fd: i32) {
 /// without a cookie (no supervisor to tell).
 pub fn announce() {
     let fd = TABLE_FD.load(Relaxed);
-    if !sys::COOKIE_ON.load(Relaxed) || fd < 0 || !has_own_table() {
+    if !sys::COOKIE_ON.load(Relaxed) || !ANNOUNCE.load(Relaxed) || fd < 0 || !has_own_table() {
         return;
     }
     // SAFETY: F_GETFD on the table's fd reads its flags, nothing else.

@@ -312,6 +312,16 @@ impl Job {
         let Some(t) = self.threads.get(&tid) else {
             return;
         };
+        if p.shim.is_none() && p.awaiting_shim && !p.strict && self.opts.leak_mode == LeakMode::Off
+        {
+            // Shims do not announce here (HANDLES_ANNOUNCE=0): one made
+            // its table if one named for this process is open.
+            if let Some(fd) = crate::inspect::shared::own_table_fd(tgid) {
+                p.shim = Some(ShimTable::announced(tgid, fd));
+                p.awaiting_shim = false;
+                p.loading = false;
+            }
+        }
         if let Some(shim) = p.shim.as_ref().filter(|s| !s.synced.get()) {
             shim.synced.set(true);
             match shim.mixer() {

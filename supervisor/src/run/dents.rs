@@ -63,6 +63,15 @@ impl Job {
         let Some(pid) = listed_pid(&facts.target, tgid) else {
             return false;
         };
+        // The listed process's shim table, found if it was not yet.
+        if let Some(other) = self
+            .threads
+            .iter()
+            .find(|(_, t)| t.tgid == pid)
+            .map(|(&k, _)| k)
+        {
+            self.sync_shim(other, pid);
+        }
         let hides = self
             .threads
             .values()

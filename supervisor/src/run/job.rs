@@ -434,6 +434,16 @@ impl Job {
             env.retain(|(k, _)| k != "HANDLES_COOKIE" && !preload.iter().any(|(p, _)| p == k));
             env.extend(preload);
             env.push(("HANDLES_COOKIE".into(), format!("{cookie:016x}").into()));
+            // Announcements (a stop each) only where something reads the
+            // table early: the strict filter's reconciliation, the fork
+            // snapshot a leak check needs. Otherwise the table is found by
+            // its name when first needed (`sync_shim`).
+            env.retain(|(k, _)| k != "HANDLES_ANNOUNCE");
+            let announce = opts.strict || opts.leak_mode != LeakMode::Off;
+            env.push((
+                "HANDLES_ANNOUNCE".into(),
+                if announce { "1" } else { "0" }.into(),
+            ));
             // The shim applies the built-in bash rule itself, without a
             // stop (shim/src/report.rs), unless the job turned it off.
             env.retain(|(k, _)| k != "HANDLES_NO_DEFAULT_SUPPRESSIONS");
