@@ -33,6 +33,9 @@ impl Job {
                     p.strict = true;
                 }
             }
+            // Killed at its exec stop (a test suite's kill() right after
+            // spawning, say): it runs nothing, nothing goes unchecked.
+            Err(_) if tracer::getregs(tid).is_err_and(|e| e == nix::errno::Errno::ESRCH) => {}
             Err(why) => {
                 let name = comm(tgid);
                 self.write_report(&format!(
