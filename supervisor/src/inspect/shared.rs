@@ -160,11 +160,12 @@ pub fn find(pid: i32, own: &[(i32, &str)], tracer: i32) -> Option<Found> {
     find_among_fds(tracer, pid).map(Found::Supervisor)
 }
 
-/// The fd at which process `pid` holds its own table (by the memfd's
-/// name; the first found, which may be an O_PATH tombstone on it: opening
-/// it through /proc reaches the same memfd). Costs a readlink per fd.
-pub fn own_table_fd(pid: i32) -> Option<i32> {
-    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+/// The fd at which process `holder` holds the table of process `pid` (by
+/// the memfd's name; the first found, which may be an O_PATH tombstone on
+/// it: opening it through /proc reaches the same memfd). Costs a readlink
+/// per fd.
+pub fn table_fd_among(holder: i32, pid: i32) -> Option<i32> {
+    let dir = std::fs::read_dir(format!("/proc/{holder}/fd")).ok()?;
     dir.flatten().find_map(|e| {
         let target = std::fs::read_link(e.path()).ok()?;
         is_table_link(&target.to_string_lossy(), pid)
@@ -176,15 +177,7 @@ pub fn own_table_fd(pid: i32) -> Option<i32> {
 /// Scans the fds of process `holder` for the table of process `pid` and
 /// maps it.
 pub fn find_among_fds(holder: i32, pid: i32) -> Option<MappedTable> {
-    let dir = std::fs::read_dir(format!("/proc/{holder}/fd")).ok()?;
-    for e in dir.flatten() {
-        let Ok(target) = std::fs::read_link(e.path()) else {
-            continue;
-        };
-        if is_table_link(&target.to_string_lossy(), pid) {
-            let f = open_magic_link(&e.path().to_string_lossy())?;
-            return MappedTable::map(&f);
-        }
-    }
-    None
+    let fd = table_fd_among(holder, pid)?;
+    let f = open_magic_link(&format!("/proc/{holder}/fd/{fd}"))?;
+    MappedTable::map(&f)
 }
