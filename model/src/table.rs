@@ -182,6 +182,35 @@ pub struct SlotValue {
     pub how: u32,
 }
 
+/// FD_SETSIZE: programs that use select() need their fds below it.
+const SELECT_LIMIT: u64 = 1024;
+
+/// The number from which the shim puts its own fds (the table first, then
+/// the tombstone source), for RLIMIT_NOFILE `soft`/`hard` at its start-up;
+/// the supervisor looks there for a process's table before listing
+/// /proc/PID/fd. They must cost the program no fd number it would get
+/// natively, in particular none below FD_SETSIZE, and must not grow the
+/// kernel's fd table (every fork copies it, every /proc/PID/fd listing
+/// walks it) to a huge limit's size:
+///
+/// - a soft limit of at most 1024 that the hard limit lets the shim
+///   exceed: just above the soft limit. The program can never get those
+///   numbers (nor dup2 onto them) unless it raises its limit;
+/// - a soft limit above 1026: 1024 and up, clear of select() users; the
+///   kernel's table grows to 2048 entries (16 KiB) whatever the limit;
+/// - otherwise (a small limit that is also the hard one): the top two
+///   numbers under the limit, which a program meets only once it has
+///   filled its table; under EMFILE the shim then gives them up.
+pub fn own_fds_at(soft: u64, hard: u64) -> i32 {
+    if soft > SELECT_LIMIT + 2 {
+        SELECT_LIMIT as i32
+    } else if hard >= soft + 2 {
+        soft.max(3) as i32
+    } else {
+        soft.saturating_sub(2).max(3) as i32
+    }
+}
+
 /// Where the stack area of a table of `capacity` slots starts.
 pub const fn stacks_offset(capacity: u32) -> usize {
     HEADER_SIZE + capacity as usize * SLOT_SIZE

@@ -494,31 +494,10 @@ pub fn free_internal(fd: i32) {
     }
 }
 
-/// FD_SETSIZE: programs that use select() need their fds below it.
-const SELECT_LIMIT: u64 = 1024;
-
-/// Where the shim's own fds (the table and the tombstone source) go, for
-/// RLIMIT_NOFILE `soft`/`hard` at start-up. They must cost the program
-/// no fd number it would get natively, in particular none below
-/// FD_SETSIZE, and must not grow the kernel's fd table (every fork copies
-/// it, every /proc/PID/fd listing walks it) to a huge limit's size:
-///
-/// - a soft limit of at most 1024 that the hard limit lets the shim
-///   exceed: just above the soft limit. The program can never get those
-///   numbers (nor dup2 onto them) unless it raises its limit;
-/// - a soft limit above 1026: 1024 and up, clear of select() users; the
-///   kernel's table grows to 2048 entries (16 KiB) whatever the limit;
-/// - otherwise (a small limit that is also the hard one): the top two
-///   numbers under the limit, which a program meets only once it has
-///   filled its table; under EMFILE the shim then gives them up.
+/// Where the shim's own fds go: [`table::own_fds_at`] (in the model, so
+/// that the supervisor finds the table without listing /proc/PID/fd).
 pub fn choose_high(soft: u64, hard: u64) -> i32 {
-    if soft > SELECT_LIMIT + 2 {
-        SELECT_LIMIT as i32
-    } else if hard >= soft + 2 {
-        soft.max(3) as i32
-    } else {
-        soft.saturating_sub(2).max(3) as i32
-    }
+    table::own_fds_at(soft, hard)
 }
 
 /// RLIMIT_NOFILE now, (soft, hard); None when it cannot be read.

@@ -316,7 +316,7 @@ impl Job {
         {
             // Shims do not announce here (HANDLES_ANNOUNCE=0): one made
             // its table if one named for this process is open.
-            if let Some(fd) = crate::inspect::shared::table_fd_among(tgid, tgid) {
+            if let Some(fd) = crate::inspect::shared::own_table_fd(tgid) {
                 p.shim = Some(ShimTable::announced(tgid, fd));
                 p.awaiting_shim = false;
                 p.loading = false;

@@ -331,17 +331,7 @@ impl Auxv {
 }
 
 pub(super) fn nofile_limit(tgid: i32) -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: prlimit reading into a local struct.
-    let r = unsafe { libc::prlimit(tgid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut lim) };
-    if r == 0 {
-        lim.rlim_cur
-    } else {
-        1024
-    }
+    crate::inspect::shared::nofile(tgid).map_or(1024, |(soft, _)| soft)
 }
 
 /// The job and its supervisor state.
