@@ -14,6 +14,7 @@ trap 'rm -rf "$tmp"' EXIT
 cargo build --release -q
 H=$PWD/target/release/handles
 cc -O2 -o "$tmp/fdloop" scripts/bench/fdloop.c
+cc -O2 -o "$tmp/tombstones" scripts/bench/tombstones.c
 
 # median wall time in seconds of RUNS runs of "$@"
 median() {
@@ -38,6 +39,9 @@ row() {
 echo "fdloop, $N iterations ($((N * 8)) fd syscalls), median of $RUNS; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 native=$(median "$tmp/fdloop" "$N")
 printf '%-44s %8.3f s %8.1fx native\n' "native" "$native" 1
+# The quarantine's kernel work alone (scripts/bench/tombstones.c): the
+# floor under every row that quarantines.
+row "kernel floor: tombstones, no shim code" "$tmp/tombstones" "$N"
 row "handles run (default: shim + supervisor)" "$H" run -- "$tmp/fdloop" "$N"
 row "handles run --no-ptrace (shim alone)" "$H" run --no-ptrace -- "$tmp/fdloop" "$N"
 row "handles run --no-shim (check all, stacks 32)" "$H" run --no-shim -- "$tmp/fdloop" "$N"

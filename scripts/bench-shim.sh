@@ -16,6 +16,7 @@ cargo build --release -q -p handles-shim
 SHIM=$PWD/target/release/libhandles_shim.so
 cc -O2 -o "$tmp/fdloop" scripts/bench/fdloop.c
 cc -O2 -fno-omit-frame-pointer -o "$tmp/fdloop-fp" scripts/bench/fdloop.c
+cc -O2 -o "$tmp/tombstones" scripts/bench/tombstones.c
 
 # "wall cpu" medians (seconds) of RUNS runs of "$@"; cpu = user + sys, which
 # other load on the machine disturbs less than wall time.
@@ -46,6 +47,9 @@ echo "fdloop, $N iterations ($((N * 8)) fd syscalls), median of $RUNS; load: $(c
 native=$(median "$tmp/fdloop" "$N")
 native_w=${native% *}; native_c=${native#* }
 printf '%-52s %7.3f s %5.2fx   cpu %7.3f s %5.2fx\n' "native" "$native_w" 1 "$native_c" 1
+# The quarantine's kernel work alone (dup3 tombstones, close_range
+# releases), no shim code: the floor under the shim rows.
+row "kernel floor: tombstones.c, no shim" "$tmp/tombstones" "$N"
 row "shim (quarantine 64, fp stacks 16)" env LD_PRELOAD="$SHIM" "$tmp/fdloop" "$N"
 row "shim, program built with frame pointers" env LD_PRELOAD="$SHIM" "$tmp/fdloop-fp" "$N"
 row "shim HANDLES_STACK_DEPTH=0" env LD_PRELOAD="$SHIM" HANDLES_STACK_DEPTH=0 "$tmp/fdloop" "$N"
