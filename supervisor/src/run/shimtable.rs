@@ -142,8 +142,16 @@ impl ShimTable {
             .as_ref()
     }
 
+    /// The table's mixer. Until something needs the slots it is read
+    /// from the header alone (one pread), not from a mapping: each
+    /// mapping's munmap at exit flushed the TLBs of every CPU the
+    /// supervisor had run on, an IPI that cost ~150 µs on a VM, and a
+    /// fork's sync needs only the mixer.
     pub(super) fn mixer(&self) -> Option<u32> {
-        self.table()?.view().ok().map(|v| v.mixer())
+        match self.mapped.get() {
+            Some(m) => m.as_ref()?.view().ok().map(|v| v.mixer()),
+            None => announced_header_mixer(self.tgid, self.fd),
+        }
     }
 
     /// Whether the shim holds `fd` open as a handle the image inherited
@@ -277,9 +285,9 @@ impl ShimTable {
     }
 }
 
-/// Maps, read-write, the table the shim of process `tgid` announced at
-/// `fd`, if it is one.
-fn map_announced(tgid: i32, fd: i32) -> Option<MappedTable> {
+/// Opens, read-write, what the shim of process `tgid` announced at `fd`,
+/// if it is a file sealed against shrinking.
+fn open_announced(tgid: i32, fd: i32) -> Option<OwnedFd> {
     use std::os::unix::fs::OpenOptionsExt;
     // The program names the fd: it must not be able to make us block
     // (a FIFO) or lose mapped pages (a file it can truncate).
@@ -290,17 +298,46 @@ fn map_announced(tgid: i32, fd: i32) -> Option<MappedTable> {
         .open(format!("/proc/{tgid}/fd/{fd}"))
         .ok()?;
     let f = OwnedFd::from(f);
-    if !sealed_against_shrinking(&f) {
+    sealed_against_shrinking(&f).then_some(f)
+}
+
+/// Whether a checked view is the table of process `tgid` written by a
+/// shim: anything else is a program playing games with the announcement.
+fn is_shims_table_of(view: &table::TableView<'_>, tgid: i32) -> bool {
+    view.pid() == tgid as u32 && view.writer() == table::writer::SHIM
+}
+
+/// Maps, read-write, the table the shim of process `tgid` announced at
+/// `fd`, if it is one.
+fn map_announced(tgid: i32, fd: i32) -> Option<MappedTable> {
+    let mapped = MappedTable::map_rw(&open_announced(tgid, fd)?)?;
+    is_shims_table_of(&mapped.view().ok()?, tgid).then_some(mapped)
+}
+
+/// The mixer in the header of the table the shim of process `tgid`
+/// announced at `fd`, read without mapping it, if it is one.
+fn announced_header_mixer(tgid: i32, fd: i32) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let f = open_announced(tgid, fd)?;
+    // u64s: the header's alignment.
+    let mut header = [0u64; table::HEADER_SIZE / 8];
+    // SAFETY: pread into a local buffer of exactly HEADER_SIZE bytes.
+    let n = unsafe {
+        libc::pread(
+            f.as_raw_fd(),
+            header.as_mut_ptr().cast(),
+            table::HEADER_SIZE,
+            0,
+        )
+    };
+    if n != table::HEADER_SIZE as isize {
         return None;
     }
-    let mapped = MappedTable::map_rw(&f)?;
-    let view = mapped.view().ok()?;
-    // The announcement names the table of this process, written by a
-    // shim: anything else is a program playing games with the call.
-    if view.pid() != tgid as u32 || view.writer() != table::writer::SHIM {
-        return None;
-    }
-    Some(mapped)
+    // SAFETY: the same HEADER_SIZE bytes, initialised, viewed as bytes.
+    let bytes =
+        unsafe { std::slice::from_raw_parts(header.as_ptr().cast::<u8>(), table::HEADER_SIZE) };
+    let view = table::TableView::new(bytes).ok()?;
+    is_shims_table_of(&view, tgid).then(|| view.mixer())
 }
 
 /// Will the image thread `tid` of process `tgid` just exec'd load the
@@ -509,5 +546,86 @@ impl super::job::Job {
 
     fn shim_update(&self, tgid: i32, fd: i32, u: &Update) -> Option<u32> {
         self.procs.get(&tgid)?.shim.as_ref()?.update(fd, u)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::{AsRawFd, FromRawFd};
+
+    /// A memfd in this process holding a table header with these fields,
+    /// sealed against shrinking or not.
+    fn table_file(pid: u32, mixer: u32, writer: u32, seal: bool) -> OwnedFd {
+        // SAFETY: memfd_create with a NUL-terminated name; owned right away.
+        let fd = unsafe { libc::memfd_create(c"t".as_ptr(), libc::MFD_ALLOW_SEALING) };
+        assert!(fd >= 0);
+        // SAFETY: fresh fd, ours.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let len = table::table_size(64);
+        // SAFETY: ftruncate of our own memfd.
+        assert_eq!(
+            unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) },
+            0
+        );
+        // SAFETY: a fresh shared mapping of the memfd, unmapped below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        // SAFETY: the mapping starts with HEADER_SIZE writable bytes,
+        // page-aligned; Header is all atomics.
+        unsafe { &*(base as *const table::Header) }.init(64, pid, mixer, writer);
+        // SAFETY: unmapping what was mapped above.
+        unsafe { libc::munmap(base, len) };
+        if seal {
+            // SAFETY: F_ADD_SEALS on our own memfd.
+            assert_eq!(
+                unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) },
+                0
+            );
+        }
+        fd
+    }
+
+    /// What the header read and the mapping say of the same file, as
+    /// this process's table.
+    fn both(fd: &OwnedFd) -> (Option<u32>, Option<u32>) {
+        let me = std::process::id() as i32;
+        let fd = fd.as_raw_fd();
+        let mapped = map_announced(me, fd).and_then(|m| m.view().ok().map(|v| v.mixer()));
+        (announced_header_mixer(me, fd), mapped)
+    }
+
+    #[test]
+    fn the_header_read_accepts_and_refuses_what_the_mapping_does() {
+        let me = std::process::id();
+        let good = table_file(me, 0xabc, table::writer::SHIM, true);
+        assert_eq!(both(&good), (Some(0xabc), Some(0xabc)));
+        let no_magic = table_file(me, 1, table::writer::SHIM, true);
+        // SAFETY: a memfd we own, written at offset 0.
+        let n = unsafe { libc::pwrite(no_magic.as_raw_fd(), [0u8; 8].as_ptr().cast(), 8, 0) };
+        assert_eq!(n, 8);
+        for (what, f) in [
+            (
+                "supervisor's",
+                table_file(me, 1, table::writer::SUPERVISOR, true),
+            ),
+            (
+                "another pid's",
+                table_file(me + 1, 1, table::writer::SHIM, true),
+            ),
+            ("unsealed", table_file(me, 1, table::writer::SHIM, false)),
+            ("no magic", no_magic),
+        ] {
+            assert_eq!(both(&f), (None, None), "{what}");
+        }
     }
 }
