@@ -216,7 +216,7 @@ extern "C" fn init() {
     let (soft, hard) = state::nofile().unwrap_or((1024, 1024));
     let limit = soft.max(1);
     state::LIMIT.store(limit, Relaxed);
-    let high = state::choose_high(soft, hard);
+    let high = handles_model::table::own_fds_at(soft, hard);
     state::HIGH.store(high, Relaxed);
     // The table also covers the shim's own fds (placed just beyond a small
     // soft limit), so that their slots say INTERNAL: a supervisor hides

@@ -50,7 +50,8 @@ pub static MIXER: AtomicU32 = AtomicU32::new(0);
 pub static LIMIT: AtomicU64 = AtomicU64::new(1024);
 /// Open and quarantined fds the shim knows of (not its own).
 pub static USED: AtomicI32 = AtomicI32::new(0);
-/// Where the shim puts its own fds ([`choose_high`]).
+/// Where the shim puts its own fds ([`table::own_fds_at`]: in the model,
+/// so that the supervisor finds the table without listing /proc/PID/fd).
 pub static HIGH: AtomicI32 = AtomicI32::new(1024);
 /// Slots per bit of [`WRITTEN`]: one 4 KiB page of slots.
 const GROUP: usize = 4096 / table::SLOT_SIZE;
@@ -492,12 +493,6 @@ pub fn free_internal(fd: i32) {
         }
         unlock(fd, s, l);
     }
-}
-
-/// Where the shim's own fds go: [`table::own_fds_at`] (in the model, so
-/// that the supervisor finds the table without listing /proc/PID/fd).
-pub fn choose_high(soft: u64, hard: u64) -> i32 {
-    table::own_fds_at(soft, hard)
 }
 
 /// RLIMIT_NOFILE now, (soft, hard); None when it cannot be read.
