@@ -1777,6 +1777,48 @@ fn proc_fds_to_root(pid: i32) -> BTreeSet<i32> {
         .collect()
 }
 
+/// The handle value a supervisor's report gives is the one `handles <pid>`
+/// showed from the shim's table: the supervisor took the shim's mixer when
+/// the process forked (read from the table's header), before the use it
+/// reports.
+#[test]
+fn report_after_a_fork_gives_the_shims_handle_value() {
+    let prog = fixture("run_value");
+    let dir = scratch("value");
+    let mut cmd = Command::new(handles());
+    cmd.arg("run").arg("--").arg(&prog).arg(&dir);
+    let mut s = Session::start(cmd);
+    let first = s.stdout_until(|l| l == "READY", LIMIT);
+    let value = |key: &str| -> i32 {
+        first
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("{key}="))?.parse().ok())
+            .unwrap_or_else(|| panic!("no {key}= in {first:?}"))
+    };
+    let (pid, fd) = (value("pid"), value("fd"));
+    let p = handles_json(pid);
+    assert_eq!(p["source"], "shim", "{p:#}");
+    let shown = row(&p, fd).unwrap_or_else(|| panic!("fd {fd} not listed: {p:#}"))["handle"]
+        .as_u64()
+        .expect("a handle value");
+    s.send_line("go");
+    let status = s.wait(LIMIT);
+    assert_eq!(
+        status.code(),
+        Some(128 + SIGTRAP),
+        "stderr {:?}",
+        s.err_seen
+    );
+    let stderr = s.err_seen.join("\n");
+    let r = reports(&stderr);
+    assert_eq!(r.len(), 1, "expected one report: {stderr}");
+    let text = r[0].text();
+    assert!(
+        text.contains(&format!("{shown:#010x}")),
+        "the report should name handle {shown:#010x} (fd {fd}):\n{text}"
+    );
+}
+
 #[test]
 fn handles_pid_shows_the_supervisors_view_without_tombstones() {
     // With the shim (the default) the table is the shim's, which the
