@@ -16,33 +16,53 @@ H=$PWD/target/release/handles
 cc -O2 -o "$tmp/fdloop" scripts/bench/fdloop.c
 cc -O2 -o "$tmp/tombstones" scripts/bench/tombstones.c
 
-# median wall time in seconds of RUNS runs of "$@"
-median() {
-    local times=()
-    for _ in $(seq "$RUNS"); do
-        local t0 t1
-        t0=$(date +%s.%N)
-        "$@" >/dev/null 2>&1 || true
-        t1=$(date +%s.%N)
-        times+=("$(echo "$t1 - $t0" | bc -l)")
-    done
-    printf '%s\n' "${times[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'
-}
-
+# A table: rows of a name and a command line (quoted for eval), the first
+# row being the baseline (native).
+NAMES=() CMDS=()
 row() {
-    local name=$1; shift
-    local t
-    t=$(median "$@")
-    printf '%-44s %8.3f s %8.1fx native\n' "$name" "$t" "$(echo "$t / $native" | bc -l)"
+    NAMES+=("$1")
+    shift
+    CMDS+=("$(printf '%q ' "$@")")
 }
 
-echo "fdloop, $N iterations ($((N * 8)) fd syscalls), median of $RUNS; load: $(cut -d' ' -f1-3 /proc/loadavg)"
-native=$(median "$tmp/fdloop" "$N")
-printf '%-44s %8.3f s %8.1fx native\n' "native" "$native" 1
+# Runs the table's rows in RUNS rounds, each round running every row once
+# in turn, so that a drift in the machine's speed (these VMs drift by 10 %
+# and more within a minute) falls on all rows alike rather than on the
+# rows that happened to run during it. Prints each row's median wall time
+# and its ratio to the first row; with REF, the rows after the one named
+# REF also get their ratio to it. Then empties the table.
+table() {
+    local ref=${1:-} n=${#NAMES[@]} i r t0 t1 refm=""
+    local -a times med
+    for ((r = 0; r < RUNS; r++)); do
+        for ((i = 0; i < n; i++)); do
+            t0=$(date +%s.%N)
+            eval "${CMDS[i]}" >/dev/null 2>&1 || true
+            t1=$(date +%s.%N)
+            times[i]+="$(echo "$t1 - $t0" | bc -l) "
+        done
+    done
+    for ((i = 0; i < n; i++)); do
+        # shellcheck disable=SC2086 # the list of times splits on purpose
+        med[i]=$(printf '%s\n' ${times[i]} | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+        printf '%-52s %8.3f s %6.2fx native' "${NAMES[i]}" "${med[i]}" "$(echo "${med[i]} / ${med[0]}" | bc -l)"
+        if [ -n "$refm" ]; then
+            printf ' %6.1fx %s' "$(echo "${med[i]} / $refm" | bc -l)" "$ref"
+        fi
+        echo
+        if [ "${NAMES[i]}" = "$ref" ]; then
+            refm=${med[i]}
+        fi
+    done
+    NAMES=() CMDS=()
+}
+
+echo "fdloop, $N iterations ($((N * 8)) fd syscalls), median of $RUNS interleaved rounds; load: $(cut -d' ' -f1-3 /proc/loadavg)"
+row "native" "$tmp/fdloop" "$N"
 # The quarantine's kernel work alone (scripts/bench/tombstones.c): the
 # floor under every row that quarantines.
 row "kernel floor: tombstones, no shim code" "$tmp/tombstones" "$N"
-row "handles run (default: shim + supervisor)" "$H" run -- "$tmp/fdloop" "$N"
+row "handles run" "$H" run -- "$tmp/fdloop" "$N"
 row "handles run --no-ptrace (shim alone)" "$H" run --no-ptrace -- "$tmp/fdloop" "$N"
 row "handles run --no-shim (check all, stacks 32)" "$H" run --no-shim -- "$tmp/fdloop" "$N"
 row "handles run --no-shim --check lifecycle" "$H" run --no-shim --check lifecycle -- "$tmp/fdloop" "$N"
@@ -58,6 +78,7 @@ fi
 if command -v valgrind >/dev/null; then
     row "valgrind --track-fds=yes" valgrind -q --track-fds=yes "$tmp/fdloop" "$N"
 fi
+table "handles run"
 
 # A real fd-heavy program: grep -r opens, reads and closes every file of a
 # tree (one process). The loop above is the best case for valgrind (the
@@ -70,29 +91,28 @@ if [ -d "$TREE" ]; then
     GREP="grep -r -c handles_bench_no_match $TREE"
     $GREP >/dev/null 2>&1 || true   # warm the page cache
     echo
-    echo "fd-heavy program: $GREP ($nfiles files), median of $RUNS"
-    native=$(median $GREP)
-    printf '%-44s %8.3f s %8.1fx native\n' "native" "$native" 1
-    ours=$(median "$H" run -- $GREP)
-    printf '%-44s %8.3f s %8.1fx native\n' "handles run" "$ours" "$(echo "$ours / $native" | bc -l)"
-    row "handles run --no-ptrace (shim alone)" "$H" run --no-ptrace -- $GREP
-    if command -v strace >/dev/null; then
-        t=$(median strace -f --seccomp-bpf -e trace=%desc -o /dev/null $GREP)
-        printf '%-44s %8.3f s %8.1fx native %6.1fx handles run\n' "strace -f --seccomp-bpf -e trace=%desc" "$t" "$(echo "$t / $native" | bc -l)" "$(echo "$t / $ours" | bc -l)"
-    fi
-    if command -v valgrind >/dev/null; then
-        t=$(median valgrind -q --track-fds=yes $GREP)
-        printf '%-44s %8.3f s %8.1fx native %6.1fx handles run\n' "valgrind --track-fds=yes" "$t" "$(echo "$t / $native" | bc -l)" "$(echo "$t / $ours" | bc -l)"
-    fi
+    echo "fd-heavy program: $GREP ($nfiles files), median of $RUNS interleaved rounds"
+    # shellcheck disable=SC2086 # GREP splits into its words on purpose
+    {
+        row "native" $GREP
+        row "handles run" "$H" run -- $GREP
+        row "handles run --no-ptrace (shim alone)" "$H" run --no-ptrace -- $GREP
+        if command -v strace >/dev/null; then
+            row "strace -f --seccomp-bpf -e trace=%desc" strace -f --seccomp-bpf -e trace=%desc -o /dev/null $GREP
+        fi
+        if command -v valgrind >/dev/null; then
+            row "valgrind --track-fds=yes" valgrind -q --track-fds=yes $GREP
+        fi
+    }
+    table "handles run"
 fi
 
 # A real multi-process workload: a shell spawning short-lived processes
 # that open, read and pipe files (leak check on and off).
 WORK='for i in $(seq 150); do cat /etc/hostname /etc/passwd | wc -l >/dev/null; done'
 echo
-echo "multi-process workload (bash, 150 x cat | wc), median of $RUNS"
-native=$(median bash -c "$WORK")
-printf '%-44s %8.3f s %8.1fx native\n' "native" "$native" 1
+echo "multi-process workload (bash, 150 x cat | wc), median of $RUNS interleaved rounds"
+row "native" bash -c "$WORK"
 row "handles run" "$H" run -- bash -c "$WORK"
 row "handles run --leak-check" "$H" run --leak-check -- bash -c "$WORK"
 row "handles run --strict" "$H" run --strict -- bash -c "$WORK"
@@ -101,6 +121,7 @@ row "handles run --no-ptrace" "$H" run --no-ptrace -- bash -c "$WORK"
 if command -v strace >/dev/null; then
     row "strace -f --seccomp-bpf -e trace=%desc" strace -f --seccomp-bpf -e trace=%desc -o /dev/null bash -c "$WORK"
 fi
+table "handles run"
 
 # Real workloads: a make -j2 build of a small C project, and a git
 # operation sequence.
@@ -128,13 +149,13 @@ PY_WORK="$PY $tmp/spawn.py"
 for w in "make -j2 (13 files)|$MAKE_WORK" "git (20 commits, log, gc)|$GIT_WORK" "python3 (30 files, 31 subprocesses)|$PY_WORK"; do
     name=${w%%|*} cmd=${w#*|}
     echo
-    echo "$name, median of $RUNS"
-    native=$(median bash -c "$cmd")
-    printf '%-44s %8.3f s %8.1fx native\n' "native" "$native" 1
+    echo "$name, median of $RUNS interleaved rounds"
+    row "native" bash -c "$cmd"
     row "handles run" "$H" run -- bash -c "$cmd"
     row "handles run --strict" "$H" run --strict -- bash -c "$cmd"
     row "handles run --no-shim" "$H" run --no-shim -- bash -c "$cmd"
     if command -v strace >/dev/null; then
         row "strace -f --seccomp-bpf -e trace=%desc" strace -f --seccomp-bpf -e trace=%desc -o /dev/null bash -c "$cmd"
     fi
+    table "handles run"
 done
