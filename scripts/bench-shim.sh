@@ -18,35 +18,15 @@ cc -O2 -o "$tmp/fdloop" scripts/bench/fdloop.c
 cc -O2 -fno-omit-frame-pointer -o "$tmp/fdloop-fp" scripts/bench/fdloop.c
 cc -O2 -o "$tmp/tombstones" scripts/bench/tombstones.c
 
-# "wall cpu" medians (seconds) of RUNS runs of "$@"; cpu = user + sys, which
-# other load on the machine disturbs less than wall time.
-median() {
-    local walls=() cpus=()
-    for _ in $(seq "$RUNS"); do
-        local out
-        /usr/bin/time -o "$tmp/time" -f "%e %U %S" "$@" >/dev/null 2>&1 || true
-        out=$(tail -1 "$tmp/time")
-        walls+=("$(echo "$out" | awk '{print $1}')")
-        cpus+=("$(echo "$out" | awk '{print $2 + $3}')")
-    done
-    local w c
-    w=$(printf '%s\n' "${walls[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-    c=$(printf '%s\n' "${cpus[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-    echo "$w $c"
-}
-
+# Rows: a name and a command line (quoted for eval); the first is native.
+NAMES=() CMDS=()
 row() {
-    local name=$1; shift
-    local t w c
-    t=$(median "$@")
-    w=${t% *}; c=${t#* }
-    printf '%-52s %7.3f s %5.2fx   cpu %7.3f s %5.2fx\n' "$name" "$w" "$(echo "$w / $native_w" | bc -l)" "$c" "$(echo "$c / $native_c" | bc -l)"
+    NAMES+=("$1")
+    shift
+    CMDS+=("$(printf '%q ' "$@")")
 }
 
-echo "fdloop, $N iterations ($((N * 8)) fd syscalls), median of $RUNS; load: $(cut -d' ' -f1-3 /proc/loadavg)"
-native=$(median "$tmp/fdloop" "$N")
-native_w=${native% *}; native_c=${native#* }
-printf '%-52s %7.3f s %5.2fx   cpu %7.3f s %5.2fx\n' "native" "$native_w" 1 "$native_c" 1
+row "native" "$tmp/fdloop" "$N"
 # The quarantine's kernel work alone (dup3 tombstones, close_range
 # releases), no shim code: the floor under the shim rows.
 row "kernel floor: tombstones.c, no shim" "$tmp/tombstones" "$N"
@@ -56,3 +36,27 @@ row "shim HANDLES_STACK_DEPTH=0" env LD_PRELOAD="$SHIM" HANDLES_STACK_DEPTH=0 "$
 row "shim HANDLES_QUARANTINE=0" env LD_PRELOAD="$SHIM" HANDLES_QUARANTINE=0 "$tmp/fdloop" "$N"
 row "shim HANDLES_STACKS=unwind (DWARF stacks)" env LD_PRELOAD="$SHIM" HANDLES_STACKS=unwind "$tmp/fdloop" "$N"
 row "shim with a cookie (HANDLES_COOKIE, no supervisor)" env LD_PRELOAD="$SHIM" HANDLES_COOKIE=0123456789abcdef "$tmp/fdloop" "$N"
+
+# RUNS rounds, each running every row once in turn (so that a drift in the
+# machine's speed falls on all rows alike); per row, the medians of wall
+# time and of cpu = user + sys, which other load disturbs less.
+echo "fdloop, $N iterations ($((N * 8)) fd syscalls), median of $RUNS interleaved rounds; load: $(cut -d' ' -f1-3 /proc/loadavg)"
+n=${#NAMES[@]}
+walls=() cpus=()
+for ((r = 0; r < RUNS; r++)); do
+    for ((i = 0; i < n; i++)); do
+        eval "/usr/bin/time -o $tmp/time -f '%e %U %S' ${CMDS[i]}" >/dev/null 2>&1 || true
+        read -r e u sy < <(tail -1 "$tmp/time")
+        walls[i]+="$e "
+        cpus[i]+="$(echo "$u + $sy" | bc -l) "
+    done
+done
+median() { printf '%s\n' $1 | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+for ((i = 0; i < n; i++)); do
+    w=$(median "${walls[i]}")
+    c=$(median "${cpus[i]}")
+    if ((i == 0)); then
+        native_w=$w native_c=$c
+    fi
+    printf '%-52s %7.3f s %5.2fx   cpu %7.3f s %5.2fx\n' "${NAMES[i]}" "$w" "$(echo "$w / $native_w" | bc -l)" "$c" "$(echo "$c / $native_c" | bc -l)"
+done
