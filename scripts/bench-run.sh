@@ -16,35 +16,18 @@ H=$PWD/target/release/handles
 cc -O2 -o "$tmp/fdloop" scripts/bench/fdloop.c
 cc -O2 -o "$tmp/tombstones" scripts/bench/tombstones.c
 
-# A table: rows of a name and a command line (quoted for eval), the first
-# row being the baseline (native).
-NAMES=() CMDS=()
-row() {
-    NAMES+=("$1")
-    shift
-    CMDS+=("$(printf '%q ' "$@")")
-}
+# shellcheck source=scripts/bench/rounds.sh
+. scripts/bench/rounds.sh
 
-# Runs the table's rows in RUNS rounds, each round running every row once
-# in turn, so that a drift in the machine's speed (these VMs drift by 10 %
-# and more within a minute) falls on all rows alike rather than on the
-# rows that happened to run during it. Prints each row's median wall time
-# and its ratio to the first row; with REF, the rows after the one named
-# REF also get their ratio to it. Then empties the table.
+# Measures the rows (rounds) and prints each row's median wall time and
+# its ratio to the first row; with REF, the rows after the one named REF
+# also get their ratio to it. Then empties the table.
 table() {
-    local ref=${1:-} n=${#NAMES[@]} i r t0 t1 refm=""
-    local -a times med
-    for ((r = 0; r < RUNS; r++)); do
-        for ((i = 0; i < n; i++)); do
-            t0=$(date +%s.%N)
-            eval "${CMDS[i]}" >/dev/null 2>&1 || true
-            t1=$(date +%s.%N)
-            times[i]+="$(echo "$t1 - $t0" | bc -l) "
-        done
-    done
+    local ref=${1:-} n=${#NAMES[@]} i refm=""
+    local -a med
+    rounds
     for ((i = 0; i < n; i++)); do
-        # shellcheck disable=SC2086 # the list of times splits on purpose
-        med[i]=$(printf '%s\n' ${times[i]} | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+        med[i]=$(median "${WALLS[i]}")
         printf '%-52s %8.3f s %6.2fx native' "${NAMES[i]}" "${med[i]}" "$(echo "${med[i]} / ${med[0]}" | bc -l)"
         if [ -n "$refm" ]; then
             printf ' %6.1fx %s' "$(echo "${med[i]} / $refm" | bc -l)" "$ref"

@@ -18,13 +18,8 @@ cc -O2 -o "$tmp/fdloop" scripts/bench/fdloop.c
 cc -O2 -fno-omit-frame-pointer -o "$tmp/fdloop-fp" scripts/bench/fdloop.c
 cc -O2 -o "$tmp/tombstones" scripts/bench/tombstones.c
 
-# Rows: a name and a command line (quoted for eval); the first is native.
-NAMES=() CMDS=()
-row() {
-    NAMES+=("$1")
-    shift
-    CMDS+=("$(printf '%q ' "$@")")
-}
+# shellcheck source=scripts/bench/rounds.sh
+. scripts/bench/rounds.sh
 
 row "native" "$tmp/fdloop" "$N"
 # The quarantine's kernel work alone (dup3 tombstones, close_range
@@ -37,24 +32,13 @@ row "shim HANDLES_QUARANTINE=0" env LD_PRELOAD="$SHIM" HANDLES_QUARANTINE=0 "$tm
 row "shim HANDLES_STACKS=unwind (DWARF stacks)" env LD_PRELOAD="$SHIM" HANDLES_STACKS=unwind "$tmp/fdloop" "$N"
 row "shim with a cookie (HANDLES_COOKIE, no supervisor)" env LD_PRELOAD="$SHIM" HANDLES_COOKIE=0123456789abcdef "$tmp/fdloop" "$N"
 
-# RUNS rounds, each running every row once in turn (so that a drift in the
-# machine's speed falls on all rows alike); per row, the medians of wall
-# time and of cpu = user + sys, which other load disturbs less.
+# Per row, the medians of wall time and of cpu = user + sys, which other
+# load disturbs less.
 echo "fdloop, $N iterations ($((N * 8)) fd syscalls), median of $RUNS interleaved rounds; load: $(cut -d' ' -f1-3 /proc/loadavg)"
-n=${#NAMES[@]}
-walls=() cpus=()
-for ((r = 0; r < RUNS; r++)); do
-    for ((i = 0; i < n; i++)); do
-        eval "/usr/bin/time -o $tmp/time -f '%e %U %S' ${CMDS[i]}" >/dev/null 2>&1 || true
-        read -r e u sy < <(tail -1 "$tmp/time")
-        walls[i]+="$e "
-        cpus[i]+="$(echo "$u + $sy" | bc -l) "
-    done
-done
-median() { printf '%s\n' $1 | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-for ((i = 0; i < n; i++)); do
-    w=$(median "${walls[i]}")
-    c=$(median "${cpus[i]}")
+rounds
+for ((i = 0; i < ${#NAMES[@]}; i++)); do
+    w=$(median "${WALLS[i]}")
+    c=$(median "${CPUS[i]}")
     if ((i == 0)); then
         native_w=$w native_c=$c
     fi
