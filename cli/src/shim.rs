@@ -115,45 +115,13 @@ fn is_embedded_build(p: &Path) -> bool {
         return f.read_to_end(&mut all).is_ok() && all == EMBEDDED;
     };
     let mut head = vec![0u8; HEAD.min(EMBEDDED.len())];
-    f.read_exact(&mut head).is_ok() && build_id(&head) == Some(want)
+    f.read_exact(&mut head).is_ok() && build_id(&head).as_deref() == Some(&want[..])
 }
 
-/// The NT_GNU_BUILD_ID of a little-endian ELF64 image whose notes lie
-/// within `elf` (None when there is none, or the bytes are not such an
-/// image).
-fn build_id(elf: &[u8]) -> Option<&[u8]> {
-    // Every offset comes from the file: checked, never trusted.
-    let bytes = |o: usize, n: usize| elf.get(o..o.checked_add(n)?);
-    let u16_at = |o: usize| Some(u16::from_le_bytes(bytes(o, 2)?.try_into().ok()?));
-    let u32_at = |o: usize| Some(u32::from_le_bytes(bytes(o, 4)?.try_into().ok()?));
-    let u64_at = |o: usize| usize::try_from(u64::from_le_bytes(bytes(o, 8)?.try_into().ok()?)).ok();
-    // ELF magic, ELFCLASS64, ELFDATA2LSB.
-    if bytes(0, 6)? != b"\x7fELF\x02\x01" {
-        return None;
-    }
-    let (phoff, phentsize, phnum) = (u64_at(0x20)?, usize::from(u16_at(0x36)?), u16_at(0x38)?);
-    const PT_NOTE: u32 = 4;
-    const NT_GNU_BUILD_ID: u32 = 3;
-    for i in 0..usize::from(phnum) {
-        let ph = phoff.checked_add(i.checked_mul(phentsize)?)?;
-        if u32_at(ph)? != PT_NOTE {
-            continue;
-        }
-        let (mut at, size) = (u64_at(ph.checked_add(8)?)?, u64_at(ph.checked_add(32)?)?);
-        let end = at.checked_add(size)?;
-        while at.checked_add(12)? <= end {
-            let namesz = u32_at(at)? as usize;
-            let descsz = u32_at(at + 4)? as usize;
-            let kind = u32_at(at + 8)?;
-            let name = at + 12;
-            let desc = name.checked_add(namesz.checked_next_multiple_of(4)?)?;
-            if kind == NT_GNU_BUILD_ID && bytes(name, namesz)? == b"GNU\0" {
-                return bytes(desc, descsz);
-            }
-            at = desc.checked_add(descsz.checked_next_multiple_of(4)?)?;
-        }
-    }
-    None
+/// The GNU build ID among the notes that lie within `elf` (the backtrace
+/// code's reader: it maps modules by the same ID).
+fn build_id(elf: &[u8]) -> Option<Vec<u8>> {
+    handles_supervisor::backtrace::build_id_from_headers(elf)
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -179,7 +147,10 @@ mod tests {
         let id = build_id(EMBEDDED).expect("the embedded shim has a GNU build ID");
         assert!(id.len() >= 8, "{id:?}");
         // Found from the head alone, as locate reads it.
-        assert_eq!(build_id(&EMBEDDED[..HEAD.min(EMBEDDED.len())]), Some(id));
+        assert_eq!(
+            build_id(&EMBEDDED[..HEAD.min(EMBEDDED.len())]),
+            Some(id.clone())
+        );
     }
 
     #[test]
@@ -216,7 +187,7 @@ mod tests {
         let id = build_id(EMBEDDED).expect("build ID");
         let at = EMBEDDED
             .windows(id.len())
-            .position(|w| w == id)
+            .position(|w| w == id.as_slice())
             .expect("the ID's bytes");
         let mut other = EMBEDDED.to_vec();
         other[at] ^= 0xff;

@@ -316,7 +316,7 @@ pub(crate) fn bias_from_headers(header: &[u8], start: u64, offset: u64) -> Optio
 }
 
 /// The GNU build id from the PT_NOTE segments within `header`.
-pub(crate) fn build_id_from_headers(header: &[u8]) -> Option<Vec<u8>> {
+pub fn build_id_from_headers(header: &[u8]) -> Option<Vec<u8>> {
     let ehdr = elf::FileHeader64::<Endianness>::parse(header).ok()?;
     let endian = ehdr.endian().ok()?;
     for phdr in ehdr.program_headers(endian, header).ok()? {

@@ -36,7 +36,7 @@ mod unwind;
 
 use std::fmt;
 
-pub use maps::{Mapping, ModuleMap};
+pub use maps::{build_id_from_headers, Mapping, ModuleMap};
 pub use symbolize::Symbolizer;
 pub use unwind::{StartRegs, StopReason, Unwinder, Unwound};
 
