@@ -1,6 +1,6 @@
 //! `handles run [OPTIONS] -- PROG [ARGS...]`.
 
-use handles_supervisor::policy::Policy;
+use handles_supervisor::policy::{Policy, PolicyText};
 use handles_supervisor::run::{CheckLevel, Job, LeakMode, OnException, RunError, RunOptions};
 use handles_supervisor::suppress::Suppressions;
 

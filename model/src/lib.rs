@@ -8,7 +8,9 @@
 #![no_std]
 
 pub mod handle;
+pub mod judge;
 pub mod objtype;
+pub mod policy;
 pub mod rights;
 pub mod syscalls;
 pub mod table;

@@ -36,7 +36,7 @@ pub(super) use super::syscalls::{self, CheckLevel, Desc, Kind};
 pub(super) use super::tracer::{self, errno_of, Deferred, InjectError, Regs};
 pub(super) use crate::backtrace::{ModuleMap, StartRegs, StopReason, Symbolizer, Unwinder};
 pub(super) use crate::inspect::parse::LinkTarget;
-pub(super) use crate::policy::{Action, Condition, Policy};
+pub(super) use crate::policy::{Action, Condition, Policy, PolicyText};
 pub(super) use crate::seccomp::{self, FilterSpec};
 pub(super) use crate::suppress::{Event, FrameRef, Suppressions};
 
