@@ -65,6 +65,11 @@ pub enum OnExceptionArg {
     Trap,
     /// Leave the process stopped and detached, for `gdb -p PID`.
     Stop,
+    /// Log the report and resume: the call fails as it would natively
+    /// (EBADF) and the program goes on; reports are counted per context
+    /// and summed up at the end (ERROR SUMMARY), so a test suite runs to
+    /// its end.
+    Continue,
 }
 
 #[derive(Args, Debug)]

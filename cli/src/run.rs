@@ -104,6 +104,21 @@ fn exec_with_shim_alone(a: &RunArgs, policy: &Policy) -> u8 {
     if a.no_default_suppressions {
         cmd.env("HANDLES_NO_DEFAULT_SUPPRESSIONS", "1");
     }
+    // The program keeps this process's pid: its shim writes the job's
+    // ERROR SUMMARY at its exit and applies --error-exitcode there.
+    cmd.env("HANDLES_ROOT_PID", std::process::id().to_string());
+    cmd.env(
+        "HANDLES_ON_EXCEPTION",
+        match a.on_exception {
+            OnExceptionArg::Trap => "trap",
+            OnExceptionArg::Stop => "stop",
+            OnExceptionArg::Continue => "continue",
+        },
+    );
+    match a.error_exitcode {
+        Some(code) => cmd.env("HANDLES_ERROR_EXITCODE", code.to_string()),
+        None => cmd.env_remove("HANDLES_ERROR_EXITCODE"),
+    };
     let err = cmd.exec();
     eprintln!("handles: {}: {err}", prog.to_string_lossy());
     if err.kind() == std::io::ErrorKind::NotFound {
@@ -172,6 +187,7 @@ pub fn run(a: &RunArgs) -> u8 {
         on_exception: match a.on_exception {
             OnExceptionArg::Trap => OnException::Trap,
             OnExceptionArg::Stop => OnException::Stop,
+            OnExceptionArg::Continue => OnException::Continue,
         },
         log: a.log.clone(),
         stack_depth: a.stack_depth,

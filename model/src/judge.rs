@@ -197,6 +197,20 @@ impl Memo {
         self.held.is_some()
     }
 
+    /// Has the thread's last call a bearing on the next (a close, or a
+    /// held report)?
+    pub fn is_fresh(&self) -> bool {
+        self.last == NONE && self.held.is_none()
+    }
+
+    /// The thread made a call on open handles only, which the layer did
+    /// not judge (its fast path): a sweep in progress is over. Must not
+    /// be used while a report is held (`holding`): the next call decides
+    /// that one.
+    pub fn forget_closes(&mut self) {
+        self.note(None);
+    }
+
     /// The held report, taken: what to write when the thread ends or
     /// execs before another call decides it.
     pub fn take_held(&mut self) -> Option<Held> {
@@ -352,6 +366,17 @@ pub fn judge(memo: &mut Memo, args: &[Arg], shell: bool, policy: &Policy) -> Dec
     }
     memo.note(close);
     Decision { flush, verdict }
+}
+
+/// The verdict on a call that the other layer already judged and found
+/// to raise an exception (the shim hands such calls to the supervisor,
+/// which writes the report): no memo, no shell rule, for the report's kind
+/// and the action only. `Run` when every argument turns out open.
+pub fn judge_now(args: &[Arg], policy: &Policy) -> Verdict {
+    args.iter()
+        .map(|&a| judge_arg(a, false, policy))
+        .find(|v| *v != Verdict::Run)
+        .unwrap_or(Verdict::Run)
 }
 
 /// Syscall numbers and constants the classification reads (x86_64).

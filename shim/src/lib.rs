@@ -198,8 +198,18 @@ extern "C" fn init() {
             state::ANNOUNCE.store(false, Relaxed);
         }
     }
-    if let Some(a) = env(c"HANDLES_POLICY").and_then(report::parse_policy) {
-        report::set_action(a);
+    if let Some(p) = env(c"HANDLES_POLICY") {
+        report::set_policy(p);
+    }
+    if let Some(o) = env(c"HANDLES_ON_EXCEPTION") {
+        report::set_on_exception(o);
+    }
+    let pid = sys::getpid();
+    if let Some(root) = env(c"HANDLES_ROOT_PID").and_then(|s| s.trim().parse::<i32>().ok()) {
+        ROOT_PID.store(root, Relaxed);
+    }
+    if let Some(c) = env(c"HANDLES_ERROR_EXITCODE").and_then(|s| s.trim().parse::<u8>().ok()) {
+        ERROR_EXITCODE.store(u16::from(c) + 1, Relaxed);
     }
     if let Some(q) = env(c"HANDLES_QUARANTINE").and_then(|s| s.trim().parse::<u32>().ok()) {
         quarantine::CAPACITY.store(q.min(quarantine::MAX_CAPACITY), Relaxed);
@@ -229,7 +239,6 @@ extern "C" fn init() {
     // Listed before the shim's own fds exist: the walk of /proc/self/fd
     // covers the program's fd table only.
     let inherited = state::list_open_fds();
-    let pid = sys::getpid();
     if !state::create_table(pid, cap) {
         return;
     }
@@ -257,6 +266,36 @@ extern "C" fn before_fork() {
 #[used]
 #[link_section = ".init_array"]
 static INIT: extern "C" fn() = init;
+
+/// The pid of the process `handles run --no-ptrace` started
+/// (`HANDLES_ROOT_PID`): its exit writes the job's summary.
+static ROOT_PID: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(0);
+/// `--error-exitcode` + 1 (0: none), for the root's exit.
+static ERROR_EXITCODE: core::sync::atomic::AtomicU16 = core::sync::atomic::AtomicU16::new(0);
+
+/// The pid `handles run --no-ptrace` started the job as.
+pub fn root_pid() -> i32 {
+    ROOT_PID.load(Relaxed)
+}
+
+#[cfg(not(test))]
+extern "C" fn fini() {
+    if !state::active() {
+        return;
+    }
+    let code = match ERROR_EXITCODE.load(Relaxed) {
+        0 => None,
+        c => u8::try_from(c - 1).ok(),
+    };
+    // A fork child (same image, copied statics) is not the root.
+    let root = ROOT_PID.load(Relaxed) == sys::getpid();
+    report::at_exit(root, code);
+}
+
+#[cfg(not(test))]
+#[used]
+#[link_section = ".fini_array"]
+static FINI: extern "C" fn() = fini;
 
 #[cfg(test)]
 mod tests {

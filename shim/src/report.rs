@@ -1,92 +1,77 @@
-//! The bad-handle policy and the exception report, written with raw
-//! write(2) from a stack buffer: no allocation, no stdio.
+//! The shim's side of the job policy: it asks the judge
+//! (`handles_model::judge`) about every call on an fd that is not an open
+//! handle, and acts on the decision. Without a supervisor it writes the
+//! exception report itself, with raw write(2) from a stack buffer (no
+//! allocation, no stdio); under one it hands the call over (a marked
+//! syscall) and the supervisor writes the symbolized report.
 
+use core::cell::{Cell, UnsafeCell};
 use core::fmt::Write;
-use core::sync::atomic::{AtomicU8, Ordering::Relaxed};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 
+use handles_model::judge::{self, Arg, Flush, Held, Kind, Known, Memo, Op, Verdict as Judged};
+use handles_model::policy::{Action, Condition, Policy};
 use handles_model::table::{marker, obj_type_from_code, state, STACK_DEPTH};
 use handles_model::{Fd, HandleValue};
 
 use crate::state::{self as st, Pcs};
 use crate::{stack, sys};
 
-/// The bad-handle action (`HANDLES_POLICY`).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-#[repr(u8)]
-pub enum Action {
-    Allow = 0,
-    Deny = 1,
-    AllowException = 2,
-    DenyException = 3,
-    Kill = 4,
+/// The job's policy (`HANDLES_POLICY`), set by the constructor before the
+/// wrappers are active and never written again.
+struct PolicyCell(UnsafeCell<Policy>);
+// SAFETY: written once by the single-threaded constructor, before any
+// wrapper reads it; read-only afterwards.
+unsafe impl Sync for PolicyCell {}
+static POLICY: PolicyCell = PolicyCell(UnsafeCell::new(Policy::default_job()));
+
+pub fn policy() -> Policy {
+    // SAFETY: see PolicyCell.
+    unsafe { *POLICY.0.get() }
 }
 
-impl Action {
-    fn name(self) -> &'static str {
-        match self {
-            Action::Allow => "allow",
-            Action::Deny => "deny",
-            Action::AllowException => "allow-exception",
-            Action::DenyException => "deny-exception",
-            Action::Kill => "kill",
+/// Reads the job's encoded policy (the supervisor's own encoding, decoded
+/// by the same model code); an unreadable one keeps the default job's.
+pub fn set_policy(encoded: &str) -> bool {
+    match Policy::decode(encoded) {
+        Ok(p) => {
+            // SAFETY: called by the constructor only (see PolicyCell).
+            unsafe { *POLICY.0.get() = p };
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// `--on-exception` (`HANDLES_ON_EXCEPTION`): what follows a report when
+/// the shim is alone. 0 trap, 1 stop, 2 continue.
+static ON_EXCEPTION: AtomicU8 = AtomicU8::new(0);
+
+pub fn set_on_exception(s: &str) {
+    let v = match s {
+        "stop" => 1,
+        "continue" => 2,
+        _ => 0,
+    };
+    ON_EXCEPTION.store(v, Relaxed);
+}
+
+/// The image is a shell (`judge::is_shell`), decided at first need.
+static SHELL: AtomicU8 = AtomicU8::new(2);
+
+fn shell() -> bool {
+    match SHELL.load(Relaxed) {
+        0 => false,
+        1 => true,
+        _ => {
+            let s = judge::is_shell(st::exe_name());
+            SHELL.store(u8::from(s), Relaxed);
+            s
         }
     }
-
-    fn from_u8(v: u8) -> Action {
-        match v {
-            0 => Action::Allow,
-            1 => Action::Deny,
-            3 => Action::DenyException,
-            4 => Action::Kill,
-            _ => Action::AllowException,
-        }
-    }
 }
 
-static ACTION: AtomicU8 = AtomicU8::new(Action::AllowException as u8);
-
-pub fn action() -> Action {
-    Action::from_u8(ACTION.load(Relaxed))
-}
-
-/// Reads the bad-handle entry of an encoded policy
-/// (`v1,bad-handle=ACTION[:override-…],…`); anything else keeps the
-/// default, allow-exception.
-pub fn parse_policy(s: &str) -> Option<Action> {
-    let mut parts = s.trim().split(',');
-    if parts.next()? != "v1" {
-        return None;
-    }
-    for p in parts {
-        let Some(rest) = p.trim().strip_prefix("bad-handle=") else {
-            continue;
-        };
-        let a = rest.split(':').next().unwrap_or("").trim();
-        return match a {
-            "allow" => Some(Action::Allow),
-            "deny" => Some(Action::Deny),
-            "allow-exception" => Some(Action::AllowException),
-            "deny-exception" => Some(Action::DenyException),
-            "kill" => Some(Action::Kill),
-            _ => None,
-        };
-    }
-    None
-}
-
-pub fn set_action(a: Action) {
-    ACTION.store(a as u8, Relaxed);
-}
-
-/// What the program did with the bad fd.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    Use,
-    Close,
-    Dup,
-}
-
-/// The call as the report shows it.
+/// What the report's call line shows.
 pub struct Call<'a> {
     pub name: &'a str,
     pub nr: i64,
@@ -135,92 +120,371 @@ impl Call<'_> {
 pub enum After {
     Nothing,
     Trap,
+    Stop,
     Kill,
 }
 
-/// The verdict on a bad handle: run the call (`None`) or return this raw
+/// The wrapper's answer: run the call (`result` None) or return this raw
 /// result (`-errno`); then `after`.
 pub struct Verdict {
     pub result: Option<i64>,
     pub after: After,
 }
 
-/// Decides and reports a use/close/dup of `fd`, whose slot is a tombstone
-/// (`stale`) or free and not open in the kernel. Called inside the shim.
-pub fn bad_handle(what: Op, fd: i32, call: &Call, frame: usize) -> Verdict {
+impl Verdict {
+    const RUN: Verdict = Verdict {
+        result: None,
+        after: After::Nothing,
+    };
+}
+
+thread_local! {
+    /// The calling thread's judge memo.
+    static MEMO: Cell<Memo> = const { Cell::new(Memo::new()) };
+    /// The call and stack of the close whose report the memo holds.
+    static HELD: Cell<(i64, Pcs)> = const { Cell::new((0, Pcs::EMPTY)) };
+}
+
+/// The wrappers' fast path, for a call on open handles only: true when
+/// the judge need not see it (nothing held; a sweep in progress is
+/// forgotten, as any other call ends it).
+#[inline(always)]
+pub fn calm() -> bool {
+    MEMO.with(|c| {
+        let m = c.get();
+        if m.is_fresh() {
+            true
+        } else if m.holding() {
+            false
+        } else {
+            c.set(Memo::new());
+            true
+        }
+    })
+}
+
+/// What the table says of `fd` for the judge; an fd the kernel has open
+/// that the table does not know (made behind the shim's back) is adopted.
+pub fn known(fd: i32) -> Known {
+    if fd < 0 {
+        return Known::Open;
+    }
+    match st::state_of(fd) {
+        None | Some(state::OPEN) => Known::Open,
+        Some(state::TOMBSTONE) => Known::Closed { quarantined: true },
+        Some(state::INTERNAL) if st::internal(fd) => Known::Internal,
+        Some(state::INTERNAL) => Known::Open,
+        Some(_) => {
+            if sys::is_open(fd) {
+                st::adopt(fd);
+                return Known::Open;
+            }
+            let generation = st::slot(fd).map_or(0, |s| s.generation.load(Relaxed));
+            if generation == 0 {
+                Known::NeverHeld
+            } else {
+                Known::Closed { quarantined: false }
+            }
+        }
+    }
+}
+
+/// Judges a call inside the shim (`enter()` held) and acts: None to run
+/// it, or what the wrapper returns. `frame`: the trampoline's frame, for
+/// the stacks.
+pub fn judged(args: &[Arg], call: &Call, frame: usize) -> Option<Verdict> {
+    let mut memo = MEMO.with(Cell::get);
+    let d = judge::judge(&mut memo, args, shell(), &policy());
+    MEMO.with(|c| c.set(memo));
+    let mut after = After::Nothing;
+    if let Flush::Raise(h) = d.flush {
+        let (nr, pcs) = HELD.with(Cell::get);
+        after = held_due(h, nr, &pcs);
+    }
+    let v = match d.verdict {
+        Judged::Run => None,
+        Judged::Fail(e) => Some(Verdict {
+            result: Some(-i64::from(e)),
+            after: After::Nothing,
+        }),
+        Judged::Hold(_) => {
+            let pcs = offending_stack(frame);
+            HELD.with(|c| c.set((call.nr, pcs)));
+            Some(Verdict {
+                result: Some(-i64::from(judge::EBADF)),
+                after: After::Nothing,
+            })
+        }
+        Judged::Raise {
+            fd,
+            kind,
+            action,
+            quarantined,
+            run,
+            ..
+        } => Some(raise(fd, kind, action, quarantined, run, call, frame)),
+    };
+    match v {
+        Some(mut v) => {
+            if v.after == After::Nothing {
+                v.after = after;
+            }
+            Some(v)
+        }
+        None if after != After::Nothing => Some(Verdict {
+            result: None,
+            after,
+        }),
+        None => None,
+    }
+}
+
+/// The judge's verdict on `op` of the one fd `fd` (callers outside the
+/// syscall wrappers: stdio's fclose, fdopen, ...).
+pub fn bad_handle(op: Op, fd: i32, call: &Call, frame: usize) -> Verdict {
+    let known = known(fd);
+    judged(&[Arg { op, fd, known }], call, frame).unwrap_or(Verdict::RUN)
+}
+
+/// The report of a close the judge held is due now (no sweep followed).
+fn held_due(h: Held, nr: i64, pcs: &Pcs) -> After {
+    if sys::COOKIE_ON.load(Relaxed) {
+        let frames = pcs.frames();
+        // SAFETY: an fstat of the held fd into a local buffer stands for
+        // the held call; the supervisor reads `frames` (this thread's
+        // stack, alive across the call) and writes the report.
+        let mut stat: libc::stat = unsafe { core::mem::zeroed() };
+        unsafe {
+            sys::marked(
+                libc::SYS_fstat,
+                [
+                    h.fd as u64,
+                    &raw mut stat as u64,
+                    0,
+                    nr as u64,
+                    frames.as_ptr() as u64,
+                    frames.len() as u64,
+                ],
+                marker::HELD,
+            )
+        };
+        return After::Nothing;
+    }
+    let call = Call::syscall(nr, [h.fd as u64, 0, 0, 0, 0, 0]);
+    write_bad_handle(
+        h.fd,
+        h.kind,
+        h.action,
+        h.quarantined,
+        false,
+        true,
+        &call,
+        pcs,
+    )
+}
+
+/// A bad-handle exception on the judge's word.
+fn raise(
+    fd: i32,
+    kind: Kind,
+    action: Action,
+    quarantined: bool,
+    run: bool,
+    call: &Call,
+    frame: usize,
+) -> Verdict {
+    if sys::COOKIE_ON.load(Relaxed) {
+        return defer(kind, fd, call);
+    }
+    let ebadf = -i64::from(judge::EBADF);
+    let offending = offending_stack(frame);
+    let after = write_bad_handle(fd, kind, action, quarantined, run, false, call, &offending);
+    Verdict {
+        result: if run { None } else { Some(ebadf) },
+        after,
+    }
+}
+
+/// Exceptions written or counted, and the contexts seen (hashes of the
+/// offending and closing stacks), for the summary and deduplication.
+static EXCEPTIONS: AtomicU32 = AtomicU32::new(0);
+const CONTEXT_SLOTS: usize = 256;
+static CONTEXTS: [AtomicU64; CONTEXT_SLOTS] = [const { AtomicU64::new(0) }; CONTEXT_SLOTS];
+static NCONTEXTS: AtomicU32 = AtomicU32::new(0);
+/// More contexts than the table holds: each is written (never lost).
+static CONTEXTS_FULL: AtomicBool = AtomicBool::new(false);
+
+/// Is this context new? Records it. FNV-1a over the stacks' module
+/// offsets (the same in every process of one program).
+fn first_of_context(kind: Kind, offending: &[u64], closed: &[u64]) -> bool {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ kind as u64;
+    for &pc in offending.iter().chain([0u64].iter()).chain(closed.iter()) {
+        let off = stack::module_of(pc as usize).map_or(pc, |(_, base)| pc - base as u64);
+        for b in off.to_le_bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    let h = h | 1;
+    for slot in &CONTEXTS {
+        match slot.compare_exchange(0, h, Relaxed, Relaxed) {
+            Ok(_) => {
+                NCONTEXTS.fetch_add(1, Relaxed);
+                return true;
+            }
+            Err(v) if v == h => return false,
+            Err(_) => {}
+        }
+    }
+    CONTEXTS_FULL.store(true, Relaxed);
+    NCONTEXTS.fetch_add(1, Relaxed);
+    true
+}
+
+/// Writes (or, for a context seen before, only counts) a bad-handle
+/// report, and says what follows it.
+#[allow(clippy::too_many_arguments)]
+fn write_bad_handle(
+    fd: i32,
+    kind: Kind,
+    action: Action,
+    quarantined: bool,
+    run: bool,
+    held: bool,
+    call: &Call,
+    offending: &Pcs,
+) -> After {
     let detail = st::slot(fd)
         .zip(st::stacks(fd))
         .and_then(|(s, k)| s.read_detail(k, 1000));
     let value = detail.map(|d| d.value).unwrap_or_default();
-    let stale = value.state == state::TOMBSTONE;
-    let ebadf = Some(-(libc::EBADF as i64));
-    let was_closed = stale || detail.is_some_and(|d| d.closed.len > 0);
-    if what == Op::Close
-        && was_closed
-        && obj_type_from_code(value.obj_type) == Some(handles_model::ObjType::Pipe)
-        && suppress_defaults()
-        && st::exe_name() == b"bash"
-        && called_from_bash(frame)
-    {
-        // The supervisor's default suppression, same rule, applied here
-        // under a supervisor too (it would cost every bash pipeline a stop
-        // and a symbolized stack): bash closes the pipe ends of a pipeline
-        // twice in its parent; nothing is opened in between, so no other
-        // object can be hit. The kernel answers EBADF, as natively.
-        return Verdict {
-            result: ebadf,
-            after: After::Nothing,
+    let closed = detail.map(|d| d.closed).unwrap_or_default();
+    let created = detail.map(|d| d.created).unwrap_or_default();
+    let was_closed = matches!(kind, Kind::UseClosed | Kind::DoubleClose | Kind::DupClosed);
+    EXCEPTIONS.fetch_add(1, Relaxed);
+    let closed_pcs = &closed.pcs[..closed.len];
+    if first_of_context(kind, offending.frames(), closed_pcs) {
+        let on = ON_EXCEPTION.load(Relaxed);
+        let outcome: &str = match (action, held, run, on) {
+            (Action::Kill, true, ..) => "the call failed with EBADF; no close sweep followed; the process is killed (SIGKILL)",
+            (Action::Kill, ..) => "the process is killed (SIGKILL)",
+            (_, true, _, 2) => "the call failed with EBADF; no close sweep followed; the program goes on (--on-exception=continue)",
+            (_, true, _, 1) => "the call failed with EBADF; no close sweep followed; the process is stopped for a debugger",
+            (_, true, ..) => "the call failed with EBADF; no close sweep followed; SIGTRAP follows",
+            (_, _, true, 2) => "the call runs (and fails with EBADF); the program goes on (--on-exception=continue)",
+            (_, _, true, 1) => "the call runs (and fails with EBADF); the process is stopped for a debugger",
+            (_, _, true, _) => "the call runs (and fails with EBADF); SIGTRAP follows",
+            (_, _, false, 2) => "the call fails with EBADF without running; the program goes on (--on-exception=continue)",
+            (_, _, false, 1) => "the call fails with EBADF without running; the process is stopped for a debugger",
+            (_, _, false, _) => "the call fails with EBADF without running; SIGTRAP follows",
         };
-    }
-    if sys::COOKIE_ON.load(Relaxed) {
-        return defer(what, fd, call);
-    }
-    let a = action();
-    let (result, after) = match a {
-        // A quarantined number stands for a closed fd: the call must see
-        // EBADF, never the tombstone.
-        Action::Allow => (if stale { ebadf } else { None }, After::Nothing),
-        Action::Deny => (ebadf, After::Nothing),
-        Action::AllowException | Action::DenyException => (ebadf, After::Trap),
-        Action::Kill => (ebadf, After::Kill),
-    };
-    if after != After::Nothing {
-        let closed = detail.map(|d| d.closed).unwrap_or_default();
-        let created = detail.map(|d| d.created).unwrap_or_default();
-        let whatline = match (what, was_closed, stale) {
-            (Op::Close, true, _) => "close of a closed handle (double close)",
-            (Op::Close, false, _) => "close of a handle that was never opened",
-            (Op::Dup, true, _) => "duplication of a closed handle",
-            (Op::Dup, false, _) => "duplication of a handle that was never opened",
-            (Op::Use, _, true) => "use of a closed handle (its fd number is quarantined)",
-            (Op::Use, true, false) => "use of a closed handle",
-            (Op::Use, false, false) => "use of a handle that was never opened",
-        };
-        let offending = offending_stack(frame);
         let mut w = Out::new();
         let _ = write_report(
             &mut w,
-            a,
+            action,
             fd,
             call,
-            whatline,
+            kind,
+            kind.sentence(quarantined),
             was_closed,
             &value,
-            &offending,
-            &closed.pcs[..closed.len],
+            outcome,
+            offending,
+            closed_pcs,
             &created.pcs[..created.len],
         );
         w.flush();
     }
-    Verdict { result, after }
+    match (action, ON_EXCEPTION.load(Relaxed)) {
+        (Action::Kill, _) => After::Kill,
+        (_, 2) => After::Nothing,
+        (_, 1) => After::Stop,
+        _ => After::Trap,
+    }
+}
+
+/// At the exit of the process `handles run --no-ptrace` started: the
+/// valgrind-style summary (the supervisor writes it when there is one),
+/// and the exit status `--error-exitcode` asks for. Descendants write a
+/// summary of their own only when they had exceptions.
+pub fn at_exit(root: bool, error_exitcode: Option<u8>) {
+    if sys::COOKIE_ON.load(Relaxed) {
+        return;
+    }
+    // A report the main thread held until its next call is due: there
+    // will be none.
+    let held = MEMO.with(|c| {
+        let mut m = c.get();
+        let h = m.take_held();
+        c.set(m);
+        h
+    });
+    if let Some(h) = held {
+        let (nr, pcs) = HELD.with(Cell::get);
+        let call = Call::syscall(nr, [h.fd as u64, 0, 0, 0, 0, 0]);
+        // The process is exiting: nothing follows the report.
+        let _ = write_bad_handle(
+            h.fd,
+            h.kind,
+            h.action,
+            h.quarantined,
+            false,
+            true,
+            &call,
+            &pcs,
+        );
+    }
+    write_summary(root);
+    let n = EXCEPTIONS.load(Relaxed);
+    if let (true, Some(code), true) = (root, error_exitcode, n > 0) {
+        // SAFETY: flushes the program's stdio, then ends the process with
+        // the status asked for, as valgrind's --error-exitcode does.
+        unsafe {
+            libc::fflush(core::ptr::null_mut());
+            sys::raw(libc::SYS_exit_group, [u64::from(code), 0, 0, 0, 0, 0]);
+        }
+    }
+}
+
+/// Would a SIGTRAP now end the process (default action, not blocked)?
+fn sigtrap_is_fatal() -> bool {
+    // SAFETY: queries the current disposition and mask into locals.
+    unsafe {
+        let mut old: libc::sigaction = core::mem::zeroed();
+        if libc::sigaction(libc::SIGTRAP, core::ptr::null(), &mut old) != 0 {
+            return false;
+        }
+        let mut mask: libc::sigset_t = core::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_SETMASK, core::ptr::null(), &mut mask);
+        old.sa_sigaction == libc::SIG_DFL && libc::sigismember(&mask, libc::SIGTRAP) == 0
+    }
+}
+
+/// The shim-alone `ERROR SUMMARY` line (the supervisor writes its own):
+/// always for the job's root process, for others when they had any.
+fn write_summary(root: bool) {
+    if sys::COOKIE_ON.load(Relaxed) {
+        return;
+    }
+    let n = EXCEPTIONS.load(Relaxed);
+    if root || n > 0 {
+        let mut w = Out::new();
+        let c = NCONTEXTS.load(Relaxed);
+        let _ = writeln!(
+            w,
+            "handles: ERROR SUMMARY: {n} exception{} from {c} context{} (0 suppressed){}",
+            if n == 1 { "" } else { "s" },
+            if c == 1 { "" } else { "s" },
+            if root { "" } else { " in this process" },
+        );
+        w.flush();
+    }
 }
 
 /// Under the supervisor: hands the bad call to it instead of reporting,
 /// marked so that its prefilter stops on it (the IP of the shim's own
-/// syscalls would otherwise let it through). The supervisor reads this
-/// table (a TOMBSTONE slot is a closed handle), writes the symbolized
-/// report and applies the policy.
-fn defer(what: Op, fd: i32, call: &Call) -> Verdict {
+/// syscalls would otherwise let it through). The supervisor acts on the
+/// judge's verdict (its report, its action) without judging it again.
+fn defer(kind: Kind, fd: i32, call: &Call) -> Verdict {
     let ebadf = Verdict {
         result: Some(-(libc::EBADF as i64)),
         after: After::Nothing,
@@ -253,8 +517,8 @@ fn defer(what: Op, fd: i32, call: &Call) -> Verdict {
     }
     // A libc function (fclose, fdopen, ...): the supervisor is shown the
     // syscall it stands for, close(fd) or fstat(fd).
-    let (nr, args) = match what {
-        Op::Close => (libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]),
+    let (nr, args) = match kind {
+        Kind::DoubleClose | Kind::CloseNeverOpened => (libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]),
         _ => (libc::SYS_fstat, [fd as u64, buf, 0, 0, 0, 0]),
     };
     // SAFETY: close/fstat of the program's bad fd (nothing is open
@@ -288,43 +552,6 @@ fn offending_stack(frame: usize) -> Pcs {
     }
 }
 
-fn suppress_defaults() -> bool {
-    !NO_DEFAULT_SUPPRESSIONS.load(Relaxed)
-}
-
-/// Whether the bad call was made by bash's own code. Its pipeline double
-/// closes are direct calls, so the trampoline's return address answers
-/// at the price of a frame-pointer read; only another caller costs an
-/// unwind and a module lookup per frame (each a dladdr: a linear search
-/// of bash's symbols, which made every pipeline of a shell loop pay ~0.1
-/// ms).
-fn called_from_bash(frame: usize) -> bool {
-    let first = stack::capture(frame);
-    if first
-        .frames()
-        .first()
-        .is_some_and(|&pc| stack::in_main_program(pc as usize))
-    {
-        return true;
-    }
-    offending_stack(frame)
-        .frames()
-        .iter()
-        .any(|&pc| module_is(pc, b"bash"))
-}
-
-/// Is `pc` in a module whose file name is `name`?
-fn module_is(pc: u64, name: &[u8]) -> bool {
-    stack::module_of(pc as usize).is_some_and(|(m, _)| {
-        let b = basename(m);
-        if b.is_empty() {
-            st::exe_name() == name
-        } else {
-            b == name
-        }
-    })
-}
-
 /// Raises the policy's consequence on the calling thread.
 pub fn apply(after: After) {
     if after == After::Nothing {
@@ -334,6 +561,11 @@ pub fn apply(after: After) {
     match after {
         After::Nothing => {}
         After::Trap => {
+            if sigtrap_is_fatal() {
+                // The process dies of it: its summary now, as the exit
+                // handler will not run.
+                write_summary(sys::getpid() == crate::root_pid());
+            }
             // SAFETY: signals this very thread.
             unsafe {
                 sys::raw(
@@ -346,6 +578,17 @@ pub fn apply(after: After) {
                         0,
                         0,
                     ],
+                )
+            };
+        }
+        After::Stop => {
+            // Alone, the shim cannot detach anything: the process stops
+            // itself, for `gdb -p PID` (SIGCONT resumes it).
+            // SAFETY: stops this very process.
+            unsafe {
+                sys::raw(
+                    libc::SYS_kill,
+                    [pid as u64, libc::SIGSTOP as u64, 0, 0, 0, 0],
                 )
             };
         }
@@ -511,9 +754,11 @@ fn write_report(
     a: Action,
     fd: i32,
     call: &Call,
+    _kind: Kind,
     whatline: &str,
     was_closed: bool,
     value: &handles_model::table::SlotValue,
+    outcome: &str,
     offending: &Pcs,
     closed: &[u64],
     created: &[u64],
@@ -524,8 +769,8 @@ fn write_report(
     let mut tbuf = [0u8; 32];
     writeln!(
         w,
-        "handles: <== policy exception: bad-handle (action {})",
-        a.name()
+        "handles: <== policy exception: {} (action {a})",
+        Condition::BadHandle
     )?;
     write!(w, "handles:     process {pid} (")?;
     w.bytes(comm_of_process(&mut pbuf));
@@ -555,10 +800,6 @@ fn write_report(
         writeln!(w, "handles:     handle fd {fd}: not open")?;
     }
     writeln!(w, "handles:     {whatline}")?;
-    let outcome = match a {
-        Action::Kill => "the process is killed (SIGKILL)",
-        _ => "the call fails with EBADF without running; SIGTRAP follows",
-    };
     writeln!(w, "handles:     {outcome}")?;
     writeln!(w, "handles: backtrace:")?;
     frames(w, offending.frames())?;
@@ -576,18 +817,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn policy_entry() {
-        assert_eq!(parse_policy("v1,bad-handle=kill"), Some(Action::Kill));
-        assert_eq!(
-            parse_policy(
-                "v1,wrong-object=allow,bad-handle=deny-exception:override-deny,new-any=allow"
-            ),
-            Some(Action::DenyException)
-        );
-        assert_eq!(parse_policy("v1,new-any=deny"), None);
-        assert_eq!(parse_policy("v2,bad-handle=allow"), None);
-        assert_eq!(parse_policy("bad-handle=allow"), None);
-        assert_eq!(parse_policy("v1,bad-handle=bogus"), None);
-        assert_eq!(parse_policy("v1,bad-handle=allow"), Some(Action::Allow));
+    fn the_policy_is_the_supervisors_encoding() {
+        assert!(set_policy("v1,bad-handle=kill,wrong-object=allow,new-file=allow,new-dir=allow,new-pipe=allow,new-channel=allow,new-socket=deny-exception:override-deny,new-event=allow,new-port=allow,new-timer=allow,new-vmo=allow,new-process=allow,new-other=allow"));
+        assert_eq!(policy().action(Condition::BadHandle), Action::Kill);
+        assert!(!set_policy("v1,bad-handle=kill"));
+        assert_eq!(policy().action(Condition::BadHandle), Action::Kill);
     }
 }

@@ -68,47 +68,6 @@ pub fn init() {
     }
 }
 
-/// The main program's mapped range, found from its program headers
-/// (AT_PHDR) at the first call: (0, 0) until then, or when it cannot be.
-static MAIN_LO: AtomicUsize = AtomicUsize::new(0);
-static MAIN_HI: AtomicUsize = AtomicUsize::new(0);
-
-/// Whether `pc` lies in the main program: what dladdr would say with an
-/// empty module name, without its linear search of the program's symbols
-/// (tens of µs in a program the size of bash).
-pub fn in_main_program(pc: usize) -> bool {
-    let mut hi = MAIN_HI.load(Relaxed);
-    if hi == 0 {
-        let (l, h) = main_range().unwrap_or((usize::MAX, usize::MAX));
-        MAIN_LO.store(l, Relaxed);
-        MAIN_HI.store(h, Relaxed);
-        hi = h;
-    }
-    pc >= MAIN_LO.load(Relaxed) && pc < hi
-}
-
-fn main_range() -> Option<(usize, usize)> {
-    // SAFETY: getauxval has no preconditions.
-    let (phdr, phnum) = unsafe {
-        (
-            libc::getauxval(libc::AT_PHDR) as usize,
-            libc::getauxval(libc::AT_PHNUM) as usize,
-        )
-    };
-    if phdr == 0 || phnum == 0 || phnum > 256 {
-        return None;
-    }
-    // SAFETY: AT_PHDR points at the main program's AT_PHNUM program
-    // headers, mapped for the life of the process.
-    let headers = unsafe { core::slice::from_raw_parts(phdr as *const libc::Elf64_Phdr, phnum) };
-    let base =
-        phdr.wrapping_sub(headers.iter().find(|h| h.p_type == libc::PT_PHDR)?.p_vaddr as usize);
-    let loads = headers.iter().filter(|h| h.p_type == libc::PT_LOAD);
-    let lo = loads.clone().map(|h| h.p_vaddr as usize).min()?;
-    let hi = loads.map(|h| (h.p_vaddr + h.p_memsz) as usize).max()?;
-    Some((base.wrapping_add(lo), base.wrapping_add(hi)))
-}
-
 /// Return addresses of the calling thread's stack, innermost first, into
 /// `out`; returns how many.
 fn backtrace(out: &mut [usize]) -> usize {
@@ -268,20 +227,5 @@ mod tests {
             module_of(init as *const () as usize).map(|(_, base)| base),
             Some(self_base())
         );
-    }
-
-    #[test]
-    fn the_main_program_range_agrees_with_dladdr() {
-        // The unit tests are the main program; libc is not.
-        let here = init as *const () as usize;
-        let there = libc::getpid as *const () as usize;
-        assert!(in_main_program(here));
-        assert!(!in_main_program(there));
-        // The range starts where dladdr says the main program was loaded.
-        assert_eq!(
-            module_of(here).map(|(_, base)| base),
-            Some(MAIN_LO.load(Relaxed))
-        );
-        assert!(!in_main_program(0));
     }
 }

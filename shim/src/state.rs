@@ -102,30 +102,6 @@ static FORK_MARK: AtomicPtr<AtomicU32> = AtomicPtr::new(ptr::null_mut());
 /// (MAP_DROPPABLE) from a child's.
 static OWN_PID: AtomicI32 = AtomicI32::new(0);
 
-/// Tombstones a forked child got from its parent, one bit per fd: the
-/// child never had those handles, so closing one (a close-every-fd sweep,
-/// as gdb's close_most_fds does) releases it instead of being a double
-/// close. Uses are still reported.
-static INHERITED: [AtomicU64; 1 << 14] = [const { AtomicU64::new(0) }; 1 << 14];
-
-pub fn is_inherited_tombstone(fd: i32) -> bool {
-    let i = fd as u32 as usize;
-    INHERITED
-        .get(i / 64)
-        .is_some_and(|w| w.load(Relaxed) & (1 << (i % 64)) != 0)
-}
-
-fn set_inherited(fd: i32, on: bool) {
-    let i = fd as u32 as usize;
-    if let Some(w) = INHERITED.get(i / 64) {
-        if on {
-            w.fetch_or(1 << (i % 64), Relaxed);
-        } else if w.load(Relaxed) & (1 << (i % 64)) != 0 {
-            w.fetch_and(!(1 << (i % 64)), Relaxed);
-        }
-    }
-}
-
 thread_local! {
     /// Set while this thread runs shim code: a nested call (from a signal
     /// handler, or from a libc function the shim calls) goes straight to
@@ -206,10 +182,6 @@ fn mark_dirty(bits: u8) {
 /// lock, so it is the only writer of the mirror slot.
 fn mirror(fd: i32, s: &Slot, l: &Locked) {
     let dirty = DIRTY.with(|d| d.replace(0));
-    if dirty & DIRTY_CLOSED != 0 || s.load(l).state != state::TOMBSTONE {
-        // A new close by this process, or no tombstone any more.
-        set_inherited(fd, false);
-    }
     let cap = CAP.load(Relaxed);
     let pb = PUB.load(Relaxed);
     if (fd as u32) >= cap || pb.is_null() {
@@ -1068,7 +1040,6 @@ fn make_own_table() {
         // The child's exact copy of the parent's table at the fork (a
         // slot a thread of the parent was writing may be torn).
         let s = slot_at(src, i);
-        set_inherited(i, s.state.load(Relaxed) == state::TOMBSTONE);
         if s.state.load(Relaxed) == state::FREE && s.generation.load(Relaxed) == 0 {
             continue;
         }
@@ -1338,23 +1309,6 @@ pub fn exe_name() -> &'static [u8] {
         core::hint::spin_loop();
     }
     b"?"
-}
-
-/// Releases a tombstone the process inherited at fork, for real (a close
-/// of it by the child). Returns whether it was one.
-pub fn release_inherited(fd: i32) -> bool {
-    let Some(s) = slot(fd) else { return false };
-    let l = lock(s);
-    let mut v = s.load(&l);
-    let ok = v.state == state::TOMBSTONE && is_inherited_tombstone(fd);
-    if ok {
-        sys::close(fd);
-        v.state = state::FREE;
-        s.store(&l, v);
-        account(state::TOMBSTONE, state::FREE);
-    }
-    unlock(fd, s, l);
-    ok
 }
 
 /// Records a close of `fd` that the shim did not quarantine.

@@ -24,7 +24,9 @@ use libc::FILE;
 
 use crate::fddir;
 use crate::quarantine;
-use crate::report::{self, After, Call, Op};
+use handles_model::judge::Op;
+
+use crate::report::{self, After, Call};
 use crate::stack;
 use crate::state::{self as st, active, enter, leave, Named};
 use crate::sys;

@@ -13,7 +13,9 @@ use handles_model::ObjType;
 use libc::{size_t, ssize_t};
 
 use crate::quarantine;
-use crate::report::{self, After, Call, Op};
+use handles_model::judge::{Arg, Known, Op};
+
+use crate::report::{self, After, Call, Verdict};
 use crate::stack;
 use crate::state::{self as st, active, enter, leave, Named};
 use crate::sys::{self, ret, sc, sc_cancel};
@@ -25,51 +27,35 @@ fn code(t: ObjType) -> u32 {
 }
 
 /// The fast check of a wrapper: None to go on with the call, Some(value
-/// to return, libc convention) when the fd is bad.
+/// to return, libc convention) when the judge says otherwise. One atomic
+/// load of the slot state and one of the thread's memo when all is well.
 #[inline(always)]
 fn check(fd: c_int, what: Op, nr: i64, args: [u64; 6], frame: usize) -> Option<i64> {
     if !active() {
         return None;
     }
     match st::state_of(fd) {
-        None | Some(state::OPEN) => None,
-        Some(_) => check_slow(fd, what, &Call::syscall(nr, args), frame),
+        None | Some(state::OPEN) if report::calm() => None,
+        _ => check_slow(fd, what, &Call::syscall(nr, args), frame),
     }
 }
 
 #[cold]
 #[inline(never)]
-fn check_slow(fd: c_int, what: Op, call: &Call, frame: usize) -> Option<i64> {
-    let s = st::state_of(fd)?;
+fn check_slow(fd: c_int, op: Op, call: &Call, frame: usize) -> Option<i64> {
     if !enter() {
-        // Nested (a signal handler inside the shim): no report, but a
+        // Nested (a signal handler inside the shim): no judging, but a
         // quarantined number still answers EBADF.
-        return (s == state::TOMBSTONE || st::internal(fd)).then(|| ret(EBADF));
+        let s = st::state_of(fd);
+        return (s == Some(state::TOMBSTONE) || st::internal(fd)).then(|| ret(EBADF));
     }
     st::ensure_own_table();
-    let v = match s {
-        state::OPEN => None,
-        // The shim's own fds are not the program's: as if not open.
-        state::INTERNAL if st::internal(fd) => Some(report::Verdict {
-            result: Some(EBADF),
-            after: After::Nothing,
-        }),
-        state::INTERNAL => None,
-        state::TOMBSTONE => Some(report::bad_handle(what, fd, call, frame)),
-        _ => {
-            if sys::is_open(fd) {
-                st::adopt(fd);
-                None
-            } else {
-                Some(report::bad_handle(what, fd, call, frame))
-            }
-        }
-    };
+    let known = report::known(fd);
+    let v = report::judged(&[Arg { op, fd, known }], call, frame);
     leave();
     let v = v?;
-    let r = v.result?;
     report::apply(v.after);
-    Some(ret(r))
+    Some(ret(v.result?))
 }
 
 /// A creating syscall's failure that the shim's own fd numbers may cause.
@@ -86,6 +72,8 @@ fn create(frame: usize, ty: u32, how: u32, name: Named, f: impl Fn() -> i64) -> 
     if !active() {
         return f();
     }
+    // A call that is not a close ends a close sweep.
+    let _ = report::calm();
     let mut r = f();
     if emfile(r) {
         r = retry_after_release(&f, r);
@@ -233,7 +221,7 @@ use_call!(fallocate64, libc::SYS_fallocate, cancel, (fd: c_int, mode: c_int, off
 #[no_mangle]
 pub unsafe extern "C-unwind" fn fstat(fd: c_int, buf: *mut libc::stat) -> c_int {
     let a = args!(fd, c"".as_ptr(), buf, libc::AT_EMPTY_PATH);
-    if let Some(r) = check(fd, Op::Use, libc::SYS_newfstatat, a, 0) {
+    if let Some(r) = check(fd, Op::Question, libc::SYS_newfstatat, a, 0) {
         return r as c_int;
     }
     // SAFETY: the program's call, with an empty path.
@@ -441,7 +429,7 @@ pub unsafe extern "C-unwind" fn poll(
             let fd = unsafe { (*fds.add(i)).fd };
             if fd >= 0 && !matches!(st::state_of(fd), None | Some(state::OPEN)) {
                 // SAFETY: as above.
-                return unsafe { poll_slow(fds, n, timeout, a) };
+                return unsafe { poll_slow(fds, n, timeout) };
             }
         }
     }
@@ -450,11 +438,9 @@ pub unsafe extern "C-unwind" fn poll(
 }
 
 #[cold]
-unsafe fn poll_slow(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int, a: [u64; 6]) -> c_int {
-    let call = Call::syscall(libc::SYS_poll, a);
+unsafe fn poll_slow(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int) -> c_int {
     let mut masked = [(0usize, 0 as c_int); 64];
     let mut nm = 0;
-    let mut after = After::Nothing;
     let nested = !enter();
     if !nested {
         st::ensure_own_table();
@@ -466,21 +452,12 @@ unsafe fn poll_slow(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int, a: 
         let s = st::state_of(fd);
         let stale = s == Some(state::TOMBSTONE) || (s == Some(state::INTERNAL) && st::internal(fd));
         if s == Some(state::FREE) && !nested {
+            // poll answers POLLNVAL for a closed entry: a question
+            // (findutils' xargs asks which fds are open this way).
             if sys::is_open(fd) {
                 st::adopt(fd);
-                continue;
-            }
-            let v = report::bad_handle(Op::Use, fd, &call, 0);
-            if after == After::Nothing {
-                after = v.after;
             }
         } else if stale && nm < masked.len() {
-            if !nested && s == Some(state::TOMBSTONE) {
-                let v = report::bad_handle(Op::Use, fd, &call, 0);
-                if after == After::Nothing {
-                    after = v.after;
-                }
-            }
             masked[nm] = (i, fd);
             nm += 1;
             // The kernel skips negative fds; restored below.
@@ -490,7 +467,6 @@ unsafe fn poll_slow(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int, a: 
     if !nested {
         leave();
     }
-    report::apply(after);
     // A closed fd makes poll return at once with POLLNVAL: do not block.
     let t = if nm > 0 { 0 } else { timeout };
     // SAFETY: the program's array, with the stale entries disabled.
@@ -875,18 +851,8 @@ unsafe extern "C-unwind" fn fcntl_impl(
     let a = args!(fd, cmd, arg);
     match cmd {
         libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
-            // On a number that never held a handle this is how shells (dash
-            // saving an fd before a redirection) ask whether it is open:
-            // the kernel answers, no report. A closed one is still a bug.
-            let never_used = active()
-                && st::slot(fd).is_some_and(|s| {
-                    s.state.load(core::sync::atomic::Ordering::Relaxed) == state::FREE
-                        && s.generation.load(core::sync::atomic::Ordering::Relaxed) == 0
-                });
-            if !never_used {
-                if let Some(r) = check(fd, Op::Dup, libc::SYS_fcntl, a, frame) {
-                    return r as c_int;
-                }
+            if let Some(r) = check(fd, Op::Dup, libc::SYS_fcntl, a, frame) {
+                return r as c_int;
             }
             // SAFETY: the program's call.
             ret(create(
@@ -897,21 +863,14 @@ unsafe extern "C-unwind" fn fcntl_impl(
                 || unsafe { sc(libc::SYS_fcntl, a) },
             )) as c_int
         }
-        libc::F_GETFD | libc::F_GETFL => {
-            // Probes ("is this fd open?") are never reported; a
+        libc::F_GETFD | libc::F_GETFL | libc::F_SETFD => {
+            // Questions ("is this fd open?"): never reported; a
             // quarantined number answers as a closed one.
-            let s = if active() { st::state_of(fd) } else { None };
-            if s == Some(state::TOMBSTONE) || (s == Some(state::INTERNAL) && st::internal(fd)) {
-                return ret(EBADF) as c_int;
+            if let Some(r) = check(fd, Op::Question, libc::SYS_fcntl, a, frame) {
+                return r as c_int;
             }
             // SAFETY: the program's call.
-            let r = unsafe { sc(libc::SYS_fcntl, a) };
-            if r >= 0 && s == Some(state::FREE) && enter() {
-                st::ensure_own_table();
-                st::adopt(fd);
-                leave();
-            }
-            ret(r) as c_int
+            ret(unsafe { sc(libc::SYS_fcntl, a) }) as c_int
         }
         _ => {
             if let Some(r) = check(fd, Op::Use, libc::SYS_fcntl, a, frame) {
@@ -983,12 +942,6 @@ unsafe fn note_rights(msg: *mut libc::msghdr, frame: usize) {
 
 // ---- closing calls ----
 
-thread_local! {
-    /// The fd this thread closed last: a close of a never-opened number
-    /// right after its neighbour is a sweep, not a bug.
-    static LAST_CLOSE: core::cell::Cell<i32> = const { core::cell::Cell::new(i32::MIN) };
-}
-
 /// close(fd) with fd > 2 becomes dup3(tombstone source, fd): the number
 /// stays taken, so a stale use fails with EBADF instead of reaching the
 /// next object that would have got it.
@@ -1008,47 +961,56 @@ fn do_close(fd: c_int, frame: usize) -> (i64, After) {
     let Some(s) = st::slot(fd) else {
         return (sys::close(fd), After::Nothing);
     };
-    let bad = |frame| {
-        let v = report::bad_handle(
-            Op::Close,
+    let call = Call::syscall(libc::SYS_close, args!(fd));
+    // Every close goes to the judge, open ones too: a sweep is told by
+    // the closes before.
+    let known = report::known(fd);
+    let v = report::judged(
+        &[Arg {
+            op: Op::Close,
             fd,
-            &Call::syscall(libc::SYS_close, args!(fd)),
-            frame,
-        );
-        match v.result {
-            Some(r) => (r, v.after),
-            None => (sys::close(fd), v.after),
-        }
+            known,
+        }],
+        &call,
+        frame,
+    );
+    let after = match v {
+        Some(Verdict {
+            result: Some(r),
+            after,
+        }) => return (r, after),
+        // The judge lets a close of a number that is not open run: the
+        // kernel answers EBADF, as natively.
+        Some(Verdict {
+            result: None,
+            after,
+        }) if known != Known::Open => return (sys::close(fd), after),
+        Some(v) => v.after,
+        None if known != Known::Open => return (sys::close(fd), After::Nothing),
+        None => After::Nothing,
     };
-    let last = LAST_CLOSE.with(|c| c.replace(fd));
-    match s.state.load(core::sync::atomic::Ordering::Relaxed) {
-        // The shim's own fds do not exist for the program: a sweep that
-        // closes every listed fd "succeeds" and the shim keeps them.
-        state::INTERNAL if st::internal(fd) => return (0, After::Nothing),
-        state::TOMBSTONE if st::is_inherited_tombstone(fd) && st::release_inherited(fd) => {
-            return (0, After::Nothing);
-        }
-        state::TOMBSTONE => return bad(frame),
-        state::FREE => {
-            if !sys::is_open(fd) {
-                if (i64::from(last) - i64::from(fd)).abs() == 1 {
-                    // A loop closing every number (closefrom by hand) meets
-                    // numbers that are not open: not a double close (the
-                    // supervisor's rule too). The kernel answers EBADF.
-                    return (sys::close(fd), After::Nothing);
-                }
-                return bad(frame);
-            }
-            st::adopt(fd);
-        }
-        _ => {}
-    }
     let pcs = stack::capture(frame);
     let l = st::lock(s);
     if s.load(&l).state == state::TOMBSTONE {
-        // Another thread closed it first.
+        // Another thread closed it first: a close racing another.
         st::unlock(fd, s, l);
-        return bad(frame);
+        let v = report::judged(
+            &[Arg {
+                op: Op::Close,
+                fd,
+                known: Known::Closed { quarantined: true },
+            }],
+            &call,
+            frame,
+        );
+        return match v {
+            Some(Verdict {
+                result: Some(r),
+                after,
+            }) => (r, after),
+            Some(v) => (-(libc::EBADF as i64), v.after),
+            None => (-(libc::EBADF as i64), After::Nothing),
+        };
     }
     let mut tomb = false;
     if fd > 2 && quarantine::room() {
@@ -1069,7 +1031,7 @@ fn do_close(fd: c_int, frame: usize) -> (i64, After) {
     if tomb {
         quarantine::push(fd);
     }
-    (r, After::Nothing)
+    (r, after)
 }
 
 /// close_range: tombstones and open fds in the range are released, the

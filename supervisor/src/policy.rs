@@ -445,14 +445,14 @@ mod tests {
 
     #[test]
     fn unknown_names_list_the_valid_ones_and_suggest_the_closest() {
-        let e = parse_condition(&"bad-handel").unwrap_err();
+        let e = parse_condition("bad-handel").unwrap_err();
         assert_eq!(
             e.to_string(),
             "unknown condition 'bad-handel' (valid: bad-handle, wrong-object, new-any, \
              new-file, new-dir, new-pipe, new-channel, new-socket, new-event, new-port, \
              new-timer, new-vmo, new-process, new-other); did you mean 'bad-handle'?"
         );
-        let suggestion = |s: &str| match parse_condition(&s) {
+        let suggestion = |s: &str| match parse_condition(s) {
             Err(PolicyError::UnknownCondition { suggestion, .. }) => suggestion,
             other => panic!("{other:?}"),
         };
@@ -464,28 +464,28 @@ mod tests {
         assert_eq!(suggestion("xyzzy"), None);
         assert_eq!(suggestion(""), None);
 
-        let e = parse_action(&"allow-exeption").unwrap_err();
+        let e = parse_action("allow-exeption").unwrap_err();
         assert_eq!(
             e.to_string(),
             "unknown action 'allow-exeption' (valid: allow, deny, allow-exception, \
              deny-exception, kill); did you mean 'allow-exception'?"
         );
         assert!(matches!(
-            parse_action(&"kil"),
+            parse_action("kil"),
             Err(PolicyError::UnknownAction {
                 suggestion: Some("kill"),
                 ..
             })
         ));
         assert!(matches!(
-            parse_action(&"trap"),
+            parse_action("trap"),
             Err(PolicyError::UnknownAction {
                 suggestion: None,
                 ..
             })
         ));
         assert_eq!(
-            parse_override(&"override-dny").unwrap_err().to_string(),
+            parse_override("override-dny").unwrap_err().to_string(),
             "unknown override 'override-dny' (valid: override-allow, override-deny); \
              did you mean 'override-deny'?"
         );
@@ -584,7 +584,7 @@ mod tests {
     fn new_any_is_all_or_nothing_against_locked_entries() {
         let mut p = Policy::default_job();
         p.apply_spec("new-pipe=kill:override-deny").unwrap();
-        let before = p.clone();
+        let before = p;
         assert!(matches!(
             p.apply_spec("new-any=deny"),
             Err(PolicyError::Locked {
@@ -623,7 +623,7 @@ mod tests {
         assert_eq!(p.get(Condition::NewSocket), entry(Action::AllowException));
         assert_eq!(p.get(Condition::NewOther), entry(Action::AllowException));
 
-        let before = p.clone();
+        let before = p;
         let err = p
             .apply_text("wrong-object=deny\n# fine so far\nbad-handel=deny\n")
             .unwrap_err();
@@ -847,7 +847,7 @@ mod tests {
 
         #[test]
         fn set_follows_the_override_rules(p in arb_policy(), c in arb_condition(), e in arb_entry()) {
-            let mut after = p.clone();
+            let mut after = p;
             let result = after.set(c, e);
             let targets: &[Condition] = if c == Condition::NewAny { &Condition::NEW } else { std::slice::from_ref(&c) };
             let blocked = targets.iter().any(|&t| {
@@ -877,7 +877,7 @@ mod tests {
             p in arb_policy(),
             changes in prop::collection::vec((arb_condition(), arb_entry()), 0..20),
         ) {
-            let mut q = p.clone();
+            let mut q = p;
             for (c, e) in changes {
                 let _ = q.set(c, e);
             }

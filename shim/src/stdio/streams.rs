@@ -23,7 +23,9 @@ use handles_model::table::state;
 use libc::{size_t, ssize_t, FILE};
 
 use super::{no_fn, Real, FILENO_OFFSET, MISSING};
-use crate::report::{self, Call, Op};
+use handles_model::judge::Op;
+
+use crate::report::{self, Call};
 use crate::state::{self as st, active, enter};
 use crate::sys;
 

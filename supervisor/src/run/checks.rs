@@ -2,6 +2,8 @@
 //! each is a valid handle, and what bad-handle, wrong-object, new-* and
 //! --max-handles do about it. Every policy decision is made here.
 
+use handles_model::judge::{self, Known, Verdict};
+
 use super::job::*;
 use super::shimtable::{self, ShimSays, ShimTable};
 use crate::backtrace::Frame;
@@ -330,7 +332,14 @@ impl Job {
                     table.mixer = mixer;
                     table.touch_all();
                 }
-                None => p.shim = None,
+                None => {
+                    // Not (yet) a sealed table of this process: one caught
+                    // halfway through the shim's start-up (a stop there,
+                    // under a new-* entry or a handle budget, finds it
+                    // before it is sealed and moved). Looked for again.
+                    p.shim = None;
+                    p.awaiting_shim = p.awaiting_shim || !p.strict;
+                }
             }
         }
         if !p.exec_unverified {
@@ -385,21 +394,39 @@ impl Job {
             self.resume(tid, None);
             return;
         }
+        if let Some(h) = shimtable::held_by_shim(nr, &a, self.cookie) {
+            if self.shim_injected {
+                self.on_shim_held(tid, tgid, regs, h);
+                return;
+            }
+        }
+        // A marked call is one the shim's judge already found to raise an
+        // exception: it is acted on here, not judged again.
+        let marked = self.shim_injected && shimtable::marker_of(nr, &a, self.cookie).is_some();
         self.sync_shim(tid, tgid);
+        if self.shim_injected
+            && matches!(desc.kind, Kind::Dup | Kind::DupTo | Kind::Fcntl)
+            && desc
+                .cookie_arg()
+                .is_some_and(|i| a[usize::from(i)] == self.cookie)
+            && matches!(self.shim_says(tgid, a[0] as i32), ShimSays::Internal)
+        {
+            // The shim's own bookkeeping (a quarantine's dup3 of its
+            // tombstone source), stopped only because a new-* entry or a
+            // handle budget stops every creating call: not the program's.
+            self.resume(tid, None);
+            return;
+        }
         let (desc, a) = match shimtable::proxied(nr, &a, self.cookie) {
             Some(p) if self.shim_injected => p,
             _ => (desc, a),
         };
-        let last_close = match self.threads.get_mut(&tid) {
-            Some(t) if desc.kind == Kind::Close => t.last_close.replace(a[0] as i32),
-            _ => None,
-        };
         if desc.kind == Kind::Poll {
             // poll() on a closed fd is defined: that entry gets POLLNVAL.
             // Programs use it to ask which fds are open (findutils' fd leak
-            // check in xargs does), so it is never a bad-handle use; but a
-            // tombstone would poll as ready, so its entries are fixed up at
-            // the exit.
+            // check in xargs does), so it is a question (the judge's rule);
+            // but a tombstone would poll as ready, so its entries are fixed
+            // up at the exit.
             let hidden: Vec<i32> = self
                 .used_fds(tid, desc, &a)
                 .into_iter()
@@ -423,59 +450,8 @@ impl Job {
             }
             return;
         }
-        for fd in self.used_fds(tid, desc, &a) {
-            if let Some(bad) = self.check_fd(tid, fd) {
-                if desc.kind == Kind::Close && matches!(bad, Bad::StaleInherited | Bad::Internal) {
-                    // A tombstone copied from the parent at fork, or the
-                    // tombstone source: this process never had the handle and
-                    // can only know the number from listing /proc/self/fd
-                    // (gdb's close_most_fds does). The close succeeds and the
-                    // number is released for real.
-                    if let Some(t) = self.threads.get(&tid) {
-                        let mut table = t.table.borrow_mut();
-                        if matches!(bad, Bad::Internal) {
-                            table.set_tomb_src(None);
-                        } else {
-                            table.drop_tombstone(fd);
-                        }
-                    }
-                    self.resume(tid, None);
-                    return;
-                }
-                if matches!(bad, Bad::Internal) {
-                    // Any other use of it: the number does not exist for the
-                    // program.
-                    self.skip_with(tid, regs, libc::EBADF);
-                    self.resume(tid, None);
-                    return;
-                }
-                // A loop closing every number (closefrom done by hand, common
-                // before exec) meets numbers that are not open: that is not a
-                // double close, unless this process closed that number itself.
-                let sweep = desc.kind == Kind::Close
-                    && !matches!(bad, Bad::Stale)
-                    && last_close.is_some_and(|l| (i64::from(l) - i64::from(fd)).abs() == 1);
-                // fcntl(F_DUPFD) on a number this process never had a
-                // handle at is how shells (dash, before a redirection) ask
-                // whether it is open.
-                let dup_probe = is_dup_probe(desc, &a)
-                    && matches!(bad, Bad::NotOpen)
-                    && self
-                        .threads
-                        .get(&tid)
-                        .is_some_and(|t| t.table.borrow().closed_info(fd).is_none());
-                if is_probe(desc, &a) || sweep || dup_probe {
-                    // fcntl(F_GETFD/F_GETFL) is how POSIX code asks whether a
-                    // number is open: answer as the kernel would, no report.
-                    if matches!(bad, Bad::Stale | Bad::StaleInherited) {
-                        self.skip_with(tid, regs, libc::EBADF);
-                    }
-                    self.resume(tid, None);
-                    return;
-                }
-                self.bad_handle(tid, tgid, regs, desc, fd, bad);
-                return;
-            }
+        if self.judge_call(tid, tgid, regs, desc, &a, marked) {
+            return;
         }
         if let Some((expected, errno)) = expected_object(desc.name) {
             let action = self.action_of(tgid, Condition::WrongObject);
@@ -524,61 +500,296 @@ impl Job {
         }
     }
 
-    pub(super) fn bad_handle(
+    /// The fd arguments of a call, with their argument positions (poll's
+    /// and select's sets are questions, judged by the poll path or
+    /// answered by the kernel; they are not listed).
+    fn fd_args(&self, desc: &Desc, a: &[u64; 6]) -> Vec<(usize, i32)> {
+        let mut fds = Vec::new();
+        for (i, &arg) in a.iter().enumerate() {
+            if (desc.fd_args | desc.dirfd_args) & (1 << i) != 0 && (arg as i32) >= 0 {
+                fds.push((i, arg as i32));
+            }
+        }
+        match desc.kind {
+            Kind::Mmap if a[3] & libc::MAP_ANONYMOUS as u64 == 0 && (a[4] as i32) >= 0 => {
+                fds.push((4, a[4] as i32));
+            }
+            Kind::Signalfd if (a[0] as i32) >= 0 => fds.push((0, a[0] as i32)),
+            _ => {}
+        }
+        fds
+    }
+
+    /// What the tables know of `fd` for the judge.
+    fn known(&mut self, tid: i32, fd: i32) -> Known {
+        match self.check_fd(tid, fd) {
+            None => Known::Open,
+            Some(Bad::Internal) => Known::Internal,
+            Some(Bad::Stale | Bad::StaleInherited) => Known::Closed { quarantined: true },
+            Some(Bad::NotOpen) => {
+                let closed = self
+                    .threads
+                    .get(&tid)
+                    .is_some_and(|t| t.table.borrow().closed_info(fd).is_some());
+                if closed {
+                    Known::Closed { quarantined: false }
+                } else {
+                    Known::NeverHeld
+                }
+            }
+        }
+    }
+
+    /// Is `tgid`'s image a shell? Read from /proc/PID/exe at first need
+    /// (the name a script was started by is the script's).
+    fn is_shell(&mut self, tgid: i32) -> bool {
+        let Some(p) = self.procs.get_mut(&tgid) else {
+            return false;
+        };
+        *p.shell.get_or_insert_with(|| {
+            std::fs::read_link(format!("/proc/{tgid}/exe"))
+                .ok()
+                .and_then(|e| e.file_name().map(|n| judge::is_shell(n.as_encoded_bytes())))
+                .unwrap_or(false)
+        })
+    }
+
+    /// Judges a stopped call's fd arguments and acts on the decision.
+    /// Returns true when it resumed (or killed) the thread itself; false
+    /// when the call goes on to the rest of the checks.
+    fn judge_call(
         &mut self,
         tid: i32,
         tgid: i32,
         regs: Regs,
         desc: &'static Desc,
-        fd: i32,
-        bad: Bad,
-    ) {
-        let action = self.action_of(tgid, Condition::BadHandle);
-        // A quarantined number stands for a closed fd: whatever the action,
-        // the call must see what a closed fd gives, EBADF, not the tombstone.
-        let deny = matches!(action, Action::Deny | Action::DenyException | Action::Kill)
-            || matches!(bad, Bad::Stale | Bad::StaleInherited);
-        // allow and deny raise no exception: the call runs (answering EBADF
-        // for a quarantined number, as a closed fd would) or fails unrun.
-        if matches!(action, Action::Allow | Action::Deny) {
-            if deny {
-                self.skip_with(tid, regs, libc::EBADF);
+        a: &[u64; 6],
+        marked: bool,
+    ) -> bool {
+        let mut args = Vec::new();
+        for (i, fd) in self.fd_args(desc, a) {
+            let known = self.known(tid, fd);
+            let mut op = judge::op_of(desc.nr, a, i, false);
+            if marked && op == judge::Op::Question {
+                // The shim stands a libc function's use (fdopen, ...) for
+                // an fstat: it judged a use.
+                op = judge::Op::Use;
             }
+            if known != Known::Open && desc.dirfd_args & (1 << i) != 0 {
+                // The path after a dirfd decides what the dirfd is for:
+                // an absolute path ignores it, an empty one (AT_EMPTY_PATH)
+                // names the fd itself.
+                let first = a
+                    .get(i + 1)
+                    .and_then(|&p| tracer::read_mem(tid, p, 1).ok())
+                    .and_then(|b| b.first().copied());
+                match first {
+                    Some(b'/') => continue,
+                    Some(0) => op = judge::op_of(desc.nr, a, i, true),
+                    _ => {}
+                }
+            }
+            args.push(judge::Arg { op, fd, known });
+        }
+        let policy = self.policy_of(tgid);
+        let decision = if marked {
+            judge::Decision {
+                flush: judge::Flush::None,
+                verdict: judge::judge_now(&args, &policy),
+            }
+        } else {
+            let shell = args.iter().any(|a| a.known != Known::Open) && self.is_shell(tgid);
+            let Some(t) = self.threads.get_mut(&tid) else {
+                return false;
+            };
+            judge::judge(&mut t.memo, &args, shell, &policy)
+        };
+        match decision.flush {
+            judge::Flush::Raise(_) => self.flush_held(tid, true),
+            judge::Flush::Drop(_) => {
+                if let Some(t) = self.threads.get_mut(&tid) {
+                    t.held = None;
+                }
+            }
+            judge::Flush::None => {}
+        }
+        match decision.verdict {
+            Verdict::Run => false,
+            Verdict::Fail(errno) => {
+                self.skip_with(tid, regs, errno);
+                self.resume(tid, None);
+                true
+            }
+            Verdict::Hold(h) => {
+                let offending = self.offending_stack(tid, tgid, &regs);
+                let held = self
+                    .bad_handle_report(
+                        tid,
+                        tgid,
+                        &regs,
+                        desc,
+                        h.fd,
+                        h.kind,
+                        h.action,
+                        false,
+                        h.quarantined,
+                        offending,
+                    )
+                    .map(|report| {
+                        Box::new(HeldReport {
+                            report,
+                            action: h.action,
+                        })
+                    });
+                if let Some(t) = self.threads.get_mut(&tid) {
+                    t.held = held;
+                }
+                self.skip_with(tid, regs, libc::EBADF);
+                self.resume(tid, None);
+                true
+            }
+            Verdict::Raise {
+                fd,
+                kind,
+                action,
+                quarantined,
+                run,
+                ..
+            } => {
+                let offending = self.offending_stack(tid, tgid, &regs);
+                let report = self.bad_handle_report(
+                    tid,
+                    tgid,
+                    &regs,
+                    desc,
+                    fd,
+                    kind,
+                    action,
+                    run,
+                    quarantined,
+                    offending,
+                );
+                if !run {
+                    self.skip_with(tid, regs, libc::EBADF);
+                }
+                match report {
+                    Some(r) => {
+                        self.emit(&r);
+                        self.raise(tid, tgid, action);
+                    }
+                    // Suppressed: the call is answered as a closed fd
+                    // would be, and nothing follows.
+                    None => self.resume(tid, None),
+                }
+                true
+            }
+        }
+    }
+
+    /// The report of a close the judge held is due: no sweep followed.
+    /// Written now; with `deliver`, the action's consequence is delivered
+    /// to the thread at its current call (at the thread's exit or exec
+    /// there is nobody left to deliver it to).
+    pub(super) fn flush_held(&mut self, tid: i32, deliver: bool) {
+        let Some(t) = self.threads.get_mut(&tid) else {
+            return;
+        };
+        let tgid = t.tgid;
+        let Some(mut h) = t.held.take() else {
+            return;
+        };
+        if !deliver {
+            h.report.outcome = "the call failed with EBADF; the thread ended before another call showed a close sweep".into();
+        }
+        self.emit(&h.report);
+        if deliver {
+            self.deliver(tid, tgid, h.action);
+        }
+    }
+
+    /// The shim's judge held a close and calls it due now: its report,
+    /// with the stack the shim captured at the close, and the action.
+    fn on_shim_held(&mut self, tid: i32, tgid: i32, regs: Regs, h: shimtable::HeldByShim) {
+        self.skip_with(tid, regs, libc::EBADF);
+        let Some(desc) = syscalls::lookup(h.nr) else {
             self.resume(tid, None);
             return;
+        };
+        let pcs: Vec<u64> = tracer::read_mem(tid, h.pcs, h.n * 8)
+            .map(|b| {
+                b.chunks_exact(8)
+                    .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8])))
+                    .take_while(|&pc| pc != 0)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let offending = self.symbolize(tgid, Some(&Arc::new(pcs)));
+        let known = self.known(tid, h.fd);
+        let op = judge::op_of(h.nr, &[h.fd as u64, 0, 0, 0, 0, 0], 0, false);
+        let policy = self.policy_of(tgid);
+        let verdict = judge::judge_now(
+            &[judge::Arg {
+                op,
+                fd: h.fd,
+                known,
+            }],
+            &policy,
+        );
+        let Verdict::Raise {
+            kind,
+            action,
+            quarantined,
+            ..
+        } = verdict
+        else {
+            self.resume(tid, None);
+            return;
+        };
+        let mut call = regs;
+        call.rdi = h.fd as u64;
+        match self.bad_handle_report(
+            tid,
+            tgid,
+            &call,
+            desc,
+            h.fd,
+            kind,
+            action,
+            false,
+            quarantined,
+            offending,
+        ) {
+            Some(mut r) => {
+                r.outcome = held_outcome(action, self.opts.on_exception);
+                self.emit(&r);
+                self.raise(tid, tgid, action);
+            }
+            None => self.resume(tid, None),
         }
-        let is_close = matches!(desc.kind, Kind::Close);
-        let is_dup = matches!(desc.kind, Kind::Dup | Kind::DupTo)
-            || desc.nr == libc::SYS_fcntl && {
-                let cmd = regs.rsi as i32;
-                cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC
-            };
+    }
+
+    /// The bad-handle report of a call, or None when a suppression matches
+    /// it (counted).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn bad_handle_report(
+        &mut self,
+        tid: i32,
+        tgid: i32,
+        regs: &Regs,
+        desc: &'static Desc,
+        fd: i32,
+        kind: judge::Kind,
+        action: Action,
+        run: bool,
+        quarantined: bool,
+        backtrace: Vec<Frame>,
+    ) -> Option<ExceptionReport> {
         let (closed_info, value) = {
-            let t = &self.threads[&tid];
+            let t = self.threads.get(&tid)?;
             let table = t.table.borrow();
             let info = table.closed_info(fd).cloned();
             let value = info.as_ref().map(|c| table.value_of(fd, c.generation));
             (info, value)
-        };
-        let kind = match (&bad, is_close, is_dup) {
-            (_, true, _) if closed_info.is_some() => "double-close",
-            (_, true, _) => "close-never-opened",
-            (_, _, true) if closed_info.is_some() => "dup-closed",
-            (_, _, true) => "dup-never-opened",
-            (Bad::Stale | Bad::StaleInherited, _, _) => "use-closed",
-            (Bad::NotOpen, _, _) if closed_info.is_some() => "use-closed",
-            (Bad::NotOpen | Bad::Internal, _, _) => "use-never-opened",
-        };
-        let what = match (&bad, is_close, is_dup) {
-            (_, true, _) if closed_info.is_some() => "close of a closed handle (double close)",
-            (_, true, _) => "close of a handle that was never opened",
-            (_, _, true) if closed_info.is_some() => "duplication of a closed handle",
-            (_, _, true) => "duplication of a handle that was never opened",
-            (Bad::Stale | Bad::StaleInherited, _, _) => {
-                "use of a closed handle (its fd number is quarantined)"
-            }
-            (Bad::NotOpen, _, _) if closed_info.is_some() => "use of a closed handle",
-            (Bad::NotOpen | Bad::Internal, _, _) => "use of a handle that was never opened",
         };
         let handle = match (&closed_info, value) {
             (Some(c), Some(v)) => {
@@ -594,29 +805,27 @@ impl Job {
                     line.push(' ');
                     line.push_str(&c.facts.target);
                 }
-                Some(line)
+                line
             }
-            _ => Some(format!("fd {fd}: not open")),
+            _ => format!("fd {fd}: not open"),
         };
+        let held = desc.kind == Kind::Close && !run;
         let outcome = match action {
             Action::Kill => "the process is killed (SIGKILL)".to_string(),
             _ => {
-                let call = if deny {
-                    "the call fails with EBADF without running"
-                } else {
+                let call = if run {
                     "the call runs (and fails with EBADF)"
+                } else {
+                    "the call fails with EBADF without running"
                 };
-                match self.opts.on_exception {
-                    OnException::Trap => format!("{call}; SIGTRAP follows"),
-                    OnException::Stop => format!("{call}; the process is stopped for a debugger"),
-                }
+                let _ = held;
+                format!("{call}; {}", after_words(self.opts.on_exception))
             }
         };
-        let backtrace = self.offending_stack(tid, tgid, &regs);
         let suppressed = {
             let event = Event {
                 report: "bad-handle",
-                kind,
+                kind: kind.name(),
                 ty: closed_info.as_ref().map_or("", |c| c.facts.ty),
                 path: closed_info.as_ref().map_or("", |c| c.facts.target.as_str()),
                 frames: backtrace
@@ -632,11 +841,7 @@ impl Job {
         };
         if suppressed {
             self.suppressed += 1;
-            if matches!(bad, Bad::Stale | Bad::StaleInherited) {
-                self.skip_with(tid, regs, libc::EBADF);
-            }
-            self.resume(tid, None);
-            return;
+            return None;
         }
         let mut sections = vec![Section {
             title: "backtrace".into(),
@@ -661,27 +866,22 @@ impl Job {
                 frames,
             });
         }
-        let report = ExceptionReport {
-            handle,
-            what: what.into(),
+        Some(ExceptionReport {
+            handle: Some(handle),
+            what: kind.sentence(quarantined).into(),
             outcome,
             sections,
             ..self.report_head(
                 "bad-handle".into(),
-                kind.into(),
+                kind.name().into(),
                 Some(fd),
                 action.to_string(),
                 tid,
                 tgid,
                 desc,
-                &regs,
+                regs,
             )
-        };
-        self.emit(&report);
-        if deny {
-            self.skip_with(tid, regs, libc::EBADF);
-        }
-        self.raise(tid, tgid, action);
+        })
     }
 
     /// The wrong-object condition: a call on an fd of a type it cannot work
@@ -939,16 +1139,6 @@ pub(super) fn judged_at_every_call(desc: &Desc, policy: &Policy, budget: bool) -
     (creates && judges_new) || (judges_kind && expected_object(desc.name).is_some())
 }
 
-/// `fcntl(fd, F_DUPFD[_CLOEXEC], n)`.
-pub(super) fn is_dup_probe(desc: &Desc, a: &[u64; 6]) -> bool {
-    desc.kind == Kind::Fcntl && matches!(a[1] as i32, libc::F_DUPFD | libc::F_DUPFD_CLOEXEC)
-}
-
-/// `fcntl(fd, F_GETFD)` or `fcntl(fd, F_GETFL)`: a question, not a use.
-pub(super) fn is_probe(desc: &Desc, a: &[u64; 6]) -> bool {
-    desc.kind == Kind::Fcntl && matches!(a[1] as i32, libc::F_GETFD | libc::F_GETFL)
-}
-
 /// A socket's type in the model: AF_UNIX sockets are channels.
 pub(super) fn refine_socket(tgid: i32, fd: i32, ty: ObjType) -> ObjType {
     if ty == ObjType::Socket
@@ -1020,5 +1210,29 @@ pub(super) fn object_facts_at(
         ty: ty.name(),
         koid,
         target,
+    }
+}
+
+/// What follows an exception, in a report's outcome line.
+pub(super) fn after_words(on: OnException) -> &'static str {
+    match on {
+        OnException::Trap => "SIGTRAP follows",
+        OnException::Stop => "the process is stopped for a debugger",
+        OnException::Continue => "the program goes on (--on-exception=continue)",
+    }
+}
+
+/// The outcome line of a close whose report was held for a sweep that
+/// did not follow.
+fn held_outcome(action: Action, on: OnException) -> String {
+    match action {
+        Action::Kill => {
+            "the call failed with EBADF; no close sweep followed; the process is killed (SIGKILL)"
+                .into()
+        }
+        _ => format!(
+            "the call failed with EBADF; no close sweep followed; {}",
+            after_words(on)
+        ),
     }
 }

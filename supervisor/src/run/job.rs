@@ -48,6 +48,9 @@ pub enum OnException {
     Trap,
     /// Leave the process stopped and detached for a debugger.
     Stop,
+    /// Log and resume, as a debugger's exception handler that continues:
+    /// the call fails as it would natively and the program goes on.
+    Continue,
 }
 
 /// Everything `handles run` needs.
@@ -162,16 +165,27 @@ pub(super) struct Thread {
     pub(super) table: TableRef,
     pub(super) pending: Option<ExitWork>,
     pub(super) predicted: Option<Predicted>,
-    /// The fd of this thread's last close(), to tell a close sweep
-    /// (closefrom emulated with a loop) from a double close.
-    pub(super) last_close: Option<i32>,
+    /// The judge's memory of this thread's recent calls (close sweeps).
+    pub(super) memo: handles_model::judge::Memo,
+    /// The report of a close the judge held until the thread's next call
+    /// shows whether a sweep follows (`judge::Verdict::Hold`).
+    pub(super) held: Option<Box<HeldReport>>,
     /// Its first stop (the auto-attach stop) has been seen and resumed.
     pub(super) started: bool,
     /// PTRACE_EVENT_EXIT seen: it is on its way out.
     pub(super) exiting: bool,
 }
 
+/// A report held by the judge (see `Thread::held`).
+pub(super) struct HeldReport {
+    pub(super) report: ExceptionReport,
+    pub(super) action: Action,
+}
+
 pub(super) struct Process {
+    /// The image is a shell (`judge::is_shell` of /proc/PID/exe), read at
+    /// first need.
+    pub(super) shell: Option<bool>,
     /// RLIMIT_NOFILE, cached: a stale value only risks an EMFILE, which
     /// releases the quarantine and retries the call anyway.
     pub(super) nofile: Option<(u64, u32)>,
@@ -355,6 +369,8 @@ pub struct Job {
     pub(super) suppressed: usize,
     pub(super) leak_reports: Vec<ProcessLeaks>,
     pub(super) exception_list: Vec<SerException>,
+    /// Index in `exception_list` of each report context seen.
+    pub(super) contexts: HashMap<String, usize>,
     /// The job tree, for the JSON report.
     pub(super) tree: std::collections::BTreeMap<i32, SerProcess>,
     pub(super) log: Option<std::fs::File>,
@@ -469,6 +485,7 @@ impl Job {
             suppressed: 0,
             leak_reports: Vec::new(),
             exception_list: Vec::new(),
+            contexts: HashMap::new(),
             tree: Default::default(),
             log,
             published: HashMap::new(),
@@ -485,7 +502,8 @@ impl Job {
                 table: Rc::new(RefCell::new(FdTable::new(mixer))),
                 pending: None,
                 predicted: None,
-                last_close: None,
+                memo: handles_model::judge::Memo::new(),
+                held: None,
                 started: true,
                 exiting: false,
             },
@@ -495,7 +513,7 @@ impl Job {
             Process {
                 nofile: None,
                 name: comm(root),
-                policy: job.opts.policy.clone(),
+                policy: job.opts.policy,
                 maps: None,
                 detaching: false,
                 over_budget: false,
@@ -504,6 +522,7 @@ impl Job {
                 loading: false,
                 strict: !lenient,
                 fd_dir: None,
+                shell: None,
                 exec_unverified: false,
                 inherited_at_fork: Vec::new(),
             },
@@ -532,6 +551,8 @@ impl Job {
             job.write_report(&text);
         }
         job.write_machine_reports()?;
+        let summary = job.error_summary();
+        job.write_report(&summary);
         Ok(Outcome {
             exit: job.root_exit.unwrap_or(Exit::Code(0)),
             exceptions: job.exceptions,
@@ -806,12 +827,12 @@ impl Job {
                 // The child's shim makes it a table at its first write.
                 Some(p) => (
                     p.name.clone(),
-                    p.policy.clone(),
+                    p.policy,
                     p.strict,
                     p.shim.is_some() || p.awaiting_shim,
                     p.loading,
                 ),
-                None => (comm(child), self.opts.policy.clone(), true, false, false),
+                None => (comm(child), self.opts.policy, true, false, false),
             };
             // A forked child carries its parent's name until it execs.
             self.tree.insert(
@@ -837,6 +858,7 @@ impl Job {
                     loading,
                     strict,
                     fd_dir: None,
+                    shell: None,
                     exec_unverified: false,
                     inherited_at_fork: Vec::new(),
                 },
@@ -850,7 +872,8 @@ impl Job {
                 table,
                 pending: None,
                 predicted: None,
-                last_close: None,
+                memo: handles_model::judge::Memo::new(),
+                held: None,
                 started,
                 exiting: false,
             },
@@ -874,6 +897,12 @@ impl Job {
             self.resume(tid, None);
             return;
         };
+        // A report held at the old image's last close is due: the new
+        // image starts with no sweep to continue.
+        self.flush_held(tid, false);
+        if let Some(t) = self.threads.get_mut(&tid) {
+            t.memo = handles_model::judge::Memo::new();
+        }
         // de_thread killed every other thread of the process.
         self.threads.retain(|&k, t| k == tid || t.tgid != tgid);
         if tid == self.root || tgid == self.root {
@@ -958,6 +987,7 @@ impl Job {
         if let Some(p) = self.procs.get_mut(&tgid) {
             p.awaiting_shim = awaiting_shim;
             p.loading = awaiting_shim;
+            p.shell = None;
             p.exec_unverified = deferred;
             p.inherited_at_fork.clear();
             p.name = name;
@@ -990,7 +1020,7 @@ impl Job {
         let wanted = Policy::decode(text).ok()?;
         // Zircon's rule for nested jobs: start from the parent's policy and
         // change only what it left overridable.
-        let mut p = self.procs.get(&tgid)?.policy.clone();
+        let mut p = self.procs.get(&tgid)?.policy;
         for (c, e) in wanted.entries() {
             p.set(c, e).ok()?;
         }
@@ -1090,12 +1120,24 @@ impl Job {
     pub(super) fn policy_of(&self, tgid: i32) -> Policy {
         self.procs
             .get(&tgid)
-            .map(|p| p.policy.clone())
-            .unwrap_or_else(|| self.opts.policy.clone())
+            .map(|p| p.policy)
+            .unwrap_or_else(|| self.opts.policy)
     }
 
+    /// Writes an exception report and counts it. Reports are counted per
+    /// context (the offending stack and the stack that closed the handle,
+    /// as valgrind's are): the first of a context is written in full,
+    /// later ones only counted, in the summary and in `--report`/`--sarif`.
     pub(super) fn emit(&mut self, report: &ExceptionReport) {
         self.exceptions += 1;
+        let key = report.context_key();
+        if let Some(&i) = self.contexts.get(&key) {
+            if let Some(e) = self.exception_list.get_mut(i) {
+                e.count += 1;
+            }
+            return;
+        }
+        self.contexts.insert(key, self.exception_list.len());
         let text = report.render();
         self.write_report(&text);
         self.exception_list.push(SerException {
@@ -1111,6 +1153,7 @@ impl Job {
             handle: report.handle.clone(),
             what: report.what.clone(),
             outcome: report.outcome.clone(),
+            count: 1,
             stacks: report
                 .sections
                 .iter()
@@ -1120,6 +1163,19 @@ impl Job {
                 })
                 .collect(),
         });
+    }
+
+    /// valgrind's closing line, in every mode, so that a CI log always
+    /// ends with a count.
+    pub(super) fn error_summary(&self) -> String {
+        format!(
+            "handles: ERROR SUMMARY: {} exception{} from {} context{} ({} suppressed)\n",
+            self.exceptions,
+            if self.exceptions == 1 { "" } else { "s" },
+            self.contexts.len(),
+            if self.contexts.len() == 1 { "" } else { "s" },
+            self.suppressed
+        )
     }
 
     /// `--report` and `--sarif`, written once the job is over.
@@ -1170,21 +1226,26 @@ impl Job {
         }
     }
 
-    /// After a report: kill, trap, or stop the offender.
+    /// After a report: kill, trap, or stop the offender, and resume it.
     pub(super) fn raise(&mut self, tid: i32, tgid: i32, action: Action) {
+        self.deliver(tid, tgid, action);
+        self.resume(tid, None);
+    }
+
+    /// The consequence of an exception, without resuming: SIGKILL, a
+    /// pending SIGTRAP (delivered when the call returns, as a synchronous
+    /// exception would be), a stop for the debugger, or nothing
+    /// (`--on-exception=continue`).
+    pub(super) fn deliver(&mut self, tid: i32, tgid: i32, action: Action) {
         match action {
             Action::Kill => {
                 // SAFETY: kill(2) of one of our tracees.
                 unsafe { libc::kill(tgid, libc::SIGKILL) };
-                self.resume(tid, None);
             }
             Action::AllowException | Action::DenyException => match self.opts.on_exception {
                 OnException::Trap => {
-                    // The signal is pending when the call returns, as a
-                    // synchronous exception would be.
                     // SAFETY: tgkill to one of our tracees.
                     unsafe { libc::syscall(libc::SYS_tgkill, tgid, tid, libc::SIGTRAP) };
-                    self.resume(tid, None);
                 }
                 OnException::Stop => {
                     if let Some(p) = self.procs.get_mut(&tgid) {
@@ -1198,10 +1259,10 @@ impl Job {
                     eprintln!(
                         "handles: note: its fd syscalls fail with ENOSYS if it is resumed, as no supervisor serves its seccomp filter any more"
                     );
-                    self.resume(tid, None);
                 }
+                OnException::Continue => {}
             },
-            _ => self.resume(tid, None),
+            _ => {}
         }
     }
 

@@ -7,6 +7,7 @@ impl Job {
     /// PTRACE_EVENT_EXIT: the thread is exiting but its fd table still
     /// exists. When it is the last thread using the table, check for leaks.
     pub(super) fn on_exit_event(&mut self, tid: i32) {
+        self.flush_held(tid, false);
         if let Some(t) = self.threads.get_mut(&tid) {
             t.exiting = true;
         }

@@ -31,6 +31,9 @@ pub struct SerException {
     pub handle: Option<String>,
     pub what: String,
     pub outcome: String,
+    /// How many exceptions of this context (same offending and closing
+    /// stacks) there were; only the first was written in full.
+    pub count: usize,
     pub stacks: Vec<SerStack>,
 }
 
@@ -46,7 +49,7 @@ pub struct SerProcess {
     pub exit: Option<Value>,
 }
 
-pub const SCHEMA: &str = "handles.run.v1";
+pub const SCHEMA: &str = "handles.run.v2";
 
 #[allow(clippy::too_many_arguments)]
 pub fn json_report(
@@ -67,7 +70,8 @@ pub fn json_report(
         "leaks": leaks.iter().filter(|p| p.count() > 0).collect::<Vec<_>>(),
         "processes": processes,
         "summary": {
-            "exceptions": exceptions.len(),
+            "exceptions": exceptions.iter().map(|e| e.count).sum::<usize>(),
+            "contexts": exceptions.len(),
             "leaked_handles": leaked,
             "suppressed": suppressed + leak_suppressed,
         },
@@ -140,6 +144,7 @@ pub fn sarif(version: &str, exceptions: &[SerException], leaks: &[ProcessLeaks])
             "level": "error",
             "message": { "text": format!("{}: {} in process {} ({}), {}", e.condition, e.what, e.pid, e.process, e.syscall) },
             "stacks": e.stacks.iter().map(|s| sarif_stack(&s.title, &s.frames)).collect::<Vec<_>>(),
+            "occurrenceCount": e.count,
             "properties": { "pid": e.pid, "tid": e.tid, "action": e.action, "kind": e.kind },
         });
         results.push(with_location(r, first));

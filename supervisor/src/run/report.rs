@@ -39,6 +39,29 @@ pub struct ExceptionReport {
 }
 
 impl ExceptionReport {
+    /// What makes two reports the same context: the condition and kind,
+    /// and the code locations (module and offset, the same in every
+    /// process of a program) of the offending stack and of the stack that
+    /// closed the handle.
+    pub fn context_key(&self) -> String {
+        let mut key = format!("{}/{}", self.condition, self.kind);
+        for s in self
+            .sections
+            .iter()
+            .filter(|s| s.title == "backtrace" || s.title.starts_with("closed by"))
+        {
+            key.push('|');
+            for f in &s.frames {
+                key.push_str(&format!(
+                    " {}+{:x}",
+                    f.module.as_deref().unwrap_or("?"),
+                    f.module_offset
+                ));
+            }
+        }
+        key
+    }
+
     pub fn render(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(

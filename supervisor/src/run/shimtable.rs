@@ -94,6 +94,33 @@ pub(super) fn is_announcement(nr: i64, a: &[u64; 6], cookie: u64) -> bool {
     })
 }
 
+/// The marker tag a call carries in its cookie register, if any: the
+/// shim's word that it judged the call itself (CHECK, PROXY, HELD).
+pub(super) fn marker_of(nr: i64, a: &[u64; 6], cookie: u64) -> Option<u32> {
+    let d = handles_model::syscalls::lookup(nr)?;
+    table::marker::tag(cookie, a[usize::from(d.cookie_arg()?)])
+}
+
+/// A report the shim's judge held and now calls due:
+/// `fstat(fd, buf, HELD marker, nr, pcs, n)` (see `marker::HELD`).
+pub(super) struct HeldByShim {
+    pub(super) fd: i32,
+    pub(super) nr: i64,
+    pub(super) pcs: u64,
+    pub(super) n: usize,
+}
+
+pub(super) fn held_by_shim(nr: i64, a: &[u64; 6], cookie: u64) -> Option<HeldByShim> {
+    (nr == libc::SYS_fstat && marker_of(nr, a, cookie) == Some(table::marker::HELD)).then(|| {
+        HeldByShim {
+            fd: a[0] as i32,
+            nr: a[3] as i64,
+            pcs: a[4],
+            n: (a[5] as usize).min(table::STACK_DEPTH * 4),
+        }
+    })
+}
+
 /// The call a shim proxy stands for: `fstat(fd, buf, PROXY marker, nr)`
 /// is the shim handing on a bad six-argument call `nr` on `fd` (no
 /// register was free for a marker). Returns `nr`'s description and
