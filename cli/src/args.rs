@@ -142,7 +142,8 @@ pub struct RunArgs {
     #[arg(long = "suppressions", value_name = "FILE")]
     pub suppressions: Vec<PathBuf>,
     /// Do not apply the built-in suppressions for known-benign behaviour of
-    /// common programs (bash's pipeline double close).
+    /// common programs (bash's pipeline double close, the fd bash and dash
+    /// keep on their script).
     #[arg(long)]
     pub no_default_suppressions: bool,
     /// The program and its arguments, after `--`.
