@@ -656,3 +656,71 @@ fn a_shell_script_that_really_leaks_is_still_reported() {
     // The script's own fd, in the same process, was accepted.
     assert!(summary(&stderr).ends_with("(1 suppressed)"), "{stderr}");
 }
+
+/// The lines of stderr that are not ours: the rules `--gen-suppressions`
+/// prints bare, ready to paste.
+fn printed_rules(stderr: &str) -> String {
+    stderr
+        .lines()
+        .filter(|l| !l.starts_with("handles: "))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+#[test]
+fn gen_suppressions_after_an_exception_round_trips() {
+    let prog = fixture("run_bugs");
+    let work = scratch("gen-exc-work");
+    let work = work.to_str().unwrap_or_default();
+    for (mode, flags) in [
+        (&["double-close"][..], &[][..]),
+        (&["reuse", work][..], &[][..]),
+        (&["reuse", work][..], &["--no-shim"][..]),
+    ] {
+        let run = |extra: &[&str]| {
+            Command::new(handles())
+                .arg("run")
+                .args(flags)
+                .args(extra)
+                .arg("--")
+                .arg(&prog)
+                .args(mode)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run handles")
+        };
+        let o = run(&["--gen-suppressions"]);
+        let stderr = stderr_of(&o);
+        assert!(stderr.contains("policy exception: bad-handle"), "{stderr}");
+        let rules = printed_rules(&stderr);
+        assert_eq!(
+            rules.lines().filter(|l| l.starts_with('[')).count(),
+            1,
+            "one rule\n{rules}"
+        );
+        assert!(rules.starts_with("[bad-handle-"), "{mode:?}\n{stderr}");
+        assert!(rules.contains("\nframe = fun:"), "{rules}");
+        let dir = scratch("gen-exc");
+        let supp = dir.join("exc.supp");
+        std::fs::write(&supp, &rules).expect("write");
+        let json = dir.join("exc.json");
+        let o = run(&[
+            "--suppressions",
+            supp.to_str().unwrap_or_default(),
+            "--report",
+            json.to_str().unwrap_or_default(),
+        ]);
+        let stderr = stderr_of(&o);
+        // As natively: the program ends normally.
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{mode:?} {flags:?}\n{stderr}\n{rules}"
+        );
+        assert!(!stderr.contains("policy exception"), "{stderr}");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).expect("read")).expect("json");
+        assert_eq!(v["summary"]["exceptions"], 0, "{v}");
+        assert_eq!(v["summary"]["suppressed"], 1, "{v}");
+    }
+}

@@ -211,8 +211,8 @@ impl Rule {
             .filter(|f| f.function.is_some() || f.module.is_some())
             .take(depth)
             .map(|f| match (f.function, f.module) {
-                (Some(func), _) => FramePattern::Fun(func.to_string()),
-                (None, Some(m)) => FramePattern::Obj(m.to_string()),
+                (Some(func), _) => FramePattern::Fun(literal(func)),
+                (None, Some(m)) => FramePattern::Obj(literal(m)),
                 (None, None) => FramePattern::Obj("*".into()),
             })
             .collect();
@@ -226,6 +226,54 @@ impl Rule {
         }
     }
 }
+
+/// `text` as a glob that matches it and survives the file format: `#`
+/// starts a comment there, so it becomes `?` (globs have no escape; `*`
+/// and `?` in a name match themselves among others).
+fn literal(text: &str) -> String {
+    text.replace('#', "?")
+}
+
+/// The rule `--gen-suppressions` prints after an exception report: it
+/// matches exactly that report's condition, kind, object type (when
+/// known) and the innermost frames of the offending stack (a function
+/// name where there is one, else the module). Pure: the caller passes the
+/// report's fields.
+pub fn exception_rule(condition: &str, kind: &str, ty: &str, frames: &[FrameRef<'_>]) -> String {
+    // Named after the innermost function the program knows (frames in libc
+    // come first without the shim), for a reader of the file.
+    let place = frames
+        .iter()
+        .filter_map(|f| f.function)
+        .find(|f| !f.starts_with("__"))
+        .map(|f| {
+            f.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '_' {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect::<String>()
+        });
+    let name = match place {
+        Some(p) => format!("{condition}-{kind}-in-{p}"),
+        None => format!("{condition}-{kind}"),
+    };
+    let event = Event {
+        report: condition,
+        kind,
+        ty,
+        path: "",
+        frames: frames.to_vec(),
+    };
+    Rule::for_event(&name, &event, GENERATED_FRAMES).render()
+}
+
+/// Frame lines in a generated rule: enough to pin the call site, few
+/// enough that an unrelated caller further out does not matter.
+pub const GENERATED_FRAMES: usize = 4;
 
 /// A set of rules.
 #[derive(Debug, Clone, Default)]
@@ -525,6 +573,95 @@ mod tests {
         let s = Suppressions::parse(text, "f").unwrap();
         assert_eq!(s.rules[0].render(), text);
         assert!(Suppressions::parse("[r]\nargument = maybe\n", "f").is_err());
+    }
+
+    #[test]
+    fn exception_rules_match_exactly_their_report() {
+        let frames = [
+            FrameRef {
+                function: Some("__GI___close"),
+                module: Some("/usr/lib/libc.so.6"),
+                file: Some("close.c"),
+            },
+            FrameRef {
+                function: Some("double_close"),
+                module: Some("/t/run_bugs"),
+                file: Some("run_bugs.c"),
+            },
+            FrameRef {
+                module: Some("/t/run_bugs"),
+                ..FrameRef::default()
+            },
+            FrameRef {
+                function: Some("main"),
+                module: Some("/t/run_bugs"),
+                file: None,
+            },
+            FrameRef {
+                function: Some("_start"),
+                module: Some("/t/run_bugs"),
+                file: None,
+            },
+        ];
+        let text = exception_rule("bad-handle", "double-close", "chardev", &frames);
+        assert_eq!(
+            text,
+            "[bad-handle-double-close-in-double_close]\n\
+             report = bad-handle\n\
+             kind = double-close\n\
+             type = chardev\n\
+             frame = fun:__GI___close\n\
+             frame = fun:double_close\n\
+             frame = obj:/t/run_bugs\n\
+             frame = fun:main\n"
+        );
+        let s = Suppressions::parse(&text, "gen").unwrap();
+        let e = Event {
+            report: "bad-handle",
+            kind: "double-close",
+            ty: "chardev",
+            path: "/dev/null",
+            frames: frames.to_vec(),
+        };
+        assert!(s.matching(&e).is_some());
+        // Another kind, type or call site is not matched.
+        assert!(s
+            .matching(&Event {
+                kind: "use-closed",
+                ..e.clone()
+            })
+            .is_none());
+        assert!(s
+            .matching(&Event {
+                ty: "pipe",
+                ..e.clone()
+            })
+            .is_none());
+        let elsewhere = Event {
+            frames: vec![frames[0], frames[3]],
+            ..e.clone()
+        };
+        assert!(s.matching(&elsewhere).is_none());
+        // No type known, no stack: the rule still parses and says so.
+        let bare = exception_rule("new-file", "new-file", "", &[]);
+        assert_eq!(
+            bare,
+            "[new-file-new-file]\nreport = new-file\nkind = new-file\n"
+        );
+        // A `#` in a name would start a comment: it is matched by `?`.
+        let odd = [FrameRef {
+            function: Some("f#1"),
+            ..FrameRef::default()
+        }];
+        let text = exception_rule("bad-handle", "use-closed", "", &odd);
+        let s = Suppressions::parse(&text, "gen").unwrap();
+        let e = Event {
+            report: "bad-handle",
+            kind: "use-closed",
+            frames: odd.to_vec(),
+            ..Event::default()
+        };
+        assert!(s.matching(&e).is_some(), "{text}");
     }
 
     #[test]

@@ -1096,7 +1096,12 @@ impl Job {
 
     pub(super) fn emit(&mut self, report: &ExceptionReport) {
         self.exceptions += 1;
-        let text = report.render();
+        let mut text = report.render();
+        if self.opts.gen_suppressions {
+            // Printed bare after the report, ready to paste into a
+            // suppressions file, as after a leak report.
+            text.push_str(&self.rule_for(report));
+        }
         self.write_report(&text);
         self.exception_list.push(SerException {
             condition: report.condition.clone(),
@@ -1120,6 +1125,35 @@ impl Job {
                 })
                 .collect(),
         });
+    }
+
+    /// `--gen-suppressions`: the rule that matches exactly this report.
+    /// Its object type is the one suppression matching sees (checks.rs):
+    /// the closed handle's, which the table still holds at this point.
+    fn rule_for(&self, report: &ExceptionReport) -> String {
+        let ty = match (report.condition.as_str(), report.fd) {
+            ("bad-handle", Some(fd)) => self
+                .threads
+                .get(&report.tid)
+                .and_then(|t| t.table.borrow().closed_info(fd).map(|c| c.facts.ty)),
+            _ => None,
+        };
+        // The first section is the offending call's stack.
+        let frames: Vec<FrameRef<'_>> = report
+            .sections
+            .first()
+            .map(|s| {
+                s.frames
+                    .iter()
+                    .map(|f| FrameRef {
+                        function: f.function.as_deref(),
+                        module: f.module.as_deref(),
+                        file: f.file.as_deref(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        crate::suppress::exception_rule(&report.condition, &report.kind, ty.unwrap_or(""), &frames)
     }
 
     /// `--report` and `--sarif`, written once the job is over.
