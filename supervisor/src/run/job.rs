@@ -108,6 +108,9 @@ pub struct Outcome {
     /// Leaked handles reported (after suppressions).
     pub leaks: usize,
     pub leak_reports: Vec<ProcessLeaks>,
+    /// SIGINT or SIGTERM ended the wait for a process left stopped for a
+    /// debugger (`--on-exception=stop`): the signal.
+    pub interrupted: Option<i32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -224,7 +227,20 @@ pub(super) enum Bad {
 
 pub(super) static FORWARD_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
+/// SIGINT or SIGTERM reached `handles`, from whatever sender (a terminal's
+/// Ctrl-C included): while a process waits stopped for a debugger, it ends
+/// the wait (`Job::end_wait`).
+pub(super) static END_WAIT: AtomicI32 = AtomicI32::new(0);
+
+/// How long a wait for the job blocks while a process is left stopped for
+/// a debugger: a SIGTERM landing between the loop's check and waitpid
+/// would otherwise go unseen until the next event, which may never come.
+const WAIT_TICK_US: libc::suseconds_t = 200_000;
+
 extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    if sig == libc::SIGINT || sig == libc::SIGTERM {
+        END_WAIT.store(sig, Ordering::SeqCst);
+    }
     // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
     let code = unsafe { (*info).si_code };
     // A terminal's Ctrl-C (SI_KERNEL) reached the whole foreground group,
@@ -258,6 +274,36 @@ pub(super) fn install_forwarding() {
             libc::sigaction(sig, &sa, std::ptr::null_mut());
         }
     }
+}
+
+extern "C" fn on_tick(_sig: libc::c_int) {}
+
+/// SIGALRM interrupts waitpid (no SA_RESTART) so the loop looks at
+/// END_WAIT again; see WAIT_TICK_US.
+fn install_tick() {
+    // SAFETY: installing a handler that does nothing.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_tick as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGALRM, &sa, std::ptr::null_mut());
+    }
+}
+
+/// Arms a one-shot SIGALRM in `us` microseconds (0 disarms).
+fn tick_in(us: libc::suseconds_t) {
+    let it = libc::itimerval {
+        it_interval: libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+        it_value: libc::timeval {
+            tv_sec: 0,
+            tv_usec: us,
+        },
+    };
+    // SAFETY: setitimer reads the local struct; no old value is asked for.
+    unsafe { libc::setitimer(libc::ITIMER_REAL, &it, std::ptr::null_mut()) };
 }
 
 pub(super) fn random_u64() -> u64 {
@@ -370,6 +416,10 @@ pub struct Job {
     /// Offset of a `syscall` instruction in the vDSO (the same image in
     /// every process), where filters are injected from.
     pub(super) vdso_syscall: Option<u64>,
+    /// Processes left stopped for a debugger (`--on-exception=stop`).
+    pub(super) stopped: Vec<i32>,
+    /// The signal that ended the wait for them.
+    pub(super) ended_by: Option<i32>,
 }
 
 impl Job {
@@ -475,6 +525,8 @@ impl Job {
             shim_injected: opts.shim.is_some(),
             strict_filter,
             vdso_syscall: None,
+            stopped: Vec::new(),
+            ended_by: None,
             opts,
         };
         let mixer = random_u64() as u32;
@@ -538,6 +590,7 @@ impl Job {
             suppressed: job.suppressed,
             leaks: job.leak_reports.iter().map(|p| p.count()).sum(),
             leak_reports: job.leak_reports,
+            interrupted: job.ended_by,
         })
     }
 
@@ -549,11 +602,28 @@ impl Job {
             self.on_gone(pid, Exit::Signal(sig, core));
         }
         loop {
+            let end = END_WAIT.swap(0, Ordering::SeqCst);
+            if end != 0 && !self.stopped.is_empty() && self.ended_by.is_none() {
+                // Ours to act on, not the job's to receive.
+                FORWARD_SIGNAL.store(0, Ordering::SeqCst);
+                self.end_wait(end);
+            }
+            if self.ended_by.is_some() && !self.detach_pending() {
+                return Ok(None);
+            }
             let sig = FORWARD_SIGNAL.swap(0, Ordering::SeqCst);
             if sig != 0 {
                 self.forward(sig);
             }
-            match tracer::wait(None) {
+            let ticking = !self.stopped.is_empty();
+            if ticking {
+                tick_in(WAIT_TICK_US);
+            }
+            let waited = tracer::wait(None);
+            if ticking {
+                tick_in(0);
+            }
+            match waited {
                 Ok(tracer::Waited::Status(st)) => return Ok(Some(st)),
                 // Real-time signals: passed on as they came.
                 Ok(tracer::Waited::SignalStop(tid, sig)) => {
@@ -572,6 +642,45 @@ impl Job {
                 Err(e) => return Err(RunError::Wait(e)),
             }
         }
+    }
+
+    /// SIGINT/SIGTERM while processes wait stopped for a debugger: they stay
+    /// stopped (detached, so the exit of `handles`, whose EXITKILL kills
+    /// every tracee, spares them), the rest of the job is killed, and
+    /// `handles` exits with 128 + the signal. Detaching the rest instead
+    /// would leave them running with a seccomp filter nobody serves: every
+    /// fd syscall failing with ENOSYS.
+    pub(super) fn end_wait(&mut self, sig: i32) {
+        self.ended_by = Some(sig);
+        let name = if sig == libc::SIGINT {
+            "SIGINT"
+        } else {
+            "SIGTERM"
+        };
+        let stopped: Vec<String> = self.stopped.iter().map(i32::to_string).collect();
+        self.write_report(&format!(
+            "handles: {name}: the wait is over; the job's other processes are killed, \
+             process {} stays stopped for the debugger\n",
+            stopped.join(", ")
+        ));
+        let others: HashSet<i32> = self
+            .threads
+            .values()
+            .map(|t| t.tgid)
+            .filter(|tgid| !self.procs.get(tgid).is_some_and(|p| p.detaching))
+            .collect();
+        for tgid in others {
+            // SAFETY: kill(2) of one of our tracees.
+            unsafe { libc::kill(tgid, libc::SIGKILL) };
+        }
+    }
+
+    /// A process marked for detaching still has an attached thread (its
+    /// SIGSTOP has not been seen yet): exiting now would kill it.
+    fn detach_pending(&self) -> bool {
+        self.threads
+            .values()
+            .any(|t| self.procs.get(&t.tgid).is_some_and(|p| p.detaching))
     }
 
     /// Sends a signal the supervisor received to every process of the job.
@@ -1226,12 +1335,30 @@ impl Job {
                     }
                     // SAFETY: kill(2) of one of our tracees.
                     unsafe { libc::kill(tgid, libc::SIGSTOP) };
-                    eprintln!(
-                        "handles: process {tgid} is stopped and detached; attach a debugger with: gdb -p {tgid}"
-                    );
-                    eprintln!(
-                        "handles: note: its fd syscalls fail with ENOSYS if it is resumed, as no supervisor serves its seccomp filter any more"
-                    );
+                    if self.stopped.is_empty() {
+                        install_tick();
+                    }
+                    if !self.stopped.contains(&tgid) {
+                        self.stopped.push(tgid);
+                    }
+                    // Only the root is our child: its exit reaches us even
+                    // detached; another process's does not.
+                    let waits_for = if tgid == self.root {
+                        format!(
+                            "the job's other processes, and process {tgid} once it is resumed, to exit"
+                        )
+                    } else {
+                        "the job's other processes to exit".to_string()
+                    };
+                    let me = std::process::id();
+                    self.write_report(&format!(
+                        "handles: process {tgid} is stopped and detached; attach a debugger with: gdb -p {tgid}\n\
+                         handles:     or resume it without one: kill -CONT {tgid} (its fd syscalls then fail \
+                         with ENOSYS: no supervisor serves its seccomp filter any more)\n\
+                         handles: waiting for {waits_for}; Ctrl-C or SIGTERM to handles (pid {me}) ends the \
+                         wait: the other processes are killed, {tgid} stays stopped, and handles exits \
+                         with 128 + the signal (130, 143)\n"
+                    ));
                     self.resume(tid, None);
                 }
             },
