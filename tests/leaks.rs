@@ -541,3 +541,186 @@ fn with_the_shim_leaks_carry_the_shims_creation_stacks() {
         }
     }
 }
+
+/// Where `tool` is on PATH, or None (the test then says it skipped).
+fn on_path(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(tool))
+            .find(|p| p.is_file())
+    })
+}
+
+/// A Makefile whose targets run a bash script and a dash script: the CI
+/// recipe of the README (`handles run --leak-check -- make test`) in small.
+fn shell_project(name: &str) -> Option<PathBuf> {
+    for tool in ["make", "bash", "dash"] {
+        if on_path(tool).is_none() {
+            eprintln!("skipped: {tool} is not installed (.ci/run installs it)");
+            return None;
+        }
+    }
+    // The recipe runs `sh`: the built-in rules know dash and bash.
+    let sh = std::fs::canonicalize("/bin/sh").unwrap_or_default();
+    let sh_name = sh.file_name().and_then(|n| n.to_str()).unwrap_or("?");
+    if sh_name != "dash" && sh_name != "bash" {
+        eprintln!("skipped: /bin/sh is {}, not dash or bash", sh.display());
+        return None;
+    }
+    let dir = scratch(name);
+    // Each script opens and closes files properly: what a shell keeps by
+    // design (its script's fd) must not be reported.
+    std::fs::write(
+        dir.join("check.bash"),
+        "set -e\necho one > out.bash\nwhile read -r l; do test \"$l\" = one; done < out.bash\n\
+         exec 5< out.bash\nread -r l <&5\nexec 5<&-\ncat out.bash > /dev/null\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.join("check.sh"),
+        "set -e\necho two > out.sh\nread -r l < out.sh\ntest \"$l\" = two\ncat out.sh > /dev/null\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.join("leaky.bash"),
+        "echo three > out.leak\n# never closed: a real leak when bash exits\nexec 7> out.leak\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.join("Makefile"),
+        "test:\n\tbash check.bash\n\tsh check.sh\n\nleaky:\n\tbash leaky.bash\n",
+    )
+    .expect("write");
+    Some(dir)
+}
+
+fn make(dir: &Path, extra: &[&str], target: &str) -> Output {
+    Command::new(handles())
+        .current_dir(dir)
+        .args(["run", "--leak-check", "--error-exitcode=23"])
+        .args(extra)
+        .args(["--", "make", "-s", target])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run handles")
+}
+
+#[test]
+fn shells_keeping_their_scripts_open_is_not_a_leak() {
+    let Some(dir) = shell_project("shells") else {
+        return;
+    };
+    let o = make(&dir, &[], "test");
+    let stderr = stderr_of(&o);
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    assert!(process_reports(&stderr).is_empty(), "{stderr}");
+    // Both scripts' fds were seen and accepted by the built-in rules.
+    assert_eq!(
+        summary(&stderr),
+        "handles: LEAK SUMMARY: 0 handles to 0 objects in 0 processes (2 suppressed)"
+    );
+    // Without the built-in rules, those are the two reports, each the
+    // script itself.
+    let o = make(&dir, &["--no-default-suppressions"], "test");
+    let stderr = stderr_of(&o);
+    assert_eq!(o.status.code(), Some(23), "{stderr}");
+    let r = process_reports(&stderr);
+    assert_eq!(r.len(), 2, "{stderr}");
+    assert!(
+        r.iter()
+            .any(|r| r.contains("(bash)") && r.contains("check.bash")),
+        "{stderr}"
+    );
+    assert!(
+        r.iter()
+            .any(|r| r.contains("(sh)") && r.contains("check.sh")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_shell_script_that_really_leaks_is_still_reported() {
+    let Some(dir) = shell_project("shells-leak") else {
+        return;
+    };
+    let o = make(&dir, &[], "leaky");
+    let stderr = stderr_of(&o);
+    assert_eq!(o.status.code(), Some(23), "{stderr}");
+    let r = process_reports(&stderr);
+    assert_eq!(r.len(), 1, "{stderr}");
+    assert!(r[0].contains("(bash) exits holding 1 handle"), "{stderr}");
+    assert!(
+        r[0].contains(" fd 7 file ") && r[0].contains("out.leak"),
+        "{stderr}"
+    );
+    // The script's own fd, in the same process, was accepted.
+    assert!(summary(&stderr).ends_with("(1 suppressed)"), "{stderr}");
+}
+
+/// The lines of stderr that are not ours: the rules `--gen-suppressions`
+/// prints bare, ready to paste.
+fn printed_rules(stderr: &str) -> String {
+    stderr
+        .lines()
+        .filter(|l| !l.starts_with("handles: "))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+#[test]
+fn gen_suppressions_after_an_exception_round_trips() {
+    let prog = fixture("run_bugs");
+    let work = scratch("gen-exc-work");
+    let work = work.to_str().unwrap_or_default();
+    for (mode, flags) in [
+        (&["double-close"][..], &[][..]),
+        (&["reuse", work][..], &[][..]),
+        (&["reuse", work][..], &["--no-shim"][..]),
+    ] {
+        let run = |extra: &[&str]| {
+            Command::new(handles())
+                .arg("run")
+                .args(flags)
+                .args(extra)
+                .arg("--")
+                .arg(&prog)
+                .args(mode)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run handles")
+        };
+        let o = run(&["--gen-suppressions"]);
+        let stderr = stderr_of(&o);
+        assert!(stderr.contains("policy exception: bad-handle"), "{stderr}");
+        let rules = printed_rules(&stderr);
+        assert_eq!(
+            rules.lines().filter(|l| l.starts_with('[')).count(),
+            1,
+            "one rule\n{rules}"
+        );
+        assert!(rules.starts_with("[bad-handle-"), "{mode:?}\n{stderr}");
+        assert!(rules.contains("\nframe = fun:"), "{rules}");
+        let dir = scratch("gen-exc");
+        let supp = dir.join("exc.supp");
+        std::fs::write(&supp, &rules).expect("write");
+        let json = dir.join("exc.json");
+        let o = run(&[
+            "--suppressions",
+            supp.to_str().unwrap_or_default(),
+            "--report",
+            json.to_str().unwrap_or_default(),
+        ]);
+        let stderr = stderr_of(&o);
+        // As natively: the program ends normally.
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{mode:?} {flags:?}\n{stderr}\n{rules}"
+        );
+        assert!(!stderr.contains("policy exception"), "{stderr}");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).expect("read")).expect("json");
+        assert_eq!(v["summary"]["exceptions"], 0, "{v}");
+        assert_eq!(v["summary"]["suppressed"], 1, "{v}");
+    }
+}

@@ -1377,6 +1377,66 @@ fn on_exception_stop_leaves_the_process_stopped_and_detached() {
     assert_eq!(st.code(), Some(128 + SIGKILL), "status {st:?}");
 }
 
+#[test]
+fn sigterm_ends_the_wait_for_a_stopped_process_and_leaves_it_stopped() {
+    // The bug is in a forked child; its parent, still running (waiting for
+    // it), is the rest of the job.
+    let prog = fixture("run_bugs");
+    let work = scratch("stop-wait");
+    let mut cmd = Command::new(handles());
+    cmd.args(["run", "--on-exception=stop", "--"])
+        .arg(&prog)
+        .arg("fork")
+        .arg(&work);
+    let mut s = Session::start(cmd);
+    let gdb = s.stderr_until(|l| l.contains("gdb -p "), LIMIT);
+    let pid: i32 = gdb
+        .rsplit("gdb -p ")
+        .next()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {gdb:?}"));
+    let _reap = KillOnDrop(pid);
+    // How to resume it, and what waits for what, with the way out.
+    let resume = s.stderr_until(|l| l.contains("kill -CONT"), LIMIT);
+    assert!(
+        resume.contains(&format!("kill -CONT {pid}")) && resume.contains("ENOSYS"),
+        "{resume}"
+    );
+    let waiting = s.stderr_until(|l| l.contains("waiting for"), LIMIT);
+    assert!(
+        waiting.starts_with("handles: waiting for the job's other processes")
+            && waiting.contains("Ctrl-C or SIGTERM to handles")
+            && waiting.contains(&format!("{pid} stays stopped"))
+            && waiting.contains("(130, 143)"),
+        "{waiting}"
+    );
+    // Killed with handles (EXITKILL) if the test fails before the end.
+    let parent = proc_stat(pid).map(|(_, ppid)| ppid).expect("its stat");
+    assert_eq!(comm(parent), "run_bugs");
+
+    send_signal(s.pid(), "TERM");
+    let t = Instant::now();
+    let st = s.wait(Duration::from_secs(20));
+    assert_eq!(st.code(), Some(128 + 15), "status {st:?}: {:?}", s.err_seen);
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert!(
+        s.err_seen
+            .iter()
+            .any(|l| l.starts_with("handles: SIGTERM: the wait is over")),
+        "{:?}",
+        s.err_seen
+    );
+    // The offender is still there, stopped, untraced; the parent is gone
+    // (or a zombie nobody reaped yet).
+    assert_eq!(proc_stat(pid).map(|(st, _)| st), Some('T'));
+    assert_eq!(status_field(pid, "TracerPid").as_deref(), Some("0"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proc_stat(parent).is_some_and(|(st, _)| st != 'Z') {
+        assert!(Instant::now() < deadline, "parent {parent} still alive");
+        sleep(Duration::from_millis(20));
+    }
+}
+
 // ---------------------------------------------------------------------------
 // 11. Clean programs: same output, same status
 

@@ -34,6 +34,8 @@ pub enum Command {
     /// turns use-after-close and double close into SIGTRAP with a report.
     #[command(
         after_help = "Exit status: the program's, or 128+N when it died of signal N; \
+                      --error-exitcode's when something was reported; 130/143 when SIGINT/SIGTERM \
+                      ended the wait for a process left stopped by --on-exception=stop; \
                       127 program not found, 126 not executable, 2 usage or malformed policy, \
                       125 the supervisor itself failed."
     )]
@@ -63,7 +65,9 @@ pub enum LeakCheckArg {
 pub enum OnExceptionArg {
     /// Deliver SIGTRAP to the offending thread.
     Trap,
-    /// Leave the process stopped and detached, for `gdb -p PID`.
+    /// Leave the process stopped and detached, for `gdb -p PID`; handles
+    /// waits for the rest of the job. Ctrl-C or SIGTERM to handles ends the
+    /// wait: the rest is killed, the process stays stopped, exit 128+signal.
     Stop,
     /// Log the report and resume: the call fails as it would natively
     /// (EBADF) and the program goes on; reports are counted per context
@@ -147,7 +151,8 @@ pub struct RunArgs {
     #[arg(long = "suppressions", value_name = "FILE")]
     pub suppressions: Vec<PathBuf>,
     /// Do not apply the built-in suppressions for known-benign behaviour of
-    /// common programs (bash's pipeline double close).
+    /// common programs (bash's pipeline double close, the fd bash and dash
+    /// keep on their script).
     #[arg(long)]
     pub no_default_suppressions: bool,
     /// The program and its arguments, after `--`.

@@ -1,7 +1,9 @@
 //! `handles run [OPTIONS] -- PROG [ARGS...]`.
 
 use handles_supervisor::policy::{Policy, PolicyText};
-use handles_supervisor::run::{CheckLevel, Job, LeakMode, OnException, RunError, RunOptions};
+use handles_supervisor::run::{
+    CheckLevel, Job, LeakMode, OnException, Outcome, RunError, RunOptions,
+};
 use handles_supervisor::suppress::Suppressions;
 
 use crate::args::{CheckArg, LeakCheckArg, OnExceptionArg, RunArgs};
@@ -204,6 +206,12 @@ pub fn run(a: &RunArgs) -> u8 {
         strict: a.strict,
     };
     match Job::run(opts) {
+        // The wait for a process stopped for a debugger was cut short: the
+        // status says so, as a shell's for a command the signal ended.
+        Ok(Outcome {
+            interrupted: Some(sig),
+            ..
+        }) => (128 + sig).clamp(0, 255) as u8,
         Ok(outcome) => match a.error_exitcode {
             Some(code) if outcome.exceptions > 0 || outcome.leaks > 0 => code,
             _ => outcome.exit.shell_status().clamp(0, 255) as u8,

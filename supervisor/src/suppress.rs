@@ -10,10 +10,14 @@
 //! path = *                     # link target or description (glob)
 //! frame = obj:*/bash           # fun:GLOB, obj:GLOB (module path), src:GLOB (file)
 //! frame = fun:execute_*        # several frame lines: each must match some frame
+//! fd = ??*                     # the fd number (glob over its decimal form)
+//! argument = yes               # the file is named by one of the process's arguments
 //! ```
 //!
 //! A rule matches an event when every key it sets matches. Unknown keys are
-//! errors (a typo must not silently widen a rule).
+//! errors (a typo must not silently widen a rule). `fd` and `argument` are
+//! facts only some reports carry (leaks, see [`Facts`]): a rule that sets
+//! them matches nothing else.
 
 use std::path::Path;
 
@@ -26,6 +30,18 @@ pub struct Event<'a> {
     pub path: &'a str,
     /// Every frame of every stack in the report.
     pub frames: Vec<FrameRef<'a>>,
+}
+
+/// Facts about the handle that not every report has: the leak check knows
+/// them, the exception path does not (its rules cannot use `fd` or
+/// `argument`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Facts<'a> {
+    pub fd: Option<i32>,
+    /// The files the process's command-line arguments name: for each
+    /// argument that is not an option, its resolved absolute path and the
+    /// argument as written (see [`names_argument`]).
+    pub arguments: &'a [String],
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -49,6 +65,10 @@ pub struct Rule {
     kind: Option<String>,
     ty: Option<String>,
     path: Option<String>,
+    fd: Option<String>,
+    /// `argument = yes`: the handle's path is a file the process's
+    /// arguments name (a shell's script).
+    argument: bool,
     frames: Vec<FramePattern>,
 }
 
@@ -92,14 +112,57 @@ pub fn glob(pattern: &str, text: &str) -> bool {
     pi == p.len()
 }
 
+/// Whether `path` (a handle's link target) is the file one of `arguments`
+/// names. Each argument is given as the caller resolved it (absolute,
+/// symlinks followed) and as written: a relative argument written without
+/// `..` also matches a path that ends with it, so a script opened before a
+/// `cd` is still recognized.
+pub fn names_argument(path: &str, arguments: &[String]) -> bool {
+    if path.is_empty() {
+        return false;
+    }
+    arguments.iter().any(|a| {
+        if a.is_empty() {
+            return false;
+        }
+        if a == path {
+            return true;
+        }
+        if a.starts_with('/') || a.split('/').any(|c| c == "..") {
+            return false;
+        }
+        let mut rel = a.as_str();
+        while let Some(r) = rel.strip_prefix("./") {
+            rel = r;
+        }
+        !rel.is_empty()
+            && path
+                .strip_suffix(rel)
+                .is_some_and(|head| head.ends_with('/'))
+    })
+}
+
 impl Rule {
     pub fn matches(&self, e: &Event<'_>) -> bool {
+        self.matches_with(e, &Facts::default())
+    }
+
+    /// Matching with the facts only some reports carry.
+    pub fn matches_with(&self, e: &Event<'_>, facts: &Facts<'_>) -> bool {
         let field = |pat: &Option<String>, v: &str| pat.as_deref().is_none_or(|p| glob(p, v));
         if !(field(&self.report, e.report)
             && field(&self.kind, e.kind)
             && field(&self.ty, e.ty)
             && field(&self.path, e.path))
         {
+            return false;
+        }
+        if let Some(p) = &self.fd {
+            if !facts.fd.is_some_and(|fd| glob(p, &fd.to_string())) {
+                return false;
+            }
+        }
+        if self.argument && !names_argument(e.path, facts.arguments) {
             return false;
         }
         self.frames.iter().all(|fp| {
@@ -119,10 +182,14 @@ impl Rule {
             ("kind", &self.kind),
             ("type", &self.ty),
             ("path", &self.path),
+            ("fd", &self.fd),
         ] {
             if let Some(v) = v {
                 s.push_str(&format!("{k} = {v}\n"));
             }
+        }
+        if self.argument {
+            s.push_str("argument = yes\n");
         }
         for f in &self.frames {
             let (tag, g) = match f {
@@ -144,8 +211,8 @@ impl Rule {
             .filter(|f| f.function.is_some() || f.module.is_some())
             .take(depth)
             .map(|f| match (f.function, f.module) {
-                (Some(func), _) => FramePattern::Fun(func.to_string()),
-                (None, Some(m)) => FramePattern::Obj(m.to_string()),
+                (Some(func), _) => FramePattern::Fun(literal(func)),
+                (None, Some(m)) => FramePattern::Obj(literal(m)),
                 (None, None) => FramePattern::Obj("*".into()),
             })
             .collect();
@@ -154,11 +221,59 @@ impl Rule {
             report: Some(e.report.to_string()),
             kind: Some(e.kind.to_string()),
             ty: (!e.ty.is_empty()).then(|| e.ty.to_string()),
-            path: None,
             frames,
+            ..Rule::default()
         }
     }
 }
+
+/// `text` as a glob that matches it and survives the file format: `#`
+/// starts a comment there, so it becomes `?` (globs have no escape; `*`
+/// and `?` in a name match themselves among others).
+fn literal(text: &str) -> String {
+    text.replace('#', "?")
+}
+
+/// The rule `--gen-suppressions` prints after an exception report: it
+/// matches exactly that report's condition, kind, object type (when
+/// known) and the innermost frames of the offending stack (a function
+/// name where there is one, else the module). Pure: the caller passes the
+/// report's fields.
+pub fn exception_rule(condition: &str, kind: &str, ty: &str, frames: &[FrameRef<'_>]) -> String {
+    // Named after the innermost function the program knows (frames in libc
+    // come first without the shim), for a reader of the file.
+    let place = frames
+        .iter()
+        .filter_map(|f| f.function)
+        .find(|f| !f.starts_with("__"))
+        .map(|f| {
+            f.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '_' {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect::<String>()
+        });
+    let name = match place {
+        Some(p) => format!("{condition}-{kind}-in-{p}"),
+        None => format!("{condition}-{kind}"),
+    };
+    let event = Event {
+        report: condition,
+        kind,
+        ty,
+        path: "",
+        frames: frames.to_vec(),
+    };
+    Rule::for_event(&name, &event, GENERATED_FRAMES).render()
+}
+
+/// Frame lines in a generated rule: enough to pin the call site, few
+/// enough that an unrelated caller further out does not matter.
+pub const GENERATED_FRAMES: usize = 4;
 
 /// A set of rules.
 #[derive(Debug, Clone, Default)]
@@ -187,6 +302,31 @@ report = bad-handle
 kind = use-closed
 frame = fun:*pyepoll_internal_ctl*
 frame = obj:*select.cpython*
+
+# bash reads its script through an fd it keeps until it exits:
+# open_shell_script opens the script and move_to_high_fd dup2()s it to the
+# highest free number below the fd limit, at most 255, and closes the
+# original. Only that fd: a file the arguments name, made by
+# move_to_high_fd in bash.
+[bash-script-fd]
+report = leak
+kind = leak
+type = file
+argument = yes
+frame = fun:move_to_high_fd
+frame = obj:*/bash
+
+# dash (/bin/sh on Debian and Ubuntu) does the same: setinputfile opens the
+# script and moves it with fcntl(F_DUPFD, 10) to the lowest free number from
+# 10 up, kept until it exits. Only that fd: a file the arguments name, at 10
+# or above, made in dash (whose symbols are stripped: no function to name).
+[dash-script-fd]
+report = leak
+kind = leak
+type = file
+fd = ??*
+argument = yes
+frame = obj:*/dash
 ";
 
 impl Suppressions {
@@ -235,6 +375,12 @@ impl Suppressions {
                 "kind" => rule.kind = Some(v),
                 "type" => rule.ty = Some(v),
                 "path" => rule.path = Some(v),
+                "fd" => rule.fd = Some(v),
+                "argument" => match v.as_str() {
+                    "yes" => rule.argument = true,
+                    "no" => rule.argument = false,
+                    _ => return Err(err(n, format!("argument is yes or no, not '{v}'"))),
+                },
                 "frame" => {
                     let fp = if let Some(g) = v.strip_prefix("fun:") {
                         FramePattern::Fun(g.to_string())
@@ -253,7 +399,9 @@ impl Suppressions {
                 other => {
                     return Err(err(
                         n,
-                        format!("unknown key '{other}' (keys: report, kind, type, path, frame)"),
+                        format!(
+                            "unknown key '{other}' (keys: report, kind, type, path, fd, argument, frame)"
+                        ),
                     ))
                 }
             }
@@ -286,6 +434,11 @@ impl Suppressions {
     pub fn matching(&self, e: &Event<'_>) -> Option<&Rule> {
         self.rules.iter().find(|r| r.matches(e))
     }
+
+    /// The first rule that matches, with the facts only some reports carry.
+    pub fn matching_with(&self, e: &Event<'_>, facts: &Facts<'_>) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.matches_with(e, facts))
+    }
 }
 
 #[cfg(test)]
@@ -305,7 +458,7 @@ mod tests {
     #[test]
     fn defaults_parse_and_match_bash_only() {
         let s = Suppressions::defaults();
-        assert_eq!(s.rules.len(), 2);
+        assert_eq!(s.rules.len(), 4);
         let bash = FrameRef {
             module: Some("/usr/bin/bash"),
             ..FrameRef::default()
@@ -326,11 +479,197 @@ mod tests {
     }
 
     #[test]
+    fn arguments_name_files_resolved_or_as_written() {
+        let args = ["/tmp/w/t.bash".to_string(), "t.bash".to_string()];
+        assert!(names_argument("/tmp/w/t.bash", &args));
+        // Resolved elsewhere (the script ran `cd`): the written form ends it.
+        assert!(names_argument("/home/u/t.bash", &args));
+        assert!(!names_argument("/home/u/xt.bash", &args));
+        assert!(!names_argument("/tmp/w/other", &args));
+        let dotted = ["./ci/run.sh".to_string()];
+        assert!(names_argument("/src/ci/run.sh", &dotted));
+        // `..` and absolute arguments count only resolved.
+        assert!(!names_argument("/a/b.sh", &["../b.sh".to_string()]));
+        assert!(!names_argument("/x/a/b.sh", &["/a/b.sh".to_string()]));
+        assert!(!names_argument("", &args));
+        assert!(!names_argument("/tmp/w/t.bash", &[]));
+    }
+
+    /// A leak event of a file `path` created with `frames`.
+    fn file_leak<'a>(path: &'a str, frames: Vec<FrameRef<'a>>) -> Event<'a> {
+        Event {
+            report: "leak",
+            kind: "leak",
+            ty: "file",
+            path,
+            frames,
+        }
+    }
+
+    #[test]
+    fn shell_script_rules_are_that_fd_only() {
+        let s = Suppressions::defaults();
+        let bash = vec![
+            FrameRef {
+                function: Some("move_to_high_fd"),
+                module: Some("/usr/bin/bash"),
+                file: None,
+            },
+            FrameRef {
+                function: Some("main"),
+                module: Some("/usr/bin/bash"),
+                file: None,
+            },
+        ];
+        let args = ["/w/t.bash".to_string(), "t.bash".to_string()];
+        let facts = |fd| Facts {
+            fd: Some(fd),
+            arguments: &args,
+        };
+        let e = file_leak("/w/t.bash", bash.clone());
+        assert_eq!(
+            s.matching_with(&e, &facts(255)).map(|r| r.name.as_str()),
+            Some("bash-script-fd")
+        );
+        // Another file (`exec 7>/tmp/x` in the script) is a real leak.
+        let other = file_leak("/tmp/x", bash.clone());
+        assert!(s.matching_with(&other, &facts(7)).is_none());
+        // Made elsewhere in bash (a redirection's dup2), or with no facts.
+        let redir = file_leak(
+            "/w/t.bash",
+            vec![FrameRef {
+                function: Some("do_redirection_internal"),
+                module: Some("/usr/bin/bash"),
+                file: None,
+            }],
+        );
+        assert!(s.matching_with(&redir, &facts(7)).is_none());
+        assert!(s.matching(&e).is_none());
+        // dash: only from fd 10 up.
+        let dash = vec![FrameRef {
+            module: Some("/usr/bin/dash"),
+            ..FrameRef::default()
+        }];
+        let d = file_leak("/w/t.bash", dash);
+        assert_eq!(
+            s.matching_with(&d, &facts(10)).map(|r| r.name.as_str()),
+            Some("dash-script-fd")
+        );
+        assert!(s.matching_with(&d, &facts(7)).is_none());
+        // Not a shell.
+        let c = file_leak(
+            "/w/t.bash",
+            vec![FrameRef {
+                module: Some("/usr/bin/python3"),
+                ..FrameRef::default()
+            }],
+        );
+        assert!(s.matching_with(&c, &facts(255)).is_none());
+    }
+
+    #[test]
+    fn fd_and_argument_keys_parse_render_and_reject_typos() {
+        let text = "[r]\nfd = 1?\nargument = yes\n";
+        let s = Suppressions::parse(text, "f").unwrap();
+        assert_eq!(s.rules[0].render(), text);
+        assert!(Suppressions::parse("[r]\nargument = maybe\n", "f").is_err());
+    }
+
+    #[test]
+    fn exception_rules_match_exactly_their_report() {
+        let frames = [
+            FrameRef {
+                function: Some("__GI___close"),
+                module: Some("/usr/lib/libc.so.6"),
+                file: Some("close.c"),
+            },
+            FrameRef {
+                function: Some("double_close"),
+                module: Some("/t/run_bugs"),
+                file: Some("run_bugs.c"),
+            },
+            FrameRef {
+                module: Some("/t/run_bugs"),
+                ..FrameRef::default()
+            },
+            FrameRef {
+                function: Some("main"),
+                module: Some("/t/run_bugs"),
+                file: None,
+            },
+            FrameRef {
+                function: Some("_start"),
+                module: Some("/t/run_bugs"),
+                file: None,
+            },
+        ];
+        let text = exception_rule("bad-handle", "double-close", "chardev", &frames);
+        assert_eq!(
+            text,
+            "[bad-handle-double-close-in-double_close]\n\
+             report = bad-handle\n\
+             kind = double-close\n\
+             type = chardev\n\
+             frame = fun:__GI___close\n\
+             frame = fun:double_close\n\
+             frame = obj:/t/run_bugs\n\
+             frame = fun:main\n"
+        );
+        let s = Suppressions::parse(&text, "gen").unwrap();
+        let e = Event {
+            report: "bad-handle",
+            kind: "double-close",
+            ty: "chardev",
+            path: "/dev/null",
+            frames: frames.to_vec(),
+        };
+        assert!(s.matching(&e).is_some());
+        // Another kind, type or call site is not matched.
+        assert!(s
+            .matching(&Event {
+                kind: "use-closed",
+                ..e.clone()
+            })
+            .is_none());
+        assert!(s
+            .matching(&Event {
+                ty: "pipe",
+                ..e.clone()
+            })
+            .is_none());
+        let elsewhere = Event {
+            frames: vec![frames[0], frames[3]],
+            ..e.clone()
+        };
+        assert!(s.matching(&elsewhere).is_none());
+        // No type known, no stack: the rule still parses and says so.
+        let bare = exception_rule("new-file", "new-file", "", &[]);
+        assert_eq!(
+            bare,
+            "[new-file-new-file]\nreport = new-file\nkind = new-file\n"
+        );
+        // A `#` in a name would start a comment: it is matched by `?`.
+        let odd = [FrameRef {
+            function: Some("f#1"),
+            ..FrameRef::default()
+        }];
+        let text = exception_rule("bad-handle", "use-closed", "", &odd);
+        let s = Suppressions::parse(&text, "gen").unwrap();
+        let e = Event {
+            report: "bad-handle",
+            kind: "use-closed",
+            frames: odd.to_vec(),
+            ..Event::default()
+        };
+        assert!(s.matching(&e).is_some(), "{text}");
+    }
+
+    #[test]
     fn errors_name_file_and_line() {
         let e = Suppressions::parse("[a]\nbogus = 1\n", "x.supp").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "x.supp:2: unknown key 'bogus' (keys: report, kind, type, path, frame)"
+            "x.supp:2: unknown key 'bogus' (keys: report, kind, type, path, fd, argument, frame)"
         );
         assert!(Suppressions::parse("kind = x\n", "f").is_err());
         assert!(Suppressions::parse("[a]\nframe = zzz\n", "f").is_err());

@@ -111,6 +111,9 @@ pub struct Outcome {
     /// Leaked handles reported (after suppressions).
     pub leaks: usize,
     pub leak_reports: Vec<ProcessLeaks>,
+    /// SIGINT or SIGTERM ended the wait for a process left stopped for a
+    /// debugger (`--on-exception=stop`): the signal.
+    pub interrupted: Option<i32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -238,7 +241,20 @@ pub(super) enum Bad {
 
 pub(super) static FORWARD_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
+/// SIGINT or SIGTERM reached `handles`, from whatever sender (a terminal's
+/// Ctrl-C included): while a process waits stopped for a debugger, it ends
+/// the wait (`Job::end_wait`).
+pub(super) static END_WAIT: AtomicI32 = AtomicI32::new(0);
+
+/// How long a wait for the job blocks while a process is left stopped for
+/// a debugger: a SIGTERM landing between the loop's check and waitpid
+/// would otherwise go unseen until the next event, which may never come.
+const WAIT_TICK_US: libc::suseconds_t = 200_000;
+
 extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    if sig == libc::SIGINT || sig == libc::SIGTERM {
+        END_WAIT.store(sig, Ordering::SeqCst);
+    }
     // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
     let code = unsafe { (*info).si_code };
     // A terminal's Ctrl-C (SI_KERNEL) reached the whole foreground group,
@@ -272,6 +288,36 @@ pub(super) fn install_forwarding() {
             libc::sigaction(sig, &sa, std::ptr::null_mut());
         }
     }
+}
+
+extern "C" fn on_tick(_sig: libc::c_int) {}
+
+/// SIGALRM interrupts waitpid (no SA_RESTART) so the loop looks at
+/// END_WAIT again; see WAIT_TICK_US.
+fn install_tick() {
+    // SAFETY: installing a handler that does nothing.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_tick as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGALRM, &sa, std::ptr::null_mut());
+    }
+}
+
+/// Arms a one-shot SIGALRM in `us` microseconds (0 disarms).
+fn tick_in(us: libc::suseconds_t) {
+    let it = libc::itimerval {
+        it_interval: libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+        it_value: libc::timeval {
+            tv_sec: 0,
+            tv_usec: us,
+        },
+    };
+    // SAFETY: setitimer reads the local struct; no old value is asked for.
+    unsafe { libc::setitimer(libc::ITIMER_REAL, &it, std::ptr::null_mut()) };
 }
 
 pub(super) fn random_u64() -> u64 {
@@ -386,6 +432,10 @@ pub struct Job {
     /// Offset of a `syscall` instruction in the vDSO (the same image in
     /// every process), where filters are injected from.
     pub(super) vdso_syscall: Option<u64>,
+    /// Processes left stopped for a debugger (`--on-exception=stop`).
+    pub(super) stopped: Vec<i32>,
+    /// The signal that ended the wait for them.
+    pub(super) ended_by: Option<i32>,
 }
 
 impl Job {
@@ -492,6 +542,8 @@ impl Job {
             shim_injected: opts.shim.is_some(),
             strict_filter,
             vdso_syscall: None,
+            stopped: Vec::new(),
+            ended_by: None,
             opts,
         };
         let mixer = random_u64() as u32;
@@ -559,6 +611,7 @@ impl Job {
             suppressed: job.suppressed,
             leaks: job.leak_reports.iter().map(|p| p.count()).sum(),
             leak_reports: job.leak_reports,
+            interrupted: job.ended_by,
         })
     }
 
@@ -570,11 +623,28 @@ impl Job {
             self.on_gone(pid, Exit::Signal(sig, core));
         }
         loop {
+            let end = END_WAIT.swap(0, Ordering::SeqCst);
+            if end != 0 && !self.stopped.is_empty() && self.ended_by.is_none() {
+                // Ours to act on, not the job's to receive.
+                FORWARD_SIGNAL.store(0, Ordering::SeqCst);
+                self.end_wait(end);
+            }
+            if self.ended_by.is_some() && !self.detach_pending() {
+                return Ok(None);
+            }
             let sig = FORWARD_SIGNAL.swap(0, Ordering::SeqCst);
             if sig != 0 {
                 self.forward(sig);
             }
-            match tracer::wait(None) {
+            let ticking = !self.stopped.is_empty();
+            if ticking {
+                tick_in(WAIT_TICK_US);
+            }
+            let waited = tracer::wait(None);
+            if ticking {
+                tick_in(0);
+            }
+            match waited {
                 Ok(tracer::Waited::Status(st)) => return Ok(Some(st)),
                 // Real-time signals: passed on as they came.
                 Ok(tracer::Waited::SignalStop(tid, sig)) => {
@@ -593,6 +663,45 @@ impl Job {
                 Err(e) => return Err(RunError::Wait(e)),
             }
         }
+    }
+
+    /// SIGINT/SIGTERM while processes wait stopped for a debugger: they stay
+    /// stopped (detached, so the exit of `handles`, whose EXITKILL kills
+    /// every tracee, spares them), the rest of the job is killed, and
+    /// `handles` exits with 128 + the signal. Detaching the rest instead
+    /// would leave them running with a seccomp filter nobody serves: every
+    /// fd syscall failing with ENOSYS.
+    pub(super) fn end_wait(&mut self, sig: i32) {
+        self.ended_by = Some(sig);
+        let name = if sig == libc::SIGINT {
+            "SIGINT"
+        } else {
+            "SIGTERM"
+        };
+        let stopped: Vec<String> = self.stopped.iter().map(i32::to_string).collect();
+        self.write_report(&format!(
+            "handles: {name}: the wait is over; the job's other processes are killed, \
+             process {} stays stopped for the debugger\n",
+            stopped.join(", ")
+        ));
+        let others: HashSet<i32> = self
+            .threads
+            .values()
+            .map(|t| t.tgid)
+            .filter(|tgid| !self.procs.get(tgid).is_some_and(|p| p.detaching))
+            .collect();
+        for tgid in others {
+            // SAFETY: kill(2) of one of our tracees.
+            unsafe { libc::kill(tgid, libc::SIGKILL) };
+        }
+    }
+
+    /// A process marked for detaching still has an attached thread (its
+    /// SIGSTOP has not been seen yet): exiting now would kill it.
+    fn detach_pending(&self) -> bool {
+        self.threads
+            .values()
+            .any(|t| self.procs.get(&t.tgid).is_some_and(|p| p.detaching))
     }
 
     /// Sends a signal the supervisor received to every process of the job.
@@ -1138,7 +1247,12 @@ impl Job {
             return;
         }
         self.contexts.insert(key, self.exception_list.len());
-        let text = report.render();
+        let mut text = report.render();
+        if self.opts.gen_suppressions {
+            // Printed bare after the report, ready to paste into a
+            // suppressions file, as after a leak report.
+            text.push_str(&self.rule_for(report));
+        }
         self.write_report(&text);
         self.exception_list.push(SerException {
             condition: report.condition.clone(),
@@ -1176,6 +1290,35 @@ impl Job {
             if self.contexts.len() == 1 { "" } else { "s" },
             self.suppressed
         )
+    }
+
+    /// `--gen-suppressions`: the rule that matches exactly this report.
+    /// Its object type is the one suppression matching sees (checks.rs):
+    /// the closed handle's, which the table still holds at this point.
+    fn rule_for(&self, report: &ExceptionReport) -> String {
+        let ty = match (report.condition.as_str(), report.fd) {
+            ("bad-handle", Some(fd)) => self
+                .threads
+                .get(&report.tid)
+                .and_then(|t| t.table.borrow().closed_info(fd).map(|c| c.facts.ty)),
+            _ => None,
+        };
+        // The first section is the offending call's stack.
+        let frames: Vec<FrameRef<'_>> = report
+            .sections
+            .first()
+            .map(|s| {
+                s.frames
+                    .iter()
+                    .map(|f| FrameRef {
+                        function: f.function.as_deref(),
+                        module: f.module.as_deref(),
+                        file: f.file.as_deref(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        crate::suppress::exception_rule(&report.condition, &report.kind, ty.unwrap_or(""), &frames)
     }
 
     /// `--report` and `--sarif`, written once the job is over.
@@ -1253,12 +1396,30 @@ impl Job {
                     }
                     // SAFETY: kill(2) of one of our tracees.
                     unsafe { libc::kill(tgid, libc::SIGSTOP) };
-                    eprintln!(
-                        "handles: process {tgid} is stopped and detached; attach a debugger with: gdb -p {tgid}"
-                    );
-                    eprintln!(
-                        "handles: note: its fd syscalls fail with ENOSYS if it is resumed, as no supervisor serves its seccomp filter any more"
-                    );
+                    if self.stopped.is_empty() {
+                        install_tick();
+                    }
+                    if !self.stopped.contains(&tgid) {
+                        self.stopped.push(tgid);
+                    }
+                    // Only the root is our child: its exit reaches us even
+                    // detached; another process's does not.
+                    let waits_for = if tgid == self.root {
+                        format!(
+                            "the job's other processes, and process {tgid} once it is resumed, to exit"
+                        )
+                    } else {
+                        "the job's other processes to exit".to_string()
+                    };
+                    let me = std::process::id();
+                    self.write_report(&format!(
+                        "handles: process {tgid} is stopped and detached; attach a debugger with: gdb -p {tgid}\n\
+                         handles:     or resume it without one: kill -CONT {tgid} (its fd syscalls then fail \
+                         with ENOSYS: no supervisor serves its seccomp filter any more)\n\
+                         handles: waiting for {waits_for}; Ctrl-C or SIGTERM to handles (pid {me}) ends the \
+                         wait: the other processes are killed, {tgid} stays stopped, and handles exits \
+                         with 128 + the signal (130, 143)\n"
+                    ));
                 }
                 OnException::Continue => {}
             },

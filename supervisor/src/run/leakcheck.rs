@@ -2,6 +2,36 @@
 
 use super::job::*;
 use super::shimtable;
+use crate::suppress::Facts;
+
+/// The files a process's arguments name, for rules with `argument = yes`
+/// (a shell's script): each argument that is not an option, resolved
+/// against the process's current directory, and as written. Read at the
+/// exit event, while /proc still has the process's memory and cwd.
+fn argument_paths(tgid: i32) -> Vec<String> {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{tgid}/cmdline")) else {
+        return Vec::new();
+    };
+    let cwd = PathBuf::from(format!("/proc/{tgid}/cwd"));
+    let mut out = Vec::new();
+    // argv[0] is the program; a handful of arguments is all a shell's
+    // script can be among, and a long command line costs nothing extra.
+    for raw in cmdline.split(|&b| b == 0).skip(1).take(16) {
+        let Ok(arg) = std::str::from_utf8(raw) else {
+            continue;
+        };
+        if arg.is_empty() || arg.starts_with('-') {
+            continue;
+        }
+        if let Ok(p) = std::fs::canonicalize(cwd.join(arg)) {
+            if let Some(s) = p.to_str() {
+                out.push(s.to_string());
+            }
+        }
+        out.push(arg.to_string());
+    }
+    out
+}
 
 impl Job {
     /// PTRACE_EVENT_EXIT: the thread is exiting but its fd table still
@@ -172,6 +202,7 @@ impl Job {
                 .1
                 .push(leak);
         }
+        let arguments = argument_paths(tgid);
         let mut groups = Vec::new();
         let mut stacks = Vec::new();
         let mut suppressed = 0;
@@ -194,7 +225,16 @@ impl Job {
                         })
                         .collect(),
                 };
-                if self.opts.suppressions.matching(&event).is_some() {
+                let facts = Facts {
+                    fd: Some(l.fd),
+                    arguments: &arguments,
+                };
+                if self
+                    .opts
+                    .suppressions
+                    .matching_with(&event, &facts)
+                    .is_some()
+                {
                     suppressed += 1;
                     continue;
                 }
