@@ -121,6 +121,11 @@ fn exec_with_shim_alone(a: &RunArgs, policy: &Policy) -> u8 {
         Some(code) => cmd.env("HANDLES_ERROR_EXITCODE", code.to_string()),
         None => cmd.env_remove("HANDLES_ERROR_EXITCODE"),
     };
+    if a.error_exitcode.is_some() || matches!(a.on_exception, OnExceptionArg::Continue) {
+        cmd.env("HANDLES_SUMMARY", "always");
+    } else {
+        cmd.env_remove("HANDLES_SUMMARY");
+    }
     let err = cmd.exec();
     eprintln!("handles: {}: {err}", prog.to_string_lossy());
     if err.kind() == std::io::ErrorKind::NotFound {
@@ -204,6 +209,9 @@ pub fn run(a: &RunArgs) -> u8 {
         sarif: a.sarif.clone(),
         max_handles: a.max_handles,
         strict: a.strict,
+        always_summarize: a.error_exitcode.is_some()
+            || matches!(a.on_exception, OnExceptionArg::Continue)
+            || !matches!(a.leak_check, None | Some(LeakCheckArg::No)),
     };
     match Job::run(opts) {
         // The wait for a process stopped for a debugger was cut short: the

@@ -204,6 +204,9 @@ extern "C" fn init() {
     if let Some(o) = env(c"HANDLES_ON_EXCEPTION") {
         report::set_on_exception(o);
     }
+    if env(c"HANDLES_SUMMARY") == Some("always") {
+        report::ALWAYS_SUMMARIZE.store(true, Relaxed);
+    }
     let pid = sys::getpid();
     if let Some(root) = env(c"HANDLES_ROOT_PID").and_then(|s| s.trim().parse::<i32>().ok()) {
         ROOT_PID.store(root, Relaxed);

@@ -459,14 +459,19 @@ fn sigtrap_is_fatal() -> bool {
     }
 }
 
+/// Write the summary even with nothing to count (`HANDLES_SUMMARY=always`:
+/// `--error-exitcode`, `--on-exception=continue`).
+pub static ALWAYS_SUMMARIZE: AtomicBool = AtomicBool::new(false);
+
 /// The shim-alone `ERROR SUMMARY` line (the supervisor writes its own):
-/// always for the job's root process, for others when they had any.
+/// for any process that had exceptions, and for the job's root process
+/// when a CI run asks for it always.
 fn write_summary(root: bool) {
     if sys::COOKIE_ON.load(Relaxed) {
         return;
     }
     let n = EXCEPTIONS.load(Relaxed);
-    if root || n > 0 {
+    if n > 0 || (root && ALWAYS_SUMMARIZE.load(Relaxed)) {
         let mut w = Out::new();
         let c = NCONTEXTS.load(Relaxed);
         let _ = writeln!(

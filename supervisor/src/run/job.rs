@@ -84,6 +84,10 @@ pub struct RunOptions {
     /// covers. Without it, those processes stop only for what the shim
     /// passes on (docs/shim.md, "What stops").
     pub strict: bool,
+    /// Write the ERROR SUMMARY even when there was nothing to count (CI
+    /// runs: `--error-exitcode`, `--on-exception=continue`, leak checks);
+    /// otherwise a run with nothing to report writes nothing of its own.
+    pub always_summarize: bool,
 }
 
 /// How the job ended.
@@ -603,8 +607,10 @@ impl Job {
             job.write_report(&text);
         }
         job.write_machine_reports()?;
-        let summary = job.error_summary();
-        job.write_report(&summary);
+        if job.exceptions > 0 || job.suppressed > 0 || job.opts.always_summarize {
+            let summary = job.error_summary();
+            job.write_report(&summary);
+        }
         Ok(Outcome {
             exit: job.root_exit.unwrap_or(Exit::Code(0)),
             exceptions: job.exceptions,
