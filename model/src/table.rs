@@ -65,13 +65,16 @@ pub mod marker {
     /// (six arguments, such as mmap). Judged and reported as `nr`; the
     /// fstat itself changes nothing, and the shim returns EBADF.
     pub const PROXY: u32 = u32::from_le_bytes(*b"PRXY");
-    /// `fstat(fd, buf, marker, nr, pcs, n)`: the report the judge held at
-    /// the thread's earlier call `nr` on `fd` (a close that might have
-    /// begun a sweep) is due: no sweep followed. `pcs` points at the `n`
-    /// return addresses of that call's stack, captured when it was made.
-    /// The supervisor writes the report and raises the exception now; the
-    /// fstat itself does not run.
-    pub const HELD: u32 = u32::from_le_bytes(*b"HELD");
+    /// `fstat(fd, buf, marker, nr, pcs, n)`: the shim's judge held its
+    /// call `nr` on `fd` (a close that may begin a sweep): the supervisor
+    /// builds the report now, from the `n` return addresses at `pcs` (the
+    /// call's stack), and keeps it for the thread. The fstat does not run.
+    pub const HOLD: u32 = u32::from_le_bytes(*b"HOLD");
+    /// `fstat(fd, buf, marker)`: no sweep followed the held close: the
+    /// supervisor writes the report it keeps and raises the exception now.
+    pub const HELD_RAISE: u32 = u32::from_le_bytes(*b"HRAI");
+    /// `fstat(fd, buf, marker)`: a sweep followed: the kept report goes.
+    pub const HELD_DROP: u32 = u32::from_le_bytes(*b"HDRP");
 
     /// The register value that carries `tag` for a job with `cookie`.
     pub const fn make(cookie: u64, tag: u32) -> u64 {

@@ -9,7 +9,7 @@ use core::cell::{Cell, UnsafeCell};
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 
-use handles_model::judge::{self, Arg, Flush, Held, Kind, Known, Memo, Op, Verdict as Judged};
+use handles_model::judge::{self, Arg, Flush, Kind, Known, Memo, Op, Verdict as Judged};
 use handles_model::policy::{Action, Condition, Policy};
 use handles_model::table::{marker, obj_type_from_code, state, STACK_DEPTH};
 use handles_model::{Fd, HandleValue};
@@ -145,24 +145,6 @@ thread_local! {
     static HELD: Cell<(i64, Pcs)> = const { Cell::new((0, Pcs::EMPTY)) };
 }
 
-/// The wrappers' fast path, for a call on open handles only: true when
-/// the judge need not see it (nothing held; a sweep in progress is
-/// forgotten, as any other call ends it).
-#[inline(always)]
-pub fn calm() -> bool {
-    MEMO.with(|c| {
-        let m = c.get();
-        if m.is_fresh() {
-            true
-        } else if m.holding() {
-            false
-        } else {
-            c.set(Memo::new());
-            true
-        }
-    })
-}
-
 /// What the table says of `fd` for the judge; an fd the kernel has open
 /// that the table does not know (made behind the shim's back) is adopted.
 pub fn known(fd: i32) -> Known {
@@ -196,10 +178,27 @@ pub fn judged(args: &[Arg], call: &Call, frame: usize) -> Option<Verdict> {
     let mut memo = MEMO.with(Cell::get);
     let d = judge::judge(&mut memo, args, shell(), &policy());
     MEMO.with(|c| c.set(memo));
+
+    let supervised = sys::COOKIE_ON.load(Relaxed);
     let mut after = After::Nothing;
-    if let Flush::Raise(h) = d.flush {
-        let (nr, pcs) = HELD.with(Cell::get);
-        after = held_due(h, nr, &pcs);
+    match d.flush {
+        Flush::Raise(h) if supervised => tell_supervisor(marker::HELD_RAISE, h.fd, 0, &[]),
+        Flush::Raise(h) => {
+            let (nr, pcs) = HELD.with(Cell::get);
+            let call = Call::syscall(nr, [h.fd as u64, 0, 0, 0, 0, 0]);
+            after = write_bad_handle(
+                h.fd,
+                h.kind,
+                h.action,
+                h.quarantined,
+                false,
+                Held::Due,
+                &call,
+                &pcs,
+            );
+        }
+        Flush::Drop(h) if supervised => tell_supervisor(marker::HELD_DROP, h.fd, 0, &[]),
+        Flush::Drop(_) | Flush::None => {}
     }
     let v = match d.verdict {
         Judged::Run => None,
@@ -207,9 +206,13 @@ pub fn judged(args: &[Arg], call: &Call, frame: usize) -> Option<Verdict> {
             result: Some(-i64::from(e)),
             after: After::Nothing,
         }),
-        Judged::Hold(_) => {
+        Judged::Hold(h) => {
             let pcs = offending_stack(frame);
-            HELD.with(|c| c.set((call.nr, pcs)));
+            if supervised {
+                tell_supervisor(marker::HOLD, h.fd, call.nr, pcs.frames());
+            } else {
+                HELD.with(|c| c.set((call.nr, pcs)));
+            }
             Some(Verdict {
                 result: Some(-i64::from(judge::EBADF)),
                 after: After::Nothing,
@@ -239,48 +242,37 @@ pub fn judged(args: &[Arg], call: &Call, frame: usize) -> Option<Verdict> {
     }
 }
 
+/// Tells the supervisor about a close the judge held (`marker::HOLD`,
+/// with the call and its stack) or decided (`HELD_RAISE`, `HELD_DROP`):
+/// an fstat of `fd` carrying the marker, which the supervisor answers
+/// without running it. It keeps the held report, so that a thread that
+/// ends first still gets it written.
+fn tell_supervisor(tag: u32, fd: i32, nr: i64, frames: &[u64]) {
+    // SAFETY: an all-zero stat is a valid buffer for fstat.
+    let mut stat: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: fstat of the program's fd into a local buffer (it does not
+    // run); the supervisor reads `frames`, alive across the call.
+    unsafe {
+        sys::marked(
+            libc::SYS_fstat,
+            [
+                fd as u64,
+                &raw mut stat as u64,
+                0,
+                nr as u64,
+                frames.as_ptr() as u64,
+                frames.len() as u64,
+            ],
+            tag,
+        )
+    };
+}
+
 /// The judge's verdict on `op` of the one fd `fd` (callers outside the
 /// syscall wrappers: stdio's fclose, fdopen, ...).
 pub fn bad_handle(op: Op, fd: i32, call: &Call, frame: usize) -> Verdict {
     let known = known(fd);
     judged(&[Arg { op, fd, known }], call, frame).unwrap_or(Verdict::RUN)
-}
-
-/// The report of a close the judge held is due now (no sweep followed).
-fn held_due(h: Held, nr: i64, pcs: &Pcs) -> After {
-    if sys::COOKIE_ON.load(Relaxed) {
-        let frames = pcs.frames();
-        // SAFETY: an fstat of the held fd into a local buffer stands for
-        // the held call; the supervisor reads `frames` (this thread's
-        // stack, alive across the call) and writes the report.
-        let mut stat: libc::stat = unsafe { core::mem::zeroed() };
-        unsafe {
-            sys::marked(
-                libc::SYS_fstat,
-                [
-                    h.fd as u64,
-                    &raw mut stat as u64,
-                    0,
-                    nr as u64,
-                    frames.as_ptr() as u64,
-                    frames.len() as u64,
-                ],
-                marker::HELD,
-            )
-        };
-        return After::Nothing;
-    }
-    let call = Call::syscall(nr, [h.fd as u64, 0, 0, 0, 0, 0]);
-    write_bad_handle(
-        h.fd,
-        h.kind,
-        h.action,
-        h.quarantined,
-        false,
-        true,
-        &call,
-        pcs,
-    )
 }
 
 /// A bad-handle exception on the judge's word.
@@ -298,7 +290,16 @@ fn raise(
     }
     let ebadf = -i64::from(judge::EBADF);
     let offending = offending_stack(frame);
-    let after = write_bad_handle(fd, kind, action, quarantined, run, false, call, &offending);
+    let after = write_bad_handle(
+        fd,
+        kind,
+        action,
+        quarantined,
+        run,
+        Held::No,
+        call,
+        &offending,
+    );
     Verdict {
         result: if run { None } else { Some(ebadf) },
         after,
@@ -340,6 +341,16 @@ fn first_of_context(kind: Kind, offending: &[u64], closed: &[u64]) -> bool {
     true
 }
 
+/// Whether a report is of a close the judge held.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Held {
+    No,
+    /// No sweep followed: the consequence follows now.
+    Due,
+    /// The process ends before another close: nothing follows.
+    AtEnd,
+}
+
 /// Writes (or, for a context seen before, only counts) a bad-handle
 /// report, and says what follows it.
 #[allow(clippy::too_many_arguments)]
@@ -349,10 +360,12 @@ fn write_bad_handle(
     action: Action,
     quarantined: bool,
     run: bool,
-    held: bool,
+    held: Held,
     call: &Call,
     offending: &Pcs,
 ) -> After {
+    let at_end = held == Held::AtEnd;
+    let held = held != Held::No;
     let detail = st::slot(fd)
         .zip(st::stacks(fd))
         .and_then(|(s, k)| s.read_detail(k, 1000));
@@ -365,6 +378,7 @@ fn write_bad_handle(
     if first_of_context(kind, offending.frames(), closed_pcs) {
         let on = ON_EXCEPTION.load(Relaxed);
         let outcome: &str = match (action, held, run, on) {
+            _ if at_end => "the call failed with EBADF; the process ended before another close showed a sweep; nothing follows",
             (Action::Kill, true, ..) => "the call failed with EBADF; no close sweep followed; the process is killed (SIGKILL)",
             (Action::Kill, ..) => "the process is killed (SIGKILL)",
             (_, true, _, 2) => "the call failed with EBADF; no close sweep followed; the program goes on (--on-exception=continue)",
@@ -428,7 +442,7 @@ pub fn at_exit(root: bool, error_exitcode: Option<u8>) {
             h.action,
             h.quarantined,
             false,
-            true,
+            Held::AtEnd,
             &call,
             &pcs,
         );

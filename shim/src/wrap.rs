@@ -28,14 +28,14 @@ fn code(t: ObjType) -> u32 {
 
 /// The fast check of a wrapper: None to go on with the call, Some(value
 /// to return, libc convention) when the judge says otherwise. One atomic
-/// load of the slot state and one of the thread's memo when all is well.
+/// load of the slot state when all is well.
 #[inline(always)]
 fn check(fd: c_int, what: Op, nr: i64, args: [u64; 6], frame: usize) -> Option<i64> {
     if !active() {
         return None;
     }
     match st::state_of(fd) {
-        None | Some(state::OPEN) if report::calm() => None,
+        None | Some(state::OPEN) => None,
         _ => check_slow(fd, what, &Call::syscall(nr, args), frame),
     }
 }
@@ -72,8 +72,6 @@ fn create(frame: usize, ty: u32, how: u32, name: Named, f: impl Fn() -> i64) -> 
     if !active() {
         return f();
     }
-    // A call that is not a close ends a close sweep.
-    let _ = report::calm();
     let mut r = f();
     if emfile(r) {
         r = retry_after_release(&f, r);

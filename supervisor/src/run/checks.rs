@@ -394,16 +394,16 @@ impl Job {
             self.resume(tid, None);
             return;
         }
+        // A marked call is one the shim's judge already found to raise an
+        // exception: it is acted on here, not judged again.
+        let marked = self.shim_injected && shimtable::marker_of(nr, &a, self.cookie).is_some();
+        self.sync_shim(tid, tgid);
         if let Some(h) = shimtable::held_by_shim(nr, &a, self.cookie) {
             if self.shim_injected {
                 self.on_shim_held(tid, tgid, regs, h);
                 return;
             }
         }
-        // A marked call is one the shim's judge already found to raise an
-        // exception: it is acted on here, not judged again.
-        let marked = self.shim_injected && shimtable::marker_of(nr, &a, self.cookie).is_some();
-        self.sync_shim(tid, tgid);
         if self.shim_injected
             && matches!(desc.kind, Kind::Dup | Kind::DupTo | Kind::Fcntl)
             && desc
@@ -614,6 +614,16 @@ impl Job {
             judge::Flush::None => {}
         }
         match decision.verdict {
+            Verdict::Run
+                if args
+                    .iter()
+                    .any(|a| a.op == judge::Op::Close && a.known != Known::Open) =>
+            {
+                // A close the judge lets run on a number that is not open:
+                // the kernel answers (EBADF), nothing to quarantine.
+                self.resume(tid, None);
+                true
+            }
             Verdict::Run => false,
             Verdict::Fail(errno) => {
                 self.skip_with(tid, regs, errno);
@@ -635,7 +645,8 @@ impl Job {
                         h.quarantined,
                         offending,
                     )
-                    .map(|report| {
+                    .map(|mut report| {
+                        report.outcome = held_outcome(h.action, self.opts.on_exception);
                         Box::new(HeldReport {
                             report,
                             action: h.action,
@@ -699,7 +710,7 @@ impl Job {
             return;
         };
         if !deliver {
-            h.report.outcome = "the call failed with EBADF; the thread ended before another call showed a close sweep".into();
+            h.report.outcome = "the call failed with EBADF; the thread ended (or exec'd) before another close showed a sweep; nothing follows".into();
         }
         self.emit(&h.report);
         if deliver {
@@ -707,10 +718,29 @@ impl Job {
         }
     }
 
-    /// The shim's judge held a close and calls it due now: its report,
-    /// with the stack the shim captured at the close, and the action.
+    /// The shim's judge held a close (HOLD: the report is built now, from
+    /// the stack the shim captured, and kept for the thread), or decided
+    /// one it held (HELD_RAISE: written and raised now; HELD_DROP: a sweep
+    /// followed). The supervisor keeps it so that a thread that ends or
+    /// execs first still gets it written.
     fn on_shim_held(&mut self, tid: i32, tgid: i32, regs: Regs, h: shimtable::HeldByShim) {
+        use handles_model::table::marker;
         self.skip_with(tid, regs, libc::EBADF);
+        match h.tag {
+            marker::HELD_RAISE => {
+                self.flush_held(tid, true);
+                self.resume(tid, None);
+                return;
+            }
+            marker::HELD_DROP => {
+                if let Some(t) = self.threads.get_mut(&tid) {
+                    t.held = None;
+                }
+                self.resume(tid, None);
+                return;
+            }
+            _ => {}
+        }
         let Some(desc) = syscalls::lookup(h.nr) else {
             self.resume(tid, None);
             return;
@@ -747,25 +777,27 @@ impl Job {
         };
         let mut call = regs;
         call.rdi = h.fd as u64;
-        match self.bad_handle_report(
-            tid,
-            tgid,
-            &call,
-            desc,
-            h.fd,
-            kind,
-            action,
-            false,
-            quarantined,
-            offending,
-        ) {
-            Some(mut r) => {
-                r.outcome = held_outcome(action, self.opts.on_exception);
-                self.emit(&r);
-                self.raise(tid, tgid, action);
-            }
-            None => self.resume(tid, None),
+        let held = self
+            .bad_handle_report(
+                tid,
+                tgid,
+                &call,
+                desc,
+                h.fd,
+                kind,
+                action,
+                false,
+                quarantined,
+                offending,
+            )
+            .map(|mut report| {
+                report.outcome = held_outcome(action, self.opts.on_exception);
+                Box::new(HeldReport { report, action })
+            });
+        if let Some(t) = self.threads.get_mut(&tid) {
+            t.held = held;
         }
+        self.resume(tid, None);
     }
 
     /// The bad-handle report of a call, or None when a suppression matches

@@ -834,6 +834,9 @@ impl Job {
     }
 
     pub(super) fn on_gone(&mut self, tid: i32, exit: Exit) {
+        // A report held for a sweep that never came (without exit events,
+        // this is the first the supervisor hears of the thread's end).
+        self.flush_held(tid, false);
         if let Some(t) = self.threads.remove(&tid) {
             if !self.threads.values().any(|o| o.tgid == t.tgid) {
                 self.procs.remove(&t.tgid);

@@ -101,23 +101,29 @@ pub(super) fn marker_of(nr: i64, a: &[u64; 6], cookie: u64) -> Option<u32> {
     table::marker::tag(cookie, a[usize::from(d.cookie_arg()?)])
 }
 
-/// A report the shim's judge held and now calls due:
-/// `fstat(fd, buf, HELD marker, nr, pcs, n)` (see `marker::HELD`).
+/// What the shim says of a close its judge held (`marker::HOLD`,
+/// `HELD_RAISE`, `HELD_DROP`), carried by an fstat that does not run.
 pub(super) struct HeldByShim {
+    pub(super) tag: u32,
     pub(super) fd: i32,
+    /// HOLD: the held call and its stack, in the tracee's memory.
     pub(super) nr: i64,
     pub(super) pcs: u64,
     pub(super) n: usize,
 }
 
 pub(super) fn held_by_shim(nr: i64, a: &[u64; 6], cookie: u64) -> Option<HeldByShim> {
-    (nr == libc::SYS_fstat && marker_of(nr, a, cookie) == Some(table::marker::HELD)).then(|| {
-        HeldByShim {
-            fd: a[0] as i32,
-            nr: a[3] as i64,
-            pcs: a[4],
-            n: (a[5] as usize).min(table::STACK_DEPTH * 4),
-        }
+    use table::marker::{HELD_DROP, HELD_RAISE, HOLD};
+    if nr != libc::SYS_fstat {
+        return None;
+    }
+    let tag = marker_of(nr, a, cookie).filter(|t| [HOLD, HELD_RAISE, HELD_DROP].contains(t))?;
+    Some(HeldByShim {
+        tag,
+        fd: a[0] as i32,
+        nr: a[3] as i64,
+        pcs: a[4],
+        n: (a[5] as usize).min(table::STACK_DEPTH * 4),
     })
 }
 
