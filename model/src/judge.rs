@@ -131,9 +131,22 @@ pub enum Verdict {
     Run,
     /// The call does not run and returns `-errno`; nothing is reported.
     Fail(i32),
+    /// A close of an open handle within a sweep: it runs, and its number is
+    /// not quarantined (see [`Verdict::Release`] for why).
+    Unquarantined,
+    /// A close of a quarantined number by a sweep or a shell: the number
+    /// goes back to the kernel (its tombstone is closed for real) and the
+    /// call answers EBADF, as the closed number would natively. The
+    /// program says it wants these numbers free: programs that sweep then
+    /// rely on the lowest free number (OpenJDK's spawn helper closes 4 and
+    /// 5, then expects opendir to get one of them).
+    Release,
     /// The call does not run and fails with EBADF; its report is held
     /// until the thread's next close shows whether a sweep follows (or
-    /// the thread ends or execs first: then it is written).
+    /// the thread ends or execs first: then it is written). A quarantined
+    /// number is given back as for [`Verdict::Release`] at once: if a sweep
+    /// follows, it must be free (see there); if not, the program has shown
+    /// it no longer believes in the number, and the report says so.
     Hold(Held),
     /// A policy exception of `condition`: report, then `action`. `run`:
     /// the call runs (the kernel answers EBADF, as for a closed fd);
@@ -175,6 +188,11 @@ pub struct Memo {
     last: i32,
     /// The close before it.
     prev: i32,
+    /// Closes in the current run of steps (a sweep has two or more).
+    run: u32,
+    /// The run met a number that was not open: a sweep, not two handles
+    /// that happen to be neighbours (the two ends of a pipe).
+    met_closed: bool,
     held: Option<Held>,
 }
 
@@ -189,6 +207,8 @@ impl Memo {
         Memo {
             last: NONE,
             prev: NONE,
+            run: 0,
+            met_closed: false,
             held: None,
         }
     }
@@ -221,9 +241,24 @@ impl Memo {
         }
     }
 
-    fn note(&mut self, fd: i32) {
+    fn note(&mut self, fd: i32, sweep: bool, open: bool) {
+        if sweep {
+            self.run = self.run.saturating_add(1);
+            self.met_closed |= !open;
+        } else {
+            self.run = 1;
+            self.met_closed = !open;
+        }
         self.prev = self.last;
         self.last = fd;
+    }
+
+    /// Is a close of an open handle that continues the run a sweep's (its
+    /// number is then not quarantined: the program clears its table, and
+    /// code after a sweep counts on the lowest free number)? Three steps
+    /// in a row, or a run that met numbers not open.
+    fn sweeping(&self) -> bool {
+        self.run >= 2 || self.met_closed
     }
 }
 
@@ -275,6 +310,9 @@ fn judge_arg(a: Arg, shell: bool, policy: &Policy) -> Verdict {
             Some(k) => k,
         },
     };
+    if shell && a.op == Op::Close && quarantined {
+        return Verdict::Release;
+    }
     if shell && matches!(a.op, Op::Close | Op::Dup) {
         return native;
     }
@@ -306,13 +344,27 @@ pub fn judge(memo: &mut Memo, args: &[Arg], shell: bool, policy: &Policy) -> Dec
         Some(h) if sweep => Flush::Drop(h),
         Some(h) => Flush::Raise(h),
     };
-    let mut verdict = Verdict::Run;
+    let closes_open = args
+        .iter()
+        .any(|a| a.op == Op::Close && a.known == Known::Open);
+    let mut verdict = if sweep && closes_open && memo.sweeping() {
+        Verdict::Unquarantined
+    } else {
+        Verdict::Run
+    };
     for &a in args {
         let v = judge_arg(a, shell, policy);
         if v == Verdict::Run {
             continue;
         }
         verdict = match v {
+            Verdict::Fail(EBADF)
+                if sweep
+                    && a.op == Op::Close
+                    && a.known == (Known::Closed { quarantined: true }) =>
+            {
+                Verdict::Release
+            }
             Verdict::Raise {
                 kind,
                 action,
@@ -323,7 +375,7 @@ pub fn judge(memo: &mut Memo, args: &[Arg], shell: bool, policy: &Policy) -> Dec
                     // Within a sweep: what it meets is not the program's
                     // business any more.
                     if quarantined {
-                        Verdict::Fail(EBADF)
+                        Verdict::Release
                     } else {
                         Verdict::Run
                     }
@@ -346,8 +398,8 @@ pub fn judge(memo: &mut Memo, args: &[Arg], shell: bool, policy: &Policy) -> Dec
         };
         break;
     }
-    if let Some(fd) = close {
-        memo.note(fd);
+    if let Some(a) = args.iter().find(|a| a.op == Op::Close) {
+        memo.note(a.fd, sweep, a.known == Known::Open);
     }
     Decision { flush, verdict }
 }
@@ -471,8 +523,8 @@ mod tests {
 
     #[test]
     fn open_handles_and_negative_numbers_run() {
-        let mut m = Memo::new();
         for op in [Op::Use, Op::Close, Op::Dup, Op::Question] {
+            let mut m = Memo::new();
             assert_eq!(one(&mut m, op, 5, OPEN).verdict, Verdict::Run);
             assert_eq!(one(&mut m, op, -1, NEVER).verdict, Verdict::Run);
         }
@@ -621,10 +673,60 @@ mod tests {
         one(&mut m, Op::Close, 4, OPEN);
         one(&mut m, Op::Use, 1, OPEN);
         let d = one(&mut m, Op::Close, 5, CLOSED);
-        assert_eq!(d.verdict, Verdict::Fail(EBADF));
+        assert_eq!(d.verdict, Verdict::Release);
         // A lone close of a number never opened (close(77)).
         let r = closes(&[(77, NEVER)]);
         assert_eq!(r[0], Some(Kind::CloseNeverOpened));
+    }
+
+    #[test]
+    fn sweeps_and_shells_give_quarantined_numbers_back() {
+        let mut m = Memo::new();
+        let d = one(&mut m, Op::Close, 4, CLOSED);
+        assert!(matches!(d.verdict, Verdict::Hold(_)));
+        let d = one(&mut m, Op::Close, 5, CLOSED);
+        assert!(matches!(
+            d.flush,
+            Flush::Drop(Held {
+                fd: 4,
+                quarantined: true,
+                ..
+            })
+        ));
+        assert_eq!(d.verdict, Verdict::Release);
+        let d = judge(
+            &mut Memo::new(),
+            &[Arg {
+                op: Op::Close,
+                fd: 3,
+                known: CLOSED,
+            }],
+            true,
+            &Policy::default_job(),
+        );
+        assert_eq!(d.verdict, Verdict::Release);
+        // An open handle closed by a sweep is not quarantined: the run met
+        // a closed number, or is three long; the two ends of a pipe closed
+        // in turn are.
+        let mut m = Memo::new();
+        one(&mut m, Op::Close, 4, CLOSED);
+        one(&mut m, Op::Close, 5, CLOSED);
+        assert_eq!(
+            one(&mut m, Op::Close, 6, OPEN).verdict,
+            Verdict::Unquarantined
+        );
+        let mut m = Memo::new();
+        assert_eq!(one(&mut m, Op::Close, 3, OPEN).verdict, Verdict::Run);
+        assert_eq!(one(&mut m, Op::Close, 4, OPEN).verdict, Verdict::Run);
+        assert_eq!(
+            one(&mut m, Op::Close, 5, OPEN).verdict,
+            Verdict::Unquarantined
+        );
+        // A genuine double close keeps its number quarantined.
+        let mut m = Memo::new();
+        one(&mut m, Op::Close, 4, OPEN);
+        let d = one(&mut m, Op::Close, 4, CLOSED);
+        assert!(matches!(d.verdict, Verdict::Raise { .. }));
     }
 
     #[test]
@@ -638,7 +740,10 @@ mod tests {
         ] {
             let d = judge(&mut Memo::new(), &[Arg { op, fd: 5, known }], true, &p);
             assert!(
-                matches!(d.verdict, Verdict::Run | Verdict::Fail(EBADF)),
+                matches!(
+                    d.verdict,
+                    Verdict::Run | Verdict::Fail(EBADF) | Verdict::Release
+                ),
                 "{op:?} {known:?}"
             );
         }

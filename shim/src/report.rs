@@ -175,6 +175,12 @@ pub fn known(fd: i32) -> Known {
 /// it, or what the wrapper returns. `frame`: the trampoline's frame, for
 /// the stacks.
 pub fn judged(args: &[Arg], call: &Call, frame: usize) -> Option<Verdict> {
+    judged_close(args, call, frame).0
+}
+
+/// [`judged`], and whether a close that runs is a sweep's: its number is
+/// then not quarantined (`judge::Verdict::Unquarantined`).
+pub fn judged_close(args: &[Arg], call: &Call, frame: usize) -> (Option<Verdict>, bool) {
     let mut memo = MEMO.with(Cell::get);
     let d = judge::judge(&mut memo, args, shell(), &policy());
     MEMO.with(|c| c.set(memo));
@@ -201,12 +207,24 @@ pub fn judged(args: &[Arg], call: &Call, frame: usize) -> Option<Verdict> {
         Flush::Drop(_) | Flush::None => {}
     }
     let v = match d.verdict {
-        Judged::Run => None,
+        Judged::Run | Judged::Unquarantined => None,
         Judged::Fail(e) => Some(Verdict {
             result: Some(-i64::from(e)),
             after: After::Nothing,
         }),
+        Judged::Release => {
+            if let Some(a) = args.iter().find(|a| a.op == Op::Close) {
+                crate::quarantine::release(a.fd);
+            }
+            Some(Verdict {
+                result: Some(-i64::from(judge::EBADF)),
+                after: After::Nothing,
+            })
+        }
         Judged::Hold(h) => {
+            if h.quarantined {
+                crate::quarantine::release(h.fd);
+            }
             let pcs = offending_stack(frame);
             if supervised {
                 tell_supervisor(marker::HOLD, h.fd, call.nr, pcs.frames());
@@ -227,7 +245,8 @@ pub fn judged(args: &[Arg], call: &Call, frame: usize) -> Option<Verdict> {
             ..
         } => Some(raise(fd, kind, action, quarantined, run, call, frame)),
     };
-    match v {
+    let unquarantined = d.verdict == Judged::Unquarantined;
+    let v = match v {
         Some(mut v) => {
             if v.after == After::Nothing {
                 v.after = after;
@@ -239,7 +258,8 @@ pub fn judged(args: &[Arg], call: &Call, frame: usize) -> Option<Verdict> {
             after,
         }),
         None => None,
-    }
+    };
+    (v, unquarantined)
 }
 
 /// Tells the supervisor about a close the judge held (`marker::HOLD`,

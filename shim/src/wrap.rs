@@ -963,7 +963,7 @@ fn do_close(fd: c_int, frame: usize) -> (i64, After) {
     // Every close goes to the judge, open ones too: a sweep is told by
     // the closes before.
     let known = report::known(fd);
-    let v = report::judged(
+    let (v, sweeping) = report::judged_close(
         &[Arg {
             op: Op::Close,
             fd,
@@ -1011,7 +1011,7 @@ fn do_close(fd: c_int, frame: usize) -> (i64, After) {
         };
     }
     let mut tomb = false;
-    if fd > 2 && quarantine::room() {
+    if fd > 2 && !sweeping && quarantine::room() {
         let src = st::tomb_src();
         if src >= 0 {
             let d = sys::dup3(src, fd, libc::O_CLOEXEC);

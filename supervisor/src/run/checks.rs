@@ -480,7 +480,7 @@ impl Job {
                 }
                 self.resume(tid, None);
             }
-            Kind::Close => self.on_close(tid, tgid, regs),
+            Kind::Close => self.on_close(tid, tgid, regs, true),
             Kind::Fcntl => {
                 let cmd = a[1] as i32;
                 if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
@@ -625,9 +625,21 @@ impl Job {
                 true
             }
             Verdict::Run => false,
+            Verdict::Unquarantined => {
+                self.on_close(tid, tgid, regs, false);
+                true
+            }
             Verdict::Fail(errno) => {
                 self.skip_with(tid, regs, errno);
                 self.resume(tid, None);
+                true
+            }
+            Verdict::Release => {
+                if let Some(a) = args.iter().find(|a| a.op == judge::Op::Close) {
+                    self.give_back(tid, tgid, a.fd);
+                } else {
+                    self.resume(tid, None);
+                }
                 true
             }
             Verdict::Hold(h) => {
@@ -655,8 +667,12 @@ impl Job {
                 if let Some(t) = self.threads.get_mut(&tid) {
                     t.held = held;
                 }
-                self.skip_with(tid, regs, libc::EBADF);
-                self.resume(tid, None);
+                if h.quarantined {
+                    self.give_back(tid, tgid, h.fd);
+                } else {
+                    self.skip_with(tid, regs, libc::EBADF);
+                    self.resume(tid, None);
+                }
                 true
             }
             Verdict::Raise {
@@ -695,6 +711,20 @@ impl Job {
                 true
             }
         }
+    }
+
+    /// Gives the quarantined number `fd` back to the kernel
+    /// (`Verdict::Release`): the stopped close runs on the tombstone, and
+    /// its exit is made to answer EBADF, as the closed number would.
+    fn give_back(&mut self, tid: i32, tgid: i32, fd: i32) {
+        if let Some(t) = self.threads.get(&tid) {
+            t.table.borrow_mut().drop_tombstone(fd);
+        }
+        self.shim_update(tgid, fd, &shimtable::Update::Free);
+        if let Some(t) = self.threads.get_mut(&tid) {
+            t.pending = Some(ExitWork::Release);
+        }
+        let _ = ptrace::syscall(Pid::from_raw(tid), None);
     }
 
     /// The report of a close the judge held is due: no sweep followed.

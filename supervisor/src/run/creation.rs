@@ -123,6 +123,12 @@ impl Job {
                 fix_poll(tid, &entry, &regs, &hidden);
                 self.resume(tid, None);
             }
+            ExitWork::Release => {
+                let mut done = regs;
+                done.rax = (-(libc::EBADF as i64)) as u64;
+                let _ = tracer::setregs(tid, &done);
+                self.resume(tid, None);
+            }
             ExitWork::CloseRange { entry } => {
                 if ret == 0 {
                     self.after_close_range(tid, tgid, &entry);

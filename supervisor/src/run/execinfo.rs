@@ -291,13 +291,15 @@ pub fn loader_is_glibc(tid: i32, at_base: u64) -> bool {
     glibc_soname(tid, at_base).is_some()
 }
 
-fn glibc_soname(tid: i32, base: u64) -> Option<()> {
+/// What [`image_layout`] reads of an ELF image: its first page, the
+/// extent of its PT_LOAD segments from its base, and its PT_DYNAMIC
+/// (address, size).
+type Layout = (Vec<u8>, u64, Option<(u64, u64)>);
+
+/// The ELF image mapped at `base` in `tid`.
+fn image_layout(tid: i32, base: u64) -> Option<Layout> {
     const PT_LOAD: u32 = 1;
     const PT_DYNAMIC: u32 = 2;
-    const DT_NULL: u64 = 0;
-    const DT_STRTAB: u64 = 5;
-    const DT_STRSZ: u64 = 10;
-    const DT_SONAME: u64 = 14;
     const PHENT: usize = 56;
     if base == 0 || !base.is_multiple_of(PAGE) {
         return None;
@@ -337,6 +339,21 @@ fn glibc_soname(tid: i32, base: u64) -> Option<()> {
             _ => {}
         }
     }
+    Some((head, span, dynamic))
+}
+
+/// How far the ELF image mapped at `base` (the dynamic loader, at
+/// AT_BASE) extends: the calls made from there are the loader's.
+pub fn image_span(tid: i32, base: u64) -> Option<u64> {
+    image_layout(tid, base).map(|(_, span, _)| span)
+}
+
+fn glibc_soname(tid: i32, base: u64) -> Option<()> {
+    const DT_NULL: u64 = 0;
+    const DT_STRTAB: u64 = 5;
+    const DT_STRSZ: u64 = 10;
+    const DT_SONAME: u64 = 14;
+    let (head, span, dynamic) = image_layout(tid, base)?;
     let (dyn_vaddr, dyn_size) = dynamic?;
     // A link-time address, or one the loader relocated already.
     let at = |addr: u64| -> Option<u64> {

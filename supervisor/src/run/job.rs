@@ -153,6 +153,9 @@ pub(super) enum ExitWork {
     Listing { entry: Regs, pid: i32 },
     /// poll/ppoll over these hidden numbers: they must read POLLNVAL.
     Poll { entry: Regs, hidden: Vec<i32> },
+    /// A close the judge gives a quarantined number back with: it ran on
+    /// the tombstone; the program must see EBADF, as natively.
+    Release,
 }
 
 /// A creation let run without a stop at its exit: the new fd was
@@ -190,6 +193,10 @@ pub(super) struct HeldReport {
 }
 
 pub(super) struct Process {
+    /// The dynamic loader's AT_BASE (0: none, or unknown) and, once asked,
+    /// where its image ends: closes made from there are the loader's own
+    /// (the libraries it opened), never the program's handles.
+    pub(super) loader: (u64, Option<u64>),
     /// The image is a shell (`judge::is_shell` of /proc/PID/exe), read at
     /// first need.
     pub(super) shell: Option<bool>,
@@ -579,6 +586,7 @@ impl Job {
                 strict: !lenient,
                 fd_dir: None,
                 shell: None,
+                loader: (0, None),
                 exec_unverified: false,
                 inherited_at_fork: Vec::new(),
             },
@@ -977,6 +985,7 @@ impl Job {
                     strict,
                     fd_dir: None,
                     shell: None,
+                    loader: (0, None),
                     exec_unverified: false,
                     inherited_at_fork: Vec::new(),
                 },
@@ -1106,6 +1115,12 @@ impl Job {
             p.awaiting_shim = awaiting_shim;
             p.loading = awaiting_shim;
             p.shell = None;
+            p.loader = (
+                info.as_ref()
+                    .and_then(|i| i.auxv(libc::AT_BASE))
+                    .unwrap_or(0),
+                None,
+            );
             p.exec_unverified = deferred;
             p.inherited_at_fork.clear();
             p.name = name;

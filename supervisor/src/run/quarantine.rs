@@ -5,13 +5,19 @@
 use super::job::*;
 
 impl Job {
-    pub(super) fn on_close(&mut self, tid: i32, tgid: i32, regs: Regs) {
+    /// A close of an open handle, quarantined unless `quarantine` is false
+    /// (a sweep's close: see `judge::Verdict::Unquarantined`).
+    pub(super) fn on_close(&mut self, tid: i32, tgid: i32, regs: Regs, quarantine: bool) {
         let fd = regs.rdi as i32;
         let facts = self.object_facts(tgid, fd);
         let stack = self.capture_stack(tid, tgid, Some(&regs));
-        let loading = self.procs.get(&tgid).is_some_and(|p| p.loading);
-        let quarantine =
-            self.opts.quarantine > 0 && fd > 2 && !loading && self.room_for_tombstone(tid, tgid);
+        let loading = self.procs.get(&tgid).is_some_and(|p| p.loading)
+            || self.made_by_loader(tid, tgid, regs.rip);
+        let quarantine = quarantine
+            && self.opts.quarantine > 0
+            && fd > 2
+            && !loading
+            && self.room_for_tombstone(tid, tgid);
         if !quarantine {
             if let Some(t) = self.threads.get(&tid) {
                 t.table
@@ -33,6 +39,24 @@ impl Job {
             Err(InjectError::Gone) => {}
             Err(InjectError::Ptrace(_)) => self.resume(tid, None),
         }
+    }
+
+    /// Was the call at `ip` made by the dynamic loader (the fds of the
+    /// libraries it maps, closed before the program runs)? Quarantining
+    /// those would shift every fd number the program gets after them.
+    fn made_by_loader(&mut self, tid: i32, tgid: i32, ip: u64) -> bool {
+        let Some(p) = self.procs.get_mut(&tgid) else {
+            return false;
+        };
+        let (base, end) = &mut p.loader;
+        if *base == 0 {
+            return false;
+        }
+        let base = *base;
+        let end = *end.get_or_insert_with(|| {
+            super::execinfo::image_span(tid, base).map_or(base, |span| base.saturating_add(span))
+        });
+        (base..end).contains(&ip)
     }
 
     /// The process's RLIMIT_NOFILE, re-read every 1024 questions.

@@ -577,7 +577,7 @@ impl super::job::Job {
         }
     }
 
-    fn shim_update(&self, tgid: i32, fd: i32, u: &Update) -> Option<u32> {
+    pub(super) fn shim_update(&self, tgid: i32, fd: i32, u: &Update) -> Option<u32> {
         self.procs.get(&tgid)?.shim.as_ref()?.update(fd, u)
     }
 }
