@@ -1,7 +1,11 @@
 //! `handles run [OPTIONS] -- PROG [ARGS...]`.
 
 use handles_supervisor::policy::Policy;
-use handles_supervisor::run::{CheckLevel, Job, LeakMode, OnException, RunError, RunOptions};
+use handles_supervisor::run::front::{self, Role};
+use handles_supervisor::run::job::install_forwarding;
+use handles_supervisor::run::{
+    CheckLevel, Job, LeakMode, OnException, Outcome, RunError, RunOptions,
+};
 use handles_supervisor::suppress::Suppressions;
 
 use crate::args::{CheckArg, LeakCheckArg, OnExceptionArg, RunArgs};
@@ -187,11 +191,39 @@ pub fn run(a: &RunArgs) -> u8 {
         max_handles: a.max_handles,
         strict: a.strict,
     };
-    match Job::run(opts) {
-        Ok(outcome) => match a.error_exitcode {
-            Some(code) if outcome.exceptions > 0 || outcome.leaks > 0 => code,
-            _ => outcome.exit.shell_status().clamp(0, 255) as u8,
-        },
+    // Unless --wait-all, this process (the one the shell waits on) only
+    // waits for the program's status, and a child of it supervises the job
+    // to its end (supervisor/src/run/front.rs).
+    let mut notifier = None;
+    if !a.wait_all {
+        match front::split() {
+            Ok(Role::Front(status)) => return status,
+            Ok(Role::Supervisor(mut n)) => {
+                install_forwarding();
+                n.ready();
+                notifier = Some(n);
+            }
+            // Run attached, as with --wait-all.
+            Err(e) => {
+                eprintln!("handles: cannot fork the supervisor ({e}); waiting for the whole job")
+            }
+        }
+    }
+    let error_exitcode = a.error_exitcode;
+    // What `handles run` returns: the program's status as a shell reports
+    // it, or --error-exitcode when something was reported. The front gets
+    // it when the program exits, so it covers what was reported until then.
+    let status_of = |outcome: &Outcome| match error_exitcode {
+        Some(code) if outcome.exceptions > 0 || outcome.leaks > 0 => code,
+        _ => outcome.exit.shell_status().clamp(0, 255) as u8,
+    };
+    let result = Job::run_with(opts, &mut |outcome| {
+        if let Some(n) = notifier.as_mut() {
+            n.send_status(status_of(outcome));
+        }
+    });
+    let status = match result {
+        Ok(outcome) => status_of(&outcome),
         Err(RunError::Spawn(e)) => {
             eprintln!("handles: {e}");
             e.exit_code().clamp(0, 255) as u8
@@ -200,5 +232,10 @@ pub fn run(a: &RunArgs) -> u8 {
             eprintln!("handles: {e}");
             SUPERVISOR_FAILED
         }
+    };
+    if let Some(n) = notifier.as_mut() {
+        // Not sent yet: the program never ran, or the supervisor failed.
+        n.send_status(status);
     }
+    status
 }
