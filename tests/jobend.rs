@@ -178,3 +178,40 @@ fn error_exitcode_covers_the_program_and_with_wait_all_the_whole_job() {
     assert_eq!(st.code(), Some(9));
     assert!(took >= Duration::from_secs(1), "took {took:?}");
 }
+
+/// A daemon's leak is checked at its exit, after `handles run` returned:
+/// the leak report reaches the `--log` file, and the `--report` file,
+/// written when the job's last process exits, lists it.
+#[test]
+fn a_late_leak_check_reaches_the_log_and_the_report() {
+    let prog = fixture("daemon_late");
+    let dir = scratch("leak");
+    let ticks = dir.join("ticks");
+    let log = dir.join("log");
+    let report = dir.join("report.json");
+    let (st, took) = timed(
+        &[
+            "--leak-check",
+            "--policy",
+            "bad-handle=allow",
+            "--log",
+            log.to_str().expect("utf-8"),
+            "--report",
+            report.to_str().expect("utf-8"),
+        ],
+        prog.to_str().expect("utf-8"),
+        &[ticks.to_str().expect("utf-8")],
+    );
+    assert_eq!(st.code(), Some(0));
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    wait_for("the job's JSON report", Duration::from_secs(15), || {
+        serde_json::from_str::<serde_json::Value>(&read(&report)).is_ok()
+    });
+    let text = read(&log);
+    assert!(
+        text.contains("(daemon_late) exits holding 1 handle it created"),
+        "{text}"
+    );
+    assert!(text.contains("LEAK SUMMARY"), "{text}");
+    assert!(read(&report).contains("daemon_late"), "{}", read(&report));
+}
