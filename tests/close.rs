@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{fixture, handles, spawn_ready, Running};
+use std::io::{BufRead, BufReader};
+
+use common::{fixture, handles};
 
 const MODES: [&[&str]; 4] = [&[], &["--strict"], &["--no-shim"], &["--no-ptrace"]];
 
@@ -81,7 +83,7 @@ fn scratch(tag: &str) -> PathBuf {
 /// server killed when dropped.
 struct Fuse {
     dir: PathBuf,
-    _server: Running,
+    server: std::process::Child,
 }
 
 impl Drop for Fuse {
@@ -90,6 +92,9 @@ impl Drop for Fuse {
             // SAFETY: umount2 on a NUL-terminated path we mounted.
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         }
+        // Unmounted, it exits; killed anyway if it did not.
+        let _ = self.server.kill();
+        let _ = self.server.wait();
     }
 }
 
@@ -107,15 +112,27 @@ fn mount(tag: &str) -> Option<Fuse> {
     }
     let dir = scratch(tag).join("mnt");
     std::fs::create_dir_all(&dir).expect("mount point");
-    let mut cmd = Command::new(fixture("fuse_eio"));
-    cmd.arg(&dir).stderr(Stdio::inherit());
-    let server = spawn_ready(cmd);
+    let mut child = Command::new(fixture("fuse_eio"))
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn fuse_eio");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut line = String::new();
+    let _ = stdout.read_line(&mut line);
+    if line.trim_end() != "READY" {
+        // The mount was refused (a container without CAP_SYS_ADMIN, a
+        // kernel without FUSE): fuse_eio said why on stderr.
+        let _ = child.kill();
+        let _ = child.wait();
+        eprintln!("SKIPPED: fuse_eio could not mount FUSE here");
+        return None;
+    }
     // The mount is in place once READY is printed; the first access waits
     // for the server's INIT reply.
-    Some(Fuse {
-        dir,
-        _server: server,
-    })
+    Some(Fuse { dir, server: child })
 }
 
 fn assert_same_line(what: &str, native: &Output, ran: &Output, key: &str) {
