@@ -326,6 +326,16 @@ fn stat_of(pid: i32) -> Option<Stat> {
     Some(Stat { state, pgrp })
 }
 
+/// The supervisor of the `handles run` process `front`: the child it
+/// forks to serve the job (supervisor/src/run/front.rs), or itself with
+/// `--wait-all`.
+fn supervisor_of(front: i32) -> i32 {
+    fs::read_to_string(format!("/proc/{front}/task/{front}/children"))
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(front)
+}
+
 fn status_field(pid: i32, key: &str) -> Option<String> {
     let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
@@ -453,8 +463,8 @@ fn sigkill_while_blocked_in_read_exits_137_promptly() {
         let pid = printed_pid(&lines, "pid");
         p.known.push(pid);
         assert_eq!(
-            status_field(pid, "TracerPid"),
-            Some(p.pid().to_string()),
+            status_field(pid, "TracerPid").and_then(|t| t.parse().ok()),
+            Some(supervisor_of(p.pid())),
             "{mode:?}: the program is traced by handles"
         );
         // Blocked in read() (sleeping), not in a ptrace stop.
@@ -533,8 +543,8 @@ fn start_tree(mode: Mode, how: &str) -> (Proc, [i32; 3]) {
     p.known.extend(pids);
     for pid in pids {
         assert_eq!(
-            status_field(pid, "TracerPid"),
-            Some(p.pid().to_string()),
+            status_field(pid, "TracerPid").and_then(|t| t.parse().ok()),
+            Some(supervisor_of(p.pid())),
             "{mode:?}: {}",
             describe_process(pid)
         );

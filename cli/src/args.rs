@@ -143,6 +143,14 @@ pub struct RunArgs {
     #[arg(long, conflicts_with = "no_ptrace")]
     pub strict: bool,
 
+    /// Return only when every process of the job has exited. By default
+    /// `handles run` returns as a shell does, when the program it started
+    /// exits, with its status; descendants still running stay supervised
+    /// in the background until they exit (their reports go to stderr and
+    /// the --log/--report/--sarif files).
+    #[arg(long, conflicts_with = "no_ptrace")]
+    pub wait_all: bool,
+
     /// A per-process handle budget: creating more than N open handles raises
     /// an exception (catches runaway leaks long before EMFILE).
     #[arg(long, value_name = "N")]

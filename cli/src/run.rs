@@ -1,6 +1,8 @@
 //! `handles run [OPTIONS] -- PROG [ARGS...]`.
 
 use handles_supervisor::policy::{Policy, PolicyText};
+use handles_supervisor::run::front::{self, Role};
+use handles_supervisor::run::job::install_forwarding;
 use handles_supervisor::run::{
     CheckLevel, Job, LeakMode, OnException, Outcome, RunError, RunOptions,
 };
@@ -213,17 +215,42 @@ pub fn run(a: &RunArgs) -> u8 {
             || matches!(a.on_exception, OnExceptionArg::Continue)
             || !matches!(a.leak_check, None | Some(LeakCheckArg::No)),
     };
-    match Job::run(opts) {
+    // Unless --wait-all, this process (the one the shell waits on) only
+    // waits for the program's status, and a child of it supervises the job
+    // to its end (supervisor/src/run/front.rs).
+    let mut notifier = None;
+    if !a.wait_all {
+        match front::split() {
+            Ok(Role::Front(status)) => return status,
+            Ok(Role::Supervisor(mut n)) => {
+                install_forwarding();
+                n.ready();
+                notifier = Some(n);
+            }
+            // Run attached, as with --wait-all.
+            Err(e) => {
+                eprintln!("handles: cannot fork the supervisor ({e}); waiting for the whole job")
+            }
+        }
+    }
+    let error_exitcode = a.error_exitcode;
+    // What `handles run` returns: the program's status as a shell reports
+    // it, or --error-exitcode when something was reported. The front gets
+    // it when the program exits, so it covers what was reported until then.
+    let status_of = |outcome: &Outcome| match (outcome.interrupted, error_exitcode) {
         // The wait for a process stopped for a debugger was cut short: the
         // status says so, as a shell's for a command the signal ended.
-        Ok(Outcome {
-            interrupted: Some(sig),
-            ..
-        }) => (128 + sig).clamp(0, 255) as u8,
-        Ok(outcome) => match a.error_exitcode {
-            Some(code) if outcome.exceptions > 0 || outcome.leaks > 0 => code,
-            _ => outcome.exit.shell_status().clamp(0, 255) as u8,
-        },
+        (Some(sig), _) => (128 + sig).clamp(0, 255) as u8,
+        (None, Some(code)) if outcome.exceptions > 0 || outcome.leaks > 0 => code,
+        _ => outcome.exit.shell_status().clamp(0, 255) as u8,
+    };
+    let result = Job::run_with(opts, &mut |outcome| {
+        if let Some(n) = notifier.as_mut() {
+            n.send_status(status_of(outcome));
+        }
+    });
+    let status = match result {
+        Ok(outcome) => status_of(&outcome),
         Err(RunError::Spawn(e)) => {
             eprintln!("handles: {e}");
             e.exit_code().clamp(0, 255) as u8
@@ -232,5 +259,10 @@ pub fn run(a: &RunArgs) -> u8 {
             eprintln!("handles: {e}");
             SUPERVISOR_FAILED
         }
+    };
+    if let Some(n) = notifier.as_mut() {
+        // Not sent yet: the program never ran, or the supervisor failed.
+        n.send_status(status);
     }
+    status
 }

@@ -90,6 +90,30 @@ impl ObjType {
         }
     }
 
+    /// Whether closing an object of this type can never fail: the kernel's
+    /// close returns only what the file's `flush` returns, and these objects
+    /// have none (pipes, sockets, anonymous-inode objects, memfds, O_PATH
+    /// fds). Files, directories, devices and unknown objects may sit on
+    /// NFS, FUSE, 9p or CIFS, whose flush reports deferred write errors:
+    /// their number must not be replaced with dup3 (its implicit close
+    /// discards that result) but closed for real.
+    pub fn close_cannot_fail(self) -> bool {
+        matches!(
+            self,
+            ObjType::Pipe
+                | ObjType::Channel
+                | ObjType::Socket
+                | ObjType::Event
+                | ObjType::Port
+                | ObjType::Timer
+                | ObjType::Signalfd
+                | ObjType::Vmo
+                | ObjType::Process
+                | ObjType::Inotify
+                | ObjType::Path
+        )
+    }
+
     /// The `ZX_OBJ_TYPE_*` name used by the debugger views. Types Zircon has
     /// no equivalent for get a `ZX_OBJ_TYPE_LINUX_*` name so that the column
     /// stays one vocabulary.

@@ -15,9 +15,9 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 
-use handles_model::table::{state, Locked};
+use handles_model::table::{state, Locked, Slot};
 
-use crate::state::{self as st, capacity, lock, slot, LIMIT, USED};
+use crate::state::{self as st, capacity, lock, slot, Pcs, LIMIT, USED};
 use crate::sys;
 
 const RING: usize = 256;
@@ -201,4 +201,102 @@ pub fn relieve(step: u32) -> bool {
         2 => st::yield_internal(&st::TABLE_FD),
         _ => false,
     }
+}
+
+/// Whether the slot's type code says the object's close cannot fail
+/// (`ObjType::close_cannot_fail`). 0 (a plain open, an inherited or
+/// adopted fd: not classified) takes the honest path.
+fn close_cannot_fail(ty: u32) -> bool {
+    handles_model::table::obj_type_from_code(ty).is_some_and(|t| t.close_cannot_fail())
+}
+
+/// Closes the program's `fd` (fd > 2 is quarantined while there is
+/// [`room`]), records the close in its slot `s`, whose lock `l` the caller
+/// took, and releases that lock. Returns close's raw result (what the
+/// program gets: exactly the native result) and whether the number is now
+/// a tombstone.
+///
+/// `dup3(tomb_src, fd)` would hold the number without a gap, but its
+/// implicit close throws away the file's flush result: on NFS/FUSE/9p/CIFS
+/// that is where a failed write-back is reported, and a careful program
+/// (cp) would report success for a file that was not saved. So unless the
+/// slot's type says the object's close cannot fail (where the single dup3
+/// is kept: one syscall instead of two), the fd is closed for real and its
+/// number taken back with `F_DUPFD_CLOEXEC(tomb_src, fd)`, which returns
+/// the lowest free number >= fd: `fd` itself, or, if another thread or a
+/// signal handler got `fd` in between, a higher one, which is closed
+/// again: that number belongs to whoever got it and is left alone.
+///
+/// The slot is recorded closed and unlocked *before* that close: the
+/// kernel frees the number before it flushes, and a flush may wait on a
+/// server for seconds, while a thread that gets the number meanwhile
+/// records its creation under the same lock, and would steal a lock held
+/// that long (`state::lock`) and have its record overwritten after.
+pub fn close_and_hold(fd: i32, s: &Slot, l: Locked, pcs: &Pcs, quarantine: bool) -> (i64, bool) {
+    let src = if quarantine && fd > 2 && room() {
+        st::tomb_src()
+    } else {
+        -1
+    };
+    if src >= 0 && close_cannot_fail(s.load(&l).obj_type) {
+        let d = sys::dup3(src, fd, libc::O_CLOEXEC);
+        if d == i64::from(fd) {
+            st::closed_locked(fd, s, &l, true, pcs);
+            st::unlock(fd, s, l);
+            push(fd);
+            return (0, true);
+        }
+        if d == -i64::from(libc::EBADF) {
+            // The source vanished under another name.
+            st::TOMB_SRC.store(-1, Relaxed);
+        }
+    }
+    st::closed_locked(fd, s, &l, false, pcs);
+    st::unlock(fd, s, l);
+    let r = sys::close(fd);
+    // EBADF: it was not open, so the number is not ours to take.
+    if src < 0 || r == -i64::from(libc::EBADF) || !hold(src, fd) {
+        return (r, false);
+    }
+    mark_held(fd, s, pcs);
+    (r, true)
+}
+
+/// Records the number `fd`, taken back by [`hold`], as a tombstone and
+/// queues it. Whatever the slot says now (FREE, or OPEN if another
+/// thread's use adopted the fd in the window), the kernel gave the number
+/// to the tombstone, so that is the truth.
+fn mark_held(fd: i32, s: &Slot, pcs: &Pcs) {
+    let l = lock(s);
+    st::closed_locked(fd, s, &l, true, pcs);
+    st::unlock(fd, s, l);
+    push(fd);
+}
+
+/// Takes the number `fd`, just closed by the caller (the stdio functions'
+/// libc close), back as a tombstone, recording it in its slot `s` and
+/// queueing it; whether it got exactly that number (false: another thread
+/// or a signal handler got it first, or there is no tombstone source).
+pub fn hold_closed(fd: i32, s: &Slot, pcs: &Pcs) -> bool {
+    let src = st::tomb_src();
+    if src >= 0 && hold(src, fd) {
+        mark_held(fd, s, pcs);
+        return true;
+    }
+    false
+}
+
+/// `F_DUPFD_CLOEXEC(src, fd)`: whether it got exactly `fd`.
+fn hold(src: i32, fd: i32) -> bool {
+    let d = sys::fcntl(src, libc::F_DUPFD_CLOEXEC, fd as u64);
+    if d == i64::from(fd) {
+        return true;
+    }
+    if d >= 0 {
+        // Someone else's handle sits at fd now; ours is the spare above.
+        sys::close(d as i32);
+    } else if d == -i64::from(libc::EBADF) {
+        st::TOMB_SRC.store(-1, Relaxed);
+    }
+    false
 }

@@ -5,15 +5,16 @@
 //! afterwards. Their uses of a stream's fd, which libc makes from inside,
 //! are checked in `streams`.
 //!
-//! Closing a stream is quarantined without a race: before the real
-//! fclose/closedir runs, the stream's fd is duplicated to a spare number,
-//! the original number is atomically turned into a tombstone (dup3), and
-//! the stream is pointed at the spare, which the real function flushes
-//! and closes. This writes the fd field of glibc's FILE (`_fileno`, at a
-//! fixed offset of the public `struct _IO_FILE`) and DIR (its first
-//! field); the shim checks that the field holds the fd fileno()/dirfd()
-//! report before touching it, and otherwise marks the number closed
-//! without quarantining it.
+//! Closing a stream: the real fclose/closedir flushes and closes the fd,
+//! so the program gets its own result (a deferred NFS/FUSE write error
+//! included), and the number is taken back as a tombstone just after with
+//! `F_DUPFD_CLOEXEC` (`quarantine::hold_closed`), which leaves it alone if
+//! another thread got it in between. (Before, the number was turned into
+//! a tombstone with dup3 while the stream was pointed at a spare dup:
+//! dup3's implicit close discarded that flush result.) The stream's fd
+//! field (glibc's `_fileno`, at a fixed offset of the public `struct
+//! _IO_FILE`, and DIR's first field) is written only to close a stale
+//! stream without touching whatever holds its number now.
 
 use core::ffi::{c_char, c_int};
 use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -631,33 +632,29 @@ fn close_stream(
         return r;
     }
     let pcs = stack::capture(frame);
-    if let Some(p) = field.filter(|_| fd > 2 && quarantine::room()) {
-        let src = st::tomb_src();
-        let spare = if src >= 0 {
-            sys::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0)
-        } else {
-            -1
-        };
-        if spare >= 0 {
-            let l = st::lock(s);
-            if sys::dup3(src, fd, libc::O_CLOEXEC) == fd as i64 {
-                st::closed_locked(fd, s, &l, true, &pcs);
-                st::unlock(fd, s, l);
-                quarantine::push(fd);
-                // SAFETY: see the module docs; checked by the caller.
-                unsafe { *p = spare as c_int };
-                leave();
-                return real();
-            }
-            st::unlock(fd, s, l);
-            sys::close(spare as c_int);
-        }
-    }
-    // Not quarantined: mark it closed before libc closes it, so that a
-    // thread that gets the number next never finds its slot overwritten.
+    // Marked closed before libc closes it, so that a thread that gets the
+    // number next never finds its slot overwritten.
     st::closed(fd, &pcs);
+    if fd <= 2 || !quarantine::room() {
+        leave();
+        return real();
+    }
+    // libc flushes and closes the fd itself, so the program gets fclose's
+    // own result (a deferred write error of NFS/FUSE is reported at that
+    // close; putting a tombstone on the number first with dup3 discarded
+    // it), and the number is taken back just after. The slot is not locked
+    // across libc's flush, which may wait on a server.
+    let r = real();
+    if r == libc::EOF && sys::errno() == libc::EBADF {
+        // The fd was not open: the number is not ours to take.
+        leave();
+        return r;
+    }
+    let errno = sys::errno();
+    quarantine::hold_closed(fd, s, &pcs);
+    sys::set_errno(errno);
     leave();
-    real()
+    r
 }
 
 fn file_field(f: *mut FILE, fd: c_int) -> Option<*mut c_int> {

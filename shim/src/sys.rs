@@ -148,6 +148,11 @@ pub unsafe fn sc_cancel(nr: i64, a: [u64; 6]) -> i64 {
     }
 }
 
+pub fn errno() -> c_int {
+    // SAFETY: __errno_location returns this thread's errno slot.
+    unsafe { *libc::__errno_location() }
+}
+
 pub fn set_errno(e: c_int) {
     // SAFETY: __errno_location returns this thread's errno slot.
     unsafe { *libc::__errno_location() = e };

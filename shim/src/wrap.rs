@@ -940,9 +940,10 @@ unsafe fn note_rights(msg: *mut libc::msghdr, frame: usize) {
 
 // ---- closing calls ----
 
-/// close(fd) with fd > 2 becomes dup3(tombstone source, fd): the number
-/// stays taken, so a stale use fails with EBADF instead of reaching the
-/// next object that would have got it.
+/// close(fd) with fd > 2 closes the fd and puts a tombstone on its number
+/// (`quarantine::close_and_hold`): the number stays taken, so a stale use
+/// fails with EBADF instead of reaching the next object that would have
+/// got it, and the program still gets close's own result.
 unsafe extern "C-unwind" fn close_impl(fd: c_int, frame: usize) -> c_int {
     if !active() || fd < 0 || !enter() {
         return ret(sys::close(fd)) as c_int;
@@ -1010,25 +1011,9 @@ fn do_close(fd: c_int, frame: usize) -> (i64, After) {
             None => (-(libc::EBADF as i64), After::Nothing),
         };
     }
-    let mut tomb = false;
-    if fd > 2 && !sweeping && quarantine::room() {
-        let src = st::tomb_src();
-        if src >= 0 {
-            let d = sys::dup3(src, fd, libc::O_CLOEXEC);
-            if d == fd as i64 {
-                tomb = true;
-            } else if d == EBADF {
-                // The source vanished under another name.
-                st::TOMB_SRC.store(-1, core::sync::atomic::Ordering::Relaxed);
-            }
-        }
-    }
-    let r = if tomb { 0 } else { sys::close(fd) };
-    st::closed_locked(fd, s, &l, tomb, &pcs);
-    st::unlock(fd, s, l);
-    if tomb {
-        quarantine::push(fd);
-    }
+    // Closes, records, unlocks, and quarantines the number unless the
+    // close is a sweep's: the program gets close's own result.
+    let (r, _held) = quarantine::close_and_hold(fd, s, l, &pcs, !sweeping);
     (r, after)
 }
 

@@ -272,10 +272,67 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut
     // the job included; only a signal sent to us alone needs forwarding.
     if code == libc::SI_USER || code == libc::SI_QUEUE || code == libc::SI_TKILL {
         FORWARD_SIGNAL.store(sig, Ordering::SeqCst);
+        // The main loop forwards it when waitpid returns EINTR; if this
+        // handler ran just before waitpid was entered (after the loop's
+        // check), nothing would wake it while the job stays quiet (a
+        // program blocked in read). A 5 ms timer ends that wait; it
+        // repeats (a loaded machine may preempt the loop for longer than
+        // that just there) until the loop takes the signal and stops it.
+        let t = libc::itimerval {
+            it_interval: libc::timeval {
+                tv_sec: 0,
+                tv_usec: 5000,
+            },
+            it_value: libc::timeval {
+                tv_sec: 0,
+                tv_usec: 5000,
+            },
+        };
+        // SAFETY: setitimer with a local value; a raw syscall, safe in a
+        // signal handler.
+        unsafe { libc::setitimer(libc::ITIMER_REAL, &t, std::ptr::null_mut()) };
     }
 }
 
-pub(super) fn install_forwarding() {
+/// Stops the timer `on_signal` started: its signal was taken.
+fn stop_wake_timer() {
+    let zero = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    };
+    let t = libc::itimerval {
+        it_interval: zero,
+        it_value: zero,
+    };
+    // SAFETY: setitimer with a local value.
+    unsafe { libc::setitimer(libc::ITIMER_REAL, &t, std::ptr::null_mut()) };
+}
+
+/// SIGALRM (the timer above): only interrupts the main loop's waitpid.
+extern "C" fn on_alarm(_: libc::c_int) {}
+
+/// SIGALRM was ignored when `handles` started: the program must start
+/// with it ignored too (spawn.rs), as it would natively.
+pub(super) static ALARM_IGNORED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+static ALARM_SET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn install_forwarding() {
+    // SAFETY: reading the current action, then installing a handler that
+    // does nothing; no SA_RESTART, so a blocked waitpid returns EINTR.
+    // exec resets it to the default in the program.
+    unsafe {
+        if !ALARM_SET.swap(true, Ordering::SeqCst) {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            let ignored = libc::sigaction(libc::SIGALRM, std::ptr::null(), &mut old) == 0
+                && old.sa_sigaction == libc::SIG_IGN;
+            ALARM_IGNORED.store(ignored, Ordering::SeqCst);
+        }
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_alarm as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGALRM, &sa, std::ptr::null_mut());
+    }
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
         // A signal ignored when we started (nohup, a shell's `cmd &`) stays
         // ignored, for us and, through spawn's reset, for the program: as
@@ -453,6 +510,17 @@ impl Job {
     /// Starts the program under supervision and serves the job until every
     /// process in it has exited.
     pub fn run(opts: RunOptions) -> Result<Outcome, RunError> {
+        Self::run_with(opts, &mut |_| {})
+    }
+
+    /// [`Job::run`], calling `on_root_exit` once, with what is known so
+    /// far (`leak_reports` left empty), as soon as the program it started
+    /// has exited, while its descendants may still run: the status
+    /// `handles run` returns without `--wait-all` (`front.rs`).
+    pub fn run_with(
+        opts: RunOptions,
+        on_root_exit: &mut dyn FnMut(&Outcome),
+    ) -> Result<Outcome, RunError> {
         let path_var = std::env::var_os("PATH");
         let program = spawn::resolve(&opts.program, path_var.as_deref())?;
         let cookie = random_u64();
@@ -600,7 +668,7 @@ impl Job {
                 exit: None,
             },
         );
-        job.serve()?;
+        job.serve(on_root_exit)?;
         if !job.root_execed {
             if let Some(errno) = job.exec_error.as_ref().and_then(spawn::exec_errno) {
                 return Err(SpawnError::Exec {
@@ -645,6 +713,11 @@ impl Job {
             }
             if self.ended_by.is_some() && !self.detach_pending() {
                 return Ok(None);
+            }
+            // The timer stops before the take: a signal that comes after
+            // the take starts it again.
+            if FORWARD_SIGNAL.load(Ordering::SeqCst) != 0 {
+                stop_wake_timer();
             }
             let sig = FORWARD_SIGNAL.swap(0, Ordering::SeqCst);
             if sig != 0 {
@@ -727,7 +800,8 @@ impl Job {
         }
     }
 
-    pub(super) fn serve(&mut self) -> Result<(), RunError> {
+    pub(super) fn serve(&mut self, on_root_exit: &mut dyn FnMut(&Outcome)) -> Result<(), RunError> {
+        let mut told = false;
         while let Some(st) = self.next_status()? {
             let tid = st.pid().map(|p| p.as_raw());
             self.dispatch(st);
@@ -735,6 +809,21 @@ impl Job {
                 self.publish(tid);
             }
             self.raise_held_signals();
+            // A program that never exec'd is told at the end, with the
+            // exec error.
+            if !told && self.root_execed {
+                if let Some(exit) = self.root_exit {
+                    told = true;
+                    on_root_exit(&Outcome {
+                        exit,
+                        exceptions: self.exceptions,
+                        suppressed: self.suppressed,
+                        leaks: self.leak_reports.iter().map(|p| p.count()).sum(),
+                        leak_reports: Vec::new(),
+                        interrupted: self.ended_by,
+                    });
+                }
+            }
         }
         Ok(())
     }

@@ -7,6 +7,8 @@
 //!   exit, stops); `checks` (every policy decision), `creation` (following
 //!   creating calls), `quarantine`, `leakcheck` and `strict` (moving a
 //!   process to the strict filter) extend it;
+//! - [`front`]: the `handles` process the shell waits on, apart from the
+//!   supervisor, so that `handles run` returns when the program exits;
 //! - [`fdtable`]: the model of one fd table;
 //! - [`tracer`]: registers, memory, injected syscalls;
 //! - [`report`]: exception reports.
@@ -16,6 +18,7 @@ mod creation;
 mod dents;
 mod execinfo;
 pub mod fdtable;
+pub mod front;
 pub mod job;
 mod leakcheck;
 pub mod leaks;

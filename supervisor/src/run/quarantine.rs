@@ -1,6 +1,7 @@
-//! The quarantine: `close(fd)` becomes `dup3(tombstone, fd)` so the
-//! number is not reused at once; planting the tombstone source, eviction,
-//! and giving numbers back under fd pressure.
+//! The quarantine: `close(fd)` is followed by `F_DUPFD_CLOEXEC(tombstone,
+//! fd)` (or becomes `dup3(tombstone, fd)` for objects whose close cannot
+//! fail) so the number is not reused at once; planting the tombstone
+//! source, eviction, and giving numbers back under fd pressure.
 
 use super::job::*;
 
@@ -27,7 +28,9 @@ impl Job {
             self.resume(tid, None);
             return;
         }
-        match self.close_into_tombstone(tid, tgid, &regs, fd) {
+        let cannot_fail = ObjType::from_name(facts.ty).is_some_and(|t| t.close_cannot_fail())
+            || (matches!(facts.ty, "file" | "dir") && on_fs_without_flush(tgid, fd));
+        match self.close_into_tombstone(tid, tgid, &regs, fd, cannot_fail) {
             Ok(tombstoned) => {
                 if let Some(t) = self.threads.get(&tid) {
                     t.table
@@ -90,64 +93,89 @@ impl Job {
         used + 16 < limit && used + 16 < 1024
     }
 
-    /// Replaces the close at `entry` with `dup3(tomb_src, fd, O_CLOEXEC)`,
+    /// Runs the close at `entry` and puts a tombstone on its number,
     /// planting the tombstone source first if needed, evicting old
-    /// tombstones past the bound, and makes the call return 0. Returns
-    /// whether the fd is now a tombstone (false: it was plainly closed).
+    /// tombstones past the bound; the program gets close's own result.
+    /// Returns whether the fd is now a tombstone (false: it was plainly
+    /// closed).
+    ///
+    /// `dup3(tomb_src, fd)` holds the number without a gap, but its
+    /// implicit close discards the file's flush result, which is where
+    /// NFS/FUSE/9p/CIFS report a failed write-back: it is kept only for
+    /// objects whose close cannot fail (`cannot_fail`, from the object's
+    /// type as /proc shows it at this stop). Anything else is closed for
+    /// real and its number taken back with `F_DUPFD_CLOEXEC(tomb_src, fd)`:
+    /// that returns the lowest free number >= fd, so if another thread got
+    /// `fd` in between, it returns a higher one, which is closed again and
+    /// the other thread's handle is left alone.
     pub(super) fn close_into_tombstone(
         &mut self,
         tid: i32,
         tgid: i32,
         entry: &Regs,
         fd: i32,
+        cannot_fail: bool,
     ) -> Result<bool, InjectError> {
         let table = self.threads[&tid].table.clone();
-        let src = table.borrow().tomb_src;
-        let mut state = match src {
-            Some(s) => {
-                let (ret, exit) = tracer::replace_at_entry(
-                    tid,
-                    entry,
-                    libc::SYS_dup3,
-                    [s as u64, fd as u64, libc::O_CLOEXEC as u64, 0, 0, 0],
-                    &mut self.deferred,
-                )?;
-                if ret == fd as i64 {
-                    exit
-                } else {
+        let mut src = table.borrow().tomb_src;
+        // The registers at the last injected syscall's exit; None while
+        // the thread is still at the program's own syscall entry.
+        let mut at = None;
+        if src.is_none() {
+            let (planted, exit) = self.plant_tomb_src(tid, tgid, entry)?;
+            table.borrow_mut().set_tomb_src(planted);
+            if planted.is_none() {
+                return self.close_for_real(tid, &exit, entry, fd);
+            }
+            src = planted;
+            at = Some(exit);
+        }
+        let Some(s) = src else {
+            return Err(InjectError::Gone);
+        };
+        let cookie = self.cookie;
+        let (s, fd64) = (s as u64, fd as u64);
+        let ebadf = -i64::from(libc::EBADF);
+        let (result, held) = if cannot_fail {
+            let dup = [s, fd64, libc::O_CLOEXEC as u64, cookie, 0, 0];
+            let r = self.syscall_in(tid, entry, &mut at, libc::SYS_dup3, dup)?;
+            if r == i64::from(fd) {
+                (0, true)
+            } else {
+                if r == ebadf {
                     // The source is gone (closed by the program under
-                    // another name): close for real and plant anew next time.
+                    // another name): plant anew next time.
                     table.borrow_mut().set_tomb_src(None);
-                    return self.close_for_real(tid, &exit, entry, fd);
                 }
+                let close = [fd64, cookie, 0, 0, 0, 0];
+                (
+                    self.syscall_in(tid, entry, &mut at, libc::SYS_close, close)?,
+                    false,
+                )
             }
-            None => {
-                let (planted, exit) = self.plant_tomb_src(tid, tgid, entry)?;
-                match planted {
-                    Some(s) => {
-                        table.borrow_mut().set_tomb_src(Some(s));
-                        let (ret, exit) = tracer::inject_at_exit(
-                            tid,
-                            &exit,
-                            libc::SYS_dup3,
-                            [
-                                s as u64,
-                                fd as u64,
-                                libc::O_CLOEXEC as u64,
-                                self.cookie,
-                                0,
-                                0,
-                            ],
-                            &mut self.deferred,
-                        )?;
-                        if ret != fd as i64 {
-                            return self.close_for_real(tid, &exit, entry, fd);
-                        }
-                        exit
-                    }
-                    None => return self.close_for_real(tid, &exit, entry, fd),
+        } else {
+            let close = [fd64, cookie, 0, 0, 0, 0];
+            let r = self.syscall_in(tid, entry, &mut at, libc::SYS_close, close)?;
+            // EBADF: it was not open, so the number is not ours to take.
+            let held = r != ebadf && {
+                let again = [s, libc::F_DUPFD_CLOEXEC as u64, fd64, cookie, 0, 0];
+                let d = self.syscall_in(tid, entry, &mut at, libc::SYS_fcntl, again)?;
+                if d >= 0 && d != i64::from(fd) {
+                    // Another thread's handle sits at fd; ours is the spare.
+                    let spare = [d as u64, cookie, 0, 0, 0, 0];
+                    self.syscall_in(tid, entry, &mut at, libc::SYS_close, spare)?;
+                } else if d == ebadf {
+                    table.borrow_mut().set_tomb_src(None);
                 }
-            }
+                d == i64::from(fd)
+            };
+            (r, held)
+        };
+        let (true, Some(mut state)) = (held, at) else {
+            let mut done = *entry;
+            done.rax = result as u64;
+            tracer::setregs(tid, &done)?;
+            return Ok(false);
         };
         // Evict down to half the bound once it is exceeded, in runs, so a
         // loop that churns fds pays for eviction once per many closes.
@@ -181,9 +209,29 @@ impl Job {
             state = exit;
         }
         let mut done = *entry;
-        done.rax = 0;
+        done.rax = result as u64;
         tracer::setregs(tid, &done)?;
         Ok(true)
+    }
+
+    /// Runs `nr(a)` in the stopped thread: in place of the program's
+    /// syscall at `entry` when nothing ran yet (`at` None), else after the
+    /// injected syscall whose exit registers `at` holds. Returns the raw
+    /// result and leaves `at` at this syscall's exit.
+    fn syscall_in(
+        &mut self,
+        tid: i32,
+        entry: &Regs,
+        at: &mut Option<Regs>,
+        nr: i64,
+        a: [u64; 6],
+    ) -> Result<i64, InjectError> {
+        let (ret, exit) = match at {
+            None => tracer::replace_at_entry(tid, entry, nr, a, &mut self.deferred)?,
+            Some(prev) => tracer::inject_at_exit(tid, prev, nr, a, &mut self.deferred)?,
+        };
+        *at = Some(exit);
+        Ok(ret)
     }
 
     /// The quarantine could not take `fd`: close it plainly from the exit
@@ -324,4 +372,31 @@ impl Job {
         }
         Ok(true)
     }
+}
+
+/// Whether `fd` of `tgid` is on a local file system whose files have no
+/// `flush` (ext2/3/4, XFS, Btrfs, tmpfs), so that its close cannot fail
+/// and one injected `dup3` may replace close + `F_DUPFD` (two ptrace
+/// round trips fewer; a `statfs` costs the supervisor about a
+/// microsecond). Anything else, overlayfs included (it passes flush on to
+/// the file system below), takes the honest path. The shim does not do
+/// this: the `fstatfs` would cost what it saves.
+fn on_fs_without_flush(tgid: i32, fd: i32) -> bool {
+    let Ok(path) = std::ffi::CString::new(format!("/proc/{tgid}/fd/{fd}")) else {
+        return false;
+    };
+    // SAFETY: an all-zero statfs is a valid value to be overwritten.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: path is NUL-terminated, st writable; follows the magic link
+    // to the open file's file system.
+    if unsafe { libc::statfs(path.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    matches!(
+        st.f_type,
+        libc::EXT4_SUPER_MAGIC
+            | libc::XFS_SUPER_MAGIC
+            | libc::BTRFS_SUPER_MAGIC
+            | libc::TMPFS_MAGIC
+    )
 }
