@@ -93,19 +93,19 @@ fn option_sets(dir: &Path) -> Vec<Options> {
         opts("no options", &[]),
         opts("new-socket=deny", &["--policy", "new-socket=deny"]),
         opts(
-            "new-pipe=kill and wrong-object=deny-exception",
+            "new-timer=kill and wrong-object=deny-exception",
             &[
                 "--policy",
-                "new-pipe=kill",
+                "new-timer=kill",
                 "--policy",
                 "wrong-object=deny-exception",
             ],
         ),
         opts(
-            "new-timer=allow-exception:override-deny and new-event=deny",
+            "new-vmo=allow-exception:override-deny and new-event=deny",
             &[
                 "--policy",
-                "new-timer=allow-exception:override-deny",
+                "new-vmo=allow-exception:override-deny",
                 "--policy",
                 "new-event=deny",
             ],

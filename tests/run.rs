@@ -691,11 +691,19 @@ fn double_close_is_trapped() {
 }
 
 #[test]
-fn close_of_a_never_opened_fd_is_trapped() {
+fn close_of_a_never_opened_fd_is_reported_when_no_sweep_follows() {
+    // The judge holds a close of a number that is not open until the
+    // thread's next close shows whether a sweep follows (docs/policy.md);
+    // close(77) is the program's last, so the report comes as it ends,
+    // and the program ends as natively.
     let prog = fixture("run_bugs");
     let o = supervised(&[prog.as_os_str(), OsStr::new("never-opened")]);
-    assert_code(&o, 128 + SIGTRAP);
-    assert!(!stdout_of(&o).contains("close(77)="), "\n{}", describe(&o));
+    assert_code(&o, 0);
+    assert!(
+        stdout_of(&o).contains("close(77)=-1 errno=9"),
+        "\n{}",
+        describe(&o)
+    );
     assert_all_prefixed(&o);
     let r = only_report(&o);
     assert_eq!(r.lines[0], DEFAULT_HEADER);
@@ -969,29 +977,38 @@ fn every_fd_taking_call_on_a_closed_fd_is_reported() {
     // The program handles SIGTRAP, so it survives every exception.
     assert_code(&o, 0);
     let stdout = stdout_of(&o);
-    for (i, (label, _)) in calls.iter().enumerate() {
+    // fstat only asks about the number (the judge's questions,
+    // docs/policy.md): EBADF, as natively, and no exception.
+    let question = |label: &str| label == "fstat";
+    let mut traps = 0;
+    for (label, _) in calls.iter() {
         // Natively: EBADF and no trap. Supervised: EBADF, and the handler
-        // ran once more for each call.
+        // ran once more for each call that is a use.
         assert!(
             stdout_of(&n).contains(&format!("{label}=-1 errno={EBADF} traps=0\n")),
             "native {label}\n{}",
             describe(&n)
         );
+        if !question(label) {
+            traps += 1;
+        }
         assert!(
-            stdout.contains(&format!("{label}=-1 errno={EBADF} traps={}\n", i + 1)),
-            "{label}: EBADF and one SIGTRAP expected\n{}",
+            stdout.contains(&format!("{label}=-1 errno={EBADF} traps={traps}\n")),
+            "{label}: EBADF and {} SIGTRAP expected\n{}",
+            if question(label) { "no" } else { "one" },
             describe(&o)
         );
     }
     assert!(stdout.ends_with("done\n"), "\n{}", describe(&o));
     let all = reports(&stderr_of(&o));
+    let uses: Vec<_> = calls.iter().filter(|(l, _)| !question(l)).collect();
     assert_eq!(
         all.len(),
-        calls.len(),
-        "one report per call\n{}",
+        uses.len(),
+        "one report per use\n{}",
         describe(&o)
     );
-    for (r, (label, names)) in all.iter().zip(calls) {
+    for (r, &&(label, names)) in all.iter().zip(&uses) {
         let syscall = r.field("syscall");
         assert!(
             names.iter().any(|n| syscall.starts_with(&format!("{n}("))),
@@ -2405,7 +2422,9 @@ fn a_stream_whose_fd_was_closed_is_reported_in_every_mode() {
         //   compiles to fwrite for a constant string.
         let call = r.field("syscall");
         let honest: &[String] = match mode {
-            "--no-shim" => &[format!("newfstatat({fd}, "), format!("fstat({fd}, ")],
+            // fstat is a question now (the judge): the first use is
+            // the write that flushes the stream.
+            "--no-shim" => &[format!("write({fd}, ")],
             "--no-ptrace" => &[format!("fputs({fd})"), format!("fwrite({fd})")],
             _ => &[format!("fstat({fd}, ")],
         };
@@ -2452,33 +2471,32 @@ fn a_vfork_child_closing_fds_before_exec_leaves_the_parent_table_alone() {
 }
 
 #[test]
-fn the_built_in_bash_rule_applies_in_every_mode_and_can_be_turned_off() {
-    // bash closes a pipeline's pipe ends twice. The built-in rule hides
-    // it (in the shim, without a stop, and in the supervisor);
-    // --no-default-suppressions shows it in both places.
+fn a_shells_double_close_of_pipeline_ends_is_not_reported_in_any_mode() {
+    // bash closes a pipeline's pipe ends twice. A shell's closes of numbers
+    // that are not open are the judge's redirections (docs/policy.md), in
+    // every mode, with or without the default suppressions (it used to be
+    // a built-in suppression that --no-default-suppressions turned off).
     let script = ["bash", "-c", "echo x | cat"];
-    for mode in [&[][..], &["--no-shim"][..]] {
-        let mut args: Vec<&str> = mode.to_vec();
-        args.push("--");
-        args.extend(script);
-        let o = handles_run(&args);
-        assert_code(&o, 0);
-        assert_eq!(stdout_of(&o), "x\n", "{mode:?}\n{}", describe(&o));
-        assert!(stderr_of(&o).is_empty(), "{mode:?}\n{}", describe(&o));
-
-        let mut args: Vec<&str> = vec!["--no-default-suppressions"];
-        args.extend(mode);
-        args.push("--");
-        args.extend(script);
-        let o = handles_run(&args);
-        assert_code(&o, 128 + SIGTRAP);
-        let r = only_report(&o);
-        assert!(
-            r.text().contains("close of a closed handle (double close)")
-                && r.field("handle").contains("closed pipe"),
-            "{mode:?}\n{}",
-            r.text()
-        );
+    for mode in [
+        &[][..],
+        &["--no-shim"][..],
+        &["--strict"][..],
+        &["--no-ptrace"][..],
+    ] {
+        for extra in [&[][..], &["--no-default-suppressions"][..]] {
+            let mut args: Vec<&str> = extra.to_vec();
+            args.extend(mode);
+            args.push("--");
+            args.extend(script);
+            let o = handles_run(&args);
+            assert_code(&o, 0);
+            assert_eq!(stdout_of(&o), "x\n", "{mode:?} {extra:?}\n{}", describe(&o));
+            assert!(
+                stderr_of(&o).is_empty(),
+                "{mode:?} {extra:?}\n{}",
+                describe(&o)
+            );
+        }
     }
 }
 

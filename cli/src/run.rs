@@ -105,9 +105,6 @@ fn exec_with_shim_alone(a: &RunArgs, policy: &Policy) -> u8 {
             a.quarantine,
             a.stack_depth,
         ));
-    if a.no_default_suppressions {
-        cmd.env("HANDLES_NO_DEFAULT_SUPPRESSIONS", "1");
-    }
     // The program keeps this process's pid: its shim writes the job's
     // ERROR SUMMARY at its exit and applies --error-exitcode there.
     cmd.env("HANDLES_ROOT_PID", std::process::id().to_string());

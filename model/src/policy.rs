@@ -487,6 +487,36 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// [`Policy::decode`]'s grammar, but entries left out keep the default
+    /// job's: what the shim accepts in `HANDLES_POLICY` when it is set by
+    /// hand (`LD_PRELOAD` without `handles run`, which always writes every
+    /// entry). Errors as `decode`'s, but for `Missing`.
+    pub fn decode_partial(s: &str) -> Result<Policy, DecodeError<'_>> {
+        let mut parts = s.trim().split(',');
+        match parts.next() {
+            Some(ENCODING_VERSION) => {}
+            Some(v) if v.starts_with('v') && !v.contains('=') => {
+                return Err(DecodeError::Version(v))
+            }
+            _ => return Err(DecodeError::NoPrefix),
+        }
+        let mut p = Policy::default_job();
+        for part in parts {
+            let (c, e) = part
+                .split_once('=')
+                .and_then(|(c, e)| Some((Condition::from_name(c.trim())?, Entry::from_text(e)?)))
+                .ok_or(DecodeError::Entry(part))?;
+            for &t in c.targets() {
+                if let Some(i) = t.slot() {
+                    p.entries[i] = e;
+                }
+            }
+        }
+        Ok(p)
+    }
+}
+
 impl Default for Policy {
     fn default() -> Self {
         Policy::default_job()
@@ -631,6 +661,16 @@ mod tests {
             Policy::decode("v1,new-any=allow"),
             Err(DecodeError::NotStored(Condition::NewAny))
         );
+    }
+
+    #[test]
+    fn a_partial_encoding_keeps_the_defaults_for_what_it_leaves_out() {
+        let p = Policy::decode_partial("v1,bad-handle=deny").unwrap();
+        assert_eq!(p.action(Condition::BadHandle), Action::Deny);
+        assert_eq!(p.action(Condition::NewFile), Action::Allow);
+        let p = Policy::decode_partial("v1,new-any=allow,bad-handle=kill").unwrap();
+        assert_eq!(p.action(Condition::BadHandle), Action::Kill);
+        assert!(Policy::decode_partial("v1,bad-handle=nope").is_err());
     }
 
     #[test]

@@ -75,6 +75,16 @@ pub mod marker {
     pub const HELD_RAISE: u32 = u32::from_le_bytes(*b"HRAI");
     /// `fstat(fd, buf, marker)`: a sweep followed: the kept report goes.
     pub const HELD_DROP: u32 = u32::from_le_bytes(*b"HDRP");
+    /// The shim's own bookkeeping (its table's memfd, its tombstone source,
+    /// moving them, a quarantine's dup3): not the program's handles. Used
+    /// only where the job stops every creating call (a new-* entry, a
+    /// handle budget); the supervisor lets it run unjudged.
+    pub const OWN: u32 = u32::from_le_bytes(*b"OWN!");
+    /// `fstat(fd, buf, marker)`: the shim gives the quarantined number `fd`
+    /// back to the kernel (a sweep's or a shell's close, see the judge's
+    /// `Verdict::Release`): a tombstone the supervisor put there is no
+    /// longer one. Sent before the shim closes it.
+    pub const RELEASE: u32 = u32::from_le_bytes(*b"RLSE");
 
     /// The register value that carries `tag` for a job with `cookie`.
     pub const fn make(cookie: u64, tag: u32) -> u64 {

@@ -201,6 +201,9 @@ extern "C" fn init() {
     if let Some(p) = env(c"HANDLES_POLICY") {
         report::set_policy(p);
     }
+    if env(c"HANDLES_MARK_OWN") == Some("1") && sys::COOKIE_ON.load(Relaxed) {
+        sys::MARK_OWN.store(true, Relaxed);
+    }
     if let Some(o) = env(c"HANDLES_ON_EXCEPTION") {
         report::set_on_exception(o);
     }
@@ -219,9 +222,6 @@ extern "C" fn init() {
     }
     if let Some(d) = env(c"HANDLES_STACK_DEPTH").and_then(|s| s.trim().parse::<u32>().ok()) {
         stack::DEPTH.store(d, Relaxed);
-    }
-    if env(c"HANDLES_NO_DEFAULT_SUPPRESSIONS") == Some("1") {
-        report::set_no_default_suppressions();
     }
     if env(c"HANDLES_STACKS") == Some("unwind") {
         stack::UNWIND.store(true, Relaxed);

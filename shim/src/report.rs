@@ -31,9 +31,11 @@ pub fn policy() -> Policy {
 }
 
 /// Reads the job's encoded policy (the supervisor's own encoding, decoded
-/// by the same model code); an unreadable one keeps the default job's.
+/// by the same model code; entries left out, as in a hand-set
+/// `HANDLES_POLICY`, keep their defaults); an unreadable one keeps the
+/// default job's.
 pub fn set_policy(encoded: &str) -> bool {
-    match Policy::decode(encoded) {
+    match Policy::decode_partial(encoded) {
         Ok(p) => {
             // SAFETY: called by the constructor only (see PolicyCell).
             unsafe { *POLICY.0.get() = p };
@@ -214,7 +216,7 @@ pub fn judged_close(args: &[Arg], call: &Call, frame: usize) -> (Option<Verdict>
         }),
         Judged::Release => {
             if let Some(a) = args.iter().find(|a| a.op == Op::Close) {
-                crate::quarantine::release(a.fd);
+                give_back(a.fd, supervised);
             }
             Some(Verdict {
                 result: Some(-i64::from(judge::EBADF)),
@@ -222,14 +224,15 @@ pub fn judged_close(args: &[Arg], call: &Call, frame: usize) -> (Option<Verdict>
             })
         }
         Judged::Hold(h) => {
-            if h.quarantined {
-                crate::quarantine::release(h.fd);
-            }
+            // The report first, while the slot still says what was closed.
             let pcs = offending_stack(frame);
             if supervised {
                 tell_supervisor(marker::HOLD, h.fd, call.nr, pcs.frames());
             } else {
                 HELD.with(|c| c.set((call.nr, pcs)));
+            }
+            if h.quarantined {
+                give_back(h.fd, supervised);
             }
             Some(Verdict {
                 result: Some(-i64::from(judge::EBADF)),
@@ -260,6 +263,16 @@ pub fn judged_close(args: &[Arg], call: &Call, frame: usize) -> (Option<Verdict>
         None => None,
     };
     (v, unquarantined)
+}
+
+/// Gives the quarantined number `fd` back to the kernel
+/// (`judge::Verdict::Release`), telling a supervisor first: the tombstone
+/// may be one it put there.
+fn give_back(fd: i32, supervised: bool) {
+    if supervised {
+        tell_supervisor(marker::RELEASE, fd, 0, &[]);
+    }
+    crate::quarantine::release(fd);
 }
 
 /// Tells the supervisor about a close the judge held (`marker::HOLD`,
@@ -566,15 +579,6 @@ fn defer(kind: Kind, fd: i32, call: &Call) -> Verdict {
     ebadf
 }
 
-static NO_DEFAULT_SUPPRESSIONS: core::sync::atomic::AtomicBool =
-    core::sync::atomic::AtomicBool::new(false);
-
-/// `HANDLES_NO_DEFAULT_SUPPRESSIONS=1` reports what the built-in rules
-/// would silence.
-pub fn set_no_default_suppressions() {
-    NO_DEFAULT_SUPPRESSIONS.store(true, Relaxed);
-}
-
 /// The stack of the bad call, from the wrapper's trampoline `frame`.
 fn offending_stack(frame: usize) -> Pcs {
     if frame != 0 && !stack::UNWIND.load(Relaxed) {
@@ -632,6 +636,8 @@ pub fn apply(after: After) {
             };
         }
         After::Kill => {
+            // The process dies of it: its summary now.
+            write_summary(sys::getpid() == crate::root_pid());
             // SAFETY: kills this process, as the policy says.
             unsafe {
                 sys::raw(
@@ -859,7 +865,9 @@ mod tests {
     fn the_policy_is_the_supervisors_encoding() {
         assert!(set_policy("v1,bad-handle=kill,wrong-object=allow,new-file=allow,new-dir=allow,new-pipe=allow,new-channel=allow,new-socket=deny-exception:override-deny,new-event=allow,new-port=allow,new-timer=allow,new-vmo=allow,new-process=allow,new-other=allow"));
         assert_eq!(policy().action(Condition::BadHandle), Action::Kill);
-        assert!(!set_policy("v1,bad-handle=kill"));
-        assert_eq!(policy().action(Condition::BadHandle), Action::Kill);
+        assert!(set_policy("v1,bad-handle=deny"));
+        assert_eq!(policy().action(Condition::BadHandle), Action::Deny);
+        assert!(!set_policy("v1,bad-handle=trap"));
+        assert_eq!(policy().action(Condition::BadHandle), Action::Deny);
     }
 }

@@ -605,7 +605,7 @@ pub fn tomb_src() -> i32 {
         // SAFETY: open_tree(fd, "", AT_EMPTY_PATH) reopens our own memfd
         // as O_PATH; the path is a static empty C string.
         fd = unsafe {
-            sys::sc(
+            sys::own(
                 libc::SYS_open_tree,
                 [
                     table as u64,
@@ -621,7 +621,7 @@ pub fn tomb_src() -> i32 {
     if fd < 0 {
         // SAFETY: openat on a static NUL-terminated path.
         fd = unsafe {
-            sys::sc(
+            sys::own(
                 libc::SYS_openat,
                 [
                     libc::AT_FDCWD as u64,
@@ -694,7 +694,7 @@ fn new_table(pid: i32, cap: u32) -> Option<(i32, *mut u8)> {
     let name = sys::with_number(&mut name, b"handles-table:", pid);
     // SAFETY: memfd_create with a NUL-terminated name in a local buffer.
     let fd = unsafe {
-        sys::sc(
+        sys::own(
             libc::SYS_memfd_create,
             [
                 name.as_ptr() as u64,
@@ -1098,7 +1098,7 @@ pub struct Listing {
 fn each_open_fd(mut f: impl FnMut(i32)) -> bool {
     // SAFETY: openat on a static NUL-terminated path.
     let dfd = unsafe {
-        sys::sc(
+        sys::own(
             libc::SYS_openat,
             [
                 libc::AT_FDCWD as u64,

@@ -187,6 +187,26 @@ pub unsafe fn marked(nr: i64, mut a: [u64; 6], tag: u32) -> i64 {
     unsafe { raw(nr, a) }
 }
 
+/// `HANDLES_MARK_OWN=1`: the job stops every creating call, so the
+/// shim's own ones carry `marker::OWN` (see [`own`]).
+pub static MARK_OWN: AtomicBool = AtomicBool::new(false);
+
+/// A syscall the shim issues for itself that may create an fd: with the
+/// cookie, or, where the job stops every creating call, with the OWN
+/// marker, so that the supervisor does not take it for the program's.
+///
+/// # Safety
+/// As for [`sc`].
+pub unsafe fn own(nr: i64, a: [u64; 6]) -> i64 {
+    if MARK_OWN.load(Relaxed) {
+        // SAFETY: as for `marked`.
+        unsafe { marked(nr, a, handles_model::table::marker::OWN) }
+    } else {
+        // SAFETY: as for `sc`.
+        unsafe { sc(nr, a) }
+    }
+}
+
 /// Shorthands for the few syscalls the shim issues for itself.
 pub fn close(fd: i32) -> i64 {
     // SAFETY: closing an fd number; callers own it.
@@ -195,13 +215,13 @@ pub fn close(fd: i32) -> i64 {
 
 pub fn fcntl(fd: i32, cmd: c_int, arg: u64) -> i64 {
     // SAFETY: fcntl commands used by the shim take integer arguments.
-    unsafe { sc(libc::SYS_fcntl, [fd as u64, cmd as u64, arg, 0, 0, 0]) }
+    unsafe { own(libc::SYS_fcntl, [fd as u64, cmd as u64, arg, 0, 0, 0]) }
 }
 
 pub fn dup3(old: i32, new: i32, flags: c_int) -> i64 {
     // SAFETY: dup3 on fd numbers.
     unsafe {
-        sc(
+        own(
             libc::SYS_dup3,
             [old as u64, new as u64, flags as u64, 0, 0, 0],
         )

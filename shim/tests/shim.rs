@@ -221,10 +221,14 @@ fn double_close_traps() {
 }
 
 #[test]
-fn close_of_a_never_opened_fd_traps() {
+fn close_of_a_never_opened_fd_is_reported_when_no_sweep_follows() {
+    // The judge holds the close until the thread's next close (a sweep
+    // may follow); close(77) is the last, so the report comes at exit and
+    // the program ends as natively.
     let o = bugs("close-never", &[]);
-    assert_trapped(&o);
+    assert!(o.status.success(), "{:?}\n{}", o.status, stderr(&o));
     let err = stderr(&o);
+    assert!(err.contains("before another close showed a sweep"), "{err}");
     assert_report(&err, "close(77)", "close of a handle that was never opened");
     assert!(err.contains("handle fd 77: not open"), "{err}");
 }

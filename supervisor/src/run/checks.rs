@@ -398,6 +398,13 @@ impl Job {
         // exception: it is acted on here, not judged again.
         let marked = self.shim_injected && shimtable::marker_of(nr, &a, self.cookie).is_some();
         self.sync_shim(tid, tgid);
+        if self.shim_injected
+            && shimtable::marker_of(nr, &a, self.cookie) == Some(handles_model::table::marker::OWN)
+        {
+            // The shim's own bookkeeping, not the program's handles.
+            self.resume(tid, None);
+            return;
+        }
         if let Some(h) = shimtable::held_by_shim(nr, &a, self.cookie) {
             if self.shim_injected {
                 self.on_shim_held(tid, tgid, regs, h);
@@ -769,6 +776,13 @@ impl Job {
                 self.resume(tid, None);
                 return;
             }
+            marker::RELEASE => {
+                if let Some(t) = self.threads.get(&tid) {
+                    t.table.borrow_mut().drop_tombstone(h.fd);
+                }
+                self.resume(tid, None);
+                return;
+            }
             _ => {}
         }
         let Some(desc) = syscalls::lookup(h.nr) else {
@@ -1066,6 +1080,11 @@ impl Job {
         entry: &Regs,
         fds: &[i32],
     ) -> bool {
+        if self.made_by_loader(tid, tgid, entry.rip) {
+            // The dynamic loader's opens (the libraries it maps, the
+            // preloaded shim) are not the program's handles.
+            return false;
+        }
         let policy = self.policy_of(tgid);
         let mut worst: Option<(Action, &'static str, i32)> = None;
         for &fd in fds {

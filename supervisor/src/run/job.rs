@@ -582,11 +582,12 @@ impl Job {
                 "HANDLES_ANNOUNCE".into(),
                 if announce { "1" } else { "0" }.into(),
             ));
-            // The shim applies the built-in bash rule itself, without a
-            // stop (shim/src/report.rs), unless the job turned it off.
-            env.retain(|(k, _)| k != "HANDLES_NO_DEFAULT_SUPPRESSIONS");
-            if !opts.suppressions.has_rule("bash-pipeline-double-close") {
-                env.push(("HANDLES_NO_DEFAULT_SUPPRESSIONS".into(), "1".into()));
+            // Where every creating call stops (a new-* entry, a handle
+            // budget), the shim marks its own (its table, its tombstone
+            // source): they are not the program's handles.
+            env.retain(|(k, _)| k != "HANDLES_MARK_OWN");
+            if opts.policy.judges_new() || opts.max_handles.is_some() {
+                env.push(("HANDLES_MARK_OWN".into(), "1".into()));
             }
         }
         env.push(("HANDLES_JOB".into(), std::process::id().to_string().into()));

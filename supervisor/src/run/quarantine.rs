@@ -47,7 +47,7 @@ impl Job {
     /// Was the call at `ip` made by the dynamic loader (the fds of the
     /// libraries it maps, closed before the program runs)? Quarantining
     /// those would shift every fd number the program gets after them.
-    fn made_by_loader(&mut self, tid: i32, tgid: i32, ip: u64) -> bool {
+    pub(super) fn made_by_loader(&mut self, tid: i32, tgid: i32, ip: u64) -> bool {
         let Some(p) = self.procs.get_mut(&tgid) else {
             return false;
         };

@@ -102,7 +102,8 @@ pub(super) fn marker_of(nr: i64, a: &[u64; 6], cookie: u64) -> Option<u32> {
 }
 
 /// What the shim says of a close its judge held (`marker::HOLD`,
-/// `HELD_RAISE`, `HELD_DROP`), carried by an fstat that does not run.
+/// `HELD_RAISE`, `HELD_DROP`) or of a number it gives back (`RELEASE`),
+/// carried by an fstat that does not run.
 pub(super) struct HeldByShim {
     pub(super) tag: u32,
     pub(super) fd: i32,
@@ -113,11 +114,12 @@ pub(super) struct HeldByShim {
 }
 
 pub(super) fn held_by_shim(nr: i64, a: &[u64; 6], cookie: u64) -> Option<HeldByShim> {
-    use table::marker::{HELD_DROP, HELD_RAISE, HOLD};
+    use table::marker::{HELD_DROP, HELD_RAISE, HOLD, RELEASE};
     if nr != libc::SYS_fstat {
         return None;
     }
-    let tag = marker_of(nr, a, cookie).filter(|t| [HOLD, HELD_RAISE, HELD_DROP].contains(t))?;
+    let tag =
+        marker_of(nr, a, cookie).filter(|t| [HOLD, HELD_RAISE, HELD_DROP, RELEASE].contains(t))?;
     Some(HeldByShim {
         tag,
         fd: a[0] as i32,
