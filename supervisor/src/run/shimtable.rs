@@ -173,7 +173,17 @@ impl ShimTable {
     /// of this process (a program playing games with the announcement).
     fn table(&self) -> Option<&MappedTable> {
         self.mapped
-            .get_or_init(|| map_announced(self.tgid, self.fd))
+            .get_or_init(|| {
+                // Found at its first number during the shim's start-up
+                // (a stop there, where every creating call stops), the
+                // table may have moved to the shim's own number since, and
+                // the first one been given to the program.
+                map_announced(self.tgid, self.fd).or_else(|| {
+                    crate::inspect::shared::own_table_fd(self.tgid)
+                        .filter(|&fd| fd != self.fd)
+                        .and_then(|fd| map_announced(self.tgid, fd))
+                })
+            })
             .as_ref()
     }
 
