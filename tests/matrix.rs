@@ -319,3 +319,38 @@ fn a_held_close_is_raised_at_the_next_close_or_written_at_the_end() {
         assert_eq!(ending(&out.status), "signal 5", "{mode}: {err}");
     }
 }
+
+#[test]
+fn quarantine_n_means_n_in_every_mode() {
+    // --quarantine 256 with 70 closes between the close of a log fd and
+    // its stale use: the number is still held in every mode, so the write
+    // is caught and the file opened meanwhile stays empty (the shim used
+    // to hold 64 at most, silently).
+    let prog = fixture("run_quarantine_deep");
+    for mode in MODES {
+        let dir = scratch();
+        let args: Vec<&str> = if mode.is_empty() { vec![] } else { vec![mode] };
+        let out = run(Command::new(handles())
+            .arg("run")
+            .args(&args)
+            .args(["--quarantine", "256", "--on-exception=continue", "--"])
+            .arg(&prog)
+            .arg(&dir));
+        let err = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            err.contains("use of a closed handle (its fd number is quarantined)"),
+            "{mode}: {err}"
+        );
+        assert!(
+            stdout.contains("live got the log's number: no")
+                && stdout.contains("stale write=-1 errno=9")
+                && stdout.contains("live file holds 0 bytes"),
+            "{mode}: {stdout}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    // Above the documented bound: a usage error, not a silent cap.
+    let out = run(Command::new(handles()).args(["run", "--quarantine", "1025", "--", "true"]));
+    assert_eq!(out.status.code(), Some(2));
+}

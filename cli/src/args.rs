@@ -91,8 +91,10 @@ pub struct RunArgs {
     /// Which syscalls stop the program.
     #[arg(long, value_enum, default_value = "all")]
     pub check: CheckArg,
-    /// How many closed fd numbers each process keeps quarantined (0: off).
-    #[arg(long, value_name = "N", default_value_t = 64)]
+    /// How many closed fd numbers each process keeps quarantined (0: off;
+    /// at most 1024, in every mode; fewer near RLIMIT_NOFILE or, for
+    /// select() users, FD_SETSIZE).
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = quarantine_bound)]
     pub quarantine: usize,
     /// What a policy exception does.
     #[arg(long, value_enum, default_value = "trap")]
@@ -133,7 +135,7 @@ pub struct RunArgs {
     /// preloaded, which checks and quarantines in-process and reports with
     /// module+offset frames (no leak check, no reports of raw syscalls or
     /// static binaries; the program's status is its own).
-    #[arg(long, conflicts_with_all = ["leak_check", "max_handles", "report", "sarif", "log", "gen_suppressions"])]
+    #[arg(long, conflicts_with_all = ["leak_check", "max_handles", "report", "sarif", "log", "gen_suppressions", "suppressions"])]
     pub no_ptrace: bool,
     /// Also stop on fd syscalls made inside shared libraries (libc's own
     /// calls such as stdio's writes or locale loading, the dynamic loader)
@@ -222,4 +224,17 @@ pub struct ShowArgs {
     /// processes under the LD_PRELOAD shim or `handles run`.
     #[arg(long)]
     pub stacks: bool,
+}
+
+/// `--quarantine N`: 0 to 1024, the shim's bound and the supervisor's.
+fn quarantine_bound(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of fd numbers"))?;
+    if n > 1024 {
+        return Err(format!(
+            "{n} is more than the 1024 numbers a process may keep quarantined"
+        ));
+    }
+    Ok(n)
 }

@@ -20,14 +20,15 @@ use handles_model::table::{state, Locked, Slot};
 use crate::state::{self as st, capacity, lock, slot, Pcs, LIMIT, USED};
 use crate::sys;
 
-const RING: usize = 256;
+const RING: usize = 4096;
 static RING_SLOTS: [AtomicU64; RING] = [const { AtomicU64::new(0) }; RING];
 static HEAD: AtomicU64 = AtomicU64::new(0);
 static TAIL: AtomicU64 = AtomicU64::new(0);
 /// Quarantine bound (`HANDLES_QUARANTINE`, default 64; 0 turns it off).
 pub static CAPACITY: AtomicU32 = AtomicU32::new(64);
 
-/// Largest bound: the ring must stay well ahead of the pending entries.
+/// Largest bound (`handles run --quarantine` accepts up to this): the ring
+/// must stay well ahead of the pending entries.
 pub const MAX_CAPACITY: u32 = (RING / 4) as u32;
 
 /// Whether the fd numbers in use (open and quarantined) come within 16

@@ -812,7 +812,11 @@ impl Job {
             self.raise_held_signals();
             // A program that never exec'd is told at the end, with the
             // exec error.
-            if !told && self.root_execed {
+            // When the program was the job's last process, the front is
+            // told at the very end instead, after the reports, the
+            // summary and the --report/--sarif files are written: whoever
+            // runs `handles run` finds them complete when it returns.
+            if !told && self.root_execed && !self.threads.is_empty() {
                 if let Some(exit) = self.root_exit {
                     told = true;
                     on_root_exit(&Outcome {
