@@ -21,9 +21,8 @@ mod common;
 use std::ffi::OsString;
 use std::fs;
 use std::io::Read;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -118,18 +117,6 @@ fn mode_name(mode: &str) -> &str {
         "default"
     } else {
         mode
-    }
-}
-
-/// How a process ended, comparable across a direct run and a run through
-/// `handles` (which ends as its program ends: with its exit code, or with
-/// 128 + the signal that killed it; with --no-ptrace it *is* the program).
-fn ending(s: &ExitStatus) -> String {
-    match (s.code(), s.signal()) {
-        (Some(c), _) if c > 128 => format!("signal {}", c - 128),
-        (Some(c), _) => format!("exit {c}"),
-        (None, Some(sig)) => format!("signal {sig}"),
-        _ => format!("{s:?}"),
     }
 }
 

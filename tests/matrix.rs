@@ -13,24 +13,12 @@
 mod common;
 
 use std::ffi::OsStr;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 
 use common::*;
 
 const MODES: [&str; 4] = ["", "--strict", "--no-shim", "--no-ptrace"];
-
-/// How a run ended, the same whether `handles` supervised it (exit code
-/// 128 + signal) or became it (`--no-ptrace`: the signal itself).
-fn ending(s: &ExitStatus) -> String {
-    match (s.code(), s.signal()) {
-        (Some(c), _) if c > 128 => format!("signal {}", c - 128),
-        (Some(c), _) => format!("exit {c}"),
-        (None, Some(sig)) => format!("signal {sig}"),
-        _ => format!("{s:?}"),
-    }
-}
 
 #[derive(Clone, Copy)]
 enum Expect {

@@ -459,21 +459,10 @@ impl Policy {
     /// appear exactly once: a policy from a different version of `handles`
     /// fails loudly instead of being half-enforced.
     pub fn decode(s: &str) -> Result<Policy, DecodeError<'_>> {
-        let mut parts = s.trim().split(',');
-        match parts.next() {
-            Some(ENCODING_VERSION) => {}
-            Some(v) if v.starts_with('v') && !v.contains('=') => {
-                return Err(DecodeError::Version(v))
-            }
-            _ => return Err(DecodeError::NoPrefix),
-        }
         let mut seen: [Option<Entry>; Condition::CONCRETE.len()] =
             [None; Condition::CONCRETE.len()];
-        for part in parts {
-            let (c, e) = part
-                .split_once('=')
-                .and_then(|(c, e)| Some((Condition::from_name(c.trim())?, Entry::from_text(e)?)))
-                .ok_or(DecodeError::Entry(part))?;
+        for entry in encoded_entries(s)? {
+            let (c, e) = entry?;
             let i = c.slot().ok_or(DecodeError::NotStored(c))?;
             if seen[i].replace(e).is_some() {
                 return Err(DecodeError::Twice(c));
@@ -493,20 +482,9 @@ impl Policy {
     /// hand (`LD_PRELOAD` without `handles run`, which always writes every
     /// entry). Errors as `decode`'s, but for `Missing`.
     pub fn decode_partial(s: &str) -> Result<Policy, DecodeError<'_>> {
-        let mut parts = s.trim().split(',');
-        match parts.next() {
-            Some(ENCODING_VERSION) => {}
-            Some(v) if v.starts_with('v') && !v.contains('=') => {
-                return Err(DecodeError::Version(v))
-            }
-            _ => return Err(DecodeError::NoPrefix),
-        }
         let mut p = Policy::default_job();
-        for part in parts {
-            let (c, e) = part
-                .split_once('=')
-                .and_then(|(c, e)| Some((Condition::from_name(c.trim())?, Entry::from_text(e)?)))
-                .ok_or(DecodeError::Entry(part))?;
+        for entry in encoded_entries(s)? {
+            let (c, e) = entry?;
             for &t in c.targets() {
                 if let Some(i) = t.slot() {
                     p.entries[i] = e;
@@ -515,6 +493,23 @@ impl Policy {
         }
         Ok(p)
     }
+}
+
+/// The entries of an encoded policy, after its version tag.
+fn encoded_entries(
+    s: &str,
+) -> Result<impl Iterator<Item = Result<(Condition, Entry), DecodeError<'_>>>, DecodeError<'_>> {
+    let mut parts = s.trim().split(',');
+    match parts.next() {
+        Some(ENCODING_VERSION) => {}
+        Some(v) if v.starts_with('v') && !v.contains('=') => return Err(DecodeError::Version(v)),
+        _ => return Err(DecodeError::NoPrefix),
+    }
+    Ok(parts.map(|part| {
+        part.split_once('=')
+            .and_then(|(c, e)| Some((Condition::from_name(c.trim())?, Entry::from_text(e)?)))
+            .ok_or(DecodeError::Entry(part))
+    }))
 }
 
 impl Default for Policy {

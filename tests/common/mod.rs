@@ -156,3 +156,16 @@ pub fn stdout_of(o: &Output) -> String {
 pub fn stderr_of(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// How a run ended, the same whether `handles` supervised it (exit code
+/// 128 + signal, as a shell reports it) or became it (`--no-ptrace`: the
+/// signal itself).
+pub fn ending(s: &std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (s.code(), s.signal()) {
+        (Some(c), _) if c > 128 => format!("signal {}", c - 128),
+        (Some(c), _) => format!("exit {c}"),
+        (None, Some(sig)) => format!("signal {sig}"),
+        _ => format!("{s:?}"),
+    }
+}
