@@ -160,6 +160,9 @@ pub fn known(fd: i32) -> Known {
         Some(state::INTERNAL) => Known::Open,
         Some(_) => {
             if sys::is_open(fd) {
+                if sys::is_tombstone_like(fd) {
+                    return Known::Closed { quarantined: true };
+                }
                 st::adopt(fd);
                 return Known::Open;
             }

@@ -250,6 +250,41 @@ pub fn is_open(fd: i32) -> bool {
     fcntl(fd, libc::F_GETFD, 0) >= 0
 }
 
+/// Is `fd` one of the tool's tombstones (an O_PATH fd on a table memfd
+/// or, in the fallback, on "/")? Asked only of an fd the kernel has open
+/// where the table says nothing is: a tombstone whose record was lost
+/// (the supervisor's, written while the slot's lock was contended) must
+/// still answer as the closed number it stands for, not be adopted.
+pub fn is_tombstone_like(fd: i32) -> bool {
+    let fl = fcntl(fd, libc::F_GETFL, 0);
+    if fl < 0 || fl & i64::from(libc::O_PATH) == 0 {
+        return false;
+    }
+    let mut path = [0u8; 48];
+    let path = with_number(&mut path, b"/proc/self/fd/", fd);
+    let mut link = [0u8; 64];
+    // SAFETY: readlink of a NUL-terminated path into a local buffer of
+    // the length given.
+    let n = unsafe {
+        sc(
+            libc::SYS_readlink,
+            [
+                path.as_ptr() as u64,
+                link.as_mut_ptr() as u64,
+                link.len() as u64,
+                0,
+                0,
+                0,
+            ],
+        )
+    };
+    let Ok(n) = usize::try_from(n) else {
+        return false;
+    };
+    let link = &link[..n.min(link.len())];
+    link == b"/" || link.starts_with(b"/memfd:handles-table:")
+}
+
 pub fn write_all(fd: i32, mut b: &[u8]) {
     while !b.is_empty() {
         // SAFETY: writing from a live slice.
