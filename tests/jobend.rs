@@ -203,10 +203,13 @@ fn a_late_leak_check_reaches_the_log_and_the_report() {
         &[ticks.to_str().expect("utf-8")],
     );
     assert_eq!(st.code(), Some(0));
-    assert!(took < Duration::from_secs(1), "took {took:?}");
-    wait_for("the job's JSON report", Duration::from_secs(15), || {
-        serde_json::from_str::<serde_json::Value>(&read(&report)).is_ok()
-    });
+    // With --report, handles run waits for the whole job (its file is
+    // complete only then), so the report is there, whole, on return.
+    let _ = took;
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&read(&report)).is_ok(),
+        "the report is complete when handles run returns"
+    );
     let text = read(&log);
     assert!(
         text.contains("(daemon_late) exits holding 1 handle it created"),

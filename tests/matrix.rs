@@ -180,16 +180,16 @@ fn run(cmd: &mut Command) -> Output {
         .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"))
 }
 
-fn scratch() -> PathBuf {
-    let dir =
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("matrix-{}", std::process::id()));
+fn scratch(test: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("matrix-{test}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
 }
 
 #[test]
 fn every_mode_and_option_set_gives_one_verdict() {
-    let dir = scratch();
+    let dir = scratch("verdicts");
     let mut failures = Vec::new();
     let mut runs = 0;
     for case in cases(&dir) {
@@ -316,7 +316,7 @@ fn quarantine_n_means_n_in_every_mode() {
     // to hold 64 at most, silently).
     let prog = fixture("run_quarantine_deep");
     for mode in MODES {
-        let dir = scratch();
+        let dir = scratch(&format!("deep{}", mode.trim_start_matches('-')));
         let args: Vec<&str> = if mode.is_empty() { vec![] } else { vec![mode] };
         let out = run(Command::new(handles())
             .arg("run")

@@ -216,7 +216,9 @@ pub fn run(a: &RunArgs) -> u8 {
     // waits for the program's status, and a child of it supervises the job
     // to its end (supervisor/src/run/front.rs).
     let mut notifier = None;
-    if !a.wait_all {
+    // The --report and --sarif files are complete only when the job is:
+    // a run that asks for them waits for it, as with --wait-all.
+    if !a.wait_all && a.report.is_none() && a.sarif.is_none() {
         match front::split() {
             Ok(Role::Front(status)) => return status,
             Ok(Role::Supervisor(mut n)) => {
