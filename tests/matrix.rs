@@ -342,3 +342,33 @@ fn quarantine_n_means_n_in_every_mode() {
     let out = run(Command::new(handles()).args(["run", "--quarantine", "1025", "--", "true"]));
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn a_number_no_fd_can_have_is_a_sentinel_in_every_mode() {
+    // At or above RLIMIT_NOFILE no fd can exist: closing INT_MAX is a
+    // program's "no fd" value, not a handle (tmux does it); a never-opened
+    // number below the limit is still reported. Both layers must agree.
+    let prog = fixture("run_close_n");
+    for mode in MODES {
+        let args: Vec<&str> = if mode.is_empty() { vec![] } else { vec![mode] };
+        for (n, reported) in [("2147483647", false), ("1048576", false), ("100", true)] {
+            let out = run(Command::new(handles())
+                .arg("run")
+                .args(&args)
+                .arg("--")
+                .arg(&prog)
+                .arg(n));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                err.contains("close of a handle that was never opened"),
+                reported,
+                "{mode} close({n}): {err}"
+            );
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                "close=-1 errno=9\n",
+                "{mode} close({n})"
+            );
+        }
+    }
+}

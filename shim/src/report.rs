@@ -150,7 +150,11 @@ thread_local! {
 /// What the table says of `fd` for the judge; an fd the kernel has open
 /// that the table does not know (made behind the shim's back) is adopted.
 pub fn known(fd: i32) -> Known {
-    if fd < 0 {
+    if fd < 0 || u64::from(fd as u32) >= st::LIMIT.load(Relaxed) {
+        // Negative, or at or above RLIMIT_NOFILE: no fd can have that
+        // number, so it is a sentinel (tmux's compat code closes INT_MAX),
+        // never a handle: the kernel answers EBADF, nothing is judged (the
+        // supervisor's rule too).
         return Known::Open;
     }
     match st::state_of(fd) {

@@ -574,7 +574,18 @@ impl Job {
         marked: bool,
     ) -> bool {
         let mut args = Vec::new();
+        let limit = self.cached_nofile(tgid);
         for (i, fd) in self.fd_args(desc, a) {
+            if u64::from(fd as u32) >= limit {
+                // No fd can have a number at or above RLIMIT_NOFILE: a
+                // sentinel (tmux's compat code closes INT_MAX), not a
+                // handle; the kernel answers EBADF (the shim's rule too).
+                if desc.kind == Kind::Close {
+                    self.resume(tid, None);
+                    return true;
+                }
+                continue;
+            }
             let known = self.known(tid, fd);
             let mut op = judge::op_of(desc.nr, a, i, false);
             if marked && op == judge::Op::Question {
