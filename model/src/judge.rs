@@ -415,6 +415,70 @@ pub fn judge_now(args: &[Arg], policy: &Policy) -> Verdict {
         .unwrap_or(Verdict::Run)
 }
 
+/// What follows an exception (`--on-exception`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Then {
+    Trap,
+    Stop,
+    Continue,
+}
+
+impl Then {
+    /// The end of a report's outcome line.
+    pub fn words(self) -> &'static str {
+        match self {
+            Then::Trap => "SIGTRAP follows",
+            Then::Stop => "the process is stopped for a debugger",
+            Then::Continue => "the program goes on (--on-exception=continue)",
+        }
+    }
+}
+
+/// How the reported call went, for a bad-handle report's outcome line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Moment {
+    /// The call ran (the kernel answered EBADF).
+    Ran,
+    /// The call failed with EBADF without running.
+    Failed,
+    /// A held close, written at the thread's next close (no sweep).
+    HeldDue,
+    /// A held close, written as the thread ended or exec'd: nothing
+    /// follows it.
+    HeldEnded,
+}
+
+/// A bad-handle report's outcome line, the same words from the shim and
+/// the supervisor.
+pub fn write_outcome(
+    w: &mut impl core::fmt::Write,
+    action: Action,
+    moment: Moment,
+    then: Then,
+) -> core::fmt::Result {
+    const KILLED: &str = "the process is killed (SIGKILL)";
+    match (moment, action) {
+        (Moment::HeldEnded, _) => w.write_str(
+            "the call failed with EBADF; the thread ended or exec'd before another close showed a sweep; nothing follows",
+        ),
+        (Moment::HeldDue, Action::Kill) => {
+            write!(w, "the call failed with EBADF; no close sweep followed; {KILLED}")
+        }
+        (Moment::HeldDue, _) => write!(
+            w,
+            "the call failed with EBADF; no close sweep followed; {}",
+            then.words()
+        ),
+        (_, Action::Kill) => w.write_str(KILLED),
+        (Moment::Ran, _) => write!(w, "the call runs (and fails with EBADF); {}", then.words()),
+        (Moment::Failed, _) => write!(
+            w,
+            "the call fails with EBADF without running; {}",
+            then.words()
+        ),
+    }
+}
+
 /// Syscall numbers and constants the classification reads (x86_64).
 mod nr {
     pub const CLOSE: i64 = 3;
@@ -827,6 +891,42 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn outcome_lines_say_what_happened_and_what_follows() {
+        struct S([u8; 160], usize);
+        impl core::fmt::Write for S {
+            fn write_str(&mut self, t: &str) -> core::fmt::Result {
+                let end = self.1 + t.len();
+                self.0
+                    .get_mut(self.1..end)
+                    .ok_or(core::fmt::Error)?
+                    .copy_from_slice(t.as_bytes());
+                self.1 = end;
+                Ok(())
+            }
+        }
+        let line = |a, m, t| {
+            let mut s = S([0; 160], 0);
+            write_outcome(&mut s, a, m, t).unwrap();
+            (s.0, s.1)
+        };
+        let (b, n) = line(Action::AllowException, Moment::Failed, Then::Trap);
+        assert_eq!(
+            &b[..n],
+            b"the call fails with EBADF without running; SIGTRAP follows"
+        );
+        let (b, n) = line(Action::Kill, Moment::Ran, Then::Continue);
+        assert_eq!(&b[..n], b"the process is killed (SIGKILL)");
+        let (b, n) = line(Action::DenyException, Moment::HeldDue, Then::Continue);
+        assert_eq!(
+            &b[..n],
+            b"the call failed with EBADF; no close sweep followed; the program goes on (--on-exception=continue)"
+                as &[u8]
+        );
+        let (b, n) = line(Action::Kill, Moment::HeldEnded, Then::Trap);
+        assert!(b[..n].ends_with(b"nothing follows"));
     }
 
     #[test]

@@ -9,7 +9,9 @@ use core::cell::{Cell, UnsafeCell};
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 
-use handles_model::judge::{self, Arg, Flush, Kind, Known, Memo, Op, Verdict as Judged};
+use handles_model::judge::{
+    self, Arg, Flush, Kind, Known, Memo, Moment, Op, Then, Verdict as Judged,
+};
 use handles_model::policy::{Action, Condition, Policy};
 use handles_model::table::{marker, obj_type_from_code, state, STACK_DEPTH};
 use handles_model::{Fd, HandleValue};
@@ -48,6 +50,14 @@ pub fn set_policy(encoded: &str) -> bool {
 /// `--on-exception` (`HANDLES_ON_EXCEPTION`): what follows a report when
 /// the shim is alone. 0 trap, 1 stop, 2 continue.
 static ON_EXCEPTION: AtomicU8 = AtomicU8::new(0);
+
+fn then() -> Then {
+    match ON_EXCEPTION.load(Relaxed) {
+        1 => Then::Stop,
+        2 => Then::Continue,
+        _ => Then::Trap,
+    }
+}
 
 pub fn set_on_exception(s: &str) {
     let v = match s {
@@ -206,8 +216,7 @@ pub fn judged_close(args: &[Arg], call: &Call, frame: usize) -> (Option<Verdict>
                 h.kind,
                 h.action,
                 h.quarantined,
-                false,
-                Held::Due,
+                Moment::HeldDue,
                 &call,
                 &pcs,
             );
@@ -335,8 +344,7 @@ fn raise(
         kind,
         action,
         quarantined,
-        run,
-        Held::No,
+        if run { Moment::Ran } else { Moment::Failed },
         call,
         &offending,
     );
@@ -381,16 +389,6 @@ fn first_of_context(kind: Kind, offending: &[u64], closed: &[u64]) -> bool {
     true
 }
 
-/// Whether a report is of a close the judge held.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Held {
-    No,
-    /// No sweep followed: the consequence follows now.
-    Due,
-    /// The process ends before another close: nothing follows.
-    AtEnd,
-}
-
 /// Writes (or, for a context seen before, only counts) a bad-handle
 /// report, and says what follows it.
 #[allow(clippy::too_many_arguments)]
@@ -399,38 +397,20 @@ fn write_bad_handle(
     kind: Kind,
     action: Action,
     quarantined: bool,
-    run: bool,
-    held: Held,
+    moment: Moment,
     call: &Call,
     offending: &Pcs,
 ) -> After {
-    let at_end = held == Held::AtEnd;
-    let held = held != Held::No;
+    let then = then();
     let detail = st::slot(fd)
         .zip(st::stacks(fd))
         .and_then(|(s, k)| s.read_detail(k, 1000));
     let value = detail.map(|d| d.value).unwrap_or_default();
     let closed = detail.map(|d| d.closed).unwrap_or_default();
     let created = detail.map(|d| d.created).unwrap_or_default();
-    let was_closed = matches!(kind, Kind::UseClosed | Kind::DoubleClose | Kind::DupClosed);
     EXCEPTIONS.fetch_add(1, Relaxed);
     let closed_pcs = &closed.pcs[..closed.len];
     if first_of_context(kind, offending.frames(), closed_pcs) {
-        let on = ON_EXCEPTION.load(Relaxed);
-        let outcome: &str = match (action, held, run, on) {
-            _ if at_end => "the call failed with EBADF; the process ended before another close showed a sweep; nothing follows",
-            (Action::Kill, true, ..) => "the call failed with EBADF; no close sweep followed; the process is killed (SIGKILL)",
-            (Action::Kill, ..) => "the process is killed (SIGKILL)",
-            (_, true, _, 2) => "the call failed with EBADF; no close sweep followed; the program goes on (--on-exception=continue)",
-            (_, true, _, 1) => "the call failed with EBADF; no close sweep followed; the process is stopped for a debugger",
-            (_, true, ..) => "the call failed with EBADF; no close sweep followed; SIGTRAP follows",
-            (_, _, true, 2) => "the call runs (and fails with EBADF); the program goes on (--on-exception=continue)",
-            (_, _, true, 1) => "the call runs (and fails with EBADF); the process is stopped for a debugger",
-            (_, _, true, _) => "the call runs (and fails with EBADF); SIGTRAP follows",
-            (_, _, false, 2) => "the call fails with EBADF without running; the program goes on (--on-exception=continue)",
-            (_, _, false, 1) => "the call fails with EBADF without running; the process is stopped for a debugger",
-            (_, _, false, _) => "the call fails with EBADF without running; SIGTRAP follows",
-        };
         let mut w = Out::new();
         let _ = write_report(
             &mut w,
@@ -438,21 +418,21 @@ fn write_bad_handle(
             fd,
             call,
             kind,
-            kind.sentence(quarantined),
-            was_closed,
+            quarantined,
             &value,
-            outcome,
+            moment,
+            then,
             offending,
             closed_pcs,
             &created.pcs[..created.len],
         );
         w.flush();
     }
-    match (action, ON_EXCEPTION.load(Relaxed)) {
+    match (action, then) {
         (Action::Kill, _) => After::Kill,
-        (_, 2) => After::Nothing,
-        (_, 1) => After::Stop,
-        _ => After::Trap,
+        (_, Then::Continue) => After::Nothing,
+        (_, Then::Stop) => After::Stop,
+        (_, Then::Trap) => After::Trap,
     }
 }
 
@@ -481,8 +461,7 @@ pub fn at_exit(root: bool, error_exitcode: Option<u8>) {
             h.kind,
             h.action,
             h.quarantined,
-            false,
-            Held::AtEnd,
+            Moment::HeldEnded,
             &call,
             &pcs,
         );
@@ -806,15 +785,17 @@ fn write_report(
     a: Action,
     fd: i32,
     call: &Call,
-    _kind: Kind,
-    whatline: &str,
-    was_closed: bool,
+    kind: Kind,
+    quarantined: bool,
     value: &handles_model::table::SlotValue,
-    outcome: &str,
+    moment: Moment,
+    then: Then,
     offending: &Pcs,
     closed: &[u64],
     created: &[u64],
 ) -> core::fmt::Result {
+    let was_closed = matches!(kind, Kind::UseClosed | Kind::DoubleClose | Kind::DupClosed);
+    let whatline = kind.sentence(quarantined);
     let pid = sys::getpid();
     let tid = sys::gettid();
     let mut pbuf = [0u8; 32];
@@ -852,7 +833,9 @@ fn write_report(
         writeln!(w, "handles:     handle fd {fd}: not open")?;
     }
     writeln!(w, "handles:     {whatline}")?;
-    writeln!(w, "handles:     {outcome}")?;
+    w.write_str("handles:     ")?;
+    judge::write_outcome(w, a, moment, then)?;
+    writeln!(w)?;
     writeln!(w, "handles: backtrace:")?;
     frames(w, offending.frames())?;
     if was_closed {

@@ -978,16 +978,13 @@ fn do_close(fd: c_int, frame: usize) -> (i64, After) {
             result: Some(r),
             after,
         }) => return (r, after),
+        v => v.map_or(After::Nothing, |v| v.after),
+    };
+    if known != Known::Open {
         // The judge lets a close of a number that is not open run: the
         // kernel answers EBADF, as natively.
-        Some(Verdict {
-            result: None,
-            after,
-        }) if known != Known::Open => return (sys::close(fd), after),
-        Some(v) => v.after,
-        None if known != Known::Open => return (sys::close(fd), After::Nothing),
-        None => After::Nothing,
-    };
+        return (sys::close(fd), after);
+    }
     let pcs = stack::capture(frame);
     let l = st::lock(s);
     if s.load(&l).state == state::TOMBSTONE {

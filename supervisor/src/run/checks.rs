@@ -2,7 +2,7 @@
 //! each is a valid handle, and what bad-handle, wrong-object, new-* and
 //! --max-handles do about it. Every policy decision is made here.
 
-use handles_model::judge::{self, Known, Verdict};
+use handles_model::judge::{self, Known, Moment, Verdict};
 
 use super::job::*;
 use super::shimtable::{self, ShimSays, ShimTable};
@@ -394,14 +394,19 @@ impl Job {
             self.resume(tid, None);
             return;
         }
+        let tag = if self.shim_injected {
+            shimtable::marker_of(nr, &a, self.cookie)
+        } else {
+            None
+        };
         // A marked call is one the shim's judge already found to raise an
         // exception: it is acted on here, not judged again.
-        let marked = self.shim_injected && shimtable::marker_of(nr, &a, self.cookie).is_some();
+        let marked = tag.is_some();
         self.sync_shim(tid, tgid);
-        if self.shim_injected
-            && shimtable::marker_of(nr, &a, self.cookie) == Some(handles_model::table::marker::OWN)
-        {
-            // The shim's own bookkeeping, not the program's handles.
+        if tag == Some(handles_model::table::marker::OWN) {
+            // The shim's own bookkeeping (its table, its tombstone source,
+            // a quarantine's dup3), stopped only because a new-* entry or
+            // a handle budget stops every creating call: not the program's.
             self.resume(tid, None);
             return;
         }
@@ -410,19 +415,6 @@ impl Job {
                 self.on_shim_held(tid, tgid, regs, h);
                 return;
             }
-        }
-        if self.shim_injected
-            && matches!(desc.kind, Kind::Dup | Kind::DupTo | Kind::Fcntl)
-            && desc
-                .cookie_arg()
-                .is_some_and(|i| a[usize::from(i)] == self.cookie)
-            && matches!(self.shim_says(tgid, a[0] as i32), ShimSays::Internal)
-        {
-            // The shim's own bookkeeping (a quarantine's dup3 of its
-            // tombstone source), stopped only because a new-* entry or a
-            // handle budget stops every creating call: not the program's.
-            self.resume(tid, None);
-            return;
         }
         let (desc, a) = match shimtable::proxied(nr, &a, self.cookie) {
             Some(p) if self.shim_injected => p,
@@ -574,8 +566,13 @@ impl Job {
         marked: bool,
     ) -> bool {
         let mut args = Vec::new();
-        let limit = self.cached_nofile(tgid);
-        for (i, fd) in self.fd_args(desc, a) {
+        let fds = self.fd_args(desc, a);
+        let limit = if fds.is_empty() {
+            u64::MAX
+        } else {
+            self.cached_nofile(tgid)
+        };
+        for (i, fd) in fds {
             if u64::from(fd as u32) >= limit {
                 // No fd can have a number at or above RLIMIT_NOFILE: a
                 // sentinel (tmux's compat code closes INT_MAX), not a
@@ -662,29 +659,19 @@ impl Job {
             }
             Verdict::Hold(h) => {
                 let offending = self.offending_stack(tid, tgid, &regs);
-                let held = self
-                    .bad_handle_report(
-                        tid,
-                        tgid,
-                        &regs,
-                        desc,
-                        h.fd,
-                        h.kind,
-                        h.action,
-                        false,
-                        h.quarantined,
-                        offending,
-                    )
-                    .map(|mut report| {
-                        report.outcome = held_outcome(h.action, self.opts.on_exception);
-                        Box::new(HeldReport {
-                            report,
-                            action: h.action,
-                        })
-                    });
-                if let Some(t) = self.threads.get_mut(&tid) {
-                    t.held = held;
-                }
+                let report = self.bad_handle_report(
+                    tid,
+                    tgid,
+                    &regs,
+                    desc,
+                    h.fd,
+                    h.kind,
+                    h.action,
+                    Moment::HeldDue,
+                    h.quarantined,
+                    offending,
+                );
+                self.keep_held(tid, report, h.action);
                 if h.quarantined {
                     self.give_back(tid, tgid, h.fd);
                 } else {
@@ -710,7 +697,7 @@ impl Job {
                     fd,
                     kind,
                     action,
-                    run,
+                    if run { Moment::Ran } else { Moment::Failed },
                     quarantined,
                     offending,
                 );
@@ -758,7 +745,14 @@ impl Job {
             return;
         };
         if !deliver {
-            h.report.outcome = "the call failed with EBADF; the thread ended (or exec'd) before another close showed a sweep; nothing follows".into();
+            h.report.outcome.clear();
+            // Writing into a String cannot fail.
+            let _ = judge::write_outcome(
+                &mut h.report.outcome,
+                h.action,
+                Moment::HeldEnded,
+                self.opts.on_exception,
+            );
         }
         self.emit(&h.report);
         if deliver {
@@ -832,27 +826,28 @@ impl Job {
         };
         let mut call = regs;
         call.rdi = h.fd as u64;
-        let held = self
-            .bad_handle_report(
-                tid,
-                tgid,
-                &call,
-                desc,
-                h.fd,
-                kind,
-                action,
-                false,
-                quarantined,
-                offending,
-            )
-            .map(|mut report| {
-                report.outcome = held_outcome(action, self.opts.on_exception);
-                Box::new(HeldReport { report, action })
-            });
-        if let Some(t) = self.threads.get_mut(&tid) {
-            t.held = held;
-        }
+        let report = self.bad_handle_report(
+            tid,
+            tgid,
+            &call,
+            desc,
+            h.fd,
+            kind,
+            action,
+            Moment::HeldDue,
+            quarantined,
+            offending,
+        );
+        self.keep_held(tid, report, action);
         self.resume(tid, None);
+    }
+
+    /// Keeps the report of a close the judge held, for the thread's next
+    /// close (or its end) to write (`flush_held`); None: suppressed.
+    fn keep_held(&mut self, tid: i32, report: Option<ExceptionReport>, action: Action) {
+        if let Some(t) = self.threads.get_mut(&tid) {
+            t.held = report.map(|report| Box::new(HeldReport { report, action }));
+        }
     }
 
     /// The bad-handle report of a call, or None when a suppression matches
@@ -867,7 +862,7 @@ impl Job {
         fd: i32,
         kind: judge::Kind,
         action: Action,
-        run: bool,
+        moment: Moment,
         quarantined: bool,
         backtrace: Vec<Frame>,
     ) -> Option<ExceptionReport> {
@@ -896,19 +891,9 @@ impl Job {
             }
             _ => format!("fd {fd}: not open"),
         };
-        let held = desc.kind == Kind::Close && !run;
-        let outcome = match action {
-            Action::Kill => "the process is killed (SIGKILL)".to_string(),
-            _ => {
-                let call = if run {
-                    "the call runs (and fails with EBADF)"
-                } else {
-                    "the call fails with EBADF without running"
-                };
-                let _ = held;
-                format!("{call}; {}", after_words(self.opts.on_exception))
-            }
-        };
+        let mut outcome = String::new();
+        // Writing into a String cannot fail.
+        let _ = judge::write_outcome(&mut outcome, action, moment, self.opts.on_exception);
         let suppressed = {
             let event = Event {
                 report: "bad-handle",
@@ -1061,7 +1046,7 @@ impl Job {
             what: format!(
                 "the process holds {count} handles, over its budget of {max} (--max-handles)"
             ),
-            outcome: "the call succeeds; SIGTRAP follows".into(),
+            outcome: format!("the call succeeds; {}", self.opts.on_exception.words()),
             sections: vec![Section {
                 title: "backtrace".into(),
                 frames,
@@ -1302,29 +1287,5 @@ pub(super) fn object_facts_at(
         ty: ty.name(),
         koid,
         target,
-    }
-}
-
-/// What follows an exception, in a report's outcome line.
-pub(super) fn after_words(on: OnException) -> &'static str {
-    match on {
-        OnException::Trap => "SIGTRAP follows",
-        OnException::Stop => "the process is stopped for a debugger",
-        OnException::Continue => "the program goes on (--on-exception=continue)",
-    }
-}
-
-/// The outcome line of a close whose report was held for a sweep that
-/// did not follow.
-fn held_outcome(action: Action, on: OnException) -> String {
-    match action {
-        Action::Kill => {
-            "the call failed with EBADF; no close sweep followed; the process is killed (SIGKILL)"
-                .into()
-        }
-        _ => format!(
-            "the call failed with EBADF; no close sweep followed; {}",
-            after_words(on)
-        ),
     }
 }

@@ -40,18 +40,12 @@ pub(super) use crate::policy::{Action, Condition, Policy, PolicyText};
 pub(super) use crate::seccomp::{self, FilterSpec};
 pub(super) use crate::suppress::{Event, FrameRef, Suppressions};
 
-/// What to do when a policy exception is raised.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OnException {
-    /// Deliver SIGTRAP to the offending thread (Zircon's unhandled
-    /// exception: the process dies unless it handles SIGTRAP).
-    Trap,
-    /// Leave the process stopped and detached for a debugger.
-    Stop,
-    /// Log and resume, as a debugger's exception handler that continues:
-    /// the call fails as it would natively and the program goes on.
-    Continue,
-}
+/// What to do when a policy exception is raised (`--on-exception`):
+/// trap (SIGTRAP, Zircon's unhandled exception), stop (left stopped and
+/// detached for a debugger) or continue (log and resume: the call fails
+/// as natively). The model's type, so that the shim and the supervisor
+/// word a report's outcome alike (`judge::write_outcome`).
+pub use handles_model::judge::Then as OnException;
 
 /// Everything `handles run` needs.
 #[derive(Clone, Debug)]

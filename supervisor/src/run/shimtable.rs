@@ -83,15 +83,9 @@ pub(super) enum Update<'a> {
 /// Is this syscall the shim's announcement of its table? `cookie_reg` is
 /// the value of the syscall's cookie register.
 pub(super) fn is_announcement(nr: i64, a: &[u64; 6], cookie: u64) -> bool {
-    if nr != libc::SYS_fcntl || a[1] != libc::F_GETFD as u64 {
-        return false;
-    }
-    let Some(d) = handles_model::syscalls::lookup(nr) else {
-        return false;
-    };
-    d.cookie_arg().is_some_and(|i| {
-        table::marker::tag(cookie, a[usize::from(i)]) == Some(table::marker::ANNOUNCE)
-    })
+    nr == libc::SYS_fcntl
+        && a[1] == libc::F_GETFD as u64
+        && marker_of(nr, a, cookie) == Some(table::marker::ANNOUNCE)
 }
 
 /// The marker tag a call carries in its cookie register, if any: the
@@ -140,11 +134,7 @@ pub(super) fn proxied(
     cookie: u64,
 ) -> Option<(&'static handles_model::syscalls::Desc, [u64; 6])> {
     use handles_model::syscalls::{lookup, Kind};
-    if nr != libc::SYS_fstat {
-        return None;
-    }
-    let slot = usize::from(lookup(nr)?.cookie_arg()?);
-    if table::marker::tag(cookie, a[slot]) != Some(table::marker::PROXY) {
+    if nr != libc::SYS_fstat || marker_of(nr, a, cookie) != Some(table::marker::PROXY) {
         return None;
     }
     let real = lookup(a[3] as i64)?;
