@@ -1836,27 +1836,25 @@ fn listed_fds(process: &serde_json::Value) -> BTreeSet<i32> {
         .collect()
 }
 
-/// fd numbers in /proc/PID/fd that link to "/" (O_PATH tombstones).
 /// The fds of `pid` that are tombstones (or their source): O_PATH fds on
-/// "/" (the supervisor's) or on the shim's table memfd (the shim's; the
-/// table itself is an O_RDWR fd, a real handle the process holds).
-fn proc_fds_to_root(pid: i32) -> BTreeSet<i32> {
+/// /dev/null (the supervisor's) or on the shim's table memfd (the shim's;
+/// the table itself is an O_RDWR fd, a real handle the process holds).
+fn proc_tombstones(pid: i32) -> BTreeSet<i32> {
     fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("read /proc/PID/fd")
         .filter_map(|e| {
             let e = e.ok()?;
             let fd: i32 = e.file_name().to_str()?.parse().ok()?;
             let link = fs::read_link(e.path()).ok()?;
-            if link == Path::new("/") {
-                return Some(fd);
-            }
             let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
             let flags = info
                 .lines()
                 .find_map(|l| l.strip_prefix("flags:"))
                 .and_then(|f| u64::from_str_radix(f.trim(), 8).ok())?;
             let o_path = flags & libc::O_PATH as u64 != 0;
-            (o_path && link.to_str()?.starts_with("/memfd:handles-table:")).then_some(fd)
+            let link = link.to_str()?;
+            (o_path && (link == "/dev/null" || link.starts_with("/memfd:handles-table:")))
+                .then_some(fd)
         })
         .collect()
 }
@@ -1956,7 +1954,7 @@ fn live_view(flags: &[&str], source: &str) {
     assert_eq!(p2["mixer"], p1["mixer"], "the mixer is per process");
 
     // Tombstones: in /proc, never in the table.
-    let tombs = proc_fds_to_root(pid);
+    let tombs = proc_tombstones(pid);
     let listed = listed_fds(&p2);
     for c in &closed {
         assert!(

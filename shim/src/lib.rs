@@ -51,7 +51,11 @@ macro_rules! trampoline {
 }
 
 mod fddir;
+#[cfg(not(test))]
+mod lookup;
+mod peer;
 mod quarantine;
+mod real;
 mod report;
 mod stack;
 mod state;
@@ -262,6 +266,7 @@ extern "C" fn before_fork() {
         return;
     }
     stdio::resolve_all();
+    lookup::resolve_all();
     state::before_fork();
 }
 

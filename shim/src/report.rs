@@ -180,8 +180,14 @@ pub fn known(fd: i32) -> Known {
                 st::adopt(fd);
                 return Known::Open;
             }
-            let generation = st::slot(fd).map_or(0, |s| s.generation.load(Relaxed));
-            if generation == 0 {
+            // A handle inherited at start keeps generation 0 (the number
+            // was never handed out in this image), but its slot says how
+            // it came: closed, it is a closed handle (stdio closed early,
+            // as git does), not one that was never opened.
+            let (generation, how) = st::slot(fd).map_or((0, 0), |s| {
+                (s.generation.load(Relaxed), s.how.load(Relaxed))
+            });
+            if generation == 0 && how == handles_model::table::how::UNKNOWN {
                 Known::NeverHeld
             } else {
                 Known::Closed { quarantined: false }
