@@ -386,6 +386,47 @@ fn filters(d: *mut libc::DIR) -> bool {
     !d.is_null() && fddir::any() && active() && fddir::is_fd_dir(dir_fd(d))
 }
 
+/// glibc's `struct __dirstream` is `int fd; int lock; size_t
+/// allocation; size_t size; size_t offset; off_t filepos; int errcode;
+/// char data[]`: the entries read and not yet returned are `size -
+/// offset`, and a refill reads `allocation` bytes into `data`.
+const DIR_ALLOCATION_OFFSET: usize = 8;
+const DIR_SIZE_OFFSET: usize = 16;
+const DIR_OFFSET_OFFSET: usize = 24;
+const DIR_DATA_OFFSET: usize = 48;
+
+/// The verdict on the stream's fd when this readdir will refill the
+/// stream's buffer with getdents64 (its buffer is used up), as the
+/// supervisor judges that getdents64 where no shim is: None to go on,
+/// or the errno to fail with. A readdir served from the buffer makes no
+/// syscall and is not a use.
+fn refill_check(d: *mut libc::DIR) -> Option<c_int> {
+    if d.is_null() || !active() {
+        return None;
+    }
+    let fd = dir_fd(d);
+    if matches!(st::state_of(fd), None | Some(state::OPEN)) {
+        return None;
+    }
+    // SAFETY: d is a glibc DIR (the program's stream), whose header has
+    // the layout above.
+    let (allocation, size, offset) = unsafe {
+        let p = d.cast::<u8>();
+        (
+            *(p.add(DIR_ALLOCATION_OFFSET) as *const usize),
+            *(p.add(DIR_SIZE_OFFSET) as *const usize),
+            *(p.add(DIR_OFFSET_OFFSET) as *const usize),
+        )
+    };
+    if offset < size {
+        return None;
+    }
+    // The refill's own arguments, for the report.
+    let data = d as u64 + DIR_DATA_OFFSET as u64;
+    let a = [fd as u64, data, allocation as u64, 0, 0, 0];
+    crate::wrap::check(fd, Op::Use, libc::SYS_getdents64, a, 0).map(|_| sys::errno())
+}
+
 /// readdir and readdir64 (the same function in glibc on x86_64): on a
 /// listing of this process's fds, the entries of the shim's numbers are
 /// skipped.
@@ -393,6 +434,10 @@ fn read_entry(d: *mut libc::DIR, real: &Real) -> *mut libc::dirent {
     let Some(f) = real.get::<ReaddirFn>() else {
         return no_fn(core::ptr::null_mut());
     };
+    if let Some(e) = refill_check(d) {
+        sys::set_errno(e);
+        return core::ptr::null_mut();
+    }
     let filter = filters(d);
     loop {
         // SAFETY: the program's call.
@@ -415,6 +460,9 @@ fn read_entry_r(
     let Some(f) = real.get::<ReaddirRFn>() else {
         return libc::ENOSYS;
     };
+    if let Some(e) = refill_check(d) {
+        return e;
+    }
     let filter = filters(d) && !result.is_null();
     loop {
         // SAFETY: the program's call.

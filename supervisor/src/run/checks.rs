@@ -627,6 +627,20 @@ impl Job {
             }
             let known = self.known(tid, fd);
             let mut op = judge::op_of(desc.nr, a, i, false);
+            if known != Known::Open && desc.dirfd_args & (1 << i) != 0 {
+                // The path after a dirfd decides what the dirfd is for:
+                // an absolute path ignores it, an empty one (AT_EMPTY_PATH)
+                // names the fd itself.
+                let first = a
+                    .get(i + 1)
+                    .and_then(|&p| tracer::read_mem(tid, p, 1).ok())
+                    .and_then(|b| b.first().copied());
+                match first {
+                    Some(b'/') => continue,
+                    Some(0) => op = judge::op_of(desc.nr, a, i, true),
+                    _ => {}
+                }
+            }
             if marked && op == judge::Op::Question {
                 // The shim stands a libc function's use (fdopen, ...) for
                 // an fstat: it judged a use.
@@ -641,20 +655,6 @@ impl Job {
                 // starts to use the fd: the shim judges those functions
                 // as uses, and so must the supervisor where no shim is.
                 op = judge::Op::Use;
-            }
-            if known != Known::Open && desc.dirfd_args & (1 << i) != 0 {
-                // The path after a dirfd decides what the dirfd is for:
-                // an absolute path ignores it, an empty one (AT_EMPTY_PATH)
-                // names the fd itself.
-                let first = a
-                    .get(i + 1)
-                    .and_then(|&p| tracer::read_mem(tid, p, 1).ok())
-                    .and_then(|b| b.first().copied());
-                match first {
-                    Some(b'/') => continue,
-                    Some(0) => op = judge::op_of(desc.nr, a, i, true),
-                    _ => {}
-                }
             }
             args.push(judge::Arg { op, fd, known });
         }
