@@ -93,3 +93,28 @@ fn libc_uses_and_closed_stdio_get_one_verdict_in_every_mode() {
         }
     }
 }
+
+/// With no supervisor the shim writes the report, and `handles symbolize`
+/// gives its stacks functions and lines, as in the other modes.
+#[test]
+fn no_ptrace_reports_point_at_source_lines() {
+    let prog = fixture("right_words");
+    let prog = prog.to_str().expect("utf-8 path");
+    let o = run(&["--no-ptrace"], prog, "fdopen");
+    let err = stderr_of(&o);
+    let frames: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("handles:     #"))
+        .collect();
+    // The use, the close and the open, each in main, at its own line.
+    let in_main: Vec<&&str> = frames
+        .iter()
+        .filter(|l| l.contains(" in main at ") && l.contains("right_words.c:"))
+        .collect();
+    assert_eq!(in_main.len(), 3, "{err}");
+    assert!(
+        err.contains("): closed object /etc/hostname")
+            || err.contains("): closed file /etc/hostname"),
+        "{err}"
+    );
+}

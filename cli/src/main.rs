@@ -11,6 +11,7 @@ mod render;
 mod run;
 mod shim;
 mod show;
+mod symbolize;
 
 use std::process::ExitCode;
 
@@ -20,6 +21,7 @@ fn main() -> ExitCode {
     let cli = args::Cli::parse();
     let code = match &cli.command {
         Some(args::Command::Run(a)) => run::run(a),
+        Some(args::Command::Symbolize { pid }) => symbolize::run(*pid),
         None => show::run(&cli.show),
     };
     ExitCode::from(code)

@@ -59,6 +59,7 @@ mod real;
 mod report;
 mod stack;
 mod state;
+mod symbolize;
 mod sys;
 
 #[cfg(not(test))]
@@ -219,6 +220,9 @@ extern "C" fn init() {
     }
     if let Some(o) = env(c"HANDLES_ON_EXCEPTION") {
         report::set_on_exception(o);
+    }
+    if let Some(p) = env(c"HANDLES_SYMBOLIZER") {
+        symbolize::init(p);
     }
     if env(c"HANDLES_SUMMARY") == Some("always") {
         report::ALWAYS_SUMMARIZE.store(true, Relaxed);
