@@ -2043,7 +2043,10 @@ fn a_debugger_under_supervision_gets_a_clear_error_not_a_hang() {
     // strace cannot trace what handles already traces: it must say so and
     // exit; handles must not hang either.
     if Command::new("strace").arg("-V").output().is_err() {
-        eprintln!("note: strace not installed; skipped");
+        common::skip(
+            "a_debugger_under_supervision_gets_a_clear_error_not_a_hang",
+            "strace is not installed",
+        );
         return;
     }
     let o = handles_run(&[
@@ -2318,7 +2321,10 @@ fn shells_asking_whether_a_number_is_open_are_not_reported() {
     // question, as natively, in every mode. A dup of a *closed* fd is
     // still reported (the three-mode test covers dup/dup2).
     if !Path::new("/bin/dash").exists() {
-        eprintln!("no /bin/dash; skipped");
+        common::skip(
+            "shells_asking_whether_a_number_is_open_are_not_reported",
+            "/bin/dash is not installed",
+        );
         return;
     }
     let script = "exec 5</dev/null; exec 5<&-; exec 7>/dev/null; echo ok";

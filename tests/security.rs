@@ -31,7 +31,7 @@ fn is_root() -> bool {
 macro_rules! needs_root {
     () => {
         if !is_root() {
-            eprintln!("skipped: needs root (set-user-ID files, setpriv)");
+            common::skip(module_path!(), "needs root (set-user-ID files, setpriv)");
             return;
         }
     };

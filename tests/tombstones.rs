@@ -106,7 +106,7 @@ fn shells_see_their_fd_table_as_natively() {
     let file = format!("{dir}/f");
     for shell in ["bash", "dash"] {
         if Command::new(shell).arg("-c").arg("true").status().is_err() {
-            eprintln!("SKIP {shell}: not installed");
+            common::skip(shell, "is not installed");
             continue;
         }
         let args = ["-c", SHELL, shell, file.as_str()];
@@ -159,7 +159,10 @@ fn python_sees_its_fd_table_as_natively() {
         .status()
         .is_err()
     {
-        eprintln!("SKIP python3: not installed");
+        common::skip(
+            "python_sees_its_fd_table_as_natively",
+            "python3 is not installed",
+        );
         return;
     }
     let n = native("python3", &["-c", PYTHON]);
