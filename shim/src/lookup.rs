@@ -218,8 +218,42 @@ use libc::{
 
 at_fn!(fstatat, FSTATAT, SYS_newfstatat, (dirfd: c_int, path: *const c_char, buf: Stat, flags: c_int) -> c_int, 0, path);
 at_fn!(fstatat64, FSTATAT64, SYS_newfstatat, (dirfd: c_int, path: *const c_char, buf: Stat, flags: c_int) -> c_int, 0, path);
-at_fn!(__fxstatat, FXSTATAT, SYS_newfstatat, (ver: c_int, dirfd: c_int, path: *const c_char, buf: Stat, flags: c_int) -> c_int, 1, path);
-at_fn!(__fxstatat64, FXSTATAT64, SYS_newfstatat, (ver: c_int, dirfd: c_int, path: *const c_char, buf: Stat, flags: c_int) -> c_int, 1, path);
+
+/// The old stat ABI (`__fxstatat(ver, dirfd, path, buf, flags)`, what
+/// binaries built against glibc before 2.33 call): judged as the
+/// newfstatat it makes, whose arguments lack `ver`.
+macro_rules! fxstatat_fn {
+    ($name:ident, $real:ident) => {
+        static $real: Real = Real::new(
+            // SAFETY: a literal without interior NULs.
+            unsafe {
+                core::ffi::CStr::from_bytes_with_nul_unchecked(
+                    concat!(stringify!($name), "\0").as_bytes(),
+                )
+            },
+        );
+        #[no_mangle]
+        pub unsafe extern "C-unwind" fn $name(
+            ver: c_int,
+            dirfd: c_int,
+            path: *const c_char,
+            buf: Stat,
+            flags: c_int,
+        ) -> c_int {
+            if let Some(r) = at(SYS_newfstatat, args!(dirfd, path, buf, flags), 0, path) {
+                return r as c_int;
+            }
+            type F = unsafe extern "C" fn(c_int, c_int, *const c_char, Stat, c_int) -> c_int;
+            match $real.get::<F>() {
+                // SAFETY: the program's call, to libc's function of this type.
+                Some(f) => unsafe { f(ver, dirfd, path, buf, flags) },
+                None => sys::ret(-(libc::ENOSYS as i64)) as c_int,
+            }
+        }
+    };
+}
+fxstatat_fn!(__fxstatat, FXSTATAT);
+fxstatat_fn!(__fxstatat64, FXSTATAT64);
 at_fn!(statx, STATX, SYS_statx, (dirfd: c_int, path: *const c_char, flags: c_int, mask: libc::c_uint, buf: *mut c_void) -> c_int, 0, path);
 at_fn!(faccessat, FACCESSAT, SYS_faccessat, (dirfd: c_int, path: *const c_char, mode: c_int, flags: c_int) -> c_int, 0, path);
 at_fn!(readlinkat, READLINKAT, SYS_readlinkat, (dirfd: c_int, path: *const c_char, buf: *mut c_char, n: size_t) -> ssize_t, 0, path);
