@@ -157,6 +157,15 @@ thread_local! {
     static HELD: Cell<(i64, Pcs)> = const { Cell::new((0, Pcs::EMPTY)) };
 }
 
+/// The calling thread made a handle at `fd` (the judge's sweep memo).
+pub fn note_created(fd: i32) {
+    MEMO.with(|c| {
+        let mut m = c.get();
+        m.created(fd);
+        c.set(m);
+    });
+}
+
 /// What the table says of `fd` for the judge; an fd the kernel has open
 /// that the table does not know (made behind the shim's back) is adopted.
 pub fn known(fd: i32) -> Known {

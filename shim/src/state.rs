@@ -357,6 +357,7 @@ pub fn created(fd: i32, ty: u32, how: u32, name: Named, pcs: &Pcs) {
 /// [`created`] for a caller that already holds the slot's lock.
 pub fn created_locked(fd: i32, s: &Slot, l: &Locked, ty: u32, how: u32, name: Named, pcs: &Pcs) {
     fddir::forget(fd);
+    crate::report::note_created(fd);
     let old = s.load(l);
     if old.state == state::INTERNAL {
         lost_internal(fd);
