@@ -236,10 +236,11 @@ pub const fn stacks_offset(capacity: u32) -> usize {
     HEADER_SIZE + capacity as usize * SLOT_SIZE
 }
 
-/// Bytes a table of `capacity` slots needs (slots and stacks). Pages that
-/// are never written cost nothing in a memfd.
+/// Bytes a table of `capacity` slots needs (slots, stacks and the Python
+/// frames area, see [`PyStacks`]). Pages that are never written cost
+/// nothing in a memfd.
 pub const fn table_size(capacity: u32) -> usize {
-    stacks_offset(capacity) + capacity as usize * STACKS_SIZE
+    py_offset(capacity) + capacity as usize * PY_STACKS_SIZE
 }
 
 /// A stack as read from a table: `len` return addresses, innermost first.
@@ -576,6 +577,9 @@ pub struct TableView<'a> {
     slots: &'a [Slot],
     /// As many stack records as the mapping holds (may be fewer than slots).
     stacks: &'a [SlotStacks],
+    /// As many Python records as the mapping holds (none in a table made
+    /// before the area existed).
+    py: &'a [PyStacks],
 }
 
 impl<'a> TableView<'a> {
@@ -634,10 +638,12 @@ impl<'a> TableView<'a> {
             };
             core::slice::from_raw_parts(p as *const SlotStacks, stack_n)
         };
+        let py = py_records(mem, capacity as u32, stack_n);
         Ok(TableView {
             header,
             slots,
             stacks,
+            py,
         })
     }
 
@@ -680,6 +686,162 @@ impl<'a> TableView<'a> {
     }
 }
 
+// ---------------------------------------------------------------------
+// Python frames (appended area, after the stack records).
+//
+// For a CPython program the shim records, next to each native stack, the
+// Python frames of the calling thread at that moment: per frame the code
+// object's address, the instruction offset and a check word of the code
+// object's own fields (`crate::python::PyFrame`). The supervisor resolves
+// them to file, function and line when it reports. Written under the
+// slot's sequence counter like the stacks; zero in every other program.
+
+/// Python frames kept per record (creation, close).
+pub const PY_DEPTH: usize = 12;
+/// Bytes of one slot's Python records: two words per frame, two records.
+pub const PY_STACKS_SIZE: usize = 2 * PY_DEPTH * 16;
+
+/// Where the Python area of a table of `capacity` slots starts.
+pub const fn py_offset(capacity: u32) -> usize {
+    stacks_offset(capacity) + capacity as usize * STACKS_SIZE
+}
+
+/// One slot's Python records: per frame `code`, then `lasti` (low 31
+/// bits) | entry (bit 31) | check (high 32 bits); a 0 code ends a record.
+#[repr(C)]
+pub struct PyStacks {
+    pub created: [AtomicU64; 2 * PY_DEPTH],
+    pub closed: [AtomicU64; 2 * PY_DEPTH],
+}
+
+const _: () = assert!(core::mem::size_of::<PyStacks>() == PY_STACKS_SIZE);
+
+/// Python frames as read from a table, innermost first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyStack {
+    pub frames: [crate::python::PyFrame; PY_DEPTH],
+    pub len: usize,
+}
+
+impl PyStack {
+    pub fn frames(&self) -> &[crate::python::PyFrame] {
+        &self.frames[..self.len.min(PY_DEPTH)]
+    }
+}
+
+fn store_py(dst: &[AtomicU64; 2 * PY_DEPTH], frames: &[crate::python::PyFrame]) {
+    for (i, pair) in dst.chunks_exact(2).enumerate() {
+        let (a, b) = match frames.get(i) {
+            Some(f) => (
+                f.code,
+                u64::from(f.lasti & 0x7fff_ffff)
+                    | (u64::from(f.entry) << 31)
+                    | (u64::from(f.check) << 32),
+            ),
+            None => (0, 0),
+        };
+        pair[0].store(a, Ordering::Relaxed);
+        pair[1].store(b, Ordering::Relaxed);
+        if a == 0 {
+            break;
+        }
+    }
+}
+
+fn load_py(src: &[AtomicU64; 2 * PY_DEPTH]) -> PyStack {
+    let mut st = PyStack::default();
+    for (i, pair) in src.chunks_exact(2).enumerate() {
+        let code = pair[0].load(Ordering::Relaxed);
+        if code == 0 {
+            break;
+        }
+        let w = pair[1].load(Ordering::Relaxed);
+        st.frames[i] = crate::python::PyFrame {
+            code,
+            lasti: (w & 0x7fff_ffff) as u32,
+            entry: w & (1 << 31) != 0,
+            check: (w >> 32) as u32,
+        };
+        st.len = i + 1;
+    }
+    st
+}
+
+impl PyStacks {
+    /// Stores the creation record and clears the close record. Only while
+    /// holding the slot's lock.
+    pub fn set_created(&self, _lock: &Locked, frames: &[crate::python::PyFrame]) {
+        store_py(&self.created, frames);
+        store_py(&self.closed, &[]);
+    }
+
+    /// Stores the close record. Only while holding the slot's lock.
+    pub fn set_closed(&self, _lock: &Locked, frames: &[crate::python::PyFrame]) {
+        store_py(&self.closed, frames);
+    }
+
+    pub fn created(&self) -> PyStack {
+        load_py(&self.created)
+    }
+
+    pub fn closed(&self) -> PyStack {
+        load_py(&self.closed)
+    }
+}
+
+/// The Python records a mapping of `mem.len()` bytes holds, at most `n`.
+fn py_records(mem: &[u8], capacity: u32, n: usize) -> &[PyStacks] {
+    let off = py_offset(capacity);
+    let count = (mem.len().saturating_sub(off) / PY_STACKS_SIZE).min(n);
+    if count == 0 {
+        return &[];
+    }
+    // SAFETY: off + count * PY_STACKS_SIZE <= mem.len(); off is a multiple
+    // of 8 (the header, slots and stack records are) and mem is 8-aligned
+    // (checked by TableView::new); PyStacks is all atomics.
+    unsafe { core::slice::from_raw_parts(mem.as_ptr().add(off) as *const PyStacks, count) }
+}
+
+impl<'a> TableView<'a> {
+    /// `fd`'s Python record cell, for a writer (see [`TableView::cells`]).
+    pub fn py_cell(&self, fd: i32) -> Option<&'a PyStacks> {
+        self.py.get(usize::try_from(fd).ok()?)
+    }
+
+    /// [`TableView::detail`] with the slot's Python records (creation,
+    /// close), all read as one snapshot. Records are empty when the table
+    /// has no Python area.
+    pub fn detail_py(&self, fd: i32) -> Option<(SlotDetail, PyStack, PyStack)> {
+        let i = usize::try_from(fd).ok()?;
+        let slot = self.slots.get(i)?;
+        let stacks = self.stacks.get(i)?;
+        let Some(py) = self.py.get(i) else {
+            return slot
+                .read_detail(stacks, 64)
+                .map(|d| (d, PyStack::default(), PyStack::default()));
+        };
+        for _ in 0..64 {
+            let s1 = slot.seq.load(Ordering::Acquire);
+            if s1 & 1 != 0 {
+                core::hint::spin_loop();
+                continue;
+            }
+            let created = py.created();
+            let closed = py.closed();
+            // read_detail takes its own snapshot; the same even counter
+            // before and after both means nothing was written between.
+            let Some(detail) = slot.read_detail(stacks, 1) else {
+                continue;
+            };
+            fence(Ordering::Acquire);
+            if slot.seq.load(Ordering::Relaxed) == s1 {
+                return Some((detail, created, closed));
+            }
+        }
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
@@ -693,6 +855,38 @@ mod tests {
     fn bytes(v: &[u64]) -> &[u8] {
         // SAFETY: reinterpreting initialised u64s as bytes.
         unsafe { core::slice::from_raw_parts(v.as_ptr().cast(), v.len() * 8) }
+    }
+
+    #[test]
+    fn python_records_round_trip_and_are_cleared_by_a_new_creation() {
+        use crate::python::PyFrame;
+        let mem = aligned(table_size(8));
+        let b = bytes(&mem);
+        // SAFETY: b is aligned and large enough; all-atomic layout.
+        let header = unsafe { &*(b.as_ptr() as *const Header) };
+        header.init(8, 42, 1, writer::SHIM);
+        let view = TableView::new(b).expect("valid");
+        let (slot, _) = view.cells(5).expect("slot 5");
+        let py = view.py_cell(5).expect("python record 5");
+        let f = PyFrame {
+            code: 0x7f00_1234_5670,
+            lasti: 77,
+            check: 0xfeed_f00d,
+            entry: true,
+        };
+        let l = slot.lock(100);
+        py.set_created(&l, &[f, PyFrame { entry: false, ..f }]);
+        py.set_closed(&l, &[f]);
+        slot.unlock(l);
+        let (_, created, closed) = view.detail_py(5).expect("detail");
+        assert_eq!(created.frames(), &[f, PyFrame { entry: false, ..f }]);
+        assert_eq!(closed.frames(), &[f]);
+        let l = slot.lock(100);
+        py.set_created(&l, &[]);
+        slot.unlock(l);
+        let (_, created, closed) = view.detail_py(5).expect("detail");
+        assert_eq!((created.len, closed.len), (0, 0));
+        assert!(view.py_cell(8).is_none());
     }
 
     #[test]

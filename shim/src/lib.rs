@@ -51,6 +51,7 @@ macro_rules! trampoline {
 }
 
 mod fddir;
+mod python;
 mod quarantine;
 mod report;
 mod stack;

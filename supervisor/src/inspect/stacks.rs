@@ -149,6 +149,7 @@ fn bare(index: usize, addr: u64) -> Frame {
         file: None,
         line: None,
         inlined_into: Vec::new(),
+        python: false,
     }
 }
 

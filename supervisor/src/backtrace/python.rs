@@ -1,0 +1,510 @@
+//! Python frames in native stacks: finding a CPython interpreter in a
+//! process, walking a stopped thread's Python frames
+//! (`handles_model::python`, with remote reads), resolving code objects to
+//! file, function and line, and merging those frames into a symbolized
+//! native stack in place of the interpreter's evaluation frames, as
+//! py-spy's `--native` mode shows them.
+//!
+//! A stack the supervisor keeps is a `Vec<u64>` of return addresses; Python
+//! frames travel in the same vector as two tagged words each (see
+//! [`encode`]), after the native addresses, so that every path that keeps,
+//! compares or groups stacks (leak groups, report contexts) carries them
+//! unchanged. No user-space address has those tags in its top byte.
+
+use std::collections::HashMap;
+use std::io;
+
+use handles_model::python::{self as py, Layout, Memory, PyFrame};
+use object::{Object, ObjectSymbol, ReadCache};
+
+use super::elf::open_module_file;
+use super::maps::ModuleMap;
+use super::memory::read_partial;
+use super::Frame;
+
+const TAG_CODE: u64 = 0xF1 << 56;
+const TAG_AUX: u64 = 0xF2 << 56;
+const TAG_MASK: u64 = 0xFF << 56;
+
+/// Python frames kept per stack.
+pub const MAX_PY_FRAMES: usize = 48;
+
+/// Whether `word` of a stored stack is (half of) a Python frame.
+pub fn is_python_word(word: u64) -> bool {
+    matches!(word & TAG_MASK, TAG_CODE | TAG_AUX)
+}
+
+/// Appends `frames` to a stack as tagged words.
+pub fn encode(frames: &[PyFrame], out: &mut Vec<u64>) {
+    for f in frames {
+        out.push(TAG_CODE | (f.code & !TAG_MASK));
+        out.push(
+            TAG_AUX
+                | (u64::from(f.check) << 24)
+                | (u64::from(f.entry) << 23)
+                | u64::from(f.lasti.min((1 << 23) - 1)),
+        );
+    }
+}
+
+/// Splits a stored stack into its native addresses and its Python frames.
+pub fn decode(stack: &[u64]) -> (Vec<u64>, Vec<PyFrame>) {
+    let mut native = Vec::with_capacity(stack.len());
+    let mut frames = Vec::new();
+    let mut i = 0;
+    while i < stack.len() {
+        let w = stack[i];
+        if w & TAG_MASK == TAG_CODE {
+            if let Some(&aux) = stack.get(i + 1).filter(|a| *a & TAG_MASK == TAG_AUX) {
+                frames.push(PyFrame {
+                    code: w & !TAG_MASK,
+                    lasti: (aux & ((1 << 23) - 1)) as u32,
+                    check: ((aux >> 24) & 0xFFFF_FFFF) as u32,
+                    entry: aux & (1 << 23) != 0,
+                });
+                i += 2;
+                continue;
+            }
+        }
+        if !is_python_word(w) {
+            native.push(w);
+        }
+        i += 1;
+    }
+    (native, frames)
+}
+
+/// Where a process's interpreter is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interpreter {
+    pub layout: &'static Layout,
+    /// `_PyRuntime`.
+    pub runtime: u64,
+    /// `PyCode_Type`.
+    pub code_type: u64,
+}
+
+/// A code object's file, names and line table, read once.
+#[derive(Debug, Clone)]
+struct CodeInfo {
+    filename: String,
+    function: String,
+    firstlineno: u32,
+    linetable: Vec<u8>,
+}
+
+/// Finds interpreters and resolves their frames; caches per module file
+/// and per code object.
+#[derive(Default)]
+pub struct PythonResolver {
+    /// Module path → (`_PyRuntime`, `PyCode_Type`) in module addresses.
+    symbols: HashMap<String, Option<(u64, u64)>>,
+    /// (pid, code address, check) → what it resolved to.
+    codes: HashMap<(i32, u64, u32), CodeInfo>,
+}
+
+/// Reads another process's memory a page at a time: a walk reads a few
+/// words from each of a few dozen objects, mostly on the same pages.
+struct Remote {
+    tid: i32,
+    pages: Vec<(u64, Vec<u8>)>,
+}
+
+const PAGE: u64 = 4096;
+const MAX_PAGES: usize = 512;
+
+impl Remote {
+    fn new(tid: i32) -> Remote {
+        Remote {
+            tid,
+            pages: Vec::new(),
+        }
+    }
+
+    fn page(&mut self, base: u64) -> Option<&[u8]> {
+        if let Some(i) = self.pages.iter().position(|(b, _)| *b == base) {
+            return Some(&self.pages[i].1);
+        }
+        if self.pages.len() >= MAX_PAGES {
+            return None;
+        }
+        let mut buf = vec![0u8; PAGE as usize];
+        let n = read_partial(self.tid, base, &mut buf).ok()?;
+        buf.truncate(n);
+        self.pages.push((base, buf));
+        self.pages.last().map(|(_, b)| b.as_slice())
+    }
+}
+
+impl Memory for Remote {
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> bool {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let Some(at) = addr.checked_add(done as u64) else {
+                return false;
+            };
+            let base = at & !(PAGE - 1);
+            let off = (at - base) as usize;
+            let Some(page) = self.page(base) else {
+                return false;
+            };
+            let take = (buf.len() - done).min(PAGE as usize - off);
+            let Some(src) = page.get(off..off + take) else {
+                return false;
+            };
+            buf[done..done + take].copy_from_slice(src);
+            done += take;
+        }
+        true
+    }
+}
+
+/// The names of CPython's evaluation loop, the native frames Python
+/// frames stand in for (`.cold` parts included).
+pub fn is_eval_function(name: &str) -> bool {
+    let base = name.split('.').next().unwrap_or(name);
+    matches!(
+        base,
+        "_PyEval_EvalFrameDefault" | "_PyEval_EvalFrame" | "PyEval_EvalFrameEx"
+    )
+}
+
+impl PythonResolver {
+    pub fn new() -> PythonResolver {
+        PythonResolver::default()
+    }
+
+    /// The interpreter of the process whose maps are `maps`: the python
+    /// binary or libpython module that exports `_PyRuntime`, its version
+    /// from its file name.
+    pub fn interpreter(&mut self, maps: &ModuleMap) -> Option<Interpreter> {
+        for m in maps.mappings() {
+            let Some(minor) = py::minor_from_name(m.path.as_bytes()) else {
+                continue;
+            };
+            let Some(layout) = py::layout(3, minor) else {
+                continue;
+            };
+            let Some(bias) = m.bias else { continue };
+            let pid = maps.pid();
+            let syms = self
+                .symbols
+                .entry(m.path.clone())
+                .or_insert_with(|| lookup_symbols(pid, m).ok().flatten());
+            if let Some((runtime, code_type)) = *syms {
+                return Some(Interpreter {
+                    layout,
+                    runtime: runtime.wrapping_add(bias),
+                    code_type: code_type.wrapping_add(bias),
+                });
+            }
+        }
+        None
+    }
+
+    /// The Python frames of thread `tid` (stopped), innermost first;
+    /// `fs_base` is its pthread_self(). Each code object met is resolved
+    /// now and kept, so that the frames still resolve once the code object
+    /// is freed (or the process gone).
+    pub fn capture(
+        &mut self,
+        tid: i32,
+        pid: i32,
+        interp: &Interpreter,
+        fs_base: u64,
+    ) -> Vec<PyFrame> {
+        let mut mem = Remote::new(tid);
+        let l = interp.layout;
+        let Some(ts) = py::find_thread_state(&mut mem, l, interp.runtime, fs_base, tid as u32)
+        else {
+            return Vec::new();
+        };
+        let mut frames = [PyFrame::default(); MAX_PY_FRAMES];
+        let n = py::walk(&mut mem, l, ts, interp.code_type, &mut frames);
+        let frames = frames[..n].to_vec();
+        for f in &frames {
+            self.code_info(&mut mem, pid, interp, f);
+        }
+        frames
+    }
+
+    fn code_info(
+        &mut self,
+        mem: &mut Remote,
+        pid: i32,
+        interp: &Interpreter,
+        f: &PyFrame,
+    ) -> Option<&CodeInfo> {
+        let key = (pid, f.code, f.check);
+        if !self.codes.contains_key(&key) {
+            let l = interp.layout;
+            let fields = py::code_fields(mem, l, f.code, interp.code_type)?;
+            if fields.check != f.check {
+                return None;
+            }
+            let filename = read_string(mem, l, fields.filename)?;
+            let name = if fields.qualname != 0 {
+                read_string(mem, l, fields.qualname).or_else(|| read_string(mem, l, fields.name))
+            } else {
+                read_string(mem, l, fields.name)
+            }?;
+            let (at, len) = py::bytes_payload(mem, fields.linetable)?;
+            let mut linetable = vec![0u8; len as usize];
+            if !mem.read(at, &mut linetable) {
+                return None;
+            }
+            // Bounds the cache: a long-running job sees many code objects.
+            if self.codes.len() > 100_000 {
+                self.codes.clear();
+            }
+            self.codes.insert(
+                key,
+                CodeInfo {
+                    filename,
+                    function: name,
+                    firstlineno: fields.firstlineno,
+                    linetable,
+                },
+            );
+        }
+        self.codes.get(&key)
+    }
+
+    /// Resolves frames of process `pid` (live or not): from the cache, or
+    /// by reading the code object now; a code object that is no longer the
+    /// one walked (freed, its memory reused) is `<freed code object>`.
+    pub fn resolve(
+        &mut self,
+        pid: i32,
+        interp: Option<&Interpreter>,
+        frames: &[PyFrame],
+    ) -> Vec<Frame> {
+        let mut mem = Remote::new(pid);
+        frames
+            .iter()
+            .map(|f| {
+                let info = match interp {
+                    Some(i) => self.code_info(&mut mem, pid, i, f).cloned(),
+                    None => self.codes.get(&(pid, f.code, f.check)).cloned(),
+                };
+                let kind = interp.map(|i| i.layout.lines);
+                python_frame(f, info.as_ref(), kind)
+            })
+            .collect()
+    }
+
+    /// Drops what is cached for a process that exec'd or exited and was
+    /// reported on.
+    pub fn forget(&mut self, pid: i32) {
+        self.codes.retain(|(p, _, _), _| *p != pid);
+    }
+}
+
+fn python_frame(f: &PyFrame, info: Option<&CodeInfo>, kind: Option<py::LineTable>) -> Frame {
+    let mut frame = Frame {
+        index: 0,
+        addr: f.code,
+        module: None,
+        module_offset: 0,
+        function: None,
+        function_offset: 0,
+        file: None,
+        line: None,
+        inlined_into: Vec::new(),
+        python: true,
+    };
+    match info {
+        Some(info) => {
+            frame.function = Some(info.function.clone());
+            frame.file = Some(info.filename.clone());
+            frame.line =
+                kind.and_then(|k| py::line_for(k, &info.linetable, info.firstlineno, f.lasti));
+        }
+        None => frame.function = Some(FREED.to_string()),
+    }
+    frame
+}
+
+/// What a frame whose code object cannot be told to be the walked one
+/// shows instead of a name.
+pub const FREED: &str = "<freed code object>";
+
+fn read_string(mem: &mut Remote, l: &Layout, s: u64) -> Option<String> {
+    let mut buf = vec![0u8; 4096];
+    let n = py::read_str(mem, l, s, &mut buf)?;
+    buf.truncate(n);
+    String::from_utf8(buf).ok()
+}
+
+fn lookup_symbols(pid: i32, m: &super::maps::Mapping) -> io::Result<Option<(u64, u64)>> {
+    let key = m.file_key();
+    let file = open_module_file(pid, &key, m.deleted, Some((m.start, m.end)))?;
+    let cache = ReadCache::new(file);
+    let obj = object::File::parse(&cache).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("parsing {} as ELF: {e}", m.path),
+        )
+    })?;
+    let mut runtime = None;
+    let mut code_type = None;
+    for s in obj.dynamic_symbols().chain(obj.symbols()) {
+        match s.name() {
+            Ok("_PyRuntime") if s.is_definition() => runtime = Some(s.address()),
+            Ok("PyCode_Type") if s.is_definition() => code_type = Some(s.address()),
+            _ => {}
+        }
+        if runtime.is_some() && code_type.is_some() {
+            break;
+        }
+    }
+    Ok(runtime.zip(code_type))
+}
+
+/// Merges resolved Python frames into a symbolized native stack: each
+/// evaluation-loop frame is replaced by the Python frames it ran (one group
+/// up to an entry frame); groups left over (a native stack cut short, or
+/// one without evaluation frames) follow the native frames. Renumbers.
+pub fn merge(native: Vec<Frame>, python: Vec<Frame>, groups: &[PyFrame]) -> Vec<Frame> {
+    if python.is_empty() {
+        return native;
+    }
+    // Split the Python frames into per-evaluation-call groups.
+    let mut grouped: Vec<Vec<Frame>> = Vec::new();
+    let mut cur = Vec::new();
+    for (f, raw) in python.into_iter().zip(groups) {
+        cur.push(f);
+        if raw.entry {
+            grouped.push(std::mem::take(&mut cur));
+        }
+    }
+    if !cur.is_empty() {
+        grouped.push(cur);
+    }
+    let mut groups = grouped.into_iter();
+    let mut out = Vec::with_capacity(native.len() + groups.len());
+    for f in native {
+        if f.function.as_deref().is_some_and(is_eval_function) {
+            if let Some(g) = groups.next() {
+                out.extend(g);
+                continue;
+            }
+        }
+        out.push(f);
+    }
+    for g in groups {
+        out.extend(g);
+    }
+    for (i, f) in out.iter_mut().enumerate() {
+        f.index = i;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoded_frames_come_back() {
+        let frames = [
+            PyFrame {
+                code: 0x7f12_3456_7890,
+                lasti: 41,
+                check: 0xdead_beef,
+                entry: false,
+            },
+            PyFrame {
+                code: 0x55_0000_1000,
+                lasti: 3,
+                check: 7,
+                entry: true,
+            },
+        ];
+        let mut stack = vec![0x55_0000_2000, 0x7f00_0000_0001];
+        encode(&frames, &mut stack);
+        assert!(stack[2..].iter().all(|w| is_python_word(*w)));
+        let (native, py) = decode(&stack);
+        assert_eq!(native, vec![0x55_0000_2000, 0x7f00_0000_0001]);
+        assert_eq!(py, frames);
+    }
+
+    fn native(name: &str) -> Frame {
+        Frame {
+            index: 0,
+            addr: 1,
+            module: None,
+            module_offset: 0,
+            function: Some(name.into()),
+            function_offset: 0,
+            file: None,
+            line: None,
+            inlined_into: Vec::new(),
+            python: false,
+        }
+    }
+
+    #[test]
+    fn merge_replaces_eval_frames_by_groups() {
+        let natives = vec![
+            native("read"),
+            native("_PyEval_EvalFrameDefault"),
+            native("PyObject_Call"),
+            native("_PyEval_EvalFrameDefault"),
+            native("main"),
+        ];
+        let raw = [
+            PyFrame {
+                entry: false,
+                ..Default::default()
+            },
+            PyFrame {
+                entry: true,
+                ..Default::default()
+            },
+            PyFrame {
+                entry: true,
+                ..Default::default()
+            },
+        ];
+        let pys: Vec<Frame> = ["inner", "outer", "module"]
+            .iter()
+            .map(|n| Frame {
+                python: true,
+                ..native(n)
+            })
+            .collect();
+        let merged = merge(natives, pys, &raw);
+        let names: Vec<_> = merged
+            .iter()
+            .map(|f| f.function.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            names,
+            ["read", "inner", "outer", "PyObject_Call", "module", "main"]
+        );
+        assert_eq!(merged[5].index, 5);
+    }
+
+    #[test]
+    fn merge_appends_groups_a_short_stack_has_no_room_for() {
+        let raw = [PyFrame {
+            entry: true,
+            ..Default::default()
+        }];
+        let pys = vec![Frame {
+            python: true,
+            ..native("f")
+        }];
+        let merged = merge(vec![native("read")], pys, &raw);
+        assert_eq!(merged.len(), 2);
+        assert!(merged[1].python);
+    }
+
+    #[test]
+    fn eval_names() {
+        assert!(is_eval_function("_PyEval_EvalFrameDefault"));
+        assert!(is_eval_function("_PyEval_EvalFrameDefault.cold"));
+        assert!(!is_eval_function("_PyEval_Vector"));
+    }
+}
