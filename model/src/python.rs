@@ -275,6 +275,10 @@ pub struct PyFrame {
     /// outermost of the group that C call evaluates): frames up to and
     /// including this one stand for one native evaluation frame.
     pub entry: bool,
+    /// The line, when it was computed where the frame was walked (the
+    /// shim does, so that a frame resolves after its code object is
+    /// freed); 0 when only `lasti` is known.
+    pub line: u32,
 }
 
 /// A user-space address a pointer field may hold: not null, aligned, below
@@ -480,6 +484,7 @@ pub fn walk<M: Memory>(
                     lasti,
                     check: fields.check,
                     entry,
+                    line: 0,
                 };
                 n += 1;
             }
@@ -493,38 +498,66 @@ pub fn walk<M: Memory>(
 /// object's line table, `first` its `co_firstlineno`. None where the table
 /// says the instruction has no line (or the table ends first).
 pub fn line_for(kind: LineTable, table: &[u8], first: u32, lasti: u32) -> Option<u32> {
+    line_from(
+        kind,
+        &mut |i| table.get(i).copied(),
+        table.len(),
+        first,
+        lasti,
+    )
+}
+
+/// [`line_for`] over a table read through `byte` (index → byte), `len`
+/// bytes long: the shim decodes a table in place, in small reads.
+pub fn line_from(
+    kind: LineTable,
+    byte: &mut dyn FnMut(usize) -> Option<u8>,
+    len: usize,
+    first: u32,
+    lasti: u32,
+) -> Option<u32> {
     match kind {
-        LineTable::Lnotab => lnotab(table, first, lasti),
-        LineTable::Pairs310 => pairs310(table, first, lasti.saturating_mul(2)),
-        LineTable::Locations => locations(table, first, lasti),
+        LineTable::Lnotab => lnotab(byte, len, first, lasti),
+        LineTable::Pairs310 => pairs310(byte, len, first, lasti.saturating_mul(2)),
+        LineTable::Locations => locations(byte, len, first, lasti),
     }
 }
 
 /// 3.8/3.9: pairs of (byte offset increment, signed line increment); the
 /// line of an offset is the sum of the increments of the pairs that start
 /// at or before it.
-fn lnotab(table: &[u8], first: u32, lasti: u32) -> Option<u32> {
+fn lnotab(
+    byte: &mut dyn FnMut(usize) -> Option<u8>,
+    len: usize,
+    first: u32,
+    lasti: u32,
+) -> Option<u32> {
     let mut line = i64::from(first);
     let mut addr = 0u64;
-    for pair in table.chunks_exact(2) {
-        addr += u64::from(pair[0]);
+    for i in (0..len / 2).map(|p| 2 * p) {
+        addr += u64::from(byte(i)?);
         if addr > u64::from(lasti) {
             break;
         }
-        line += i64::from(pair[1] as i8);
+        line += i64::from(byte(i + 1)? as i8);
     }
     u32::try_from(line).ok()
 }
 
 /// 3.10: pairs of (byte length, signed line delta) covering consecutive
 /// ranges; a delta of -128 marks a range without a line.
-fn pairs310(table: &[u8], first: u32, addr: u32) -> Option<u32> {
+fn pairs310(
+    byte: &mut dyn FnMut(usize) -> Option<u8>,
+    len: usize,
+    first: u32,
+    addr: u32,
+) -> Option<u32> {
     let mut line = i64::from(first);
     let mut end = 0u64;
-    for pair in table.chunks_exact(2) {
+    for i in (0..len / 2).map(|p| 2 * p) {
         let start = end;
-        end += u64::from(pair[0]);
-        let delta = pair[1] as i8;
+        end += u64::from(byte(i)?);
+        let delta = byte(i + 1)? as i8;
         let this = if delta == -128 {
             None
         } else {
@@ -541,16 +574,24 @@ fn pairs310(table: &[u8], first: u32, addr: u32) -> Option<u32> {
 /// 3.11+: the location table. Each entry starts with a byte whose top bit
 /// is set: bits 3-6 say its form, bits 0-2 its length in code units minus
 /// one; the forms carry a line delta (and columns this does not need).
-fn locations(table: &[u8], first: u32, unit: u32) -> Option<u32> {
+fn locations(
+    byte: &mut dyn FnMut(usize) -> Option<u8>,
+    len: usize,
+    first: u32,
+    unit: u32,
+) -> Option<u32> {
     let mut line = i64::from(first);
     let mut at = 0usize;
     let mut start = 0u64;
-    let next = |at: &mut usize| -> Option<u8> {
-        let b = *table.get(*at)?;
+    let mut next = |at: &mut usize| -> Option<u8> {
+        if *at >= len {
+            return None;
+        }
+        let b = byte(*at)?;
         *at += 1;
         Some(b)
     };
-    let varint = |at: &mut usize| -> Option<u64> {
+    fn varint(next: &mut dyn FnMut(&mut usize) -> Option<u8>, at: &mut usize) -> Option<u64> {
         let mut b = next(at)?;
         let mut v = u64::from(b & 63);
         let mut shift = 6;
@@ -560,16 +601,16 @@ fn locations(table: &[u8], first: u32, unit: u32) -> Option<u32> {
             shift += 6;
         }
         Some(v)
-    };
-    let svarint = |at: &mut usize| -> Option<i64> {
-        let v = varint(at)?;
+    }
+    fn svarint(next: &mut dyn FnMut(&mut usize) -> Option<u8>, at: &mut usize) -> Option<i64> {
+        let v = varint(next, at)?;
         Some(if v & 1 != 0 {
             -((v >> 1) as i64)
         } else {
             (v >> 1) as i64
         })
-    };
-    while at < table.len() {
+    }
+    while at < len {
         let head = next(&mut at)?;
         if head & 0x80 == 0 {
             return None;
@@ -579,14 +620,14 @@ fn locations(table: &[u8], first: u32, unit: u32) -> Option<u32> {
         let this = match form {
             15 => None,
             14 => {
-                line += svarint(&mut at)?;
-                varint(&mut at)?;
-                varint(&mut at)?;
-                varint(&mut at)?;
+                line += svarint(&mut next, &mut at)?;
+                varint(&mut next, &mut at)?;
+                varint(&mut next, &mut at)?;
+                varint(&mut next, &mut at)?;
                 Some(line)
             }
             13 => {
-                line += svarint(&mut at)?;
+                line += svarint(&mut next, &mut at)?;
                 Some(line)
             }
             10..=12 => {
@@ -680,20 +721,20 @@ mod tests {
     fn lnotab_lines() {
         // Offsets 0→line 10, 6→11, 20→13.
         let t = [6, 1, 14, 2];
-        assert_eq!(lnotab(&t, 10, 0), Some(10));
-        assert_eq!(lnotab(&t, 10, 5), Some(10));
-        assert_eq!(lnotab(&t, 10, 6), Some(11));
-        assert_eq!(lnotab(&t, 10, 30), Some(13));
+        assert_eq!(line_for(LineTable::Lnotab, &t, 10, 0), Some(10));
+        assert_eq!(line_for(LineTable::Lnotab, &t, 10, 5), Some(10));
+        assert_eq!(line_for(LineTable::Lnotab, &t, 10, 6), Some(11));
+        assert_eq!(line_for(LineTable::Lnotab, &t, 10, 30), Some(13));
     }
 
     #[test]
     fn pairs310_lines() {
         // [0,4) line 11, [4,8) no line, [8,12) line 9.
         let t = [4, 1, 4, 0x80, 4, 0xFE];
-        assert_eq!(pairs310(&t, 10, 2), Some(11));
-        assert_eq!(pairs310(&t, 10, 4), None);
-        assert_eq!(pairs310(&t, 10, 8), Some(9));
-        assert_eq!(pairs310(&t, 10, 12), None);
+        assert_eq!(line_for(LineTable::Pairs310, &t, 10, 1), Some(11));
+        assert_eq!(line_for(LineTable::Pairs310, &t, 10, 2), None);
+        assert_eq!(line_for(LineTable::Pairs310, &t, 10, 5), Some(9));
+        assert_eq!(line_for(LineTable::Pairs310, &t, 10, 6), None);
         assert_eq!(line_for(LineTable::Pairs310, &t, 10, 4), Some(9));
     }
 
@@ -718,14 +759,14 @@ mod tests {
             1,
             2,
         ];
-        assert_eq!(locations(&t, 10, 0), Some(10));
-        assert_eq!(locations(&t, 10, 1), Some(10));
-        assert_eq!(locations(&t, 10, 2), Some(11));
-        assert_eq!(locations(&t, 10, 3), Some(9));
-        assert_eq!(locations(&t, 10, 5), Some(9));
-        assert_eq!(locations(&t, 10, 6), None);
-        assert_eq!(locations(&t, 10, 7), Some(12));
-        assert_eq!(locations(&t, 10, 8), None);
+        assert_eq!(line_for(LineTable::Locations, &t, 10, 0), Some(10));
+        assert_eq!(line_for(LineTable::Locations, &t, 10, 1), Some(10));
+        assert_eq!(line_for(LineTable::Locations, &t, 10, 2), Some(11));
+        assert_eq!(line_for(LineTable::Locations, &t, 10, 3), Some(9));
+        assert_eq!(line_for(LineTable::Locations, &t, 10, 5), Some(9));
+        assert_eq!(line_for(LineTable::Locations, &t, 10, 6), None);
+        assert_eq!(line_for(LineTable::Locations, &t, 10, 7), Some(12));
+        assert_eq!(line_for(LineTable::Locations, &t, 10, 8), None);
     }
 
     #[test]

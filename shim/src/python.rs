@@ -39,6 +39,7 @@ impl PyPcs {
             lasti: 0,
             check: 0,
             entry: false,
+            line: 0,
         }; PY_DEPTH],
         n: 0,
     };
@@ -91,7 +92,110 @@ fn walk(l: &Layout, runtime: u64, code_type: u64) -> PyPcs {
     }
     let mut out = PyPcs::EMPTY;
     out.n = py::walk(&mut mem, l, ts, code_type, &mut out.frames);
+    let codes = crate::state::codes();
+    for f in &mut out.frames[..out.n] {
+        let Some(fields) = py::code_fields(&mut mem, l, f.code, code_type) else {
+            continue;
+        };
+        f.line = line_of(&mut mem, l, f, &fields);
+        if let Some(codes) = &codes {
+            if !codes.contains(f.code, f.check) {
+                register(&mut mem, l, codes, f, &fields);
+            }
+        }
+    }
     out
+}
+
+/// Lines already computed, by (code, instruction, check): a program
+/// opens and closes from the same few places over and over, and decoding
+/// a long line table each time would cost more than the rest of the
+/// capture. Direct-mapped; an entry is a key and a value that repeats the
+/// key's fingerprint, so a torn pair reads as a miss.
+static LINES: [[AtomicU64; 2]; 1024] = [const { [AtomicU64::new(0), AtomicU64::new(0)] }; 1024];
+
+fn line_key(f: &PyFrame) -> u64 {
+    f.code ^ (u64::from(f.lasti) << 48) ^ (u64::from(f.check) << 16).rotate_left(7)
+}
+
+fn line_of(mem: &mut Local, l: &Layout, f: &PyFrame, fields: &py::CodeFields) -> u32 {
+    let key = line_key(f);
+    let fp = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32;
+    let e = &LINES[(key.wrapping_mul(0xC2B2_AE3D_27D4_EB4F) >> 54) as usize % 1024];
+    let v = e[1].load(Relaxed);
+    if e[0].load(Relaxed) == key && (v >> 32) as u32 == fp {
+        return v as u32;
+    }
+    let Some((at, len)) = py::bytes_payload(mem, fields.linetable) else {
+        return 0;
+    };
+    // Reads the table in small chunks: decoding touches it once, in order.
+    let mut chunk = [0u8; 64];
+    let mut chunk_at = usize::MAX;
+    let mut byte = |i: usize| -> Option<u8> {
+        let base = i & !63;
+        if base != chunk_at {
+            let n = (len as usize).saturating_sub(base).min(64);
+            if !mem.read(at + base as u64, &mut chunk[..n]) {
+                return None;
+            }
+            chunk_at = base;
+        }
+        chunk.get(i - base).copied()
+    };
+    let line = py::line_from(
+        l.lines,
+        &mut byte,
+        len as usize,
+        fields.firstlineno,
+        f.lasti,
+    )
+    .unwrap_or(0);
+    e[0].store(key, Relaxed);
+    e[1].store(u64::from(line) | (u64::from(fp) << 32), Relaxed);
+    line
+}
+
+/// Copies a code object's file and function into the table's registry.
+#[cold]
+fn register(
+    mem: &mut Local,
+    l: &Layout,
+    codes: &handles_model::table::CodeRegistry<'_>,
+    f: &PyFrame,
+    fields: &py::CodeFields,
+) {
+    use handles_model::table::{CODE_FILE_SIZE, CODE_NAME_SIZE};
+    let mut name = [0u8; CODE_NAME_SIZE];
+    let name_obj = if fields.qualname != 0 {
+        fields.qualname
+    } else {
+        fields.name
+    };
+    let Some(n) = py::read_str(mem, l, name_obj, &mut name) else {
+        return;
+    };
+    let mut file = [0u8; CODE_FILE_SIZE];
+    let Some(k) = read_tail(mem, l, fields.filename, &mut file) else {
+        return;
+    };
+    codes.insert(f.code, f.check, fields.firstlineno, &name[..n], &file[..k]);
+}
+
+/// A string's last bytes behind `...` when it does not fit (a path's
+/// tail says more than its head), for ASCII strings; others from the
+/// start.
+fn read_tail(mem: &mut Local, l: &Layout, s: u64, out: &mut [u8]) -> Option<usize> {
+    let len = mem.u64_at(s + 16)?;
+    let state = mem.u32_at(s + 32)?;
+    let ascii_compact = state & (1 << 5) != 0 && state & (1 << 6) != 0;
+    if !ascii_compact || len as usize <= out.len() {
+        return py::read_str(mem, l, s, out);
+    }
+    let keep = out.len() - 3;
+    out[..3].copy_from_slice(b"...");
+    mem.read(s + l.ascii_size + len - keep as u64, &mut out[3..])
+        .then_some(out.len())
 }
 
 /// Finds the interpreter (once per process; a forked child inherits the

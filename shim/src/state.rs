@@ -160,6 +160,24 @@ pub fn py_stacks(fd: i32) -> Option<&'static table::PyStacks> {
     })
 }
 
+/// The code registry of the published table.
+pub fn codes() -> Option<table::CodeRegistry<'static>> {
+    let cap = CAP.load(Relaxed);
+    let pb = PUB.load(Relaxed);
+    if pb.is_null() {
+        return None;
+    }
+    // SAFETY: the table is mapped table_size(cap) bytes long and ends with
+    // the registry; its offset is a multiple of 8; all atomics.
+    let entries = unsafe {
+        core::slice::from_raw_parts(
+            pb.add(table::codes_offset(cap)) as *const table::CodeEntry,
+            table::CODE_SLOTS,
+        )
+    };
+    Some(table::CodeRegistry { entries })
+}
+
 /// The calling thread's Python frames for a record whose native stack is
 /// `pcs`: none when no stack is recorded at all (HANDLES_STACK_DEPTH=0,
 /// fds registered at start-up).

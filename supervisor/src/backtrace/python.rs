@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::io;
 
 use handles_model::python::{self as py, Layout, Memory, PyFrame};
+use handles_model::table::CodeRegistry;
 use object::{Object, ObjectSymbol, ReadCache};
 
 use super::elf::open_module_file;
@@ -34,16 +35,25 @@ pub fn is_python_word(word: u64) -> bool {
     matches!(word & TAG_MASK, TAG_CODE | TAG_AUX)
 }
 
-/// Appends `frames` to a stack as tagged words.
+const VALUE_BITS: u32 = 22;
+const VALUE_MAX: u32 = (1 << VALUE_BITS) - 1;
+/// The value is the line (computed where the frame was walked), not the
+/// instruction offset.
+const LINE_MODE: u64 = 1 << 22;
+const ENTRY: u64 = 1 << 23;
+
+/// Appends `frames` to a stack as tagged words: the code object's
+/// address, then its check (bits 24-55), the entry flag (23), whether the
+/// value is a line (22) and the line or instruction offset (0-21).
 pub fn encode(frames: &[PyFrame], out: &mut Vec<u64>) {
     for f in frames {
         out.push(TAG_CODE | (f.code & !TAG_MASK));
-        out.push(
-            TAG_AUX
-                | (u64::from(f.check) << 24)
-                | (u64::from(f.entry) << 23)
-                | u64::from(f.lasti.min((1 << 23) - 1)),
-        );
+        let value = if f.line != 0 {
+            LINE_MODE | u64::from(f.line.min(VALUE_MAX))
+        } else {
+            u64::from(f.lasti.min(VALUE_MAX))
+        };
+        out.push(TAG_AUX | (u64::from(f.check) << 24) | if f.entry { ENTRY } else { 0 } | value);
     }
 }
 
@@ -56,11 +66,14 @@ pub fn decode(stack: &[u64]) -> (Vec<u64>, Vec<PyFrame>) {
         let w = stack[i];
         if w & TAG_MASK == TAG_CODE {
             if let Some(&aux) = stack.get(i + 1).filter(|a| *a & TAG_MASK == TAG_AUX) {
+                let value = (aux & u64::from(VALUE_MAX)) as u32;
+                let line_mode = aux & LINE_MODE != 0;
                 frames.push(PyFrame {
                     code: w & !TAG_MASK,
-                    lasti: (aux & ((1 << 23) - 1)) as u32,
+                    lasti: if line_mode { 0 } else { value },
+                    line: if line_mode { value } else { 0 },
                     check: ((aux >> 24) & 0xFFFF_FFFF) as u32,
-                    entry: aux & (1 << 23) != 0,
+                    entry: aux & ENTRY != 0,
                 });
                 i += 2;
                 continue;
@@ -270,23 +283,41 @@ impl PythonResolver {
         self.codes.get(&key)
     }
 
-    /// Resolves frames of process `pid` (live or not): from the cache, or
-    /// by reading the code object now; a code object that is no longer the
-    /// one walked (freed, its memory reused) is `<freed code object>`.
+    /// Resolves frames of process `pid` (live or not): from the cache,
+    /// from the shim's code registry `codes` (what the shim copied when it
+    /// recorded the frame), or by reading the code object now; a code
+    /// object that is no longer the one walked (freed, its memory reused)
+    /// is `<freed code object>`.
     pub fn resolve(
         &mut self,
         pid: i32,
         interp: Option<&Interpreter>,
+        codes: Option<&CodeRegistry<'_>>,
         frames: &[PyFrame],
     ) -> Vec<Frame> {
         let mut mem = Remote::new(pid);
         frames
             .iter()
             .map(|f| {
-                let info = match interp {
-                    Some(i) => self.code_info(&mut mem, pid, i, f).cloned(),
-                    None => self.codes.get(&(pid, f.code, f.check)).cloned(),
-                };
+                let key = (pid, f.code, f.check);
+                let mut info = self.codes.get(&key).cloned();
+                if info.is_none() {
+                    if let Some(r) = codes.and_then(|c| c.get(f.code, f.check)) {
+                        let got = CodeInfo {
+                            filename: String::from_utf8_lossy(r.file()).into_owned(),
+                            function: String::from_utf8_lossy(r.name()).into_owned(),
+                            firstlineno: r.firstlineno,
+                            linetable: Vec::new(),
+                        };
+                        self.codes.insert(key, got.clone());
+                        info = Some(got);
+                    }
+                }
+                if info.is_none() {
+                    if let Some(i) = interp {
+                        info = self.code_info(&mut mem, pid, i, f).cloned();
+                    }
+                }
                 let kind = interp.map(|i| i.layout.lines);
                 python_frame(f, info.as_ref(), kind)
             })
@@ -317,8 +348,13 @@ fn python_frame(f: &PyFrame, info: Option<&CodeInfo>, kind: Option<py::LineTable
         Some(info) => {
             frame.function = Some(info.function.clone());
             frame.file = Some(info.filename.clone());
-            frame.line =
-                kind.and_then(|k| py::line_for(k, &info.linetable, info.firstlineno, f.lasti));
+            frame.line = if f.line != 0 {
+                Some(f.line)
+            } else if info.linetable.is_empty() {
+                None
+            } else {
+                kind.and_then(|k| py::line_for(k, &info.linetable, info.firstlineno, f.lasti))
+            };
         }
         None => frame.function = Some(FREED.to_string()),
     }
@@ -413,12 +449,14 @@ mod tests {
                 lasti: 41,
                 check: 0xdead_beef,
                 entry: false,
+                line: 0,
             },
             PyFrame {
                 code: 0x55_0000_1000,
-                lasti: 3,
+                lasti: 0,
                 check: 7,
                 entry: true,
+                line: 1234,
             },
         ];
         let mut stack = vec![0x55_0000_2000, 0x7f00_0000_0001];

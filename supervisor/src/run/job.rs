@@ -1344,7 +1344,17 @@ impl Job {
             .collect();
         if !py_frames.is_empty() {
             let interp = self.python.interpreter(&maps);
-            let resolved = self.python.resolve(tgid, interp.as_ref(), &py_frames);
+            // The shim's code registry names code objects freed since.
+            let view = self
+                .procs
+                .get(&tgid)
+                .and_then(|p| p.shim.as_ref())
+                .and_then(|s| s.table())
+                .and_then(|m| m.view().ok());
+            let codes = view.as_ref().map(|v| v.codes());
+            let resolved = self
+                .python
+                .resolve(tgid, interp.as_ref(), codes.as_ref(), &py_frames);
             frames = crate::backtrace::python::merge(frames, resolved, &py_frames);
         }
         for (i, f) in frames.iter_mut().enumerate() {

@@ -161,7 +161,7 @@ impl ShimTable {
 
     /// The mapped table; None when the announced fd is not a shim's table
     /// of this process (a program playing games with the announcement).
-    fn table(&self) -> Option<&MappedTable> {
+    pub(super) fn table(&self) -> Option<&MappedTable> {
         self.mapped
             .get_or_init(|| {
                 // Found at its first number during the shim's start-up
