@@ -234,9 +234,14 @@ impl PythonResolver {
         };
         let mut frames = [PyFrame::default(); MAX_PY_FRAMES];
         let n = py::walk(&mut mem, l, ts, interp.code_type, &mut frames);
-        let frames = frames[..n].to_vec();
-        for f in &frames {
-            self.code_info(&mut mem, pid, interp, f);
+        let mut frames = frames[..n].to_vec();
+        for f in &mut frames {
+            // The line now, as the shim does: a table keeps lines only
+            // (the supervisor's published table for --no-shim).
+            if let Some(info) = self.code_info(&mut mem, pid, interp, f) {
+                f.line =
+                    py::line_for(l.lines, &info.linetable, info.firstlineno, f.lasti).unwrap_or(0);
+            }
         }
         frames
     }
@@ -322,6 +327,18 @@ impl PythonResolver {
                 python_frame(f, info.as_ref(), kind)
             })
             .collect()
+    }
+
+    /// Seeds the cache with what a code registry said of frame `f`.
+    pub fn remember(&mut self, pid: i32, f: &PyFrame, file: &str, function: &str) {
+        self.codes
+            .entry((pid, f.code, f.check))
+            .or_insert_with(|| CodeInfo {
+                filename: file.to_string(),
+                function: function.to_string(),
+                firstlineno: 0,
+                linetable: Vec::new(),
+            });
     }
 
     /// Drops what is cached for a process that exec'd or exited and was
