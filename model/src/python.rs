@@ -284,7 +284,7 @@ pub struct PyFrame {
 /// A user-space address a pointer field may hold: not null, aligned, below
 /// the x86_64 canonical user limit.
 pub fn plausible(ptr: u64) -> bool {
-    ptr >= 0x1000 && ptr < 0x0000_8000_0000_0000 && ptr % 8 == 0
+    (0x1000..0x0000_8000_0000_0000).contains(&ptr) && ptr.is_multiple_of(8)
 }
 
 /// What identifies a code object beyond its address: its filename and name

@@ -364,11 +364,12 @@ unsafe fn lookup(base: u64, phdrs: &[libc::Elf64_Phdr], name: &[u8]) -> Option<u
         }
         let buckets = words.add(4 + 2 * bloom_size as usize);
         let chains = buckets.add(nbuckets as usize);
-        let mut i = *buckets.add((h % nbuckets) as usize);
-        if i < symoffset {
+        let first = *buckets.add((h % nbuckets) as usize);
+        if first < symoffset {
             return None;
         }
-        for _ in 0..1 << 20 {
+        // A chain ends with an odd hash; bounded against a corrupt table.
+        for i in first..first.saturating_add(1 << 20) {
             let ch = *chains.add((i - symoffset) as usize);
             if ch | 1 == h | 1 {
                 let sym = &*(symtab as *const libc::Elf64_Sym).add(i as usize);
@@ -382,7 +383,6 @@ unsafe fn lookup(base: u64, phdrs: &[libc::Elf64_Phdr], name: &[u8]) -> Option<u
             if ch & 1 != 0 {
                 return None;
             }
-            i += 1;
         }
     }
     None

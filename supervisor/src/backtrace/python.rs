@@ -556,6 +556,97 @@ mod tests {
         assert!(merged[1].python);
     }
 
+    /// A code object laid out as 3.11 has it, in this process's memory,
+    /// with its name, file and line table.
+    struct FakeCode {
+        code: Vec<u64>,
+        _name: Vec<u64>,
+        _file: Vec<u64>,
+        _table: Vec<u64>,
+    }
+
+    fn ascii(s: &str) -> Vec<u64> {
+        // PyASCIIObject (48 bytes in 3.11) then the characters.
+        let mut v = vec![0u64; 6 + s.len() / 8 + 1];
+        v[0] = 1;
+        v[2] = s.len() as u64;
+        v[4] = (1 << 2) | (1 << 5) | (1 << 6);
+        // SAFETY: writing bytes inside the vector's allocation.
+        let bytes =
+            unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), v.len() * 8) };
+        bytes[48..48 + s.len()].copy_from_slice(s.as_bytes());
+        v
+    }
+
+    fn fake_code(code_type: u64) -> FakeCode {
+        let name = ascii("helper");
+        let file = ascii("/srv/app.py");
+        // bytes object: ob_size at 16, data at 32; one short-form entry
+        // of 4 code units, line = first line.
+        let mut table = vec![0u64; 5];
+        table[0] = 1;
+        table[2] = 2;
+        table[4] = u64::from_le_bytes([0x80 | 3, 0, 0, 0, 0, 0, 0, 0]);
+        let l = &py::V3_11;
+        let mut code = vec![0u64; 32];
+        code[0] = 1;
+        code[1] = code_type;
+        code[(l.co_filename / 8) as usize] = file.as_ptr() as u64;
+        code[(l.co_name / 8) as usize] = name.as_ptr() as u64;
+        code[(l.co_firstlineno / 8) as usize] = 42;
+        code[(l.co_linetable / 8) as usize] = table.as_ptr() as u64;
+        FakeCode {
+            code,
+            _name: name,
+            _file: file,
+            _table: table,
+        }
+    }
+
+    #[test]
+    fn a_code_object_resolves_and_one_that_changed_since_shows_as_freed() {
+        let me = std::process::id() as i32;
+        let code_type = 0x1234_5678_9ab0;
+        let interp = Interpreter {
+            layout: &py::V3_11,
+            runtime: 0,
+            code_type,
+        };
+        let mut fake = fake_code(code_type);
+        let addr = fake.code.as_ptr() as u64;
+        let fields = py::code_fields(&mut Remote::new(me), &py::V3_11, addr, code_type)
+            .expect("fields of the fake code object");
+        let frame = PyFrame {
+            code: addr,
+            lasti: 2,
+            check: fields.check,
+            entry: true,
+            line: 0,
+        };
+        let got = PythonResolver::new().resolve(me, Some(&interp), None, &[frame]);
+        assert_eq!(got[0].function.as_deref(), Some("helper"));
+        assert_eq!(got[0].file.as_deref(), Some("/srv/app.py"));
+        assert_eq!(got[0].line, Some(42));
+        assert!(got[0].python);
+        // Another code object at the same address: the check differs.
+        let other = PyFrame {
+            check: frame.check ^ 1,
+            ..frame
+        };
+        let got = PythonResolver::new().resolve(me, Some(&interp), None, &[other]);
+        assert_eq!(got[0].function.as_deref(), Some(FREED));
+        assert_eq!((got[0].file.as_deref(), got[0].line), (None, None));
+        // Freed: the allocator's list pointer where the count was.
+        fake.code[0] = 0x7f00_0000_1000;
+        let got = PythonResolver::new().resolve(me, Some(&interp), None, &[frame]);
+        assert_eq!(got[0].function.as_deref(), Some(FREED));
+        // Of a different type.
+        fake.code[0] = 1;
+        fake.code[1] = code_type + 8;
+        let got = PythonResolver::new().resolve(me, Some(&interp), None, &[frame]);
+        assert_eq!(got[0].function.as_deref(), Some(FREED));
+    }
+
     #[test]
     fn eval_names() {
         assert!(is_eval_function("_PyEval_EvalFrameDefault"));
