@@ -227,6 +227,9 @@ extern "C" fn init() {
     if env(c"HANDLES_STACKS") == Some("unwind") {
         stack::UNWIND.store(true, Relaxed);
     }
+    if env(c"HANDLES_PYTHON_FRAMES") == Some("0") {
+        python::disable();
+    }
     let (soft, hard) = state::nofile().unwrap_or((1024, 1024));
     let limit = soft.max(1);
     state::LIMIT.store(limit, Relaxed);

@@ -58,6 +58,12 @@ static MINOR: AtomicU32 = AtomicU32::new(0);
 static RUNTIME: AtomicU64 = AtomicU64::new(0);
 static CODE_TYPE: AtomicU64 = AtomicU64::new(0);
 
+/// No Python frames in this process (`HANDLES_PYTHON_FRAMES=0`, for
+/// measuring what they cost).
+pub fn disable() {
+    STATE.store(NONE, Relaxed);
+}
+
 /// The calling thread's Python frames, innermost first; empty outside a
 /// CPython program, before its interpreter made this thread's state, and
 /// while another thread still looks for the interpreter.
