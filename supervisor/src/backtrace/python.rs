@@ -172,14 +172,12 @@ impl Memory for Remote {
     }
 }
 
-/// The names of CPython's evaluation loop, the native frames Python
-/// frames stand in for (`.cold` parts included).
+/// CPython's evaluation loop, the native frame Python frames stand in
+/// for (its `.cold` part included). Only the loop itself: the wrappers
+/// that call it (`_PyEval_EvalFrame`, `PyEval_EvalFrameEx`) are frames of
+/// their own when not inlined, and must not take a group of their own.
 pub fn is_eval_function(name: &str) -> bool {
-    let base = name.split('.').next().unwrap_or(name);
-    matches!(
-        base,
-        "_PyEval_EvalFrameDefault" | "_PyEval_EvalFrame" | "PyEval_EvalFrameEx"
-    )
+    name.split('.').next() == Some("_PyEval_EvalFrameDefault")
 }
 
 impl PythonResolver {
@@ -437,7 +435,14 @@ pub fn merge(native: Vec<Frame>, python: Vec<Frame>, groups: &[PyFrame]) -> Vec<
     let mut groups = grouped.into_iter();
     let mut out = Vec::with_capacity(native.len() + groups.len());
     for f in native {
-        if f.function.as_deref().is_some_and(is_eval_function) {
+        // The function the code physically is: the outermost one the
+        // innermost was inlined into (`do_call_core [inlined into
+        // _PyEval_EvalFrameDefault]` is an evaluation frame).
+        let physical = f
+            .inlined_into
+            .last()
+            .map_or(f.function.as_deref(), |c| c.function.as_deref());
+        if physical.is_some_and(is_eval_function) {
             if let Some(g) = groups.next() {
                 out.extend(g);
                 continue;
@@ -529,6 +534,16 @@ mod tests {
                 ..native(n)
             })
             .collect();
+        let mut natives = natives;
+        // An evaluation frame whose innermost code is inlined into it.
+        natives[3] = Frame {
+            inlined_into: vec![crate::backtrace::InlinedCall {
+                function: Some("_PyEval_EvalFrameDefault".into()),
+                file: None,
+                line: None,
+            }],
+            ..native("do_call_core")
+        };
         let merged = merge(natives, pys, &raw);
         let names: Vec<_> = merged
             .iter()
@@ -652,5 +667,6 @@ mod tests {
         assert!(is_eval_function("_PyEval_EvalFrameDefault"));
         assert!(is_eval_function("_PyEval_EvalFrameDefault.cold"));
         assert!(!is_eval_function("_PyEval_Vector"));
+        assert!(!is_eval_function("_PyEval_EvalFrame"));
     }
 }
