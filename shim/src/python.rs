@@ -80,7 +80,7 @@ pub fn capture() -> PyPcs {
 }
 
 fn walk(l: &Layout, runtime: u64, code_type: u64) -> PyPcs {
-    let mut mem = Local;
+    let mut mem = Local::default();
     // Py_tss_t: int _is_initialized; pthread_key_t _key.
     let tss = runtime + l.runtime_tss;
     let (Some(init), Some(key)) = (mem.u32_at(tss), mem.u32_at(tss + 4)) else {
@@ -100,17 +100,56 @@ fn walk(l: &Layout, runtime: u64, code_type: u64) -> PyPcs {
     out.n = py::walk(&mut mem, l, ts, code_type, &mut out.frames);
     let codes = crate::state::codes();
     for f in &mut out.frames[..out.n] {
+        // The usual case, a call site seen before: its line cached and
+        // its code registered, nothing more to read.
+        let cached = cached_line(f);
+        let registered = codes.as_ref().is_none_or(|c| c.contains(f.code, f.check));
+        if let (Some(line), true) = (cached, registered) {
+            f.line = line;
+            continue;
+        }
         let Some(fields) = py::code_fields(&mut mem, l, f.code, code_type) else {
             continue;
         };
-        f.line = line_of(&mut mem, l, f, &fields);
-        if let Some(codes) = &codes {
-            if !codes.contains(f.code, f.check) {
-                register(&mut mem, l, codes, f, &fields);
-            }
+        f.line = match cached {
+            Some(line) => line,
+            None => line_of(&mut mem, l, f, &fields),
+        };
+        if let Some(codes) = codes.as_ref().filter(|_| !registered) {
+            register(&mut mem, l, codes, f, &fields);
         }
     }
     out
+}
+
+/// Writes Python frames after a report's native frames (numbered from
+/// `first`), named from the table's code registry: the shim never reads
+/// a code object's strings when it reports (a freed one cannot be told
+/// from a live one there); a code object the registry does not have is
+/// `<freed code object>`.
+pub(crate) fn write_frames(
+    w: &mut crate::report::Out,
+    frames: &[PyFrame],
+    first: usize,
+) -> core::fmt::Result {
+    use core::fmt::Write;
+    let codes = crate::state::codes();
+    for (i, f) in frames.iter().enumerate() {
+        write!(w, "handles:     #{} ", first + i)?;
+        match codes.as_ref().and_then(|c| c.get(f.code, f.check)) {
+            Some(r) => {
+                w.bytes(r.file());
+                if f.line != 0 {
+                    write!(w, ":{}", f.line)?;
+                }
+                w.write_str(" in ")?;
+                w.bytes(r.name());
+            }
+            None => w.write_str("<freed code object>")?,
+        }
+        writeln!(w, " (Python)")?;
+    }
+    Ok(())
 }
 
 /// Lines already computed, by (code, instruction, check): a program
@@ -124,14 +163,21 @@ fn line_key(f: &PyFrame) -> u64 {
     f.code ^ (u64::from(f.lasti) << 48) ^ (u64::from(f.check) << 16).rotate_left(7)
 }
 
-fn line_of(mem: &mut Local, l: &Layout, f: &PyFrame, fields: &py::CodeFields) -> u32 {
+fn line_slot(f: &PyFrame) -> (u64, u32, &'static [AtomicU64; 2]) {
     let key = line_key(f);
     let fp = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32;
     let e = &LINES[(key.wrapping_mul(0xC2B2_AE3D_27D4_EB4F) >> 54) as usize % 1024];
+    (key, fp, e)
+}
+
+fn cached_line(f: &PyFrame) -> Option<u32> {
+    let (key, fp, e) = line_slot(f);
     let v = e[1].load(Relaxed);
-    if e[0].load(Relaxed) == key && (v >> 32) as u32 == fp {
-        return v as u32;
-    }
+    (e[0].load(Relaxed) == key && (v >> 32) as u32 == fp).then_some(v as u32)
+}
+
+fn line_of(mem: &mut Local, l: &Layout, f: &PyFrame, fields: &py::CodeFields) -> u32 {
+    let (key, fp, e) = line_slot(f);
     let Some((at, len)) = py::bytes_payload(mem, fields.linetable) else {
         return 0;
     };
@@ -246,10 +292,11 @@ unsafe extern "C" fn each_object(
     // SAFETY: dl_iterate_phdr passes a valid info and our `Found`.
     let (info, found) = unsafe { (&*info, &mut *data.cast::<Found>()) };
     let mut exe = [0u8; 512];
-    // SAFETY: dlpi_name is a NUL-terminated string or null.
     let name: &[u8] = if info.dlpi_name.is_null() {
         &[]
     } else {
+        // SAFETY: dlpi_name, when not null, is a NUL-terminated string
+        // the loader keeps for the object's lifetime.
         unsafe { core::ffi::CStr::from_ptr(info.dlpi_name) }.to_bytes()
     };
     // The main program's name is empty here.
@@ -281,7 +328,7 @@ unsafe extern "C" fn each_object(
     };
     if minor >= 11 {
         // Py_Version (3.11+) is PY_VERSION_HEX: the name must not lie.
-        let v = version.and_then(|a| Local.u32_at(a));
+        let v = version.and_then(|a| Local::default().u32_at(a));
         if v.map(|v| (v >> 24, (v >> 16) & 0xff)) != Some((3, minor)) {
             return 0;
         }
@@ -399,7 +446,12 @@ unsafe fn lookup(base: u64, phdrs: &[libc::Elf64_Phdr], name: &[u8]) -> Option<u
 /// fault), its answer remembered per page in a small direct-mapped cache.
 /// A page once found readable is assumed to stay so: the walk reads live
 /// objects of the calling thread, which nothing unmaps under it.
-struct Local;
+#[derive(Default)]
+struct Local {
+    /// The last page found readable (+1; 0: none): most reads of a walk
+    /// fall on the page of the read before.
+    last: u64,
+}
 
 const PAGE: u64 = 4096;
 static PAGES: [AtomicU64; 512] = [const { AtomicU64::new(0) }; 512];
@@ -451,8 +503,11 @@ impl Memory for Local {
         }
         let mut page = addr / PAGE;
         while page * PAGE < end {
-            if !page_readable(page) {
-                return false;
+            if page + 1 != self.last {
+                if !page_readable(page) {
+                    return false;
+                }
+                self.last = page + 1;
             }
             page += 1;
         }

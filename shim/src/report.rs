@@ -411,6 +411,12 @@ fn write_bad_handle(
     EXCEPTIONS.fetch_add(1, Relaxed);
     let closed_pcs = &closed.pcs[..closed.len];
     if first_of_context(kind, offending.frames(), closed_pcs) {
+        // Python frames (CPython programs): the call's now, the close's
+        // and the creation's as recorded.
+        let py_now = crate::python::capture();
+        let py_rec = st::py_stacks(fd).map(|p| (p.closed(), p.created()));
+        let (py_closed, py_created) = py_rec.unwrap_or_default();
+        let py = [py_now.frames(), py_closed.frames(), py_created.frames()];
         let mut w = Out::new();
         let _ = write_report(
             &mut w,
@@ -425,6 +431,7 @@ fn write_bad_handle(
             offending,
             closed_pcs,
             &created.pcs[..created.len],
+            py,
         );
         w.flush();
     }
@@ -636,7 +643,7 @@ pub fn apply(after: After) {
 }
 
 /// A 2 KiB stack buffer that flushes to fd 2 when full.
-struct Out {
+pub(crate) struct Out {
     buf: [u8; 2048],
     n: usize,
 }
@@ -654,7 +661,7 @@ impl Out {
         self.n = 0;
     }
 
-    fn bytes(&mut self, b: &[u8]) {
+    pub(crate) fn bytes(&mut self, b: &[u8]) {
         for chunk in b.chunks(512) {
             if self.n + chunk.len() > self.buf.len() {
                 self.flush();
@@ -793,6 +800,7 @@ fn write_report(
     offending: &Pcs,
     closed: &[u64],
     created: &[u64],
+    py: [&[handles_model::python::PyFrame]; 3],
 ) -> core::fmt::Result {
     let was_closed = matches!(kind, Kind::UseClosed | Kind::DoubleClose | Kind::DupClosed);
     let whatline = kind.sentence(quarantined);
@@ -838,11 +846,14 @@ fn write_report(
     writeln!(w)?;
     writeln!(w, "handles: backtrace:")?;
     frames(w, offending.frames())?;
+    crate::python::write_frames(w, py[0], offending.frames().len())?;
     if was_closed {
         writeln!(w, "handles: closed in process {pid} at:")?;
         frames(w, closed)?;
+        crate::python::write_frames(w, py[1], closed.len())?;
         writeln!(w, "handles: originally opened in process {pid} at:")?;
         frames(w, created)?;
+        crate::python::write_frames(w, py[2], created.len())?;
     }
     Ok(())
 }
