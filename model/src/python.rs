@@ -230,9 +230,10 @@ pub fn layout(major: u32, minor: u32) -> Option<&'static Layout> {
     }
 }
 
-/// The minor version in a file name such as `python3.11`,
-/// `libpython3.9.so.1.0`, `libpython3.13d.so`: the digits after
-/// `python3.`. None for any other name.
+/// The minor version in a file name such as `python3.11` or
+/// `libpython3.9.so.1.0`: the digits after `python3.`. None for any other
+/// name, and for debug (`3.13d`) and free-threaded (`3.13t`) builds,
+/// whose structures differ from the release layouts here.
 pub fn minor_from_name(name: &[u8]) -> Option<u32> {
     let base = match name.iter().rposition(|&b| b == b'/') {
         Some(i) => &name[i + 1..],
@@ -246,11 +247,9 @@ pub fn minor_from_name(name: &[u8]) -> Option<u32> {
         return None;
     }
     // `python3.11-config` is a script, `python3.11.py` no binary: accept
-    // only the end of the name, a `.so` suffix or a build flag letter.
+    // only the end of the name or a `.so` suffix.
     let tail = &rest[digits..];
-    let ok = tail.is_empty()
-        || tail.starts_with(b".so")
-        || matches!(tail, [b'd' | b'm' | b't', ..]) && !tail.contains(&b'-');
+    let ok = tail.is_empty() || tail.starts_with(b".so");
     if !ok {
         return None;
     }
@@ -711,7 +710,8 @@ mod tests {
             minor_from_name(b"/root/.pyenv/versions/3.9.18/lib/libpython3.9.so.1.0"),
             Some(9)
         );
-        assert_eq!(minor_from_name(b"libpython3.13d.so"), Some(13));
+        assert_eq!(minor_from_name(b"libpython3.13d.so"), None);
+        assert_eq!(minor_from_name(b"/usr/bin/python3.13t"), None);
         assert_eq!(minor_from_name(b"python3"), None);
         assert_eq!(minor_from_name(b"python3.11-config"), None);
         assert_eq!(minor_from_name(b"/usr/bin/perl"), None);
