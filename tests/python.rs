@@ -8,7 +8,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{handles, repo_root, stderr_of};
+use common::{handles, repo_root, spawn_ready, stderr_of};
 
 /// The interpreters to try: (label, path).
 fn interpreters() -> Vec<(String, PathBuf)> {
@@ -241,5 +241,56 @@ fn json_report_and_sarif_point_at_the_python_line() {
             "{s}\n{what}"
         );
         assert_eq!(loc["region"]["startLine"], 16, "{s}\n{what}");
+    }
+}
+
+#[test]
+fn handles_pid_stacks_show_the_python_lines_that_made_each_handle() {
+    let Some((label, py)) = interpreters().into_iter().next_back() else {
+        eprintln!("skipping: no CPython 3.8-3.13 on this machine");
+        return;
+    };
+    let holds = script("holds.py");
+    let file = holds.display().to_string();
+    for mode in MODES {
+        let mut cmd = Command::new(handles());
+        cmd.arg("run").args(mode).arg("--").arg(&py).arg(&holds);
+        let running = spawn_ready(cmd);
+        let pid = running.value("pid").expect("the script prints its pid");
+        let out = Command::new(handles())
+            .args([pid.as_str(), "--stacks"])
+            .output()
+            .expect("run handles");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let what = format!("{label} {mode:?}:\n{text}{}", stderr_of(&out));
+        let ends = ["created by"];
+        let file_block = section(&text, "created by openat()", &ends);
+        let sock_block = section(&text, "created by socket()", &ends);
+        assert!(
+            has_python_frame(&file_block, &format!("{file}:9"), "open_log"),
+            "{what}"
+        );
+        assert!(
+            has_python_frame(&file_block, &format!("{file}:16"), "<module>"),
+            "{what}"
+        );
+        assert!(
+            has_python_frame(&sock_block, &format!("{file}:13"), "make_sock"),
+            "{what}"
+        );
+        let out = Command::new(handles())
+            .args([pid.as_str(), "--stacks", "--json"])
+            .output()
+            .expect("run handles");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let found = v["processes"][0]["handles"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|h| h["created"]["frames"].as_array())
+            .flatten()
+            .any(|f| f["python"] == true && f["function"] == "open_log" && f["line"] == 9);
+        assert!(found, "{v}\n{what}");
+        drop(running);
     }
 }
