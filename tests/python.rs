@@ -131,7 +131,7 @@ fn use_after_close_names_the_python_lines_of_use_close_and_open() {
                 "{what}"
             );
             // In place of the evaluation loop's frames, not beside them
-            // (the shim alone does not symbolize: no names to check).
+            // (under --no-ptrace `handles symbolize` merges them so).
             assert!(!err.contains("in _PyEval_EvalFrameDefault"), "{what}");
             // The Python frames follow the C call that made the syscall.
             let first_py = offending.iter().position(|l| l.contains("(Python)"));

@@ -7,12 +7,18 @@
 //! the stacks on stdin, hex addresses one per line and an empty line after
 //! each stack, and prints what comes back in their place: the same frames,
 //! with functions, files and lines, as the supervisor's reports show them.
-//! Output: one line per frame (`#1 0x… in f at file.c:12 (prog+0x11e1)`)
-//! and an empty line after each stack.
+//! A stack's Python frames, if any, follow its addresses as lines
+//! `py ENTRY LINE FILE\tFUNCTION` (ENTRY 1 on the last frame an
+//! evaluation-loop call runs), named by the shim from its code registry;
+//! they take the place of the interpreter's evaluation frames, as in the
+//! supervisor's reports. Output: one line per frame (`#1 0x… in f at
+//! file.c:12 (prog+0x11e1)`, `#4 app.py:3 in main (Python)`) and an empty
+//! line after each stack.
 
 use std::io::{BufRead, Write};
 
-use handles_supervisor::backtrace::{ModuleMap, Symbolizer};
+use handles_model::python::PyFrame;
+use handles_supervisor::backtrace::{python, Frame, ModuleMap, Symbolizer};
 
 use crate::exit;
 
@@ -28,10 +34,16 @@ pub fn run(pid: i32) -> u8 {
     let stdin = std::io::stdin();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut stack: Vec<u64> = Vec::new();
-    let mut flush = |stack: &mut Vec<u64>, out: &mut dyn Write| -> std::io::Result<()> {
+    let mut py: Vec<(Frame, PyFrame)> = Vec::new();
+    let mut flush = |stack: &mut Vec<u64>,
+                     py: &mut Vec<(Frame, PyFrame)>,
+                     out: &mut dyn Write|
+     -> std::io::Result<()> {
         // Every address is a return address (the shim's unwinder reports
         // those): looked up inside the call.
-        for frame in symbolizer.symbolize(&maps, stack, false) {
+        let native = symbolizer.symbolize(&maps, stack, false);
+        let (frames, groups): (Vec<Frame>, Vec<PyFrame>) = py.drain(..).unzip();
+        for frame in python::merge(native, frames, &groups) {
             writeln!(out, "{frame}")?;
         }
         writeln!(out)?;
@@ -42,8 +54,14 @@ pub fn run(pid: i32) -> u8 {
         let Ok(line) = line else { break };
         let line = line.trim();
         if line.is_empty() {
-            if flush(&mut stack, &mut out).is_err() {
+            if flush(&mut stack, &mut py, &mut out).is_err() {
                 return exit::IO;
+            }
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("py ") {
+            if let Some(f) = python_line(rest) {
+                py.push(f);
             }
             continue;
         }
@@ -52,11 +70,40 @@ pub fn run(pid: i32) -> u8 {
             stack.push(a);
         }
     }
-    if !stack.is_empty() && flush(&mut stack, &mut out).is_err() {
+    if !stack.is_empty() && flush(&mut stack, &mut py, &mut out).is_err() {
         return exit::IO;
     }
     if out.flush().is_err() {
         return exit::IO;
     }
     exit::OK
+}
+
+/// `ENTRY LINE FILE\tFUNCTION` (LINE 0: unknown; no tab: a freed code
+/// object, FUNCTION alone).
+fn python_line(rest: &str) -> Option<(Frame, PyFrame)> {
+    let mut it = rest.splitn(3, ' ');
+    let entry = it.next()? == "1";
+    let line: u32 = it.next()?.parse().ok()?;
+    let (file, function) = match it.next()?.split_once('\t') {
+        Some((file, function)) => (Some(file.to_string()), function.to_string()),
+        None => (None, rest.rsplit(' ').next().unwrap_or("??").to_string()),
+    };
+    let frame = Frame {
+        index: 0,
+        addr: 0,
+        module: None,
+        module_offset: 0,
+        function: Some(function),
+        function_offset: 0,
+        file,
+        line: (line != 0).then_some(line),
+        inlined_into: Vec::new(),
+        python: true,
+    };
+    let raw = PyFrame {
+        entry,
+        ..Default::default()
+    };
+    Some((frame, raw))
 }

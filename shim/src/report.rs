@@ -903,8 +903,14 @@ fn write_report(
     w.write_str("handles:     ")?;
     judge::write_outcome(w, a, moment, then)?;
     writeln!(w)?;
-    let sym =
-        crate::symbolize::symbolize(&[walked(offending.frames()), walked(closed), walked(created)]);
+    let sym = crate::symbolize::symbolize(&[
+        (walked(offending.frames()), py[0]),
+        (walked(closed), py[1]),
+        (walked(created), py[2]),
+    ]);
+    // The symbolizer puts the Python frames in place of the evaluation
+    // loop's; without it they follow the native frames.
+    let py = if sym.is_some() { [&[][..]; 3] } else { py };
     writeln!(w, "handles: backtrace:")?;
     stack_lines(w, offending.frames(), sym.as_ref(), 0)?;
     crate::python::write_frames(w, py[0], walked(offending.frames()).len())?;

@@ -14,6 +14,8 @@
 
 use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
+use handles_model::python::PyFrame;
+
 use crate::sys;
 
 static PATH: [AtomicUsize; 64] = [const { AtomicUsize::new(0) }; 64];
@@ -77,8 +79,10 @@ pub fn init(path: &str) {
     PATH_LEN.store(b.len(), Relaxed);
 }
 
-/// Functions and lines for `stacks`, or None.
-pub fn symbolize(stacks: &[&[u64]]) -> Option<Text> {
+/// Functions and lines for `stacks` (return addresses, and the Python
+/// frames recorded with them, which the symbolizer puts in place of the
+/// interpreter's evaluation frames), or None.
+pub fn symbolize(stacks: &[(&[u64], &[PyFrame])]) -> Option<Text> {
     let len = PATH_LEN.load(Relaxed);
     if len == 0 {
         return None;
@@ -190,11 +194,58 @@ fn write_all(fd: i32, mut b: &[u8]) -> bool {
     true
 }
 
-/// Writes the stacks as hex lines, an empty line after each.
-fn feed(fd: i32, stacks: &[&[u64]]) -> bool {
+/// Writes the stacks as hex lines, then their Python frames as `py ENTRY
+/// LINE FILE\tFUNCTION` lines named from the table's code registry, an
+/// empty line after each.
+fn feed(fd: i32, stacks: &[(&[u64], &[PyFrame])]) -> bool {
     let mut buf = [0u8; 4096];
     let mut n = 0;
-    for s in stacks {
+    let codes = crate::state::codes();
+    for &(s, py) in stacks {
+        for f in py {
+            let mut line = [0u8; 48];
+            let line = sys::with_number(
+                &mut line,
+                if f.entry { b"py 1 " } else { b"py 0 " },
+                f.line as i32,
+            );
+            let named = codes.as_ref().and_then(|c| c.get(f.code, f.check));
+            let (file, name): (&[u8], &[u8]) = match &named {
+                Some(r) => (r.file(), r.name()),
+                None => (b"", b"<freed code object>"),
+            };
+            let need = line.len() + file.len() + name.len() + 3;
+            if n + need > buf.len() {
+                if !write_all(fd, &buf[..n]) {
+                    return false;
+                }
+                n = 0;
+            }
+            if need > buf.len() {
+                continue;
+            }
+            // The number's NUL becomes the space before the file.
+            buf[n..n + line.len() - 1].copy_from_slice(&line[..line.len() - 1]);
+            n += line.len() - 1;
+            buf[n] = b' ';
+            n += 1;
+            if named.is_some() {
+                buf[n..n + file.len()].copy_from_slice(file);
+                n += file.len();
+                buf[n] = b'\t';
+                n += 1;
+            }
+            buf[n..n + name.len()].copy_from_slice(name);
+            n += name.len();
+            buf[n] = b'\n';
+            n += 1;
+        }
+        if n + 1 > buf.len() {
+            if !write_all(fd, &buf[..n]) {
+                return false;
+            }
+            n = 0;
+        }
         for &pc in s.iter() {
             if n + 20 > buf.len() {
                 if !write_all(fd, &buf[..n]) {
