@@ -193,7 +193,25 @@ pub struct Memo {
     /// The run met a number that was not open: a sweep, not two handles
     /// that happen to be neighbours (the two ends of a pipe).
     met_closed: bool,
+    /// Steps from `last` (bits for -2, -1, +1, +2) to numbers the thread
+    /// made handles at since: closing one of those is not a sweep's step.
+    fresh: u8,
     held: Option<Held>,
+}
+
+/// The bit of `Memo::fresh` for the step from `last` to `fd`, if it is
+/// one a sweep could take.
+fn step_bit(last: i32, fd: i32) -> Option<u8> {
+    if last == NONE {
+        return None;
+    }
+    match i64::from(fd) - i64::from(last) {
+        -2 => Some(1),
+        -1 => Some(2),
+        1 => Some(4),
+        2 => Some(8),
+        _ => None,
+    }
 }
 
 impl Default for Memo {
@@ -209,6 +227,7 @@ impl Memo {
             prev: NONE,
             run: 0,
             met_closed: false,
+            fresh: 0,
             held: None,
         }
     }
@@ -225,17 +244,13 @@ impl Memo {
     }
 
     /// The thread made a handle at `fd`. A close of it next is of a number
-    /// the thread just opened, not one a sweep walks past: the run ends
-    /// when the new number is within a sweep's step of the last close
-    /// (CPython closes its script's fd at start-up; a program that then
-    /// opens the next number and closes it is not sweeping). A held close
-    /// is still decided by the next close, which now cannot continue it.
+    /// the thread just opened, not one a sweep walks past (CPython closes
+    /// its script's fd at start-up; a program that then opens the next
+    /// number and closes it is not sweeping). The last closes stay known:
+    /// a close of the number before is still a repeat, not a step.
     pub fn created(&mut self, fd: i32) {
-        if self.last != NONE && (i64::from(fd) - i64::from(self.last)).abs() <= 2 {
-            self.last = NONE;
-            self.prev = NONE;
-            self.run = 0;
-            self.met_closed = false;
+        if let Some(bit) = step_bit(self.last, fd) {
+            self.fresh |= bit;
         }
     }
 
@@ -246,6 +261,9 @@ impl Memo {
     /// ends of a pipe closed twice), not a sweep.
     fn continues_sweep(&self, fd: i32) -> bool {
         if self.last == NONE || fd == self.prev {
+            return false;
+        }
+        if step_bit(self.last, fd).is_some_and(|b| self.fresh & b != 0) {
             return false;
         }
         let d = i64::from(fd) - i64::from(self.last);
@@ -266,6 +284,7 @@ impl Memo {
         }
         self.prev = self.last;
         self.last = fd;
+        self.fresh = 0;
     }
 
     /// Is a close of an open handle that continues the run a sweep's (its
@@ -826,6 +845,17 @@ mod tests {
             one(&mut m, Op::Close, 5, OPEN).verdict,
             Verdict::Unquarantined
         );
+        // The number before a fresh one closed again is a double close,
+        // as without the fresh handle (a helper closed it; the caller's
+        // cleanup closes it again after opening and closing another).
+        let mut m = Memo::new();
+        one(&mut m, Op::Close, 3, OPEN);
+        m.created(4);
+        assert_eq!(one(&mut m, Op::Close, 4, OPEN).verdict, Verdict::Run);
+        assert!(matches!(
+            one(&mut m, Op::Close, 3, CLOSED).verdict,
+            Verdict::Raise { .. } | Verdict::Hold(_)
+        ));
         // A held close (a closed number, maybe a sweep's first) followed
         // by a new handle next to it and its close: reported there.
         let mut m = Memo::new();
