@@ -50,6 +50,7 @@ macro_rules! trampoline {
     };
 }
 
+mod cfi;
 mod fddir;
 #[cfg(not(test))]
 mod lookup;
@@ -240,8 +241,10 @@ extern "C" fn init() {
     if let Some(d) = env(c"HANDLES_STACK_DEPTH").and_then(|s| s.trim().parse::<u32>().ok()) {
         stack::DEPTH.store(d, Relaxed);
     }
-    if env(c"HANDLES_STACKS") == Some("unwind") {
-        stack::UNWIND.store(true, Relaxed);
+    match env(c"HANDLES_STACKS") {
+        Some("unwind") => stack::UNWIND.store(true, Relaxed),
+        Some("fp") => stack::FRAME_POINTERS.store(true, Relaxed),
+        _ => {}
     }
     let (soft, hard) = state::nofile().unwrap_or((1024, 1024));
     let limit = soft.max(1);

@@ -23,14 +23,19 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed};
 
 use handles_model::table::STACK_DEPTH;
 
+use crate::cfi;
 use crate::state::Pcs;
 
 /// Top of the main thread's stack (`__libc_stack_end`).
 static MAIN_TOP: AtomicUsize = AtomicUsize::new(0);
 /// This library's load address: its frames are left out of stacks.
 static SELF_BASE: AtomicUsize = AtomicUsize::new(0);
-/// Record creation/close stacks with the DWARF unwinder.
+/// Record creation/close stacks with libgcc's unwinder
+/// (`HANDLES_STACKS=unwind`).
 pub static UNWIND: AtomicBool = AtomicBool::new(false);
+/// Record creation/close stacks by the frame-pointer walk alone
+/// (`HANDLES_STACKS=fp`).
+pub static FRAME_POINTERS: AtomicBool = AtomicBool::new(false);
 /// Frames to record (`HANDLES_STACK_DEPTH`, 0 turns recording off).
 pub static DEPTH: AtomicU32 = AtomicU32::new(STACK_DEPTH as u32);
 
@@ -124,7 +129,7 @@ fn stack_top(sp: usize) -> usize {
 }
 
 /// The stack of the wrapper call whose trampoline frame is `frame` (0:
-/// no trampoline, use the unwinder).
+/// no trampoline, use libgcc's unwinder).
 #[inline(never)]
 pub fn capture(frame: usize) -> Pcs {
     let depth = (DEPTH.load(Relaxed) as usize).min(STACK_DEPTH);
@@ -138,13 +143,46 @@ pub fn capture(frame: usize) -> Pcs {
     let sp = rsp();
     let top = stack_top(sp);
     // SAFETY: `frame` is the trampoline's frame on this thread's stack:
-    // [frame] is the caller's rbp, [frame + 8] the return address.
-    let (mut fp, ret) = unsafe { (*(frame as *const usize), *((frame + 8) as *const usize)) };
+    // [frame] is the caller's rbp (the trampoline pushed it on entry, and
+    // rbp is callee-saved, so it is the caller's own), [frame + 8] the
+    // return address into the caller.
+    let (fp, ret) = unsafe { (*(frame as *const usize), *((frame + 8) as *const usize)) };
     out.pcs[0] = ret as u64;
     out.n = 1;
+    if top == 0 {
+        return out;
+    }
+    if FRAME_POINTERS.load(Relaxed) {
+        fp_walk(&mut out, depth, frame, fp, top);
+        return out;
+    }
+    // The caller's registers at the call: its stack pointer is just above
+    // the return address, its rbp the one the trampoline saved.
+    let mut regs = cfi::Regs {
+        pc: ret as u64,
+        sp: frame as u64 + 16,
+        fp: fp as u64,
+    };
+    while out.n < depth {
+        match cfi::step(&regs, sp as u64, top as u64) {
+            Some(next) => {
+                out.pcs[out.n] = next.pc;
+                out.n += 1;
+                regs = next;
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+/// The frame-pointer walk (`HANDLES_STACKS=fp`): from the trampoline's
+/// saved rbp `fp`, while each frame pointer lies above the last and below
+/// the stack's `top`.
+fn fp_walk(out: &mut Pcs, depth: usize, frame: usize, mut fp: usize, top: usize) {
     let mut lo = frame;
     while out.n < depth {
-        if fp <= lo || fp % 8 != 0 || top == 0 || fp + 16 > top {
+        if fp <= lo || fp % 8 != 0 || fp + 16 > top {
             break;
         }
         // SAFETY: fp lies between a live frame of this thread and the top
@@ -158,7 +196,6 @@ pub fn capture(frame: usize) -> Pcs {
         lo = fp;
         fp = next;
     }
-    out
 }
 
 /// A stack from the DWARF unwinder, without this library's frames; `skip`
@@ -227,5 +264,62 @@ mod tests {
             module_of(init as *const () as usize).map(|(_, base)| base),
             Some(self_base())
         );
+    }
+
+    /// This thread's stack by the CFI unwinder, from the caller of this
+    /// function, and libgcc's for comparison.
+    #[inline(never)]
+    fn both_stacks() -> ([u64; 64], usize, [usize; 64], usize) {
+        let (pc, sp, fp): (u64, u64, u64);
+        // SAFETY: reads the instruction pointer and two registers.
+        unsafe {
+            core::arch::asm!(
+                "lea {pc}, [rip]",
+                "mov {sp}, rsp",
+                "mov {fp}, rbp",
+                pc = out(reg) pc,
+                sp = out(reg) sp,
+                fp = out(reg) fp,
+                options(nomem, nostack)
+            )
+        };
+        let top = stack_top(sp as usize) as u64;
+        assert_ne!(top, 0, "a test thread's stack top is known");
+        // pc is inside this function, not a return address: the rule is
+        // looked up at pc + 1 - 1.
+        let mut regs = cfi::Regs { pc: pc + 1, sp, fp };
+        let mut mine = [0u64; 64];
+        let mut n = 0;
+        while n < mine.len() {
+            match cfi::step(&regs, sp, top) {
+                Some(next) => {
+                    mine[n] = next.pc;
+                    n += 1;
+                    regs = next;
+                }
+                None => break,
+            }
+        }
+        let mut theirs = [0usize; 64];
+        let m = backtrace(&mut theirs);
+        (mine, n, theirs, m)
+    }
+
+    #[test]
+    fn the_cfi_walk_matches_libgccs_unwinder() {
+        for round in 0..2 {
+            // The second round runs from the rule cache.
+            let (mine, n, theirs, m) = both_stacks();
+            let theirs = &theirs[..m];
+            let mine = &mine[..n];
+            assert!(n >= 4, "round {round}: a whole stack, got {mine:x?}");
+            // libgcc's list starts inside both_stacks; ours at its caller.
+            let at = theirs
+                .iter()
+                .position(|&pc| pc as u64 == mine[0])
+                .unwrap_or_else(|| panic!("{mine:x?} not in {theirs:x?}"));
+            let theirs: Vec<u64> = theirs[at..].iter().map(|&pc| pc as u64).collect();
+            assert_eq!(mine, &theirs[..], "round {round}");
+        }
     }
 }
