@@ -21,7 +21,7 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed};
 
-use handles_model::table::STACK_DEPTH;
+use handles_model::table::{DEFAULT_STACK_DEPTH, STACK_DEPTH};
 
 use crate::cfi;
 use crate::state::Pcs;
@@ -37,7 +37,7 @@ pub static UNWIND: AtomicBool = AtomicBool::new(false);
 /// (`HANDLES_STACKS=fp`).
 pub static FRAME_POINTERS: AtomicBool = AtomicBool::new(false);
 /// Frames to record (`HANDLES_STACK_DEPTH`, 0 turns recording off).
-pub static DEPTH: AtomicU32 = AtomicU32::new(STACK_DEPTH as u32);
+pub static DEPTH: AtomicU32 = AtomicU32::new(DEFAULT_STACK_DEPTH as u32);
 
 #[repr(C)]
 struct UnwindContext {
@@ -201,7 +201,8 @@ fn fp_walk(out: &mut Pcs, depth: usize, frame: usize, mut fp: usize, top: usize)
 /// A stack from the DWARF unwinder, without this library's frames; `skip`
 /// more frames are dropped from the top.
 pub fn unwind(depth: usize, skip: usize) -> Pcs {
-    let mut raw = [0usize; 64];
+    // Room for the shim's own frames, which are dropped.
+    let mut raw = [0usize; STACK_DEPTH + 32];
     let n = backtrace(&mut raw);
     let base = self_base();
     let mut out = Pcs::EMPTY;
