@@ -177,8 +177,10 @@ pub fn rule_for(ra: u64) -> Rule {
     if let Some(r) = cache_get(ra) {
         return r;
     }
-    let r = find_rule(ra.wrapping_sub(1));
-    cache_put(ra, r);
+    let (r, keep) = find_rule(ra.wrapping_sub(1));
+    if keep {
+        cache_put(ra, r);
+    }
     r
 }
 
@@ -359,7 +361,7 @@ fn module_of(pc: u64) -> Option<Module> {
     let start = r.map_start as u64;
     let end = r.map_end as u64;
     let hdr = r.eh_frame as u64;
-    if start % PAGE != 0 || end <= start {
+    if !start.is_multiple_of(PAGE) || end <= start {
         return None;
     }
     // The module's ELF header and program headers sit at the start of its
@@ -445,19 +447,23 @@ fn module_of(pc: u64) -> Option<Module> {
 }
 
 /// The rule at code address `pc` (not a return address: already inside
-/// the instruction).
-fn find_rule(pc: u64) -> Rule {
+/// the instruction), and whether it may be cached.
+fn find_rule(pc: u64) -> (Rule, bool) {
     // No module, no eh_frame_hdr, no FDE covering pc: code without
     // unwind information (the frame pointer is tried). Unwind data that
     // is there but not understood stops the walk instead: guessing with
     // the frame pointer there would invent frames.
+    //
+    // An address in no module known to the loader is not cached: it may
+    // be a library that dlopen is still loading (registered with
+    // _dl_find_object only once relocated), or JIT code.
     let Some(m) = module_of(pc) else {
-        return Rule::NO_CFI;
+        return (Rule::NO_CFI, false);
     };
     let Some(fde) = fde_for(&m, pc) else {
-        return Rule::NO_CFI;
+        return (Rule::NO_CFI, true);
     };
-    eval(&m, fde, pc).unwrap_or(Rule::STOP)
+    (eval(&m, fde, pc).unwrap_or(Rule::STOP), true)
 }
 
 /// The FDE covering `pc`, by binary search of the eh_frame_hdr table.
@@ -889,7 +895,7 @@ pub struct Regs {
 
 /// Reads a word of the stack, inside `[lo, hi)`.
 fn stack_word(addr: u64, lo: u64, hi: u64) -> Option<u64> {
-    if addr < lo || addr % 8 != 0 || addr.checked_add(8)? > hi {
+    if addr < lo || !addr.is_multiple_of(8) || addr.checked_add(8)? > hi {
         return None;
     }
     // SAFETY: [addr, addr + 8) lies between a live frame of the calling
@@ -979,7 +985,54 @@ mod tests {
 
     #[test]
     fn addresses_outside_any_module_have_no_cfi() {
-        assert_eq!(find_rule(16), Rule::NO_CFI);
+        assert_eq!(find_rule(16), (Rule::NO_CFI, false));
+    }
+
+    /// Random bytes as eh_frame_hdr and eh_frame: every outcome is a rule
+    /// or None, never a read outside the span nor an arithmetic panic (the
+    /// unit tests build with overflow checks).
+    #[test]
+    fn random_unwind_data_never_faults() {
+        let mut buf = [0u8; 512];
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let lo = buf.as_ptr() as u64;
+        for round in 0..20_000 {
+            for b in buf.iter_mut() {
+                *b = next() as u8;
+            }
+            // Plausible headers half of the time, so the search and the
+            // CFI programs get exercised, not only the first checks.
+            if round % 2 == 0 {
+                buf[..4].copy_from_slice(&[1, 0x1b, 0x03, 0x3b]);
+                buf[8..12].copy_from_slice(&((next() % 40) as u32).to_le_bytes());
+                buf[100..104].copy_from_slice(&((next() % 200) as u32).to_le_bytes());
+                buf[104..108].copy_from_slice(&[0; 4]);
+                buf[108] = 1;
+                buf[109..112].copy_from_slice(b"zR\0");
+            }
+            let span = Span {
+                lo,
+                hi: lo + buf.len() as u64,
+            };
+            let m = Module {
+                hdr: lo,
+                hdr_span: span,
+                frame_span: span,
+            };
+            let pc = lo.wrapping_add(next() % 1024);
+            let _ = fde_for(&m, pc);
+            let _ = eval(&m, lo + next() % 512, pc);
+            let _ = eval(&m, lo + 100, pc);
+            let mut c = Cur { span, at: lo };
+            let _ = cie_at(&m, lo + next() % 600);
+            let _ = c.encoded(next() as u8, lo);
+        }
     }
 
     #[test]

@@ -182,7 +182,7 @@ pub fn capture(frame: usize) -> Pcs {
 fn fp_walk(out: &mut Pcs, depth: usize, frame: usize, mut fp: usize, top: usize) {
     let mut lo = frame;
     while out.n < depth {
-        if fp <= lo || fp % 8 != 0 || fp + 16 > top {
+        if fp <= lo || !fp.is_multiple_of(8) || fp + 16 > top {
             break;
         }
         // SAFETY: fp lies between a live frame of this thread and the top
