@@ -1,18 +1,26 @@
 //! Call stacks as return addresses, symbolized later by readers.
 //!
 //! Creation and close stacks are recorded on every open and close, so they
-//! must be cheap: the wrappers that create or close fds enter through a
-//! small trampoline that sets up a frame pointer and hands it to the
-//! implementation, and the stack is a frame-pointer walk from there. The
-//! first frame (the program's call site) is always exact; deeper frames
-//! exist where the program keeps frame pointers (-O0, or
-//! -fno-omit-frame-pointer, as several distributions now build). The walk
-//! stays inside the calling thread's stack, so a garbage frame pointer
-//! ends it instead of faulting. `HANDLES_STACKS=unwind` records with the
-//! DWARF unwinder instead: complete, about 2 µs a stack. The offending
-//! stack of a report always uses the unwinder.
+//! must be cheap and must be safe inside a libc wrapper: the wrappers that
+//! create or close fds enter through a small trampoline that sets up a
+//! frame pointer and hands it to the implementation. That frame gives the
+//! caller's return address, stack pointer and rbp exactly; from there
+//! [`capture`] unwinds with the shim's own CFI unwinder ([`crate::cfi`]:
+//! the modules' `.eh_frame_hdr`/`.eh_frame`, one cached rule per return
+//! address, no allocation, no loader lock, every read bounds-checked), so
+//! stacks are whole in optimized code without frame pointers, the same as
+//! the supervisor's remote unwinding gives. Frames without CFI are
+//! stepped by their frame pointer. The walk stays inside the calling
+//! thread's stack (its top from glibc's thread descriptor or
+//! `__libc_stack_end`), so garbage ends it instead of faulting.
 //!
-//! The unwinder is libgcc's, linked statically into the shim (build.rs):
+//! `HANDLES_STACKS=fp` records by the frame-pointer walk alone (one frame
+//! in code without frame pointers); `HANDLES_STACKS=unwind` with libgcc's
+//! unwinder (about 2 µs a stack: it interprets every frame's CFI on every
+//! call). The offending stack of a report in the shim-alone mode (rare)
+//! and the stack of a `syscall(2)` close (no trampoline) use libgcc's.
+//!
+//! libgcc's unwinder is linked statically into the shim (build.rs):
 //! glibc's backtrace() would dlopen libgcc_s.so.1 at its first call,
 //! which allocates and opens files (not something to do inside a
 //! wrapper), and preloading it costs every process about 0.1 ms. The
