@@ -211,6 +211,42 @@ fn leak_stacks_are_whole_and_the_same_in_every_mode() {
     }
 }
 
+#[test]
+fn stacks_through_dlopen_and_library_code_are_the_same_in_every_mode() {
+    for build in BUILDS {
+        let lib_flags: Vec<&str> = build.iter().copied().chain(["-shared", "-fPIC"]).collect();
+        let lib = fixture_with("dlopen_plugin", &lib_flags);
+        let lib = lib.to_string_lossy().into_owned();
+        let prog = fixture_with("dlopen_leak", build);
+        let args = ["--leak-check"];
+        let shim = sections(&stderr_of(&run(&[], &args, &prog, &[&lib], &scratch())));
+        let remote = sections(&stderr_of(&run(
+            &["--no-shim"],
+            &args,
+            &prog,
+            &[&lib],
+            &scratch(),
+        )));
+        assert_eq!(shim.len(), 2, "{build:?}: two leaks\n{}", show(&shim));
+        assert_eq!(
+            shim,
+            remote,
+            "{build:?}\n{}\n--no-shim\n{}",
+            show(&shim),
+            show(&remote)
+        );
+        // The constructor's leak is seen through the loader's frames down
+        // to main's dlopen call.
+        assert!(
+            shim.iter()
+                .any(|(_, f)| f.iter().any(|x| x.starts_with("_dl_init"))
+                    && f.iter().any(|x| x.contains("main at "))),
+            "{build:?}: {}",
+            show(&shim)
+        );
+    }
+}
+
 /// The frames of the deep fixture's one leak group.
 fn deep_frames(mode: &[&str], depth: Option<&str>, build: &[&str]) -> Vec<String> {
     let prog = fixture_with("deep_stack", build);
