@@ -285,6 +285,45 @@ fn stack_depth_is_honoured_in_every_mode() {
     }
 }
 
+/// How many frames each stack of the first report on stderr has, by
+/// title: `backtrace:` first.
+fn frame_counts(stderr: &str) -> Vec<(String, usize)> {
+    let mut out: Vec<(String, usize)> = Vec::new();
+    for line in stderr.lines() {
+        let Some(rest) = line.strip_prefix("handles: ") else {
+            continue;
+        };
+        if rest.starts_with("    #") {
+            if let Some(last) = out.last_mut() {
+                last.1 += 1;
+            }
+        } else if !rest.starts_with(' ') && rest.ends_with(':') {
+            out.push((normalize_title(rest), 0));
+        }
+    }
+    out
+}
+
+#[test]
+fn stack_depth_bounds_the_offending_stack_too_in_every_mode() {
+    let prog = fixture_with("run_bugs", BUILDS[1]);
+    for mode in [&[][..], &["--no-shim"], &["--no-ptrace"]] {
+        for (args, bug) in [
+            (&["reuse", "."][..], "use"),
+            (&["double-close"], "held close"),
+        ] {
+            let o = run(mode, &["--stack-depth", "2"], &prog, args, &scratch());
+            let counts = frame_counts(&stderr_of(&o));
+            assert!(!counts.is_empty(), "{mode:?} {bug}: {}", stderr_of(&o));
+            // Every stack is cut at 2 frames, none is left empty (the
+            // shim's own frames at a stop in the shim do not count).
+            for (t, n) in &counts {
+                assert_eq!(*n, 2, "{mode:?} {bug}: {t}\n{}", stderr_of(&o));
+            }
+        }
+    }
+}
+
 #[test]
 fn stack_depth_above_the_table_is_a_usage_error() {
     let o = Command::new(handles())

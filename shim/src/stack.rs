@@ -209,6 +209,13 @@ fn fp_walk(out: &mut Pcs, depth: usize, frame: usize, mut fp: usize, top: usize)
 /// A stack from the DWARF unwinder, without this library's frames; `skip`
 /// more frames are dropped from the top.
 pub fn unwind(depth: usize, skip: usize) -> Pcs {
+    // `HANDLES_STACK_DEPTH` bounds the offending stack of a report too, as
+    // the supervisor's `--stack-depth` does; with recording off (0) a
+    // report still carries its whole stack, as the supervisor's does.
+    let depth = match DEPTH.load(Relaxed) as usize {
+        0 => depth,
+        d => depth.min(d),
+    };
     // Room for the shim's own frames, which are dropped.
     let mut raw = [0usize; STACK_DEPTH + 32];
     let n = backtrace(&mut raw);
