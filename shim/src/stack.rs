@@ -323,7 +323,22 @@ mod tests {
 
     #[test]
     fn the_cfi_walk_matches_libgccs_unwinder() {
-        for round in 0..2 {
+        compare_walks(2);
+    }
+
+    /// Threads that fill and read the rule cache at once (the same return
+    /// addresses, so the same entries) all get libgcc's stacks.
+    #[test]
+    fn racing_threads_share_the_rule_cache() {
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| compare_walks(300));
+            }
+        });
+    }
+
+    fn compare_walks(rounds: usize) {
+        for round in 0..rounds {
             // The second round runs from the rule cache.
             let (mine, n, theirs, m) = both_stacks();
             let theirs = &theirs[..m];
