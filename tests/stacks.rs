@@ -247,6 +247,55 @@ fn stacks_through_dlopen_and_library_code_are_the_same_in_every_mode() {
     }
 }
 
+/// dlclose, then another library loaded at the same address with the
+/// same code and other frame sizes: the shim must not use the rules it
+/// cached for the first (its dlclose wrapper forgets them).
+#[test]
+fn stacks_after_dlclose_and_a_reload_at_the_same_address_are_right() {
+    for build in BUILDS {
+        let libs: Vec<String> = ["-DPAD=16", "-DPAD=96"]
+            .iter()
+            .map(|pad| {
+                let flags: Vec<&str> = build
+                    .iter()
+                    .copied()
+                    .chain(["-shared", "-fPIC", pad])
+                    .collect();
+                fixture_with("dlopen_plugin", &flags)
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        let prog = fixture_with("dlopen_leak", build);
+        let prog_args = [libs[0].as_str(), libs[1].as_str()];
+        let args = ["--leak-check"];
+        let o = run(&[], &args, &prog, &prog_args, &scratch());
+        let shim = sections(&stderr_of(&o));
+        let remote = sections(&stderr_of(&run(
+            &["--no-shim"],
+            &args,
+            &prog,
+            &prog_args,
+            &scratch(),
+        )));
+        assert_eq!(shim.len(), 4, "{build:?}: four leaks\n{}", stderr_of(&o));
+        assert_eq!(
+            shim,
+            remote,
+            "{build:?}\n{}\n--no-shim\n{}",
+            show(&shim),
+            show(&remote)
+        );
+        for (t, frames) in &shim {
+            assert_eq!(
+                frames.last().map(String::as_str),
+                Some("_start"),
+                "{build:?}: {t}: {frames:?}"
+            );
+        }
+    }
+}
+
 /// The frames of the deep fixture's one leak group.
 fn deep_frames(mode: &[&str], depth: Option<&str>, build: &[&str]) -> Vec<String> {
     let prog = fixture_with("deep_stack", build);

@@ -34,10 +34,11 @@
 //!   cover the address, or a rule it does not model (a CFA expression, a
 //!   signal frame) gives [`Rule::NO_CFI`] or [`Rule::STOP`] instead.
 //!
-//! Known limit: the cache is keyed by address alone. If a library is
-//! unloaded (dlclose) and another one mapped at the same address, stale
-//! rules may give a wrong stack for it (never a fault: every stack read
-//! is still checked).
+//! A dlclose (the shim wraps it) makes every cached rule stale: another
+//! library may be mapped where the closed one was. libc's own unloading
+//! of its modules (NSS, iconv: internal calls the wrapper does not see)
+//! does not; a stale rule can give a wrong stack, never a fault (every
+//! stack read is still checked).
 
 use core::sync::atomic::{fence, AtomicU64, Ordering};
 
@@ -137,7 +138,24 @@ fn slot(pc: u64) -> &'static Entry {
     &CACHE[i & (CACHE_LEN - 1)]
 }
 
-fn cache_get(pc: u64) -> Option<Rule> {
+/// Bumped after each dlclose (the shim wraps it): a rule cached before
+/// belongs to code that may be gone, and another library may now be
+/// mapped at its address. Entries carry the low bits of the epoch they
+/// were computed in (bits 6-15 of the stored word).
+static EPOCH: AtomicU64 = AtomicU64::new(0);
+const EPOCH_SHIFT: u32 = 6;
+const EPOCH_MASK: u64 = 0x3ff << EPOCH_SHIFT;
+
+/// Forgets every cached rule (after a dlclose).
+pub fn forget_rules() {
+    EPOCH.fetch_add(1, Ordering::Release);
+}
+
+fn epoch_bits(epoch: u64) -> u64 {
+    (epoch << EPOCH_SHIFT) & EPOCH_MASK
+}
+
+fn cache_get(pc: u64, epoch: u64) -> Option<Rule> {
     let e = slot(pc);
     let s1 = e.seq.load(Ordering::Acquire);
     if s1 & 1 != 0 {
@@ -146,13 +164,19 @@ fn cache_get(pc: u64) -> Option<Rule> {
     let p = e.pc.load(Ordering::Relaxed);
     let r = e.rule.load(Ordering::Relaxed);
     fence(Ordering::Acquire);
-    if e.seq.load(Ordering::Relaxed) != s1 || p != pc || r == 0 {
+    if e.seq.load(Ordering::Relaxed) != s1
+        || p != pc
+        || r == 0
+        || r & EPOCH_MASK != epoch_bits(epoch)
+    {
         return None;
     }
-    Some(Rule(r))
+    Some(Rule(r & !EPOCH_MASK))
 }
 
-fn cache_put(pc: u64, rule: Rule) {
+/// Caches `rule`, computed in `epoch` (read before the computation, so
+/// that a dlclose during it makes the entry stale at once).
+fn cache_put(pc: u64, rule: Rule, epoch: u64) {
     let e = slot(pc);
     let s = e.seq.load(Ordering::Relaxed);
     // Never wait: a held entry (another writer, or this thread
@@ -166,7 +190,7 @@ fn cache_put(pc: u64, rule: Rule) {
     }
     fence(Ordering::Release);
     e.pc.store(pc, Ordering::Relaxed);
-    e.rule.store(rule.0, Ordering::Relaxed);
+    e.rule.store(rule.0 | epoch_bits(epoch), Ordering::Relaxed);
     e.seq.store(s.wrapping_add(2), Ordering::Release);
 }
 
@@ -174,12 +198,13 @@ fn cache_put(pc: u64, rule: Rule) {
 /// `ra - 1`, inside the call instruction), from the cache or, on a miss,
 /// from the module's unwind tables.
 pub fn rule_for(ra: u64) -> Rule {
-    if let Some(r) = cache_get(ra) {
+    let epoch = EPOCH.load(Ordering::Acquire);
+    if let Some(r) = cache_get(ra, epoch) {
         return r;
     }
     let (r, keep) = find_rule(ra.wrapping_sub(1));
     if keep {
-        cache_put(ra, r);
+        cache_put(ra, r, epoch);
     }
     r
 }
@@ -978,9 +1003,11 @@ mod tests {
     #[test]
     fn the_cache_returns_what_was_put() {
         let pc = 0x5555_0000_1234;
-        cache_put(pc, Rule::END);
-        assert_eq!(cache_get(pc), Some(Rule::END));
-        assert_eq!(cache_get(pc + 1), None);
+        let rule = Rule::ok(false, 24, RbpRule::Saved(-16));
+        cache_put(pc, rule, 7);
+        assert_eq!(cache_get(pc, 7), Some(rule));
+        assert_eq!(cache_get(pc + 1, 7), None);
+        assert_eq!(cache_get(pc, 8), None, "a dlclose since: stale");
     }
 
     #[test]

@@ -106,6 +106,36 @@ fn backtrace(out: &mut [usize]) -> usize {
     w.n
 }
 
+/// libc's dlclose, found at the wrapper's first call (0: not yet).
+#[cfg(not(test))]
+static REAL_DLCLOSE: AtomicUsize = AtomicUsize::new(0);
+
+/// dlclose: the library's code may be unmapped and another library
+/// mapped at its addresses, so the CFI unwinder's cached rules are
+/// forgotten (`cfi::forget_rules`) once it returns. The real function is
+/// looked up with dlsym at the first call: dlclose takes the loader's
+/// lock itself, so the lookup adds no new way to block.
+#[cfg(not(test))]
+#[no_mangle]
+pub unsafe extern "C" fn dlclose(handle: *mut libc::c_void) -> libc::c_int {
+    type DlcloseFn = unsafe extern "C" fn(*mut libc::c_void) -> libc::c_int;
+    let mut p = REAL_DLCLOSE.load(Relaxed);
+    if p == 0 {
+        // SAFETY: dlsym with a NUL-terminated name.
+        p = unsafe { libc::dlsym(libc::RTLD_NEXT, c"dlclose".as_ptr()) } as usize;
+        if p == 0 {
+            return -1;
+        }
+        REAL_DLCLOSE.store(p, Relaxed);
+    }
+    // SAFETY: p is libc's dlclose (non-null, found by name).
+    let f = unsafe { core::mem::transmute::<usize, DlcloseFn>(p) };
+    // SAFETY: libc's dlclose, with the program's handle.
+    let r = unsafe { f(handle) };
+    cfi::forget_rules();
+    r
+}
+
 pub fn self_base() -> usize {
     SELF_BASE.load(Relaxed)
 }
