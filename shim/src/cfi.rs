@@ -52,8 +52,9 @@ const RA: u64 = 16;
 ///
 /// Bits 0-2: kind; bit 3: the CFA is rbp-based (else rsp); bit 4: the
 /// caller's rbp is saved at CFA + `rbp_off`; bit 5: the caller's rbp is
-/// not known after this frame; bits 16-47: CFA offset (i32); bits 48-63:
-/// rbp offset (i16).
+/// not known after this frame; bits 6-15: free in a rule, the epoch in a
+/// cache entry (see [`forget_rules`]); bits 16-47: CFA offset (i32);
+/// bits 48-63: rbp offset (i16).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rule(u64);
 
