@@ -621,7 +621,12 @@ fn assert_bug(name: &str, args: &[OsString], kinds: &[&str], ends: Ends, skip: &
         "{shown}: the native run fails\n{}",
         describe(&nat)
     );
-    let dir = scratch(&format!("bug-{name}"));
+    // One directory per call: several tests run the same fixture with
+    // other arguments at the same time, and scratch() empties its
+    // directory (it deleted another test's report files).
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = scratch(&format!("bug-{name}-{call}"));
     let mut failures = Vec::new();
     for (i, mode) in MODES.iter().enumerate() {
         if skip.contains(mode) {

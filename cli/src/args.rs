@@ -110,8 +110,11 @@ pub struct RunArgs {
     /// Also append exception reports to this file.
     #[arg(long, value_name = "FILE")]
     pub log: Option<PathBuf>,
-    /// Frames recorded for the stacks that create and close handles (0: none).
-    #[arg(long, value_name = "N", default_value_t = 32)]
+    /// Frames recorded for the stacks that create and close handles (0: none,
+    /// at most 64: the table's record).
+    #[arg(long, value_name = "N", default_value_t = handles_model::table::DEFAULT_STACK_DEPTH,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new()
+              .range(0..=handles_model::table::STACK_DEPTH as u64))]
     pub stack_depth: usize,
     /// At each process exit, report the handles it created and still holds,
     /// grouped by the stack that created them, and a LEAK SUMMARY at the end.

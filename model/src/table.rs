@@ -7,7 +7,7 @@
 //! ```text
 //! offset 0                      Header (64 bytes)
 //! offset 64                     Slot[capacity] (32 bytes each), indexed by fd
-//! offset 64 + 32 * capacity     SlotStacks[capacity] (320 bytes each)
+//! offset 64 + 32 * capacity     SlotStacks[capacity] (1088 bytes each)
 //! ```
 //!
 //! Every field is an atomic, and each slot has a sequence counter (a
@@ -36,8 +36,15 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"HNDLTBL1");
 pub const VERSION: u32 = 3;
 pub const HEADER_SIZE: usize = 64;
 pub const SLOT_SIZE: usize = 32;
-/// Return addresses kept per stack record (creation, close).
-pub const STACK_DEPTH: usize = 16;
+/// Return addresses kept per stack record (creation, close): the most
+/// `--stack-depth` accepts. 64 frames hold a deep native stack (an
+/// interpreter's C frames, a GUI toolkit's) whole; a record is then
+/// 1,088 bytes, touched only for fds a process opens (a process with
+/// 1,000 fds touches about 1 MiB of its table's memfd).
+pub const STACK_DEPTH: usize = 64;
+/// Frames recorded when nobody says (`--stack-depth`'s default, and the
+/// shim's without `HANDLES_STACK_DEPTH`).
+pub const DEFAULT_STACK_DEPTH: usize = 32;
 /// Bytes of the name recorded per slot (NUL-padded; cut at the front
 /// when longer, with a leading `...`).
 pub const NAME_SIZE: usize = 64;
@@ -244,10 +251,20 @@ pub const fn table_size(capacity: u32) -> usize {
 }
 
 /// A stack as read from a table: `len` return addresses, innermost first.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stack {
     pub pcs: [u64; STACK_DEPTH],
     pub len: usize,
+}
+
+// Arrays longer than 32 have no derived Default.
+impl Default for Stack {
+    fn default() -> Stack {
+        Stack {
+            pcs: [0; STACK_DEPTH],
+            len: 0,
+        }
+    }
 }
 
 impl Stack {
@@ -466,9 +483,16 @@ impl Slot {
     }
 }
 
+/// Stores `pcs` (cut at [`STACK_DEPTH`]) and a 0 after them: readers
+/// stop at the first 0, so the words beyond are left as they are (a
+/// record is 1 KiB; an open and a close write only what they recorded).
 fn store_stack(dst: &[AtomicU64; STACK_DEPTH], pcs: &[u64]) {
-    for (i, d) in dst.iter().enumerate() {
-        d.store(pcs.get(i).copied().unwrap_or(0), Ordering::Relaxed);
+    let n = pcs.len().min(STACK_DEPTH);
+    for (d, &pc) in dst.iter().zip(&pcs[..n]) {
+        d.store(pc, Ordering::Relaxed);
+    }
+    if let Some(end) = dst.get(n) {
+        end.store(0, Ordering::Relaxed);
     }
 }
 
@@ -1218,12 +1242,19 @@ mod tests {
         assert!(d.closed.frames().is_empty());
 
         let l = slots[2].lock(10);
-        let many: std::vec::Vec<u64> = (1..=40).collect();
+        let many: std::vec::Vec<u64> = (1..=100).collect();
         stacks[2].set_closed(&l, &many);
         slots[2].unlock(l);
         let d = view.detail(2).expect("consistent");
         assert_eq!(d.closed.len, STACK_DEPTH, "stacks are cut at STACK_DEPTH");
         assert_eq!(d.created.frames(), &[0x10, 0x20, 0x30]);
+
+        // Only the recorded words and a 0 are written: a shorter stack
+        // over a longer one still reads as itself.
+        let l = slots[2].lock(10);
+        stacks[2].set_closed(&l, &[7, 8]);
+        slots[2].unlock(l);
+        assert_eq!(view.detail(2).map(|d| d.closed.len), Some(2));
 
         // A new incarnation forgets the old close stack.
         let l = slots[2].lock(10);

@@ -50,6 +50,7 @@ macro_rules! trampoline {
     };
 }
 
+mod cfi;
 mod fddir;
 #[cfg(not(test))]
 mod lookup;
@@ -241,8 +242,10 @@ extern "C" fn init() {
     if let Some(d) = env(c"HANDLES_STACK_DEPTH").and_then(|s| s.trim().parse::<u32>().ok()) {
         stack::DEPTH.store(d, Relaxed);
     }
-    if env(c"HANDLES_STACKS") == Some("unwind") {
-        stack::UNWIND.store(true, Relaxed);
+    match env(c"HANDLES_STACKS") {
+        Some("unwind") => stack::UNWIND.store(true, Relaxed),
+        Some("fp") => stack::FRAME_POINTERS.store(true, Relaxed),
+        _ => {}
     }
     if env(c"HANDLES_PYTHON_FRAMES") == Some("0") {
         python::disable();

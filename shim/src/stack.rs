@@ -1,18 +1,26 @@
 //! Call stacks as return addresses, symbolized later by readers.
 //!
 //! Creation and close stacks are recorded on every open and close, so they
-//! must be cheap: the wrappers that create or close fds enter through a
-//! small trampoline that sets up a frame pointer and hands it to the
-//! implementation, and the stack is a frame-pointer walk from there. The
-//! first frame (the program's call site) is always exact; deeper frames
-//! exist where the program keeps frame pointers (-O0, or
-//! -fno-omit-frame-pointer, as several distributions now build). The walk
-//! stays inside the calling thread's stack, so a garbage frame pointer
-//! ends it instead of faulting. `HANDLES_STACKS=unwind` records with the
-//! DWARF unwinder instead: complete, about 2 µs a stack. The offending
-//! stack of a report always uses the unwinder.
+//! must be cheap and must be safe inside a libc wrapper: the wrappers that
+//! create or close fds enter through a small trampoline that sets up a
+//! frame pointer and hands it to the implementation. That frame gives the
+//! caller's return address, stack pointer and rbp exactly; from there
+//! [`capture`] unwinds with the shim's own CFI unwinder ([`crate::cfi`]:
+//! the modules' `.eh_frame_hdr`/`.eh_frame`, one cached rule per return
+//! address, no allocation, no loader lock, every read bounds-checked), so
+//! stacks are whole in optimized code without frame pointers, the same as
+//! the supervisor's remote unwinding gives. Frames without CFI are
+//! stepped by their frame pointer. The walk stays inside the calling
+//! thread's stack (its top from glibc's thread descriptor or
+//! `__libc_stack_end`), so garbage ends it instead of faulting.
 //!
-//! The unwinder is libgcc's, linked statically into the shim (build.rs):
+//! `HANDLES_STACKS=fp` records by the frame-pointer walk alone (one frame
+//! in code without frame pointers); `HANDLES_STACKS=unwind` with libgcc's
+//! unwinder (about 2 µs a stack: it interprets every frame's CFI on every
+//! call). The offending stack of a report in the shim-alone mode (rare)
+//! and the stack of a `syscall(2)` close (no trampoline) use libgcc's.
+//!
+//! libgcc's unwinder is linked statically into the shim (build.rs):
 //! glibc's backtrace() would dlopen libgcc_s.so.1 at its first call,
 //! which allocates and opens files (not something to do inside a
 //! wrapper), and preloading it costs every process about 0.1 ms. The
@@ -21,18 +29,23 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed};
 
-use handles_model::table::STACK_DEPTH;
+use handles_model::table::{DEFAULT_STACK_DEPTH, STACK_DEPTH};
 
+use crate::cfi;
 use crate::state::Pcs;
 
 /// Top of the main thread's stack (`__libc_stack_end`).
 static MAIN_TOP: AtomicUsize = AtomicUsize::new(0);
 /// This library's load address: its frames are left out of stacks.
 static SELF_BASE: AtomicUsize = AtomicUsize::new(0);
-/// Record creation/close stacks with the DWARF unwinder.
+/// Record creation/close stacks with libgcc's unwinder
+/// (`HANDLES_STACKS=unwind`).
 pub static UNWIND: AtomicBool = AtomicBool::new(false);
+/// Record creation/close stacks by the frame-pointer walk alone
+/// (`HANDLES_STACKS=fp`).
+pub static FRAME_POINTERS: AtomicBool = AtomicBool::new(false);
 /// Frames to record (`HANDLES_STACK_DEPTH`, 0 turns recording off).
-pub static DEPTH: AtomicU32 = AtomicU32::new(STACK_DEPTH as u32);
+pub static DEPTH: AtomicU32 = AtomicU32::new(DEFAULT_STACK_DEPTH as u32);
 
 #[repr(C)]
 struct UnwindContext {
@@ -93,6 +106,36 @@ fn backtrace(out: &mut [usize]) -> usize {
     w.n
 }
 
+/// libc's dlclose, found at the wrapper's first call (0: not yet).
+#[cfg(not(test))]
+static REAL_DLCLOSE: AtomicUsize = AtomicUsize::new(0);
+
+/// dlclose: the library's code may be unmapped and another library
+/// mapped at its addresses, so the CFI unwinder's cached rules are
+/// forgotten (`cfi::forget_rules`) once it returns. The real function is
+/// looked up with dlsym at the first call: dlclose takes the loader's
+/// lock itself, so the lookup adds no new way to block.
+#[cfg(not(test))]
+#[no_mangle]
+pub unsafe extern "C" fn dlclose(handle: *mut libc::c_void) -> libc::c_int {
+    type DlcloseFn = unsafe extern "C" fn(*mut libc::c_void) -> libc::c_int;
+    let mut p = REAL_DLCLOSE.load(Relaxed);
+    if p == 0 {
+        // SAFETY: dlsym with a NUL-terminated name.
+        p = unsafe { libc::dlsym(libc::RTLD_NEXT, c"dlclose".as_ptr()) } as usize;
+        if p == 0 {
+            return -1;
+        }
+        REAL_DLCLOSE.store(p, Relaxed);
+    }
+    // SAFETY: p is libc's dlclose (non-null, found by name).
+    let f = unsafe { core::mem::transmute::<usize, DlcloseFn>(p) };
+    // SAFETY: libc's dlclose, with the program's handle.
+    let r = unsafe { f(handle) };
+    cfi::forget_rules();
+    r
+}
+
 pub fn self_base() -> usize {
     SELF_BASE.load(Relaxed)
 }
@@ -124,7 +167,7 @@ fn stack_top(sp: usize) -> usize {
 }
 
 /// The stack of the wrapper call whose trampoline frame is `frame` (0:
-/// no trampoline, use the unwinder).
+/// no trampoline, use libgcc's unwinder).
 #[inline(never)]
 pub fn capture(frame: usize) -> Pcs {
     let depth = (DEPTH.load(Relaxed) as usize).min(STACK_DEPTH);
@@ -138,13 +181,46 @@ pub fn capture(frame: usize) -> Pcs {
     let sp = rsp();
     let top = stack_top(sp);
     // SAFETY: `frame` is the trampoline's frame on this thread's stack:
-    // [frame] is the caller's rbp, [frame + 8] the return address.
-    let (mut fp, ret) = unsafe { (*(frame as *const usize), *((frame + 8) as *const usize)) };
+    // [frame] is the caller's rbp (the trampoline pushed it on entry, and
+    // rbp is callee-saved, so it is the caller's own), [frame + 8] the
+    // return address into the caller.
+    let (fp, ret) = unsafe { (*(frame as *const usize), *((frame + 8) as *const usize)) };
     out.pcs[0] = ret as u64;
     out.n = 1;
+    if top == 0 {
+        return out;
+    }
+    if FRAME_POINTERS.load(Relaxed) {
+        fp_walk(&mut out, depth, frame, fp, top);
+        return out;
+    }
+    // The caller's registers at the call: its stack pointer is just above
+    // the return address, its rbp the one the trampoline saved.
+    let mut regs = cfi::Regs {
+        pc: ret as u64,
+        sp: frame as u64 + 16,
+        fp: fp as u64,
+    };
+    while out.n < depth {
+        match cfi::step(&regs, sp as u64, top as u64) {
+            Some(next) => {
+                out.pcs[out.n] = next.pc;
+                out.n += 1;
+                regs = next;
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+/// The frame-pointer walk (`HANDLES_STACKS=fp`): from the trampoline's
+/// saved rbp `fp`, while each frame pointer lies above the last and below
+/// the stack's `top`.
+fn fp_walk(out: &mut Pcs, depth: usize, frame: usize, mut fp: usize, top: usize) {
     let mut lo = frame;
     while out.n < depth {
-        if fp <= lo || fp % 8 != 0 || top == 0 || fp + 16 > top {
+        if fp <= lo || !fp.is_multiple_of(8) || fp + 16 > top {
             break;
         }
         // SAFETY: fp lies between a live frame of this thread and the top
@@ -158,13 +234,20 @@ pub fn capture(frame: usize) -> Pcs {
         lo = fp;
         fp = next;
     }
-    out
 }
 
 /// A stack from the DWARF unwinder, without this library's frames; `skip`
 /// more frames are dropped from the top.
 pub fn unwind(depth: usize, skip: usize) -> Pcs {
-    let mut raw = [0usize; 64];
+    // `HANDLES_STACK_DEPTH` bounds the offending stack of a report too, as
+    // the supervisor's `--stack-depth` does; with recording off (0) a
+    // report still carries its whole stack, as the supervisor's does.
+    let depth = match DEPTH.load(Relaxed) as usize {
+        0 => depth,
+        d => depth.min(d),
+    };
+    // Room for the shim's own frames, which are dropped.
+    let mut raw = [0usize; STACK_DEPTH + 32];
     let n = backtrace(&mut raw);
     let base = self_base();
     let mut out = Pcs::EMPTY;
@@ -227,5 +310,77 @@ mod tests {
             module_of(init as *const () as usize).map(|(_, base)| base),
             Some(self_base())
         );
+    }
+
+    /// This thread's stack by the CFI unwinder, from the caller of this
+    /// function, and libgcc's for comparison.
+    #[inline(never)]
+    fn both_stacks() -> ([u64; 64], usize, [usize; 64], usize) {
+        let (pc, sp, fp): (u64, u64, u64);
+        // SAFETY: reads the instruction pointer and two registers.
+        unsafe {
+            core::arch::asm!(
+                "lea {pc}, [rip]",
+                "mov {sp}, rsp",
+                "mov {fp}, rbp",
+                pc = out(reg) pc,
+                sp = out(reg) sp,
+                fp = out(reg) fp,
+                options(nomem, nostack)
+            )
+        };
+        let top = stack_top(sp as usize) as u64;
+        assert_ne!(top, 0, "a test thread's stack top is known");
+        // pc is inside this function, not a return address: the rule is
+        // looked up at pc + 1 - 1.
+        let mut regs = cfi::Regs { pc: pc + 1, sp, fp };
+        let mut mine = [0u64; 64];
+        let mut n = 0;
+        while n < mine.len() {
+            match cfi::step(&regs, sp, top) {
+                Some(next) => {
+                    mine[n] = next.pc;
+                    n += 1;
+                    regs = next;
+                }
+                None => break,
+            }
+        }
+        let mut theirs = [0usize; 64];
+        let m = backtrace(&mut theirs);
+        (mine, n, theirs, m)
+    }
+
+    #[test]
+    fn the_cfi_walk_matches_libgccs_unwinder() {
+        compare_walks(2);
+    }
+
+    /// Threads that fill and read the rule cache at once (the same return
+    /// addresses, so the same entries) all get libgcc's stacks.
+    #[test]
+    fn racing_threads_share_the_rule_cache() {
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| compare_walks(300));
+            }
+        });
+    }
+
+    fn compare_walks(rounds: usize) {
+        for round in 0..rounds {
+            // The second round runs from the rule cache.
+            let (mine, n, theirs, m) = both_stacks();
+            let theirs = &theirs[..m];
+            let mine = &mine[..n];
+            assert!(n >= 4, "round {round}: a whole stack, got {mine:x?}");
+            // libgcc's list starts inside both_stacks; ours at its caller.
+            let at = theirs
+                .iter()
+                .position(|&pc| pc as u64 == mine[0])
+                .unwrap_or_else(|| panic!("{mine:x?} not in {theirs:x?}"));
+            let theirs: Vec<u64> = theirs[at..].iter().map(|&pc| pc as u64).collect();
+            assert_eq!(mine, &theirs[..], "round {round}");
+        }
     }
 }

@@ -1273,16 +1273,28 @@ impl Job {
             proc_.maps = ModuleMap::read(tgid).ok();
         }
         let maps = proc_.maps.as_ref()?;
+        // A stop on a call the shim issues for the program (a bad call it
+        // hands over, a marker) starts in the shim's own frames, which
+        // reports leave out (`symbolize`): they must not count against
+        // the depth, or `--stack-depth 3` would leave such a backtrace
+        // empty. Unwind past them, then cut after `depth` frames of the
+        // program's.
+        let from_shim = in_shim(maps, regs.rip);
+        let want = if from_shim {
+            depth + SHIM_FRAMES
+        } else {
+            depth
+        };
         let first = self
             .unwinder
-            .unwind_detailed(tid, maps, StartRegs::from(regs), depth);
-        let pcs = match first.stop {
+            .unwind_detailed(tid, maps, StartRegs::from(regs), want);
+        let mut pcs = match first.stop {
             // Code mapped since the snapshot (dlopen): refresh once.
             StopReason::OutsideMappings(_) => match ModuleMap::read(tgid) {
                 Ok(fresh) => {
                     let again = self
                         .unwinder
-                        .unwind(tid, &fresh, StartRegs::from(regs), depth);
+                        .unwind(tid, &fresh, StartRegs::from(regs), want);
                     proc_.maps = Some(fresh);
                     again
                 }
@@ -1290,7 +1302,15 @@ impl Job {
             },
             _ => first.frames,
         };
-        let mut pcs = pcs;
+        if from_shim {
+            // The shim's frames stay (the first is the stop's own address,
+            // which `symbolize` takes as an instruction pointer, the rest
+            // as return addresses; it then leaves them all out).
+            let shim = proc_.maps.as_ref().map_or(0, |maps| {
+                pcs.iter().take_while(|&&pc| in_shim(maps, pc)).count()
+            });
+            pcs.truncate(shim + depth);
+        }
         self.append_python(tid, tgid, regs, &mut pcs);
         Some(Arc::new(pcs))
     }
@@ -1610,4 +1630,20 @@ pub(super) fn exit_json(e: Exit) -> serde_json::Value {
         Exit::Code(c) => serde_json::json!({ "code": c }),
         Exit::Signal(s, core) => serde_json::json!({ "signal": s, "core": core }),
     }
+}
+
+/// Frames the shim may have on the stack below the program's call (its
+/// wrapper, judge, report and syscall functions), unwound beyond
+/// `--stack-depth` and then left out.
+const SHIM_FRAMES: usize = 16;
+
+/// Whether `pc` lies in the LD_PRELOAD shim (named as `symbolize`'s
+/// filter names it).
+fn in_shim(maps: &ModuleMap, pc: u64) -> bool {
+    maps.module_of(pc).is_some_and(|(path, _)| {
+        std::path::Path::new(path)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("libhandles_shim"))
+    })
 }
