@@ -10,6 +10,7 @@
 
 use std::io::{self, Write};
 
+use handles_supervisor::inspect::mappings::Mapped;
 use handles_supervisor::inspect::HandleInfo;
 
 fn width(values: impl Iterator<Item = u64>, title: &str) -> usize {
@@ -109,4 +110,19 @@ mod tests {
         assert_eq!(width([0u64, 123456].into_iter(), "koid"), 6);
         assert_eq!(width(std::iter::empty(), "rkoid"), 5);
     }
+}
+
+/// `--mappings`: objects held only through memory mappings, in the short
+/// table's columns with `-` for the handle value they do not have, the
+/// mapped path after the type.
+pub fn mapped(out: &mut impl Write, rows: &[Mapped]) -> io::Result<()> {
+    let kw = width(rows.iter().map(|m| m.koid), "koid");
+    for m in rows {
+        writeln!(
+            out,
+            "{:>10}: {:>kw$} {:>5} {:#010x} {} {}",
+            "-", m.koid, "", m.rights, m.ty, m.path
+        )?;
+    }
+    writeln!(out, "{} mapped objects without a handle", rows.len())
 }

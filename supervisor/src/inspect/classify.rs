@@ -75,7 +75,7 @@ fn is_tty(rdev: u64) -> bool {
     major == 4 || major == 5 || (136..=143).contains(&major)
 }
 
-fn path_type(flags: u32, mode: u32, rdev: u64) -> ObjType {
+pub(crate) fn path_type(flags: u32, mode: u32, rdev: u64) -> ObjType {
     if flags & oflags::PATH != 0 {
         return ObjType::Path;
     }
