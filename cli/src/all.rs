@@ -22,8 +22,10 @@ pub struct Row<'a> {
     pub access: Access,
     pub source: Source,
     pub complete: bool,
-    /// Handles of the selected types (all types without a filter).
-    pub handle_count: usize,
+    /// Handles of the selected types (all types without a filter); null
+    /// when unknown (a process we may not read, when the kernel does not
+    /// tell its count or a type filter is on).
+    pub handle_count: Option<usize>,
     pub types: BTreeMap<&'static str, usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub table: Option<TableCounts>,
@@ -55,20 +57,27 @@ pub fn rows<'a>(all: &'a [ProcCounts], filter: &TypeFilter, filtered: bool) -> V
                 .filter(|(t, _)| filter.shows(ObjType::from_name(t).unwrap_or(ObjType::Unknown)))
                 .map(|(t, n)| (*t, *n))
                 .collect();
+            let handle_count = match p.access {
+                Access::Ok => Some(types.values().sum()),
+                // Only the total is known, not which types.
+                Access::PermissionDenied => {
+                    (!filtered && p.handle_count > 0).then_some(p.handle_count)
+                }
+            };
             Row {
                 pid: p.pid,
                 name: &p.name,
                 access: p.access,
                 source: p.source,
                 complete: p.complete,
-                handle_count: types.values().sum(),
+                handle_count,
                 types,
                 table: p.table,
             }
         })
         // With a filter, a process holding none of those types is not a
         // row of the answer; one we could not read might be.
-        .filter(|r| !filtered || r.handle_count > 0 || r.access != Access::Ok)
+        .filter(|r| !filtered || r.handle_count > Some(0) || r.access != Access::Ok)
         .collect();
     rows.sort_by(|a, b| {
         (a.access != Access::Ok)
@@ -112,7 +121,7 @@ pub fn run(a: &ShowArgs) -> u8 {
     let res = if a.json {
         let totals = Totals {
             processes: rows.len(),
-            handles: rows.iter().map(|r| r.handle_count).sum(),
+            handles: readable_handles(&rows),
             unreadable: rows.iter().filter(|r| r.access != Access::Ok).count(),
         };
         let doc = Document {
@@ -172,7 +181,7 @@ fn plain(out: &mut impl Write, rows: &[Row<'_>]) -> io::Result<()> {
             "{:>pw$} {:<nw$} {:>7}  {}",
             r.pid,
             name,
-            r.handle_count,
+            r.handle_count.unwrap_or(0),
             type_list(&r.types)
         )?;
         if let Some(t) = &r.table {
@@ -194,10 +203,18 @@ fn plain(out: &mut impl Write, rows: &[Row<'_>]) -> io::Result<()> {
     }
     let readable = rows.iter().filter(|r| r.access == Access::Ok).count();
     let unreadable = rows.len() - readable;
-    let handles: usize = rows.iter().map(|r| r.handle_count).sum();
+    let handles = readable_handles(rows);
     write!(out, "{readable} processes, {handles} handles")?;
     if unreadable > 0 {
         write!(out, "; {unreadable} processes not readable")?;
     }
     writeln!(out)
+}
+
+/// Handles of the processes that could be read (the totals' handles).
+fn readable_handles(rows: &[Row<'_>]) -> usize {
+    rows.iter()
+        .filter(|r| r.access == Access::Ok)
+        .filter_map(|r| r.handle_count)
+        .sum()
 }

@@ -54,7 +54,9 @@ pub struct ProcCounts {
     pub source: Source,
     /// False when the process exited while being read.
     pub complete: bool,
-    /// Every handle (before any type filter).
+    /// Every handle (before any type filter). For a process we may not
+    /// read, the kernel's count of its fds ([`fd_dir_size`]; 0 when the
+    /// kernel does not say), with no types.
     pub handle_count: usize,
     /// Handles by type name, only types present.
     pub types: BTreeMap<&'static str, usize>,
@@ -220,7 +222,7 @@ pub fn scan(pids: Option<&[i32]>) -> std::io::Result<Vec<ProcCounts>> {
                 access: Access::PermissionDenied,
                 source: Source::Proc,
                 complete: true,
-                handle_count: 0,
+                handle_count: fd_dir_size(pid).unwrap_or(0),
                 types: BTreeMap::new(),
                 table: None,
             }),
@@ -295,6 +297,16 @@ pub fn scan(pids: Option<&[i32]>) -> std::io::Result<Vec<ProcCounts>> {
         }
     }
     Ok(rows)
+}
+
+/// The number of fds of a process we may not read: since Linux 6.2 the
+/// size `stat` gives /proc/PID/fd is its count of open fds, and the
+/// directory's attributes need no ptrace access (its entries do). None on
+/// older kernels, whose size is always 0.
+pub fn fd_dir_size(pid: i32) -> Option<usize> {
+    use std::os::unix::fs::MetadataExt;
+    let n = std::fs::metadata(format!("/proc/{pid}/fd")).ok()?.size();
+    usize::try_from(n).ok().filter(|&n| n > 0)
 }
 
 /// The generation counts of a job's process, from its published table
