@@ -99,19 +99,6 @@ pub fn long(out: &mut impl Write, rows: &[&HandleInfo]) -> io::Result<()> {
     writeln!(out, "{} handles, {} objects", rows.len(), objects)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rkoid_blank_when_zero() {
-        assert_eq!(rkoid_text(0), "");
-        assert_eq!(rkoid_text(12), "12");
-        assert_eq!(width([0u64, 123456].into_iter(), "koid"), 6);
-        assert_eq!(width(std::iter::empty(), "rkoid"), 5);
-    }
-}
-
 /// `--mappings`: objects held only through memory mappings, in the short
 /// table's columns with `-` for the handle value they do not have, the
 /// mapped path after the type.
@@ -125,4 +112,17 @@ pub fn mapped(out: &mut impl Write, rows: &[Mapped]) -> io::Result<()> {
         )?;
     }
     writeln!(out, "{} mapped objects without a handle", rows.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rkoid_blank_when_zero() {
+        assert_eq!(rkoid_text(0), "");
+        assert_eq!(rkoid_text(12), "12");
+        assert_eq!(width([0u64, 123456].into_iter(), "koid"), 6);
+        assert_eq!(width(std::iter::empty(), "rkoid"), 5);
+    }
 }

@@ -182,7 +182,7 @@ pub fn build(snaps: &[&Snapshot], focus: Option<&BTreeSet<i32>>) -> Graph {
             let s = snaps[si];
             let h = &s.handles[hi];
             procs.insert(s.pid);
-            let end = (key.2 == ObjType::Pipe.name()).then(|| match h.flags & oflags::ACCMODE {
+            let end = (key.2 == ObjType::Pipe.name()).then_some(match h.flags & oflags::ACCMODE {
                 oflags::RDONLY => "read",
                 oflags::WRONLY => "write",
                 _ => "read-write",
