@@ -882,3 +882,102 @@ fn watch_in_a_terminal_restores_it_on_sigint() {
         "{stty}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Processes of a job (`handles run`: the shim's table)
+
+/// The line of tests/fixtures/grow_fds.c that makes the pipes it grows by.
+fn grow_line() -> usize {
+    let src = fs::read_to_string(repo_root().join("tests/fixtures/grow_fds.c")).unwrap();
+    src.lines().position(|l| l.contains("/* GROW */")).unwrap() + 1
+}
+
+#[test]
+fn all_shows_a_jobs_generation_counts_from_its_table() {
+    let (churn, grow) = (100u64, 5u64);
+    let r = spawn_ready({
+        let mut c = Command::new(handles());
+        c.arg("run").arg("--").arg(fixture("grow_fds")).args([
+            "1",
+            &grow.to_string(),
+            &churn.to_string(),
+        ]);
+        c
+    });
+    let pid: i32 = r.value("pid").unwrap().parse().unwrap();
+    // Until the fixture has made its last pipe: its pipe fds in /proc.
+    let pipes = || {
+        fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| {
+                        fs::read_link(e.path())
+                            .is_ok_and(|t| t.to_string_lossy().starts_with("pipe:"))
+                    })
+                    .count()
+            })
+            .unwrap_or(0) as u64
+    };
+    let t = Instant::now();
+    while pipes() < 2 * grow && t.elapsed() < Duration::from_secs(10) {
+        sleep(Duration::from_millis(20));
+    }
+    let doc = json_of(&["--all", "--json"]);
+    let me = doc["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == pid)
+        .unwrap_or_else(|| panic!("no row for {pid}"))
+        .clone();
+    assert_eq!(me["source"], "shim", "{me}");
+    let table = &me["table"];
+    let created = table["created"].as_u64().unwrap();
+    // Every pipe() made two handles, each a new generation of its number
+    // (the closed ones' numbers stay quarantined, so none is reused).
+    let made = 2 * (churn + grow);
+    assert!(
+        (made..=made + 8).contains(&created),
+        "created {created}, the fixture made {made}: {me}"
+    );
+    let q = table["quarantined"].as_u64().unwrap();
+    assert!(
+        (1..=64).contains(&q),
+        "quarantined {q} (at most --quarantine's 64)"
+    );
+    assert_eq!(table["open"], me["handle_count"], "{me}");
+    // The plain row says the same.
+    let text = stdout_of(&run_handles(["--all"]));
+    let row = text
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(&pid.to_string()))
+        .unwrap();
+    assert!(
+        row.contains(&format!("[shim: {created} created, {q} quarantined]")),
+        "{row}"
+    );
+}
+
+#[test]
+fn watch_names_the_creation_site_of_the_fastest_growing_group() {
+    let r = spawn_ready({
+        let mut c = Command::new(handles());
+        c.arg("run")
+            .arg("--")
+            .arg(fixture("grow_fds"))
+            .args(["20", "1000"]);
+        c
+    });
+    let pid = r.value("pid").unwrap();
+    let o = run_handles(["watch", "-i", "0.4", "-n", "3", &pid]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr_of(&o));
+    let text = stdout_of(&o);
+    let last = text.lines().last().unwrap();
+    let want = format!("grow_fds.c:{}", grow_line());
+    assert!(
+        last.contains("fastest=\"pipe by pipe")
+            && last.contains("in main at ")
+            && last.contains(&want),
+        "{want} in {last}"
+    );
+}
