@@ -333,6 +333,7 @@ impl Share {
         let r = spawn_ready(Command::new(fixture("graph_share")));
         let v = [
             "parent", "child1", "child2", "pipe_r", "pipe_w", "sock_p", "sock_c", "efd", "pidfd",
+            "tcp_p", "tcp_c",
         ]
         .iter()
         .map(|k| {
@@ -352,7 +353,7 @@ impl Share {
 }
 
 #[test]
-fn graph_json_has_both_ends_of_the_pipe_the_socketpair_and_the_shared_eventfd() {
+fn graph_json_has_both_ends_of_the_pipe_socketpair_and_loopback_tcp_and_the_shared_eventfd() {
     let s = Share::start();
     let (parent, c1, c2) = (s.get("parent"), s.get("child1"), s.get("child2"));
     assert_eq!(parent, s.r.pid());
@@ -413,8 +414,8 @@ fn graph_json_has_both_ends_of_the_pipe_the_socketpair_and_the_shared_eventfd() 
     assert_eq!(node(&format!("channel:{sock_a}")).unwrap()["rkoid"], sock_b);
     let peer = edges
         .iter()
-        .find(|e| e["kind"] == "peer")
-        .expect("a peer edge");
+        .find(|e| e["kind"] == "peer" && e["from"].as_str().unwrap().starts_with("channel:"))
+        .expect("a peer edge between the channels");
     let (lo, hi, lo_end, hi_end) = if sock_a < sock_b {
         (
             sock_a,
@@ -447,6 +448,32 @@ fn graph_json_has_both_ends_of_the_pipe_the_socketpair_and_the_shared_eventfd() 
         ends(&peer["to_ends"]),
         vec![(hi_end.0 as i64, hi_end.1 as i64)]
     );
+    // The loopback TCP connection: two sockets, one peer edge.
+    let tcp_a = bracketed(&link(parent, s.get("tcp_p")));
+    let tcp_b = bracketed(&link(c2, s.get("tcp_c")));
+    assert_eq!(
+        handle_edge(parent, s.get("tcp_p"))["to"],
+        format!("socket:{tcp_a}")
+    );
+    assert_eq!(
+        handle_edge(c2, s.get("tcp_c"))["to"],
+        format!("socket:{tcp_b}")
+    );
+    let (tlo, thi) = (tcp_a.min(tcp_b), tcp_a.max(tcp_b));
+    let tpeer = edges
+        .iter()
+        .find(|e| e["kind"] == "peer" && e["from"] == format!("socket:{tlo}"))
+        .unwrap_or_else(|| panic!("no peer edge for the TCP pair: {edges:#?}"));
+    assert_eq!(tpeer["to"], format!("socket:{thi}"));
+    let mut both = ends(&tpeer["from_ends"]);
+    both.extend(ends(&tpeer["to_ends"]));
+    both.sort();
+    let mut want = vec![
+        (parent as i64, s.get("tcp_p") as i64),
+        (c2 as i64, s.get("tcp_c") as i64),
+    ];
+    want.sort();
+    assert_eq!(both, want);
     // The eventfd: one object, three holders.
     let ev = handle_edge(parent, s.get("efd"));
     let ev_to = ev["to"].as_str().unwrap();
