@@ -120,12 +120,23 @@ fn error_code(e: &InspectError) -> u8 {
     }
 }
 
+/// A handle or a process of one read.
+struct Item {
+    /// Identity across reads: fd, koid and type of a handle (a number
+    /// reused for another object is a new handle), a process's pid.
+    key: String,
+    /// What the view shows of it.
+    text: String,
+    /// A process's handle count (--all); 1 for a handle.
+    count: usize,
+}
+
 /// One read of what is watched.
 struct Frame {
     total: usize,
     types: BTreeMap<&'static str, usize>,
-    /// Lines describing the handles (PID mode) or processes (--all).
-    items: Vec<(String, String)>,
+    /// The handles (PID mode) or processes (--all), to tell what is new.
+    items: Vec<Item>,
     /// Creation sites and how many open handles each made (job processes).
     sites: HashMap<String, usize>,
 }
@@ -170,14 +181,13 @@ fn read_pid(inspector: &mut Inspector, pid: i32) -> Result<Frame, InspectError> 
     let items = snap
         .handles
         .iter()
-        .map(|h| {
-            (
-                format!("{}:{}:{}", h.fd, h.koid, h.ty),
-                format!(
-                    "{:#010x} fd {} {} koid {} {}",
-                    h.handle, h.fd, h.ty, h.koid, h.target
-                ),
-            )
+        .map(|h| Item {
+            key: format!("{}:{}:{}", h.fd, h.koid, h.ty),
+            text: format!(
+                "{:#010x} fd {} {} koid {} {}",
+                h.handle, h.fd, h.ty, h.koid, h.target
+            ),
+            count: 1,
         })
         .collect();
     Ok(Frame {
@@ -203,11 +213,10 @@ fn read_all() -> io::Result<Frame> {
         types,
         items: sorted
             .iter()
-            .map(|r| {
-                (
-                    format!("{}", r.pid),
-                    format!("{} {} {}", r.pid, r.name, r.handle_count),
-                )
+            .map(|r| Item {
+                key: r.pid.to_string(),
+                text: r.name.clone(),
+                count: r.handle_count,
             })
             .collect(),
         sites: HashMap::new(),
@@ -389,11 +398,11 @@ fn line(
         }
     }
     if let Some(p) = prev {
-        let before: BTreeSet<&str> = p.items.iter().map(|(k, _)| k.as_str()).collect();
+        let before: BTreeSet<&str> = p.items.iter().map(|i| i.key.as_str()).collect();
         let new = frame
             .items
             .iter()
-            .filter(|(k, _)| !before.contains(k.as_str()))
+            .filter(|i| !before.contains(i.key.as_str()))
             .count();
         if target.is_some() {
             write!(out, " new={new}")?;
@@ -458,15 +467,16 @@ fn screen(
     }
     write!(out, "\r\n")?;
     let before: BTreeSet<&str> = prev
-        .map(|p| p.items.iter().map(|(k, _)| k.as_str()).collect())
+        .map(|p| p.items.iter().map(|i| i.key.as_str()).collect())
         .unwrap_or_default();
     match target {
         Some(_) => {
-            // New handles first, highlighted, then the rest.
+            // The handles new since the last read, highlighted (the
+            // first 20: a screen, not a table; `handles PID` has them all).
             let mut shown = 0;
-            for (k, text) in &frame.items {
-                if prev.is_some() && !before.contains(k.as_str()) && shown < 20 {
-                    write!(out, "\x1b[7mnew {text}\x1b[0m\r\n")?;
+            for i in &frame.items {
+                if prev.is_some() && !before.contains(i.key.as_str()) && shown < 20 {
+                    write!(out, "\x1b[7mnew {}\x1b[0m\r\n", i.text)?;
                     shown += 1;
                 }
             }
@@ -478,24 +488,20 @@ fn screen(
                 "pid", "name", "handles", "change"
             )?;
             let old: HashMap<&str, usize> = prev
-                .map(|p| {
-                    p.items
-                        .iter()
-                        .map(|(k, t)| {
-                            let n = t.rsplit(' ').next().and_then(|s| s.parse().ok());
-                            (k.as_str(), n.unwrap_or(0))
-                        })
-                        .collect()
-                })
+                .map(|p| p.items.iter().map(|i| (i.key.as_str(), i.count)).collect())
                 .unwrap_or_default();
-            for (k, text) in frame.items.iter().take(20) {
-                let mut parts = text.splitn(2, ' ');
-                let pid = parts.next().unwrap_or("");
-                let rest = parts.next().unwrap_or("");
-                let (name, count) = rest.rsplit_once(' ').unwrap_or((rest, "0"));
-                let count: usize = count.parse().unwrap_or(0);
-                let d = old.get(k.as_str()).map_or(0, |&o| count as i64 - o as i64);
-                let row = format!("{pid:>8} {name:<16.16} {count:>8} {:>8}", signed(d));
+            for i in frame.items.iter().take(20) {
+                // A process that was not there before is new, not grown.
+                let d = old
+                    .get(i.key.as_str())
+                    .map_or(0, |&o| i.count as i64 - o as i64);
+                let row = format!(
+                    "{:>8} {:<16.16} {:>8} {:>8}",
+                    i.key,
+                    i.text,
+                    i.count,
+                    signed(d)
+                );
                 if d > 0 {
                     write!(out, "\x1b[7m{row}\x1b[0m\r\n")?;
                 } else {
