@@ -188,7 +188,7 @@ pub fn run(a: &ShowArgs) -> u8 {
                     render::table::short(&mut out, &rows)?;
                 }
                 if let Some(m) = &mapped {
-                    render::table::mapped(&mut out, m)?;
+                    render::table::mapped(&mut out, &rows, m)?;
                 }
                 if a.stacks {
                     render::stacks::blocks(&mut out, &rows)?;

@@ -102,12 +102,20 @@ pub fn long(out: &mut impl Write, rows: &[&HandleInfo]) -> io::Result<()> {
 /// `--mappings`: objects held only through memory mappings, in the short
 /// table's columns with `-` for the handle value they do not have, the
 /// mapped path after the type.
-pub fn mapped(out: &mut impl Write, rows: &[Mapped]) -> io::Result<()> {
-    let kw = width(rows.iter().map(|m| m.koid), "koid");
+/// The koid column is as wide as the handle rows' above it (`handles`),
+/// so that both line up.
+pub fn mapped(out: &mut impl Write, handles: &[&HandleInfo], rows: &[Mapped]) -> io::Result<()> {
+    let kw = width(
+        rows.iter()
+            .map(|m| m.koid)
+            .chain(handles.iter().map(|h| h.koid)),
+        "koid",
+    );
+    let rw = width(handles.iter().map(|h| h.rkoid), "rkoid");
     for m in rows {
         writeln!(
             out,
-            "{:>10}: {:>kw$} {:>5} {:#010x} {} {}",
+            "{:>10}: {:>kw$} {:>rw$} {:#010x} {} {}",
             "-", m.koid, "", m.rights, m.ty, m.path
         )?;
     }
