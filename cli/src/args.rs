@@ -18,7 +18,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
                   pidfd's parent process), Zircon rights and the object type.\n\n\
                   Type filters (-t -v -p -c -e -s, --type) select rows; -r excludes them instead.",
     after_help = "Exit status: 0 shown, 1 handle/koid not found, 2 usage, 3 no such process, \
-                  4 permission denied, 5 process exited while being read, 6 other I/O error."
+                  4 permission denied, 5 process exited while being read, 6 other I/O error, \
+                  7 a program needed for the output is missing (graph --svg without dot)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -259,22 +260,6 @@ pub struct ShowArgs {
     )]
     pub pids: Vec<String>,
 
-    /// Every process of the machine, one row each: handle count and
-    /// counts by type (with the type filters: of those types), sorted by
-    /// count; for processes of a job, the handles its table saw created
-    /// and the numbers it holds quarantined. Processes you may not read
-    /// are listed as such.
-    #[arg(
-        long,
-        conflicts_with_all = ["pids", "long", "zxdb", "handle", "koid", "stacks", "mappings"]
-    )]
-    pub all: bool,
-    /// Also list the objects the process holds alive only through memory
-    /// mappings (memfds and files mapped, then closed), as rows with no
-    /// handle value: koid, rights from the mapping's protection, type.
-    #[arg(long, conflicts_with_all = ["zxdb", "handle", "koid"])]
-    pub mappings: bool,
-
     /// Show tasks: processes (pidfds).
     #[arg(short = 't', long)]
     pub task: bool,
@@ -321,6 +306,22 @@ pub struct ShowArgs {
     /// processes under the LD_PRELOAD shim or `handles run`.
     #[arg(long)]
     pub stacks: bool,
+
+    /// Every process of the machine, one row each: handle count and
+    /// counts by type (with the type filters: of those types), sorted by
+    /// count; for processes of a job, the handles its table saw created
+    /// and the numbers it holds quarantined. Processes you may not read
+    /// are listed as such. With --json: schema handles.machine.v1.
+    #[arg(
+        long,
+        conflicts_with_all = ["pids", "long", "zxdb", "handle", "koid", "stacks", "mappings"]
+    )]
+    pub all: bool,
+    /// Also list the objects the process holds alive only through memory
+    /// mappings (memfds and files mapped, then closed), as rows with no
+    /// handle value: koid, rights from the mapping's protection, type.
+    #[arg(long, conflicts_with_all = ["zxdb", "handle", "koid"])]
+    pub mappings: bool,
 }
 
 /// `--quarantine N`: 0 to 1024, the shim's bound and the supervisor's.

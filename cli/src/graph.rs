@@ -83,20 +83,21 @@ pub fn run(a: &GraphArgs) -> u8 {
         );
     }
     let g = graph::build(&snaps, (!focus.is_empty()).then_some(&focus));
-    let res = if a.svg {
-        return svg(&g).unwrap_or_else(|c| c).max(code);
+    if a.svg {
+        let c = svg(&g).unwrap_or_else(|c| c);
+        // The first failure's code, as with several pids in `handles PID`.
+        return if code != exit::OK { code } else { c };
+    }
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    let res = if a.json {
+        json(&mut out, &g)
+    } else if a.dot {
+        dot(&mut out, &g)
     } else {
-        let stdout = io::stdout();
-        let mut out = io::BufWriter::new(stdout.lock());
-        let r = if a.json {
-            json(&mut out, &g)
-        } else if a.dot {
-            dot(&mut out, &g)
-        } else {
-            text(&mut out, &g)
-        };
-        r.and_then(|_| out.flush())
-    };
+        text(&mut out, &g)
+    }
+    .and_then(|_| out.flush());
     match res {
         Ok(()) => code,
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => code,

@@ -368,7 +368,15 @@ fn data_end(f: &OwnedFd, from: i64, to: i64) -> Option<i64> {
     while at < to {
         // SAFETY: lseek on an fd we own.
         let data = unsafe { libc::lseek(f.as_raw_fd(), at, libc::SEEK_DATA) };
-        if data < 0 || data >= to {
+        if data < 0 {
+            // ENXIO: no data after `at`. Anything else: the file system
+            // cannot tell holes, so read it all.
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
+                break;
+            }
+            return Some(to);
+        }
+        if data >= to {
             break;
         }
         // SAFETY: as above.

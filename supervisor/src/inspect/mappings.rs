@@ -16,6 +16,7 @@ use handles_model::{ObjType, Rights};
 use serde::Serialize;
 
 use super::classify::path_type;
+use super::parse::LinkTarget;
 use super::procdir::classify;
 use super::{InspectError, Snapshot};
 
@@ -146,7 +147,9 @@ pub fn read(snap: &Snapshot) -> Result<Vec<Mapped>, InspectError> {
         if held.contains(&(koid, dev.as_str())) {
             continue;
         }
-        let memfd = m.path.starts_with("/memfd:")
+        // A memfd as the fd links name it (always " (deleted)"), SysV
+        // shared memory, or shared anonymous memory (shmem's /dev/zero).
+        let memfd = matches!(LinkTarget::parse(&m.path), LinkTarget::Memfd(_))
             || m.path.starts_with("/SYSV")
             || m.path == "/dev/zero (deleted)";
         let ty = if memfd {
