@@ -314,8 +314,9 @@ fn watch(a: &WatchArgs, target: Option<i32>, tty: bool, keys: bool) -> u8 {
         history.push(frame.total);
         let elapsed = start.elapsed().as_secs_f64();
         let res = if tty {
+            let mut buf = Vec::new();
             screen(
-                &mut out,
+                &mut buf,
                 a,
                 target,
                 &frame,
@@ -323,6 +324,7 @@ fn watch(a: &WatchArgs, target: Option<i32>, tty: bool, keys: bool) -> u8 {
                 &history,
                 elapsed,
             )
+            .and_then(|_| fit(&mut out, &buf))
         } else {
             line(&mut out, target, &frame, prev.as_ref(), elapsed)
         };
@@ -347,6 +349,29 @@ fn watch(a: &WatchArgs, target: Option<i32>, tty: bool, keys: bool) -> u8 {
             return (128 + sig).clamp(0, 255) as u8;
         }
     }
+}
+
+/// The terminal's height, when stdout is one that says.
+fn term_rows() -> Option<usize> {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one winsize into the struct we pass.
+    let r = unsafe { libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) };
+    (r == 0 && ws.ws_row > 0).then_some(usize::from(ws.ws_row))
+}
+
+/// Writes a drawn screen, cut to the terminal's height: a line more
+/// would scroll the top of the view away.
+fn fit(out: &mut impl Write, screen: &[u8]) -> io::Result<()> {
+    let rows = term_rows().unwrap_or(usize::MAX);
+    let text = String::from_utf8_lossy(screen);
+    let lines: Vec<&str> = text.split("\r\n").collect();
+    let keep = lines.len().min(rows.saturating_sub(1).max(1));
+    out.write_all(lines[..keep].join("\r\n").as_bytes())
 }
 
 /// Per type: (count, change since the previous read).
