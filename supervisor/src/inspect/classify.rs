@@ -91,7 +91,7 @@ pub(crate) fn path_type(flags: u32, mode: u32, rdev: u64) -> ObjType {
     }
 }
 
-fn blank(fd: i32, target: String, info: &FdInfo) -> HandleInfo {
+pub(crate) fn blank(fd: i32, target: String, info: &FdInfo) -> HandleInfo {
     HandleInfo {
         fd,
         handle: 0,

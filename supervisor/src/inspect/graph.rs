@@ -273,3 +273,84 @@ pub fn build(snaps: &[&Snapshot], focus: Option<&BTreeSet<i32>>) -> Graph {
     }
     g
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inspect::classify::blank;
+    use crate::inspect::parse::FdInfo;
+    use crate::inspect::Source;
+
+    fn h(fd: i32, ty: ObjType, koid: u64, rkoid: u64, flags: u32) -> crate::inspect::HandleInfo {
+        let mut h = blank(fd, format!("{}:[{koid}]", ty.name()), &FdInfo::default());
+        h.ty = ty.name();
+        h.koid = koid;
+        h.rkoid = rkoid;
+        h.flags = flags;
+        h
+    }
+
+    fn snap(pid: i32, handles: Vec<crate::inspect::HandleInfo>) -> Snapshot {
+        Snapshot {
+            pid,
+            name: format!("p{pid}"),
+            koid: None,
+            source: Source::Proc,
+            mixer: 0,
+            complete: true,
+            table_error: None,
+            handles,
+        }
+    }
+
+    #[test]
+    fn shared_objects_pairs_and_focus() {
+        let a = snap(
+            10,
+            vec![
+                h(3, ObjType::Pipe, 100, 0, oflags::RDONLY),
+                // A dup within one process is not sharing.
+                h(4, ObjType::Pipe, 200, 0, oflags::RDONLY),
+                h(5, ObjType::Pipe, 200, 0, oflags::WRONLY),
+                h(6, ObjType::Channel, 300, 301, oflags::RDWR),
+                // A socket whose peer nobody read holds: no pair.
+                h(7, ObjType::Channel, 400, 401, oflags::RDWR),
+            ],
+        );
+        let b = snap(
+            20,
+            vec![
+                h(3, ObjType::Pipe, 100, 0, oflags::WRONLY),
+                h(4, ObjType::Channel, 301, 300, oflags::RDWR),
+            ],
+        );
+        let c = snap(30, vec![h(3, ObjType::Pipe, 500, 0, oflags::RDONLY)]);
+        let g = build(&[&a, &b, &c], None);
+        let ids: Vec<&str> = g.objects.iter().map(|o| o.id.as_str()).collect();
+        assert_eq!(ids, ["pipe:100", "channel:300", "channel:301"]);
+        let ends: Vec<(i32, i32, Option<&str>)> = g
+            .handles
+            .iter()
+            .filter(|e| e.to == "pipe:100")
+            .map(|e| (e.pid, e.fd, e.end))
+            .collect();
+        assert_eq!(ends, [(10, 3, Some("read")), (20, 3, Some("write"))]);
+        assert_eq!(g.peers.len(), 1);
+        assert_eq!(
+            (g.peers[0].from.as_str(), g.peers[0].to.as_str()),
+            ("channel:300", "channel:301")
+        );
+        assert_eq!(g.peers[0].from_ends[0].fd, 6);
+        assert_eq!(g.peers[0].to_ends[0].pid, 20);
+        let pids: Vec<i32> = g.processes.iter().map(|p| p.pid).collect();
+        assert_eq!(pids, [10, 20]);
+        // Focused on process 30, which shares nothing: an empty graph.
+        let focus: BTreeSet<i32> = [30].into();
+        let g = build(&[&a, &b, &c], Some(&focus));
+        assert!(g.objects.is_empty() && g.handles.is_empty() && g.processes.is_empty());
+        // Focused on 20: both of its objects, with their other sides.
+        let focus: BTreeSet<i32> = [20].into();
+        let g = build(&[&a, &b, &c], Some(&focus));
+        assert_eq!(g.objects.len(), 3);
+    }
+}
