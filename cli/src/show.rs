@@ -141,6 +141,14 @@ pub fn run(a: &ShowArgs) -> u8 {
                         })
                         .collect::<Vec<_>>(),
                 ),
+                // Its table was read a moment ago: gone now, it exited
+                // while being read, as `handles PID` reports that.
+                Err(InspectError::NoSuchProcess(pid)) => {
+                    let _ = out.flush();
+                    eprintln!("handles: process {pid} exited before its mappings were read");
+                    fail(exit::EXITED, &mut code);
+                    None
+                }
                 Err(e) => {
                     let _ = out.flush();
                     eprintln!("handles: {e}");
