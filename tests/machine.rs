@@ -1058,3 +1058,28 @@ fn watch_names_the_creation_site_of_the_fastest_growing_group() {
         "{want} in {last}"
     );
 }
+
+#[test]
+fn mappings_of_a_process_exiting_while_read_exit_5() {
+    let mut r = spawn_ready(Command::new(fixture("many_fds")));
+    let pid = r.pid();
+    let h = Command::new(handles())
+        .args(["--mappings", &pid.to_string()])
+        // The inspector's test hook: a pause between listing the fds and
+        // reading them, long enough to kill the process in.
+        .env("HANDLES_DEBUG_STALL_MS", "1500")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_millis(500));
+    r.child.kill().unwrap();
+    r.child.wait().unwrap();
+    let o = h.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(5), "{}", stderr_of(&o));
+    let err = stderr_of(&o);
+    assert!(err.contains("exited"), "{err}");
+    assert!(err.contains(&pid.to_string()), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
