@@ -881,7 +881,10 @@ fn a_fork_bomb_under_an_unprivileged_supervisor_completes() {
     // handles itself runs as the unprivileged user (setpriv), as it would
     // for anyone without root; the fork bomb counts against the same uid.
     if !is_root() || !installed("setpriv") {
-        eprintln!("note: needs root and setpriv; skipped");
+        common::skip(
+            "a_fork_bomb_under_an_unprivileged_supervisor_completes",
+            "needs root and setpriv",
+        );
         return;
     }
     let dir = std::env::temp_dir().join(format!("handles-faults-{}", std::process::id()));
@@ -1136,7 +1139,10 @@ fn strace_and_gdb_under_handles_fail_clearly_in_both_modes() {
     for (tool, args, says) in cases {
         let needs = if tool == "sh" { "gdb" } else { tool };
         if !installed(needs) {
-            eprintln!("note: {needs} not installed; skipped");
+            common::skip(
+                &format!("{tool} {args:?}"),
+                &format!("{needs} is not installed"),
+            );
             continue;
         }
         for mode in MODES {

@@ -263,7 +263,7 @@ fn fstat_scan_over_0_to_255() {
 
 fn bash_idiom(what: &str, script: &str) {
     let Some(bash) = which("bash") else {
-        eprintln!("SKIPPED {what}: bash is not installed");
+        common::skip(what, "bash is not installed");
         return;
     };
     assert_idiom(
@@ -308,7 +308,10 @@ fn bash_redirection_probe_of_an_unopened_fd() {
 #[test]
 fn bash_script_bug_echo_to_a_closed_fd_fails_as_natively() {
     let Some(bash) = which("bash") else {
-        eprintln!("SKIPPED: bash is not installed");
+        common::skip(
+            "bash_script_bug_echo_to_a_closed_fd_fails_as_natively",
+            "bash is not installed",
+        );
         return;
     };
     let dir = scratch("bash-script-bug");
@@ -348,7 +351,7 @@ fn bash_script_bug_echo_to_a_closed_fd_fails_as_natively() {
 #[test]
 fn dash_script_with_redirections() {
     let Some(dash) = which("dash") else {
-        eprintln!("SKIPPED dash_script_with_redirections: dash is not installed");
+        common::skip("dash_script_with_redirections", "dash is not installed");
         return;
     };
     let dir = scratch("dash-script");
@@ -381,7 +384,10 @@ fn python() -> Option<PathBuf> {
 #[test]
 fn python_started_with_stdin_closed() {
     let Some(py) = python() else {
-        eprintln!("SKIPPED python_started_with_stdin_closed: python3 is not installed");
+        common::skip(
+            "python_started_with_stdin_closed",
+            "python3 is not installed",
+        );
         return;
     };
     // `python3 -c 'import sys; print(sys.stdin)' <&-`: CPython's start-up
@@ -437,7 +443,7 @@ print("done")
 
 fn python_question(mode: &str) {
     let Some(py) = python() else {
-        eprintln!("SKIPPED python {mode}: python3 is not installed");
+        common::skip(&format!("python {mode}"), "python3 is not installed");
         return;
     };
     assert_idiom(
@@ -487,7 +493,10 @@ echo done
 #[test]
 fn git_push_and_clone_over_file_url() {
     let (Some(_), Some(bash)) = (which("git"), which("bash")) else {
-        eprintln!("SKIPPED git_push_and_clone_over_file_url: git or bash is not installed");
+        common::skip(
+            "git_push_and_clone_over_file_url",
+            "git or bash is not installed",
+        );
         return;
     };
     let dir = scratch("git");

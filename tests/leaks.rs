@@ -560,7 +560,7 @@ fn on_path(tool: &str) -> Option<PathBuf> {
 fn shell_project(name: &str) -> Option<PathBuf> {
     for tool in ["make", "bash", "dash"] {
         if on_path(tool).is_none() {
-            eprintln!("skipped: {tool} is not installed (.ci/run installs it)");
+            common::skip(tool, "is not installed (.ci/run installs it)");
             return None;
         }
     }

@@ -322,12 +322,18 @@ fn as_nobody(a: &[&str]) -> Option<std::process::Output> {
 fn all_shows_unreadable_processes_as_such() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("note: skipped: needs root to drop to another user");
+        skip(
+            "all_shows_unreadable_processes_as_such",
+            "needs root to drop to another user",
+        );
         return;
     }
     let _fx = spawn_ready(Command::new(fixture("many_fds")));
     let Some(o) = as_nobody(&["--all", "--json"]) else {
-        eprintln!("note: skipped: setpriv cannot drop privileges here");
+        skip(
+            "all_shows_unreadable_processes_as_such",
+            "setpriv (util-linux) cannot drop privileges here",
+        );
         return;
     };
     assert_eq!(o.status.code(), Some(0), "{}", stderr_of(&o));

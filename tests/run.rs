@@ -1836,27 +1836,25 @@ fn listed_fds(process: &serde_json::Value) -> BTreeSet<i32> {
         .collect()
 }
 
-/// fd numbers in /proc/PID/fd that link to "/" (O_PATH tombstones).
 /// The fds of `pid` that are tombstones (or their source): O_PATH fds on
-/// "/" (the supervisor's) or on the shim's table memfd (the shim's; the
-/// table itself is an O_RDWR fd, a real handle the process holds).
-fn proc_fds_to_root(pid: i32) -> BTreeSet<i32> {
+/// /dev/null (the supervisor's) or on the shim's table memfd (the shim's;
+/// the table itself is an O_RDWR fd, a real handle the process holds).
+fn proc_tombstones(pid: i32) -> BTreeSet<i32> {
     fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("read /proc/PID/fd")
         .filter_map(|e| {
             let e = e.ok()?;
             let fd: i32 = e.file_name().to_str()?.parse().ok()?;
             let link = fs::read_link(e.path()).ok()?;
-            if link == Path::new("/") {
-                return Some(fd);
-            }
             let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
             let flags = info
                 .lines()
                 .find_map(|l| l.strip_prefix("flags:"))
                 .and_then(|f| u64::from_str_radix(f.trim(), 8).ok())?;
             let o_path = flags & libc::O_PATH as u64 != 0;
-            (o_path && link.to_str()?.starts_with("/memfd:handles-table:")).then_some(fd)
+            let link = link.to_str()?;
+            (o_path && (link == "/dev/null" || link.starts_with("/memfd:handles-table:")))
+                .then_some(fd)
         })
         .collect()
 }
@@ -1956,7 +1954,7 @@ fn live_view(flags: &[&str], source: &str) {
     assert_eq!(p2["mixer"], p1["mixer"], "the mixer is per process");
 
     // Tombstones: in /proc, never in the table.
-    let tombs = proc_fds_to_root(pid);
+    let tombs = proc_tombstones(pid);
     let listed = listed_fds(&p2);
     for c in &closed {
         assert!(
@@ -2045,7 +2043,10 @@ fn a_debugger_under_supervision_gets_a_clear_error_not_a_hang() {
     // strace cannot trace what handles already traces: it must say so and
     // exit; handles must not hang either.
     if Command::new("strace").arg("-V").output().is_err() {
-        eprintln!("note: strace not installed; skipped");
+        common::skip(
+            "a_debugger_under_supervision_gets_a_clear_error_not_a_hang",
+            "strace is not installed",
+        );
         return;
     }
     let o = handles_run(&[
@@ -2320,7 +2321,10 @@ fn shells_asking_whether_a_number_is_open_are_not_reported() {
     // question, as natively, in every mode. A dup of a *closed* fd is
     // still reported (the three-mode test covers dup/dup2).
     if !Path::new("/bin/dash").exists() {
-        eprintln!("no /bin/dash; skipped");
+        common::skip(
+            "shells_asking_whether_a_number_is_open_are_not_reported",
+            "/bin/dash is not installed",
+        );
         return;
     }
     let script = "exec 5</dev/null; exec 5<&-; exec 7>/dev/null; echo ok";

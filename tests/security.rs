@@ -31,7 +31,7 @@ fn is_root() -> bool {
 macro_rules! needs_root {
     () => {
         if !is_root() {
-            eprintln!("skipped: needs root (set-user-ID files, setpriv)");
+            common::skip(module_path!(), "needs root (set-user-ID files, setpriv)");
             return;
         }
     };
@@ -443,6 +443,29 @@ struct Scribbler {
     table: Option<i32>,
 }
 
+/// The fd of `pid`'s shim table: its memfd opened for reading and writing
+/// (the shim's tombstones are O_PATH fds on the same memfd).
+fn table_fd(pid: i32) -> Option<i32> {
+    let want = format!("/memfd:handles-table:{pid} (deleted)");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let fd: i32 = e.file_name().to_str()?.parse().ok()?;
+            (std::fs::read_link(e.path()).ok()?.to_str()? == want).then_some(fd)
+        })
+        .find(|fd| {
+            std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+                .ok()
+                .and_then(|i| {
+                    i.lines()
+                        .find_map(|l| l.strip_prefix("flags:"))
+                        .and_then(|f| u64::from_str_radix(f.trim(), 8).ok())
+                })
+                .is_some_and(|flags| flags & libc::O_PATH as u64 == 0)
+        })
+}
+
 impl Scribbler {
     fn start(mut cmd: Command, what: &str) -> Scribbler {
         let mut child = cmd
@@ -492,7 +515,11 @@ impl Scribbler {
             "{what}: {lines:?}"
         );
         let pid = get("pid=").and_then(|p| p.parse().ok()).expect("pid= line");
-        let table = get("table=").and_then(|t| t.parse().ok());
+        // The fixture writes to the table through the shim's mapping; its
+        // fd, hidden from the program, is found here from outside.
+        let table = (get("table=").as_deref() == Some("mapped"))
+            .then(|| table_fd(pid))
+            .flatten();
         Scribbler {
             child,
             stdout,

@@ -40,7 +40,15 @@ pub enum Command {
                       127 program not found, 126 not executable, 2 usage or malformed policy, \
                       125 the supervisor itself failed."
     )]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Symbolize stacks of process PID read from stdin (hex return
+    /// addresses, one per line, an empty line after each stack): what the
+    /// shim calls to write its reports under `handles run --no-ptrace`.
+    #[command(hide = true)]
+    Symbolize {
+        /// The process whose memory map the addresses belong to.
+        pid: i32,
+    },
     /// The graph of kernel objects shared between processes: pipes (which
     /// process holds which end), unix socket pairs and loopback TCP
     /// connections, eventfds, memfds and files held by several processes,

@@ -13,6 +13,7 @@ mod render;
 mod run;
 mod shim;
 mod show;
+mod symbolize;
 mod watch;
 
 use std::process::ExitCode;
@@ -23,6 +24,7 @@ fn main() -> ExitCode {
     let cli = args::Cli::parse();
     let code = match &cli.command {
         Some(args::Command::Run(a)) => run::run(a),
+        Some(args::Command::Symbolize { pid }) => symbolize::run(*pid),
         Some(args::Command::Graph(a)) => graph::run(a),
         Some(args::Command::Watch(a)) => watch::run(a),
         None if cli.show.all => all::run(&cli.show),

@@ -120,6 +120,12 @@ fn exec_with_shim_alone(a: &RunArgs, policy: &Policy) -> u8 {
         Some(code) => cmd.env("HANDLES_ERROR_EXITCODE", code.to_string()),
         None => cmd.env_remove("HANDLES_ERROR_EXITCODE"),
     };
+    // With no supervisor to write reports, the shim writes them and asks
+    // this binary for the functions and lines of its stacks.
+    match std::env::current_exe() {
+        Ok(me) => cmd.env("HANDLES_SYMBOLIZER", me),
+        Err(_) => cmd.env_remove("HANDLES_SYMBOLIZER"),
+    };
     if a.error_exitcode.is_some() || matches!(a.on_exception, OnExceptionArg::Continue) {
         cmd.env("HANDLES_SUMMARY", "always");
     } else {

@@ -7,6 +7,7 @@
 
 #![no_std]
 
+pub mod fdpath;
 pub mod handle;
 pub mod judge;
 pub mod objtype;

@@ -38,6 +38,10 @@ pub enum Kind {
     /// `setrlimit`/`prlimit64`: no fd, but RLIMIT_NOFILE decides how many
     /// fd numbers the quarantine may hold.
     Limit,
+    /// `stat`/`lstat`/`access`/`readlink`: no fd, but a path that may name
+    /// an fd-table entry (`/dev/fd/N`, `/proc/self/fd/N`), which must
+    /// answer ENOENT for a hidden number (see [`crate::fdpath`]).
+    Lookup,
 }
 
 /// One fd syscall.
@@ -61,7 +65,7 @@ impl Desc {
     pub fn is_lifecycle(&self) -> bool {
         !matches!(
             self.kind,
-            Kind::Use | Kind::Poll | Kind::Select | Kind::Mmap
+            Kind::Use | Kind::Poll | Kind::Select | Kind::Mmap | Kind::Lookup
         )
     }
 
@@ -90,7 +94,9 @@ table! {
     write = 1, Use, 3, fds 0b1, dirfds 0;
     open = 2, Create, 3, fds 0, dirfds 0;
     close = 3, Close, 1, fds 0b1, dirfds 0;
+    stat = 4, Lookup, 2, fds 0, dirfds 0;
     fstat = 5, Use, 2, fds 0b1, dirfds 0;
+    lstat = 6, Lookup, 2, fds 0, dirfds 0;
     poll = 7, Poll, 3, fds 0, dirfds 0;
     lseek = 8, Use, 3, fds 0b1, dirfds 0;
     mmap = 9, Mmap, 6, fds 0, dirfds 0;
@@ -99,6 +105,7 @@ table! {
     pwrite64 = 18, Use, 4, fds 0b1, dirfds 0;
     readv = 19, Use, 3, fds 0b1, dirfds 0;
     writev = 20, Use, 3, fds 0b1, dirfds 0;
+    access = 21, Lookup, 2, fds 0, dirfds 0;
     pipe = 22, Pipe, 1, fds 0, dirfds 0;
     select = 23, Select, 5, fds 0, dirfds 0;
     dup = 32, Dup, 1, fds 0b1, dirfds 0;
@@ -127,6 +134,7 @@ table! {
     getdents = 78, Use, 3, fds 0b1, dirfds 0;
     fchdir = 81, Use, 1, fds 0b1, dirfds 0;
     creat = 85, Create, 2, fds 0, dirfds 0;
+    readlink = 89, Lookup, 3, fds 0, dirfds 0;
     fchmod = 91, Use, 2, fds 0b1, dirfds 0;
     fchown = 93, Use, 3, fds 0b1, dirfds 0;
     fstatfs = 138, Use, 2, fds 0b1, dirfds 0;
@@ -239,6 +247,17 @@ table! {
     file_setattr = 469, Use, 5, fds 0, dirfds 0b1;
 }
 
+/// The argument that holds the path of a call that looks a path up and
+/// may meet an fd-table entry there (`fdpath`): opens and the questions
+/// programs ask of `/dev/fd/N` (stat, access, readlink).
+pub fn path_arg(nr: i64) -> Option<usize> {
+    match nr {
+        2 | 4 | 6 | 21 | 85 | 89 => Some(0),
+        257 | 262 | 267 | 269 | 332 | 437 | 439 => Some(1),
+        _ => None,
+    }
+}
+
 /// Looks a syscall up by number (binary search: the table is sorted).
 pub fn lookup(nr: i64) -> Option<&'static Desc> {
     TABLE
@@ -264,6 +283,34 @@ mod tests {
             let mask = (1u16 << d.nargs) - 1;
             assert_eq!(u16::from(d.fd_args | d.dirfd_args) & !mask, 0, "{}", d.name);
         }
+    }
+
+    #[test]
+    fn path_arguments() {
+        for (name, arg) in [
+            ("open", 0),
+            ("stat", 0),
+            ("lstat", 0),
+            ("access", 0),
+            ("creat", 0),
+            ("readlink", 0),
+            ("openat", 1),
+            ("newfstatat", 1),
+            ("readlinkat", 1),
+            ("faccessat", 1),
+            ("statx", 1),
+            ("openat2", 1),
+            ("faccessat2", 1),
+        ] {
+            let d = TABLE.iter().find(|d| d.name == name).expect(name);
+            assert_eq!(path_arg(d.nr), Some(arg), "{name}");
+            // The path comes right after the dirfd, where there is one.
+            assert!(
+                d.dirfd_args == 0 || d.dirfd_args == 1 << (arg - 1),
+                "{name}"
+            );
+        }
+        assert_eq!(path_arg(0), None);
     }
 
     #[test]

@@ -12,11 +12,13 @@
 //! Whether a stream lists this process's fds is decided once, when
 //! opendir/fdopendir made it, from the link of its fd (the path the
 //! kernel resolved: `/dev/fd`, `/proc/self/fd`, `/proc/thread-self/fd`
-//! all end up as `/proc/PID/fd` or `/proc/PID/task/TID/fd`), and kept as
+//! all end up as `/proc/PID/fd` or `/proc/PID/task/TID/fd`, and the same
+//! for `fdinfo`, which lists the same numbers), and kept as
 //! one bit per fd number. A readdir on any other stream costs one load.
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
+use handles_model::fdpath::{self, Whose};
 use handles_model::table::{state, MAX_CAPACITY};
 
 use crate::state as st;
@@ -55,15 +57,22 @@ pub fn forget(fd: i32) {
     if let Some((w, bit)) = word(fd) {
         if w.load(Relaxed) & bit != 0 {
             w.fetch_and(!bit, Relaxed);
+            crate::peer::forget(fd);
         }
     }
 }
 
 /// A directory stream was just made on `fd` (opendir, fdopendir):
-/// decides whether it lists this process's fds.
+/// decides whether it lists this process's fds, or another process's
+/// (see `peer`).
 pub fn note(fd: i32) {
     let Some((w, bit)) = word(fd) else { return };
-    if lists_own_fds(fd) {
+    let lists = match listed(fd) {
+        Listed::Own => true,
+        Listed::Other(pid) => crate::peer::note(fd, pid),
+        Listed::No => false,
+    };
+    if lists {
         ANY.store(true, Relaxed);
         w.fetch_or(bit, Relaxed);
     } else {
@@ -71,14 +80,28 @@ pub fn note(fd: i32) {
     }
 }
 
-/// Whether a readdir entry named `name` (NUL-terminated, from a stream
-/// that lists this process's fds) is a number the program must not see:
+/// Whether `fd` is a number the program must not see in its fd table:
 /// a tombstone, or an fd the shim (or the supervisor, in the shim's
 /// table) keeps for itself. The supervisor's rule.
+pub fn hidden_fd(fd: i32) -> bool {
+    match st::state_of(fd) {
+        Some(state::TOMBSTONE | state::INTERNAL) => true,
+        None | Some(state::OPEN) => st::internal(fd),
+        // Free or closed in the table, yet listed by the kernel: a
+        // tombstone whose record was lost (a supervisor's, written while
+        // the slot's lock was contended), or a handle made behind the
+        // shim's back, which the fd's flags and link tell apart.
+        Some(_) => st::internal(fd) || sys::is_tombstone_like(fd),
+    }
+}
+
+/// Whether a readdir entry named `name` (NUL-terminated) of the stream on
+/// `dirfd`, which lists a process's fds, is a number the program must not
+/// see ([`hidden_fd`], or the listed process's rule).
 ///
 /// # Safety
 /// `name` points at a NUL-terminated string (a dirent's `d_name`).
-pub unsafe fn hidden(name: *const core::ffi::c_char) -> bool {
+pub unsafe fn hidden(dirfd: i32, name: *const core::ffi::c_char) -> bool {
     let mut b = [0u8; 12];
     let mut n = 0;
     while n < b.len() {
@@ -91,48 +114,21 @@ pub unsafe fn hidden(name: *const core::ffi::c_char) -> bool {
         b[n] = c;
         n += 1;
     }
-    match parse_fd(&b[..n]) {
-        Some(fd) => {
-            st::internal(fd) || matches!(st::state_of(fd), Some(state::TOMBSTONE | state::INTERNAL))
-        }
-        None => false,
-    }
+    fdpath::number(&b[..n])
+        .is_some_and(|fd| crate::peer::listed_hidden(dirfd, fd).unwrap_or_else(|| hidden_fd(fd)))
 }
 
-/// The fd number a directory entry of `/proc/PID/fd` names: decimal, no
-/// sign, no leading zero (the kernel's format).
-fn parse_fd(b: &[u8]) -> Option<i32> {
-    if b.is_empty() || b.len() > 10 || (b[0] == b'0' && b.len() > 1) {
-        return None;
-    }
-    let mut v: i64 = 0;
-    for &c in b {
-        if !c.is_ascii_digit() {
-            return None;
-        }
-        v = v * 10 + i64::from(c - b'0');
-    }
-    i32::try_from(v).ok()
+/// Whose fds a directory stream lists.
+#[derive(Debug, PartialEq, Eq)]
+enum Listed {
+    Own,
+    Other(i32),
+    No,
 }
 
-/// The pid whose fds a directory lists, from its link target: `PID` in
-/// `/proc/PID/fd` and `/proc/PID/task/TID/fd` (all threads of a process
-/// share its fd table).
-fn listed_pid(target: &[u8]) -> Option<i32> {
-    let rest = target.strip_prefix(b"/proc/")?;
-    let slash = rest.iter().position(|&c| c == b'/')?;
-    let (who, tail) = (&rest[..slash], &rest[slash..]);
-    let pid = parse_fd(who)?;
-    if tail == b"/fd" {
-        return Some(pid);
-    }
-    let tid = tail.strip_prefix(b"/task/")?.strip_suffix(b"/fd")?;
-    parse_fd(tid).map(|_| pid)
-}
-
-/// Whether the directory open at `fd` is an fd directory of this process.
-/// Two syscalls at most, both with the cookie (nothing for a supervisor).
-fn lists_own_fds(fd: i32) -> bool {
+/// Whose fd directory the directory open at `fd` is. Two syscalls at
+/// most, both with the cookie (nothing for a supervisor).
+fn listed(fd: i32) -> Listed {
     // Most directories a program opens are not on procfs: one fstatfs
     // (~1 µs) spares them the readlink of /proc/self/fd/N (~20 µs: a
     // lookup of this process in /proc and a d_path; `grep -r` opens a
@@ -147,7 +143,7 @@ fn lists_own_fds(fd: i32) -> bool {
         )
     };
     if r == 0 && fs.f_type != libc::PROC_SUPER_MAGIC {
-        return false;
+        return Listed::No;
     }
     let mut path = [0u8; 48];
     let path = sys::with_number(&mut path, b"/proc/self/fd/", fd);
@@ -174,52 +170,30 @@ fn lists_own_fds(fd: i32) -> bool {
         .filter(|&n| n < target.len())
         .map(|n| &target[..n])
     else {
-        return false;
+        return Listed::No;
     };
-    let Some(pid) = listed_pid(target) else {
-        return false;
+    // The link of an open directory names its process by pid.
+    let Some(Whose::Pid(pid)) = fdpath::listing(target) else {
+        return Listed::No;
     };
     if pid == sys::getpid() {
-        return true;
+        return Listed::Own;
     }
     // Another of this process's threads (`/proc/TID` works for any
     // thread), or a /proc that counts pids in another namespace than
     // getpid(): either way /proc/self/task lists it.
     let mut task = [0u8; 48];
     let task = sys::with_number(&mut task, b"/proc/self/task/", pid);
-    sys::stat_path(task, libc::AT_SYMLINK_NOFOLLOW).is_some()
+    if sys::stat_path(task, libc::AT_SYMLINK_NOFOLLOW).is_some() {
+        Listed::Own
+    } else {
+        Listed::Other(pid)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fd_numbers() {
-        assert_eq!(parse_fd(b"0"), Some(0));
-        assert_eq!(parse_fd(b"1024"), Some(1024));
-        assert_eq!(parse_fd(b"2147483647"), Some(i32::MAX));
-        assert_eq!(parse_fd(b"2147483648"), None);
-        assert_eq!(parse_fd(b"03"), None);
-        assert_eq!(parse_fd(b"."), None);
-        assert_eq!(parse_fd(b".."), None);
-        assert_eq!(parse_fd(b""), None);
-        assert_eq!(parse_fd(b"-1"), None);
-        assert_eq!(parse_fd(b"3a"), None);
-    }
-
-    #[test]
-    fn fd_directories() {
-        assert_eq!(listed_pid(b"/proc/123/fd"), Some(123));
-        assert_eq!(listed_pid(b"/proc/123/task/124/fd"), Some(123));
-        assert_eq!(listed_pid(b"/proc/123/fdinfo"), None);
-        assert_eq!(listed_pid(b"/proc/123/fd/3"), None);
-        assert_eq!(listed_pid(b"/proc/123/task/124"), None);
-        assert_eq!(listed_pid(b"/proc/123/task/x/fd"), None);
-        assert_eq!(listed_pid(b"/proc/self/fd"), None);
-        assert_eq!(listed_pid(b"/tmp/123/fd"), None);
-        assert_eq!(listed_pid(b"/proc/123"), None);
-    }
 
     #[test]
     fn paths() {
@@ -238,12 +212,12 @@ mod tests {
     fn this_process_fd_directories() {
         use std::os::fd::AsRawFd;
         let own = std::fs::File::open("/proc/self/fd").expect("open /proc/self/fd");
-        assert!(lists_own_fds(own.as_raw_fd()));
+        assert_eq!(Listed::Own, listed(own.as_raw_fd()));
         let dev = std::fs::File::open("/dev/fd").expect("open /dev/fd");
-        assert!(lists_own_fds(dev.as_raw_fd()));
+        assert_eq!(Listed::Own, listed(dev.as_raw_fd()));
         let task = format!("/proc/self/task/{}/fd", sys::gettid());
         let task = std::fs::File::open(task).expect("open the task's fd dir");
-        assert!(lists_own_fds(task.as_raw_fd()));
+        assert_eq!(Listed::Own, listed(task.as_raw_fd()));
         // A thread of this process, by its own /proc entry.
         let (tx, rx) = std::sync::mpsc::channel();
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
@@ -253,12 +227,14 @@ mod tests {
         });
         let tid = rx.recv().expect("tid");
         let other = std::fs::File::open(format!("/proc/{tid}/fd")).expect("open");
-        assert!(lists_own_fds(other.as_raw_fd()));
+        assert_eq!(Listed::Own, listed(other.as_raw_fd()));
         drop(done_tx);
         t.join().expect("join");
-        for not in ["/proc/self/fdinfo", "/proc/self", "/tmp", "/proc/1/fd"] {
+        let info = std::fs::File::open("/proc/self/fdinfo").expect("open fdinfo");
+        assert_eq!(Listed::Own, listed(info.as_raw_fd()));
+        for not in ["/proc/self", "/tmp", "/proc/1/fd"] {
             if let Ok(f) = std::fs::File::open(not) {
-                assert!(!lists_own_fds(f.as_raw_fd()), "{not}");
+                assert_ne!(listed(f.as_raw_fd()), Listed::Own, "{not}");
             }
         }
     }

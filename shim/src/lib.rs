@@ -51,10 +51,15 @@ macro_rules! trampoline {
 }
 
 mod fddir;
+#[cfg(not(test))]
+mod lookup;
+mod peer;
 mod quarantine;
+mod real;
 mod report;
 mod stack;
 mod state;
+mod symbolize;
 mod sys;
 
 #[cfg(not(test))]
@@ -198,6 +203,15 @@ extern "C" fn init() {
             state::ANNOUNCE.store(false, Relaxed);
         }
     }
+    if sys::COOKIE_ON.load(Relaxed) && env(c"LD_PRELOAD").is_some_and(|p| p.contains("vgpreload_"))
+    {
+        // A program under valgrind, under a supervisor: valgrind's core
+        // is a static binary, so the supervisor gave it the strict filter
+        // and checks every call the program makes. The shim would only
+        // add its table and tombstones to what `valgrind --track-fds`
+        // lists as the program's fds.
+        return;
+    }
     if let Some(p) = env(c"HANDLES_POLICY") {
         report::set_policy(p);
     }
@@ -206,6 +220,9 @@ extern "C" fn init() {
     }
     if let Some(o) = env(c"HANDLES_ON_EXCEPTION") {
         report::set_on_exception(o);
+    }
+    if let Some(p) = env(c"HANDLES_SYMBOLIZER") {
+        symbolize::init(p);
     }
     if env(c"HANDLES_SUMMARY") == Some("always") {
         report::ALWAYS_SUMMARIZE.store(true, Relaxed);
@@ -262,6 +279,7 @@ extern "C" fn before_fork() {
         return;
     }
     stdio::resolve_all();
+    lookup::resolve_all();
     state::before_fork();
 }
 

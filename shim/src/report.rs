@@ -180,8 +180,14 @@ pub fn known(fd: i32) -> Known {
                 st::adopt(fd);
                 return Known::Open;
             }
-            let generation = st::slot(fd).map_or(0, |s| s.generation.load(Relaxed));
-            if generation == 0 {
+            // A handle inherited at start keeps generation 0 (the number
+            // was never handed out in this image), but its slot says how
+            // it came: closed, it is a closed handle (stdio closed early,
+            // as git does), not one that was never opened.
+            let (generation, how) = st::slot(fd).map_or((0, 0), |s| {
+                (s.generation.load(Relaxed), s.how.load(Relaxed))
+            });
+            if generation == 0 && how == handles_model::table::how::UNKNOWN {
                 Known::NeverHeld
             } else {
                 Known::Closed { quarantined: false }
@@ -408,6 +414,7 @@ fn write_bad_handle(
     let value = detail.map(|d| d.value).unwrap_or_default();
     let closed = detail.map(|d| d.closed).unwrap_or_default();
     let created = detail.map(|d| d.created).unwrap_or_default();
+    let name = detail.map(|d| d.name).unwrap_or_default();
     EXCEPTIONS.fetch_add(1, Relaxed);
     let closed_pcs = &closed.pcs[..closed.len];
     if first_of_context(kind, offending.frames(), closed_pcs) {
@@ -420,6 +427,7 @@ fn write_bad_handle(
             kind,
             quarantined,
             &value,
+            name.as_bytes(),
             moment,
             then,
             offending,
@@ -749,6 +757,42 @@ fn basename(path: &[u8]) -> &[u8] {
     }
 }
 
+/// `pcs` up to the first frame outside every module past the first,
+/// where a frame-pointer walk that wandered off (code built without frame
+/// pointers) ends.
+fn walked(pcs: &[u64]) -> &[u64] {
+    let end = pcs
+        .iter()
+        .enumerate()
+        .position(|(i, &pc)| i > 0 && stack::module_of(pc as usize).is_none())
+        .unwrap_or(pcs.len());
+    &pcs[..end]
+}
+
+/// Stack `k` of a report: symbolized by `handles symbolize` where it
+/// could be, else addresses and module offsets.
+fn stack_lines(
+    w: &mut Out,
+    pcs: &[u64],
+    sym: Option<&crate::symbolize::Text>,
+    k: usize,
+) -> core::fmt::Result {
+    let pcs = walked(pcs);
+    if let (Some(t), false) = (sym, pcs.is_empty()) {
+        let mut any = false;
+        for line in t.stack(k) {
+            w.bytes(b"handles:     ");
+            w.bytes(line);
+            writeln!(w)?;
+            any = true;
+        }
+        if any {
+            return Ok(());
+        }
+    }
+    frames(w, pcs)
+}
+
 fn frames(w: &mut Out, pcs: &[u64]) -> core::fmt::Result {
     if pcs.is_empty() {
         return writeln!(w, "handles:     (no stack recorded)");
@@ -788,6 +832,7 @@ fn write_report(
     kind: Kind,
     quarantined: bool,
     value: &handles_model::table::SlotValue,
+    name: &[u8],
     moment: Moment,
     then: Then,
     offending: &Pcs,
@@ -828,7 +873,12 @@ fn write_report(
     if was_closed {
         let h = HandleValue::encode(Fd(fd), value.generation, st::MIXER.load(Relaxed));
         let ty = obj_type_from_code(value.obj_type).map_or("object", |t| t.name());
-        writeln!(w, "handles:     handle {h} (fd {fd}): closed {ty}")?;
+        write!(w, "handles:     handle {h} (fd {fd}): closed {ty}")?;
+        if !name.is_empty() {
+            w.bytes(b" ");
+            w.bytes(name);
+        }
+        writeln!(w)?;
     } else {
         writeln!(w, "handles:     handle fd {fd}: not open")?;
     }
@@ -836,13 +886,15 @@ fn write_report(
     w.write_str("handles:     ")?;
     judge::write_outcome(w, a, moment, then)?;
     writeln!(w)?;
+    let sym =
+        crate::symbolize::symbolize(&[walked(offending.frames()), walked(closed), walked(created)]);
     writeln!(w, "handles: backtrace:")?;
-    frames(w, offending.frames())?;
+    stack_lines(w, offending.frames(), sym.as_ref(), 0)?;
     if was_closed {
         writeln!(w, "handles: closed in process {pid} at:")?;
-        frames(w, closed)?;
+        stack_lines(w, closed, sym.as_ref(), 1)?;
         writeln!(w, "handles: originally opened in process {pid} at:")?;
-        frames(w, created)?;
+        stack_lines(w, created, sym.as_ref(), 2)?;
     }
     Ok(())
 }

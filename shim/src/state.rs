@@ -588,12 +588,13 @@ pub fn yield_internal(which: &AtomicI32) -> bool {
 /// Opens the tombstone source if there is none: an O_PATH fd on the
 /// table's memfd, so that every quarantined number fails read, write,
 /// ioctl, mmap... with EBADF and, not being a directory, every *at call
-/// that takes it as dirfd with ENOTDIR. An O_PATH fd on "/" (the first
-/// choice, kept as the fallback for kernels without open_tree) made a
+/// that takes it as dirfd with ENOTDIR; where open_tree is refused
+/// (valgrind, a seccomp sandbox), an O_PATH fd on `/dev/null`, not a
+/// directory either. An O_PATH fd on "/" (the first choice) made a
 /// relative fstatat/faccessat/unlinkat on a closed dirfd resolve from the
-/// root directory whenever nobody checked the call (libc's calls under
-/// the supervisor's lenient filter, the *at functions the shim does not
-/// wrap): a silent wrong-object access.
+/// root directory whenever nobody checked the call: a silent
+/// wrong-object access. The calls that would still answer on an O_PATH
+/// fd (fstatat with AT_EMPTY_PATH, statx, ...) are judged by `lookup`.
 pub fn tomb_src() -> i32 {
     let cur = TOMB_SRC.load(Relaxed);
     if cur >= 0 {
@@ -625,7 +626,7 @@ pub fn tomb_src() -> i32 {
                 libc::SYS_openat,
                 [
                     libc::AT_FDCWD as u64,
-                    c"/".as_ptr() as u64,
+                    c"/dev/null".as_ptr() as u64,
                     (libc::O_PATH | libc::O_CLOEXEC) as u64,
                     0,
                     0,

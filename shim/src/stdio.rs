@@ -17,7 +17,7 @@
 //! stream without touching whatever holds its number now.
 
 use core::ffi::{c_char, c_int};
-use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use core::sync::atomic::Ordering::Relaxed;
 
 use handles_model::table::{obj_type_code, state};
 use handles_model::ObjType;
@@ -25,6 +25,7 @@ use libc::FILE;
 
 use crate::fddir;
 use crate::quarantine;
+use crate::real::Real;
 use handles_model::judge::Op;
 
 use crate::report::{self, After, Call};
@@ -37,58 +38,6 @@ mod streams;
 /// Offset of `_fileno` in glibc's `struct _IO_FILE` on x86_64: `_flags`
 /// (padded to 8), eleven buffer pointers, `_markers`, `_chain`.
 const FILENO_OFFSET: usize = 8 + 11 * 8 + 8 + 8;
-
-/// A libc function found in the next object (libc) with
-/// dlsym(RTLD_NEXT), at its wrapper's first call (or at the process's
-/// first fork, see [`resolve_all`]).
-struct Real {
-    /// 0: not looked up yet, [`MISSING`]: not found, else its address.
-    p: AtomicUsize,
-    name: &'static core::ffi::CStr,
-}
-
-/// [`Real::p`] of a function libc does not have: looked up once (a
-/// failed dlsym allocates its error message).
-const MISSING: usize = 1;
-
-impl Real {
-    const fn new(name: &'static core::ffi::CStr) -> Real {
-        Real {
-            p: AtomicUsize::new(0),
-            name,
-        }
-    }
-
-    fn addr(&self) -> usize {
-        let p = self.p.load(Relaxed);
-        if p != 0 {
-            return p;
-        }
-        // SAFETY: dlsym with a NUL-terminated name.
-        let p = unsafe { libc::dlsym(libc::RTLD_NEXT, self.name.as_ptr()) } as usize;
-        let p = if p == 0 { MISSING } else { p };
-        self.p.store(p, Relaxed);
-        p
-    }
-
-    /// The function as `F` if it is resolved already: a wrapper's fast
-    /// path never calls dlsym.
-    #[inline(always)]
-    fn resolved<F: Copy>(&self) -> Option<F> {
-        const { assert!(core::mem::size_of::<F>() == core::mem::size_of::<usize>()) };
-        let p = self.p.load(Relaxed);
-        // SAFETY: p is libc's function of type F (the caller names it).
-        (p > MISSING).then(|| unsafe { core::mem::transmute_copy::<usize, F>(&p) })
-    }
-
-    /// The function as `F` (a function pointer type matching libc's).
-    fn get<F: Copy>(&self) -> Option<F> {
-        const { assert!(core::mem::size_of::<F>() == core::mem::size_of::<usize>()) };
-        let p = self.addr();
-        // SAFETY: p is libc's function of type F (the caller names it).
-        (p > MISSING).then(|| unsafe { core::mem::transmute_copy::<usize, F>(&p) })
-    }
-}
 
 static FOPEN: Real = Real::new(c"fopen");
 static FOPEN64: Real = Real::new(c"fopen64");
@@ -252,6 +201,10 @@ unsafe extern "C-unwind" fn fopen_impl(
     mode: *const c_char,
     frame: usize,
 ) -> *mut FILE {
+    if crate::lookup::names_hidden(path) {
+        sys::set_errno(libc::ENOENT);
+        return core::ptr::null_mut();
+    }
     let Some(f) = real!(FOPEN, FopenFn) else {
         return no_fn(core::ptr::null_mut());
     };
@@ -270,6 +223,10 @@ unsafe extern "C-unwind" fn fopen64_impl(
     mode: *const c_char,
     frame: usize,
 ) -> *mut FILE {
+    if crate::lookup::names_hidden(path) {
+        sys::set_errno(libc::ENOENT);
+        return core::ptr::null_mut();
+    }
     let Some(f) = real!(FOPEN64, FopenFn) else {
         return no_fn(core::ptr::null_mut());
     };
@@ -392,6 +349,10 @@ trampoline!(mkstemps => mkstemps_impl, "rdx", (t: *mut c_char, suffix: c_int) ->
 trampoline!(mkostemps => mkostemps_impl, "rcx", (t: *mut c_char, suffix: c_int, flags: c_int) -> c_int);
 
 unsafe extern "C-unwind" fn opendir_impl(name: *const c_char, frame: usize) -> *mut libc::DIR {
+    if crate::lookup::names_hidden(name) {
+        sys::set_errno(libc::ENOENT);
+        return core::ptr::null_mut();
+    }
     let Some(f) = real!(OPENDIR, OpendirFn) else {
         return no_fn(core::ptr::null_mut());
     };
@@ -425,6 +386,47 @@ fn filters(d: *mut libc::DIR) -> bool {
     !d.is_null() && fddir::any() && active() && fddir::is_fd_dir(dir_fd(d))
 }
 
+/// glibc's `struct __dirstream` is `int fd; int lock; size_t
+/// allocation; size_t size; size_t offset; off_t filepos; int errcode;
+/// char data[]`: the entries read and not yet returned are `size -
+/// offset`, and a refill reads `allocation` bytes into `data`.
+const DIR_ALLOCATION_OFFSET: usize = 8;
+const DIR_SIZE_OFFSET: usize = 16;
+const DIR_OFFSET_OFFSET: usize = 24;
+const DIR_DATA_OFFSET: usize = 48;
+
+/// The verdict on the stream's fd when this readdir will refill the
+/// stream's buffer with getdents64 (its buffer is used up), as the
+/// supervisor judges that getdents64 where no shim is: None to go on,
+/// or the errno to fail with. A readdir served from the buffer makes no
+/// syscall and is not a use.
+fn refill_check(d: *mut libc::DIR) -> Option<c_int> {
+    if d.is_null() || !active() {
+        return None;
+    }
+    let fd = dir_fd(d);
+    if matches!(st::state_of(fd), None | Some(state::OPEN)) {
+        return None;
+    }
+    // SAFETY: d is a glibc DIR (the program's stream), whose header has
+    // the layout above.
+    let (allocation, size, offset) = unsafe {
+        let p = d.cast::<u8>();
+        (
+            *(p.add(DIR_ALLOCATION_OFFSET) as *const usize),
+            *(p.add(DIR_SIZE_OFFSET) as *const usize),
+            *(p.add(DIR_OFFSET_OFFSET) as *const usize),
+        )
+    };
+    if offset < size {
+        return None;
+    }
+    // The refill's own arguments, for the report.
+    let data = d as u64 + DIR_DATA_OFFSET as u64;
+    let a = [fd as u64, data, allocation as u64, 0, 0, 0];
+    crate::wrap::check(fd, Op::Use, libc::SYS_getdents64, a, 0).map(|_| sys::errno())
+}
+
 /// readdir and readdir64 (the same function in glibc on x86_64): on a
 /// listing of this process's fds, the entries of the shim's numbers are
 /// skipped.
@@ -432,13 +434,17 @@ fn read_entry(d: *mut libc::DIR, real: &Real) -> *mut libc::dirent {
     let Some(f) = real.get::<ReaddirFn>() else {
         return no_fn(core::ptr::null_mut());
     };
+    if let Some(e) = refill_check(d) {
+        sys::set_errno(e);
+        return core::ptr::null_mut();
+    }
     let filter = filters(d);
     loop {
         // SAFETY: the program's call.
         let e = unsafe { f(d) };
         // SAFETY: a non-null entry is the dirent libc just filled, with
         // its NUL-terminated name.
-        if e.is_null() || !filter || !unsafe { fddir::hidden((*e).d_name.as_ptr()) } {
+        if e.is_null() || !filter || !unsafe { fddir::hidden(dir_fd(d), (*e).d_name.as_ptr()) } {
             return e;
         }
     }
@@ -454,6 +460,9 @@ fn read_entry_r(
     let Some(f) = real.get::<ReaddirRFn>() else {
         return libc::ENOSYS;
     };
+    if let Some(e) = refill_check(d) {
+        return e;
+    }
     let filter = filters(d) && !result.is_null();
     loop {
         // SAFETY: the program's call.
@@ -465,7 +474,7 @@ fn read_entry_r(
         // through the program's non-null result pointer.
         let e = unsafe { *result };
         // SAFETY: as in read_entry.
-        if e.is_null() || !unsafe { fddir::hidden((*e).d_name.as_ptr()) } {
+        if e.is_null() || !unsafe { fddir::hidden(dir_fd(d), (*e).d_name.as_ptr()) } {
             return r;
         }
     }
@@ -725,6 +734,13 @@ fn reopen(
     real: FreopenFn,
 ) -> *mut FILE {
     let old = file_fd(f);
+    // A hidden fd-table entry: libc closes the stream and fails the open
+    // with ENOENT, as it would natively, on a name nobody has.
+    let path = if crate::lookup::names_hidden(path) {
+        c"/proc/self/fd/-1".as_ptr()
+    } else {
+        path
+    };
     // SAFETY: the program's call.
     let r = unsafe { real(path, mode, f) };
     if active() && enter() {

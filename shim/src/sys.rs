@@ -282,7 +282,7 @@ pub fn is_tombstone_like(fd: i32) -> bool {
         return false;
     };
     let link = &link[..n.min(link.len())];
-    link == b"/" || link.starts_with(b"/memfd:handles-table:")
+    link == b"/dev/null" || link == b"/" || link.starts_with(b"/memfd:handles-table:")
 }
 
 pub fn write_all(fd: i32, mut b: &[u8]) {

@@ -30,7 +30,7 @@ fn code(t: ObjType) -> u32 {
 /// to return, libc convention) when the judge says otherwise. One atomic
 /// load of the slot state when all is well.
 #[inline(always)]
-fn check(fd: c_int, what: Op, nr: i64, args: [u64; 6], frame: usize) -> Option<i64> {
+pub fn check(fd: c_int, what: Op, nr: i64, args: [u64; 6], frame: usize) -> Option<i64> {
     if !active() {
         return None;
     }
@@ -542,6 +542,8 @@ unsafe extern "C-unwind" fn openat_impl(
         if let Some(r) = check(dirfd, Op::Use, libc::SYS_openat, a, frame) {
             return r as c_int;
         }
+    } else if crate::lookup::names_hidden(path) {
+        return ret(-(libc::ENOENT as i64)) as c_int;
     }
     // Opening a FIFO blocks: a cancellation point.
     // SAFETY: the program's call.
@@ -1241,6 +1243,17 @@ pub unsafe extern "C-unwind" fn syscall(
             }
             _ => {
                 let a = [a0, a1, a2, a3, a4, a5];
+                // A path lookup answers here as its libc function would
+                // (`lookup`): a judged dirfd, a hidden fd-table name.
+                let judged = match handles_model::syscalls::path_arg(nr) {
+                    Some(1) => crate::lookup::at(nr, a, 0, a1 as *const c_char),
+                    Some(i) => crate::lookup::names_hidden(a[i] as *const c_char)
+                        .then(|| ret(-(libc::ENOENT as i64))),
+                    None => None,
+                };
+                if let Some(r) = judged {
+                    return r as libc::c_long;
+                }
                 let r = if handles_model::syscalls::lookup(nr).is_some() {
                     publish_for_supervisor();
                     sys::marked(nr, a, table::marker::CHECK)

@@ -22,7 +22,8 @@ use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use handles_model::table::state;
 use libc::{size_t, ssize_t, FILE};
 
-use super::{no_fn, Real, FILENO_OFFSET, MISSING};
+use super::{no_fn, FILENO_OFFSET};
+use crate::real::{Real, MISSING};
 use handles_model::judge::Op;
 
 use crate::report::{self, Call};

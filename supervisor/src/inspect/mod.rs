@@ -274,8 +274,9 @@ fn apply_published(
         Err(e) => return (Source::Proc, 0, Some(e.to_string())),
     };
     // A table can only hide what its writers hide: tombstones and the
-    // tombstone source are O_PATH fds (on "/" for the supervisor's, on the
-    // table's memfd for the shim's). A program can scribble on
+    // tombstone source are O_PATH fds (on /dev/null for the supervisor's,
+    // on the table's memfd, or /dev/null without open_tree, for the
+    // shim's). A program can scribble on
     // its own shim's table; a slot that calls anything else a tombstone is
     // not believed, so the table never hides a real handle.
     handles.retain_mut(|h| {

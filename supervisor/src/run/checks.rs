@@ -76,7 +76,18 @@ impl Job {
                 return Some(Bad::Stale);
             }
             ShimSays::Internal => return Some(Bad::Internal),
-            ShimSays::Free => {
+            ShimSays::Closed(d) if !fd_exists(tgid, fd) => {
+                // Closed through the shim, number not reused: a closed
+                // handle, reported with what it was and where it was
+                // closed (a closed stdio number is never quarantined).
+                let t = self.threads.get(&tid)?;
+                let mut table = t.table.borrow_mut();
+                table.forget_open(fd);
+                table.drop_tombstone(fd);
+                table.remember_closed(fd, shimtable::closed_handle(tgid, &d));
+                return Some(Bad::NotOpen);
+            }
+            ShimSays::Free | ShimSays::Closed(_) => {
                 // The shim closed it for real (no room in its quarantine),
                 // released one of our tombstones under fd pressure, or
                 // never had it: our model is stale unless the kernel still
@@ -420,6 +431,15 @@ impl Job {
             Some(p) if self.shim_injected => p,
             _ => (desc, a),
         };
+        if let Some(i) = syscalls::path_arg(desc.nr) {
+            if self.names_hidden_entry(tid, tgid, a[i]) {
+                // A name of a tombstone or of a tool's own fd: natively
+                // nothing holds that number, so nothing has that name.
+                self.skip_with(tid, regs, libc::ENOENT);
+                self.resume(tid, None);
+                return;
+            }
+        }
         if desc.kind == Kind::Poll {
             // poll() on a closed fd is defined: that entry gets POLLNVAL.
             // Programs use it to ask which fds are open (findutils' fd leak
@@ -471,7 +491,9 @@ impl Job {
         match desc.kind {
             Kind::Use
                 if desc.nr == libc::SYS_getdents64 && self.watch_listing(tid, tgid, &regs) => {}
-            Kind::Use | Kind::Poll | Kind::Select | Kind::Mmap => self.resume(tid, None),
+            Kind::Use | Kind::Poll | Kind::Select | Kind::Mmap | Kind::Lookup => {
+                self.resume(tid, None)
+            }
             Kind::Limit => {
                 // RLIMIT_NOFILE may change: read it afresh next time.
                 for p in self.procs.values_mut() {
@@ -539,6 +561,26 @@ impl Job {
         }
     }
 
+    /// Whether the stopped question (an F_GETFL, an fstat) is asked by
+    /// libc's fdopen or fdopendir, which begin to use their fd that way:
+    /// the few innermost frames are symbolized, only for a question on a
+    /// number that is not open (rare, and about to be reported if so).
+    fn asked_by_an_opener(&mut self, tid: i32, tgid: i32, regs: &Regs) -> bool {
+        let nr = regs.orig_rax as i64;
+        if nr != libc::SYS_fcntl && nr != libc::SYS_newfstatat && nr != libc::SYS_fstat {
+            return false;
+        }
+        let frames = self.offending_stack(tid, tgid, regs);
+        frames.iter().take(4).any(|f| {
+            f.function.as_deref().is_some_and(|name| {
+                matches!(
+                    name,
+                    "fdopen" | "_IO_fdopen" | "_IO_new_fdopen" | "fdopendir" | "__fdopendir"
+                )
+            })
+        })
+    }
+
     /// Is `tgid`'s image a shell? Read from /proc/PID/exe at first need
     /// (the name a script was started by is the script's).
     fn is_shell(&mut self, tgid: i32) -> bool {
@@ -585,11 +627,6 @@ impl Job {
             }
             let known = self.known(tid, fd);
             let mut op = judge::op_of(desc.nr, a, i, false);
-            if marked && op == judge::Op::Question {
-                // The shim stands a libc function's use (fdopen, ...) for
-                // an fstat: it judged a use.
-                op = judge::Op::Use;
-            }
             if known != Known::Open && desc.dirfd_args & (1 << i) != 0 {
                 // The path after a dirfd decides what the dirfd is for:
                 // an absolute path ignores it, an empty one (AT_EMPTY_PATH)
@@ -603,6 +640,21 @@ impl Job {
                     Some(0) => op = judge::op_of(desc.nr, a, i, true),
                     _ => {}
                 }
+            }
+            if marked && op == judge::Op::Question {
+                // The shim stands a libc function's use (fdopen, ...) for
+                // an fstat: it judged a use.
+                op = judge::Op::Use;
+            }
+            if !marked
+                && op == judge::Op::Question
+                && known != Known::Open
+                && self.asked_by_an_opener(tid, tgid, &regs)
+            {
+                // fdopen's F_GETFL and fdopendir's fstat are how libc
+                // starts to use the fd: the shim judges those functions
+                // as uses, and so must the supervisor where no shim is.
+                op = judge::Op::Use;
             }
             args.push(judge::Arg { op, fd, known });
         }

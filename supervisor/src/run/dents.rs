@@ -8,24 +8,20 @@
 //! tombstone source) are removed from the buffer before the program reads
 //! it.
 
+use handles_model::fdpath::{self, Whose};
+
 use super::job::*;
 use super::shimtable::ShimSays;
 
-/// `/proc/PID/fd`, `/proc/self/fd`, `/proc/PID/task/TID/fd`: the pid whose
-/// fds a directory lists, if the link target is one of those.
+/// The process whose fds the directory at `target` lists (an fd
+/// directory's link, or a path a program names: `/proc/PID/fd`,
+/// `/proc/PID/fdinfo`, per thread, `self`), `tgid` being the process that
+/// resolves it.
 pub(super) fn listed_pid(target: &str, tgid: i32) -> Option<i32> {
-    let rest = target.strip_prefix("/proc/")?;
-    let (who, rest) = rest.split_once('/')?;
-    let pid = match who {
-        "self" | "thread-self" => tgid,
-        n => n.parse().ok()?,
-    };
-    let ok = rest == "fd"
-        || rest
-            .strip_prefix("task/")
-            .and_then(|r| r.split_once('/'))
-            .is_some_and(|(tid, tail)| tid.parse::<i32>().is_ok() && tail == "fd");
-    ok.then_some(pid)
+    match fdpath::listing(target.as_bytes())? {
+        Whose::This => Some(tgid),
+        Whose::Pid(p) => Some(p),
+    }
 }
 
 /// Removes from a `linux_dirent64` buffer the records whose name is a
@@ -91,6 +87,51 @@ impl Job {
         true
     }
 
+    /// Whether fd `fd` of job process `pid` is one the program must not
+    /// see: a tombstone (the supervisor's or the shim's) or a tool's own.
+    pub(super) fn hidden_in(&self, pid: i32, fd: i32) -> bool {
+        let Some(t) = self.threads.values().find(|t| t.tgid == pid) else {
+            return false;
+        };
+        let shim = self.procs.get(&pid).and_then(|p| p.shim.as_ref());
+        t.table.borrow().is_hidden(fd)
+            || shim
+                .is_some_and(|s| matches!(s.says(fd), ShimSays::Tombstone(_) | ShimSays::Internal))
+    }
+
+    /// Whether the path at `addr` in `tid`'s memory (process `tgid`) names
+    /// an fd-table entry of a job process that is hidden
+    /// ([`Job::hidden_in`]): `/dev/fd/N`, `/proc/self/fd/N`,
+    /// `/proc/PID/fdinfo/N`... (`fdpath::entry`).
+    pub(super) fn names_hidden_entry(&mut self, tid: i32, tgid: i32, addr: u64) -> bool {
+        let Some(path) = tracer::read_head(tid, addr, 64) else {
+            return false;
+        };
+        if !fdpath::may_name_table(&path) {
+            return false;
+        }
+        let Some(e) = fdpath::entry(&path) else {
+            return false;
+        };
+        let pid = match e.whose {
+            Whose::This => tgid,
+            // A thread's /proc entry shows its process's table.
+            Whose::Pid(p) => match self.threads.get(&p) {
+                Some(t) => t.tgid,
+                None => return false,
+            },
+        };
+        if let Some(other) = self
+            .threads
+            .iter()
+            .find(|(_, t)| t.tgid == pid)
+            .map(|(&k, _)| k)
+        {
+            self.sync_shim(other, pid);
+        }
+        self.hidden_in(pid, e.fd)
+    }
+
     /// At the getdents64 exit: drop the hidden entries. If that leaves
     /// nothing of a non-empty batch, the call is run again for the next
     /// batch (returning 0 would tell the program the listing ended).
@@ -104,26 +145,11 @@ impl Job {
             self.resume(tid, None);
             return;
         };
-        let table = self
-            .threads
-            .values()
-            .find(|t| t.tgid == pid)
-            .map(|t| t.table.clone());
-        let Some(table) = table else {
+        if !self.threads.values().any(|t| t.tgid == pid) {
             self.resume(tid, None);
             return;
-        };
-        let kept = {
-            let t = table.borrow();
-            // The shim's tombstones and own fds hide too.
-            let shim = self.procs.get(&pid).and_then(|p| p.shim.as_ref());
-            filter_dirents(&buf, |n| {
-                t.is_hidden(n)
-                    || shim.is_some_and(|s| {
-                        matches!(s.says(n), ShimSays::Tombstone(_) | ShimSays::Internal)
-                    })
-            })
-        };
+        }
+        let kept = filter_dirents(&buf, |n| self.hidden_in(pid, n));
         if kept.len() == buf.len() {
             self.resume(tid, None);
             return;
@@ -166,7 +192,8 @@ mod tests {
         assert_eq!(listed_pid("/proc/self/fd", 7), Some(7));
         assert_eq!(listed_pid("/proc/123/fd", 7), Some(123));
         assert_eq!(listed_pid("/proc/123/task/124/fd", 7), Some(123));
-        assert_eq!(listed_pid("/proc/123/fdinfo", 7), None);
+        assert_eq!(listed_pid("/proc/123/fdinfo", 7), Some(123));
+        assert_eq!(listed_pid("/proc/123/fd/4", 7), None);
         assert_eq!(listed_pid("/tmp/fd", 7), None);
     }
 

@@ -256,8 +256,11 @@ impl Job {
         Ok(false)
     }
 
-    /// Opens `/` with O_PATH|O_CLOEXEC in the tracee and moves it high, to
-    /// be the source of tombstones. Runs in place of the syscall at `entry`;
+    /// Opens `/dev/null` with O_PATH|O_CLOEXEC in the tracee and moves it
+    /// high, to be the source of tombstones: not a directory, so that an
+    /// `*at` call that nobody checks (libc's own, under the shim) on a
+    /// quarantined dirfd fails with ENOTDIR instead of resolving its path
+    /// from somewhere (an O_PATH fd of `/` did that). Runs in place of the syscall at `entry`;
     /// returns the fd (None if it could not be made) and the registers at
     /// the last injected syscall's exit.
     pub(super) fn plant_tomb_src(
@@ -270,7 +273,7 @@ impl Job {
         // restored around the call.
         let addr = entry.rsp.wrapping_sub(512) & !0xf;
         let saved = tracer::read_mem(tid, addr, 8).ok();
-        let path_ok = saved.is_some() && tracer::write_mem(tid, addr, b"/\0").is_ok();
+        let path_ok = saved.is_some() && tracer::write_mem(tid, addr, b"/dev/null\0").is_ok();
         let nr = if path_ok {
             libc::SYS_openat
         } else {

@@ -56,6 +56,9 @@ pub(super) enum ShimSays {
     Tombstone(Box<SlotDetail>),
     /// One of the shim's own fds (its table, its tombstone source).
     Internal,
+    /// Closed through the shim without a tombstone (stdio, which is never
+    /// quarantined, or a full quarantine): its record says what it was.
+    Closed(Box<SlotDetail>),
     /// Not open as far as the shim knows.
     Free,
     /// No table, or a slot that cannot be read.
@@ -212,6 +215,15 @@ impl ShimTable {
                 _ => ShimSays::Unknown,
             },
             Some(v) if v.state == state::INTERNAL => ShimSays::Internal,
+            Some(v)
+                if v.state == state::FREE
+                    && (v.generation > 0 || v.how != handles_model::table::how::UNKNOWN) =>
+            {
+                match view.detail(fd) {
+                    Some(d) if d.value.state == state::FREE => ShimSays::Closed(Box::new(d)),
+                    _ => ShimSays::Free,
+                }
+            }
             Some(v) if v.state == state::FREE => ShimSays::Free,
             _ => ShimSays::Unknown,
         }

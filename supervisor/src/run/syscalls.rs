@@ -2,7 +2,7 @@
 //! in `handles_model::syscalls`, shared with the shim): which syscalls the
 //! prefilter traces at each check level.
 
-pub use handles_model::syscalls::{lookup, Desc, Kind, TABLE};
+pub use handles_model::syscalls::{lookup, path_arg, Desc, Kind, TABLE};
 
 use crate::seccomp::{ArgTest, TracedSyscall};
 

@@ -42,6 +42,41 @@ pub fn set_args(r: &mut Regs, a: [u64; 6]) {
     r.r9 = a[5];
 }
 
+/// The C string at `addr` in the tracee, up to `max` bytes (without its
+/// NUL), or None if nothing there can be read. A string that ends just
+/// before an unmapped page is read: the tail past the page boundary is a
+/// separate piece that may fail alone.
+pub fn read_head(tid: i32, addr: u64, max: usize) -> Option<Vec<u8>> {
+    const PAGE: u64 = 4096;
+    let mut buf = vec![0u8; max];
+    let first = (PAGE - addr % PAGE).min(max as u64) as usize;
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: max,
+    };
+    let remote = [
+        libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: first,
+        },
+        libc::iovec {
+            iov_base: addr.wrapping_add(first as u64) as *mut libc::c_void,
+            iov_len: max - first,
+        },
+    ];
+    let pieces = if first == max { 1 } else { 2 };
+    // SAFETY: local points at buf (max bytes, writable); the remote
+    // pieces, max bytes together, are only read by the kernel in the
+    // tracee's address space.
+    let n = unsafe { libc::process_vm_readv(tid, &local, 1, remote.as_ptr(), pieces, 0) };
+    let n = usize::try_from(n).ok().filter(|&n| n > 0)?;
+    buf.truncate(n);
+    if let Some(end) = buf.iter().position(|&b| b == 0) {
+        buf.truncate(end);
+    }
+    Some(buf)
+}
+
 /// Reads tracee memory.
 pub fn read_mem(tid: i32, addr: u64, len: usize) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
