@@ -256,7 +256,7 @@ fn all_plain_view_and_type_filters() {
         Some(n.to_string().as_str()),
         "{row}"
     );
-    assert!(text.lines().last().unwrap().contains("processes"), "footer");
+    assert!(text.lines().last().unwrap().contains(" handles"), "footer");
     // -c: channels only; the fixture's row counts exactly its sockets.
     let doc = json_of(&["--all", "-c", "--json"]);
     let oracle = oracle_types(pid);

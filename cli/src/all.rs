@@ -204,11 +204,25 @@ fn plain(out: &mut impl Write, rows: &[Row<'_>]) -> io::Result<()> {
     let readable = rows.iter().filter(|r| r.access == Access::Ok).count();
     let unreadable = rows.len() - readable;
     let handles = readable_handles(rows);
-    write!(out, "{readable} processes, {handles} handles")?;
+    write!(
+        out,
+        "{}, {}",
+        counted(readable, "process", "processes"),
+        counted(handles, "handle", "handles")
+    )?;
     if unreadable > 0 {
-        write!(out, "; {unreadable} processes not readable")?;
+        write!(
+            out,
+            "; {} not readable",
+            counted(unreadable, "process", "processes")
+        )?;
     }
     writeln!(out)
+}
+
+/// `1 process`, `2 processes`.
+pub fn counted(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// Handles of the processes that could be read (the totals' handles).

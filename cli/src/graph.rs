@@ -10,6 +10,7 @@ use handles_supervisor::inspect::machine::all_pids;
 use handles_supervisor::inspect::{resolve_tgid, InspectError, Inspector, Options, Snapshot};
 use serde::Serialize;
 
+use crate::all::counted;
 use crate::args::GraphArgs;
 use crate::exit;
 
@@ -79,7 +80,8 @@ pub fn run(a: &GraphArgs) -> u8 {
     }
     if unreadable > 0 {
         eprintln!(
-            "handles: {unreadable} processes not readable (permission denied): what they hold is not shown"
+            "handles: {} not readable (permission denied): what they hold is not shown",
+            counted(unreadable, "process", "processes")
         );
     }
     let g = graph::build(&snaps, (!focus.is_empty()).then_some(&focus));
@@ -332,9 +334,10 @@ fn text(out: &mut impl Write, g: &Graph) -> io::Result<()> {
     }
     writeln!(
         out,
-        "{objects} shared objects, {} pidfds, {} processes",
-        pidfds.len(),
-        g.processes.len()
+        "{}, {}, {}",
+        counted(objects, "shared object", "shared objects"),
+        counted(pidfds.len(), "pidfd", "pidfds"),
+        counted(g.processes.len(), "process", "processes")
     )
 }
 
