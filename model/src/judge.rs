@@ -224,6 +224,21 @@ impl Memo {
         self.held.take()
     }
 
+    /// The thread made a handle at `fd`. A close of it next is of a number
+    /// the thread just opened, not one a sweep walks past: the run ends
+    /// when the new number is within a sweep's step of the last close
+    /// (CPython closes its script's fd at start-up; a program that then
+    /// opens the next number and closes it is not sweeping). A held close
+    /// is still decided by the next close, which now cannot continue it.
+    pub fn created(&mut self, fd: i32) {
+        if self.last != NONE && (i64::from(fd) - i64::from(self.last)).abs() <= 2 {
+            self.last = NONE;
+            self.prev = NONE;
+            self.run = 0;
+            self.met_closed = false;
+        }
+    }
+
     /// Would a close of `fd` continue a sweep through the last closes?
     /// Steps of one, in either direction, or of two in the direction the
     /// sweep already goes (the number between is one the sweep keeps); a
@@ -791,6 +806,37 @@ mod tests {
         one(&mut m, Op::Close, 4, OPEN);
         let d = one(&mut m, Op::Close, 4, CLOSED);
         assert!(matches!(d.verdict, Verdict::Raise { .. }));
+    }
+
+    #[test]
+    fn a_number_the_thread_just_opened_is_not_swept() {
+        // Three closes in a row make a sweep; a handle the thread makes
+        // next to the last one and closes is its own, quarantined.
+        let mut m = Memo::new();
+        one(&mut m, Op::Close, 3, OPEN);
+        one(&mut m, Op::Close, 4, OPEN);
+        m.created(5);
+        assert_eq!(one(&mut m, Op::Close, 5, OPEN).verdict, Verdict::Run);
+        // A new handle far from the sweep changes nothing.
+        let mut m = Memo::new();
+        one(&mut m, Op::Close, 3, OPEN);
+        one(&mut m, Op::Close, 4, OPEN);
+        m.created(40);
+        assert_eq!(
+            one(&mut m, Op::Close, 5, OPEN).verdict,
+            Verdict::Unquarantined
+        );
+        // A held close (a closed number, maybe a sweep's first) followed
+        // by a new handle next to it and its close: reported there.
+        let mut m = Memo::new();
+        assert!(matches!(
+            one(&mut m, Op::Close, 7, CLOSED).verdict,
+            Verdict::Hold(_)
+        ));
+        m.created(8);
+        let d = one(&mut m, Op::Close, 8, OPEN);
+        assert!(matches!(d.flush, Flush::Raise(_)), "{d:?}");
+        assert_eq!(d.verdict, Verdict::Run);
     }
 
     #[test]

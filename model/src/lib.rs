@@ -12,6 +12,7 @@ pub mod handle;
 pub mod judge;
 pub mod objtype;
 pub mod policy;
+pub mod python;
 pub mod rights;
 pub mod syscalls;
 pub mod table;

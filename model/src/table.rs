@@ -236,10 +236,11 @@ pub const fn stacks_offset(capacity: u32) -> usize {
     HEADER_SIZE + capacity as usize * SLOT_SIZE
 }
 
-/// Bytes a table of `capacity` slots needs (slots and stacks). Pages that
-/// are never written cost nothing in a memfd.
+/// Bytes a table of `capacity` slots needs (slots, stacks and the Python
+/// frames area, see [`PyStacks`]). Pages that are never written cost
+/// nothing in a memfd.
 pub const fn table_size(capacity: u32) -> usize {
-    stacks_offset(capacity) + capacity as usize * STACKS_SIZE
+    codes_offset(capacity) + CODE_SLOTS * CODE_ENTRY_SIZE
 }
 
 /// A stack as read from a table: `len` return addresses, innermost first.
@@ -576,6 +577,10 @@ pub struct TableView<'a> {
     slots: &'a [Slot],
     /// As many stack records as the mapping holds (may be fewer than slots).
     stacks: &'a [SlotStacks],
+    /// As many Python records as the mapping holds (none in a table made
+    /// before the area existed).
+    py: &'a [PyStacks],
+    codes: &'a [CodeEntry],
 }
 
 impl<'a> TableView<'a> {
@@ -634,10 +639,18 @@ impl<'a> TableView<'a> {
             };
             core::slice::from_raw_parts(p as *const SlotStacks, stack_n)
         };
+        let py = py_records(mem, capacity as u32, stack_n);
+        let codes = if py.len() == capacity {
+            code_entries(mem, capacity as u32)
+        } else {
+            &[]
+        };
         Ok(TableView {
             header,
             slots,
             stacks,
+            py,
+            codes,
         })
     }
 
@@ -680,6 +693,364 @@ impl<'a> TableView<'a> {
     }
 }
 
+// ---------------------------------------------------------------------
+// Python frames (appended area, after the stack records).
+//
+// For a CPython program the shim records, next to each native stack, the
+// Python frames of the calling thread at that moment: per frame the code
+// object's address, the line and a check word of the code object's own
+// fields (`crate::python::PyFrame`). Written under the slot's sequence
+// counter like the stacks; zero in every other program. The file and
+// function of each code object go once into the code registry after
+// the records ([`CodeEntry`]), so that a frame still resolves once its
+// code object is freed (a leak check runs after the interpreter freed
+// everything).
+
+/// Python frames kept per record (creation, close).
+pub const PY_DEPTH: usize = 12;
+/// Bytes of one slot's Python records: two words per frame, two records.
+pub const PY_STACKS_SIZE: usize = 2 * PY_DEPTH * 16;
+
+/// Where the Python area of a table of `capacity` slots starts.
+pub const fn py_offset(capacity: u32) -> usize {
+    stacks_offset(capacity) + capacity as usize * STACKS_SIZE
+}
+
+/// One slot's Python records: per frame `code`, then the line (low 31
+/// bits) | entry (bit 31) | check (high 32 bits); a 0 code ends a record.
+#[repr(C)]
+pub struct PyStacks {
+    pub created: [AtomicU64; 2 * PY_DEPTH],
+    pub closed: [AtomicU64; 2 * PY_DEPTH],
+}
+
+const _: () = assert!(core::mem::size_of::<PyStacks>() == PY_STACKS_SIZE);
+
+/// Python frames as read from a table, innermost first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyStack {
+    pub frames: [crate::python::PyFrame; PY_DEPTH],
+    pub len: usize,
+}
+
+impl PyStack {
+    pub fn frames(&self) -> &[crate::python::PyFrame] {
+        &self.frames[..self.len.min(PY_DEPTH)]
+    }
+}
+
+fn store_py(dst: &[AtomicU64; 2 * PY_DEPTH], frames: &[crate::python::PyFrame]) {
+    for (i, pair) in dst.chunks_exact(2).enumerate() {
+        let (a, b) = match frames.get(i) {
+            Some(f) => (
+                f.code,
+                u64::from(f.line & 0x7fff_ffff)
+                    | (u64::from(f.entry) << 31)
+                    | (u64::from(f.check) << 32),
+            ),
+            None => (0, 0),
+        };
+        pair[0].store(a, Ordering::Relaxed);
+        pair[1].store(b, Ordering::Relaxed);
+        if a == 0 {
+            break;
+        }
+    }
+}
+
+fn load_py(src: &[AtomicU64; 2 * PY_DEPTH]) -> PyStack {
+    let mut st = PyStack::default();
+    for (i, pair) in src.chunks_exact(2).enumerate() {
+        let code = pair[0].load(Ordering::Relaxed);
+        if code == 0 {
+            break;
+        }
+        let w = pair[1].load(Ordering::Relaxed);
+        st.frames[i] = crate::python::PyFrame {
+            code,
+            lasti: 0,
+            line: (w & 0x7fff_ffff) as u32,
+            entry: w & (1 << 31) != 0,
+            check: (w >> 32) as u32,
+        };
+        st.len = i + 1;
+    }
+    st
+}
+
+impl PyStacks {
+    /// Stores the creation record and clears the close record. Only while
+    /// holding the slot's lock.
+    pub fn set_created(&self, _lock: &Locked, frames: &[crate::python::PyFrame]) {
+        store_py(&self.created, frames);
+        store_py(&self.closed, &[]);
+    }
+
+    /// Stores the close record. Only while holding the slot's lock.
+    pub fn set_closed(&self, _lock: &Locked, frames: &[crate::python::PyFrame]) {
+        store_py(&self.closed, frames);
+    }
+
+    pub fn created(&self) -> PyStack {
+        load_py(&self.created)
+    }
+
+    pub fn closed(&self) -> PyStack {
+        load_py(&self.closed)
+    }
+}
+
+/// The Python records a mapping of `mem.len()` bytes holds, at most `n`.
+fn py_records(mem: &[u8], capacity: u32, n: usize) -> &[PyStacks] {
+    let off = py_offset(capacity);
+    let count = (mem.len().saturating_sub(off) / PY_STACKS_SIZE).min(n);
+    if count == 0 {
+        return &[];
+    }
+    // SAFETY: off + count * PY_STACKS_SIZE <= mem.len(); off is a multiple
+    // of 8 (the header, slots and stack records are) and mem is 8-aligned
+    // (checked by TableView::new); PyStacks is all atomics.
+    unsafe { core::slice::from_raw_parts(mem.as_ptr().add(off) as *const PyStacks, count) }
+}
+
+/// Code objects the registry holds (open addressing).
+pub const CODE_SLOTS: usize = 4096;
+/// Bytes of one registry entry.
+pub const CODE_ENTRY_SIZE: usize = 256;
+/// Bytes of a code object's (qualified) name an entry keeps.
+pub const CODE_NAME_SIZE: usize = 64;
+/// Bytes of a code object's file name an entry keeps (the tail of a
+/// longer one, behind `...`).
+pub const CODE_FILE_SIZE: usize = 160;
+/// Entries probed from a key's home slot.
+const CODE_PROBES: usize = 16;
+
+/// Where the code registry of a table of `capacity` slots starts.
+pub const fn codes_offset(capacity: u32) -> usize {
+    py_offset(capacity) + capacity as usize * PY_STACKS_SIZE
+}
+
+/// One code object's file and function, written once by the shim the
+/// first time a record names it. `state`: 0 free, 1 being written, 2
+/// ready (then never written again).
+#[repr(C)]
+pub struct CodeEntry {
+    pub state: AtomicU64,
+    pub code: AtomicU64,
+    /// check (low 32 bits) | first line (high 32 bits).
+    pub meta: AtomicU64,
+    /// name length (low 16 bits) | file length (bits 16-31).
+    pub lens: AtomicU64,
+    pub name: [AtomicU64; CODE_NAME_SIZE / 8],
+    pub file: [AtomicU64; CODE_FILE_SIZE / 8],
+}
+
+const _: () = assert!(core::mem::size_of::<CodeEntry>() == CODE_ENTRY_SIZE);
+
+/// A registry entry as read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CodeRecord {
+    pub firstlineno: u32,
+    pub name: [u8; CODE_NAME_SIZE],
+    pub name_len: usize,
+    pub file: [u8; CODE_FILE_SIZE],
+    pub file_len: usize,
+}
+
+impl CodeRecord {
+    pub fn name(&self) -> &[u8] {
+        &self.name[..self.name_len.min(CODE_NAME_SIZE)]
+    }
+    pub fn file(&self) -> &[u8] {
+        &self.file[..self.file_len.min(CODE_FILE_SIZE)]
+    }
+}
+
+fn code_home(code: u64, check: u32) -> usize {
+    let h = (code >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(check);
+    (h >> 20) as usize % CODE_SLOTS
+}
+
+fn put_bytes(dst: &[AtomicU64], src: &[u8]) {
+    for (i, w) in dst.iter().enumerate() {
+        let mut b = [0u8; 8];
+        for (j, x) in b.iter_mut().enumerate() {
+            *x = src.get(i * 8 + j).copied().unwrap_or(0);
+        }
+        w.store(u64::from_le_bytes(b), Ordering::Relaxed);
+    }
+}
+
+fn get_bytes(src: &[AtomicU64], out: &mut [u8]) {
+    for (i, w) in src.iter().enumerate() {
+        let b = w.load(Ordering::Relaxed).to_le_bytes();
+        if let Some(d) = out.get_mut(i * 8..i * 8 + 8) {
+            d.copy_from_slice(&b);
+        }
+    }
+}
+
+/// The registry of a table: `entries` is its whole area.
+pub struct CodeRegistry<'a> {
+    pub entries: &'a [CodeEntry],
+}
+
+impl CodeRegistry<'_> {
+    /// Whether (`code`, `check`) is there.
+    pub fn contains(&self, code: u64, check: u32) -> bool {
+        self.find(code, check).is_some()
+    }
+
+    fn find(&self, code: u64, check: u32) -> Option<&CodeEntry> {
+        if self.entries.is_empty() {
+            return None;
+        }
+        let home = code_home(code, check);
+        for k in 0..CODE_PROBES {
+            let e = &self.entries[(home + k) % self.entries.len()];
+            match e.state.load(Ordering::Acquire) {
+                0 => return None,
+                2 if e.code.load(Ordering::Relaxed) == code
+                    && e.meta.load(Ordering::Relaxed) as u32 == check =>
+                {
+                    return Some(e)
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Adds an entry unless one for (`code`, `check`) is there; false when
+    /// its probe sequence is full (the reader then reads the live code
+    /// object, if it still can).
+    pub fn insert(
+        &self,
+        code: u64,
+        check: u32,
+        firstlineno: u32,
+        name: &[u8],
+        file: &[u8],
+    ) -> bool {
+        if self.entries.is_empty() {
+            return false;
+        }
+        let home = code_home(code, check);
+        for k in 0..CODE_PROBES {
+            let e = &self.entries[(home + k) % self.entries.len()];
+            match e.state.load(Ordering::Acquire) {
+                0 => {
+                    if e.state
+                        .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+                        .is_err()
+                    {
+                        // Another thread took it: look again at what it
+                        // writes only if it is ours, later.
+                        continue;
+                    }
+                    e.code.store(code, Ordering::Relaxed);
+                    e.meta.store(
+                        u64::from(check) | (u64::from(firstlineno) << 32),
+                        Ordering::Relaxed,
+                    );
+                    let (n, f) = (
+                        name.len().min(CODE_NAME_SIZE),
+                        file.len().min(CODE_FILE_SIZE),
+                    );
+                    e.lens
+                        .store(n as u64 | ((f as u64) << 16), Ordering::Relaxed);
+                    put_bytes(&e.name, &name[..n]);
+                    put_bytes(&e.file, &file[..f]);
+                    e.state.store(2, Ordering::Release);
+                    return true;
+                }
+                2 if e.code.load(Ordering::Relaxed) == code
+                    && e.meta.load(Ordering::Relaxed) as u32 == check =>
+                {
+                    return true
+                }
+                _ => {}
+            }
+        }
+        false
+    }
+
+    /// The entry for (`code`, `check`).
+    pub fn get(&self, code: u64, check: u32) -> Option<CodeRecord> {
+        let e = self.find(code, check)?;
+        let lens = e.lens.load(Ordering::Relaxed);
+        let mut r = CodeRecord {
+            firstlineno: (e.meta.load(Ordering::Relaxed) >> 32) as u32,
+            name: [0; CODE_NAME_SIZE],
+            name_len: (lens & 0xffff) as usize,
+            file: [0; CODE_FILE_SIZE],
+            file_len: ((lens >> 16) & 0xffff) as usize,
+        };
+        get_bytes(&e.name, &mut r.name);
+        get_bytes(&e.file, &mut r.file);
+        Some(r)
+    }
+}
+
+/// The registry a mapping of `mem.len()` bytes holds (empty when the
+/// mapping ends before it).
+fn code_entries(mem: &[u8], capacity: u32) -> &[CodeEntry] {
+    let off = codes_offset(capacity);
+    if mem.len() < off + CODE_SLOTS * CODE_ENTRY_SIZE {
+        return &[];
+    }
+    // SAFETY: the whole registry lies inside mem; off is a multiple of 8
+    // and mem is 8-aligned; CodeEntry is all atomics.
+    unsafe { core::slice::from_raw_parts(mem.as_ptr().add(off) as *const CodeEntry, CODE_SLOTS) }
+}
+
+impl<'a> TableView<'a> {
+    /// The table's code registry (empty in a table without one).
+    pub fn codes(&self) -> CodeRegistry<'a> {
+        CodeRegistry {
+            entries: self.codes,
+        }
+    }
+
+    /// `fd`'s Python record cell, for a writer (see [`TableView::cells`]).
+    pub fn py_cell(&self, fd: i32) -> Option<&'a PyStacks> {
+        self.py.get(usize::try_from(fd).ok()?)
+    }
+
+    /// [`TableView::detail`] with the slot's Python records (creation,
+    /// close), all read as one snapshot. Records are empty when the table
+    /// has no Python area.
+    pub fn detail_py(&self, fd: i32) -> Option<(SlotDetail, PyStack, PyStack)> {
+        let i = usize::try_from(fd).ok()?;
+        let slot = self.slots.get(i)?;
+        let stacks = self.stacks.get(i)?;
+        let Some(py) = self.py.get(i) else {
+            return slot
+                .read_detail(stacks, 64)
+                .map(|d| (d, PyStack::default(), PyStack::default()));
+        };
+        for _ in 0..64 {
+            let s1 = slot.seq.load(Ordering::Acquire);
+            if s1 & 1 != 0 {
+                core::hint::spin_loop();
+                continue;
+            }
+            let created = py.created();
+            let closed = py.closed();
+            // read_detail takes its own snapshot; the same even counter
+            // before and after both means nothing was written between.
+            let Some(detail) = slot.read_detail(stacks, 1) else {
+                continue;
+            };
+            fence(Ordering::Acquire);
+            if slot.seq.load(Ordering::Relaxed) == s1 {
+                return Some((detail, created, closed));
+            }
+        }
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
@@ -693,6 +1064,55 @@ mod tests {
     fn bytes(v: &[u64]) -> &[u8] {
         // SAFETY: reinterpreting initialised u64s as bytes.
         unsafe { core::slice::from_raw_parts(v.as_ptr().cast(), v.len() * 8) }
+    }
+
+    #[test]
+    fn python_records_round_trip_and_are_cleared_by_a_new_creation() {
+        use crate::python::PyFrame;
+        let mem = aligned(table_size(8));
+        let b = bytes(&mem);
+        // SAFETY: b is aligned and large enough; all-atomic layout.
+        let header = unsafe { &*(b.as_ptr() as *const Header) };
+        header.init(8, 42, 1, writer::SHIM);
+        let view = TableView::new(b).expect("valid");
+        let (slot, _) = view.cells(5).expect("slot 5");
+        let py = view.py_cell(5).expect("python record 5");
+        let f = PyFrame {
+            code: 0x7f00_1234_5670,
+            lasti: 0,
+            check: 0xfeed_f00d,
+            entry: true,
+            line: 77,
+        };
+        let l = slot.lock(100);
+        py.set_created(&l, &[f, PyFrame { entry: false, ..f }]);
+        py.set_closed(&l, &[f]);
+        slot.unlock(l);
+        let (_, created, closed) = view.detail_py(5).expect("detail");
+        assert_eq!(created.frames(), &[f, PyFrame { entry: false, ..f }]);
+        assert_eq!(closed.frames(), &[f]);
+        let l = slot.lock(100);
+        py.set_created(&l, &[]);
+        slot.unlock(l);
+        let (_, created, closed) = view.detail_py(5).expect("detail");
+        assert_eq!((created.len, closed.len), (0, 0));
+        assert!(view.py_cell(8).is_none());
+        let codes = view.codes();
+        assert!(codes.get(f.code, f.check).is_none());
+        assert!(codes.insert(f.code, f.check, 12, b"helper", b"/srv/app.py"));
+        assert!(codes.insert(f.code, f.check, 99, b"other", b"/x.py"));
+        let r = codes.get(f.code, f.check).expect("registered");
+        assert_eq!(
+            (r.name(), r.file(), r.firstlineno),
+            (&b"helper"[..], &b"/srv/app.py"[..], 12)
+        );
+        // Same address, another code object: not that entry.
+        assert!(codes.get(f.code, f.check ^ 1).is_none());
+        // A full probe sequence refuses, never overwrites.
+        for i in 0..100u64 {
+            codes.insert(f.code, i as u32 + 7, 1, b"n", b"f");
+        }
+        assert_eq!(codes.get(f.code, f.check).map(|r| r.firstlineno), Some(12));
     }
 
     #[test]

@@ -54,6 +54,7 @@ mod fddir;
 #[cfg(not(test))]
 mod lookup;
 mod peer;
+mod python;
 mod quarantine;
 mod real;
 mod report;
@@ -242,6 +243,9 @@ extern "C" fn init() {
     }
     if env(c"HANDLES_STACKS") == Some("unwind") {
         stack::UNWIND.store(true, Relaxed);
+    }
+    if env(c"HANDLES_PYTHON_FRAMES") == Some("0") {
+        python::disable();
     }
     let (soft, hard) = state::nofile().unwrap_or((1024, 1024));
     let limit = soft.max(1);

@@ -157,6 +157,15 @@ thread_local! {
     static HELD: Cell<(i64, Pcs)> = const { Cell::new((0, Pcs::EMPTY)) };
 }
 
+/// The calling thread made a handle at `fd` (the judge's sweep memo).
+pub fn note_created(fd: i32) {
+    MEMO.with(|c| {
+        let mut m = c.get();
+        m.created(fd);
+        c.set(m);
+    });
+}
+
 /// What the table says of `fd` for the judge; an fd the kernel has open
 /// that the table does not know (made behind the shim's back) is adopted.
 pub fn known(fd: i32) -> Known {
@@ -418,6 +427,12 @@ fn write_bad_handle(
     EXCEPTIONS.fetch_add(1, Relaxed);
     let closed_pcs = &closed.pcs[..closed.len];
     if first_of_context(kind, offending.frames(), closed_pcs) {
+        // Python frames (CPython programs): the call's now, the close's
+        // and the creation's as recorded.
+        let py_now = crate::python::capture();
+        let py_rec = st::py_stacks(fd).map(|p| (p.closed(), p.created()));
+        let (py_closed, py_created) = py_rec.unwrap_or_default();
+        let py = [py_now.frames(), py_closed.frames(), py_created.frames()];
         let mut w = Out::new();
         let _ = write_report(
             &mut w,
@@ -433,6 +448,7 @@ fn write_bad_handle(
             offending,
             closed_pcs,
             &created.pcs[..created.len],
+            py,
         );
         w.flush();
     }
@@ -644,7 +660,7 @@ pub fn apply(after: After) {
 }
 
 /// A 2 KiB stack buffer that flushes to fd 2 when full.
-struct Out {
+pub(crate) struct Out {
     buf: [u8; 2048],
     n: usize,
 }
@@ -662,7 +678,7 @@ impl Out {
         self.n = 0;
     }
 
-    fn bytes(&mut self, b: &[u8]) {
+    pub(crate) fn bytes(&mut self, b: &[u8]) {
         for chunk in b.chunks(512) {
             if self.n + chunk.len() > self.buf.len() {
                 self.flush();
@@ -838,6 +854,7 @@ fn write_report(
     offending: &Pcs,
     closed: &[u64],
     created: &[u64],
+    py: [&[handles_model::python::PyFrame]; 3],
 ) -> core::fmt::Result {
     let was_closed = matches!(kind, Kind::UseClosed | Kind::DoubleClose | Kind::DupClosed);
     let whatline = kind.sentence(quarantined);
@@ -890,11 +907,14 @@ fn write_report(
         crate::symbolize::symbolize(&[walked(offending.frames()), walked(closed), walked(created)]);
     writeln!(w, "handles: backtrace:")?;
     stack_lines(w, offending.frames(), sym.as_ref(), 0)?;
+    crate::python::write_frames(w, py[0], walked(offending.frames()).len())?;
     if was_closed {
         writeln!(w, "handles: closed in process {pid} at:")?;
         stack_lines(w, closed, sym.as_ref(), 1)?;
+        crate::python::write_frames(w, py[1], walked(closed).len())?;
         writeln!(w, "handles: originally opened in process {pid} at:")?;
         stack_lines(w, created, sym.as_ref(), 2)?;
+        crate::python::write_frames(w, py[2], walked(created).len())?;
     }
     Ok(())
 }

@@ -145,6 +145,50 @@ pub fn stacks(fd: i32) -> Option<&'static SlotStacks> {
     Some(stacks_at(pb, cap, fd))
 }
 
+/// The Python records of `fd` in the published table.
+pub fn py_stacks(fd: i32) -> Option<&'static table::PyStacks> {
+    let cap = CAP.load(Relaxed);
+    let pb = PUB.load(Relaxed);
+    if (fd as u32) >= cap || pb.is_null() {
+        return None;
+    }
+    // SAFETY: as slot_at; the Python area follows the stack records, and
+    // the table is mapped table_size(cap) bytes long.
+    Some(unsafe {
+        &*(pb.add(table::py_offset(cap) + fd as usize * table::PY_STACKS_SIZE)
+            as *const table::PyStacks)
+    })
+}
+
+/// The code registry of the published table.
+pub fn codes() -> Option<table::CodeRegistry<'static>> {
+    let cap = CAP.load(Relaxed);
+    let pb = PUB.load(Relaxed);
+    if pb.is_null() {
+        return None;
+    }
+    // SAFETY: the table is mapped table_size(cap) bytes long and ends with
+    // the registry; its offset is a multiple of 8; all atomics.
+    let entries = unsafe {
+        core::slice::from_raw_parts(
+            pb.add(table::codes_offset(cap)) as *const table::CodeEntry,
+            table::CODE_SLOTS,
+        )
+    };
+    Some(table::CodeRegistry { entries })
+}
+
+/// The calling thread's Python frames for a record whose native stack is
+/// `pcs`: none when no stack is recorded at all (HANDLES_STACK_DEPTH=0,
+/// fds registered at start-up).
+fn py_frames(pcs: &Pcs) -> crate::python::PyPcs {
+    if pcs.n == 0 {
+        crate::python::PyPcs::EMPTY
+    } else {
+        crate::python::capture()
+    }
+}
+
 /// The slot's state, one relaxed load: the wrappers' fast path.
 #[inline(always)]
 pub fn state_of(fd: i32) -> Option<u32> {
@@ -357,6 +401,7 @@ pub fn created(fd: i32, ty: u32, how: u32, name: Named, pcs: &Pcs) {
 /// [`created`] for a caller that already holds the slot's lock.
 pub fn created_locked(fd: i32, s: &Slot, l: &Locked, ty: u32, how: u32, name: Named, pcs: &Pcs) {
     fddir::forget(fd);
+    crate::report::note_created(fd);
     let old = s.load(l);
     if old.state == state::INTERNAL {
         lost_internal(fd);
@@ -387,6 +432,9 @@ pub fn created_locked(fd: i32, s: &Slot, l: &Locked, ty: u32, how: u32, name: Na
         set_name(st, l, name, &dup);
         mark_dirty(DIRTY_CREATED | DIRTY_CLOSED);
     }
+    if let Some(py) = py_stacks(fd) {
+        py.set_created(l, py_frames(pcs).frames());
+    }
     account(old.state, state::OPEN);
 }
 
@@ -404,6 +452,9 @@ pub fn adopt(fd: i32) {
         if let Some(st) = stacks(fd) {
             st.set_created(&l, &[]);
             mark_dirty(DIRTY_CREATED | DIRTY_CLOSED);
+        }
+        if let Some(py) = py_stacks(fd) {
+            py.set_created(&l, &[]);
         }
         account(state::FREE, state::OPEN);
     }
@@ -425,6 +476,9 @@ pub fn closed_locked(fd: i32, s: &Slot, l: &Locked, tombstone: bool, pcs: &Pcs) 
     if let Some(st) = stacks(fd) {
         st.set_closed(l, pcs.frames());
         mark_dirty(DIRTY_CLOSED);
+    }
+    if let Some(py) = py_stacks(fd) {
+        py.set_closed(l, py_frames(pcs).frames());
     }
     account(was, v.state);
 }

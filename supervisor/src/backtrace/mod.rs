@@ -31,6 +31,7 @@
 mod elf;
 mod maps;
 mod memory;
+pub mod python;
 mod symbolize;
 mod unwind;
 
@@ -69,6 +70,9 @@ pub struct Frame {
     pub line: Option<u32>,
     /// The functions `function` was inlined into, innermost first.
     pub inlined_into: Vec<InlinedCall>,
+    /// A Python frame (see [`python`]): `function`, `file` and `line` are
+    /// the code object's, `addr` is the code object's address, no module.
+    pub python: bool,
 }
 
 impl Frame {
@@ -85,6 +89,18 @@ impl fmt::Display for Frame {
     /// `#3 0x00007f… in __libc_start_call_main+0x7a (libc.so.6+0x271ca)`,
     /// `#4 0x… (unknown)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.python {
+            // `#2 /srv/app/db.py:41 in Store.open (Python)`, as a Python
+            // traceback names a frame; no address: a code object's says
+            // nothing to the reader.
+            write!(f, "#{} ", self.index)?;
+            match (&self.file, self.line) {
+                (Some(file), Some(line)) => write!(f, "{file}:{line} in ")?,
+                (Some(file), None) => write!(f, "{file} in ")?,
+                _ => {}
+            }
+            return write!(f, "{} (Python)", self.function.as_deref().unwrap_or("??"));
+        }
         write!(f, "#{} {:#018x}", self.index, self.addr)?;
         if let Some(function) = &self.function {
             write!(f, " in {function}")?;
@@ -139,6 +155,7 @@ mod tests {
             file: Some("/path/fixture.c".into()),
             line: Some(42),
             inlined_into: Vec::new(),
+            python: false,
         }
     }
 

@@ -116,6 +116,7 @@ impl Symbolizer {
             file: None,
             line: None,
             inlined_into: Vec::new(),
+            python: false,
         };
         let Some(m) = maps.mapping_of(lookup).filter(|m| m.is_module()) else {
             return frame;

@@ -281,8 +281,8 @@ fn apply_published(
     // not believed, so the table never hides a real handle.
     handles.retain_mut(|h| {
         // The slot and its stacks as one snapshot, read only when asked.
-        let detail = if stacks { view.detail(h.fd) } else { None };
-        match detail.map(|d| d.value).or_else(|| view.slot(h.fd)) {
+        let detail = if stacks { view.detail_py(h.fd) } else { None };
+        match detail.map(|d| d.0.value).or_else(|| view.slot(h.fd)) {
             Some(v)
                 if (v.state == state::TOMBSTONE || v.state == state::INTERNAL)
                     && h.flags & oflags::PATH != 0 =>
@@ -291,9 +291,10 @@ fn apply_published(
             }
             Some(v) if v.state == state::OPEN => {
                 h.generation = v.generation;
+                let codes = view.codes();
                 h.created = detail
                     .as_ref()
-                    .and_then(Creation::from_detail)
+                    .and_then(|(d, py, _)| Creation::from_detail(d, py, &codes))
                     .map(Box::new);
                 true
             }
@@ -310,6 +311,8 @@ pub struct Inspector {
     anon_ino: Option<u64>,
     /// Set when creation stacks are wanted (see [`Inspector::with_stacks`]).
     symbolizer: Option<crate::backtrace::Symbolizer>,
+    /// Resolves the Python frames recorded with creation stacks.
+    python: crate::backtrace::python::PythonResolver,
 }
 
 impl Inspector {
@@ -318,6 +321,7 @@ impl Inspector {
             opts,
             anon_ino: classify::anon_inode_ino(),
             symbolizer: None,
+            python: crate::backtrace::python::PythonResolver::new(),
         }
     }
 
@@ -416,7 +420,7 @@ impl Inspector {
                     .handles
                     .iter_mut()
                     .filter_map(|h| h.created.as_deref_mut());
-                stacks::symbolize(symbolizer, pid, creations);
+                stacks::symbolize(symbolizer, &mut self.python, pid, creations);
             }
         }
     }

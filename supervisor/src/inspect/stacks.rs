@@ -8,9 +8,11 @@
 
 use std::collections::HashMap;
 
-use handles_model::table::{how, SlotDetail};
+use handles_model::python::PyFrame;
+use handles_model::table::{how, CodeRegistry, PyStack, SlotDetail};
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 
+use crate::backtrace::python::PythonResolver;
 use crate::backtrace::{Frame, ModuleMap, Symbolizer};
 
 /// How a handle came to be, as its slot's `how` code says.
@@ -84,18 +86,41 @@ pub struct Creation {
     /// The recorded stack: return addresses, innermost first.
     pub pcs: Vec<u64>,
     /// The stack symbolized (filled by the inspector once every process is
-    /// read; one frame per address, the shim's own frames left out).
+    /// read; one frame per address, the shim's own frames left out; Python
+    /// frames in place of the interpreter's evaluation frames).
     pub frames: Vec<Frame>,
+    /// The Python frames recorded with the stack (CPython programs).
+    pub py: Vec<PyFrame>,
+    /// Their file and function as the table's code registry had them when
+    /// read, for code objects freed by the time they are resolved.
+    pub py_names: Vec<Option<(String, String)>>,
 }
 
 impl Creation {
     /// The creation of an open slot, if it recorded a stack.
-    pub(crate) fn from_detail(d: &SlotDetail) -> Option<Creation> {
+    pub(crate) fn from_detail(
+        d: &SlotDetail,
+        py: &PyStack,
+        codes: &CodeRegistry<'_>,
+    ) -> Option<Creation> {
         let pcs = d.created.frames();
         (!pcs.is_empty()).then(|| Creation {
             how: How::from_code(d.value.how),
             pcs: pcs.to_vec(),
             frames: Vec::new(),
+            py: py.frames().to_vec(),
+            py_names: py
+                .frames()
+                .iter()
+                .map(|f| {
+                    codes.get(f.code, f.check).map(|r| {
+                        (
+                            String::from_utf8_lossy(r.file()).into_owned(),
+                            String::from_utf8_lossy(r.name()).into_owned(),
+                        )
+                    })
+                })
+                .collect(),
         })
     }
 }
@@ -106,13 +131,17 @@ struct FrameOut<'a>(&'a Frame);
 impl Serialize for FrameOut<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let f = self.0;
-        let mut st = s.serialize_struct("Frame", 6)?;
+        let mut st = s.serialize_struct("Frame", 7)?;
         st.serialize_field("pc", &f.addr)?;
         st.serialize_field("function", &f.function)?;
         st.serialize_field("file", &f.file)?;
         st.serialize_field("line", &f.line)?;
         st.serialize_field("module", &f.module)?;
         st.serialize_field("offset", &f.module_offset)?;
+        if f.python {
+            // Only on Python frames: `pc` is then the code object's address.
+            st.serialize_field("python", &true)?;
+        }
         st.end()
     }
 }
@@ -149,6 +178,7 @@ fn bare(index: usize, addr: u64) -> Frame {
         file: None,
         line: None,
         inlined_into: Vec::new(),
+        python: false,
     }
 }
 
@@ -166,6 +196,7 @@ fn is_shim_frame(f: &Frame) -> bool {
 /// instruction the same way. Each distinct address is symbolized once.
 pub(crate) fn symbolize<'h>(
     symbolizer: &mut Symbolizer,
+    python: &mut PythonResolver,
     pid: i32,
     creations: impl Iterator<Item = &'h mut Creation>,
 ) {
@@ -184,6 +215,16 @@ pub(crate) fn symbolize<'h>(
             if !is_shim_frame(f) {
                 frames.push(f.clone());
             }
+        }
+        if !c.py.is_empty() {
+            for (f, names) in c.py.iter().zip(&c.py_names) {
+                if let Some((file, function)) = names {
+                    python.remember(pid, f, file, function);
+                }
+            }
+            let interp = maps.as_ref().and_then(|m| python.interpreter(m));
+            let resolved = python.resolve(pid, interp.as_ref(), None, &c.py);
+            frames = crate::backtrace::python::merge(frames, resolved, &c.py);
         }
         for (i, f) in frames.iter_mut().enumerate() {
             f.index = i;
@@ -233,6 +274,8 @@ mod tests {
                 module_offset: 0x11c9,
                 ..bare(0, 0x1000)
             }],
+            py: Vec::new(),
+            py_names: Vec::new(),
         };
         let v = serde_json::to_value(&c).expect("serializes");
         assert_eq!(
@@ -249,6 +292,8 @@ mod tests {
             how: How::Unknown,
             pcs: vec![5],
             frames: vec![bare(0, 5)],
+            py: Vec::new(),
+            py_names: Vec::new(),
         };
         let v = serde_json::to_value(&u).expect("serializes");
         assert_eq!(v["by"], serde_json::Value::Null);
@@ -261,9 +306,16 @@ mod tests {
             how: How::Unknown,
             pcs: vec![0x10, 0x20, 0x10],
             frames: Vec::new(),
+            py: Vec::new(),
+            py_names: Vec::new(),
         };
         // No such process: the maps cannot be read.
-        symbolize(&mut Symbolizer::new(), i32::MAX, std::iter::once(&mut c));
+        symbolize(
+            &mut Symbolizer::new(),
+            &mut PythonResolver::new(),
+            i32::MAX,
+            std::iter::once(&mut c),
+        );
         let got: Vec<(usize, u64)> = c.frames.iter().map(|f| (f.index, f.addr)).collect();
         assert_eq!(got, vec![(0, 0x10), (1, 0x20), (2, 0x10)]);
         let shim = Frame {

@@ -68,11 +68,11 @@ impl Job {
         // The shim closes and creates without stopping here: where it is
         // loaded, its table is the truth for what it did.
         match self.shim_says(tgid, fd) {
-            ShimSays::Tombstone(d) => {
+            ShimSays::Tombstone(r) => {
                 let t = self.threads.get(&tid)?;
                 let mut table = t.table.borrow_mut();
                 table.forget_open(fd);
-                table.remember_closed(fd, shimtable::closed_handle(tgid, &d));
+                table.remember_closed(fd, shimtable::closed_handle(tgid, &r.0, &r.1));
                 return Some(Bad::Stale);
             }
             ShimSays::Internal => return Some(Bad::Internal),
@@ -84,7 +84,7 @@ impl Job {
                 let mut table = t.table.borrow_mut();
                 table.forget_open(fd);
                 table.drop_tombstone(fd);
-                table.remember_closed(fd, shimtable::closed_handle(tgid, &d));
+                table.remember_closed(fd, shimtable::closed_handle(tgid, &d.0, &d.1));
                 return Some(Bad::NotOpen);
             }
             ShimSays::Free | ShimSays::Closed(_) => {
@@ -156,16 +156,16 @@ impl Job {
         let owner = crate::inspect::shared::table_owner(&target)?;
         let table = crate::inspect::shared::inherited_table(tgid, fd, owner)?;
         let view = table.view().ok()?;
-        match view.detail(fd) {
-            Some(d) if d.value.state == state::INTERNAL => Some(Bad::Internal),
-            Some(d) if d.value.state == state::TOMBSTONE => {
+        match view.detail_py(fd) {
+            Some((d, ..)) if d.value.state == state::INTERNAL => Some(Bad::Internal),
+            Some((d, c, x)) if d.value.state == state::TOMBSTONE => {
                 // Still the parent's tombstone: what it closed there (the
                 // parent may have closed the number again since the fork;
                 // then this is its later close, rarely so).
                 let t = self.threads.get(&tid)?;
                 t.table
                     .borrow_mut()
-                    .remember_closed(fd, shimtable::closed_handle(owner, &d));
+                    .remember_closed(fd, shimtable::closed_handle(owner, &d, &(c, x)));
                 Some(Bad::StaleInherited)
             }
             _ => Some(Bad::StaleInherited),
@@ -177,12 +177,12 @@ impl Job {
     pub(super) fn offending_stack(&mut self, tid: i32, tgid: i32, regs: &Regs) -> Vec<Frame> {
         let stack = self.capture_stack(tid, tgid, Some(regs)).or_else(|| {
             let maps = ModuleMap::read(tgid).ok()?;
-            Some(Arc::new(self.unwinder.unwind(
-                tid,
-                &maps,
-                StartRegs::from(regs),
-                64,
-            )))
+            let mut pcs = self.unwinder.unwind(tid, &maps, StartRegs::from(regs), 64);
+            if let Some(p) = self.procs.get_mut(&tgid) {
+                p.maps.get_or_insert(maps);
+            }
+            self.append_python(tid, tgid, regs, &mut pcs);
+            Some(Arc::new(pcs))
         });
         self.symbolize(tgid, stack.as_ref())
     }
@@ -269,7 +269,7 @@ impl Job {
                     p.inherited_at_fork = shim
                         .open_fds(&present)
                         .into_iter()
-                        .map(|(fd, d)| (fd, d.value.generation))
+                        .map(|(fd, d, _)| (fd, d.value.generation))
                         .collect();
                 }
                 p.shim = Some(shim);
@@ -854,6 +854,10 @@ impl Job {
                     .collect()
             })
             .unwrap_or_default();
+        let mut pcs = pcs;
+        // The thread is stopped in the held call's context: its Python
+        // frames are the call's.
+        self.append_python(tid, tgid, &regs, &mut pcs);
         let offending = self.symbolize(tgid, Some(&Arc::new(pcs)));
         let known = self.known(tid, h.fd);
         let op = judge::op_of(h.nr, &[h.fd as u64, 0, 0, 0, 0, 0], 0, false);

@@ -22,6 +22,7 @@ impl Job {
             if table.get(fd).is_none() {
                 table.open(fd, Origin::Syscall(p.name), p.stack.clone(), tgid);
             }
+            t.memo.created(fd);
         }
     }
 
@@ -286,12 +287,12 @@ impl Job {
             }
             _ => new_fds.push(ret as i32),
         }
-        {
-            let t = &self.threads[&tid];
+        if let Some(t) = self.threads.get_mut(&tid) {
             let mut table = t.table.borrow_mut();
             for &fd in &new_fds {
                 if fd >= 0 {
                     table.open(fd, origin.clone(), stack.clone(), tgid);
+                    t.memo.created(fd);
                 }
             }
         }

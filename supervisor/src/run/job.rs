@@ -473,6 +473,8 @@ pub struct Job {
     pub(super) deferred: Deferred,
     pub(super) unwinder: Unwinder,
     pub(super) symbolizer: Symbolizer,
+    /// Python frames of CPython programs (backtrace/python.rs).
+    pub(super) python: crate::backtrace::python::PythonResolver,
     pub(super) exceptions: usize,
     pub(super) suppressed: usize,
     pub(super) leak_reports: Vec<ProcessLeaks>,
@@ -605,6 +607,7 @@ impl Job {
             deferred: Deferred::default(),
             unwinder: Unwinder::new(),
             symbolizer: Symbolizer::new(),
+            python: crate::backtrace::python::PythonResolver::new(),
             exceptions: 0,
             suppressed: 0,
             leak_reports: Vec::new(),
@@ -1287,7 +1290,30 @@ impl Job {
             },
             _ => first.frames,
         };
+        let mut pcs = pcs;
+        self.append_python(tid, tgid, regs, &mut pcs);
         Some(Arc::new(pcs))
+    }
+
+    /// Appends the Python frames of stopped thread `tid` to its native
+    /// stack `pcs`, when its process runs a CPython interpreter.
+    pub(super) fn append_python(&mut self, tid: i32, tgid: i32, regs: &Regs, pcs: &mut Vec<u64>) {
+        let Some(proc_) = self.procs.get_mut(&tgid) else {
+            return;
+        };
+        if proc_.maps.is_none() {
+            proc_.maps = ModuleMap::read(tgid).ok();
+        }
+        let Some(maps) = proc_.maps.as_ref() else {
+            return;
+        };
+        let Some(interp) = self.python.interpreter(maps) else {
+            return;
+        };
+        // On x86_64 glibc the thread pointer (fs base) is pthread_self(),
+        // which CPython keeps as the thread state's thread_id.
+        let frames = self.python.capture(tid, tgid, &interp, regs.fs_base);
+        crate::backtrace::python::encode(&frames, pcs);
     }
 
     pub(super) fn symbolize(
@@ -1305,7 +1331,8 @@ impl Job {
                 Err(_) => return Vec::new(),
             },
         };
-        let frames = self.symbolizer.symbolize(&maps, stack, true);
+        let (native, py_frames) = crate::backtrace::python::decode(stack);
+        let frames = self.symbolizer.symbolize(&maps, &native, true);
         // The shim's own frames (its wrappers, its report path) are ours,
         // not the program's: a report starts at the program's call.
         let mut frames: Vec<_> = frames
@@ -1315,6 +1342,21 @@ impl Job {
                     .is_some_and(|m| m.starts_with("libhandles_shim"))
             })
             .collect();
+        if !py_frames.is_empty() {
+            let interp = self.python.interpreter(&maps);
+            // The shim's code registry names code objects freed since.
+            let view = self
+                .procs
+                .get(&tgid)
+                .and_then(|p| p.shim.as_ref())
+                .and_then(|s| s.table())
+                .and_then(|m| m.view().ok());
+            let codes = view.as_ref().map(|v| v.codes());
+            let resolved = self
+                .python
+                .resolve(tgid, interp.as_ref(), codes.as_ref(), &py_frames);
+            frames = crate::backtrace::python::merge(frames, resolved, &py_frames);
+        }
         for (i, f) in frames.iter_mut().enumerate() {
             f.index = i;
         }

@@ -93,12 +93,12 @@ impl Job {
         if let Some(shim) = self.procs.get(&tgid).and_then(|p| p.shim.as_ref()) {
             let table = table_ref.borrow();
             let present = fd_numbers(&format!("/proc/{tgid}/task/{tid}/fd"));
-            for (fd, d) in shim.open_fds(&present) {
+            for (fd, d, py) in shim.open_fds(&present) {
                 if table.is_hidden(fd) {
                     continue;
                 }
                 let origin = shimtable::origin_of(d.value.how);
-                let stack = shimtable::call_stack(d.created.frames());
+                let stack = shimtable::call_stack(d.created.frames(), &py.0);
                 // Found open by a check before the leak check (or seen
                 // only as the shim's): the shim knows where it came from.
                 if let Some(c) = candidates.iter_mut().find(|c| {

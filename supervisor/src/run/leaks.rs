@@ -59,6 +59,10 @@ pub struct SerFrame {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub module: Option<String>,
     pub module_offset: String,
+    /// A Python frame: `function`, `file` and `line` are the Python
+    /// code's, `addr` its code object's address (docs/report.md).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub python: bool,
 }
 
 impl From<&Frame> for SerFrame {
@@ -70,6 +74,7 @@ impl From<&Frame> for SerFrame {
             line: f.line,
             module: f.module.clone(),
             module_offset: format!("{:#x}", f.module_offset),
+            python: f.python,
         }
     }
 }

@@ -81,13 +81,22 @@ pub fn json_report(
 /// The innermost frame whose source file is on this machine, as a SARIF
 /// location: system libraries with debug info name build-tree paths
 /// (`./io/../sysdeps/...`) that no code-scanning UI can open.
+///
+/// In a Python program the innermost Python frame with a line wins over
+/// any native one: the interpreter's (or an extension's) C source is not
+/// where the program's author looks.
 fn primary_location(frames: &[SerFrame]) -> Option<Value> {
-    let f = frames.iter().find(|f| {
+    let on_disk = |f: &&SerFrame| {
         f.line.is_some()
             && f.file
                 .as_deref()
                 .is_some_and(|p| p.starts_with('/') && std::path::Path::new(p).is_file())
-    })?;
+    };
+    let f = frames
+        .iter()
+        .filter(|f| f.python)
+        .find(on_disk)
+        .or_else(|| frames.iter().find(on_disk))?;
     Some(json!({
         "physicalLocation": physical(f.file.as_deref()?, f.line?),
         "logicalLocations": f.function.as_ref().map(|n| vec![json!({"name": n, "kind": "function"})]).unwrap_or_default(),

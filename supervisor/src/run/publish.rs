@@ -97,14 +97,21 @@ impl Published {
                 let from = table::stacks_offset(old);
                 let to = table::stacks_offset(capacity);
                 let n = old as usize * table::STACKS_SIZE;
-                // SAFETY: both ranges lie inside the new mapping of `len`
-                // bytes (to + n <= table_size(capacity) as old < capacity);
-                // `copy` is a memmove, and they overlap. The old stack area
-                // below `to` becomes slots old..capacity, which start free.
+                let py_from = table::py_offset(old);
+                let py_to = table::py_offset(capacity);
+                let py_n = old as usize * table::PY_STACKS_SIZE;
+                // SAFETY: every range lies inside the new mapping of `len`
+                // bytes (py_to + py_n <= table_size(capacity) as old <
+                // capacity); `copy` is a memmove, and they overlap. The
+                // Python area moves first (it moves furthest), then the
+                // stacks; what lies between the moved areas (slots and
+                // records old..capacity) starts empty.
                 unsafe {
                     let b: *mut u8 = base.cast();
+                    std::ptr::copy(b.add(py_from), b.add(py_to), py_n);
                     std::ptr::copy(b.add(from), b.add(to), n);
                     std::ptr::write_bytes(b.add(from), 0, to - from);
+                    std::ptr::write_bytes(b.add(to + n), 0, py_to - (to + n));
                 }
             }
         }
@@ -172,6 +179,22 @@ impl Published {
         })
     }
 
+    fn py_stacks(&self, fd: i32) -> Option<&table::PyStacks> {
+        let i = u32::try_from(fd).ok()?;
+        if i >= self.capacity {
+            return None;
+        }
+        // SAFETY: record i lies inside the mapping (table_size(capacity)
+        // bytes end with the Python area); its offset is a multiple of 8;
+        // PyStacks is all atomics.
+        Some(unsafe {
+            &*(self
+                .base
+                .add(table::py_offset(self.capacity) + i as usize * table::PY_STACKS_SIZE)
+                as *const table::PyStacks)
+        })
+    }
+
     pub fn mixer(&self) -> u32 {
         self.mixer
     }
@@ -201,9 +224,15 @@ impl Published {
         let (Some(s), Some(st)) = (self.slot(fd), self.stacks(fd)) else {
             return;
         };
+        // Python frames travel as tagged words in the supervisor's stacks
+        // (backtrace/python.rs); the table keeps them in its Python area.
+        let (native, py) = crate::backtrace::python::decode(created);
         let l = s.lock(1 << 20);
         s.store(&l, v);
-        st.set_created(&l, created);
+        st.set_created(&l, &native);
+        if let Some(cell) = self.py_stacks(fd) {
+            cell.set_created(&l, &py[..py.len().min(table::PY_DEPTH)]);
+        }
         s.unlock(l);
     }
 

@@ -25,7 +25,7 @@
 
 use std::os::fd::OwnedFd;
 
-use handles_model::table::{self, how, state, Name, SlotDetail, SlotValue};
+use handles_model::table::{self, how, state, Name, PyStack, SlotDetail, SlotValue};
 use handles_model::ObjType;
 
 use crate::inspect::shared::{sealed_against_shrinking, MappedTable};
@@ -53,12 +53,12 @@ pub(super) enum ShimSays {
     /// Open, at this generation.
     Open(u32),
     /// Closed by the program through the shim (quarantined there).
-    Tombstone(Box<SlotDetail>),
+    Tombstone(Box<(SlotDetail, PyRecords)>),
     /// One of the shim's own fds (its table, its tombstone source).
     Internal,
     /// Closed through the shim without a tombstone (stdio, which is never
     /// quarantined, or a full quarantine): its record says what it was.
-    Closed(Box<SlotDetail>),
+    Closed(Box<(SlotDetail, PyRecords)>),
     /// Not open as far as the shim knows.
     Free,
     /// No table, or a slot that cannot be read.
@@ -164,7 +164,7 @@ impl ShimTable {
 
     /// The mapped table; None when the announced fd is not a shim's table
     /// of this process (a program playing games with the announcement).
-    fn table(&self) -> Option<&MappedTable> {
+    pub(super) fn table(&self) -> Option<&MappedTable> {
         self.mapped
             .get_or_init(|| {
                 // Found at its first number during the shim's start-up
@@ -210,8 +210,10 @@ impl ShimTable {
         // record (320 bytes) only for the tombstone a report needs.
         match view.slot(fd) {
             Some(v) if v.state == state::OPEN => ShimSays::Open(v.generation),
-            Some(v) if v.state == state::TOMBSTONE => match view.detail(fd) {
-                Some(d) if d.value.state == state::TOMBSTONE => ShimSays::Tombstone(Box::new(d)),
+            Some(v) if v.state == state::TOMBSTONE => match view.detail_py(fd) {
+                Some((d, c, x)) if d.value.state == state::TOMBSTONE => {
+                    ShimSays::Tombstone(Box::new((d, (c, x))))
+                }
                 _ => ShimSays::Unknown,
             },
             Some(v) if v.state == state::INTERNAL => ShimSays::Internal,
@@ -219,8 +221,10 @@ impl ShimTable {
                 if v.state == state::FREE
                     && (v.generation > 0 || v.how != handles_model::table::how::UNKNOWN) =>
             {
-                match view.detail(fd) {
-                    Some(d) if d.value.state == state::FREE => ShimSays::Closed(Box::new(d)),
+                match view.detail_py(fd) {
+                    Some((d, c, x)) if d.value.state == state::FREE => {
+                        ShimSays::Closed(Box::new((d, (c, x))))
+                    }
                     _ => ShimSays::Free,
                 }
             }
@@ -232,15 +236,15 @@ impl ShimTable {
     /// Which of `fds` (the numbers open in the kernel) the shim holds open,
     /// with their records. Asking only for those keeps this cheap in a
     /// table with a million slots.
-    pub(super) fn open_fds(&self, fds: &[i32]) -> Vec<(i32, SlotDetail)> {
+    pub(super) fn open_fds(&self, fds: &[i32]) -> Vec<(i32, SlotDetail, PyRecords)> {
         let Some(Ok(view)) = self.table().map(|m| m.view()) else {
             return Vec::new();
         };
         fds.iter()
             .copied()
             .filter_map(|fd| {
-                let d = view.detail(fd)?;
-                (d.value.state == state::OPEN).then_some((fd, d))
+                let (d, c, x) = view.detail_py(fd)?;
+                (d.value.state == state::OPEN).then_some((fd, d, (c, x)))
             })
             .collect()
     }
@@ -287,8 +291,14 @@ impl ShimTable {
                             how: *how,
                         },
                     );
-                    stacks.set_created(&l, created);
+                    // The supervisor's stacks carry Python frames as tagged
+                    // words; the table keeps them in its Python area.
+                    let (native, py) = crate::backtrace::python::decode(created);
+                    stacks.set_created(&l, &native);
                     stacks.set_name(&l, name.as_bytes());
+                    if let Some(cell) = view.py_cell(fd) {
+                        cell.set_created(&l, &py[..py.len().min(table::PY_DEPTH)]);
+                    }
                     g
                 }
             }
@@ -301,7 +311,11 @@ impl ShimTable {
                         ..old
                     },
                 );
-                stacks.set_closed(&l, closed);
+                let (native, py) = crate::backtrace::python::decode(closed);
+                stacks.set_closed(&l, &native);
+                if let Some(cell) = view.py_cell(fd) {
+                    cell.set_closed(&l, &py[..py.len().min(table::PY_DEPTH)]);
+                }
                 *generation
             }
             Update::Internal => {
@@ -452,25 +466,34 @@ pub(super) fn origin_of(code: u32) -> super::fdtable::Origin {
     }
 }
 
+/// A slot's Python records (creation, close): empty outside CPython.
+pub(super) type PyRecords = (PyStack, PyStack);
+
 /// A shim stack record as the symbolizer wants it: return addresses, so
-/// frame 0 is pointed into its call instruction.
-pub(super) fn call_stack(pcs: &[u64]) -> Option<super::fdtable::Stack> {
+/// frame 0 is pointed into its call instruction; the Python frames
+/// recorded with it follow as tagged words (backtrace/python.rs).
+pub(super) fn call_stack(pcs: &[u64], py: &PyStack) -> Option<super::fdtable::Stack> {
     (!pcs.is_empty()).then(|| {
         let mut v = pcs.to_vec();
         v[0] = v[0].saturating_sub(1);
+        crate::backtrace::python::encode(py.frames(), &mut v);
         std::sync::Arc::new(v)
     })
 }
 
 /// A tombstone of the shim's table of process `tgid` (which made and
 /// closed it), as the supervisor remembers a closed handle for reports.
-pub(super) fn closed_handle(tgid: i32, d: &SlotDetail) -> super::fdtable::ClosedHandle {
+pub(super) fn closed_handle(
+    tgid: i32,
+    d: &SlotDetail,
+    py: &PyRecords,
+) -> super::fdtable::ClosedHandle {
     let (ty, target) = object_of(tgid, d);
     super::fdtable::ClosedHandle {
         generation: d.value.generation,
         origin: origin_of(d.value.how),
-        created: call_stack(d.created.frames()),
-        closed: call_stack(d.closed.frames()),
+        created: call_stack(d.created.frames(), &py.0),
+        closed: call_stack(d.closed.frames(), &py.1),
         creator: tgid,
         closer: tgid,
         facts: super::fdtable::ObjectFacts {
