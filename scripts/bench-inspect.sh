@@ -19,9 +19,21 @@
 # `handles PID` within 1.5x of `ls -l`, faster than lsof, under 64 MiB,
 # growing linearly with the fd count.
 #
+# With --machine, the whole machine instead (issue 19): K processes holding
+# N fds each are started next to whatever the machine runs, and
+#
+#   lsof -n -P                   every process's files
+#   handles --all                one row per process, counts by type
+#   handles --all --json
+#   handles graph --all          the objects shared between processes
+#   handles graph --all --json
+#
+# are timed the same way, with each one's ratio to lsof.
+#
 # This is a benchmark, not a test: nothing runs it automatically.
 #
 # Usage: scripts/bench-inspect.sh [-r RUNS] [-s "1000 5000 10000 max"] [--bin PATH] [--profile]
+#        scripts/bench-inspect.sh --machine [K] [-s N] [-r RUNS] [--bin PATH]
 set -euo pipefail
 export LC_ALL=C
 
@@ -41,6 +53,10 @@ Options:
       --rebuild       run `cargo build --release -q` even if the binary exists
       --profile       also profile the largest size: `strace -c -f` syscall counts per fd
                       for ls -l, lsof and handles, and `perf record` hot spots when perf works
+      --machine [K]   the whole machine: start K holders (default 20) of N fds each (the
+                      first -s size, default 500) and time lsof -n -P against handles --all
+                      and handles graph --all (with --json each); also prints strace -c
+                      syscall counts per fd of each
   -h, --help          this help
 
 Environment: BENCH_RUNS, BENCH_SIZES (same as the options), BENCH_FILE_DIR (where the
@@ -60,6 +76,8 @@ SIZES=${BENCH_SIZES:-"1000 5000 10000 max"}
 BIN=""
 REBUILD=0
 PROFILE=0
+MACHINE=0
+HOLDERS=20
 while [ $# -gt 0 ]; do
     case $1 in
         -r | --runs) [ $# -ge 2 ] || die "$1 needs a value"; RUNS=$2; shift 2 ;;
@@ -67,6 +85,12 @@ while [ $# -gt 0 ]; do
         --bin) [ $# -ge 2 ] || die "$1 needs a value"; BIN=$2; shift 2 ;;
         --rebuild) REBUILD=1; shift ;;
         --profile) PROFILE=1; shift ;;
+        --machine)
+            MACHINE=1
+            shift
+            if [ $# -gt 0 ] && [[ $1 =~ ^[1-9][0-9]*$ ]]; then HOLDERS=$1; shift; fi
+            [ -n "${BENCH_SIZES:-}" ] || SIZES=500
+            ;;
         -h | --help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument '$1'" ;;
     esac
@@ -151,8 +175,10 @@ stop_holder() {
     fi
     rm -rf "${FILES:?}"/n* 2>/dev/null || true
 }
+machine_pids=()
 cleanup() {
     stop_holder
+    for p in "${machine_pids[@]}"; do kill "$p" 2>/dev/null || true; done
     rm -rf "$TMP" "$FILES"
 }
 trap cleanup EXIT
@@ -193,6 +219,98 @@ start_holder() {
         die "the holder has $TOTAL fds open, expected $((n + 3))"
 }
 
+loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+
+# ---- the whole machine (--machine) ---------------------------------------------
+if [ "$MACHINE" = 1 ]; then
+    [ "$HAVE_LSOF" = 1 ] || die "--machine compares with lsof, which is not installed (apt-get install lsof)"
+    n=${sizes[0]}
+    note "starting $HOLDERS holders of $n fds each ..."
+    for ((h = 0; h < HOLDERS; h++)); do
+        mkdir "$FILES/m$h"
+        "$TMP/hold_fds" "$n" "$FILES/m$h" </dev/null >"$TMP/ready.$h" 2>"$TMP/holder.$h.err" &
+        machine_pids+=($!)
+    done
+    for ((h = 0; h < HOLDERS; h++)); do
+        for ((i = 0; i < 12000; i++)); do
+            [ -s "$TMP/ready.$h" ] && break
+            kill -0 "${machine_pids[$h]}" 2>/dev/null || die "holder $h died: $(cat "$TMP/holder.$h.err")"
+            sleep 0.01
+        done
+        [ -s "$TMP/ready.$h" ] || die "holder $h did not get its fds open within 120 s"
+    done
+    mnames=("lsof -n -P" "handles --all" "handles --all --json" "handles graph --all" "handles graph --all --json")
+    run_machine() {
+        local t=$1
+        shift
+        case $t in
+            0) "$@" lsof -n -P ;;
+            1) "$@" "$BIN" --all ;;
+            2) "$@" "$BIN" --all --json ;;
+            3) "$@" "$BIN" graph --all ;;
+            4) "$@" "$BIN" graph --all --json ;;
+        esac
+    }
+    procs=$("$BIN" --all --json | awk -F'[:,]' '/"processes":/ && !/\[/ { gsub(/ /, "", $2); print $2 }' | tail -n 1)
+    fds=$("$BIN" --all --json | awk -F'[:,]' '/"handles":/ && !/\[/ { gsub(/ /, "", $2); print $2 }' | tail -n 1)
+    echo "bench-inspect --machine: $(uname -r), $(nproc) CPUs, $RUNS timed runs after 1 warm-up"
+    echo "bench-inspect --machine: $HOLDERS holders x $n fds (one third each pipes, socketpair ends, files) + the machine's own processes"
+    echo "bench-inspect --machine: handles --all sees $procs readable processes holding $fds handles"
+    echo "bench-inspect --machine: load average at start: $(loadavg)"
+    declare -A mt=() mr=()
+    for t in 0 1 2 3 4; do
+        run_machine "$t" /usr/bin/time -f %M -o "$TMP/rss" >/dev/null 2>"$TMP/err" ||
+            warn "'${mnames[$t]}' failed: $(head -n 2 "$TMP/err")"
+        mr[$t]=$(tail -n 1 "$TMP/rss")
+        mt[$t]=""
+    done
+    for ((r = 0; r < RUNS; r++)); do
+        for t in 0 1 2 3 4; do
+            t0=$EPOCHREALTIME
+            run_machine "$t" >/dev/null 2>&1 || true
+            t1=$EPOCHREALTIME
+            mt[$t]+=" $((${t1/./} - ${t0/./}))"
+        done
+    done
+    echo
+    printf "%-28s %10s %9s %8s %9s %8s\n" command "median ms" "min ms" "x lsof" "peak MiB" "us/fd"
+    lsof_med=0
+    for t in 0 1 2 3 4; do
+        # shellcheck disable=SC2086
+        sorted=$(printf '%s\n' ${mt[$t]} | sort -n)
+        med=$(sed -n "$(((RUNS + 1) / 2))p" <<<"$sorted")
+        min=$(head -n 1 <<<"$sorted")
+        [ "$t" = 0 ] && lsof_med=$med
+        awk -v name="${mnames[$t]}" -v med="$med" -v min="$min" -v l="$lsof_med" -v rss="${mr[$t]}" -v fds="$fds" \
+            'BEGIN { printf "%-28s %10.1f %9.1f %8.2f %9.1f %8.2f\n", name, med / 1000, min / 1000, med / l, rss / 1024, med / fds }'
+    done
+    if command -v strace >/dev/null 2>&1; then
+        echo
+        echo "Syscalls per handle (strace -c -f; all processes' handles: $fds):"
+        for t in 0 1 3; do
+            run_machine "$t" strace -c -f -o "$TMP/strace.m$t" >/dev/null 2>&1 || true
+            awk -v name="${mnames[$t]}" -v fds="$fds" '
+                $NF == "total" { total = $4 }
+                $1 ~ /^[0-9.]+$/ && $NF != "total" && NF >= 5 { calls[$NF] = $4 }
+                END {
+                    printf "  %-22s %6.2f per handle  (", name, total / fds
+                    m = 0
+                    while (m < 5) {
+                        best = ""; bc = -1
+                        for (s in calls) if (calls[s] > bc) { bc = calls[s]; best = s }
+                        if (best == "" || bc < fds / 20) break
+                        printf "%s%s %.2f", m ? ", " : "", best, bc / fds
+                        delete calls[best]; m++
+                    }
+                    print ")"
+                }' "$TMP/strace.m$t"
+        done
+    fi
+    echo
+    echo "load average at end: $(loadavg)"
+    exit 0
+fi
+
 # ---- the commands ---------------------------------------------------------------
 names=("ls -l" "lsof +E" "handles" "handles -l" "handles --json")
 tools=(0 1 2 3 4)
@@ -212,7 +330,6 @@ run_tool() {
     esac
 }
 
-loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 
 ncpu=$(nproc 2>/dev/null || echo 1)
 load_start=$(loadavg)

@@ -18,7 +18,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
                   pidfd's parent process), Zircon rights and the object type.\n\n\
                   Type filters (-t -v -p -c -e -s, --type) select rows; -r excludes them instead.",
     after_help = "Exit status: 0 shown, 1 handle/koid not found, 2 usage, 3 no such process, \
-                  4 permission denied, 5 process exited while being read, 6 other I/O error."
+                  4 permission denied, 5 process exited while being read, 6 other I/O error, \
+                  7 a program needed for the output is missing (graph --svg without dot)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -48,6 +49,83 @@ pub enum Command {
         /// The process whose memory map the addresses belong to.
         pid: i32,
     },
+    /// The graph of kernel objects shared between processes: pipes (which
+    /// process holds which end), unix socket pairs and loopback TCP
+    /// connections, eventfds, memfds and files held by several processes,
+    /// pidfds (process to process). Plain text by default.
+    #[command(
+        after_help = "Exit status: 0 shown, 2 usage, 3 no such process, 4 permission denied \
+                      (for a PID given), 6 other I/O error, 7 --svg without Graphviz's `dot` \
+                      (apt-get install graphviz)."
+    )]
+    Graph(GraphArgs),
+    /// A live view of a process's handles (or of the machine's busiest
+    /// processes with --all), redrawn in place like top: counts by type,
+    /// their rate of change, new handles highlighted, and for a process of
+    /// a job the creation site of the fastest-growing group. `q` quits.
+    /// When stdout is not a terminal, one line per interval instead.
+    #[command(
+        after_help = "Exit status: 0 quit (q, Ctrl-C is 130) or --count reached, 2 usage, \
+                      3 no such process (or it exited while watched), 4 permission denied, \
+                      6 other I/O error."
+    )]
+    Watch(WatchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct GraphArgs {
+    /// Processes whose shared objects to show (the other holders may be
+    /// any process of the machine).
+    #[arg(
+        value_name = "PID",
+        required_unless_present = "all",
+        allow_negative_numbers = true
+    )]
+    pub pids: Vec<String>,
+    /// Every process of the machine.
+    #[arg(long, conflicts_with = "pids")]
+    pub all: bool,
+    /// Graphviz DOT instead of text.
+    #[arg(long, conflicts_with_all = ["json", "svg"])]
+    pub dot: bool,
+    /// JSON: nodes (processes, objects) and edges (handles with their
+    /// rights, peer links, pidfds); schema handles.graph.v1 in docs/json.md.
+    #[arg(long, conflicts_with = "svg")]
+    pub json: bool,
+    /// SVG, drawn by Graphviz's `dot` program (which must be installed).
+    #[arg(long)]
+    pub svg: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    /// The process to watch.
+    #[arg(
+        value_name = "PID",
+        required_unless_present = "all",
+        allow_negative_numbers = true
+    )]
+    pub pid: Option<String>,
+    /// Watch every process of the machine (the busiest first).
+    #[arg(long, conflicts_with = "pid")]
+    pub all: bool,
+    /// Seconds between two reads (fractions allowed).
+    #[arg(long, short = 'i', value_name = "SECONDS", default_value = "1", value_parser = interval)]
+    pub interval: f64,
+    /// Stop after N reads (the default: until q, Ctrl-C, or the process exits).
+    #[arg(long, short = 'n', value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+}
+
+/// `--interval`: a positive number of seconds, at least 10 ms.
+fn interval(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if !v.is_finite() || !(0.01..=86400.0).contains(&v) {
+        return Err(format!("{s} is not between 0.01 and 86400 seconds"));
+    }
+    Ok(v)
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -186,7 +264,11 @@ pub struct ShowArgs {
     /// Process ids to dump (a thread id resolves to its process).
     // allow_negative_numbers: `handles -1` is reported as a bad pid, in one
     // line, rather than as an unknown flag.
-    #[arg(value_name = "PID", required = true, allow_negative_numbers = true)]
+    #[arg(
+        value_name = "PID",
+        required_unless_present = "all",
+        allow_negative_numbers = true
+    )]
     pub pids: Vec<String>,
 
     /// Show tasks: processes (pidfds).
@@ -235,6 +317,22 @@ pub struct ShowArgs {
     /// processes under the LD_PRELOAD shim or `handles run`.
     #[arg(long)]
     pub stacks: bool,
+
+    /// Every process of the machine, one row each: handle count and
+    /// counts by type (with the type filters: of those types), sorted by
+    /// count; for processes of a job, the handles its table saw created
+    /// and the numbers it holds quarantined. Processes you may not read
+    /// are listed as such. With --json: schema handles.machine.v1.
+    #[arg(
+        long,
+        conflicts_with_all = ["pids", "long", "zxdb", "handle", "koid", "stacks", "mappings"]
+    )]
+    pub all: bool,
+    /// Also list the objects the process holds alive only through memory
+    /// mappings (memfds and files mapped, then closed), as rows with no
+    /// handle value: koid, rights from the mapping's protection, type.
+    #[arg(long, conflicts_with_all = ["zxdb", "handle", "koid"])]
+    pub mappings: bool,
 }
 
 /// `--quarantine N`: 0 to 1024, the shim's bound and the supervisor's.

@@ -17,3 +17,6 @@ pub const PERMISSION: u8 = 4;
 pub const EXITED: u8 = 5;
 /// Any other I/O failure.
 pub const IO: u8 = 6;
+/// A program `handles` needs for this output is not installed (`dot` for
+/// `handles graph --svg`).
+pub const MISSING_TOOL: u8 = 7;

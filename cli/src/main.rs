@@ -4,14 +4,17 @@
 //! lives in `handles-supervisor`. Exit codes are documented in `exit.rs`
 //! and in the README.
 
+mod all;
 mod args;
 mod exit;
 mod filter;
+mod graph;
 mod render;
 mod run;
 mod shim;
 mod show;
 mod symbolize;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -22,6 +25,9 @@ fn main() -> ExitCode {
     let code = match &cli.command {
         Some(args::Command::Run(a)) => run::run(a),
         Some(args::Command::Symbolize { pid }) => symbolize::run(*pid),
+        Some(args::Command::Graph(a)) => graph::run(a),
+        Some(args::Command::Watch(a)) => watch::run(a),
+        None if cli.show.all => all::run(&cli.show),
         None => show::run(&cli.show),
     };
     ExitCode::from(code)

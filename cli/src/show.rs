@@ -2,6 +2,8 @@
 
 use std::io::{self, Write};
 
+use handles_model::ObjType;
+use handles_supervisor::inspect::mappings;
 use handles_supervisor::inspect::{
     resolve_tgid, HandleInfo, InspectError, Inspector, Options, Snapshot, Source,
 };
@@ -128,8 +130,39 @@ pub fn run(a: &ShowArgs) -> u8 {
                 None => true,
             })
             .collect();
+        // --mappings: the objects held only through mappings, filtered by
+        // type like the rows.
+        let mapped = if a.mappings {
+            match mappings::read(snap) {
+                Ok(m) => Some(
+                    m.into_iter()
+                        .filter(|m| {
+                            filter.shows(ObjType::from_name(m.ty).unwrap_or(ObjType::Unknown))
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+                // Its table was read a moment ago: gone now, it exited
+                // while being read, as `handles PID` reports that.
+                Err(InspectError::NoSuchProcess(pid)) => {
+                    let _ = out.flush();
+                    eprintln!("handles: process {pid} exited before its mappings were read");
+                    fail(exit::EXITED, &mut code);
+                    None
+                }
+                Err(e) => {
+                    let _ = out.flush();
+                    eprintln!("handles: {e}");
+                    fail(error_code(&e), &mut code);
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let res = if a.json {
-            json_procs.push(render::json::process(snap, rows));
+            let mut p = render::json::process(snap, rows);
+            p.mappings = mapped;
+            json_procs.push(p);
             Ok(())
         } else if lookup.is_some() {
             found_any |= !rows.is_empty();
@@ -161,6 +194,9 @@ pub fn run(a: &ShowArgs) -> u8 {
                     render::table::long(&mut out, &rows)?;
                 } else {
                     render::table::short(&mut out, &rows)?;
+                }
+                if let Some(m) = &mapped {
+                    render::table::mapped(&mut out, &rows, m)?;
                 }
                 if a.stacks {
                     render::stacks::blocks(&mut out, &rows)?;

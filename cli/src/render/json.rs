@@ -5,6 +5,7 @@
 //! `serde_json::Value` per handle): at 20,000 fds that tree cost most of the
 //! run and ~9 KiB per fd.
 
+use handles_supervisor::inspect::mappings::Mapped;
 use handles_supervisor::inspect::{HandleInfo, Snapshot, Source};
 use serde::Serialize;
 
@@ -23,6 +24,9 @@ pub struct ProcessOut<'a> {
     handle_count: usize,
     object_count: usize,
     handles: Vec<&'a HandleInfo>,
+    /// With --mappings: objects held only through memory mappings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mappings: Option<Vec<Mapped>>,
 }
 
 #[derive(Serialize)]
@@ -54,6 +58,7 @@ pub fn process<'a>(snap: &'a Snapshot, rows: Vec<&'a HandleInfo>) -> ProcessOut<
         handle_count: rows.len(),
         object_count: objects.len(),
         handles: rows,
+        mappings: None,
     }
 }
 

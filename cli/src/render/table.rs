@@ -10,6 +10,7 @@
 
 use std::io::{self, Write};
 
+use handles_supervisor::inspect::mappings::Mapped;
 use handles_supervisor::inspect::HandleInfo;
 
 fn width(values: impl Iterator<Item = u64>, title: &str) -> usize {
@@ -96,6 +97,29 @@ pub fn long(out: &mut impl Write, rows: &[&HandleInfo]) -> io::Result<()> {
         seen.len()
     };
     writeln!(out, "{} handles, {} objects", rows.len(), objects)
+}
+
+/// `--mappings`: objects held only through memory mappings, in the short
+/// table's columns with `-` for the handle value they do not have, the
+/// mapped path after the type.
+/// The koid column is as wide as the handle rows' above it (`handles`),
+/// so that both line up.
+pub fn mapped(out: &mut impl Write, handles: &[&HandleInfo], rows: &[Mapped]) -> io::Result<()> {
+    let kw = width(
+        rows.iter()
+            .map(|m| m.koid)
+            .chain(handles.iter().map(|h| h.koid)),
+        "koid",
+    );
+    let rw = width(handles.iter().map(|h| h.rkoid), "rkoid");
+    for m in rows {
+        writeln!(
+            out,
+            "{:>10}: {:>kw$} {:>rw$} {:#010x} {} {}",
+            "-", m.koid, "", m.rights, m.ty, m.path
+        )?;
+    }
+    writeln!(out, "{} mapped objects without a handle", rows.len())
 }
 
 #[cfg(test)]

@@ -75,7 +75,7 @@ fn is_tty(rdev: u64) -> bool {
     major == 4 || major == 5 || (136..=143).contains(&major)
 }
 
-fn path_type(flags: u32, mode: u32, rdev: u64) -> ObjType {
+pub(crate) fn path_type(flags: u32, mode: u32, rdev: u64) -> ObjType {
     if flags & oflags::PATH != 0 {
         return ObjType::Path;
     }
@@ -91,7 +91,7 @@ fn path_type(flags: u32, mode: u32, rdev: u64) -> ObjType {
     }
 }
 
-fn blank(fd: i32, target: String, info: &FdInfo) -> HandleInfo {
+pub(crate) fn blank(fd: i32, target: String, info: &FdInfo) -> HandleInfo {
     HandleInfo {
         fd,
         handle: 0,

@@ -9,6 +9,9 @@
 
 pub mod classify;
 pub mod describe;
+pub mod graph;
+pub mod machine;
+pub mod mappings;
 pub mod parse;
 mod procdir;
 pub mod shared;

@@ -314,6 +314,62 @@ impl ProcDir {
         }))
     }
 
+    /// Only the link target of one fd (after [`ProcDir::list_fds`]):
+    /// what `handles --all` needs to tell most types apart, one
+    /// `readlinkat` and no fdinfo. `Ok(None)` when the fd was closed after
+    /// listing.
+    pub fn link_of(&self, fd: i32) -> io::Result<Option<String>> {
+        let Some(fd_dir) = &self.fd_dir else {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        };
+        let name = itoa_buf(fd);
+        let cname = CStr::from_bytes_until_nul(&name[..])
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let mut link = [0u8; 4096];
+        // SAFETY: link is a writable buffer of link.len() bytes.
+        let n = unsafe {
+            libc::readlinkat(
+                fd_dir.as_raw_fd(),
+                cname.as_ptr(),
+                link.as_mut_ptr().cast(),
+                link.len(),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENOENT) | Some(libc::ESRCH) => Ok(None),
+                _ => Err(e),
+            };
+        }
+        Ok(Some(
+            String::from_utf8_lossy(&link[..n as usize]).into_owned(),
+        ))
+    }
+
+    /// lstat(2) of the fd's magic link itself: its permission bits are
+    /// the open file's access mode (none at all for O_PATH).
+    pub fn lstat_link(&self, fd: i32) -> io::Result<libc::stat> {
+        let Some(fd_dir) = &self.fd_dir else {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        };
+        let name = itoa_buf(fd);
+        let cname = CStr::from_bytes_until_nul(&name[..])
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: an all-zero stat is a valid value to be overwritten.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: cname is NUL-terminated and st is writable.
+        cvt(unsafe {
+            libc::fstatat(
+                fd_dir.as_raw_fd(),
+                cname.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        })?;
+        Ok(st)
+    }
+
     /// stat(2) of what the fd points at (following the magic link).
     pub fn stat_fd(&self, fd: i32) -> io::Result<libc::stat> {
         let Some(fd_dir) = &self.fd_dir else {
