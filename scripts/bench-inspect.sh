@@ -123,7 +123,7 @@ if [ -z "$BIN" ]; then
     BIN=$ROOT/target/release/handles
     if [ "$REBUILD" = 1 ] || [ ! -x "$BIN" ]; then
         note "building the release binary (cargo build --release -q; may wait on the target dir's file lock)"
-        cargo build --release -q || die "cargo build --release failed"
+        cargo build --release --workspace -q || die "cargo build --release failed"
     fi
 fi
 [ -x "$BIN" ] || die "no handles binary at $BIN"

@@ -11,7 +11,8 @@ RUNS=${RUNS:-3}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-cargo build --release -q
+# --workspace: the CLI embeds the shim, which a plain build leaves stale.
+cargo build --release --workspace -q
 H=$PWD/target/release/handles
 cc -O2 -o "$tmp/fdloop" scripts/bench/fdloop.c
 cc -O2 -o "$tmp/tombstones" scripts/bench/tombstones.c
