@@ -102,18 +102,10 @@ pub fn hidden_fd(fd: i32) -> bool {
 /// # Safety
 /// `name` points at a NUL-terminated string (a dirent's `d_name`).
 pub unsafe fn hidden(dirfd: i32, name: *const core::ffi::c_char) -> bool {
+    // More bytes than any fd number has.
     let mut b = [0u8; 12];
-    let mut n = 0;
-    while n < b.len() {
-        // SAFETY: the caller's promise; the scan stops at the NUL or
-        // after more bytes than any fd number has.
-        let c = unsafe { *name.add(n) } as u8;
-        if c == 0 {
-            break;
-        }
-        b[n] = c;
-        n += 1;
-    }
+    // SAFETY: the caller's promise.
+    let n = unsafe { sys::c_head(name, &mut b) };
     fdpath::number(&b[..n])
         .is_some_and(|fd| crate::peer::listed_hidden(dirfd, fd).unwrap_or_else(|| hidden_fd(fd)))
 }

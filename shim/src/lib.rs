@@ -21,6 +21,18 @@
 // interpose the test harness itself), so most of the crate is unused there.
 #![cfg_attr(test, allow(dead_code, unused_imports))]
 
+/// A syscall's six argument registers from a wrapper's arguments (the
+/// unused ones 0).
+#[cfg(not(test))]
+macro_rules! args {
+    ($($a:expr),*) => {{
+        let v: &[u64] = &[$($a as u64),*];
+        let mut a = [0u64; 6];
+        a[..v.len()].copy_from_slice(v);
+        a
+    }};
+}
+
 /// Exported function `$name` that calls `$imp` with the same arguments
 /// plus its frame pointer in `$reg` (the wrappers of `wrap` and `stdio`
 /// record stacks from their caller's frame). Defined before the modules

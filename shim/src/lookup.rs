@@ -27,22 +27,6 @@ use crate::wrap::check;
 use handles_model::fdpath::{self, Whose};
 use handles_model::judge::{op_of, Op};
 
-/// Up to 64 bytes of the C string at `path` (without its NUL): enough for
-/// every path [`fdpath::entry`] recognises.
-fn head(path: *const c_char, buf: &mut [u8; 64]) -> usize {
-    let mut n = 0;
-    while n < buf.len() {
-        // SAFETY: the program passes a C string; the scan stops at its NUL.
-        let c = unsafe { *path.add(n) } as u8;
-        if c == 0 {
-            break;
-        }
-        buf[n] = c;
-        n += 1;
-    }
-    n
-}
-
 /// Whether `path` names an entry of this process's fd table that is
 /// hidden (see the module's documentation).
 pub fn names_hidden(path: *const c_char) -> bool {
@@ -57,7 +41,9 @@ pub fn names_hidden(path: *const c_char) -> bool {
     if !fdpath::may_name_table(&[c0, c1]) {
         return false;
     }
-    let n = head(path, &mut buf);
+    // SAFETY: the program passes a C string (64 bytes are enough for
+    // every name fdpath recognises).
+    let n = unsafe { sys::c_head(path, &mut buf) };
     let Some(e) = fdpath::entry(&buf[..n]) else {
         return false;
     };
@@ -98,15 +84,6 @@ pub fn at(nr: i64, a: [u64; 6], i: usize, path: *const c_char) -> Option<i64> {
 /// The answer to a plain path lookup of `path`: None to run it.
 fn lookup(path: *const c_char) -> Option<i64> {
     names_hidden(path).then(|| sys::ret(-(libc::ENOENT as i64)))
-}
-
-macro_rules! args {
-    ($($a:expr),*) => {{
-        let v: &[u64] = &[$($a as u64),*];
-        let mut a = [0u64; 6];
-        a[..v.len()].copy_from_slice(v);
-        a
-    }};
 }
 
 /// `$name` with a plain path argument `$path`: hidden entries answer

@@ -228,6 +228,25 @@ pub fn dup3(old: i32, new: i32, flags: c_int) -> i64 {
     }
 }
 
+/// Copies the C string at `p` into `buf`, up to its NUL or the buffer's
+/// end; returns how many bytes.
+///
+/// # Safety
+/// `p` points at a NUL-terminated string.
+pub unsafe fn c_head(p: *const core::ffi::c_char, buf: &mut [u8]) -> usize {
+    let mut n = 0;
+    while n < buf.len() {
+        // SAFETY: the caller's promise; the scan stops at the NUL.
+        let c = unsafe { *p.add(n) } as u8;
+        if c == 0 {
+            break;
+        }
+        buf[n] = c;
+        n += 1;
+    }
+    n
+}
+
 pub fn getpid() -> i32 {
     // SAFETY: no arguments.
     unsafe { raw(libc::SYS_getpid, [0; 6]) as i32 }

@@ -134,15 +134,6 @@ fn how(nr: i64) -> u32 {
     table::how::syscall(nr as u32)
 }
 
-macro_rules! args {
-    ($($a:expr),*) => {{
-        let v: &[u64] = &[$($a as u64),*];
-        let mut a = [0u64; 6];
-        a[..v.len()].copy_from_slice(v);
-        a
-    }};
-}
-
 /// A function that only uses the fds named in `fds`.
 macro_rules! use_call {
     ($name:ident, $nr:expr, $cancel:tt, ($($arg:ident: $ty:ty),*) -> $ret:ty, [$($fdarg:ident),*]) => {

@@ -59,15 +59,7 @@ impl Job {
         let Some(pid) = listed_pid(&facts.target, tgid) else {
             return false;
         };
-        // The listed process's shim table, found if it was not yet.
-        if let Some(other) = self
-            .threads
-            .iter()
-            .find(|(_, t)| t.tgid == pid)
-            .map(|(&k, _)| k)
-        {
-            self.sync_shim(other, pid);
-        }
+        self.sync_shim_of(pid);
         let hides = self
             .threads
             .values()
@@ -85,6 +77,19 @@ impl Job {
         }
         let _ = ptrace::syscall(Pid::from_raw(tid), None);
         true
+    }
+
+    /// Brings job process `pid`'s model in line with its shim's table
+    /// (found if it was not yet), through any of its threads.
+    fn sync_shim_of(&mut self, pid: i32) {
+        let thread = self
+            .threads
+            .iter()
+            .find(|(_, t)| t.tgid == pid)
+            .map(|(&k, _)| k);
+        if let Some(tid) = thread {
+            self.sync_shim(tid, pid);
+        }
     }
 
     /// Whether fd `fd` of job process `pid` is one the program must not
@@ -121,14 +126,7 @@ impl Job {
                 None => return false,
             },
         };
-        if let Some(other) = self
-            .threads
-            .iter()
-            .find(|(_, t)| t.tgid == pid)
-            .map(|(&k, _)| k)
-        {
-            self.sync_shim(other, pid);
-        }
+        self.sync_shim_of(pid);
         self.hidden_in(pid, e.fd)
     }
 
