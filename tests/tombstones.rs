@@ -186,3 +186,44 @@ fn tempfile_dir(tag: &str) -> String {
     std::fs::create_dir_all(&dir).expect("create temp dir");
     dir.to_str().expect("utf-8 path").to_string()
 }
+
+/// CPython's test_close_fds_when_max_fd_is_lowered in small: fds opened
+/// above a soft limit lowered afterwards, and a grandchild under that
+/// limit asking which numbers are open. The shim keeps its own fds just
+/// above such a limit (`table::own_fds_at`); the rule that a number at or
+/// above RLIMIT_NOFILE is a sentinel must not let them show.
+const LOWERED: &str = r#"
+import os, resource, subprocess, sys
+fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(40)]
+for fd in sorted(fds)[:14]:
+    os.close(fd)
+    fds.remove(fd)
+for fd in fds:
+    os.set_inheritable(fd, True)
+rl = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (29, rl[1]))
+ask = "import os\nok=[]\nfor fd in range(%d):\n  try:\n    os.fstat(fd); ok.append(fd)\n  except OSError: pass\nprint(ok)\n" % (max(fds) + 1)
+run = "import subprocess,sys; subprocess.Popen([sys.executable,'-c',%r], close_fds=True).wait()" % ask
+subprocess.Popen([sys.executable, '-c', run], close_fds=False).wait()
+"#;
+
+#[test]
+fn the_tools_fds_above_a_lowered_limit_stay_hidden() {
+    if Command::new("python3")
+        .args(["-c", "pass"])
+        .status()
+        .is_err()
+    {
+        common::skip(
+            "the_tools_fds_above_a_lowered_limit_stay_hidden",
+            "python3 is not installed",
+        );
+        return;
+    }
+    let n = native("python3", &["-c", LOWERED]);
+    assert_eq!(stdout_of(&n), "[0, 1, 2]\n", "{}", describe(&n));
+    for mode in MODES {
+        let o = under(mode, "python3", &["-c", LOWERED]);
+        assert_eq!(stdout_of(&o), stdout_of(&n), "{mode:?}\n{}", describe(&o));
+    }
+}

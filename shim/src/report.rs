@@ -169,11 +169,19 @@ pub fn note_created(fd: i32) {
 /// What the table says of `fd` for the judge; an fd the kernel has open
 /// that the table does not know (made behind the shim's back) is adopted.
 pub fn known(fd: i32) -> Known {
+    if st::internal(fd) {
+        // The shim's own fds sit just above a low soft limit (table::
+        // own_fds_at): a program asking about that number (CPython's
+        // fd_status.py after lowering RLIMIT_NOFILE to 29) must find
+        // nothing there, as natively.
+        return Known::Internal;
+    }
     if fd < 0 || u64::from(fd as u32) >= st::LIMIT.load(Relaxed) {
-        // Negative, or at or above RLIMIT_NOFILE: no fd can have that
-        // number, so it is a sentinel (tmux's compat code closes INT_MAX),
-        // never a handle: the kernel answers EBADF, nothing is judged (the
-        // supervisor's rule too).
+        // Negative, or at or above RLIMIT_NOFILE: a number the program
+        // cannot be given, a sentinel (tmux's compat code closes INT_MAX),
+        // not a handle to judge: the call runs and the kernel answers
+        // (EBADF; or, for an fd opened before the limit was lowered, as
+        // for any open fd). The supervisor's rule too.
         return Known::Open;
     }
     match st::state_of(fd) {

@@ -615,17 +615,19 @@ impl Job {
             self.cached_nofile(tgid)
         };
         for (i, fd) in fds {
-            if u64::from(fd as u32) >= limit {
-                // No fd can have a number at or above RLIMIT_NOFILE: a
-                // sentinel (tmux's compat code closes INT_MAX), not a
-                // handle; the kernel answers EBADF (the shim's rule too).
+            let known = self.known(tid, fd);
+            if u64::from(fd as u32) >= limit && known != Known::Internal {
+                // A number at or above RLIMIT_NOFILE is one the program
+                // cannot be given: a sentinel (tmux's compat code closes
+                // INT_MAX), not a handle to judge; the kernel answers
+                // (the shim's rule too). The tools' own fds above a low
+                // limit stay hidden.
                 if desc.kind == Kind::Close {
                     self.resume(tid, None);
                     return true;
                 }
                 continue;
             }
-            let known = self.known(tid, fd);
             let mut op = judge::op_of(desc.nr, a, i, false);
             if known != Known::Open && desc.dirfd_args & (1 << i) != 0 {
                 // The path after a dirfd decides what the dirfd is for:
