@@ -86,24 +86,43 @@ fn lookup(path: *const c_char) -> Option<i64> {
     names_hidden(path).then(|| sys::ret(-(libc::ENOENT as i64)))
 }
 
+/// The real `$name` (libc's), found at its wrapper's first call.
+macro_rules! real_fn {
+    ($real:ident, $name:ident) => {
+        static $real: Real = Real::new(
+            // SAFETY: a literal without interior NULs.
+            unsafe {
+                core::ffi::CStr::from_bytes_with_nul_unchecked(
+                    concat!(stringify!($name), "\0").as_bytes(),
+                )
+            },
+        );
+    };
+}
+
+/// Calls the real function with the wrapper's arguments (ENOSYS where
+/// libc has none).
+macro_rules! forward {
+    ($real:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+        match $real.get::<unsafe extern "C" fn($($ty),*) -> $ret>() {
+            // SAFETY: the program's call, to libc's function of this type.
+            Some(f) => unsafe { f($($arg),*) },
+            None => sys::ret(-(libc::ENOSYS as i64)) as $ret,
+        }
+    };
+}
+
 /// `$name` with a plain path argument `$path`: hidden entries answer
 /// ENOENT, everything else goes to libc's function.
 macro_rules! path_fn {
     ($name:ident, $real:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty, $path:ident) => {
-        static $real: Real = Real::new(
-            // SAFETY: a literal without interior NULs.
-            unsafe { core::ffi::CStr::from_bytes_with_nul_unchecked(concat!(stringify!($name), "\0").as_bytes()) },
-        );
+        real_fn!($real, $name);
         #[no_mangle]
         pub unsafe extern "C-unwind" fn $name($($arg: $ty),*) -> $ret {
             if let Some(r) = lookup($path) {
                 return r as $ret;
             }
-            match $real.get::<unsafe extern "C" fn($($ty),*) -> $ret>() {
-                // SAFETY: the program's call, to libc's function of this type.
-                Some(f) => unsafe { f($($arg),*) },
-                None => sys::ret(-(libc::ENOSYS as i64)) as $ret,
-            }
+            forward!($real, ($($arg: $ty),*) -> $ret)
         }
     };
 }
@@ -112,20 +131,13 @@ macro_rules! path_fn {
 /// named in reports as syscall `$nr`.
 macro_rules! at_fn {
     ($name:ident, $real:ident, $nr:expr, ($($arg:ident: $ty:ty),*) -> $ret:ty, $i:literal, $path:ident) => {
-        static $real: Real = Real::new(
-            // SAFETY: a literal without interior NULs.
-            unsafe { core::ffi::CStr::from_bytes_with_nul_unchecked(concat!(stringify!($name), "\0").as_bytes()) },
-        );
+        real_fn!($real, $name);
         #[no_mangle]
         pub unsafe extern "C-unwind" fn $name($($arg: $ty),*) -> $ret {
             if let Some(r) = at($nr, args!($($arg),*), $i, $path as *const c_char) {
                 return r as $ret;
             }
-            match $real.get::<unsafe extern "C" fn($($ty),*) -> $ret>() {
-                // SAFETY: the program's call, to libc's function of this type.
-                Some(f) => unsafe { f($($arg),*) },
-                None => sys::ret(-(libc::ENOSYS as i64)) as $ret,
-            }
+            forward!($real, ($($arg: $ty),*) -> $ret)
         }
     };
 }
@@ -134,20 +146,13 @@ macro_rules! at_fn {
 /// O_PATH fd (libc makes it internally, where no wrapper sees it).
 macro_rules! fd_fn {
     ($name:ident, $real:ident, $nr:expr, $op:expr, ($($arg:ident: $ty:ty),*) -> $ret:ty, $fd:ident) => {
-        static $real: Real = Real::new(
-            // SAFETY: a literal without interior NULs.
-            unsafe { core::ffi::CStr::from_bytes_with_nul_unchecked(concat!(stringify!($name), "\0").as_bytes()) },
-        );
+        real_fn!($real, $name);
         #[no_mangle]
         pub unsafe extern "C-unwind" fn $name($($arg: $ty),*) -> $ret {
             if let Some(r) = check($fd, $op, $nr, args!($($arg),*), 0) {
                 return r as $ret;
             }
-            match $real.get::<unsafe extern "C" fn($($ty),*) -> $ret>() {
-                // SAFETY: the program's call, to libc's function of this type.
-                Some(f) => unsafe { f($($arg),*) },
-                None => sys::ret(-(libc::ENOSYS as i64)) as $ret,
-            }
+            forward!($real, ($($arg: $ty),*) -> $ret)
         }
     };
 }
@@ -201,14 +206,7 @@ at_fn!(fstatat64, FSTATAT64, SYS_newfstatat, (dirfd: c_int, path: *const c_char,
 /// newfstatat it makes, whose arguments lack `ver`.
 macro_rules! fxstatat_fn {
     ($name:ident, $real:ident) => {
-        static $real: Real = Real::new(
-            // SAFETY: a literal without interior NULs.
-            unsafe {
-                core::ffi::CStr::from_bytes_with_nul_unchecked(
-                    concat!(stringify!($name), "\0").as_bytes(),
-                )
-            },
-        );
+        real_fn!($real, $name);
         #[no_mangle]
         pub unsafe extern "C-unwind" fn $name(
             ver: c_int,
@@ -220,12 +218,7 @@ macro_rules! fxstatat_fn {
             if let Some(r) = at(SYS_newfstatat, args!(dirfd, path, buf, flags), 0, path) {
                 return r as c_int;
             }
-            type F = unsafe extern "C" fn(c_int, c_int, *const c_char, Stat, c_int) -> c_int;
-            match $real.get::<F>() {
-                // SAFETY: the program's call, to libc's function of this type.
-                Some(f) => unsafe { f(ver, dirfd, path, buf, flags) },
-                None => sys::ret(-(libc::ENOSYS as i64)) as c_int,
-            }
+            forward!($real, (ver: c_int, dirfd: c_int, path: *const c_char, buf: Stat, flags: c_int) -> c_int)
         }
     };
 }
@@ -248,21 +241,14 @@ at_fn!(execveat, EXECVEAT, SYS_execveat, (dirfd: c_int, path: *const c_char, arg
 /// Calls with two directory fds: each is judged with its own path.
 macro_rules! at2_fn {
     ($name:ident, $real:ident, $nr:expr, ($($arg:ident: $ty:ty),*) -> $ret:ty, ($i:literal, $p:ident), ($j:literal, $q:ident)) => {
-        static $real: Real = Real::new(
-            // SAFETY: a literal without interior NULs.
-            unsafe { core::ffi::CStr::from_bytes_with_nul_unchecked(concat!(stringify!($name), "\0").as_bytes()) },
-        );
+        real_fn!($real, $name);
         #[no_mangle]
         pub unsafe extern "C-unwind" fn $name($($arg: $ty),*) -> $ret {
             let a = args!($($arg),*);
             if let Some(r) = at($nr, a, $i, $p).or_else(|| at($nr, a, $j, $q)) {
                 return r as $ret;
             }
-            match $real.get::<unsafe extern "C" fn($($ty),*) -> $ret>() {
-                // SAFETY: the program's call, to libc's function of this type.
-                Some(f) => unsafe { f($($arg),*) },
-                None => sys::ret(-(libc::ENOSYS as i64)) as $ret,
-            }
+            forward!($real, ($($arg: $ty),*) -> $ret)
         }
     };
 }
