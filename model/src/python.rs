@@ -38,6 +38,111 @@ pub trait Memory {
     }
 }
 
+/// A reader that fetched one block of an object (a frame's or a code
+/// object's header, all the fields the walk wants) with a single read and
+/// answers reads inside it from that copy; anything else, or everything
+/// when the block could not be read whole (an object at the end of a
+/// mapping), goes to the reader beneath. One read instead of five or six:
+/// each read of the shim's own memory checks its pages, and the
+/// supervisor's is a `process_vm_readv`.
+struct Window<'m, M: Memory> {
+    mem: &'m mut M,
+    base: u64,
+    buf: [u8; WINDOW],
+    len: usize,
+}
+
+/// Past the last field the walk reads in any layout: a `PyFrameObject`'s
+/// `f_lasti` ends at 108, a code object's `co_linetable` at 144.
+const WINDOW: usize = 144;
+
+impl<'m, M: Memory> Window<'m, M> {
+    fn new(mem: &'m mut M, base: u64, len: usize) -> Self {
+        let mut buf = [0u8; WINDOW];
+        let len = len.min(WINDOW);
+        let len = if mem.read(base, &mut buf[..len]) {
+            len
+        } else {
+            0
+        };
+        Window {
+            mem,
+            base,
+            buf,
+            len,
+        }
+    }
+}
+
+impl<M: Memory> Window<'_, M> {
+    /// The `N` bytes at `addr` from the copy, if they are all in it; a
+    /// fixed size, so that no call to memcpy is made per field.
+    fn copied<const N: usize>(&self, addr: u64) -> Option<[u8; N]> {
+        let off = usize::try_from(addr.checked_sub(self.base)?).ok()?;
+        let bytes = self.buf[..self.len].get(off..off.checked_add(N)?)?;
+        bytes.try_into().ok()
+    }
+}
+
+impl<M: Memory> Memory for Window<'_, M> {
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> bool {
+        let inside = addr
+            .checked_sub(self.base)
+            .and_then(|off| usize::try_from(off).ok())
+            .and_then(|off| Some(off..off.checked_add(buf.len())?))
+            .and_then(|r| self.buf[..self.len].get(r));
+        match inside {
+            Some(bytes) => {
+                buf.copy_from_slice(bytes);
+                true
+            }
+            None => self.mem.read(addr, buf),
+        }
+    }
+    fn u64_at(&mut self, addr: u64) -> Option<u64> {
+        match self.copied(addr) {
+            Some(b) => Some(u64::from_le_bytes(b)),
+            None => self.mem.u64_at(addr),
+        }
+    }
+    fn u32_at(&mut self, addr: u64) -> Option<u32> {
+        match self.copied(addr) {
+            Some(b) => Some(u32::from_le_bytes(b)),
+            None => self.mem.u32_at(addr),
+        }
+    }
+    fn u8_at(&mut self, addr: u64) -> Option<u8> {
+        match self.copied::<1>(addr) {
+            Some(b) => Some(b[0]),
+            None => self.mem.u8_at(addr),
+        }
+    }
+}
+
+/// How far into an object of `l`'s kind the walk's fields reach: the
+/// frame's (`frame` true) or the code object's.
+fn span(l: &Layout, frame: bool) -> usize {
+    let ends: [u64; 5] = if frame {
+        let lasti = if l.frames == FrameKind::Objects { 4 } else { 8 };
+        [
+            l.f_back + 8,
+            l.f_code + 8,
+            l.f_lasti + lasti,
+            l.f_owner + 1,
+            l.f_is_entry + 1,
+        ]
+    } else {
+        [
+            16,
+            l.co_filename + 8,
+            l.co_name + 8,
+            l.co_qualname + 8,
+            (l.co_firstlineno + 4).max(l.co_linetable + 8),
+        ]
+    };
+    ends.iter().copied().max().unwrap_or(0) as usize
+}
+
 /// How a version keeps its frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameKind {
@@ -326,12 +431,9 @@ pub fn code_fields<M: Memory>(
     if !plausible(code) {
         return None;
     }
-    let mut head = [0u8; 16];
-    if !mem.read(code, &mut head) {
-        return None;
-    }
-    let refcnt = u64::from_le_bytes(head[..8].try_into().ok()?);
-    let ty = u64::from_le_bytes(head[8..].try_into().ok()?);
+    let mem = &mut Window::new(mem, code, span(l, false));
+    let refcnt = mem.u64_at(code)?;
+    let ty = mem.u64_at(code + 8)?;
     // A live object's count is small and positive (3.12's immortal count
     // is u32::MAX); a freed block holds an allocator's list pointer or 0
     // there.
@@ -416,6 +518,54 @@ fn current_frame<M: Memory>(mem: &mut M, l: &Layout, tstate: u64) -> Option<u64>
     }
 }
 
+/// What one frame says: the C stack's entry frame (3.12+: no code of its
+/// own), or a frame of code.
+enum FrameRead {
+    Entry {
+        back: u64,
+    },
+    Code {
+        back: u64,
+        code: u64,
+        lasti: u32,
+        entry: bool,
+    },
+}
+
+/// Reads the frame at `frame`; None when a field cannot be read.
+fn frame_fields<M: Memory>(mem: &mut M, l: &Layout, frame: u64) -> Option<FrameRead> {
+    let back = mem.u64_at(frame + l.f_back)?;
+    if l.frames == FrameKind::Objects {
+        let code = mem.u64_at(frame + l.f_code)?;
+        let lasti = mem.u32_at(frame + l.f_lasti)?;
+        // -1: not started yet.
+        let lasti = if (lasti as i32) < 0 { 0 } else { lasti };
+        return Some(FrameRead::Code {
+            back,
+            code,
+            lasti,
+            entry: true,
+        });
+    }
+    let owner = mem.u8_at(frame + l.f_owner)?;
+    if owner == FRAME_OWNED_BY_CSTACK {
+        return Some(FrameRead::Entry { back });
+    }
+    let entry = l.f_is_entry != 0 && mem.u8_at(frame + l.f_is_entry).unwrap_or(0) != 0;
+    let code = mem.u64_at(frame + l.f_code)?;
+    let instr = mem.u64_at(frame + l.f_lasti)?;
+    let first = code.wrapping_add(l.co_code);
+    // prev_instr is one unit before the first instruction in a frame that
+    // has not started yet.
+    let units = instr.wrapping_sub(first) as i64 / 2;
+    Some(FrameRead::Code {
+        back,
+        code,
+        lasti: units.clamp(0, i64::from(u32::MAX)) as u32,
+        entry,
+    })
+}
+
 /// Walks the frames of `tstate`, innermost first, into `out`; returns how
 /// many were written. Frames whose code cannot be read are left out; the
 /// walk stops at the first unreadable link or after `out.len()` frames
@@ -437,44 +587,23 @@ pub fn walk<M: Memory>(
         if n == out.len() || !plausible(frame) {
             break;
         }
-        let Some(back) = mem.u64_at(frame + l.f_back) else {
+        let Some(read) = frame_fields(&mut Window::new(mem, frame, span(l, true)), l, frame) else {
             break;
         };
-        let mut entry = l.frames == FrameKind::Objects;
-        let (code, lasti) = if l.frames == FrameKind::Objects {
-            let Some(code) = mem.u64_at(frame + l.f_code) else {
-                break;
-            };
-            let Some(lasti) = mem.u32_at(frame + l.f_lasti) else {
-                break;
-            };
-            // -1: not started yet.
-            (code, if (lasti as i32) < 0 { 0 } else { lasti })
-        } else {
-            let Some(owner) = mem.u8_at(frame + l.f_owner) else {
-                break;
-            };
-            if owner == FRAME_OWNED_BY_CSTACK {
+        let (back, code, lasti, entry) = match read {
+            FrameRead::Entry { back } => {
                 if let Some(last) = n.checked_sub(1).and_then(|i| out.get_mut(i)) {
                     last.entry = true;
                 }
                 frame = back;
                 continue;
             }
-            if l.f_is_entry != 0 {
-                entry = mem.u8_at(frame + l.f_is_entry).unwrap_or(0) != 0;
-            }
-            let Some(code) = mem.u64_at(frame + l.f_code) else {
-                break;
-            };
-            let Some(instr) = mem.u64_at(frame + l.f_lasti) else {
-                break;
-            };
-            let first = code.wrapping_add(l.co_code);
-            // prev_instr is one unit before the first instruction in a
-            // frame that has not started yet.
-            let units = instr.wrapping_sub(first) as i64 / 2;
-            (code, units.clamp(0, i64::from(u32::MAX)) as u32)
+            FrameRead::Code {
+                back,
+                code,
+                lasti,
+                entry,
+            } => (back, code, lasti, entry),
         };
         if let Some(fields) = code_fields(mem, l, code, code_type) {
             if let Some(slot) = out.get_mut(n) {
@@ -702,6 +831,90 @@ pub fn bytes_payload<M: Memory>(mem: &mut M, b: u64) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Memory of `len` bytes at `base` holding each address's low byte,
+    /// counting reads.
+    struct Fake {
+        base: u64,
+        len: u64,
+        reads: usize,
+    }
+
+    impl Memory for Fake {
+        fn read(&mut self, addr: u64, buf: &mut [u8]) -> bool {
+            self.reads += 1;
+            if addr < self.base || addr + buf.len() as u64 > self.base + self.len {
+                return false;
+            }
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b = (addr + i as u64) as u8;
+            }
+            true
+        }
+    }
+
+    #[test]
+    fn a_window_answers_from_one_read() {
+        let mut mem = Fake {
+            base: 0x1000,
+            len: 0x1000,
+            reads: 0,
+        };
+        let mut w = Window::new(&mut mem, 0x1010, 64);
+        assert_eq!(w.u8_at(0x1010), Some(0x10));
+        assert_eq!(
+            w.u64_at(0x1048),
+            Some(u64::from_le_bytes([
+                0x48, 0x49, 0x4a, 0x4b, 0x4c, 0x4d, 0x4e, 0x4f
+            ]))
+        );
+        assert_eq!(w.u32_at(0x1040), Some(0x4342_4140));
+        // Outside the window (before it, straddling its end): the reader
+        // beneath answers.
+        assert_eq!(w.u8_at(0x1008), Some(0x08));
+        assert_eq!(
+            w.u64_at(0x104c),
+            Some(u64::from_le_bytes([
+                0x4c, 0x4d, 0x4e, 0x4f, 0x50, 0x51, 0x52, 0x53
+            ]))
+        );
+        drop(w);
+        assert_eq!(mem.reads, 3);
+    }
+
+    #[test]
+    fn a_window_that_cannot_be_read_whole_reads_field_by_field() {
+        // The object sits at the end of its mapping: the block read fails,
+        // each field is still read.
+        let mut mem = Fake {
+            base: 0x1000,
+            len: 0x40,
+            reads: 0,
+        };
+        let mut w = Window::new(&mut mem, 0x1020, 144);
+        assert_eq!(w.u8_at(0x1021), Some(0x21));
+        assert_eq!(w.u8_at(0x1080), None);
+        drop(w);
+        assert_eq!(mem.reads, 3);
+    }
+
+    #[test]
+    fn spans_cover_every_field() {
+        for l in [&V3_8, &V3_9, &V3_10, &V3_11, &V3_12, &V3_13] {
+            let f = span(l, true);
+            assert!(
+                f <= WINDOW && f as u64 >= l.f_lasti + 4,
+                "3.{} frame {f}",
+                l.minor
+            );
+            let c = span(l, false);
+            assert!(
+                c <= WINDOW && c as u64 >= l.co_linetable + 8,
+                "3.{} code {c}",
+                l.minor
+            );
+        }
+    }
 
     #[test]
     fn versions_from_file_names() {

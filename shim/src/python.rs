@@ -493,9 +493,10 @@ fn page_readable(page: u64) -> bool {
     }
 }
 
-impl Memory for Local {
-    fn read(&mut self, addr: u64, buf: &mut [u8]) -> bool {
-        let Some(end) = addr.checked_add(buf.len() as u64) else {
+impl Local {
+    /// Whether every page of `[addr, addr + len)` is readable.
+    fn readable(&mut self, addr: u64, len: usize) -> bool {
+        let Some(end) = addr.checked_add(len as u64) else {
             return false;
         };
         if addr < 0x1000 || end > 0x0000_8000_0000_0000 {
@@ -511,12 +512,39 @@ impl Memory for Local {
             }
             page += 1;
         }
-        // SAFETY: every page of [addr, end) was found readable; the bytes
-        // may change under us (other threads), which only makes the value
-        // wrong, and every value is checked by the walker.
+        true
+    }
+
+    /// A `T` read with one plain load (no memcpy call per field).
+    fn load<T: Copy>(&mut self, addr: u64) -> Option<T> {
+        if !self.readable(addr, size_of::<T>()) {
+            return None;
+        }
+        // SAFETY: every page of the value was found readable; it may
+        // change under us (other threads), which only makes it wrong, and
+        // every value is checked by the walker. T is a plain integer.
+        Some(unsafe { core::ptr::read_unaligned(addr as *const T) })
+    }
+}
+
+impl Memory for Local {
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> bool {
+        if !self.readable(addr, buf.len()) {
+            return false;
+        }
+        // SAFETY: every page of the range was found readable; see `load`.
         unsafe {
             core::ptr::copy_nonoverlapping(addr as *const u8, buf.as_mut_ptr(), buf.len());
         }
         true
+    }
+    fn u64_at(&mut self, addr: u64) -> Option<u64> {
+        self.load(addr)
+    }
+    fn u32_at(&mut self, addr: u64) -> Option<u32> {
+        self.load(addr)
+    }
+    fn u8_at(&mut self, addr: u64) -> Option<u8> {
+        self.load(addr)
     }
 }

@@ -269,7 +269,7 @@ pub fn close_and_hold(fd: i32, s: &Slot, l: Locked, pcs: &Pcs, quarantine: bool)
 /// to the tombstone, so that is the truth.
 fn mark_held(fd: i32, s: &Slot, pcs: &Pcs) {
     let l = lock(s);
-    st::closed_locked(fd, s, &l, true, pcs);
+    st::tombstoned_locked(fd, s, &l, pcs);
     st::unlock(fd, s, l);
     push(fd);
 }

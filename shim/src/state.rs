@@ -483,6 +483,23 @@ pub fn closed_locked(fd: i32, s: &Slot, l: &Locked, tombstone: bool, pcs: &Pcs) 
     account(was, v.state);
 }
 
+/// Turns the record of a handle just closed for real ([`closed_locked`]
+/// with `tombstone` false) into a tombstone's, once its number was taken
+/// back: the close stacks written then are the truth, and capturing them
+/// again (the Python walk above all) would double the close's cost. A
+/// slot that is no longer FREE (another thread's use adopted the number
+/// in the window) gets the whole record again.
+pub fn tombstoned_locked(fd: i32, s: &Slot, l: &Locked, pcs: &Pcs) {
+    let mut v = s.load(l);
+    if v.state != state::FREE {
+        closed_locked(fd, s, l, true, pcs);
+        return;
+    }
+    v.state = state::TOMBSTONE;
+    s.store(l, v);
+    account(state::FREE, state::TOMBSTONE);
+}
+
 /// The shim's own fd at `fd` disappeared behind its back (the kernel
 /// handed the number out again). The tombstone source is re-made on
 /// demand; the table mapping outlives its fd, only `handles <pid>` loses
