@@ -3,8 +3,8 @@
 # CPython open/read/close loop (scripts/bench/pyloop.py) natively, under
 # `handles run` (default: the shim, which records Python frames with every
 # creation and close), and what recording the Python frames costs
-# (HANDLES_PYTHON_FRAMES=0 turns it off in the shim). Paired runs with
-# farm-bench (A and B in turn, ratio taken pair by pair).
+# (HANDLES_PYTHON_FRAMES=0 turns it off in the shim). Rows are measured in
+# interleaved rounds (scripts/bench/rounds.sh); medians and ratios.
 #
 # Usage: scripts/bench-python.sh [ITERATIONS] [PYTHON]
 set -euo pipefail
@@ -13,23 +13,46 @@ N=${1:-50000}
 PY=${2:-$(command -v python3)}
 RUNS=${RUNS:-7}
 LOOP=$PWD/scripts/bench/pyloop.py
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
 
+# --workspace: the CLI embeds the shim, which a plain build leaves stale.
 cargo build --release --workspace -q
 H=$PWD/target/release/handles
-SHIM=$(ls -t target/release/libhandles_shim.so 2>/dev/null | head -1)
+SHIM=$(ls -t target/release/build/handles-*/out/libhandles_shim.so 2>/dev/null | head -1)
 
-echo "== $PY, $N iterations; load: $(cut -d' ' -f1-3 /proc/loadavg)"
+# shellcheck source=scripts/bench/rounds.sh
+. scripts/bench/rounds.sh
+
+# Prints each row's median wall and cpu time and their ratios to the
+# first row (native), then empties the table.
+table() {
+    local n=${#NAMES[@]} i w c w0 c0
+    rounds
+    w0=$(median "${WALLS[0]}") c0=$(median "${CPUS[0]}")
+    for ((i = 0; i < n; i++)); do
+        w=$(median "${WALLS[i]}") c=$(median "${CPUS[i]}")
+        printf '%-58s wall %7.3f s %5.2fx   cpu %7.3f s %5.2fx\n' "${NAMES[i]}" \
+            "$w" "$(echo "$w / $w0" | bc -l)" "$c" "$(echo "$c / $c0" | bc -l)"
+    done
+    NAMES=() CMDS=()
+}
+
+echo "$PY, $N iterations, median of $RUNS interleaved rounds; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 for kind in os open; do
-    echo "-- handles run vs native ($kind)"
-    farm-bench -n "$RUNS" --timeout 600 --vs "$PY $LOOP $N $kind" -- "$H" run -- "$PY" "$LOOP" "$N" "$kind"
-    echo "-- handles run, Python frames off, vs native ($kind)"
-    HANDLES_PYTHON_FRAMES=0 farm-bench -n "$RUNS" --timeout 600 --vs "$PY $LOOP $N $kind" -- "$H" run -- "$PY" "$LOOP" "$N" "$kind"
+    echo "-- $kind"
+    row "native" "$PY" "$LOOP" "$N" "$kind"
+    row "handles run" "$H" run -- "$PY" "$LOOP" "$N" "$kind"
+    row "handles run, HANDLES_PYTHON_FRAMES=0" env HANDLES_PYTHON_FRAMES=0 "$H" run -- "$PY" "$LOOP" "$N" "$kind"
+    if [ -n "$SHIM" ]; then
+        row "LD_PRELOAD shim alone" env LD_PRELOAD="$SHIM" "$PY" "$LOOP" "$N" "$kind"
+        row "LD_PRELOAD shim alone, HANDLES_PYTHON_FRAMES=0" env LD_PRELOAD="$SHIM" HANDLES_PYTHON_FRAMES=0 "$PY" "$LOOP" "$N" "$kind"
+    fi
+    if [ "$kind" = os ]; then
+        row "handles run --no-shim (every call stops)" "$H" run --no-shim -- "$PY" "$LOOP" "$N" "$kind"
+        if command -v strace >/dev/null; then
+            row "strace -f --seccomp-bpf -e trace=%desc" strace -f --seccomp-bpf -e trace=%desc -o /dev/null "$PY" "$LOOP" "$N" "$kind"
+        fi
+    fi
+    table
 done
-if [ -n "$SHIM" ]; then
-    echo "-- the cost of Python frames: LD_PRELOAD shim vs the same with HANDLES_PYTHON_FRAMES=0 (os)"
-    farm-bench -n "$RUNS" --timeout 600 \
-        --vs "env LD_PRELOAD=$PWD/$SHIM HANDLES_PYTHON_FRAMES=0 $PY $LOOP $N os" \
-        -- env LD_PRELOAD="$PWD/$SHIM" "$PY" "$LOOP" "$N" os
-fi
-echo "-- handles run --no-shim vs native (os; every call stops at the supervisor)"
-farm-bench -n "$RUNS" --timeout 900 --vs "$PY $LOOP $N os" -- "$H" run --no-shim -- "$PY" "$LOOP" "$N" os
