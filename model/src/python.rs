@@ -860,25 +860,26 @@ mod tests {
             len: 0x1000,
             reads: 0,
         };
-        let mut w = Window::new(&mut mem, 0x1010, 64);
-        assert_eq!(w.u8_at(0x1010), Some(0x10));
-        assert_eq!(
-            w.u64_at(0x1048),
-            Some(u64::from_le_bytes([
-                0x48, 0x49, 0x4a, 0x4b, 0x4c, 0x4d, 0x4e, 0x4f
-            ]))
-        );
-        assert_eq!(w.u32_at(0x1040), Some(0x4342_4140));
-        // Outside the window (before it, straddling its end): the reader
-        // beneath answers.
-        assert_eq!(w.u8_at(0x1008), Some(0x08));
-        assert_eq!(
-            w.u64_at(0x104c),
-            Some(u64::from_le_bytes([
-                0x4c, 0x4d, 0x4e, 0x4f, 0x50, 0x51, 0x52, 0x53
-            ]))
-        );
-        drop(w);
+        {
+            let mut w = Window::new(&mut mem, 0x1010, 64);
+            assert_eq!(w.u8_at(0x1010), Some(0x10));
+            assert_eq!(
+                w.u64_at(0x1048),
+                Some(u64::from_le_bytes([
+                    0x48, 0x49, 0x4a, 0x4b, 0x4c, 0x4d, 0x4e, 0x4f
+                ]))
+            );
+            assert_eq!(w.u32_at(0x1040), Some(0x4342_4140));
+            // Outside the window (before it, straddling its end): the reader
+            // beneath answers.
+            assert_eq!(w.u8_at(0x1008), Some(0x08));
+            assert_eq!(
+                w.u64_at(0x104c),
+                Some(u64::from_le_bytes([
+                    0x4c, 0x4d, 0x4e, 0x4f, 0x50, 0x51, 0x52, 0x53
+                ]))
+            );
+        }
         assert_eq!(mem.reads, 3);
     }
 
@@ -891,10 +892,11 @@ mod tests {
             len: 0x40,
             reads: 0,
         };
-        let mut w = Window::new(&mut mem, 0x1020, 144);
-        assert_eq!(w.u8_at(0x1021), Some(0x21));
-        assert_eq!(w.u8_at(0x1080), None);
-        drop(w);
+        {
+            let mut w = Window::new(&mut mem, 0x1020, 144);
+            assert_eq!(w.u8_at(0x1021), Some(0x21));
+            assert_eq!(w.u8_at(0x1080), None);
+        }
         assert_eq!(mem.reads, 3);
     }
 
