@@ -26,9 +26,9 @@ SHIM=$(ls -t target/release/build/handles-*/out/libhandles_shim.so 2>/dev/null |
 
 # Prints each row's median wall and cpu time and their ratios to the
 # first row (native), then empties the table. `handles run`'s rows have
-# no cpu figure: the program and its supervisor are not children of the
-# front process that /usr/bin/time waits for (the job ends as a shell's
-# would), so its rusage does not hold their time.
+# no cpu figure: the front process that /usr/bin/time waits for returns
+# the program's status without reaping the supervisor (the job ends as a
+# shell's would), so its rusage holds neither's time.
 table() {
     local n=${#NAMES[@]} i w c w0 c0
     rounds
