@@ -118,3 +118,77 @@ fn no_ptrace_reports_point_at_source_lines() {
         "{err}"
     );
 }
+
+/// A number handed out again and closed again before the stale use: the
+/// report names the last handle at the number (closed where it was) and
+/// the one before it, with its close stack, since the stale copy may be of
+/// either; the same in every mode.
+#[test]
+fn a_reused_number_names_both_handles_it_held() {
+    let prog = fixture("reused_number");
+    let prog = prog.to_str().expect("utf-8 path");
+    let dir = tempdir();
+    for mode in MODES {
+        let o = Command::new(handles())
+            .arg("run")
+            .args(mode)
+            .args([
+                "--quarantine=1",
+                "--on-exception=continue",
+                "--",
+                prog,
+                &dir,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run handles");
+        let err = stderr_of(&o);
+        assert_eq!(o.status.code(), Some(0), "{mode:?}\n{err}");
+        assert!(err.contains("reused=yes read=-1"), "{mode:?}\n{err}");
+        assert_eq!(
+            kinds(&err),
+            ["use of a closed handle (its fd number is quarantined)"],
+            "{mode:?}\n{err}"
+        );
+        let handle = err
+            .lines()
+            .find(|l| l.contains("handle ") && l.contains("(fd "))
+            .unwrap_or_default();
+        assert!(handle.ends_with("third-data"), "{mode:?}: {handle}\n{err}");
+        let lead = "the number was reused: the stale copy may instead be of the handle before it,";
+        let earlier = err.lines().position(|l| l.contains(lead));
+        let Some(at) = earlier else {
+            panic!("{mode:?}: no earlier handle\n{err}");
+        };
+        let line = err.lines().nth(at).unwrap_or_default();
+        assert!(
+            line.contains("first-log, closed"),
+            "{mode:?}: {line}\n{err}"
+        );
+        // Its close stack: the function that closed the first file.
+        let next: Vec<&str> = err.lines().skip(at + 1).take(4).collect();
+        assert!(
+            next.iter().any(|l| l.contains("close_first_log")),
+            "{mode:?}: {next:?}\n{err}"
+        );
+        // The last handle's own close is the other function.
+        let closed_at = err
+            .lines()
+            .position(|l| l.contains("closed") && l.ends_with(" at:"));
+        let closed_next: Vec<&str> = err
+            .lines()
+            .skip(closed_at.unwrap_or(0) + 1)
+            .take(4)
+            .collect();
+        assert!(
+            closed_next.iter().any(|l| l.contains("close_third")),
+            "{mode:?}: {closed_next:?}\n{err}"
+        );
+    }
+}
+
+fn tempdir() -> String {
+    let d = std::env::temp_dir().join(format!("handles-reused-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("make a scratch dir");
+    d.to_str().expect("utf-8 path").to_string()
+}

@@ -86,6 +86,13 @@ impl Kind {
         }
     }
 
+    /// How a report introduces the handle before the last at a number
+    /// that was handed out again and closed again before the stale use:
+    /// the program passed only the number, so its stale copy may be of
+    /// either handle.
+    pub const EARLIER: &'static str =
+        "the number was reused: the stale copy may instead be of the handle before it,";
+
     /// The report's sentence for it.
     pub fn sentence(self, quarantined: bool) -> &'static str {
         match (self, quarantined) {

@@ -33,7 +33,7 @@ use core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 /// `b"HNDLTBL1"` as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"HNDLTBL1");
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 pub const HEADER_SIZE: usize = 64;
 pub const SLOT_SIZE: usize = 32;
 /// Return addresses kept per stack record (creation, close): the most
@@ -247,7 +247,7 @@ pub const fn stacks_offset(capacity: u32) -> usize {
 /// frames area, see [`PyStacks`]). Pages that are never written cost
 /// nothing in a memfd.
 pub const fn table_size(capacity: u32) -> usize {
-    codes_offset(capacity) + CODE_SLOTS * CODE_ENTRY_SIZE
+    earlier_offset(capacity) + capacity as usize * EARLIER_SIZE
 }
 
 /// A stack as read from a table: `len` return addresses, innermost first.
@@ -483,6 +483,20 @@ impl Slot {
     }
 }
 
+fn load_name(words: &[AtomicU64; NAME_SIZE / 8]) -> Name {
+    let mut n = Name::default();
+    for (i, w) in words.iter().enumerate() {
+        n.bytes[i * 8..i * 8 + 8].copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+    }
+    // A scribbled record may lack the NUL: the last byte is never part of
+    // a name.
+    n.len = n.bytes[..NAME_SIZE - 1]
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(NAME_SIZE - 1);
+    n
+}
+
 /// Stores `pcs` (cut at [`STACK_DEPTH`]) and a 0 after them: readers
 /// stop at the first 0, so the words beyond are left as they are (a
 /// record is 1 KiB; an open and a close write only what they recorded).
@@ -533,17 +547,7 @@ impl SlotStacks {
     }
 
     pub fn name(&self) -> Name {
-        let mut n = Name::default();
-        for (i, w) in self.name.iter().enumerate() {
-            n.bytes[i * 8..i * 8 + 8].copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
-        }
-        // A scribbled record may lack the NUL: the last byte is never
-        // part of a name.
-        n.len = n.bytes[..NAME_SIZE - 1]
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(NAME_SIZE - 1);
-        n
+        load_name(&self.name)
     }
 
     /// Stores the close stack. Only while holding the slot's lock.
@@ -605,6 +609,8 @@ pub struct TableView<'a> {
     /// before the area existed).
     py: &'a [PyStacks],
     codes: &'a [CodeEntry],
+    /// As many earlier-handle records as the mapping holds.
+    earlier: &'a [Earlier],
 }
 
 impl<'a> TableView<'a> {
@@ -669,12 +675,18 @@ impl<'a> TableView<'a> {
         } else {
             &[]
         };
+        let earlier = if codes.is_empty() {
+            &[]
+        } else {
+            earlier_records(mem, capacity as u32, n)
+        };
         Ok(TableView {
             header,
             slots,
             stacks,
             py,
             codes,
+            earlier,
         })
     }
 
@@ -1091,6 +1103,58 @@ mod tests {
     }
 
     #[test]
+    fn the_handle_before_the_last_is_kept_aside_at_a_new_creation() {
+        let mem = aligned(table_size(8));
+        let b = bytes(&mem);
+        // SAFETY: b is aligned and large enough; all-atomic layout.
+        let header = unsafe { &*(b.as_ptr() as *const Header) };
+        header.init(8, 42, 1, writer::SHIM);
+        let view = TableView::new(b).expect("valid");
+        let (slot, stacks) = view.cells(5).expect("slot 5");
+        let e = view.earlier_cell(5).expect("earlier record 5");
+        assert!(view.earlier_cell(8).is_none());
+        // A number's first handle: nothing before it.
+        let l = slot.lock(100);
+        e.keep(&l, &slot.load(&l), stacks);
+        stacks.set_created(&l, &[0x1000, 0x2000]);
+        stacks.set_name(&l, b"/tmp/first");
+        let mut v = slot.load(&l);
+        v.state = state::OPEN;
+        v.generation = 7;
+        v.obj_type = 1;
+        v.koid = 1234;
+        slot.store(&l, v);
+        slot.unlock(l);
+        assert_eq!(view.earlier(5), None);
+        // Closed, then a new handle at the number: the first is kept.
+        let l = slot.lock(100);
+        let mut v = slot.load(&l);
+        v.state = state::TOMBSTONE;
+        slot.store(&l, v);
+        let close: std::vec::Vec<u64> = (1..=40).map(|i| 0x4000 + i).collect();
+        stacks.set_closed(&l, &close);
+        slot.unlock(l);
+        let l = slot.lock(100);
+        e.keep(&l, &slot.load(&l), stacks);
+        stacks.set_created(&l, &[0x3000]);
+        stacks.set_name(&l, b"/tmp/second");
+        slot.unlock(l);
+        let r = view.earlier(5).expect("earlier handle");
+        assert_eq!((r.generation, r.obj_type, r.koid), (7, 1, 1234));
+        assert_eq!(r.name.as_bytes(), b"/tmp/first");
+        assert_eq!(r.closed.pcs[..r.closed.len], close[..EARLIER_DEPTH]);
+        // A new handle where the slot holds an open one (adopted, never
+        // seen closed) clears the record rather than keep a stale one.
+        let l = slot.lock(100);
+        let mut v = slot.load(&l);
+        v.state = state::OPEN;
+        slot.store(&l, v);
+        e.keep(&l, &slot.load(&l), stacks);
+        slot.unlock(l);
+        assert_eq!(view.earlier(5), None);
+    }
+
+    #[test]
     fn python_records_round_trip_and_are_cleared_by_a_new_creation() {
         use crate::python::PyFrame;
         let mem = aligned(table_size(8));
@@ -1373,5 +1437,159 @@ mod tests {
         let slot = unsafe { &*(b.as_ptr().add(HEADER_SIZE) as *const Slot) };
         slot.seq.store(5, Ordering::Relaxed);
         assert_eq!(TableView::new(b).ok().and_then(|v| v.slot(0)), None);
+    }
+}
+
+// ---------------------------------------------------------------------
+// The handle before the last at each number (appended area, after the
+// code registry).
+//
+// A stale copy of a number may be of the handle closed last there or of
+// one before it, when the number was handed out again and closed again
+// before the stale use (the quarantine makes that take as many closes in
+// between as it holds). Neither layer can tell which, since the program
+// passes only the number, so a report names both: the slot's record and
+// this one, copied aside by the writer when it records a new handle at a
+// number whose slot holds a closed one. A name, the type, koid and
+// generation, and the innermost close frames.
+
+/// Close frames kept of the earlier handle.
+pub const EARLIER_DEPTH: usize = 16;
+/// Bytes of one earlier-handle record.
+pub const EARLIER_SIZE: usize = (2 + NAME_SIZE / 8 + EARLIER_DEPTH) * 8;
+
+/// Where the earlier-handle area of a table of `capacity` slots starts.
+pub const fn earlier_offset(capacity: u32) -> usize {
+    codes_offset(capacity) + CODE_SLOTS * CODE_ENTRY_SIZE
+}
+
+/// One slot's earlier handle; written under the slot's lock.
+#[repr(C)]
+pub struct Earlier {
+    /// [`EARLIER_PRESENT`] | obj_type (bits 32-62) | generation (low 32).
+    pub meta: AtomicU64,
+    pub koid: AtomicU64,
+    pub name: [AtomicU64; NAME_SIZE / 8],
+    pub closed: [AtomicU64; EARLIER_DEPTH],
+}
+
+const _: () = assert!(core::mem::size_of::<Earlier>() == EARLIER_SIZE);
+
+/// `Earlier::meta`'s bit for "a record is here".
+pub const EARLIER_PRESENT: u64 = 1 << 63;
+
+/// An earlier handle as read from a table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EarlierRecord {
+    pub generation: u32,
+    pub obj_type: u32,
+    pub koid: u64,
+    pub name: Name,
+    /// At most [`EARLIER_DEPTH`] frames.
+    pub closed: Stack,
+}
+
+impl Earlier {
+    /// Before a new handle is recorded at this slot (`prior` its value,
+    /// `stacks` its records, not yet overwritten): keeps the closed handle
+    /// the slot holds, or clears the record when it holds none (a number
+    /// never closed, or closed without a record). Only while holding the
+    /// slot's lock.
+    pub fn keep(&self, _lock: &Locked, prior: &SlotValue, stacks: &SlotStacks) {
+        let first = stacks.closed[0].load(Ordering::Relaxed);
+        if first == 0 || prior.state == state::OPEN {
+            self.meta.store(0, Ordering::Relaxed);
+            return;
+        }
+        for (d, s) in self.closed.iter().zip(&stacks.closed) {
+            let pc = s.load(Ordering::Relaxed);
+            d.store(pc, Ordering::Relaxed);
+            if pc == 0 {
+                break;
+            }
+        }
+        for (d, s) in self.name.iter().zip(&stacks.name) {
+            d.store(s.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        self.koid.store(prior.koid, Ordering::Relaxed);
+        self.meta.store(
+            EARLIER_PRESENT
+                | (u64::from(prior.obj_type & 0x7fff_ffff) << 32)
+                | u64::from(prior.generation),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn load(&self) -> Option<EarlierRecord> {
+        let meta = self.meta.load(Ordering::Relaxed);
+        if meta & EARLIER_PRESENT == 0 {
+            return None;
+        }
+        let mut closed = Stack::default();
+        for (i, s) in self.closed.iter().enumerate() {
+            let pc = s.load(Ordering::Relaxed);
+            if pc == 0 {
+                break;
+            }
+            closed.pcs[i] = pc;
+            closed.len = i + 1;
+        }
+        Some(EarlierRecord {
+            generation: meta as u32,
+            obj_type: ((meta >> 32) & 0x7fff_ffff) as u32,
+            koid: self.koid.load(Ordering::Relaxed),
+            name: load_name(&self.name),
+            closed,
+        })
+    }
+}
+
+/// The earlier-handle records a mapping of `mem.len()` bytes holds, at
+/// most `n`.
+fn earlier_records(mem: &[u8], capacity: u32, n: usize) -> &[Earlier] {
+    let off = earlier_offset(capacity);
+    let count = (mem.len().saturating_sub(off) / EARLIER_SIZE).min(n);
+    if count == 0 {
+        return &[];
+    }
+    // SAFETY: off + count * EARLIER_SIZE <= mem.len(); off is a multiple
+    // of 8 and mem is 8-aligned (checked by TableView::new); Earlier is
+    // all atomics.
+    unsafe { core::slice::from_raw_parts(mem.as_ptr().add(off) as *const Earlier, count) }
+}
+
+impl<'a> TableView<'a> {
+    /// `fd`'s earlier-handle cell, for a writer.
+    pub fn earlier_cell(&self, fd: i32) -> Option<&'a Earlier> {
+        self.earlier.get(usize::try_from(fd).ok()?)
+    }
+
+    /// The handle that held `fd` before the one its slot records, read
+    /// under the slot's counter; None when there is none or it cannot be
+    /// read consistently.
+    pub fn earlier(&self, fd: i32) -> Option<EarlierRecord> {
+        let i = usize::try_from(fd).ok()?;
+        self.slots.get(i)?.read_earlier(self.earlier.get(i)?, 64)
+    }
+}
+
+impl Slot {
+    /// Reads the slot's earlier-handle record `e` under the slot's
+    /// counter; None when there is none or no consistent read came in
+    /// `tries` attempts.
+    pub fn read_earlier(&self, e: &Earlier, tries: u32) -> Option<EarlierRecord> {
+        for _ in 0..tries {
+            let s1 = self.seq.load(Ordering::Acquire);
+            if s1 & 1 != 0 {
+                core::hint::spin_loop();
+                continue;
+            }
+            let r = e.load();
+            fence(Ordering::Acquire);
+            if self.seq.load(Ordering::Relaxed) == s1 {
+                return r;
+            }
+        }
+        None
     }
 }

@@ -432,6 +432,12 @@ fn write_bad_handle(
     let closed = detail.map(|d| d.closed).unwrap_or_default();
     let created = detail.map(|d| d.created).unwrap_or_default();
     let name = detail.map(|d| d.name).unwrap_or_default();
+    // The handle before the last at this number, when the number was
+    // reused and closed again: the stale copy may be of either.
+    let earlier = st::slot(fd)
+        .zip(st::earlier(fd))
+        .and_then(|(s, e)| s.read_earlier(e, 1000))
+        .filter(|e| e.generation != value.generation);
     EXCEPTIONS.fetch_add(1, Relaxed);
     let closed_pcs = &closed.pcs[..closed.len];
     if first_of_context(kind, offending.frames(), closed_pcs) {
@@ -457,6 +463,7 @@ fn write_bad_handle(
             closed_pcs,
             &created.pcs[..created.len],
             py,
+            earlier.as_ref(),
         );
         w.flush();
     }
@@ -863,6 +870,7 @@ fn write_report(
     closed: &[u64],
     created: &[u64],
     py: [&[handles_model::python::PyFrame]; 3],
+    earlier: Option<&handles_model::table::EarlierRecord>,
 ) -> core::fmt::Result {
     let was_closed = matches!(kind, Kind::UseClosed | Kind::DoubleClose | Kind::DupClosed);
     let whatline = kind.sentence(quarantined);
@@ -911,10 +919,12 @@ fn write_report(
     w.write_str("handles:     ")?;
     judge::write_outcome(w, a, moment, then)?;
     writeln!(w)?;
+    let earlier_closed = earlier.map_or(&[][..], |e| &e.closed.pcs[..e.closed.len]);
     let sym = crate::symbolize::symbolize(&[
         (walked(offending.frames()), py[0]),
         (walked(closed), py[1]),
         (walked(created), py[2]),
+        (walked(earlier_closed), &[]),
     ]);
     // The symbolizer puts the Python frames in place of the evaluation
     // loop's; without it they follow the native frames.
@@ -929,6 +939,17 @@ fn write_report(
         writeln!(w, "handles: originally opened in process {pid} at:")?;
         stack_lines(w, created, sym.as_ref(), 2)?;
         crate::python::write_frames(w, py[2], walked(created).len())?;
+        if let Some(e) = earlier {
+            let h = HandleValue::encode(Fd(fd), e.generation, st::MIXER.load(Relaxed));
+            let ty = obj_type_from_code(e.obj_type).map_or("object", |t| t.name());
+            write!(w, "handles: {} {h} (fd {fd}): closed {ty}", Kind::EARLIER)?;
+            if !e.name.as_bytes().is_empty() {
+                w.bytes(b" ");
+                w.bytes(e.name.as_bytes());
+            }
+            writeln!(w, ", closed in process {pid} at:")?;
+            stack_lines(w, earlier_closed, sym.as_ref(), 3)?;
+        }
     }
     Ok(())
 }

@@ -160,6 +160,21 @@ pub fn py_stacks(fd: i32) -> Option<&'static table::PyStacks> {
     })
 }
 
+/// The earlier-handle record of `fd` in the published table.
+pub fn earlier(fd: i32) -> Option<&'static table::Earlier> {
+    let cap = CAP.load(Relaxed);
+    let pb = PUB.load(Relaxed);
+    if (fd as u32) >= cap || pb.is_null() {
+        return None;
+    }
+    // SAFETY: as slot_at; the earlier-handle area ends the table, which
+    // is mapped table_size(cap) bytes long; its offset is a multiple of 8.
+    Some(unsafe {
+        &*(pb.add(table::earlier_offset(cap) + fd as usize * table::EARLIER_SIZE)
+            as *const table::Earlier)
+    })
+}
+
 /// The code registry of the published table.
 pub fn codes() -> Option<table::CodeRegistry<'static>> {
     let cap = CAP.load(Relaxed);
@@ -428,6 +443,9 @@ pub fn created_locked(fd: i32, s: &Slot, l: &Locked, ty: u32, how: u32, name: Na
         },
     );
     if let Some(st) = stacks(fd) {
+        if let Some(e) = earlier(fd) {
+            e.keep(l, &old, st);
+        }
         st.set_created(l, pcs.frames());
         set_name(st, l, name, &dup);
         mark_dirty(DIRTY_CREATED | DIRTY_CLOSED);

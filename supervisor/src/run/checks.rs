@@ -72,7 +72,7 @@ impl Job {
                 let t = self.threads.get(&tid)?;
                 let mut table = t.table.borrow_mut();
                 table.forget_open(fd);
-                table.remember_closed(fd, shimtable::closed_handle(tgid, &r.0, &r.1));
+                table.remember_closed(fd, shimtable::closed_handle(tgid, &r.0, &r.1, r.2.as_ref()));
                 return Some(Bad::Stale);
             }
             ShimSays::Internal => return Some(Bad::Internal),
@@ -84,7 +84,7 @@ impl Job {
                 let mut table = t.table.borrow_mut();
                 table.forget_open(fd);
                 table.drop_tombstone(fd);
-                table.remember_closed(fd, shimtable::closed_handle(tgid, &d.0, &d.1));
+                table.remember_closed(fd, shimtable::closed_handle(tgid, &d.0, &d.1, d.2.as_ref()));
                 return Some(Bad::NotOpen);
             }
             ShimSays::Free | ShimSays::Closed(_) => {
@@ -159,13 +159,15 @@ impl Job {
         match view.detail_py(fd) {
             Some((d, ..)) if d.value.state == state::INTERNAL => Some(Bad::Internal),
             Some((d, c, x)) if d.value.state == state::TOMBSTONE => {
+                let earlier = view.earlier(fd);
                 // Still the parent's tombstone: what it closed there (the
                 // parent may have closed the number again since the fork;
                 // then this is its later close, rarely so).
                 let t = self.threads.get(&tid)?;
-                t.table
-                    .borrow_mut()
-                    .remember_closed(fd, shimtable::closed_handle(owner, &d, &(c, x)));
+                t.table.borrow_mut().remember_closed(
+                    fd,
+                    shimtable::closed_handle(owner, &d, &(c, x), earlier.as_ref()),
+                );
                 Some(Bad::StaleInherited)
             }
             _ => Some(Bad::StaleInherited),
@@ -995,6 +997,34 @@ impl Job {
                 title: format!("originally {origin} in process {} at", c.creator),
                 frames,
             });
+            if let Some(e) = c
+                .earlier
+                .as_deref()
+                .filter(|e| e.generation != c.generation)
+            {
+                let v = self
+                    .threads
+                    .get(&tid)
+                    .map(|t| t.table.borrow().value_of(fd, e.generation));
+                let mut what = String::from("closed");
+                for part in [e.facts.ty, e.facts.target.as_str()] {
+                    if !part.is_empty() {
+                        what.push(' ');
+                        what.push_str(part);
+                    }
+                }
+                let frames = self.symbolize(e.closer, e.closed.as_ref());
+                sections.push(Section {
+                    title: format!(
+                        "{} {} (fd {fd}): {what}, closed by {} in process {} at",
+                        judge::Kind::EARLIER,
+                        v.map_or_else(|| "a handle".to_string(), |v| v.to_string()),
+                        e.how,
+                        e.closer
+                    ),
+                    frames,
+                });
+            }
         }
         Some(ExceptionReport {
             handle: Some(handle),

@@ -63,6 +63,8 @@ pub struct OpenHandle {
     /// The process that created it (for reports: stacks symbolize against
     /// that process's modules).
     pub creator: i32,
+    /// The closed handle the number held before this one.
+    pub earlier: Option<Box<ClosedHandle>>,
 }
 
 #[derive(Clone, Debug)]
@@ -76,6 +78,9 @@ pub struct ClosedHandle {
     pub facts: ObjectFacts,
     /// How it was closed: `close`, `dup2 onto it`, `close_range`, `exec (O_CLOEXEC)`.
     pub how: &'static str,
+    /// The closed handle the number held before this one: a stale copy
+    /// of the number may be of either (reports name both).
+    pub earlier: Option<Box<ClosedHandle>>,
 }
 
 #[derive(Clone, Debug)]
@@ -240,6 +245,13 @@ impl FdTable {
         let g = self.next_generation.entry(fd).or_insert(0);
         let generation = *g;
         *g = g.wrapping_add(1);
+        // One level deep: the handle before this one, not its own earlier.
+        let earlier = self.closed_info(fd).map(|c| {
+            Box::new(ClosedHandle {
+                earlier: None,
+                ..c.clone()
+            })
+        });
         self.slots.insert(
             fd,
             Slot::Open(OpenHandle {
@@ -247,6 +259,7 @@ impl FdTable {
                 origin,
                 created,
                 creator,
+                earlier,
             }),
         );
         generation
@@ -276,6 +289,7 @@ impl FdTable {
             closer,
             facts,
             how,
+            earlier: h.earlier,
         };
         if tombstone {
             self.slots.insert(fd, Slot::Tombstone(c));

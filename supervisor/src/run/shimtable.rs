@@ -25,7 +25,7 @@
 
 use std::os::fd::OwnedFd;
 
-use handles_model::table::{self, how, state, Name, PyStack, SlotDetail, SlotValue};
+use handles_model::table::{self, how, state, EarlierRecord, Name, PyStack, SlotDetail, SlotValue};
 use handles_model::ObjType;
 
 use crate::inspect::shared::{sealed_against_shrinking, MappedTable};
@@ -48,17 +48,21 @@ pub(super) struct ShimTable {
     pub(super) synced: std::cell::Cell<bool>,
 }
 
+/// A closed handle's record in the shim's table: the slot, its Python
+/// records, and the handle the number held before it.
+pub(super) type ShimRecord = (SlotDetail, PyRecords, Option<EarlierRecord>);
+
 /// What the shim's table says of an fd.
 pub(super) enum ShimSays {
     /// Open, at this generation.
     Open(u32),
     /// Closed by the program through the shim (quarantined there).
-    Tombstone(Box<(SlotDetail, PyRecords)>),
+    Tombstone(Box<ShimRecord>),
     /// One of the shim's own fds (its table, its tombstone source).
     Internal,
     /// Closed through the shim without a tombstone (stdio, which is never
     /// quarantined, or a full quarantine): its record says what it was.
-    Closed(Box<(SlotDetail, PyRecords)>),
+    Closed(Box<ShimRecord>),
     /// Not open as far as the shim knows.
     Free,
     /// No table, or a slot that cannot be read.
@@ -212,7 +216,7 @@ impl ShimTable {
             Some(v) if v.state == state::OPEN => ShimSays::Open(v.generation),
             Some(v) if v.state == state::TOMBSTONE => match view.detail_py(fd) {
                 Some((d, c, x)) if d.value.state == state::TOMBSTONE => {
-                    ShimSays::Tombstone(Box::new((d, (c, x))))
+                    ShimSays::Tombstone(Box::new((d, (c, x), view.earlier(fd))))
                 }
                 _ => ShimSays::Unknown,
             },
@@ -223,7 +227,7 @@ impl ShimTable {
             {
                 match view.detail_py(fd) {
                     Some((d, c, x)) if d.value.state == state::FREE => {
-                        ShimSays::Closed(Box::new((d, (c, x))))
+                        ShimSays::Closed(Box::new((d, (c, x), view.earlier(fd))))
                     }
                     _ => ShimSays::Free,
                 }
@@ -487,6 +491,7 @@ pub(super) fn closed_handle(
     tgid: i32,
     d: &SlotDetail,
     py: &PyRecords,
+    earlier: Option<&EarlierRecord>,
 ) -> super::fdtable::ClosedHandle {
     let (ty, target) = object_of(tgid, d);
     super::fdtable::ClosedHandle {
@@ -502,6 +507,40 @@ pub(super) fn closed_handle(
             target,
         },
         how: "close()",
+        earlier: earlier
+            .filter(|e| e.generation != d.value.generation)
+            .map(|e| Box::new(earlier_handle(tgid, e))),
+    }
+}
+
+/// The handle a shim slot held before its last one, as the supervisor
+/// remembers a closed handle (no creation stack: the shim keeps only the
+/// innermost frames of its close).
+fn earlier_handle(tgid: i32, e: &EarlierRecord) -> super::fdtable::ClosedHandle {
+    let d = SlotDetail {
+        value: SlotValue {
+            obj_type: e.obj_type,
+            koid: e.koid,
+            ..SlotValue::default()
+        },
+        name: e.name,
+        ..SlotDetail::default()
+    };
+    let (ty, target) = object_of(tgid, &d);
+    super::fdtable::ClosedHandle {
+        generation: e.generation,
+        origin: super::fdtable::Origin::Shim,
+        created: None,
+        closed: call_stack(e.closed.frames(), &PyStack::default()),
+        creator: tgid,
+        closer: tgid,
+        facts: super::fdtable::ObjectFacts {
+            ty,
+            koid: e.koid,
+            target,
+        },
+        how: "close()",
+        earlier: None,
     }
 }
 
