@@ -219,7 +219,7 @@ fn json_report_and_sarif_point_at_the_python_line() {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .find(|f| f["python"] == true && f["function"] == function)
+                .find(|f| f["kind"] == "python" && f["function"] == function)
                 .cloned()
         };
         let use_frame =
@@ -289,7 +289,7 @@ fn handles_pid_stacks_show_the_python_lines_that_made_each_handle() {
             .flatten()
             .filter_map(|h| h["created"]["frames"].as_array())
             .flatten()
-            .any(|f| f["python"] == true && f["function"] == "open_log" && f["line"] == 9);
+            .any(|f| f["kind"] == "python" && f["function"] == "open_log" && f["line"] == 9);
         assert!(found, "{v}\n{what}");
         drop(running);
     }
