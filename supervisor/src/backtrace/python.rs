@@ -232,9 +232,9 @@ impl PythonResolver {
         let l = interp.layout;
         // The directory is taken at the process's first capture, closest
         // to its start, before the script may have changed it.
-        if !self.dirs.contains_key(&pid) {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.dirs.entry(pid) {
             if let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) {
-                self.dirs.insert(pid, cwd);
+                e.insert(cwd);
             }
         }
         let Some(ts) = py::find_thread_state(&mut mem, l, interp.runtime, fs_base, tid as u32)
