@@ -177,7 +177,10 @@ pub fn sarif(version: &str, exceptions: &[SerException], leaks: &[ProcessLeaks])
     }
     for p in leaks {
         for g in &p.groups {
-            let types: Vec<&str> = g.handles.iter().map(|h| h.ty.as_str()).collect();
+            // `(pipe)` for both ends of a pipe, as the text report says.
+            let mut types: Vec<&str> = g.handles.iter().map(|h| h.ty.as_str()).collect();
+            types.sort_unstable();
+            types.dedup();
             let fds: Vec<i32> = g.handles.iter().map(|h| h.fd).collect();
             let r = json!({
                 "ruleId": "leak",
