@@ -48,10 +48,12 @@ def where(frames):
     known = [f for f in frames if f.get("file") and f.get("line")]
     if not known:
         return "(no frame with a file:line)"
-    outside = [f for f in known if "/libc.so" not in f.get("module", "")]
+    # handles.run.v3: every key of a frame is present, null when unknown
+    # (a Python frame has no module).
+    outside = [f for f in known if "/libc.so" not in (f.get("module") or "")]
     f = (outside or known)[0]
     path = "/".join(f["file"].split("/")[-2:]).lstrip("./")
-    return f"{f.get('function', '?')} at {path}:{f['line']}"
+    return f"{f.get('function') or '?'} at {path}:{f['line']}"
 
 
 def main():

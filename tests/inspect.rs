@@ -972,7 +972,7 @@ fn json_round_trips_the_short_table() {
     let pid = fx.pid();
     let rows = short_rows(pid, &[]);
     let doc = parse_json(&ok(&args(["--json".to_string(), pid.to_string()])));
-    assert_eq!(doc["schema"], "handles.table.v1");
+    assert_eq!(doc["schema"], "handles.table.v2");
     assert_eq!(doc["errors"], serde_json::json!([]));
     let procs = doc["processes"].as_array().expect("processes");
     assert_eq!(procs.len(), 1);
@@ -985,8 +985,8 @@ fn json_round_trips_the_short_table() {
     assert_eq!(handles.len(), rows.len());
     for (h, r) in handles.iter().zip(&rows) {
         assert_eq!(h["fd"], r.fd(), "{h}");
-        assert_eq!(h["handle"], r.handle, "{h}");
-        assert_eq!(h["handle_hex"], format!("{:#010x}", r.handle), "{h}");
+        assert_eq!(h["value"], r.handle, "{h}");
+        assert_eq!(h["state"], "open", "{h}");
         assert_eq!(h["koid"], r.koid, "{h}");
         assert_eq!(h["rkoid"], r.rkoid, "{h}");
         assert_eq!(h["rights"], r.rights, "{h}");
@@ -1668,6 +1668,11 @@ fn frame_of<'a>(frames: &'a [String], func: &str, line: u32, ctx: &str) -> &'a s
 }
 
 /// The address a frame line shows.
+/// A JSON frame's address or offset (`"0x…"`).
+fn hex_field(v: &serde_json::Value) -> Option<u64> {
+    u64::from_str_radix(v.as_str()?.strip_prefix("0x")?, 16).ok()
+}
+
 fn frame_pc(f: &str) -> u64 {
     let hex = f
         .split_whitespace()
@@ -1739,7 +1744,10 @@ fn check_stacks(m: &Made) {
         "{head}\n{text}"
     );
     assert!(
-        head.contains(row(m.file)["handle_hex"].as_str().expect("hex")),
+        head.contains(&format!(
+            "{:#010x}",
+            row(m.file)["value"].as_u64().expect("value")
+        )),
         "the heading carries the handle value: {head}"
     );
     let f = frame_of(frames, "open_config", open_line, &text);
@@ -1760,8 +1768,13 @@ fn check_stacks(m: &Made) {
             .is_some_and(|s| s.ends_with("/stacks")),
         "{jf:#}"
     );
-    assert_eq!(jf["pc"].as_u64(), Some(frame_pc(f)), "{jf:#} vs {f}");
-    assert!(jf["offset"].as_u64().is_some_and(|o| o > 0), "{jf:#}");
+    assert_eq!(jf["kind"], "native", "{jf:#}");
+    assert_eq!(
+        hex_field(&jf["address"]),
+        Some(frame_pc(f)),
+        "{jf:#} vs {f}"
+    );
+    assert!(hex_field(&jf["offset"]).is_some_and(|o| o > 0), "{jf:#}");
 
     // Both pipe ends: made by pipe2() (or pipe()) in make_pipe.
     for fd in m.pipe {
@@ -1794,7 +1807,7 @@ fn check_stacks(m: &Made) {
     let zx_stacks = ok(&args(["--zxdb", "--stacks", &p]));
     assert_eq!(table_part(&zx_stacks), zx.trim_end(), "{zx_stacks}");
     assert_eq!(stack_blocks(&zx_stacks).len(), blocks.len(), "{zx_stacks}");
-    let hex = row(m.file)["handle_hex"].as_str().expect("hex").to_string();
+    let hex = format!("{:#010x}", row(m.file)["value"].as_u64().expect("value"));
     let detail = ok(&args(["--stacks", "--handle", &hex, &p]));
     let d = &parse_details(&detail)[0];
     assert_eq!(field(d, "Origin"), "openat()", "{detail}");
@@ -1896,7 +1909,7 @@ fn json_table(pid: i32) -> (String, u64, BTreeMap<i32, (u64, u64)>) {
                 h["fd"].as_i64().expect("fd") as i32,
                 (
                     h["generation"].as_u64().expect("generation"),
-                    h["handle"].as_u64().expect("handle"),
+                    h["value"].as_u64().expect("handle"),
                 ),
             )
         })

@@ -380,45 +380,6 @@ fn gen_suppressions_prints_rules_that_then_suppress() {
     );
 }
 
-fn python_validate(doc: &Path, schema: &Path) -> Result<(), String> {
-    let script = "import json,sys,jsonschema\njsonschema.validate(json.load(open(sys.argv[1])), json.load(open(sys.argv[2])))\n";
-    let o = Command::new("python3")
-        .args(["-c", script])
-        .arg(doc)
-        .arg(schema)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if o.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&o.stderr).into_owned())
-    }
-}
-
-/// The SARIF 2.1.0 schema: HANDLES_SARIF_SCHEMA, or the copy .ci/run puts
-/// in target/, or one fetched from the npm registry (the schema ships in
-/// @microsoft/jest-sarif).
-fn sarif_schema() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("HANDLES_SARIF_SCHEMA") {
-        return Some(PathBuf::from(p));
-    }
-    let cached = common::repo_root().join("target/sarif-2.1.0.json");
-    if cached.exists() {
-        return Some(cached);
-    }
-    let dir = scratch("sarif-schema");
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg("npm pack -q @microsoft/jest-sarif >/dev/null 2>&1 && tar xzf microsoft-jest-sarif-*.tgz && cp package/lib/schemas/sarif-2.1.0-rtm.5.json \"$1\"")
-        .arg("sh")
-        .arg(&cached)
-        .current_dir(&dir)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    ok.then_some(cached)
-}
-
 #[test]
 fn json_report_and_sarif_validate_against_their_schemas() {
     let dir = scratch("reports");
@@ -436,8 +397,13 @@ fn json_report_and_sarif_validate_against_their_schemas() {
         "child",
     );
     assert_eq!(o.status.code(), Some(0), "{}", stderr_of(&o));
-    let schema = common::repo_root().join("docs/report.schema.json");
-    python_validate(&json, &schema).unwrap_or_else(|e| panic!("report invalid: {e}"));
+    let schema = common::docs_schema("report.schema.json");
+    common::validate_file(
+        "json_report_and_sarif_validate_against_their_schemas",
+        &json,
+        &schema,
+    )
+    .unwrap_or_else(|e| panic!("report invalid: {e}"));
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("read")).expect("json");
     assert_eq!(v["summary"]["leaked_handles"], 1);
@@ -448,7 +414,7 @@ fn json_report_and_sarif_validate_against_their_schemas() {
     );
     assert!(v["processes"][1]["parent"].is_number());
     let leak = &v["leaks"][0]["groups"][0];
-    assert_eq!(leak["handles"][0]["type"], "file");
+    assert_eq!(leak["handles"][0]["handle"]["type"], "file");
     assert!(leak["stack"]
         .as_array()
         .is_some_and(|f| f.iter().any(|f| f["function"] == "leak_file")));
@@ -465,9 +431,10 @@ fn json_report_and_sarif_validate_against_their_schemas() {
         "{result}"
     );
     assert_eq!(region["region"]["startLine"], line_of("file"));
-    match sarif_schema() {
-        Some(schema) => python_validate(&sarif, &schema).unwrap_or_else(|e| panic!("SARIF invalid: {e}")),
-        None => panic!("no SARIF 2.1.0 schema: set HANDLES_SARIF_SCHEMA or let npm fetch @microsoft/jest-sarif"),
+    let test = "json_report_and_sarif_validate_against_their_schemas";
+    if let Some(schema) = common::sarif_schema(test) {
+        common::validate_file(test, &sarif, &schema)
+            .unwrap_or_else(|e| panic!("SARIF invalid: {e}"));
     }
 }
 
@@ -485,8 +452,12 @@ fn exceptions_go_into_the_report_too() {
         .output()
         .expect("run");
     assert_eq!(o.status.code(), Some(133), "{}", stderr_of(&o));
-    python_validate(&json, &common::repo_root().join("docs/report.schema.json"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    common::validate_file(
+        "exceptions_go_into_the_report_too",
+        &json,
+        &common::docs_schema("report.schema.json"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("read")).expect("json");
     assert_eq!(v["exit"]["signal"], 5);

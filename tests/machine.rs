@@ -424,7 +424,7 @@ fn graph_json_has_both_ends_of_the_pipe_socketpair_and_loopback_tcp_and_the_shar
     assert_ne!(sock_a, sock_b);
 
     let doc = json_of(&["graph", "--json", &parent.to_string()]);
-    assert_eq!(doc["schema"], "handles.graph.v1");
+    assert_eq!(doc["schema"], "handles.graph.v2");
     let nodes = doc["nodes"].as_array().unwrap();
     let edges = doc["edges"].as_array().unwrap();
     let node = |id: &str| nodes.iter().find(|n| n["id"] == id);
@@ -436,7 +436,7 @@ fn graph_json_has_both_ends_of_the_pipe_socketpair_and_loopback_tcp_and_the_shar
     let handle_edge = |pid: i32, fd: i32| {
         edges
             .iter()
-            .find(|e| e["kind"] == "handle" && e["pid"] == pid && e["fd"] == fd)
+            .find(|e| e["kind"] == "handle" && e["pid"] == pid && e["handle"]["fd"] == fd)
             .unwrap_or_else(|| panic!("no edge for {pid} fd {fd}: {edges:#?}"))
     };
     // The pipe: one object, the parent reads, child 1 writes.
@@ -448,14 +448,14 @@ fn graph_json_has_both_ends_of_the_pipe_socketpair_and_loopback_tcp_and_the_shar
         (Some(pipe_id.as_str()), Some("read"))
     );
     assert_eq!(r["from"], format!("process:{parent}"));
-    assert_ne!(r["rights"].as_u64().unwrap() & ZX_RIGHT_READ, 0);
-    assert_eq!(r["rights"].as_u64().unwrap() & ZX_RIGHT_WRITE, 0);
+    assert_ne!(r["handle"]["rights"].as_u64().unwrap() & ZX_RIGHT_READ, 0);
+    assert_eq!(r["handle"]["rights"].as_u64().unwrap() & ZX_RIGHT_WRITE, 0);
     let w = handle_edge(c1, s.get("pipe_w"));
     assert_eq!(
         (w["to"].as_str(), w["end"].as_str()),
         (Some(pipe_id.as_str()), Some("write"))
     );
-    assert_ne!(w["rights"].as_u64().unwrap() & ZX_RIGHT_WRITE, 0);
+    assert_ne!(w["handle"]["rights"].as_u64().unwrap() & ZX_RIGHT_WRITE, 0);
     assert!(w["rights_names"]
         .as_array()
         .unwrap()
@@ -542,7 +542,9 @@ fn graph_json_has_both_ends_of_the_pipe_socketpair_and_loopback_tcp_and_the_shar
         .iter()
         .find(|e| e["kind"] == "pidfd" && e["pid"] == parent)
         .expect("a pidfd edge");
-    assert_eq!(pf["fd"], s.get("pidfd"));
+    assert_eq!(pf["handle"]["fd"], s.get("pidfd"));
+    assert_eq!(pf["handle"]["type"], "process");
+    assert_eq!(pf["handle"]["state"], "open");
     assert_eq!(pf["to"], format!("process:{c1}"));
     assert_eq!(pf["target_pid"], c1);
     // Every edge's endpoints are nodes.

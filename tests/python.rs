@@ -213,13 +213,18 @@ fn json_report_and_sarif_point_at_the_python_line() {
         let what = format!("{label} {mode:?}:\n{}", stderr_of(&out));
         let r: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&report).expect("report written")).expect("json");
+        common::assert_valid(
+            "json_report_and_sarif_point_at_the_python_line",
+            &r,
+            &common::docs_schema("report.schema.json"),
+        );
         let stacks = &r["exceptions"][0]["stacks"];
         let frame_at = |stack: usize, function: &str| {
             stacks[stack]["frames"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .find(|f| f["python"] == true && f["function"] == function)
+                .find(|f| f["kind"] == "python" && f["function"] == function)
                 .cloned()
         };
         let use_frame =
@@ -283,14 +288,111 @@ fn handles_pid_stacks_show_the_python_lines_that_made_each_handle() {
             .output()
             .expect("run handles");
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        common::assert_valid(
+            "handles_pid_stacks_show_the_python_lines_that_made_each_handle",
+            &v,
+            &common::docs_schema("table.schema.json"),
+        );
         let found = v["processes"][0]["handles"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(|h| h["created"]["frames"].as_array())
             .flatten()
-            .any(|f| f["python"] == true && f["function"] == "open_log" && f["line"] == 9);
+            .any(|f| f["kind"] == "python" && f["function"] == "open_log" && f["line"] == 9);
         assert!(found, "{v}\n{what}");
         drop(running);
+    }
+}
+
+/// CPython 3.8 names a script given by a relative path as given
+/// (`sub/x.py`), later versions by its absolute path: reports show the
+/// absolute path in every version and every mode (the text, the JSON
+/// report, the leak check).
+#[test]
+fn a_script_given_by_a_relative_path_is_named_by_its_absolute_path() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("python-relative");
+    let sub = dir.join("sub");
+    std::fs::create_dir_all(&sub).expect("scratch dir");
+    for name in ["use_after_close.py", "leaks.py"] {
+        std::fs::copy(script(name), sub.join(name)).expect("copy the script");
+    }
+    let uac = sub.join("use_after_close.py").display().to_string();
+    let leaks = sub.join("leaks.py").display().to_string();
+    let report = dir.join("report.json");
+    for (label, py) in interpreters() {
+        for mode in MODES.iter().copied().chain([&["--no-ptrace"][..]]) {
+            let supervised = !mode.contains(&"--no-ptrace");
+            let mut cmd = Command::new(handles());
+            cmd.arg("run").args(mode);
+            if supervised {
+                cmd.arg("--report").arg(&report);
+            }
+            let out = cmd
+                .arg("--")
+                .arg(&py)
+                .arg("sub/use_after_close.py")
+                .current_dir(&dir)
+                .output()
+                .expect("run handles");
+            let err = stderr_of(&out);
+            let what = format!("{label} {mode:?}:\n{err}");
+            let ends = ["handles: closed", "handles: originally", "ERROR SUMMARY"];
+            let offending = section(&err, "handles: backtrace:", &ends);
+            let closed = section(&err, "handles: closed", &ends);
+            let opened = section(&err, "handles: originally opened", &ends);
+            assert!(
+                has_python_frame(&offending, &format!("{uac}:16"), "use_it"),
+                "{what}"
+            );
+            assert!(
+                has_python_frame(&offending, &format!("{uac}:30"), "<module>"),
+                "{what}"
+            );
+            assert!(
+                has_python_frame(&closed, &format!("{uac}:12"), "close_it"),
+                "{what}"
+            );
+            assert!(
+                has_python_frame(&opened, &format!("{uac}:8"), "open_it"),
+                "{what}"
+            );
+            assert!(!err.contains(" sub/use_after_close.py:"), "{what}");
+            if supervised {
+                let r: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(&report).expect("report written"))
+                        .expect("json");
+                let files: Vec<&str> = r["exceptions"][0]["stacks"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|s| s["frames"].as_array().into_iter().flatten())
+                    .filter(|f| f["kind"] == "python")
+                    .filter_map(|f| f["file"].as_str())
+                    .collect();
+                assert!(files.len() >= 6, "{r}\n{what}");
+                assert!(files.iter().all(|f| *f == uac), "{files:?}\n{what}");
+                let _ = std::fs::remove_file(&report);
+                // The leak check runs after the interpreter freed its code
+                // objects: the names come from what the shim recorded.
+                let out = Command::new(handles())
+                    .args(["run", "--leak-check"])
+                    .args(mode)
+                    .arg("--")
+                    .arg(&py)
+                    .arg("sub/leaks.py")
+                    .current_dir(&dir)
+                    .output()
+                    .expect("run handles");
+                let err = stderr_of(&out);
+                let what = format!("{label} {mode:?} leak check:\n{err}");
+                let opened = section(&err, "created by openat()", &["created by", "LEAK SUMMARY"]);
+                assert!(
+                    has_python_frame(&opened, &format!("{leaks}:14"), "open_log"),
+                    "{what}"
+                );
+                assert!(!err.contains(" sub/leaks.py:"), "{what}");
+            }
+        }
     }
 }

@@ -1880,7 +1880,7 @@ fn report_after_a_fork_gives_the_shims_handle_value() {
     let (pid, fd) = (value("pid"), value("fd"));
     let p = handles_json(pid);
     assert_eq!(p["source"], "shim", "{p:#}");
-    let shown = row(&p, fd).unwrap_or_else(|| panic!("fd {fd} not listed: {p:#}"))["handle"]
+    let shown = row(&p, fd).unwrap_or_else(|| panic!("fd {fd} not listed: {p:#}"))["value"]
         .as_u64()
         .expect("a handle value");
     s.send_line("go");
@@ -1935,7 +1935,7 @@ fn live_view(flags: &[&str], source: &str) {
         r1["target"].as_str().unwrap().ends_with("first.txt"),
         "{r1:#}"
     );
-    let v1 = r1["handle"].as_u64().unwrap();
+    let v1 = r1["value"].as_u64().unwrap();
     assert_eq!(v1 & 3, 3, "Zircon handle values have the low two bits set");
     // With a mixer the value is not the unmanaged encoding (fd << 2) | 3.
     assert_ne!(v1, ((fd as u64) << 2) | 3);
@@ -1986,7 +1986,7 @@ fn live_view(flags: &[&str], source: &str) {
         r2["target"].as_str().unwrap().ends_with("second.txt"),
         "{r2:#}"
     );
-    let v2 = r2["handle"].as_u64().unwrap();
+    let v2 = r2["value"].as_u64().unwrap();
     assert_ne!(v1, v2, "the value must change when fd {fd} is reused");
     assert!(
         r2["generation"].as_u64() > r1["generation"].as_u64(),

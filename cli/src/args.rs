@@ -89,7 +89,7 @@ pub struct GraphArgs {
     #[arg(long, conflicts_with_all = ["json", "svg"])]
     pub dot: bool,
     /// JSON: nodes (processes, objects) and edges (handles with their
-    /// rights, peer links, pidfds); schema handles.graph.v1 in docs/json.md.
+    /// rights, peer links, pidfds); schema handles.graph.v2 in docs/json.md.
     #[arg(long, conflicts_with = "svg")]
     pub json: bool,
     /// SVG, drawn by Graphviz's `dot` program (which must be installed).

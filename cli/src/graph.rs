@@ -14,7 +14,7 @@ use crate::all::counted;
 use crate::args::GraphArgs;
 use crate::exit;
 
-pub const SCHEMA: &str = "handles.graph.v1";
+pub const SCHEMA: &str = "handles.graph.v2";
 
 fn error_code(e: &InspectError) -> u8 {
     match e {

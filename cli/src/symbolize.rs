@@ -31,6 +31,9 @@ pub fn run(pid: i32) -> u8 {
         }
     };
     let mut symbolizer = Symbolizer::new();
+    // CPython 3.8's relative script names, made absolute as the
+    // supervisor's reports make them (python::absolute_script_path).
+    let mut script_dir: Option<std::path::PathBuf> = None;
     let stdin = std::io::stdin();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut stack: Vec<u64> = Vec::new();
@@ -43,7 +46,17 @@ pub fn run(pid: i32) -> u8 {
         // those): looked up inside the call.
         let native = symbolizer.symbolize(&maps, stack, false);
         let (frames, groups): (Vec<Frame>, Vec<PyFrame>) = py.drain(..).unzip();
-        for frame in python::merge(native, frames, &groups) {
+        for mut frame in python::merge(native, frames, &groups) {
+            if let Some(file) = frame.file.as_deref().filter(|_| frame.python) {
+                let dir = match &script_dir {
+                    Some(d) if d.join(file).is_file() => Some(d.clone()),
+                    _ => python::script_dir(pid, file),
+                };
+                if let Some(d) = dir {
+                    frame.file = Some(python::absolute_script_path(file, &d));
+                    script_dir = Some(d);
+                }
+            }
             writeln!(out, "{frame}")?;
         }
         writeln!(out)?;

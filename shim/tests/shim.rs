@@ -684,19 +684,20 @@ mod serde_like {
             Some(self.0[i..].split('"').next()?.to_string())
         }
 
-        /// `fd -> handle` from the handles array.
+        /// `fd -> handle value` from the handles array (handles.table.v2:
+        /// each row opens with `"value": N, "fd": N`).
         pub fn handles(&self) -> std::collections::HashMap<i32, u32> {
+            let number = |s: &str| -> Option<u64> {
+                s.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+            };
             let mut m = std::collections::HashMap::new();
-            for obj in self.0.split("\"fd\": ").skip(1) {
+            for obj in self.0.split("\"value\": ").skip(1) {
+                let h = number(obj).and_then(|v| u32::try_from(v).ok());
                 let fd = obj
-                    .split(|c: char| !c.is_ascii_digit())
-                    .next()
-                    .and_then(|s| s.parse().ok());
-                let h = obj
-                    .split("\"handle\": ")
+                    .split("\"fd\": ")
                     .nth(1)
-                    .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
-                    .and_then(|s| s.parse().ok());
+                    .and_then(number)
+                    .and_then(|v| i32::try_from(v).ok());
                 if let (Some(fd), Some(h)) = (fd, h) {
                     m.insert(fd, h);
                 }

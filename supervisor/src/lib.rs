@@ -7,9 +7,12 @@
 //! - [`seccomp`] compiles the classic-BPF prefilter that makes only fd
 //!   syscalls stop a supervised tracee.
 //! - [`backtrace`] unwinds a stopped thread remotely and symbolizes stacks.
+//! - [`json`] writes the frame and handle objects every JSON document
+//!   shares.
 
 pub mod backtrace;
 pub mod inspect;
+pub mod json;
 pub mod policy;
 pub mod run;
 pub mod seccomp;

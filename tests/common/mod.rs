@@ -182,3 +182,92 @@ pub fn skip(test: &str, why: &str) {
     }
     eprintln!("SKIPPED {test}: {why}");
 }
+
+/// One of the JSON Schemas under docs/ (`report.schema.json`, …).
+pub fn docs_schema(name: &str) -> PathBuf {
+    repo_root().join("docs").join(name)
+}
+
+/// Validates the JSON document in the file `doc` against the JSON Schema
+/// in the file `schema` with python's jsonschema (what .ci/run installs);
+/// Err carries the validator's message. Without python3 or jsonschema the
+/// check goes through [`skip`] and passes (it fails under
+/// HANDLES_TEST_STRICT=1).
+pub fn validate_file(test: &str, doc: &Path, schema: &Path) -> Result<(), String> {
+    let have = Command::new("python3")
+        .args(["-c", "import jsonschema"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        skip(
+            test,
+            "python3 with jsonschema is needed to validate JSON output",
+        );
+        return Ok(());
+    }
+    let script = "import json,sys,jsonschema\n\
+        doc = json.load(open(sys.argv[1]))\n\
+        schema = json.load(open(sys.argv[2]))\n\
+        jsonschema.validators.validator_for(schema).check_schema(schema)\n\
+        jsonschema.validate(doc, schema)\n";
+    let o = Command::new("python3")
+        .args(["-c", script])
+        .arg(doc)
+        .arg(schema)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+}
+
+/// [`validate_file`] for a document held in memory; panics with the
+/// validator's message and the document when it does not validate.
+pub fn assert_valid(test: &str, doc: &serde_json::Value, schema: &Path) {
+    static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("handles-valid-{}-{n}.json", std::process::id()));
+    std::fs::write(&path, doc.to_string()).expect("write the document");
+    let r = validate_file(test, &path, schema);
+    let _ = std::fs::remove_file(&path);
+    if let Err(e) = r {
+        panic!(
+            "{test}: not valid against {}:\n{e}\n{doc:#}",
+            schema.display()
+        );
+    }
+}
+
+/// The SARIF 2.1.0 schema: HANDLES_SARIF_SCHEMA, or the copy .ci/run puts
+/// in target/, or one fetched from the npm registry (the schema ships in
+/// @microsoft/jest-sarif). None, through [`skip`], when none can be had.
+pub fn sarif_schema(test: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("HANDLES_SARIF_SCHEMA") {
+        return Some(PathBuf::from(p));
+    }
+    let cached = repo_root().join("target/sarif-2.1.0.json");
+    if cached.exists() {
+        return Some(cached);
+    }
+    let dir = std::env::temp_dir().join(format!("handles-sarif-schema-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg("npm pack -q @microsoft/jest-sarif >/dev/null 2>&1 && tar xzf microsoft-jest-sarif-*.tgz && mkdir -p \"$(dirname \"$1\")\" && cp package/lib/schemas/sarif-2.1.0-rtm.5.json \"$1\"")
+        .arg("sh")
+        .arg(&cached)
+        .current_dir(&dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    let _ = std::fs::remove_dir_all(&dir);
+    if ok {
+        return Some(cached);
+    }
+    skip(
+        test,
+        "no SARIF 2.1.0 schema: set HANDLES_SARIF_SCHEMA or let npm fetch @microsoft/jest-sarif",
+    );
+    None
+}

@@ -9,7 +9,7 @@ use handles_supervisor::inspect::mappings::Mapped;
 use handles_supervisor::inspect::{HandleInfo, Snapshot, Source};
 use serde::Serialize;
 
-pub const SCHEMA: &str = "handles.table.v1";
+pub const SCHEMA: &str = "handles.table.v2";
 
 #[derive(Serialize)]
 pub struct ProcessOut<'a> {

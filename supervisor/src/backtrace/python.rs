@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::path::{Component, Path, PathBuf};
 
 use handles_model::python::{self as py, Layout, Memory, PyFrame};
 use handles_model::table::CodeRegistry;
@@ -114,6 +115,9 @@ pub struct PythonResolver {
     symbols: HashMap<String, Option<(u64, u64)>>,
     /// (pid, code address, check) → what it resolved to.
     codes: HashMap<(i32, u64, u32), CodeInfo>,
+    /// pid → the directory its relative script names are resolved against
+    /// (its working directory at its first capture, or [`script_dir`]).
+    dirs: HashMap<i32, PathBuf>,
 }
 
 /// Reads another process's memory a page at a time: a walk reads a few
@@ -226,6 +230,13 @@ impl PythonResolver {
     ) -> Vec<PyFrame> {
         let mut mem = Remote::new(tid);
         let l = interp.layout;
+        // The directory is taken at the process's first capture, closest
+        // to its start, before the script may have changed it.
+        if let std::collections::hash_map::Entry::Vacant(e) = self.dirs.entry(pid) {
+            if let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) {
+                e.insert(cwd);
+            }
+        }
         let Some(ts) = py::find_thread_state(&mut mem, l, interp.runtime, fs_base, tid as u32)
         else {
             return Vec::new();
@@ -322,9 +333,35 @@ impl PythonResolver {
                     }
                 }
                 let kind = interp.map(|i| i.layout.lines);
-                python_frame(f, info.as_ref(), kind)
+                let mut frame = python_frame(f, info.as_ref(), kind);
+                if let Some(file) = frame.file.take() {
+                    frame.file = Some(self.absolute(pid, file));
+                }
+                frame
             })
             .collect()
+    }
+
+    /// `file` made absolute when the interpreter named it relative (see
+    /// [`absolute_script_path`]).
+    fn absolute(&mut self, pid: i32, file: String) -> String {
+        if !is_relative_script(&file) {
+            return file;
+        }
+        // The noted directory is checked against the file: a script that
+        // changed directory before its first capture is found by
+        // script_dir; a name found nowhere stays as the interpreter has it.
+        if let Some(d) = self.dirs.get(&pid).filter(|d| d.join(&file).is_file()) {
+            return absolute_script_path(&file, d);
+        }
+        match script_dir(pid, &file) {
+            Some(d) => {
+                let abs = absolute_script_path(&file, &d);
+                self.dirs.insert(pid, d);
+                abs
+            }
+            None => file,
+        }
     }
 
     /// Seeds the cache with what a code registry said of frame `f`.
@@ -343,7 +380,58 @@ impl PythonResolver {
     /// reported on.
     pub fn forget(&mut self, pid: i32) {
         self.codes.retain(|(p, _, _), _| *p != pid);
+        self.dirs.remove(&pid);
     }
+}
+
+/// A Python file name that is neither absolute nor a pseudo-file
+/// (`<string>`, `<stdin>`, `<frozen importlib._bootstrap>`).
+fn is_relative_script(file: &str) -> bool {
+    !file.is_empty() && !file.starts_with('/') && !file.starts_with('<')
+}
+
+/// CPython 3.8 names the main script's code as the command line gave it
+/// (`python3.8 sub/x.py` → `sub/x.py`, relative to the directory it
+/// started in); 3.9 and later make that name absolute at start-up
+/// (`/srv/app/sub/x.py`). Reports show the later versions' name in every
+/// version: `file` joined to `dir` with `.` and `..` resolved by name, as
+/// `os.path.abspath` does. Absolute and pseudo-file names are unchanged.
+pub fn absolute_script_path(file: &str, dir: &Path) -> String {
+    if !is_relative_script(file) {
+        return file.to_string();
+    }
+    let mut out = PathBuf::from("/");
+    for c in dir.join(file).components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(n) => out.push(n),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out.to_string_lossy().into_owned()
+}
+
+/// The directory process `pid`'s relative script name `file` is relative
+/// to, read when no capture noted it: its working directory if the
+/// script is found there, else its environment's `PWD` (the directory the
+/// shell started it in) if found there; None when neither holds it.
+pub fn script_dir(pid: i32, file: &str) -> Option<PathBuf> {
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+    let pwd = std::fs::read(format!("/proc/{pid}/environ"))
+        .ok()
+        .and_then(|env| {
+            env.split(|&b| b == 0).find_map(|v| {
+                v.strip_prefix(b"PWD=")
+                    .map(|p| PathBuf::from(String::from_utf8_lossy(p).into_owned()))
+            })
+        })
+        .filter(|p| p.is_absolute());
+    [cwd, pwd]
+        .into_iter()
+        .flatten()
+        .find(|d| d.join(file).is_file())
 }
 
 fn python_frame(f: &PyFrame, info: Option<&CodeInfo>, kind: Option<py::LineTable>) -> Frame {
@@ -660,6 +748,19 @@ mod tests {
         fake.code[1] = code_type + 8;
         let got = PythonResolver::new().resolve(me, Some(&interp), None, &[frame]);
         assert_eq!(got[0].function.as_deref(), Some(FREED));
+    }
+
+    #[test]
+    fn relative_script_names_become_absolute_as_39_makes_them() {
+        let d = Path::new("/srv/app");
+        assert_eq!(absolute_script_path("sub/x.py", d), "/srv/app/sub/x.py");
+        assert_eq!(absolute_script_path("./sub/../x.py", d), "/srv/app/x.py");
+        assert_eq!(absolute_script_path("/abs/y.py", d), "/abs/y.py");
+        assert_eq!(absolute_script_path("<string>", d), "<string>");
+        assert_eq!(
+            absolute_script_path("<frozen importlib._bootstrap>", d),
+            "<frozen importlib._bootstrap>"
+        );
     }
 
     #[test]

@@ -95,7 +95,6 @@ pub(crate) fn blank(fd: i32, target: String, info: &FdInfo) -> HandleInfo {
     HandleInfo {
         fd,
         handle: 0,
-        handle_hex: String::new(),
         generation: 0,
         koid: 0,
         rkoid: 0,

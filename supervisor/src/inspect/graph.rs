@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use super::parse::oflags;
 use super::Snapshot;
+use crate::json;
 
 /// A process of the graph.
 #[derive(Clone, Debug, Serialize)]
@@ -57,9 +58,15 @@ pub struct HandleEdge {
     pub to: String,
     pub pid: i32,
     pub name: String,
+    #[serde(skip)]
     pub fd: i32,
+    #[serde(skip)]
     pub handle: u32,
+    #[serde(skip)]
     pub rights: u32,
+    /// The handle object of every JSON document (value, fd, rights, …).
+    #[serde(rename = "handle")]
+    pub object: json::Handle<'static>,
     pub rights_names: Vec<&'static str>,
     /// `read` or `write` for a pipe's end, absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -196,6 +203,7 @@ pub fn build(snaps: &[&Snapshot], focus: Option<&BTreeSet<i32>>) -> Graph {
                 fd: h.fd,
                 handle: h.handle,
                 rights: h.rights,
+                object: h.json().into_owned(),
                 rights_names: Rights(h.rights).names().collect(),
                 end,
                 target_pid: None,
@@ -247,6 +255,7 @@ pub fn build(snaps: &[&Snapshot], focus: Option<&BTreeSet<i32>>) -> Graph {
                 fd: h.fd,
                 handle: h.handle,
                 rights: h.rights,
+                object: h.json().into_owned(),
                 rights_names: Rights(h.rights).names().collect(),
                 end: None,
                 target_pid: Some(target),

@@ -21,7 +21,10 @@ pub mod stacks;
 use std::collections::{HashMap, HashSet};
 
 use handles_model::{rights::FdAccess, Fd, HandleValue, ObjType, Rights};
+use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
+
+use crate::json;
 
 use parse::{oflags, FdInfo, LinkTarget};
 use procdir::ProcDir;
@@ -140,24 +143,18 @@ pub struct VmoInfo {
 }
 
 /// One handle: an fd of the process with everything `handles` knows of it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct HandleInfo {
     pub fd: i32,
     pub handle: u32,
-    /// The same as `0x%08x` (long view and JSON only).
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub handle_hex: String,
     pub generation: u32,
     pub koid: u64,
     pub rkoid: u64,
     pub rights: u32,
     /// `ZX_RIGHT_*` names (long view and JSON only).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rights_names: Vec<&'static str>,
-    #[serde(rename = "type")]
     pub ty: &'static str,
     /// `major:minor` of the device holding a file's inode.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub dev: Option<String>,
     /// Open flags as fdinfo reports them (octal there, a number here).
     pub flags: u32,
@@ -165,31 +162,81 @@ pub struct HandleInfo {
     pub cloexec: bool,
     /// What `readlink /proc/PID/fd/N` says.
     pub target: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub pos: Option<u64>,
     pub description: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub socket: Option<Box<SocketInfo>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub eventfd_count: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub epoll_fds: Option<Vec<i32>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub timer: Option<Box<TimerInfo>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub vmo: Option<Box<VmoInfo>>,
     /// For a pidfd: the process it refers to.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub pidfd_pid: Option<i64>,
     /// How the handle was made and its creation stack, from the published
     /// table (only when stacks were asked for: [`Inspector::with_stacks`]).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub created: Option<Box<Creation>>,
-    #[serde(skip)]
     pub(crate) raw: RawFacts,
 }
 
+impl Serialize for HandleInfo {
+    /// A table row (docs/json.md, `HANDLE`): the handle object's keys,
+    /// then what the long view adds.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        json::handle_fields(&mut m, &self.json())?;
+        m.serialize_entry("rkoid", &self.rkoid)?;
+        if !self.rights_names.is_empty() {
+            m.serialize_entry("rights_names", &self.rights_names)?;
+        }
+        m.serialize_entry("flags", &self.flags)?;
+        m.serialize_entry("flag_names", &self.flag_names)?;
+        m.serialize_entry("cloexec", &self.cloexec)?;
+        m.serialize_entry("target", &self.target)?;
+        if let Some(pos) = self.pos {
+            m.serialize_entry("pos", &pos)?;
+        }
+        if let Some(v) = &self.socket {
+            m.serialize_entry("socket", v)?;
+        }
+        if let Some(v) = self.eventfd_count {
+            m.serialize_entry("eventfd_count", &v)?;
+        }
+        if let Some(v) = &self.epoll_fds {
+            m.serialize_entry("epoll_fds", v)?;
+        }
+        if let Some(v) = &self.timer {
+            m.serialize_entry("timer", v)?;
+        }
+        if let Some(v) = &self.vmo {
+            m.serialize_entry("vmo", v)?;
+        }
+        if let Some(v) = self.pidfd_pid {
+            m.serialize_entry("pidfd_pid", &v)?;
+        }
+        if let Some(v) = &self.created {
+            m.serialize_entry("created", v)?;
+        }
+        m.end()
+    }
+}
+
 impl HandleInfo {
+    /// The handle as every JSON document shows one (the first keys of its
+    /// table row).
+    pub fn json(&self) -> json::Handle<'_> {
+        json::Handle {
+            value: Some(self.handle),
+            fd: self.fd,
+            generation: Some(self.generation),
+            state: json::HandleState::Open,
+            ty: Some(self.ty.into()),
+            koid: Some(self.koid),
+            dev: self.dev.as_deref().map(Into::into),
+            rights: Some(self.rights),
+            // The short view does not describe its handles.
+            description: (!self.description.is_empty()).then_some(self.description.as_str().into()),
+        }
+    }
+
     pub fn value(&self) -> HandleValue {
         HandleValue(self.handle)
     }
@@ -490,7 +537,6 @@ impl Inspector {
                 if self.opts.long {
                     h.flag_names = oflags::names(h.flags);
                     h.description = describe::describe(h);
-                    h.handle_hex = format!("{:#010x}", h.handle);
                     h.rights_names = Rights(h.rights).names().collect();
                 }
             }

@@ -10,10 +10,11 @@ use std::collections::HashMap;
 
 use handles_model::python::PyFrame;
 use handles_model::table::{how, CodeRegistry, PyStack, SlotDetail};
-use serde::ser::{Serialize, SerializeStruct, Serializer};
+use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use crate::backtrace::python::PythonResolver;
 use crate::backtrace::{Frame, ModuleMap, Symbolizer};
+use crate::json::FrameJson;
 
 /// How a handle came to be, as its slot's `how` code says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,42 +126,15 @@ impl Creation {
     }
 }
 
-/// One frame as JSON has it.
-struct FrameOut<'a>(&'a Frame);
-
-impl Serialize for FrameOut<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let f = self.0;
-        let mut st = s.serialize_struct("Frame", 7)?;
-        st.serialize_field("pc", &f.addr)?;
-        st.serialize_field("function", &f.function)?;
-        st.serialize_field("file", &f.file)?;
-        st.serialize_field("line", &f.line)?;
-        st.serialize_field("module", &f.module)?;
-        st.serialize_field("offset", &f.module_offset)?;
-        if f.python {
-            // Only on Python frames: `pc` is then the code object's address.
-            st.serialize_field("python", &true)?;
-        }
-        st.end()
-    }
-}
-
-struct FramesOut<'a>(&'a [Frame]);
-
-impl Serialize for FramesOut<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(FrameOut))
-    }
-}
-
 impl Serialize for Creation {
-    /// `{"by": "openat", "frames": [{"pc", "function", "file", "line",
-    /// "module", "offset"}, …]}` (docs/json.md).
+    /// `{"by": "openat", "frames": [FRAME, …]}` (docs/json.md).
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("Creation", 2)?;
-        st.serialize_field("by", &self.how.name())?;
-        st.serialize_field("frames", &FramesOut(&self.frames))?;
+        let mut st = s.serialize_map(Some(2))?;
+        st.serialize_entry("by", &self.how.name())?;
+        st.serialize_entry(
+            "frames",
+            &self.frames.iter().map(FrameJson).collect::<Vec<_>>(),
+        )?;
         st.end()
     }
 }
@@ -283,8 +257,9 @@ mod tests {
             serde_json::json!({
                 "by": "pipe2",
                 "frames": [{
-                    "pc": 0x1000, "function": "make_pipe", "file": "/src/x.c",
-                    "line": 7, "module": "/bin/x", "offset": 0x11c9
+                    "kind": "native", "address": "0x1000", "function": "make_pipe",
+                    "file": "/src/x.c", "line": 7, "module": "/bin/x", "offset": "0x11c9",
+                    "inlined_into": []
                 }]
             })
         );

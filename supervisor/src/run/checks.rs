@@ -7,6 +7,7 @@ use handles_model::judge::{self, Known, Moment, Verdict};
 use super::job::*;
 use super::shimtable::{self, ShimSays, ShimTable};
 use crate::backtrace::Frame;
+use crate::json;
 
 impl Job {
     /// The fds a syscall uses, read from its registers (and memory for
@@ -222,6 +223,7 @@ impl Job {
                 desc.fd_args | desc.dirfd_args,
             ),
             handle: None,
+            handle_json: None,
             what: String::new(),
             outcome: String::new(),
             sections: Vec::new(),
@@ -951,6 +953,17 @@ impl Job {
             }
             _ => format!("fd {fd}: not open"),
         };
+        let handle_json = match (&closed_info, value) {
+            (Some(c), Some(v)) => json::Handle {
+                value: Some(v.0),
+                generation: Some(c.generation),
+                ty: (!c.facts.ty.is_empty()).then_some(c.facts.ty.into()),
+                koid: (c.facts.koid != 0).then_some(c.facts.koid),
+                description: (!c.facts.target.is_empty()).then(|| c.facts.target.clone().into()),
+                ..json::Handle::fd_only(fd, json::HandleState::Closed)
+            },
+            _ => json::Handle::fd_only(fd, json::HandleState::NotOpen),
+        };
         let mut outcome = String::new();
         // Writing into a String cannot fail.
         let _ = judge::write_outcome(&mut outcome, action, moment, self.opts.on_exception);
@@ -1028,6 +1041,7 @@ impl Job {
         }
         Some(ExceptionReport {
             handle: Some(handle),
+            handle_json: Some(handle_json),
             what: kind.sentence(quarantined).into(),
             outcome,
             sections,
@@ -1065,11 +1079,18 @@ impl Job {
             Action::AllowException | Action::DenyException | Action::Kill
         ) {
             let frames = self.offending_stack(tid, tgid, &regs);
+            let mut handle = json::Handle {
+                ty: Some(ty.name().into()),
+                ..json::Handle::fd_only(fd, json::HandleState::Open)
+            };
             let value = {
                 let table = self.threads[&tid].table.borrow();
                 match table.get(fd) {
                     Some(Slot::Open(h)) => {
-                        format!("{} (fd {fd})", table.value_of(fd, h.generation))
+                        let v = table.value_of(fd, h.generation);
+                        handle.value = Some(v.0);
+                        handle.generation = Some(h.generation);
+                        format!("{v} (fd {fd})")
                     }
                     _ => format!("fd {fd}"),
                 }
@@ -1077,6 +1098,7 @@ impl Job {
             let wanted: Vec<&str> = expected.iter().map(|t| t.name()).collect();
             let report = ExceptionReport {
                 handle: Some(format!("{value}: {}", ty.name())),
+                handle_json: Some(handle),
                 what: format!(
                     "{}() on a {} handle; it needs a {}",
                     desc.name,
@@ -1131,6 +1153,7 @@ impl Job {
         let frames = self.offending_stack(tid, tgid, entry);
         let report = ExceptionReport {
             handle: fd.map(|f| format!("fd {f}: the newest")),
+            handle_json: fd.map(|f| json::Handle::fd_only(f, json::HandleState::Open)),
             what: format!(
                 "the process holds {count} handles, over its budget of {max} (--max-handles)"
             ),
@@ -1225,6 +1248,10 @@ impl Job {
             let frames = self.offending_stack(tid, tgid, &regs);
             let report = ExceptionReport {
                 handle: Some(format!("fd {fd}: new {ty}")),
+                handle_json: Some(json::Handle {
+                    ty: Some(ty.into()),
+                    ..json::Handle::fd_only(fd, json::HandleState::Open)
+                }),
                 what: format!("creation of a {ty} handle"),
                 outcome: if deny {
                     "the call fails with EPERM".into()

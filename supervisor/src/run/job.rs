@@ -26,7 +26,7 @@ pub(super) use nix::unistd::Pid;
 
 use super::execinfo::ExecInfo;
 pub(super) use super::fdtable::{runs, FdTable, ObjectFacts, Origin, Slot, Stack};
-pub(super) use super::leaks::{self, Leak, LeakGroup, LeakMode, ProcessLeaks, SerFrame};
+pub(super) use super::leaks::{self, Leak, LeakGroup, LeakMode, ProcessLeaks};
 pub(super) use super::output::{self, SerException, SerProcess, SerStack};
 pub(super) use super::publish::Published;
 pub(super) use super::report::{format_syscall, ExceptionReport, Section};
@@ -1437,8 +1437,8 @@ impl Job {
             process: report.process_name.clone(),
             thread: report.thread_name.clone(),
             syscall: report.syscall.clone(),
-            fd: report.fd,
-            handle: report.handle.clone(),
+            handle: report.handle_json.clone(),
+            handle_text: report.handle.clone(),
             what: report.what.clone(),
             outcome: report.outcome.clone(),
             count: 1,
@@ -1447,7 +1447,7 @@ impl Job {
                 .iter()
                 .map(|s| SerStack {
                     title: s.title.clone(),
-                    frames: s.frames.iter().map(SerFrame::from).collect(),
+                    frames: s.frames.clone(),
                 })
                 .collect(),
         });

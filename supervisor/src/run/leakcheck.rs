@@ -66,7 +66,9 @@ impl Job {
         };
         let all = self.opts.leak_mode == LeakMode::All;
         let table_ref = t.table.clone();
-        let mut candidates: Vec<(i32, u32, Origin, Option<Stack>, bool)> = {
+        // (fd, (value, generation), origin, creation stack, inherited)
+        #[allow(clippy::type_complexity)]
+        let mut candidates: Vec<(i32, (u32, u32), Origin, Option<Stack>, bool)> = {
             let table = table_ref.borrow();
             table
                 .open_fds()
@@ -75,7 +77,7 @@ impl Job {
                     (all || !inherited).then(|| {
                         (
                             fd,
-                            table.value_of(fd, h.generation).0,
+                            (table.value_of(fd, h.generation).0, h.generation),
                             h.origin.clone(),
                             h.created.clone(),
                             inherited,
@@ -121,7 +123,7 @@ impl Job {
                 }
                 candidates.push((
                     fd,
-                    table.value_of(fd, d.value.generation).0,
+                    (table.value_of(fd, d.value.generation).0, d.value.generation),
                     if inherited { Origin::Inherited } else { origin },
                     stack,
                     inherited,
@@ -143,7 +145,13 @@ impl Job {
                 if table.is_hidden(fd) || candidates.iter().any(|c| c.0 == fd) {
                     continue;
                 }
-                candidates.push((fd, table.value_of(fd, 0).0, Origin::Inherited, None, true));
+                candidates.push((
+                    fd,
+                    (table.value_of(fd, 0).0, 0),
+                    Origin::Inherited,
+                    None,
+                    true,
+                ));
             }
         }
         if candidates.is_empty() {
@@ -161,7 +169,7 @@ impl Job {
                 .and_then(|s| s.handles.iter().find(|h| h.fd == fd))
         };
         let mut items = Vec::new();
-        for (fd, value, origin, stack, inherited) in candidates {
+        for (fd, (value, generation), origin, stack, inherited) in candidates {
             // Stdio is never a leak, even when a program re-opened it.
             if fd <= 2 && !all {
                 continue;
@@ -184,9 +192,11 @@ impl Job {
                     Leak {
                         fd,
                         handle: value,
+                        generation: Some(generation),
                         ty: h.ty.to_string(),
                         koid: h.koid,
                         dev: h.dev.clone(),
+                        rights: Some(h.rights),
                         description: h.description.clone(),
                         origin,
                         inherited,
@@ -249,7 +259,7 @@ impl Job {
             }
             groups.push(LeakGroup {
                 handles: kept,
-                stack: frames.iter().map(SerFrame::from).collect(),
+                stack: frames.clone(),
             });
             stacks.push(frames);
         }

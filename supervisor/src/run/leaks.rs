@@ -9,9 +9,11 @@
 use std::collections::HashSet;
 use std::fmt::Write;
 
+use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
 use crate::backtrace::Frame;
+use crate::json;
 
 /// Which handles count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,59 +26,57 @@ pub enum LeakMode {
 }
 
 /// One leaked handle.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct Leak {
     pub fd: i32,
     pub handle: u32,
-    #[serde(rename = "type")]
+    /// The fd number's generation when known (the shim's or supervisor's
+    /// table).
+    pub generation: Option<u32>,
     pub ty: String,
     pub koid: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub dev: Option<String>,
+    pub rights: Option<u32>,
     pub description: String,
     /// `openat`, `socket`, `recvmsg (SCM_RIGHTS)`, `inherited`, ...
     pub origin: String,
     pub inherited: bool,
 }
 
+impl Leak {
+    /// The handle as every JSON document shows one.
+    pub fn json(&self) -> json::Handle<'_> {
+        json::Handle {
+            value: Some(self.handle),
+            fd: self.fd,
+            generation: self.generation,
+            state: json::HandleState::Open,
+            ty: Some(self.ty.as_str().into()),
+            koid: Some(self.koid),
+            dev: self.dev.as_deref().map(Into::into),
+            rights: self.rights,
+            description: Some(self.description.as_str().into()),
+        }
+    }
+}
+
+impl Serialize for Leak {
+    /// `{"handle": HANDLE, "origin", "inherited"}` (docs/report.md).
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(3))?;
+        m.serialize_entry("handle", &self.json())?;
+        m.serialize_entry("origin", &self.origin)?;
+        m.serialize_entry("inherited", &self.inherited)?;
+        m.end()
+    }
+}
+
 /// Leaks that share one creation stack.
 #[derive(Clone, Debug, Serialize)]
 pub struct LeakGroup {
     pub handles: Vec<Leak>,
-    pub stack: Vec<SerFrame>,
-}
-
-/// A frame as the JSON report shows it.
-#[derive(Clone, Debug, Serialize)]
-pub struct SerFrame {
-    pub addr: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub function: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub file: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub line: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub module: Option<String>,
-    pub module_offset: String,
-    /// A Python frame: `function`, `file` and `line` are the Python
-    /// code's, `addr` its code object's address (docs/report.md).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub python: bool,
-}
-
-impl From<&Frame> for SerFrame {
-    fn from(f: &Frame) -> SerFrame {
-        SerFrame {
-            addr: format!("{:#x}", f.addr),
-            function: f.function.clone(),
-            file: f.file.clone(),
-            line: f.line,
-            module: f.module.clone(),
-            module_offset: format!("{:#x}", f.module_offset),
-            python: f.python,
-        }
-    }
+    #[serde(serialize_with = "json::serialize_frames")]
+    pub stack: Vec<Frame>,
 }
 
 /// The leaks of one process.
@@ -194,9 +194,11 @@ mod tests {
         Leak {
             fd,
             handle: (fd as u32) << 2 | 3,
+            generation: Some(0),
             ty: "file".into(),
             koid,
             dev: Some("8:1".into()),
+            rights: None,
             description: "/tmp/x".into(),
             origin: "openat".into(),
             inherited: false,

@@ -5,13 +5,16 @@
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::leaks::{ProcessLeaks, SerFrame};
+use super::leaks::ProcessLeaks;
+use crate::backtrace::Frame;
+use crate::json;
 
 /// One stack of an exception, symbolized.
 #[derive(Clone, Debug, Serialize)]
 pub struct SerStack {
     pub title: String,
-    pub frames: Vec<SerFrame>,
+    #[serde(serialize_with = "json::serialize_frames")]
+    pub frames: Vec<Frame>,
 }
 
 /// A policy exception as the JSON report has it.
@@ -25,10 +28,10 @@ pub struct SerException {
     pub process: String,
     pub thread: String,
     pub syscall: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fd: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub handle: Option<String>,
+    /// The handle involved (null for a call that names none).
+    pub handle: Option<json::Handle<'static>>,
+    /// The report's one line about it, as the text report prints it.
+    pub handle_text: Option<String>,
     pub what: String,
     pub outcome: String,
     /// How many exceptions of this context (same offending and closing
@@ -49,7 +52,7 @@ pub struct SerProcess {
     pub exit: Option<Value>,
 }
 
-pub const SCHEMA: &str = "handles.run.v2";
+pub const SCHEMA: &str = "handles.run.v3";
 
 #[allow(clippy::too_many_arguments)]
 pub fn json_report(
@@ -85,8 +88,8 @@ pub fn json_report(
 /// In a Python program the innermost Python frame with a line wins over
 /// any native one: the interpreter's (or an extension's) C source is not
 /// where the program's author looks.
-fn primary_location(frames: &[SerFrame]) -> Option<Value> {
-    let on_disk = |f: &&SerFrame| {
+fn primary_location(frames: &[Frame]) -> Option<Value> {
+    let on_disk = |f: &&Frame| {
         f.line.is_some()
             && f.file
                 .as_deref()
@@ -116,27 +119,36 @@ fn physical(file: &str, line: u32) -> Value {
     })
 }
 
-fn sarif_frame(f: &SerFrame) -> Value {
-    let mut loc = json!({
-        "message": { "text": format!("{} {}", f.addr, f.function.as_deref().unwrap_or("??")) },
-    });
+/// A SARIF stackFrame; the frame object of the JSON report rides along
+/// in its property bag, so a SARIF consumer gets the same fields.
+fn sarif_frame(f: &Frame) -> Value {
+    let text = if f.python {
+        format!("{} (Python)", f.function.as_deref().unwrap_or("??"))
+    } else {
+        format!("{:#x} {}", f.addr, f.function.as_deref().unwrap_or("??"))
+    };
+    let mut loc = json!({ "message": { "text": text } });
     if let (Some(file), Some(line)) = (&f.file, f.line) {
         loc["physicalLocation"] = physical(file, line);
     }
-    json!({
+    let mut frame = json!({
         "location": loc,
-        "module": f.module.clone().unwrap_or_default(),
-    })
+        "properties": { "frame": json::frame_value(f) },
+    });
+    if let Some(m) = &f.module {
+        frame["module"] = json!(m);
+    }
+    frame
 }
 
-fn sarif_stack(title: &str, frames: &[SerFrame]) -> Value {
+fn sarif_stack(title: &str, frames: &[Frame]) -> Value {
     json!({
         "message": { "text": title },
         "frames": frames.iter().map(sarif_frame).collect::<Vec<_>>(),
     })
 }
 
-fn with_location(mut result: Value, frames: &[SerFrame]) -> Value {
+fn with_location(mut result: Value, frames: &[Frame]) -> Value {
     if let Some(loc) = primary_location(frames) {
         result["locations"] = json!([loc]);
     }
@@ -148,19 +160,27 @@ pub fn sarif(version: &str, exceptions: &[SerException], leaks: &[ProcessLeaks])
     let mut results = Vec::new();
     for e in exceptions {
         let first = e.stacks.first().map(|s| s.frames.as_slice()).unwrap_or(&[]);
+        let mut properties =
+            json!({ "pid": e.pid, "tid": e.tid, "action": e.action, "kind": e.kind });
+        if let Some(h) = &e.handle {
+            properties["handle"] = json::handle_value(h);
+        }
         let r = json!({
             "ruleId": e.condition,
             "level": "error",
             "message": { "text": format!("{}: {} in process {} ({}), {}", e.condition, e.what, e.pid, e.process, e.syscall) },
             "stacks": e.stacks.iter().map(|s| sarif_stack(&s.title, &s.frames)).collect::<Vec<_>>(),
             "occurrenceCount": e.count,
-            "properties": { "pid": e.pid, "tid": e.tid, "action": e.action, "kind": e.kind },
+            "properties": properties,
         });
         results.push(with_location(r, first));
     }
     for p in leaks {
         for g in &p.groups {
-            let types: Vec<&str> = g.handles.iter().map(|h| h.ty.as_str()).collect();
+            // `(pipe)` for both ends of a pipe, as the text report says.
+            let mut types: Vec<&str> = g.handles.iter().map(|h| h.ty.as_str()).collect();
+            types.sort_unstable();
+            types.dedup();
             let fds: Vec<i32> = g.handles.iter().map(|h| h.fd).collect();
             let r = json!({
                 "ruleId": "leak",
@@ -175,7 +195,10 @@ pub fn sarif(version: &str, exceptions: &[SerException], leaks: &[ProcessLeaks])
                     fds
                 ) },
                 "stacks": [sarif_stack("created at", &g.stack)],
-                "properties": { "pid": p.pid, "fds": fds },
+                "properties": {
+                    "pid": p.pid,
+                    "handles": g.handles.iter().map(|h| json::handle_value(&h.json())).collect::<Vec<_>>(),
+                },
             });
             results.push(with_location(r, &g.stack));
         }

@@ -31,6 +31,8 @@ pub struct ExceptionReport {
     pub syscall: String,
     /// One line about the handle involved.
     pub handle: Option<String>,
+    /// The same handle as the JSON report has it.
+    pub handle_json: Option<crate::json::Handle<'static>>,
     /// What went wrong, in words.
     pub what: String,
     /// What happens next (`the call fails with EBADF; SIGTRAP follows`).
