@@ -1115,7 +1115,7 @@ mod tests {
         assert!(view.earlier_cell(8).is_none());
         // A number's first handle: nothing before it.
         let l = slot.lock(100);
-        e.keep(&l, &slot.load(&l), stacks);
+        e.keep(&l, &slot.load(&l), stacks, None);
         stacks.set_created(&l, &[0x1000, 0x2000]);
         stacks.set_name(&l, b"/tmp/first");
         let mut v = slot.load(&l);
@@ -1135,7 +1135,7 @@ mod tests {
         stacks.set_closed(&l, &close);
         slot.unlock(l);
         let l = slot.lock(100);
-        e.keep(&l, &slot.load(&l), stacks);
+        e.keep(&l, &slot.load(&l), stacks, None);
         stacks.set_created(&l, &[0x3000]);
         stacks.set_name(&l, b"/tmp/second");
         slot.unlock(l);
@@ -1149,7 +1149,7 @@ mod tests {
         let mut v = slot.load(&l);
         v.state = state::OPEN;
         slot.store(&l, v);
-        e.keep(&l, &slot.load(&l), stacks);
+        e.keep(&l, &slot.load(&l), stacks, None);
         slot.unlock(l);
         assert_eq!(view.earlier(5), None);
     }
@@ -1456,7 +1456,7 @@ mod tests {
 /// Close frames kept of the earlier handle.
 pub const EARLIER_DEPTH: usize = 16;
 /// Bytes of one earlier-handle record.
-pub const EARLIER_SIZE: usize = (2 + NAME_SIZE / 8 + EARLIER_DEPTH) * 8;
+pub const EARLIER_SIZE: usize = (2 + NAME_SIZE / 8 + EARLIER_DEPTH + 2 * PY_DEPTH) * 8;
 
 /// Where the earlier-handle area of a table of `capacity` slots starts.
 pub const fn earlier_offset(capacity: u32) -> usize {
@@ -1471,6 +1471,8 @@ pub struct Earlier {
     pub koid: AtomicU64,
     pub name: [AtomicU64; NAME_SIZE / 8],
     pub closed: [AtomicU64; EARLIER_DEPTH],
+    /// The Python frames of its close ([`PyStacks`]' encoding).
+    pub py_closed: [AtomicU64; 2 * PY_DEPTH],
 }
 
 const _: () = assert!(core::mem::size_of::<Earlier>() == EARLIER_SIZE);
@@ -1487,6 +1489,8 @@ pub struct EarlierRecord {
     pub name: Name,
     /// At most [`EARLIER_DEPTH`] frames.
     pub closed: Stack,
+    /// The Python frames of its close (CPython programs).
+    pub py_closed: PyStack,
 }
 
 impl Earlier {
@@ -1495,7 +1499,13 @@ impl Earlier {
     /// the slot holds, or clears the record when it holds none (a number
     /// never closed, or closed without a record). Only while holding the
     /// slot's lock.
-    pub fn keep(&self, _lock: &Locked, prior: &SlotValue, stacks: &SlotStacks) {
+    pub fn keep(
+        &self,
+        _lock: &Locked,
+        prior: &SlotValue,
+        stacks: &SlotStacks,
+        py: Option<&PyStacks>,
+    ) {
         let first = stacks.closed[0].load(Ordering::Relaxed);
         if first == 0 || prior.state == state::OPEN {
             self.meta.store(0, Ordering::Relaxed);
@@ -1510,6 +1520,24 @@ impl Earlier {
         }
         for (d, s) in self.name.iter().zip(&stacks.name) {
             d.store(s.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        match py {
+            Some(py) => {
+                for pair in self
+                    .py_closed
+                    .chunks_exact(2)
+                    .zip(py.closed.chunks_exact(2))
+                {
+                    let (d, s) = pair;
+                    let code = s[0].load(Ordering::Relaxed);
+                    d[0].store(code, Ordering::Relaxed);
+                    d[1].store(s[1].load(Ordering::Relaxed), Ordering::Relaxed);
+                    if code == 0 {
+                        break;
+                    }
+                }
+            }
+            None => self.py_closed[0].store(0, Ordering::Relaxed),
         }
         self.koid.store(prior.koid, Ordering::Relaxed);
         self.meta.store(
@@ -1540,6 +1568,7 @@ impl Earlier {
             koid: self.koid.load(Ordering::Relaxed),
             name: load_name(&self.name),
             closed,
+            py_closed: load_py(&self.py_closed),
         })
     }
 }

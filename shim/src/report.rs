@@ -920,15 +920,20 @@ fn write_report(
     judge::write_outcome(w, a, moment, then)?;
     writeln!(w)?;
     let earlier_closed = earlier.map_or(&[][..], |e| &e.closed.pcs[..e.closed.len]);
+    let earlier_py = earlier.map_or(&[][..], |e| e.py_closed.frames());
     let sym = crate::symbolize::symbolize(&[
         (walked(offending.frames()), py[0]),
         (walked(closed), py[1]),
         (walked(created), py[2]),
-        (walked(earlier_closed), &[]),
+        (walked(earlier_closed), earlier_py),
     ]);
     // The symbolizer puts the Python frames in place of the evaluation
     // loop's; without it they follow the native frames.
-    let py = if sym.is_some() { [&[][..]; 3] } else { py };
+    let (py, earlier_py) = if sym.is_some() {
+        ([&[][..]; 3], &[][..])
+    } else {
+        (py, earlier_py)
+    };
     writeln!(w, "handles: backtrace:")?;
     stack_lines(w, offending.frames(), sym.as_ref(), 0)?;
     crate::python::write_frames(w, py[0], walked(offending.frames()).len())?;
@@ -949,6 +954,7 @@ fn write_report(
             }
             writeln!(w, ", closed in process {pid} at:")?;
             stack_lines(w, earlier_closed, sym.as_ref(), 3)?;
+            crate::python::write_frames(w, earlier_py, walked(earlier_closed).len())?;
         }
     }
     Ok(())

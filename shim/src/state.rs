@@ -444,7 +444,7 @@ pub fn created_locked(fd: i32, s: &Slot, l: &Locked, ty: u32, how: u32, name: Na
     );
     if let Some(st) = stacks(fd) {
         if let Some(e) = earlier(fd) {
-            e.keep(l, &old, st);
+            e.keep(l, &old, st, py_stacks(fd));
         }
         st.set_created(l, pcs.frames());
         set_name(st, l, name, &dup);

@@ -531,7 +531,7 @@ fn earlier_handle(tgid: i32, e: &EarlierRecord) -> super::fdtable::ClosedHandle 
         generation: e.generation,
         origin: super::fdtable::Origin::Shim,
         created: None,
-        closed: call_stack(e.closed.frames(), &PyStack::default()),
+        closed: call_stack(e.closed.frames(), &e.py_closed),
         creator: tgid,
         closer: tgid,
         facts: super::fdtable::ObjectFacts {
