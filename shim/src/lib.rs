@@ -208,7 +208,20 @@ extern "C" fn init() {
         // wrapper passes through.
         return;
     }
-    if let Some(c) = env(c"HANDLES_COOKIE").and_then(parse_cookie) {
+    let cookie = env(c"HANDLES_COOKIE").and_then(parse_cookie);
+    if cookie.is_some() && env(c"LD_PRELOAD").is_some_and(|p| p.contains("vgpreload_")) {
+        // A program under valgrind, under a supervisor: valgrind's core
+        // is a static binary, so the supervisor gave it the strict filter
+        // and checks every call the program makes. The shim would only
+        // add its table and tombstones to what `valgrind --track-fds`
+        // lists as the program's fds. Its wrappers still pass every call
+        // through, and must do so unmarked: valgrind's core makes the
+        // guest's syscall with the guest's registers, cookie included,
+        // and a marked call passes the filter unseen (the guest's closes
+        // were neither quarantined nor checked).
+        return;
+    }
+    if let Some(c) = cookie {
         // Where the cookie goes matters only when there is one.
         sys::init_cookie_args();
         sys::COOKIE.store(c, Relaxed);
@@ -216,15 +229,6 @@ extern "C" fn init() {
         if env(c"HANDLES_ANNOUNCE") == Some("0") {
             state::ANNOUNCE.store(false, Relaxed);
         }
-    }
-    if sys::COOKIE_ON.load(Relaxed) && env(c"LD_PRELOAD").is_some_and(|p| p.contains("vgpreload_"))
-    {
-        // A program under valgrind, under a supervisor: valgrind's core
-        // is a static binary, so the supervisor gave it the strict filter
-        // and checks every call the program makes. The shim would only
-        // add its table and tombstones to what `valgrind --track-fds`
-        // lists as the program's fds.
-        return;
     }
     if let Some(p) = env(c"HANDLES_POLICY") {
         report::set_policy(p);
