@@ -18,6 +18,8 @@
 
 mod common;
 
+use common::describe;
+
 use std::ffi::OsString;
 use std::fs;
 use std::io::Read;
@@ -118,15 +120,6 @@ fn mode_name(mode: &str) -> &str {
     } else {
         mode
     }
-}
-
-fn describe(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status,
-        stdout_of(o),
-        stderr_of(o)
-    )
 }
 
 /// The program's own stderr: without the lines `handles` adds.
