@@ -20,3 +20,4 @@ pub mod table;
 pub use handle::{Fd, HandleValue, Koid};
 pub use objtype::ObjType;
 pub use rights::Rights;
+pub mod protocol;

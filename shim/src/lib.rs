@@ -83,6 +83,8 @@ mod wrap;
 
 use core::sync::atomic::Ordering::Relaxed;
 
+use handles_model::protocol::{self, env as penv};
+
 /// Reads a variable of the environment without allocating a String.
 fn env(name: &core::ffi::CStr) -> Option<&'static str> {
     // SAFETY: getenv with a NUL-terminated name; the constructor runs
@@ -94,13 +96,6 @@ fn env(name: &core::ffi::CStr) -> Option<&'static str> {
     // SAFETY: getenv returns a NUL-terminated string that lives as long
     // as the environment entry.
     unsafe { core::ffi::CStr::from_ptr(p) }.to_str().ok()
-}
-
-/// `HANDLES_COOKIE`: exactly 16 hex digits.
-fn parse_cookie(s: &str) -> Option<u64> {
-    (s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit()))
-        .then(|| u64::from_str_radix(s, 16).ok())
-        .flatten()
 }
 
 /// Set-user-ID, or set-group-ID with group execute (the kernel's own rule:
@@ -208,12 +203,12 @@ extern "C" fn init() {
         // wrapper passes through.
         return;
     }
-    if let Some(c) = env(c"HANDLES_COOKIE").and_then(parse_cookie) {
+    if let Some(c) = env(penv::COOKIE.c()).and_then(protocol::parse_cookie) {
         // Where the cookie goes matters only when there is one.
         sys::init_cookie_args();
         sys::COOKIE.store(c, Relaxed);
         sys::COOKIE_ON.store(true, Relaxed);
-        if env(c"HANDLES_ANNOUNCE") == Some("0") {
+        if env(penv::ANNOUNCE.c()) == Some(penv::OFF) {
             state::ANNOUNCE.store(false, Relaxed);
         }
     }
@@ -226,40 +221,40 @@ extern "C" fn init() {
         // lists as the program's fds.
         return;
     }
-    if let Some(p) = env(c"HANDLES_POLICY") {
+    if let Some(p) = env(penv::POLICY.c()) {
         report::set_policy(p);
     }
-    if env(c"HANDLES_MARK_OWN") == Some("1") && sys::COOKIE_ON.load(Relaxed) {
+    if env(penv::MARK_OWN.c()) == Some(penv::ON) && sys::COOKIE_ON.load(Relaxed) {
         sys::MARK_OWN.store(true, Relaxed);
     }
-    if let Some(o) = env(c"HANDLES_ON_EXCEPTION") {
+    if let Some(o) = env(penv::ON_EXCEPTION.c()) {
         report::set_on_exception(o);
     }
-    if let Some(p) = env(c"HANDLES_SYMBOLIZER") {
+    if let Some(p) = env(penv::SYMBOLIZER.c()) {
         symbolize::init(p);
     }
-    if env(c"HANDLES_SUMMARY") == Some("always") {
+    if env(penv::SUMMARY.c()) == Some(penv::SUMMARY_ALWAYS) {
         report::ALWAYS_SUMMARIZE.store(true, Relaxed);
     }
     let pid = sys::getpid();
-    if let Some(root) = env(c"HANDLES_ROOT_PID").and_then(|s| s.trim().parse::<i32>().ok()) {
+    if let Some(root) = env(penv::ROOT_PID.c()).and_then(|s| s.trim().parse::<i32>().ok()) {
         ROOT_PID.store(root, Relaxed);
     }
-    if let Some(c) = env(c"HANDLES_ERROR_EXITCODE").and_then(|s| s.trim().parse::<u8>().ok()) {
+    if let Some(c) = env(penv::ERROR_EXITCODE.c()).and_then(|s| s.trim().parse::<u8>().ok()) {
         ERROR_EXITCODE.store(u16::from(c) + 1, Relaxed);
     }
-    if let Some(q) = env(c"HANDLES_QUARANTINE").and_then(|s| s.trim().parse::<u32>().ok()) {
+    if let Some(q) = env(penv::QUARANTINE.c()).and_then(|s| s.trim().parse::<u32>().ok()) {
         quarantine::CAPACITY.store(q.min(quarantine::MAX_CAPACITY), Relaxed);
     }
-    if let Some(d) = env(c"HANDLES_STACK_DEPTH").and_then(|s| s.trim().parse::<u32>().ok()) {
+    if let Some(d) = env(penv::STACK_DEPTH.c()).and_then(|s| s.trim().parse::<u32>().ok()) {
         stack::DEPTH.store(d, Relaxed);
     }
-    match env(c"HANDLES_STACKS") {
-        Some("unwind") => stack::UNWIND.store(true, Relaxed),
-        Some("fp") => stack::FRAME_POINTERS.store(true, Relaxed),
+    match env(penv::STACKS.c()) {
+        Some(penv::STACKS_UNWIND) => stack::UNWIND.store(true, Relaxed),
+        Some(penv::STACKS_FP) => stack::FRAME_POINTERS.store(true, Relaxed),
         _ => {}
     }
-    if env(c"HANDLES_PYTHON_FRAMES") == Some("0") {
+    if env(penv::PYTHON_FRAMES.c()) == Some(penv::OFF) {
         python::disable();
     }
     let (soft, hard) = state::nofile().unwrap_or((1024, 1024));
@@ -340,18 +335,6 @@ static FINI: extern "C" fn() = fini;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cookie_format() {
-        assert_eq!(parse_cookie("00000000000000ff"), Some(255));
-        assert_eq!(
-            parse_cookie("DEADbeef00112233"),
-            Some(0xdead_beef_0011_2233)
-        );
-        assert_eq!(parse_cookie("ff"), None);
-        assert_eq!(parse_cookie("+0000000000000ff"), None);
-        assert_eq!(parse_cookie("00000000000000fg"), None);
-    }
 
     #[test]
     fn set_id_modes() {

@@ -13,6 +13,7 @@ use handles_model::judge::{
     self, Arg, Flush, Kind, Known, Memo, Moment, Op, Then, Verdict as Judged,
 };
 use handles_model::policy::{Action, Condition, Policy};
+use handles_model::protocol::{env as penv, Message};
 use handles_model::table::{marker, obj_type_from_code, state, STACK_DEPTH};
 use handles_model::{Fd, HandleValue};
 
@@ -61,8 +62,8 @@ fn then() -> Then {
 
 pub fn set_on_exception(s: &str) {
     let v = match s {
-        "stop" => 1,
-        "continue" => 2,
+        penv::ON_EXCEPTION_STOP => 1,
+        penv::ON_EXCEPTION_CONTINUE => 2,
         _ => 0,
     };
     ON_EXCEPTION.store(v, Relaxed);
@@ -230,7 +231,7 @@ pub fn judged_close(args: &[Arg], call: &Call, frame: usize) -> (Option<Verdict>
     let supervised = sys::COOKIE_ON.load(Relaxed);
     let mut after = After::Nothing;
     match d.flush {
-        Flush::Raise(h) if supervised => tell_supervisor(marker::HELD_RAISE, h.fd, 0, &[]),
+        Flush::Raise(h) if supervised => tell_supervisor(Message::HeldRaise { fd: h.fd }),
         Flush::Raise(h) => {
             let (nr, pcs) = HELD.with(Cell::get);
             let call = Call::syscall(nr, [h.fd as u64, 0, 0, 0, 0, 0]);
@@ -244,7 +245,7 @@ pub fn judged_close(args: &[Arg], call: &Call, frame: usize) -> (Option<Verdict>
                 &pcs,
             );
         }
-        Flush::Drop(h) if supervised => tell_supervisor(marker::HELD_DROP, h.fd, 0, &[]),
+        Flush::Drop(h) if supervised => tell_supervisor(Message::HeldDrop { fd: h.fd }),
         Flush::Drop(_) | Flush::None => {}
     }
     let v = match d.verdict {
@@ -266,7 +267,13 @@ pub fn judged_close(args: &[Arg], call: &Call, frame: usize) -> (Option<Verdict>
             // The report first, while the slot still says what was closed.
             let pcs = offending_stack(frame);
             if supervised {
-                tell_supervisor(marker::HOLD, h.fd, call.nr, pcs.frames());
+                let frames = pcs.frames();
+                tell_supervisor(Message::Hold {
+                    fd: h.fd,
+                    nr: call.nr,
+                    pcs: frames.as_ptr() as u64,
+                    n: frames.len(),
+                });
             } else {
                 HELD.with(|c| c.set((call.nr, pcs)));
             }
@@ -309,7 +316,7 @@ pub fn judged_close(args: &[Arg], call: &Call, frame: usize) -> (Option<Verdict>
 /// may be one it put there.
 fn give_back(fd: i32, supervised: bool) {
     if supervised {
-        tell_supervisor(marker::RELEASE, fd, 0, &[]);
+        tell_supervisor(Message::Release { fd });
     }
     crate::quarantine::release(fd);
 }
@@ -319,25 +326,13 @@ fn give_back(fd: i32, supervised: bool) {
 /// an fstat of `fd` carrying the marker, which the supervisor answers
 /// without running it. It keeps the held report, so that a thread that
 /// ends first still gets it written.
-fn tell_supervisor(tag: u32, fd: i32, nr: i64, frames: &[u64]) {
+fn tell_supervisor(m: Message) {
     // SAFETY: an all-zero stat is a valid buffer for fstat.
     let mut stat: libc::stat = unsafe { core::mem::zeroed() };
+    let e = m.encode(&raw mut stat as u64);
     // SAFETY: fstat of the program's fd into a local buffer (it does not
-    // run); the supervisor reads `frames`, alive across the call.
-    unsafe {
-        sys::marked(
-            libc::SYS_fstat,
-            [
-                fd as u64,
-                &raw mut stat as u64,
-                0,
-                nr as u64,
-                frames.as_ptr() as u64,
-                frames.len() as u64,
-            ],
-            tag,
-        )
-    };
+    // run); the supervisor reads a HOLD's frames, alive across the call.
+    unsafe { sys::marked(e.nr, e.args, e.tag) };
 }
 
 /// The judge's verdict on `op` of the one fd `fd` (callers outside the
@@ -574,15 +569,10 @@ fn defer(kind: Kind, fd: i32, call: &Call) -> Verdict {
     if call.nr >= 0 {
         // No register left for a marker (six arguments): an fstat of the
         // fd stands for the call, which the shim does not run.
+        let e = Message::Proxy { fd, nr: call.nr }.encode(buf);
         // SAFETY: fstat of the program's fd into a local buffer; the
         // proxy's number rides in a register fstat does not read.
-        unsafe {
-            sys::marked(
-                libc::SYS_fstat,
-                [fd as u64, buf, 0, call.nr as u64, 0, 0],
-                marker::PROXY,
-            )
-        };
+        unsafe { sys::marked(e.nr, e.args, e.tag) };
         return ebadf;
     }
     // A libc function (fclose, fdopen, ...): the supervisor is shown the

@@ -7,6 +7,7 @@ use core::ffi::c_char;
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering::*};
 
+use handles_model::protocol::{Message, TableName};
 use handles_model::table::{self, state, Locked, Slot, SlotStacks, SlotValue, STACK_DEPTH};
 
 use crate::{fddir, sys};
@@ -733,26 +734,20 @@ pub fn announce() {
     if !sys::COOKIE_ON.load(Relaxed) || !ANNOUNCE.load(Relaxed) || fd < 0 || !has_own_table() {
         return;
     }
+    let e = Message::Announce { fd }.encode(0);
     // SAFETY: F_GETFD on the table's fd reads its flags, nothing else.
-    unsafe {
-        sys::marked(
-            libc::SYS_fcntl,
-            [fd as u64, libc::F_GETFD as u64, 0, 0, 0, 0],
-            table::marker::ANNOUNCE,
-        )
-    };
+    unsafe { sys::marked(e.nr, e.args, e.tag) };
 }
 
 /// Creates, sizes, seals and maps a new table memfd; returns (fd, base).
 fn new_table(pid: i32, cap: u32) -> Option<(i32, *mut u8)> {
-    let mut name = [0u8; 48];
-    let name = sys::with_number(&mut name, b"handles-table:", pid);
+    let name = TableName::new(pid);
     // SAFETY: memfd_create with a NUL-terminated name in a local buffer.
     let fd = unsafe {
         sys::own(
             libc::SYS_memfd_create,
             [
-                name.as_ptr() as u64,
+                name.as_cstr().as_ptr() as u64,
                 (libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) as u64,
                 0,
                 0,
