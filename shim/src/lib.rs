@@ -16,7 +16,6 @@
 //! the same thread never takes one); a thread-local flag sends nested
 //! calls straight to the raw syscall.
 
-#![deny(unsafe_op_in_unsafe_fn)]
 // The unit-test build leaves out the interposed functions (they would
 // interpose the test harness itself), so most of the crate is unused there.
 #![cfg_attr(test, allow(dead_code, unused_imports))]

@@ -7,6 +7,8 @@
 //! - [`seccomp`] compiles the classic-BPF prefilter that makes only fd
 //!   syscalls stop a supervised tracee.
 //! - [`backtrace`] unwinds a stopped thread remotely and symbolizes stacks.
+//! - [`run`] is `handles run`: the ptrace supervisor of a job.
+//! - [`suppress`] reads suppression files and matches reports against them.
 
 pub mod backtrace;
 pub mod inspect;

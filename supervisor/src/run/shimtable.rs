@@ -635,10 +635,8 @@ mod tests {
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let len = table::table_size(64);
         // SAFETY: ftruncate of our own memfd.
-        assert_eq!(
-            unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) },
-            0
-        );
+        let r = unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) };
+        assert_eq!(r, 0);
         // SAFETY: a fresh shared mapping of the memfd, unmapped below.
         let base = unsafe {
             libc::mmap(
@@ -658,10 +656,8 @@ mod tests {
         unsafe { libc::munmap(base, len) };
         if seal {
             // SAFETY: F_ADD_SEALS on our own memfd.
-            assert_eq!(
-                unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) },
-                0
-            );
+            let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) };
+            assert_eq!(r, 0);
         }
         fd
     }
