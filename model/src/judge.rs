@@ -29,6 +29,8 @@
 //!   before a redirection (`fcntl(n, F_DUPFD, 10)`) ask whether n is open;
 //!   the numbers come from the script's text, not from the kernel.
 
+use core::fmt;
+
 use crate::policy::{Action, Condition, Policy};
 
 /// `EBADF`, as the judge's answers carry it (x86_64 Linux).
@@ -480,6 +482,20 @@ pub enum Moment {
     /// A held close, written as the thread ended or exec'd: nothing
     /// follows it.
     HeldEnded,
+}
+
+/// [`write_outcome`]'s line, to format.
+#[derive(Clone, Copy, Debug)]
+pub struct Outcome {
+    pub action: Action,
+    pub moment: Moment,
+    pub then: Then,
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_outcome(f, self.action, self.moment, self.then)
+    }
 }
 
 /// A bad-handle report's outcome line, the same words from the shim and

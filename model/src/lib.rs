@@ -10,7 +10,8 @@
 //! - [`syscalls`]: the fd syscall table the prefilter, the supervisor and
 //!   the shim all read;
 //! - [`policy`]: the job policy and its encoded form; [`judge`]: what
-//!   happens to a call on an fd that is not an open handle;
+//!   happens to a call on an fd that is not an open handle; [`report`]:
+//!   the text of an exception report, for the supervisor and the shim;
 //! - [`table`]: the shared handle table's layout; [`protocol`]: the rest
 //!   of the contract between the shim and the supervisor;
 //! - [`fdpath`]: paths that name fd-table entries; [`python`]: CPython's
@@ -25,6 +26,7 @@ pub mod objtype;
 pub mod policy;
 pub mod protocol;
 pub mod python;
+pub mod report;
 pub mod rights;
 pub mod syscalls;
 pub mod table;

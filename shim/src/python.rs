@@ -135,7 +135,7 @@ pub(crate) fn write_frames(
     use core::fmt::Write;
     let codes = crate::state::codes();
     for (i, f) in frames.iter().enumerate() {
-        write!(w, "handles:     #{} ", first + i)?;
+        handles_model::report::write_frame_start(w, first + i)?;
         match codes.as_ref().and_then(|c| c.get(f.code, f.check)) {
             Some(r) => {
                 w.bytes(r.file());

@@ -14,6 +14,7 @@ use handles_model::judge::{
 };
 use handles_model::policy::{Action, Condition, Policy};
 use handles_model::protocol::{env as penv, Message};
+use handles_model::report::{self, HandleLine, Head, Sink, Summary, SyscallText, Title};
 use handles_model::table::{marker, obj_type_from_code, state, STACK_DEPTH};
 use handles_model::{Fd, HandleValue};
 
@@ -533,14 +534,13 @@ fn write_summary(root: bool) {
     let n = EXCEPTIONS.load(Relaxed);
     if n > 0 || (root && ALWAYS_SUMMARIZE.load(Relaxed)) {
         let mut w = Out::new();
-        let c = NCONTEXTS.load(Relaxed);
-        let _ = writeln!(
-            w,
-            "handles: ERROR SUMMARY: {n} exception{} from {c} context{} (0 suppressed){}",
-            if n == 1 { "" } else { "s" },
-            if c == 1 { "" } else { "s" },
-            if root { "" } else { " in this process" },
-        );
+        let summary = Summary {
+            exceptions: u64::from(n),
+            contexts: u64::from(NCONTEXTS.load(Relaxed)),
+            suppressed: 0,
+            this_process: !root,
+        };
+        let _ = writeln!(w, "{summary}");
         w.flush();
     }
 }
@@ -694,6 +694,13 @@ impl Write for Out {
     }
 }
 
+impl Sink for Out {
+    fn raw(&mut self, b: &[u8]) -> core::fmt::Result {
+        self.bytes(b);
+        Ok(())
+    }
+}
+
 /// Reads a small /proc file or prctl name into `buf`, trimmed.
 fn comm_of_process(buf: &mut [u8; 32]) -> &[u8] {
     // SAFETY: open/read/close of /proc/self/comm into a local buffer.
@@ -795,9 +802,7 @@ fn stack_lines(
     if let (Some(t), false) = (sym, pcs.is_empty()) {
         let mut any = false;
         for line in t.stack(k) {
-            w.bytes(b"handles:     ");
-            w.bytes(line);
-            writeln!(w)?;
+            report::write_frame_raw(w, line)?;
             any = true;
         }
         if any {
@@ -809,7 +814,7 @@ fn stack_lines(
 
 fn frames(w: &mut Out, pcs: &[u64]) -> core::fmt::Result {
     if pcs.is_empty() {
-        return writeln!(w, "handles:     (no stack recorded)");
+        return report::write_no_stack(w);
     }
     for (i, &pc) in pcs.iter().enumerate() {
         let module = stack::module_of(pc as usize);
@@ -818,7 +823,8 @@ fn frames(w: &mut Out, pcs: &[u64]) -> core::fmt::Result {
         if module.is_none() && i > 0 {
             break;
         }
-        write!(w, "handles:     #{i} {pc:#018x}")?;
+        report::write_frame_start(w, i)?;
+        write!(w, "{pc:#018x}")?;
         match module {
             Some((name, base)) => {
                 let name = basename(name);
@@ -855,52 +861,43 @@ fn write_report(
     py: [&[handles_model::python::PyFrame]; 3],
 ) -> core::fmt::Result {
     let was_closed = matches!(kind, Kind::UseClosed | Kind::DoubleClose | Kind::DupClosed);
-    let whatline = kind.sentence(quarantined);
     let pid = sys::getpid();
-    let tid = sys::gettid();
     let mut pbuf = [0u8; 32];
     let mut tbuf = [0u8; 32];
-    writeln!(
-        w,
-        "handles: <== policy exception: {} (action {a})",
-        Condition::BadHandle
-    )?;
-    write!(w, "handles:     process {pid} (")?;
-    w.bytes(comm_of_process(&mut pbuf));
-    write!(w, ") thread {tid} (")?;
-    w.bytes(comm_of_thread(&mut tbuf));
-    writeln!(w, ")")?;
-    write!(w, "handles:     syscall {}(", call.name)?;
-    for i in 0..usize::from(call.nargs.min(6)) {
-        if i > 0 {
-            write!(w, ", ")?;
+    let h = HandleValue::encode(Fd(fd), value.generation, st::MIXER.load(Relaxed));
+    let handle = if was_closed {
+        HandleLine::Closed {
+            value: &h,
+            fd,
+            ty: obj_type_from_code(value.obj_type).map_or("object", |t| t.name()),
+            koid: 0,
+            name,
         }
-        let v = call.args[i];
-        if call.fd_mask & (1 << i) != 0 {
-            write!(w, "{}", v as i32)?;
-        } else if v < 0x10000 {
-            write!(w, "{v}")?;
-        } else {
-            write!(w, "{v:#x}")?;
-        }
-    }
-    writeln!(w, ")")?;
-    if was_closed {
-        let h = HandleValue::encode(Fd(fd), value.generation, st::MIXER.load(Relaxed));
-        let ty = obj_type_from_code(value.obj_type).map_or("object", |t| t.name());
-        write!(w, "handles:     handle {h} (fd {fd}): closed {ty}")?;
-        if !name.is_empty() {
-            w.bytes(b" ");
-            w.bytes(name);
-        }
-        writeln!(w)?;
     } else {
-        writeln!(w, "handles:     handle fd {fd}: not open")?;
+        HandleLine::NotOpen { fd }
+    };
+    Head {
+        condition: &Condition::BadHandle,
+        action: &a,
+        pid,
+        process: comm_of_process(&mut pbuf),
+        tid: sys::gettid(),
+        thread: comm_of_thread(&mut tbuf),
+        syscall: &SyscallText {
+            name: call.name,
+            args: &call.args,
+            nargs: usize::from(call.nargs.min(6)),
+            fd_mask: call.fd_mask,
+        },
+        handle: Some(handle),
+        what: &kind.sentence(quarantined),
+        outcome: &judge::Outcome {
+            action: a,
+            moment,
+            then,
+        },
     }
-    writeln!(w, "handles:     {whatline}")?;
-    w.write_str("handles:     ")?;
-    judge::write_outcome(w, a, moment, then)?;
-    writeln!(w)?;
+    .write_to(w)?;
     let sym = crate::symbolize::symbolize(&[
         (walked(offending.frames()), py[0]),
         (walked(closed), py[1]),
@@ -909,14 +906,15 @@ fn write_report(
     // The symbolizer puts the Python frames in place of the evaluation
     // loop's; without it they follow the native frames.
     let py = if sym.is_some() { [&[][..]; 3] } else { py };
-    writeln!(w, "handles: backtrace:")?;
+    report::write_title(w, &Title::Backtrace)?;
     stack_lines(w, offending.frames(), sym.as_ref(), 0)?;
     crate::python::write_frames(w, py[0], walked(offending.frames()).len())?;
     if was_closed {
-        writeln!(w, "handles: closed in process {pid} at:")?;
+        report::write_title(w, &Title::Closed { how: None, pid })?;
         stack_lines(w, closed, sym.as_ref(), 1)?;
         crate::python::write_frames(w, py[1], walked(closed).len())?;
-        writeln!(w, "handles: originally opened in process {pid} at:")?;
+        let origin = "opened";
+        report::write_title(w, &Title::Opened { origin, pid })?;
         stack_lines(w, created, sym.as_ref(), 2)?;
         crate::python::write_frames(w, py[2], walked(created).len())?;
     }

@@ -3,6 +3,7 @@
 //! --max-handles do about it. Every policy decision is made here.
 
 use handles_model::judge::{self, Known, Moment, Verdict};
+use handles_model::report::{HandleLine, Lossy, Title};
 
 use super::job::*;
 use super::shimtable::{self, ShimSays, ShimTable};
@@ -931,24 +932,20 @@ impl Job {
             let value = info.as_ref().map(|c| table.value_of(fd, c.generation));
             (info, value)
         };
-        let handle = match (&closed_info, value) {
-            (Some(c), Some(v)) => {
-                let mut line = format!("{v} (fd {fd}): closed");
-                if !c.facts.ty.is_empty() {
-                    line.push(' ');
-                    line.push_str(c.facts.ty);
-                }
-                if c.facts.koid != 0 {
-                    line.push_str(&format!(" koid {}", c.facts.koid));
-                }
-                if !c.facts.target.is_empty() {
-                    line.push(' ');
-                    line.push_str(&c.facts.target);
-                }
-                line
-            }
-            _ => format!("fd {fd}: not open"),
+        let handle = match (&closed_info, &value) {
+            (Some(c), Some(v)) => HandleLine::Closed {
+                value: v,
+                fd,
+                ty: c.facts.ty,
+                koid: c.facts.koid,
+                name: c.facts.target.as_bytes(),
+            },
+            _ => HandleLine::NotOpen { fd },
         };
+        let mut line = String::new();
+        // Writing into a String cannot fail.
+        let _ = handle.write_to(&mut Lossy(&mut line));
+        let handle = line;
         let mut outcome = String::new();
         // Writing into a String cannot fail.
         let _ = judge::write_outcome(&mut outcome, action, moment, self.opts.on_exception);
@@ -974,13 +971,17 @@ impl Job {
             return None;
         }
         let mut sections = vec![Section {
-            title: "backtrace".into(),
+            title: Title::Backtrace.to_string(),
             frames: backtrace,
         }];
         if let Some(c) = &closed_info {
             let frames = self.symbolize(c.closer, c.closed.as_ref());
             sections.push(Section {
-                title: format!("closed by {} in process {} at", c.how, c.closer),
+                title: Title::Closed {
+                    how: Some(c.how),
+                    pid: c.closer,
+                }
+                .to_string(),
                 frames,
             });
             let frames = self.symbolize(c.creator, c.created.as_ref());
@@ -992,7 +993,11 @@ impl Job {
                 Origin::Shim => "opened through the shim".into(),
             };
             sections.push(Section {
-                title: format!("originally {origin} in process {} at", c.creator),
+                title: Title::Opened {
+                    origin: &origin,
+                    pid: c.creator,
+                }
+                .to_string(),
                 frames,
             });
         }
@@ -1062,7 +1067,7 @@ impl Job {
                     "the call runs".into()
                 },
                 sections: vec![Section {
-                    title: "backtrace".into(),
+                    title: Title::Backtrace.to_string(),
                     frames,
                 }],
                 ..self.report_head(
@@ -1106,7 +1111,7 @@ impl Job {
             ),
             outcome: format!("the call succeeds; {}", self.opts.on_exception.words()),
             sections: vec![Section {
-                title: "backtrace".into(),
+                title: Title::Backtrace.to_string(),
                 frames,
             }],
             ..self.report_head(
@@ -1202,7 +1207,7 @@ impl Job {
                     "the call succeeds".into()
                 },
                 sections: vec![Section {
-                    title: "backtrace".into(),
+                    title: Title::Backtrace.to_string(),
                     frames,
                 }],
                 ..self.report_head(

@@ -1463,14 +1463,13 @@ impl Job {
     /// valgrind's closing line, in every mode, so that a CI log always
     /// ends with a count.
     pub(super) fn error_summary(&self) -> String {
-        format!(
-            "handles: ERROR SUMMARY: {} exception{} from {} context{} ({} suppressed)\n",
-            self.exceptions,
-            if self.exceptions == 1 { "" } else { "s" },
-            self.contexts.len(),
-            if self.contexts.len() == 1 { "" } else { "s" },
-            self.suppressed
-        )
+        let summary = handles_model::report::Summary {
+            exceptions: self.exceptions as u64,
+            contexts: self.contexts.len() as u64,
+            suppressed: self.suppressed as u64,
+            this_process: false,
+        };
+        format!("{summary}\n")
     }
 
     /// `--gen-suppressions`: the rule that matches exactly this report.

@@ -2,10 +2,11 @@
 //! happened, where, to which handle, and the three stacks that explain it
 //! (the offending call, where the handle was closed, where it was opened).
 //!
-//! Every line starts with `handles: ` so that a program's own stderr can be
-//! told apart from ours.
+//! The text is `handles_model::report`'s, which the shim writes too when
+//! no supervisor does; here is what the supervisor keeps of a report
+//! until it writes it (and puts in the JSON report).
 
-use std::fmt::Write;
+use handles_model::report::{self, HandleLine, Head, Lossy, Sink, SyscallText, Title};
 
 use crate::backtrace::Frame;
 
@@ -45,11 +46,7 @@ impl ExceptionReport {
     /// closed the handle.
     pub fn context_key(&self) -> String {
         let mut key = format!("{}/{}", self.condition, self.kind);
-        for s in self
-            .sections
-            .iter()
-            .filter(|s| s.title == "backtrace" || s.title.starts_with("closed by"))
-        {
+        for s in self.sections.iter().filter(|s| Title::is_context(&s.title)) {
             key.push('|');
             for f in &s.frames {
                 key.push_str(&format!(
@@ -64,53 +61,48 @@ impl ExceptionReport {
 
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "handles: <== policy exception: {} (action {})",
-            self.condition, self.action
-        );
-        let _ = writeln!(
-            s,
-            "handles:     process {} ({}) thread {} ({})",
-            self.pid, self.process_name, self.tid, self.thread_name
-        );
-        let _ = writeln!(s, "handles:     syscall {}", self.syscall);
-        if let Some(h) = &self.handle {
-            let _ = writeln!(s, "handles:     handle {h}");
+        // Writing into a String cannot fail.
+        let _ = self.render_to(&mut Lossy(&mut s));
+        s
+    }
+
+    fn render_to(&self, w: &mut impl Sink) -> std::fmt::Result {
+        Head {
+            condition: &self.condition,
+            action: &self.action,
+            pid: self.pid,
+            process: self.process_name.as_bytes(),
+            tid: self.tid,
+            thread: self.thread_name.as_bytes(),
+            syscall: &self.syscall,
+            handle: self.handle.as_deref().map(HandleLine::Text),
+            what: &self.what,
+            outcome: &self.outcome,
         }
-        let _ = writeln!(s, "handles:     {}", self.what);
-        let _ = writeln!(s, "handles:     {}", self.outcome);
+        .write_to(w)?;
         for sec in &self.sections {
-            let _ = writeln!(s, "handles: {}:", sec.title);
+            report::write_title(w, &sec.title)?;
             if sec.frames.is_empty() {
-                let _ = writeln!(s, "handles:     (no stack recorded)");
+                report::write_no_stack(w)?;
             }
             for f in &sec.frames {
-                let _ = writeln!(s, "handles:     {f}");
+                report::write_frame(w, f)?;
             }
         }
-        s
+        Ok(())
     }
 }
 
 /// Formats a syscall with its arguments the way strace does for ints and
 /// pointers: fd arguments in decimal, the rest in hex.
 pub fn format_syscall(name: &str, args: &[u64], nargs: usize, fd_mask: u8) -> String {
-    let mut s = format!("{name}(");
-    for (i, a) in args.iter().take(nargs).enumerate() {
-        if i > 0 {
-            s.push_str(", ");
-        }
-        if fd_mask & (1 << i) != 0 {
-            let _ = write!(s, "{}", *a as i32);
-        } else if *a < 0x10000 {
-            let _ = write!(s, "{a}");
-        } else {
-            let _ = write!(s, "{a:#x}");
-        }
+    SyscallText {
+        name,
+        args,
+        nargs,
+        fd_mask,
     }
-    s.push(')');
-    s
+    .to_string()
 }
 
 #[cfg(test)]
