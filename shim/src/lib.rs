@@ -32,13 +32,38 @@ macro_rules! args {
     }};
 }
 
+/// The argument register after `$args` (x86_64 System V, integer and
+/// pointer arguments): where a trampoline passes its frame pointer, as
+/// one more argument.
+#[cfg(not(test))]
+macro_rules! frame_reg {
+    () => {
+        "rdi"
+    };
+    ($a:ident) => {
+        "rsi"
+    };
+    ($a:ident $b:ident) => {
+        "rdx"
+    };
+    ($a:ident $b:ident $c:ident) => {
+        "rcx"
+    };
+    ($a:ident $b:ident $c:ident $d:ident) => {
+        "r8"
+    };
+    ($a:ident $b:ident $c:ident $d:ident $e:ident) => {
+        "r9"
+    };
+}
+
 /// Exported function `$name` that calls `$imp` with the same arguments
-/// plus its frame pointer in `$reg` (the wrappers of `wrap` and `stdio`
-/// record stacks from their caller's frame). Defined before the modules
-/// that use it.
+/// plus its frame pointer as the last one (the wrappers of `wrap` and
+/// `stdio` record stacks from their caller's frame). Defined before the
+/// modules that use it.
 #[cfg(not(test))]
 macro_rules! trampoline {
-    ($name:ident => $imp:ident, $reg:literal, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+    ($name:ident => $imp:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
         #[unsafe(naked)]
         #[no_mangle]
         pub unsafe extern "C-unwind" fn $name($($arg: $ty),*) -> $ret {
@@ -49,7 +74,7 @@ macro_rules! trampoline {
                 ".cfi_offset rbp, -16",
                 "mov rbp, rsp",
                 ".cfi_def_cfa_register rbp",
-                concat!("mov ", $reg, ", rbp"),
+                concat!("mov ", frame_reg!($($arg)*), ", rbp"),
                 "call {imp}",
                 "pop rbp",
                 ".cfi_def_cfa rsp, 8",
