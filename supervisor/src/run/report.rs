@@ -109,6 +109,92 @@ pub fn format_syscall(name: &str, args: &[u64], nargs: usize, fd_mask: u8) -> St
 mod tests {
     use super::*;
 
+    fn frame(index: usize, module: &str, offset: u64) -> Frame {
+        Frame {
+            index,
+            addr: 0x5555_0000_0000 + offset,
+            module: Some(module.into()),
+            module_offset: offset,
+            function: Some("use_after_close".into()),
+            function_offset: 0,
+            file: Some("/src/fixture.c".into()),
+            line: Some(42),
+            inlined_into: Vec::new(),
+            python: false,
+        }
+    }
+
+    fn report(closer_frames: Vec<Frame>) -> ExceptionReport {
+        ExceptionReport {
+            condition: "bad-handle".into(),
+            kind: "use-closed".into(),
+            fd: Some(5),
+            action: "allow-exception".into(),
+            pid: 42,
+            tid: 43,
+            process_name: "fixture".into(),
+            thread_name: "worker".into(),
+            syscall: format_syscall("read", &[5, 0x7ffd_2a10, 4096, 0, 0, 0], 3, 0b1),
+            handle: Some("0x3a1f2c07 (fd 5): closed pipe pipe:[81234]".into()),
+            what: "use of a closed handle".into(),
+            outcome: "the call fails with EBADF; SIGTRAP follows".into(),
+            sections: vec![
+                Section {
+                    title: Title::Backtrace.to_string(),
+                    frames: vec![frame(0, "/bin/fixture", 0x11c9)],
+                },
+                Section {
+                    title: Title::Closed {
+                        how: Some("close()"),
+                        pid: 42,
+                    }
+                    .to_string(),
+                    frames: closer_frames,
+                },
+                Section {
+                    title: Title::Opened {
+                        origin: "opened by pipe2()",
+                        pid: 42,
+                    }
+                    .to_string(),
+                    frames: vec![frame(0, "/bin/fixture", 0x1000)],
+                },
+            ],
+        }
+    }
+
+    /// The supervisor's report, line by line as the integration tests and
+    /// users see it (the shim writes the same lines, tested in the model).
+    #[test]
+    fn a_report_renders_every_line() {
+        assert_eq!(
+            report(Vec::new()).render(),
+            "handles: <== policy exception: bad-handle (action allow-exception)\n\
+             handles:     process 42 (fixture) thread 43 (worker)\n\
+             handles:     syscall read(5, 0x7ffd2a10, 4096)\n\
+             handles:     handle 0x3a1f2c07 (fd 5): closed pipe pipe:[81234]\n\
+             handles:     use of a closed handle\n\
+             handles:     the call fails with EBADF; SIGTRAP follows\n\
+             handles: backtrace:\n\
+             handles:     #0 0x00005555000011c9 in use_after_close at /src/fixture.c:42 (fixture+0x11c9)\n\
+             handles: closed by close() in process 42 at:\n\
+             handles:     (no stack recorded)\n\
+             handles: originally opened by pipe2() in process 42 at:\n\
+             handles:     #0 0x0000555500001000 in use_after_close at /src/fixture.c:42 (fixture+0x1000)\n"
+        );
+    }
+
+    #[test]
+    fn the_context_is_the_offending_and_the_closing_stacks() {
+        let a = report(vec![frame(0, "/bin/fixture", 0x2000)]);
+        let mut b = report(vec![frame(0, "/bin/fixture", 0x2000)]);
+        // Where the handle was opened does not make another context.
+        b.sections[2].frames = vec![frame(0, "/bin/fixture", 0x3000)];
+        assert_eq!(a.context_key(), b.context_key());
+        let c = report(vec![frame(0, "/bin/fixture", 0x2004)]);
+        assert_ne!(a.context_key(), c.context_key());
+    }
+
     #[test]
     fn syscall_formatting() {
         assert_eq!(
