@@ -321,19 +321,15 @@ pub struct SlotDetail {
     pub name: Name,
 }
 
-/// The `obj_type` code of a slot for `t` (index in [`ObjType::ALL`] + 1).
+/// The `obj_type` code of a slot for `t` ([`crate::ObjType::code`]).
 pub fn obj_type_code(t: crate::ObjType) -> u32 {
-    crate::ObjType::ALL
-        .iter()
-        .position(|&x| x == t)
-        .map_or(0, |i| i as u32 + 1)
+    t.code()
 }
 
 /// The type a slot's `obj_type` code names; None for 0 (not classified by
-/// the writer) and for codes out of range.
+/// the writer) and for codes no type has.
 pub fn obj_type_from_code(code: u32) -> Option<crate::ObjType> {
-    let i = usize::try_from(code).ok()?.checked_sub(1)?;
-    crate::ObjType::ALL.get(i).copied()
+    crate::ObjType::from_code(code)
 }
 
 impl Header {

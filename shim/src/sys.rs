@@ -301,7 +301,7 @@ pub fn is_tombstone_like(fd: i32) -> bool {
         return false;
     };
     let link = &link[..n.min(link.len())];
-    link == b"/dev/null" || link == b"/" || link.starts_with(b"/memfd:handles-table:")
+    link == b"/dev/null" || link == b"/" || handles_model::protocol::is_table_link(link)
 }
 
 pub fn write_all(fd: i32, mut b: &[u8]) {

@@ -9,6 +9,8 @@
 //! - [`backtrace`] unwinds a stopped thread remotely and symbolizes stacks.
 //! - [`json`] writes the frame and handle objects every JSON document
 //!   shares.
+//! - [`run`] is `handles run`: the ptrace supervisor of a job.
+//! - [`suppress`] reads suppression files and matches reports against them.
 
 pub mod backtrace;
 pub mod inspect;

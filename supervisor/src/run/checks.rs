@@ -3,6 +3,7 @@
 //! --max-handles do about it. Every policy decision is made here.
 
 use handles_model::judge::{self, Known, Moment, Verdict};
+use handles_model::report::{EarlierTitle, HandleLine, Lossy, Title};
 
 use super::job::*;
 use super::shimtable::{self, ShimSays, ShimTable};
@@ -935,25 +936,21 @@ impl Job {
             let value = info.as_ref().map(|c| table.value_of(fd, c.generation));
             (info, value)
         };
-        let handle = match (&closed_info, value) {
-            (Some(c), Some(v)) => {
-                let mut line = format!("{v} (fd {fd}): closed");
-                if !c.facts.ty.is_empty() {
-                    line.push(' ');
-                    line.push_str(c.facts.ty);
-                }
-                if c.facts.koid != 0 {
-                    line.push_str(&format!(" koid {}", c.facts.koid));
-                }
-                if !c.facts.target.is_empty() {
-                    line.push(' ');
-                    line.push_str(&c.facts.target);
-                }
-                line
-            }
-            _ => format!("fd {fd}: not open"),
+        let handle = match (&closed_info, &value) {
+            (Some(c), Some(v)) => HandleLine::Closed {
+                value: v,
+                fd,
+                ty: c.facts.ty,
+                koid: c.facts.koid,
+                name: c.facts.target.as_bytes(),
+            },
+            _ => HandleLine::NotOpen { fd },
         };
-        let handle_json = match (&closed_info, value) {
+        let mut line = String::new();
+        // Writing into a String cannot fail.
+        let _ = handle.write_to(&mut Lossy(&mut line));
+        let handle = line;
+        let handle_json = match (&closed_info, &value) {
             (Some(c), Some(v)) => json::Handle {
                 value: Some(v.0),
                 generation: Some(c.generation),
@@ -989,13 +986,17 @@ impl Job {
             return None;
         }
         let mut sections = vec![Section {
-            title: "backtrace".into(),
+            title: Title::Backtrace.to_string(),
             frames: backtrace,
         }];
         if let Some(c) = &closed_info {
             let frames = self.symbolize(c.closer, c.closed.as_ref());
             sections.push(Section {
-                title: format!("closed by {} in process {} at", c.how, c.closer),
+                title: Title::Closed {
+                    how: Some(c.how),
+                    pid: c.closer,
+                }
+                .to_string(),
                 frames,
             });
             let frames = self.symbolize(c.creator, c.created.as_ref());
@@ -1007,7 +1008,11 @@ impl Job {
                 Origin::Shim => "opened through the shim".into(),
             };
             sections.push(Section {
-                title: format!("originally {origin} in process {} at", c.creator),
+                title: Title::Opened {
+                    origin: &origin,
+                    pid: c.creator,
+                }
+                .to_string(),
                 frames,
             });
             if let Some(e) = c
@@ -1019,22 +1024,28 @@ impl Job {
                     .threads
                     .get(&tid)
                     .map(|t| t.table.borrow().value_of(fd, e.generation));
-                let mut what = String::from("closed");
-                for part in [e.facts.ty, e.facts.target.as_str()] {
-                    if !part.is_empty() {
-                        what.push(' ');
-                        what.push_str(part);
-                    }
-                }
+                let unknown = "a handle";
+                let value: &dyn std::fmt::Display = match &v {
+                    Some(v) => v,
+                    None => &unknown,
+                };
+                let title = EarlierTitle {
+                    handle: HandleLine::Closed {
+                        value,
+                        fd,
+                        ty: e.facts.ty,
+                        koid: 0,
+                        name: e.facts.target.as_bytes(),
+                    },
+                    how: Some(e.how),
+                    pid: e.closer,
+                };
+                let mut text = String::new();
+                // Writing into a String cannot fail.
+                let _ = title.write_to(&mut Lossy(&mut text));
                 let frames = self.symbolize(e.closer, e.closed.as_ref());
                 sections.push(Section {
-                    title: format!(
-                        "{} {} (fd {fd}): {what}, closed by {} in process {} at",
-                        judge::Kind::EARLIER,
-                        v.map_or_else(|| "a handle".to_string(), |v| v.to_string()),
-                        e.how,
-                        e.closer
-                    ),
+                    title: text,
                     frames,
                 });
             }
@@ -1114,7 +1125,7 @@ impl Job {
                     "the call runs".into()
                 },
                 sections: vec![Section {
-                    title: "backtrace".into(),
+                    title: Title::Backtrace.to_string(),
                     frames,
                 }],
                 ..self.report_head(
@@ -1159,7 +1170,7 @@ impl Job {
             ),
             outcome: format!("the call succeeds; {}", self.opts.on_exception.words()),
             sections: vec![Section {
-                title: "backtrace".into(),
+                title: Title::Backtrace.to_string(),
                 frames,
             }],
             ..self.report_head(
@@ -1259,7 +1270,7 @@ impl Job {
                     "the call succeeds".into()
                 },
                 sections: vec![Section {
-                    title: "backtrace".into(),
+                    title: Title::Backtrace.to_string(),
                     frames,
                 }],
                 ..self.report_head(

@@ -39,6 +39,7 @@ pub(super) use crate::inspect::parse::LinkTarget;
 pub(super) use crate::policy::{Action, Condition, Policy, PolicyText};
 pub(super) use crate::seccomp::{self, FilterSpec};
 pub(super) use crate::suppress::{Event, FrameRef, Suppressions};
+use handles_model::protocol::{env as penv, CookieText};
 
 /// What to do when a policy exception is raised (`--on-exception`):
 /// trap (SIGTRAP, Zircon's unhandled exception), stop (left stopped and
@@ -556,37 +557,43 @@ impl Job {
             None => None,
         };
         let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
-            .filter(|(k, _)| k != "HANDLES_POLICY" && k != "HANDLES_JOB")
+            .filter(|(k, _)| k != penv::POLICY.name() && k != penv::JOB.name())
             .collect();
         let policy_text = opts.policy.encode();
-        env.push(("HANDLES_POLICY".into(), policy_text.clone().into()));
+        env.push((penv::POLICY.name().into(), policy_text.clone().into()));
         if let Some(shim) = &opts.shim {
             // Preloaded into every dynamically linked program of the job;
             // its raw syscalls carry the cookie, which the prefilter lets
             // through without a stop.
             let preload = spawn::preload_env(shim, opts.quarantine, opts.stack_depth);
-            env.retain(|(k, _)| k != "HANDLES_COOKIE" && !preload.iter().any(|(p, _)| p == k));
+            env.retain(|(k, _)| k != penv::COOKIE.name() && !preload.iter().any(|(p, _)| p == k));
             env.extend(preload);
-            env.push(("HANDLES_COOKIE".into(), format!("{cookie:016x}").into()));
+            env.push((
+                penv::COOKIE.name().into(),
+                CookieText::new(cookie).as_str().into(),
+            ));
             // Announcements (a stop each) only where something reads the
             // table early: the strict filter's reconciliation, the fork
             // snapshot a leak check needs. Otherwise the table is found by
             // its name when first needed (`sync_shim`).
-            env.retain(|(k, _)| k != "HANDLES_ANNOUNCE");
+            env.retain(|(k, _)| k != penv::ANNOUNCE.name());
             let announce = opts.strict || opts.leak_mode != LeakMode::Off;
             env.push((
-                "HANDLES_ANNOUNCE".into(),
-                if announce { "1" } else { "0" }.into(),
+                penv::ANNOUNCE.name().into(),
+                if announce { penv::ON } else { penv::OFF }.into(),
             ));
             // Where every creating call stops (a new-* entry, a handle
             // budget), the shim marks its own (its table, its tombstone
             // source): they are not the program's handles.
-            env.retain(|(k, _)| k != "HANDLES_MARK_OWN");
+            env.retain(|(k, _)| k != penv::MARK_OWN.name());
             if opts.policy.judges_new() || opts.max_handles.is_some() {
-                env.push(("HANDLES_MARK_OWN".into(), "1".into()));
+                env.push((penv::MARK_OWN.name().into(), penv::ON.into()));
             }
         }
-        env.push(("HANDLES_JOB".into(), std::process::id().to_string().into()));
+        env.push((
+            penv::JOB.name().into(),
+            std::process::id().to_string().into(),
+        ));
         let mut argv = vec![opts.program.clone()];
         argv.extend(opts.args.iter().cloned());
 
@@ -1141,7 +1148,7 @@ impl Job {
             Some(i) => i.env(name),
             None => super::execinfo::getenv_in(&proc_env, name),
         };
-        let nested = self.nested_policy(tgid, var(b"HANDLES_POLICY"));
+        let nested = self.nested_policy(tgid, var(penv::POLICY.name().as_bytes()));
         let awaiting_shim = self.opts.shim.as_deref().is_some_and(|shim| {
             super::shimtable::will_load(tid, tgid, shim, var(b"LD_PRELOAD"), info.as_ref())
         });
@@ -1456,14 +1463,13 @@ impl Job {
     /// valgrind's closing line, in every mode, so that a CI log always
     /// ends with a count.
     pub(super) fn error_summary(&self) -> String {
-        format!(
-            "handles: ERROR SUMMARY: {} exception{} from {} context{} ({} suppressed)\n",
-            self.exceptions,
-            if self.exceptions == 1 { "" } else { "s" },
-            self.contexts.len(),
-            if self.contexts.len() == 1 { "" } else { "s" },
-            self.suppressed
-        )
+        let summary = handles_model::report::Summary {
+            exceptions: self.exceptions as u64,
+            contexts: self.contexts.len() as u64,
+            suppressed: self.suppressed as u64,
+            this_process: false,
+        };
+        format!("{summary}\n")
     }
 
     /// `--gen-suppressions`: the rule that matches exactly this report.
