@@ -1044,10 +1044,18 @@ impl Job {
                 // Writing into a String cannot fail.
                 let _ = title.write_to(&mut Lossy(&mut text));
                 let frames = self.symbolize(e.closer, e.closed.as_ref());
-                sections.push(Section {
-                    title: text,
-                    frames,
-                });
+                // A handle the dynamic loader opened and closed itself (the
+                // library cache, a library it mapped) was never the
+                // program's to keep a copy of: naming it would only add
+                // noise to every report at a low number. The shim never
+                // records those (ld.so makes its own syscalls), so every
+                // mode agrees.
+                if !frames.first().is_some_and(in_dynamic_loader) {
+                    sections.push(Section {
+                        title: text,
+                        frames,
+                    });
+                }
             }
         }
         Some(ExceptionReport {
@@ -1414,4 +1422,12 @@ pub(super) fn object_facts_at(
         koid,
         target,
     }
+}
+
+/// Whether a frame is in glibc's dynamic loader.
+fn in_dynamic_loader(f: &Frame) -> bool {
+    f.module
+        .as_deref()
+        .and_then(|m| m.rsplit('/').next())
+        .is_some_and(|name| name.starts_with("ld-linux"))
 }
