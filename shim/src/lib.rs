@@ -63,6 +63,7 @@ macro_rules! trampoline {
 }
 
 mod cfi;
+mod checkpoint;
 mod fddir;
 #[cfg(not(test))]
 mod lookup;
@@ -231,6 +232,9 @@ extern "C" fn init() {
     }
     if env(c"HANDLES_MARK_OWN") == Some("1") && sys::COOKIE_ON.load(Relaxed) {
         sys::MARK_OWN.store(true, Relaxed);
+    }
+    if env(c"HANDLES_INHERIT") == Some("1") && sys::COOKIE_ON.load(Relaxed) {
+        sys::MARK_INHERIT.store(true, Relaxed);
     }
     if let Some(o) = env(c"HANDLES_ON_EXCEPTION") {
         report::set_on_exception(o);

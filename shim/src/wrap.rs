@@ -860,6 +860,17 @@ unsafe extern "C-unwind" fn fcntl_impl(
             if let Some(r) = check(fd, Op::Question, libc::SYS_fcntl, a, frame) {
                 return r as c_int;
             }
+            if cmd == libc::F_SETFD
+                && arg & libc::FD_CLOEXEC as libc::c_ulong == 0
+                && sys::MARK_INHERIT.load(core::sync::atomic::Ordering::Relaxed)
+            {
+                // Made inheritable on purpose: the supervisor's inherit
+                // check must know (handles_model::inherit).
+                // SAFETY: the program's call; the marker fills a register
+                // fcntl does not read.
+                return ret(unsafe { sys::marked(libc::SYS_fcntl, a, table::marker::INHERIT) })
+                    as c_int;
+            }
             // SAFETY: the program's call.
             ret(unsafe { sc(libc::SYS_fcntl, a) }) as c_int
         }

@@ -414,6 +414,14 @@ impl Job {
         // exception: it is acted on here, not judged again.
         let marked = tag.is_some();
         self.sync_shim(tid, tgid);
+        if self.opts.inherit_check {
+            self.note_inheritable(tgid, nr, &a);
+            if tag == Some(handles_model::table::marker::INHERIT) {
+                // Only news for the inherit check: the call runs as is.
+                self.resume(tid, None);
+                return;
+            }
+        }
         if tag == Some(handles_model::table::marker::OWN) {
             // The shim's own bookkeeping (its table, its tombstone source,
             // a quarantine's dup3), stopped only because a new-* entry or

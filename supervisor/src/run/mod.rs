@@ -19,6 +19,7 @@ mod dents;
 mod execinfo;
 pub mod fdtable;
 pub mod front;
+pub mod inherit;
 pub mod job;
 mod leakcheck;
 pub mod leaks;

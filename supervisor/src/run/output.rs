@@ -129,14 +129,14 @@ fn sarif_frame(f: &SerFrame) -> Value {
     })
 }
 
-fn sarif_stack(title: &str, frames: &[SerFrame]) -> Value {
+pub(super) fn sarif_stack(title: &str, frames: &[SerFrame]) -> Value {
     json!({
         "message": { "text": title },
         "frames": frames.iter().map(sarif_frame).collect::<Vec<_>>(),
     })
 }
 
-fn with_location(mut result: Value, frames: &[SerFrame]) -> Value {
+pub(super) fn with_location(mut result: Value, frames: &[SerFrame]) -> Value {
     if let Some(loc) = primary_location(frames) {
         result["locations"] = json!([loc]);
     }
