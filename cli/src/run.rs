@@ -219,6 +219,17 @@ pub fn run(a: &RunArgs) -> u8 {
             || !matches!(a.leak_check, None | Some(LeakCheckArg::No))
             || a.inherit_check,
         inherit_check: a.inherit_check,
+        env: if matches!(a.leak_check, None | Some(LeakCheckArg::No)) {
+            Vec::new()
+        } else {
+            match crate::pytest::install() {
+                Ok(dir) => crate::pytest::environment(&dir),
+                Err(e) => {
+                    eprintln!("handles: no per-test leak reports for pytest: {e:#}");
+                    Vec::new()
+                }
+            }
+        },
     };
     // Unless --wait-all, this process (the one the shell waits on) only
     // waits for the program's status, and a child of it supervises the job

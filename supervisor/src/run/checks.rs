@@ -400,6 +400,14 @@ impl Job {
             return;
         };
         let a = tracer::args(&regs);
+        if nr == libc::SYS_fcntl
+            && a[0] as i32 == -1
+            && a[1] as u32 == handles_model::table::CHECKPOINT_CMD
+            && self.opts.leak_mode != LeakMode::Off
+        {
+            self.on_checkpoint(tid, tgid, regs, a[2]);
+            return;
+        }
         if self.shim_injected && shimtable::is_announcement(nr, &a, self.cookie) {
             self.on_announce(tid, tgid, a[0] as i32);
             self.resume(tid, None);

@@ -85,6 +85,9 @@ pub struct RunOptions {
     /// `--inherit-check`: report the handles that cross an exec
     /// implicitly (inherit.rs).
     pub inherit_check: bool,
+    /// Variables set in the job's environment (over the inherited ones):
+    /// the per-test plugin's PYTHONPATH and PYTEST_PLUGINS.
+    pub env: Vec<(OsString, OsString)>,
 }
 
 /// How the job ended.
@@ -491,6 +494,10 @@ pub struct Job {
     pub(super) leak_reports: Vec<ProcessLeaks>,
     /// `--inherit-check`'s findings.
     pub(super) crossings: super::inherit::Crossings,
+    /// Test boundaries of each process (`handles_checkpoint`, pertest.rs).
+    pub(super) segments: HashMap<i32, super::pertest::Segments>,
+    /// What tests leaked.
+    pub(super) test_leaks: Vec<super::pertest::TestLeaks>,
     pub(super) exception_list: Vec<SerException>,
     /// Index in `exception_list` of each report context seen.
     pub(super) contexts: HashMap<String, usize>,
@@ -604,6 +611,10 @@ impl Job {
                 env.push(("HANDLES_MARK_OWN".into(), "1".into()));
             }
         }
+        for (k, v) in &opts.env {
+            env.retain(|(old, _)| old != k);
+            env.push((k.clone(), v.clone()));
+        }
         env.push(("HANDLES_JOB".into(), std::process::id().to_string().into()));
         let mut argv = vec![opts.program.clone()];
         argv.extend(opts.args.iter().cloned());
@@ -630,6 +641,8 @@ impl Job {
             suppressed: 0,
             leak_reports: Vec::new(),
             crossings: Default::default(),
+            segments: HashMap::new(),
+            test_leaks: Vec::new(),
             exception_list: Vec::new(),
             contexts: HashMap::new(),
             tree: Default::default(),
@@ -714,7 +727,8 @@ impl Job {
             exit: job.root_exit.unwrap_or(Exit::Code(0)),
             exceptions: job.exceptions,
             suppressed: job.suppressed,
-            leaks: job.leak_reports.iter().map(|p| p.count()).sum(),
+            leaks: job.leak_reports.iter().map(|p| p.count()).sum::<usize>()
+                + super::pertest::count(&job.test_leaks),
             leak_reports: job.leak_reports,
             crossings: job.crossings.count(),
             interrupted: job.ended_by,
@@ -846,7 +860,8 @@ impl Job {
                         exit,
                         exceptions: self.exceptions,
                         suppressed: self.suppressed,
-                        leaks: self.leak_reports.iter().map(|p| p.count()).sum(),
+                        leaks: self.leak_reports.iter().map(|p| p.count()).sum::<usize>()
+                            + super::pertest::count(&self.test_leaks),
                         leak_reports: Vec::new(),
                         crossings: self.crossings.count(),
                         interrupted: self.ended_by,
@@ -1243,6 +1258,8 @@ impl Job {
         }
         // The new image's table is published afresh.
         self.published.remove(&tgid);
+        // Its tests are its own.
+        self.segments.remove(&tgid);
         let name = info
             .as_ref()
             .and_then(ExecInfo::comm_guess)
@@ -1579,6 +1596,9 @@ impl Job {
             if self.opts.inherit_check {
                 super::inherit::add_to_json(&mut v, &self.crossings);
             }
+            if self.opts.leak_mode != LeakMode::Off {
+                super::pertest::add_to_json(&mut v, &self.test_leaks);
+            }
             write(p, &v)?;
         }
         if let Some(p) = &self.opts.sarif {
@@ -1589,6 +1609,9 @@ impl Job {
             );
             if self.opts.inherit_check {
                 super::inherit::add_to_sarif(&mut v, &self.crossings);
+            }
+            if self.opts.leak_mode != LeakMode::Off {
+                super::pertest::add_to_sarif(&mut v, &self.test_leaks);
             }
             write(p, &v)?;
         }

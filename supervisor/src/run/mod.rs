@@ -24,6 +24,7 @@ pub mod job;
 mod leakcheck;
 pub mod leaks;
 pub mod output;
+pub mod pertest;
 mod privilege;
 pub mod publish;
 mod quarantine;
