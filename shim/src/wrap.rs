@@ -151,6 +151,27 @@ macro_rules! use_call {
     };
     (@issue cancel, $nr:expr, $a:expr) => { sc_cancel($nr, $a) };
     (@issue plain, $nr:expr, $a:expr) => { sc($nr, $a) };
+    (@issue ioctl, $nr:expr, $a:expr) => { issue_ioctl($a) };
+}
+
+/// `ioctl(FIONCLEX)` makes the handle inheritable on purpose (CPython's
+/// `os.set_inheritable`): under `--inherit-check` it carries
+/// `marker::INHERIT` so that the supervisor learns it
+/// (handles_model::inherit).
+///
+/// # Safety
+/// As for [`sc`]: the program's call.
+unsafe fn issue_ioctl(a: [u64; 6]) -> i64 {
+    if a[1] == libc::FIONCLEX as u64
+        && sys::MARK_INHERIT.load(core::sync::atomic::Ordering::Relaxed)
+    {
+        // SAFETY: the program's call; the marker fills a register ioctl
+        // does not read.
+        unsafe { sys::marked(libc::SYS_ioctl, a, table::marker::INHERIT) }
+    } else {
+        // SAFETY: the program's call.
+        unsafe { sc(libc::SYS_ioctl, a) }
+    }
 }
 
 use libc::{
@@ -178,7 +199,7 @@ use_call!(fstatfs, SYS_fstatfs, plain, (fd: c_int, buf: *mut libc::statfs) -> c_
 use_call!(fstatfs64, SYS_fstatfs, plain, (fd: c_int, buf: *mut libc::statfs) -> c_int, [fd]);
 use_call!(lseek, SYS_lseek, plain, (fd: c_int, off: i64, whence: c_int) -> i64, [fd]);
 use_call!(lseek64, SYS_lseek, plain, (fd: c_int, off: i64, whence: c_int) -> i64, [fd]);
-use_call!(ioctl, SYS_ioctl, plain, (fd: c_int, req: libc::c_ulong, arg: libc::c_ulong) -> c_int, [fd]);
+use_call!(ioctl, SYS_ioctl, ioctl, (fd: c_int, req: libc::c_ulong, arg: libc::c_ulong) -> c_int, [fd]);
 use_call!(ftruncate, SYS_ftruncate, plain, (fd: c_int, len: i64) -> c_int, [fd]);
 use_call!(ftruncate64, SYS_ftruncate, plain, (fd: c_int, len: i64) -> c_int, [fd]);
 use_call!(bind, SYS_bind, plain, (fd: c_int, addr: *const libc::sockaddr, len: libc::socklen_t) -> c_int, [fd]);
