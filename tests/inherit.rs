@@ -88,11 +88,9 @@ fn a_listening_socket_and_a_log_file_cross_into_the_child_and_are_reported_in_ev
             err.contains(&format!("execs {truth}: 2 handles cross implicitly")),
             "{what}"
         );
-        let socket_at = format!("in listen_socket at ");
         assert!(
-            err.lines()
-                .any(|l| l.contains(&socket_at)
-                    && l.contains(&format!("inherit_leak.c:{socket_line} "))),
+            err.lines().any(|l| l.contains("in listen_socket at ")
+                && l.contains(&format!("inherit_leak.c:{socket_line} "))),
             "socket's creation line: {what}"
         );
         assert!(

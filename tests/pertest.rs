@@ -104,16 +104,9 @@ fn only_the_leaky_tests_are_named_at_their_python_lines_in_every_mode() {
         let file = src.display().to_string();
         let file_line = line_of(&src, "fd = os.open(tmp_path / \"leak.txt\"");
         let socket_line = line_of(&src, "s = socket.socket()");
-        let out = pytest(
-            &dir,
-            &[mode, "--leak-check"]
-                .map(str::trim)
-                .iter()
-                .copied()
-                .filter(|a| !a.is_empty())
-                .collect::<Vec<_>>(),
-            &["test_sample.py"],
-        );
+        let mut args = vec!["--leak-check"];
+        args.extend(mode.split_whitespace());
+        let out = pytest(&dir, &args, &["test_sample.py"]);
         let err = stderr_of(&out);
         let what = format!("mode {mode:?}:\n{}\n{err}", stdout_of(&out));
         assert_eq!(out.status.code(), Some(0), "{what}");

@@ -162,9 +162,7 @@ macro_rules! use_call {
 /// # Safety
 /// As for [`sc`]: the program's call.
 unsafe fn issue_ioctl(a: [u64; 6]) -> i64 {
-    if a[1] == libc::FIONCLEX as u64
-        && sys::MARK_INHERIT.load(core::sync::atomic::Ordering::Relaxed)
-    {
+    if a[1] == libc::FIONCLEX && sys::MARK_INHERIT.load(core::sync::atomic::Ordering::Relaxed) {
         // SAFETY: the program's call; the marker fills a register ioctl
         // does not read.
         unsafe { sys::marked(libc::SYS_ioctl, a, table::marker::INHERIT) }

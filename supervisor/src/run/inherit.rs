@@ -54,6 +54,9 @@ impl Crossings {
     }
 }
 
+/// Handles that crossed, by (creating process, creation stack).
+type Group = (Option<Stack>, Vec<CrossedHandle>);
+
 /// A record of one fd number, as `rule::judge` and the report want it.
 struct Known {
     record: Record,
@@ -282,10 +285,7 @@ impl Job {
         })
         .read_task(tgid, tid)
         .ok();
-        let mut map: std::collections::BTreeMap<
-            (i32, Vec<u64>),
-            (Option<Stack>, Vec<CrossedHandle>),
-        > = Default::default();
+        let mut map: std::collections::BTreeMap<(i32, Vec<u64>), Group> = Default::default();
         for (fd, k, creator) in found {
             let Some(h) = snapshot
                 .as_ref()
