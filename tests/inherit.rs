@@ -119,6 +119,8 @@ fn a_listening_socket_and_a_log_file_cross_into_the_child_and_are_reported_in_ev
             "{what}"
         );
 
+        validate_json_schema(&report, &repo_root().join("docs/report.schema.json"))
+            .unwrap_or_else(|e| panic!("report invalid: {e}"));
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&report).expect("report written"))
                 .expect("report is JSON");
@@ -299,4 +301,37 @@ with open("out.txt", "w") as f:
     )
     .unwrap();
     no_report("python3", &dir, &["python3", script.to_str().unwrap()]);
+}
+
+#[test]
+fn a_handle_the_execing_image_made_itself_is_reported_at_its_line() {
+    let prog = fixture("inherit_direct");
+    let prog = prog.to_str().expect("utf-8 path");
+    let truth = true_path();
+    let line = line_of("inherit_direct.c", "/* crosses */");
+    let dir = scratch("direct");
+    for mode in MODES {
+        let out = run(mode, &["--error-exitcode=23"], &dir, &[prog, &truth]);
+        let err = stderr_of(&out);
+        let what = format!("mode {mode:?}:\n{err}");
+        assert_eq!(out.status.code(), Some(23), "{what}");
+        assert!(
+            err.contains(&format!(
+                "(inherit_direct) execs {truth}: 1 handle crosses implicitly"
+            )),
+            "{what}"
+        );
+        assert!(
+            err.lines()
+                .any(|l| l.contains("in main at ")
+                    && l.contains(&format!("inherit_direct.c:{line} "))),
+            "{what}"
+        );
+        assert!(
+            err.lines().any(|l| l.contains(" fd 3 file ")
+                && l.contains("/etc/hostname")
+                && l.ends_with(&format!("crossed into {truth}"))),
+            "{what}"
+        );
+    }
 }

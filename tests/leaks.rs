@@ -380,21 +380,6 @@ fn gen_suppressions_prints_rules_that_then_suppress() {
     );
 }
 
-fn python_validate(doc: &Path, schema: &Path) -> Result<(), String> {
-    let script = "import json,sys,jsonschema\njsonschema.validate(json.load(open(sys.argv[1])), json.load(open(sys.argv[2])))\n";
-    let o = Command::new("python3")
-        .args(["-c", script])
-        .arg(doc)
-        .arg(schema)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if o.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&o.stderr).into_owned())
-    }
-}
-
 /// The SARIF 2.1.0 schema: HANDLES_SARIF_SCHEMA, or the copy .ci/run puts
 /// in target/, or one fetched from the npm registry (the schema ships in
 /// @microsoft/jest-sarif).
@@ -437,7 +422,7 @@ fn json_report_and_sarif_validate_against_their_schemas() {
     );
     assert_eq!(o.status.code(), Some(0), "{}", stderr_of(&o));
     let schema = common::repo_root().join("docs/report.schema.json");
-    python_validate(&json, &schema).unwrap_or_else(|e| panic!("report invalid: {e}"));
+    common::validate_json_schema(&json, &schema).unwrap_or_else(|e| panic!("report invalid: {e}"));
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("read")).expect("json");
     assert_eq!(v["summary"]["leaked_handles"], 1);
@@ -466,7 +451,7 @@ fn json_report_and_sarif_validate_against_their_schemas() {
     );
     assert_eq!(region["region"]["startLine"], line_of("file"));
     match sarif_schema() {
-        Some(schema) => python_validate(&sarif, &schema).unwrap_or_else(|e| panic!("SARIF invalid: {e}")),
+        Some(schema) => common::validate_json_schema(&sarif, &schema).unwrap_or_else(|e| panic!("SARIF invalid: {e}")),
         None => panic!("no SARIF 2.1.0 schema: set HANDLES_SARIF_SCHEMA or let npm fetch @microsoft/jest-sarif"),
     }
 }
@@ -485,7 +470,7 @@ fn exceptions_go_into_the_report_too() {
         .output()
         .expect("run");
     assert_eq!(o.status.code(), Some(133), "{}", stderr_of(&o));
-    python_validate(&json, &common::repo_root().join("docs/report.schema.json"))
+    common::validate_json_schema(&json, &common::repo_root().join("docs/report.schema.json"))
         .unwrap_or_else(|e| panic!("{e}"));
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("read")).expect("json");

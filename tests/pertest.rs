@@ -203,6 +203,8 @@ fn json_and_sarif_carry_the_test_id() {
         &["test_sample.py"],
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    validate_json_schema(&report, &repo_root().join("docs/report.schema.json"))
+        .unwrap_or_else(|e| panic!("report invalid: {e}"));
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("JSON");
     let tests: Vec<&str> = v["test_leaks"]

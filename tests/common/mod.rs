@@ -182,3 +182,20 @@ pub fn skip(test: &str, why: &str) {
     }
     eprintln!("SKIPPED {test}: {why}");
 }
+
+/// Validates the JSON document `doc` against the JSON Schema `schema`
+/// with python's jsonschema (`.ci/run` installs it).
+pub fn validate_json_schema(doc: &Path, schema: &Path) -> Result<(), String> {
+    let script = "import json,sys,jsonschema\njsonschema.validate(json.load(open(sys.argv[1])), json.load(open(sys.argv[2])))\n";
+    let o = Command::new("python3")
+        .args(["-c", script])
+        .arg(doc)
+        .arg(schema)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+}

@@ -272,6 +272,15 @@ impl Job {
                         .map(|(fd, d, _)| (fd, d.value.generation))
                         .collect();
                 }
+                if self.opts.inherit_check {
+                    // The inherit check reads this image's records at its
+                    // exec, when the table's fd and the image's modules
+                    // are gone from /proc: mapped and listed now.
+                    let _ = shim.table();
+                    if p.maps.is_none() {
+                        p.maps = ModuleMap::read(tgid).ok();
+                    }
+                }
                 p.shim = Some(shim);
                 p.strict
             }

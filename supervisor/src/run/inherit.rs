@@ -312,7 +312,12 @@ impl Job {
         let mut text = String::new();
         let mut rules = String::new();
         let mut groups = Vec::new();
+        // The exec'ing image's modules are gone; its cached map (if a
+        // report read one) is the only way to name its frames. /proc now
+        // shows the new image: reading it would name the wrong code.
+        let old_maps = self.procs.get(&tgid).is_some_and(|p| p.maps.is_some());
         for ((creator, _), (stack, handles)) in map {
+            let stack = stack.filter(|_| creator != tgid || old_maps);
             let frames = self.symbolize(creator, stack.as_ref());
             let mut kept = Vec::new();
             for c in handles {
