@@ -280,8 +280,23 @@ fn a_c_runner_marks_its_tests_through_handles_checkpoint_in_every_mode() {
         );
         assert!(!err.contains("test suite::clean"), "{what}");
     }
-    // Without a supervisor nothing answers: the call fails, the runner
-    // goes on.
+    // Without leak checks, or without a supervisor, nothing answers: the
+    // call fails, the runner goes on, nothing is reported.
+    for mode in MODES {
+        let out = Command::new(handles())
+            .arg("run")
+            .args(mode.split_whitespace())
+            .args(["--error-exitcode=23", "--"])
+            .arg(&prog)
+            .output()
+            .expect("run handles");
+        assert_eq!(out.status.code(), Some(0), "{mode:?}: {}", stderr_of(&out));
+        assert!(
+            stdout_of(&out).contains("checkpoint answered -1"),
+            "{mode:?}"
+        );
+        assert!(!stderr_of(&out).contains("handles: ===="), "{mode:?}");
+    }
     let out = Command::new(&prog).output().expect("run natively");
     assert!(
         stdout_of(&out).contains("checkpoint answered -1"),
