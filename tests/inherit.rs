@@ -203,6 +203,47 @@ fn the_status_is_the_programs_without_error_exitcode_and_a_rule_suppresses() {
 }
 
 #[test]
+fn gen_suppressions_rules_silence_exactly_the_crossings_they_were_made_for() {
+    let prog = fixture("inherit_leak");
+    let prog = prog.to_str().expect("utf-8 path");
+    let truth = true_path();
+    let dir = scratch("gen");
+    let log = dir.join("server.log");
+    let out = run(
+        "",
+        &["--gen-suppressions"],
+        &dir,
+        &[prog, log.to_str().unwrap(), &truth],
+    );
+    let rules: String = stderr_of(&out)
+        .lines()
+        .filter(|l| !l.starts_with("handles: "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(rules.matches("report = inherit").count(), 2, "{rules}");
+    let file = dir.join("gen.supp");
+    std::fs::write(&file, &rules).unwrap();
+    for mode in MODES {
+        let out = run(
+            mode,
+            &[
+                "--error-exitcode=23",
+                "--suppressions",
+                file.to_str().unwrap(),
+            ],
+            &dir,
+            &[prog, log.to_str().unwrap(), &truth],
+        );
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(0), "{mode:?}: {err}\n{rules}");
+        assert!(
+            err.contains("INHERIT SUMMARY: 0 handles crossed 0 execs implicitly (2 suppressed)"),
+            "{mode:?}: {err}"
+        );
+    }
+}
+
+#[test]
 fn the_shim_alone_cannot_decide_and_says_so() {
     let out = run_handles(["run", "--no-ptrace", "--inherit-check", "--", "true"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
