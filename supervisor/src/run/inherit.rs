@@ -316,6 +316,16 @@ impl Job {
         // report read one) is the only way to name its frames. /proc now
         // shows the new image: reading it would name the wrong code.
         let old_maps = self.procs.get(&tgid).is_some_and(|p| p.maps.is_some());
+        // A live parent's cached map may predate its libraries (read at a
+        // stop of the dynamic loader's): read afresh, once per report.
+        let creators: HashSet<i32> = map.keys().map(|k| k.0).filter(|&c| c != tgid).collect();
+        for c in creators {
+            if let Some(p) = self.procs.get_mut(&c) {
+                if let Ok(fresh) = ModuleMap::read(c) {
+                    p.maps = Some(fresh);
+                }
+            }
+        }
         for ((creator, _), (stack, handles)) in map {
             let stack = stack.filter(|_| creator != tgid || old_maps);
             let frames = self.symbolize(creator, stack.as_ref());
