@@ -12,23 +12,28 @@ name)`, which the supervisor answers. Anywhere else the kernel fails it
 with EBADF and nothing happens. Returns True when a supervisor took it.
 """
 
-import ctypes
-
 _SYS_FCNTL = 72  # x86_64
 _CHECKPOINT_CMD = int.from_bytes(b"HCKP", "little")
 
-_libc = ctypes.CDLL(None, use_errno=True)
 try:
-    _shim = _libc.handles_checkpoint
-    _shim.argtypes = [ctypes.c_char_p]
-    _shim.restype = ctypes.c_int
-except AttributeError:
-    _shim = None
-_syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
+    import ctypes
+
+    _libc = ctypes.CDLL(None, use_errno=True)
+    try:
+        _shim = _libc.handles_checkpoint
+        _shim.argtypes = [ctypes.c_char_p]
+        _shim.restype = ctypes.c_int
+    except AttributeError:
+        _shim = None
+    _syscall = _libc.syscall
+    _syscall.restype = ctypes.c_long
+except Exception:  # no ctypes (a minimal build): boundaries cannot be marked
+    ctypes = None
 
 
 def checkpoint(name):
+    if ctypes is None:
+        return False
     arg = None if name is None else name.encode("utf-8", "surrogateescape")
     if _shim is not None:
         return _shim(arg) == 0
