@@ -275,6 +275,20 @@ fn shell_redirections_and_pipelines_pass_handles_on_purpose() {
                   ls -l /proc/self/fd 5</etc/hostname >/dev/null; \
                   (cat /etc/hostname 6>&3 | tr a-z A-Z >&3); exec 3>&-; cat out3 >/dev/null";
     no_report("bash", &dir, &["bash", "-c", script]);
+    // A script run by its path (its process is named after the script,
+    // not the shell) that execs its last command with a redirection open.
+    let by_path = dir.join("build.sh");
+    std::fs::write(
+        &by_path,
+        "#!/bin/bash\nexec 3>out3\necho built >&3\nexec ls -l /proc/self/fd >/dev/null\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &by_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    no_report("a bash script by path", &dir, &[by_path.to_str().unwrap()]);
     if Command::new("dash").arg("-c").arg("true").output().is_ok() {
         no_report("dash", &dir, &["dash", "-c", script]);
     } else {

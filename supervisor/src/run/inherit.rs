@@ -93,7 +93,7 @@ fn cloexec(pid: i32, fd: i32) -> Option<bool> {
     Some(flags & libc::O_CLOEXEC as u32 != 0)
 }
 
-fn image_is_shell(pid: i32) -> bool {
+pub(super) fn image_is_shell(pid: i32) -> bool {
     std::fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
         .and_then(|e| {

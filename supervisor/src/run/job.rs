@@ -1082,7 +1082,7 @@ impl Job {
             Rc::new(RefCell::new(copy))
         };
         if !thread {
-            let (name, policy, strict, awaiting_shim, loading, inheritable) =
+            let (name, policy, strict, awaiting_shim, loading, inheritable, shell) =
                 match self.procs.get(&ptgid) {
                     // The child's shim makes it a table at its first write.
                     Some(p) => (
@@ -1092,6 +1092,8 @@ impl Job {
                         p.shim.is_some() || p.awaiting_shim,
                         p.loading,
                         p.inheritable.clone(),
+                        // A forked child runs its parent's image.
+                        p.shell,
                     ),
                     None => (
                         comm(child),
@@ -1100,6 +1102,7 @@ impl Job {
                         false,
                         false,
                         HashSet::new(),
+                        None,
                     ),
                 };
             // A forked child carries its parent's name until it execs.
@@ -1126,7 +1129,7 @@ impl Job {
                     loading,
                     strict,
                     fd_dir: None,
-                    shell: None,
+                    shell,
                     loader: (0, None),
                     exec_unverified: false,
                     inherited_at_fork: Vec::new(),
@@ -1274,7 +1277,12 @@ impl Job {
         if let Some(p) = self.procs.get_mut(&tgid) {
             p.awaiting_shim = awaiting_shim;
             p.loading = awaiting_shim;
-            p.shell = None;
+            // The inherit check asks at the image's own exec, when
+            // /proc/PID/exe already names the next one: read now.
+            p.shell = self
+                .opts
+                .inherit_check
+                .then(|| super::inherit::image_is_shell(tgid));
             p.loader = (
                 info.as_ref()
                     .and_then(|i| i.auxv(libc::AT_BASE))
