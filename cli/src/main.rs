@@ -9,6 +9,7 @@ mod args;
 mod exit;
 mod filter;
 mod graph;
+mod pytest;
 mod render;
 mod run;
 mod shim;

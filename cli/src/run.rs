@@ -217,7 +217,20 @@ pub fn run(a: &RunArgs) -> u8 {
         strict: a.strict,
         always_summarize: a.error_exitcode.is_some()
             || matches!(a.on_exception, OnExceptionArg::Continue)
-            || !matches!(a.leak_check, None | Some(LeakCheckArg::No)),
+            || !matches!(a.leak_check, None | Some(LeakCheckArg::No))
+            || a.inherit_check,
+        inherit_check: a.inherit_check,
+        env: if matches!(a.leak_check, None | Some(LeakCheckArg::No)) {
+            Vec::new()
+        } else {
+            match crate::pytest::install() {
+                Ok(dir) => crate::pytest::environment(&dir),
+                Err(e) => {
+                    eprintln!("handles: no per-test leak reports for pytest: {e:#}");
+                    Vec::new()
+                }
+            }
+        },
     };
     // Unless --wait-all, this process (the one the shell waits on) only
     // waits for the program's status, and a child of it supervises the job
@@ -247,7 +260,11 @@ pub fn run(a: &RunArgs) -> u8 {
         // The wait for a process stopped for a debugger was cut short: the
         // status says so, as a shell's for a command the signal ended.
         (Some(sig), _) => (128 + sig).clamp(0, 255) as u8,
-        (None, Some(code)) if outcome.exceptions > 0 || outcome.leaks > 0 => code,
+        (None, Some(code))
+            if outcome.exceptions > 0 || outcome.leaks > 0 || outcome.crossings > 0 =>
+        {
+            code
+        }
         _ => outcome.exit.shell_status().clamp(0, 255) as u8,
     };
     let result = Job::run_with(opts, &mut |outcome| {

@@ -21,6 +21,7 @@
 
 pub mod fdpath;
 pub mod handle;
+pub mod inherit;
 pub mod judge;
 pub mod objtype;
 pub mod policy;

@@ -76,6 +76,9 @@ pub mod env {
     /// [`ON`]: the job stops every creating call, so the shim marks its
     /// own with `marker::OWN`.
     pub const MARK_OWN: Var = Var(c"HANDLES_MARK_OWN");
+    /// [`ON`]: `--inherit-check`; the shim marks the calls that make a
+    /// handle inheritable on purpose (`marker::INHERIT`).
+    pub const INHERIT: Var = Var(c"HANDLES_INHERIT");
     /// How many closed fd numbers the shim quarantines.
     pub const QUARANTINE: Var = Var(c"HANDLES_QUARANTINE");
     /// Frames recorded per creation and close stack.
@@ -105,12 +108,13 @@ pub mod env {
     pub const SUMMARY: Var = Var(c"HANDLES_SUMMARY");
 
     /// Every variable above.
-    pub const ALL: [Var; 14] = [
+    pub const ALL: [Var; 15] = [
         POLICY,
         JOB,
         COOKIE,
         ANNOUNCE,
         MARK_OWN,
+        INHERIT,
         QUARANTINE,
         STACK_DEPTH,
         STACKS,

@@ -92,6 +92,13 @@ pub mod marker {
     /// `Verdict::Release`): a tombstone the supervisor put there is no
     /// longer one. Sent before the shim closes it.
     pub const RELEASE: u32 = u32::from_le_bytes(*b"RLSE");
+    /// `fcntl(fd, F_SETFD, flags)` with FD_CLOEXEC clear: the program
+    /// makes `fd` inheritable on purpose (`--inherit-check`, see
+    /// `inherit`). The supervisor remembers it and lets the call run.
+    pub const INHERIT: u32 = u32::from_le_bytes(*b"INHR");
+    /// `fcntl(-1, CHECKPOINT_CMD, name)`: `handles_checkpoint(name)`, a
+    /// test boundary (docs/per-test.md). Answered by the supervisor.
+    pub const CHECKPOINT: u32 = u32::from_le_bytes(*b"CKPT");
 
     /// The register value that carries `tag` for a job with `cookie`.
     pub const fn make(cookie: u64, tag: u32) -> u64 {
@@ -107,6 +114,14 @@ pub mod marker {
         }
     }
 }
+
+/// The fcntl command no kernel knows that carries a test boundary:
+/// `fcntl(-1, CHECKPOINT_CMD, name)` (a NUL-terminated name, or 0 for
+/// "the current test ended"). The shim's `handles_checkpoint` issues it
+/// marked; without the shim, anything that can make a raw syscall can
+/// (every fd syscall stops at the supervisor then). fd -1 keeps it
+/// harmless where nothing answers: the kernel fails it with EBADF.
+pub const CHECKPOINT_CMD: u32 = u32::from_le_bytes(*b"HCKP");
 
 /// Who writes the table.
 pub mod writer {

@@ -87,6 +87,7 @@ macro_rules! trampoline {
 }
 
 mod cfi;
+mod checkpoint;
 mod fddir;
 #[cfg(not(test))]
 mod lookup;
@@ -254,6 +255,9 @@ extern "C" fn init() {
     }
     if env(penv::MARK_OWN.c()) == Some(penv::ON) && sys::COOKIE_ON.load(Relaxed) {
         sys::MARK_OWN.store(true, Relaxed);
+    }
+    if env(penv::INHERIT.c()) == Some(penv::ON) && sys::COOKIE_ON.load(Relaxed) {
+        sys::MARK_INHERIT.store(true, Relaxed);
     }
     if let Some(o) = env(penv::ON_EXCEPTION.c()) {
         report::set_on_exception(o);

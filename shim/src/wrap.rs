@@ -174,6 +174,25 @@ macro_rules! use_call {
     };
     (@issue cancel, $nr:expr, $a:expr) => { sc_cancel($nr, $a) };
     (@issue plain, $nr:expr, $a:expr) => { sc($nr, $a) };
+    (@issue ioctl, $nr:expr, $a:expr) => { issue_ioctl($a) };
+}
+
+/// `ioctl(FIONCLEX)` makes the handle inheritable on purpose (CPython's
+/// `os.set_inheritable`): under `--inherit-check` it carries
+/// `marker::INHERIT` so that the supervisor learns it
+/// (handles_model::inherit).
+///
+/// # Safety
+/// As for [`sc`]: the program's call.
+unsafe fn issue_ioctl(a: [u64; 6]) -> i64 {
+    if a[1] == libc::FIONCLEX && sys::MARK_INHERIT.load(core::sync::atomic::Ordering::Relaxed) {
+        // SAFETY: the program's call; the marker fills a register ioctl
+        // does not read.
+        unsafe { sys::marked(libc::SYS_ioctl, a, table::marker::INHERIT) }
+    } else {
+        // SAFETY: the program's call.
+        unsafe { sc(libc::SYS_ioctl, a) }
+    }
 }
 
 use libc::{
@@ -201,7 +220,7 @@ use_call!(fstatfs, SYS_fstatfs, plain, (fd: c_int, buf: *mut libc::statfs) -> c_
 use_call!(fstatfs64, SYS_fstatfs, plain, (fd: c_int, buf: *mut libc::statfs) -> c_int);
 use_call!(lseek, SYS_lseek, plain, (fd: c_int, off: i64, whence: c_int) -> i64);
 use_call!(lseek64, SYS_lseek, plain, (fd: c_int, off: i64, whence: c_int) -> i64);
-use_call!(ioctl, SYS_ioctl, plain, (fd: c_int, req: libc::c_ulong, arg: libc::c_ulong) -> c_int);
+use_call!(ioctl, SYS_ioctl, ioctl, (fd: c_int, req: libc::c_ulong, arg: libc::c_ulong) -> c_int);
 use_call!(ftruncate, SYS_ftruncate, plain, (fd: c_int, len: i64) -> c_int);
 use_call!(ftruncate64, SYS_ftruncate, plain, (fd: c_int, len: i64) -> c_int);
 use_call!(bind, SYS_bind, plain, (fd: c_int, addr: *const libc::sockaddr, len: libc::socklen_t) -> c_int);
@@ -881,6 +900,17 @@ unsafe extern "C-unwind" fn fcntl_impl(
             // quarantined number answers as a closed one.
             if let Some(r) = check(fd, Op::Question, libc::SYS_fcntl, a, frame) {
                 return r as c_int;
+            }
+            if cmd == libc::F_SETFD
+                && arg & libc::FD_CLOEXEC as libc::c_ulong == 0
+                && sys::MARK_INHERIT.load(core::sync::atomic::Ordering::Relaxed)
+            {
+                // Made inheritable on purpose: the supervisor's inherit
+                // check must know (handles_model::inherit).
+                // SAFETY: the program's call; the marker fills a register
+                // fcntl does not read.
+                return ret(unsafe { sys::marked(libc::SYS_fcntl, a, table::marker::INHERIT) })
+                    as c_int;
             }
             // SAFETY: the program's call.
             ret(unsafe { sc(libc::SYS_fcntl, a) }) as c_int

@@ -277,6 +277,15 @@ impl Job {
                         .map(|(fd, d, _)| (fd, d.value.generation))
                         .collect();
                 }
+                if self.opts.inherit_check {
+                    // The inherit check reads this image's records at its
+                    // exec, when the table's fd and the image's modules
+                    // are gone from /proc: mapped and listed now.
+                    let _ = shim.table();
+                    if p.maps.is_none() {
+                        p.maps = ModuleMap::read(tgid).ok();
+                    }
+                }
                 p.shim = Some(shim);
                 p.strict
             }
@@ -405,6 +414,20 @@ impl Job {
             return;
         };
         let a = tracer::args(&regs);
+        if nr == libc::SYS_fcntl
+            && a[0] as i32 == -1
+            && a[1] as u32 == handles_model::table::CHECKPOINT_CMD
+        {
+            if self.opts.leak_mode != LeakMode::Off {
+                self.on_checkpoint(tid, tgid, regs, a[2]);
+            } else {
+                // Nothing counts leaks: the call fails as natively (EBADF),
+                // never judged (marked, it would pass for a bad call the
+                // shim hands over).
+                self.resume(tid, None);
+            }
+            return;
+        }
         if self.shim_injected && shimtable::is_announcement(nr, &a, self.cookie) {
             self.on_announce(tid, tgid, a[0] as i32);
             self.resume(tid, None);
@@ -419,6 +442,14 @@ impl Job {
         // exception: it is acted on here, not judged again.
         let marked = tag.is_some();
         self.sync_shim(tid, tgid);
+        if self.opts.inherit_check {
+            self.note_inheritable(tgid, nr, &a);
+            if tag == Some(handles_model::table::marker::INHERIT) {
+                // Only news for the inherit check: the call runs as is.
+                self.resume(tid, None);
+                return;
+            }
+        }
         if tag == Some(handles_model::table::marker::OWN) {
             // The shim's own bookkeeping (its table, its tombstone source,
             // a quarantine's dup3), stopped only because a new-* entry or

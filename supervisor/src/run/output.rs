@@ -141,14 +141,14 @@ fn sarif_frame(f: &Frame) -> Value {
     frame
 }
 
-fn sarif_stack(title: &str, frames: &[Frame]) -> Value {
+pub(super) fn sarif_stack(title: &str, frames: &[Frame]) -> Value {
     json!({
         "message": { "text": title },
         "frames": frames.iter().map(sarif_frame).collect::<Vec<_>>(),
     })
 }
 
-fn with_location(mut result: Value, frames: &[Frame]) -> Value {
+pub(super) fn with_location(mut result: Value, frames: &[Frame]) -> Value {
     if let Some(loc) = primary_location(frames) {
         result["locations"] = json!([loc]);
     }
