@@ -229,7 +229,7 @@ fn json_and_sarif_carry_the_test_id() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|f| f["python"] == true
+            .any(|f| f["kind"] == "python"
                 && f["function"] == "test_leaky_file"
                 && f["line"] == file_line),
         "{first:#}"
