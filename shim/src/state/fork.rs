@@ -120,11 +120,16 @@ pub(super) fn mirror(fd: i32, s: &Slot, l: &Locked) {
     m.store(&ml, s.load(l));
     if dirty != 0 {
         let (dst, src) = (stacks_at(base, cap, fd), stacks_at(pb, cap, fd));
+        let (py_dst, py_src) = (py_at(base, cap, fd), py_at(pb, cap, fd));
         if dirty & DIRTY_CREATED != 0 {
-            // A new handle: creation stack, (empty) close stack and name.
+            // A new handle: creation stack, (empty) close stack and name,
+            // its Python records, and the handle it replaced.
             dst.copy_from(&ml, src);
+            py_dst.copy_from(&ml, py_src);
+            earlier_at(base, cap, fd).copy_from(&ml, earlier_at(pb, cap, fd));
         } else {
             dst.set_closed(&ml, src.closed_stack().frames());
+            py_dst.copy_closed_from(&ml, py_src);
         }
     }
     m.unlock(ml);
@@ -269,6 +274,8 @@ fn enable_mirror() -> bool {
             let ml = m.steal_lock();
             m.store(&ml, v);
             stacks_at(base, cap, i).copy_from(&ml, stacks_at(pb, cap, i));
+            py_at(base, cap, i).copy_from(&ml, py_at(pb, cap, i));
+            earlier_at(base, cap, i).copy_from(&ml, earlier_at(pb, cap, i));
             m.unlock(ml);
         }
         s.unlock(l);
@@ -423,8 +430,14 @@ fn make_own_table() {
             },
         );
         stacks_at(pb, cap, i).copy_from(&l, stacks_at(src, cap, i));
+        py_at(pb, cap, i).copy_from(&l, py_at(src, cap, i));
+        earlier_at(pb, cap, i).copy_from(&l, earlier_at(src, cap, i));
         p.unlock(l);
     }
+    // The code objects the inherited Python records name: the parent's
+    // registry (the snapshot has none of its own).
+    let named = if stale.is_null() { src } else { stale };
+    codes_at(pb, cap).copy_from(&codes_at(named, cap));
     header(pb).init(cap, pid as u32, mixer, table::writer::SHIM);
     MIXER.store(mixer, Relaxed);
     PUB.store(pb, Release);

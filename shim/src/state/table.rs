@@ -52,12 +52,17 @@ pub fn py_stacks(fd: i32) -> Option<&'static table::PyStacks> {
     if (fd as u32) >= cap || pb.is_null() {
         return None;
     }
+    Some(py_at(pb, cap, fd))
+}
+
+/// The Python records of `fd` in the table mapped at `base`.
+pub(super) fn py_at(base: *mut u8, cap: u32, fd: i32) -> &'static table::PyStacks {
     // SAFETY: as slot_at; the Python area follows the stack records, and
     // the table is mapped table_size(cap) bytes long.
-    Some(unsafe {
-        &*(pb.add(table::py_offset(cap) + fd as usize * table::PY_STACKS_SIZE)
+    unsafe {
+        &*(base.add(table::py_offset(cap) + fd as usize * table::PY_STACKS_SIZE)
             as *const table::PyStacks)
-    })
+    }
 }
 
 /// The earlier-handle record of `fd` in the published table.
@@ -67,12 +72,17 @@ pub fn earlier(fd: i32) -> Option<&'static table::Earlier> {
     if (fd as u32) >= cap || pb.is_null() {
         return None;
     }
+    Some(earlier_at(pb, cap, fd))
+}
+
+/// The earlier-handle record of `fd` in the table mapped at `base`.
+pub(super) fn earlier_at(base: *mut u8, cap: u32, fd: i32) -> &'static table::Earlier {
     // SAFETY: as slot_at; the earlier-handle area ends the table, which
     // is mapped table_size(cap) bytes long; its offset is a multiple of 8.
-    Some(unsafe {
-        &*(pb.add(table::earlier_offset(cap) + fd as usize * table::EARLIER_SIZE)
+    unsafe {
+        &*(base.add(table::earlier_offset(cap) + fd as usize * table::EARLIER_SIZE)
             as *const table::Earlier)
-    })
+    }
 }
 
 /// The code registry of the published table.
@@ -82,15 +92,20 @@ pub fn codes() -> Option<table::CodeRegistry<'static>> {
     if pb.is_null() {
         return None;
     }
-    // SAFETY: the table is mapped table_size(cap) bytes long and ends with
-    // the registry; its offset is a multiple of 8; all atomics.
+    Some(codes_at(pb, cap))
+}
+
+/// The code registry of the table mapped at `base`.
+pub(super) fn codes_at(base: *mut u8, cap: u32) -> table::CodeRegistry<'static> {
+    // SAFETY: the table is mapped table_size(cap) bytes long and holds
+    // the registry at codes_offset(cap), a multiple of 8; all atomics.
     let entries = unsafe {
         core::slice::from_raw_parts(
-            pb.add(table::codes_offset(cap)) as *const table::CodeEntry,
+            base.add(table::codes_offset(cap)) as *const table::CodeEntry,
             table::CODE_SLOTS,
         )
     };
-    Some(table::CodeRegistry { entries })
+    table::CodeRegistry { entries }
 }
 
 /// The slot's state, one relaxed load: the wrappers' fast path.
