@@ -1001,14 +1001,7 @@ impl Job {
                 kind: kind.name(),
                 ty: closed_info.as_ref().map_or("", |c| c.facts.ty),
                 path: closed_info.as_ref().map_or("", |c| c.facts.target.as_str()),
-                frames: backtrace
-                    .iter()
-                    .map(|f| FrameRef {
-                        function: f.function.as_deref(),
-                        module: f.module.as_deref(),
-                        file: f.file.as_deref(),
-                    })
-                    .collect(),
+                frames: FrameRef::all(&backtrace),
             };
             self.opts.suppressions.matching(&event).is_some()
         };

@@ -360,14 +360,7 @@ impl Job {
                     kind: "implicit-crossing",
                     ty: &c.ty,
                     path: &c.description,
-                    frames: frames
-                        .iter()
-                        .map(|f| FrameRef {
-                            function: f.function.as_deref(),
-                            module: f.module.as_deref(),
-                            file: f.file.as_deref(),
-                        })
-                        .collect(),
+                    frames: FrameRef::all(&frames),
                 };
                 let facts = Facts {
                     fd: Some(c.fd),
@@ -486,20 +479,11 @@ pub fn add_to_json(report: &mut Value, c: &Crossings) {
 /// SARIF: one `implicit-crossing` result per group, located at its
 /// creation frame (the results the frame serializer already places).
 pub fn add_to_sarif(sarif: &mut Value, c: &Crossings) {
-    let Some(run) = sarif.get_mut("runs").and_then(|r| r.get_mut(0)) else {
-        return;
-    };
-    if let Some(rules) = run
-        .pointer_mut("/tool/driver/rules")
-        .and_then(Value::as_array_mut)
-    {
-        rules.push(json!({
-            "id": "implicit-crossing",
-            "shortDescription": { "text": "A handle that crossed an exec without O_CLOEXEC and without being passed on purpose" },
-            "defaultConfiguration": { "level": "error" },
-        }));
-    }
-    let Some(results) = run.get_mut("results").and_then(Value::as_array_mut) else {
+    let Some(results) = super::output::sarif_rule(
+        sarif,
+        "implicit-crossing",
+        "A handle that crossed an exec without O_CLOEXEC and without being passed on purpose",
+    ) else {
         return;
     };
     for g in &c.groups {
@@ -520,7 +504,11 @@ pub fn add_to_sarif(sarif: &mut Value, c: &Crossings) {
                 fds
             ) },
             "stacks": [super::output::sarif_stack("created at", &g.stack)],
-            "properties": { "pid": g.pid, "into": g.into, "fds": fds },
+            "properties": {
+                "pid": g.pid,
+                "into": g.into,
+                "handles": g.handles.iter().map(|h| crate::json::handle_value(&h.json())).collect::<Vec<_>>(),
+            },
         });
         results.push(super::output::with_location(r, &g.stack));
     }

@@ -256,14 +256,7 @@ impl Job {
                     kind: "leak",
                     ty: &l.ty,
                     path: &l.description,
-                    frames: frames
-                        .iter()
-                        .map(|f| FrameRef {
-                            function: f.function.as_deref(),
-                            module: f.module.as_deref(),
-                            file: f.file.as_deref(),
-                        })
-                        .collect(),
+                    frames: FrameRef::all(&frames),
                 };
                 let facts = Facts {
                     fd: Some(l.fd),

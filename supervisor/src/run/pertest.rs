@@ -185,20 +185,11 @@ pub fn add_to_json(report: &mut Value, t: &[TestLeaks]) {
 
 /// SARIF: one `test-leak` result per group, carrying the test's id.
 pub fn add_to_sarif(sarif: &mut Value, t: &[TestLeaks]) {
-    let Some(run) = sarif.get_mut("runs").and_then(|r| r.get_mut(0)) else {
-        return;
-    };
-    if let Some(rules) = run
-        .pointer_mut("/tool/driver/rules")
-        .and_then(Value::as_array_mut)
-    {
-        rules.push(json!({
-            "id": "test-leak",
-            "shortDescription": { "text": "A handle a test created and had not closed by its end" },
-            "defaultConfiguration": { "level": "error" },
-        }));
-    }
-    let Some(results) = run.get_mut("results").and_then(Value::as_array_mut) else {
+    let Some(results) = super::output::sarif_rule(
+        sarif,
+        "test-leak",
+        "A handle a test created and had not closed by its end",
+    ) else {
         return;
     };
     for l in t {
@@ -219,7 +210,11 @@ pub fn add_to_sarif(sarif: &mut Value, t: &[TestLeaks]) {
                     fds
                 ) },
                 "stacks": [super::output::sarif_stack("created at", &g.stack)],
-                "properties": { "test": l.test, "pid": l.leaks.pid, "fds": fds },
+                "properties": {
+                    "test": l.test,
+                    "pid": l.leaks.pid,
+                    "handles": g.handles.iter().map(|h| crate::json::handle_value(&h.json())).collect::<Vec<_>>(),
+                },
             });
             results.push(super::output::with_location(r, &g.stack));
         }
