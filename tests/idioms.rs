@@ -285,6 +285,20 @@ fn bash_exec_close_twice() {
 }
 
 #[test]
+fn bash_exec_onto_a_quarantined_number_then_a_pipeline_writes_to_it() {
+    // The scripts before `exec 3>` closed 3 (so it is quarantined): bash
+    // opens the file elsewhere and dup2s it onto 3, which the shim does
+    // without a stop; the pipeline's forked children must still find 3
+    // open (--strict once published the supervisor's stale tombstone
+    // into a child's table: "3: Bad file descriptor").
+    bash_idiom(
+        "bash `exec 3>file; echo a | cat | wc -l >&3`",
+        "f=$(mktemp); exec 3>/dev/null; exec 3>&-; exec 3>\"$f\"; \
+         echo a | cat | wc -l >&3; exec 3>&-; cat \"$f\"; rm -f \"$f\"",
+    );
+}
+
+#[test]
 fn bash_redirection_probe_of_an_unopened_fd() {
     // bash tries dup2(5, 1), gets EBADF and reports it on the (redirected)
     // stderr; the group's status is 1.

@@ -637,6 +637,16 @@ impl super::job::Job {
                     };
                     self.shim_update(tgid, fd, &update)
                 }
+                Want::Tomb(..) if self.shim_made_anew(tgid, fd) => {
+                    // The shim put a handle on the number since our model
+                    // took its tombstone (bash's `exec 3>file` onto a
+                    // quarantined 3, a dup2 the shim made without a stop;
+                    // a fork child's model is its parent's from before):
+                    // its table is the truth for what it did.
+                    table_rc.borrow_mut().drop_tombstone(fd);
+                    table_rc.borrow_mut().open(fd, Origin::Shim, None, tgid);
+                    None
+                }
                 Want::Tomb(generation, closed) => self.shim_update(
                     tgid,
                     fd,
@@ -652,6 +662,17 @@ impl super::job::Job {
                 table_rc.borrow_mut().set_generation(fd, g);
             }
         }
+    }
+
+    /// Whether the shim's table of `tgid` has a handle open at `fd` that
+    /// the kernel holds as a live object (not an O_PATH fd, which every
+    /// tombstone is).
+    fn shim_made_anew(&self, tgid: i32, fd: i32) -> bool {
+        matches!(self.shim_says(tgid, fd), ShimSays::Open(_))
+            && std::fs::read_to_string(format!("/proc/{tgid}/fdinfo/{fd}"))
+                .ok()
+                .and_then(|text| crate::inspect::parse::FdInfo::parse(&text).flags)
+                .is_some_and(|flags| flags & libc::O_PATH as u32 == 0)
     }
 
     pub(super) fn shim_update(&self, tgid: i32, fd: i32, u: &Update) -> Option<u32> {
