@@ -1,0 +1,145 @@
+//! Seizing every thread of a process, and the detach that gives it back.
+//!
+//! No PTRACE_O_EXITKILL: if `handles` dies (SIGKILL included) the kernel
+//! detaches its tracees and they run on, unharmed. No seccomp filter, for
+//! the same reason: nothing of the window outlives the tracer.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use nix::errno::Errno;
+use nix::sys::ptrace::{self, Options};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use super::preflight::{self, AttachError};
+use super::window::{tgid_of, Thread, Window};
+
+fn options() -> Options {
+    Options::PTRACE_O_TRACESYSGOOD
+        | Options::PTRACE_O_TRACEFORK
+        | Options::PTRACE_O_TRACEVFORK
+        | Options::PTRACE_O_TRACECLONE
+        | Options::PTRACE_O_TRACEEXEC
+}
+
+fn tasks(tgid: i32) -> Vec<i32> {
+    std::fs::read_dir(format!("/proc/{tgid}/task"))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether we already trace `tid` (a thread auto-attached through
+/// PTRACE_O_TRACECLONE before the listing reached it).
+fn traced_by_us(tid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("TracerPid:"))
+                .and_then(|v| v.trim().parse::<u32>().ok())
+        })
+        .is_some_and(|t| t == std::process::id())
+}
+
+impl Window<'_> {
+    /// Seizes every thread, listing /proc/PID/task again until a listing
+    /// brings no new one (threads created meanwhile by a thread not yet
+    /// seized), then interrupts each so that it starts stopping at
+    /// syscalls.
+    pub(super) fn seize_all(&mut self) -> Result<(), AttachError> {
+        let mut seized: HashSet<i32> = HashSet::new();
+        loop {
+            let fresh: Vec<i32> = tasks(self.tgid)
+                .into_iter()
+                .filter(|t| !seized.contains(t))
+                .collect();
+            if fresh.is_empty() {
+                break;
+            }
+            for tid in fresh {
+                match ptrace::seize(Pid::from_raw(tid), options()) {
+                    Ok(()) => {}
+                    Err(Errno::ESRCH) => continue,
+                    Err(Errno::EPERM) if !seized.is_empty() && traced_by_us(tid) => {}
+                    Err(e) => {
+                        let err = match e {
+                            Errno::EPERM if seized.is_empty() => {
+                                preflight::explain_eperm(self.tgid)
+                            }
+                            _ => AttachError::Other(format!(
+                                "PTRACE_SEIZE of thread {tid} of process {}: {e}",
+                                self.tgid
+                            )),
+                        };
+                        self.detach_all();
+                        return Err(err);
+                    }
+                }
+                seized.insert(tid);
+                self.threads
+                    .insert(tid, Thread::new(tgid_of(tid).unwrap_or(self.tgid)));
+            }
+        }
+        if seized.is_empty() {
+            return Err(AttachError::ExitedBefore(self.tgid));
+        }
+        for &tid in &seized {
+            let _ = ptrace::interrupt(Pid::from_raw(tid));
+        }
+        Ok(())
+    }
+
+    /// Detaches every thread: each is interrupted, and detached at the
+    /// first stop it reports (passing on a signal it was about to take).
+    /// Children forked meanwhile are detached at their first stop too.
+    /// Returns how many threads did not stop in time.
+    pub(super) fn detach_all(&mut self) -> usize {
+        let mut left: HashSet<i32> = self.threads.keys().copied().collect();
+        for &tid in &left {
+            let _ = ptrace::interrupt(Pid::from_raw(tid));
+        }
+        let deadline = Instant::now() + super::window::DETACH_TIMEOUT;
+        while !left.is_empty() && Instant::now() < deadline {
+            let st = match waitpid(None, Some(WaitPidFlag::__WALL)) {
+                Ok(st) => st,
+                Err(Errno::EINTR) => continue,
+                Err(_) => break,
+            };
+            match st {
+                WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _) => {
+                    left.remove(&pid.as_raw());
+                }
+                WaitStatus::PtraceEvent(pid, _, event) => {
+                    if matches!(
+                        event,
+                        libc::PTRACE_EVENT_FORK
+                            | libc::PTRACE_EVENT_VFORK
+                            | libc::PTRACE_EVENT_CLONE
+                    ) {
+                        // The new task is ours until it stops once.
+                        if let Ok(child) = ptrace::getevent(pid) {
+                            left.insert(child as i32);
+                        }
+                    }
+                    let _ = ptrace::detach(pid, None);
+                    left.remove(&pid.as_raw());
+                }
+                WaitStatus::PtraceSyscall(pid) => {
+                    let _ = ptrace::detach(pid, None);
+                    left.remove(&pid.as_raw());
+                }
+                WaitStatus::Stopped(pid, sig) => {
+                    let _ = ptrace::detach(pid, Some(sig));
+                    left.remove(&pid.as_raw());
+                }
+                _ => {}
+            }
+        }
+        self.threads.clear();
+        left.len()
+    }
+}
