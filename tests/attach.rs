@@ -68,6 +68,11 @@ fn fds(pid: i32) -> BTreeSet<i32> {
         .collect()
 }
 
+/// A window's tombstone: an O_PATH fd of `/` (the fixture opens none).
+fn is_tombstone(pid: i32, fd: i32) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).is_ok_and(|l| l == std::path::Path::new("/"))
+}
+
 fn status_field(pid: i32, field: &str) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .expect("read status")
@@ -361,11 +366,14 @@ fn detach_under_load_and_across_a_fork() {
     );
     w.wait_for("(attach_server), 18 threads;");
     cmd(&mut srv, "req 300");
-    let at_fork = fds(pid);
+    // The child's copies of the window's tombstones are released too.
+    let mut at_fork = fds(pid);
+    at_fork.retain(|&fd| !is_tombstone(pid, fd));
     let child: i32 = cmd(&mut srv, "fork")
         .iter()
         .find_map(|l| l.strip_prefix("child=")?.parse().ok())
         .expect("child pid");
+    let _reap = KillOnDrop(child);
     // Calls still flowing when the window ends.
     send(&mut srv, "busy 200000");
     let (status, stderr) = w.finish();
@@ -408,17 +416,27 @@ fn detach_under_load_and_across_a_fork() {
     assert_eq!(child_leak.len(), 1, "{stderr}");
     assert_left_alone(child, &at_fork.union(&child_leak).copied().collect());
     cmd(&mut srv, "req 1");
-    // SAFETY: kill(2) of the fixture's child, which waits in pause().
-    unsafe { libc::kill(child, libc::SIGKILL) };
+}
+
+/// The fixture's forked child waits in pause(), holding the test's
+/// stderr: it must not outlive a failed test.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of the fixture's child this test made.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
 }
 
 #[test]
 fn sigkill_of_handles_leaves_the_process_running() {
     let mut srv = server(4);
     let pid = srv.pid();
+    let before = fds(pid);
     let mut w = Window::start(&[], pid);
     w.wait_for("attached to process");
-    send(&mut srv, "req 20000");
+    send(&mut srv, "busy 20000");
     std::thread::sleep(Duration::from_millis(200));
     w.signal(libc::SIGKILL);
     let (status, _) = w.finish();
@@ -426,6 +444,11 @@ fn sigkill_of_handles_leaves_the_process_running() {
     // The burst completes: nothing was left stopped or wedged.
     until_done(&mut srv);
     let now = fds(pid);
+    // What the window could not release is tombstones: O_PATH fds of /,
+    // at most --quarantine of them and their source.
+    let left: Vec<i32> = now.difference(&before).copied().collect();
+    assert!(left.len() <= 65, "{left:?}");
+    assert!(left.iter().all(|&fd| is_tombstone(pid, fd)), "{left:?}");
     assert_left_alone(pid, &now);
     let later = cmd(&mut srv, "fds");
     assert!(later.iter().any(|l| l.starts_with("fds=")));
@@ -567,4 +590,49 @@ fn fd_threshold_waits_then_records() {
     let now = fds(pid);
     assert_left_alone(pid, &now);
     assert_eq!(now.len(), start + 7);
+}
+
+/// Whether the fixture's `reuse` got its closed number back at once.
+fn number_reused(srv: &mut Running) -> bool {
+    let l = cmd(srv, "reuse");
+    let v: Vec<i32> = l
+        .iter()
+        .find_map(|l| l.strip_prefix("reuse="))
+        .expect("reuse line")
+        .split(' ')
+        .map(|n| n.parse().expect("number"))
+        .collect();
+    v[0] == v[1]
+}
+
+#[test]
+fn closed_numbers_are_quarantined_during_the_window_only() {
+    let mut srv = server(1);
+    let pid = srv.pid();
+    let before = fds(pid);
+    assert!(
+        number_reused(&mut srv),
+        "natively the lowest number comes back"
+    );
+    let mut w = Window::start(&[], pid);
+    w.wait_for("attached to process");
+    assert!(
+        !number_reused(&mut srv),
+        "a closed number was handed out again"
+    );
+    w.signal(libc::SIGINT);
+    let (status, stderr) = w.finish();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    // Tombstones and their source released: the number comes back again.
+    assert_left_alone(pid, &before);
+    assert!(number_reused(&mut srv));
+
+    // --quarantine 0: nothing held.
+    let mut w = Window::start(&["--quarantine", "0"], pid);
+    w.wait_for("attached to process");
+    assert!(number_reused(&mut srv));
+    w.signal(libc::SIGINT);
+    let (status, stderr) = w.finish();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_left_alone(pid, &before);
 }

@@ -124,6 +124,11 @@ pub struct AttachArgs {
     /// What a policy exception does.
     #[arg(long, value_enum, default_value = "continue")]
     pub on_exception: AttachOnExceptionArg,
+    /// How many numbers closed during the window each process keeps
+    /// quarantined behind a tombstone (0: off; at most 1024). All are
+    /// released at detach.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = quarantine_bound)]
+    pub quarantine: usize,
     /// Frames recorded for creation and close stacks (0: none).
     #[arg(long, value_name = "N", default_value_t = handles_model::table::DEFAULT_STACK_DEPTH,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new()

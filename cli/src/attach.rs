@@ -51,6 +51,7 @@ pub fn run(a: &AttachArgs) -> u8 {
             AttachOnExceptionArg::Continue => OnException::Continue,
             AttachOnExceptionArg::Trap => OnException::Trap,
         },
+        quarantine: a.quarantine,
         stack_depth: a.stack_depth,
         report: a.report.clone(),
         sarif: a.sarif.clone(),

@@ -13,12 +13,14 @@
 //!   process as it was;
 //! - [`model`]: what the window learns of each process's fd table;
 //! - [`window`]: the event loop;
+//! - [`tombstones`]: the quarantine of numbers closed during the window;
 //! - [`summary`]: leak suspects and the per-stack summary at detach.
 
 mod model;
 pub mod preflight;
 mod seize;
 mod summary;
+mod tombstones;
 mod window;
 
 use std::path::PathBuf;
@@ -43,6 +45,8 @@ pub struct AttachOptions {
     pub poll_interval: Duration,
     pub policy: Policy,
     pub on_exception: OnException,
+    /// How many closed numbers each process keeps quarantined (0: off).
+    pub quarantine: usize,
     /// Depth of the creation and close stacks recorded.
     pub stack_depth: usize,
     pub report: Option<PathBuf>,

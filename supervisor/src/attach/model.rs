@@ -6,7 +6,7 @@
 //! Handles that predate the window are unknown until closed: only their
 //! closes are seen, never their creation.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 
 use crate::backtrace::ModuleMap;
@@ -51,6 +51,10 @@ pub(super) struct Proc {
     pub(super) counts: BTreeMap<Vec<u64>, StackCount>,
     /// Every thread exited during the window.
     pub(super) exited: bool,
+    /// The tombstone source planted in the process (tombstones.rs).
+    pub(super) tomb_src: Option<i32>,
+    /// Numbers holding a tombstone, oldest first.
+    pub(super) quarantine: VecDeque<i32>,
 }
 
 impl Proc {
@@ -63,6 +67,8 @@ impl Proc {
             closed: HashMap::new(),
             counts: BTreeMap::new(),
             exited: false,
+            tomb_src: None,
+            quarantine: VecDeque::new(),
         }
     }
 
@@ -74,6 +80,10 @@ impl Proc {
         p.name = parent.name.clone();
         p.maps = parent.maps.clone();
         p.closed = parent.closed.clone();
+        // Its copies of the parent's tombstones are released at detach
+        // like the parent's.
+        p.tomb_src = parent.tomb_src;
+        p.quarantine = parent.quarantine.clone();
         p
     }
 
@@ -82,6 +92,11 @@ impl Proc {
         // still open there was closed by a call the window did not follow.
         self.closed.remove(&fd);
         self.open.remove(&fd);
+        // dup2 onto a tombstone replaced it.
+        self.quarantine.retain(|&q| q != fd);
+        if self.tomb_src == Some(fd) {
+            self.tomb_src = None;
+        }
         let c = self
             .counts
             .entry(stack.to_vec())
@@ -141,6 +156,9 @@ impl Proc {
         // The new image cannot hold a number it never learned of; a
         // closed number reused by the old one is no longer its bug.
         self.closed.clear();
+        // Tombstones and their source are O_CLOEXEC: gone with the image.
+        self.quarantine.clear();
+        self.tomb_src = None;
     }
 }
 

@@ -93,51 +93,93 @@ impl Window<'_> {
         Ok(())
     }
 
+    /// Whether process `tgid` still holds tombstones to release.
+    fn holds_tombstones(&self, tgid: i32) -> bool {
+        self.procs
+            .get(&tgid)
+            .is_some_and(|p| !p.exited && (p.tomb_src.is_some() || !p.quarantine.is_empty()))
+    }
+
     /// Detaches every thread: each is interrupted, and detached at the
     /// first stop it reports (passing on a signal it was about to take).
-    /// Children forked meanwhile are detached at their first stop too.
-    /// Returns how many threads did not stop in time.
+    /// In a process holding tombstones, the first thread to reach a
+    /// syscall-entry stop releases them all first (an interrupted blocking
+    /// call restarts, which makes such a stop). Children forked meanwhile
+    /// are detached at their first stop. Returns how many threads did not
+    /// stop in time.
     pub(super) fn detach_all(&mut self) -> usize {
         let mut left: HashSet<i32> = self.threads.keys().copied().collect();
         for &tid in &left {
             let _ = ptrace::interrupt(Pid::from_raw(tid));
         }
         let deadline = Instant::now() + super::window::DETACH_TIMEOUT;
+        // A process whose threads make no syscall (a busy loop) never
+        // gets to release its tombstones: past this, they are left.
+        let release_until = Instant::now() + super::window::DETACH_TIMEOUT / 2;
         while !left.is_empty() && Instant::now() < deadline {
-            let st = match waitpid(None, Some(WaitPidFlag::__WALL)) {
-                Ok(st) => st,
-                Err(Errno::EINTR) => continue,
-                Err(_) => break,
+            let st = match self.backlog.pop() {
+                Some(st) => st,
+                None => match waitpid(None, Some(WaitPidFlag::__WALL)) {
+                    Ok(st) => st,
+                    Err(Errno::EINTR) => continue,
+                    Err(_) => break,
+                },
             };
-            match st {
+            let pid = match st {
                 WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _) => {
                     left.remove(&pid.as_raw());
+                    self.gone(pid.as_raw());
+                    continue;
                 }
-                WaitStatus::PtraceEvent(pid, _, event) => {
-                    if matches!(
-                        event,
-                        libc::PTRACE_EVENT_FORK
-                            | libc::PTRACE_EVENT_VFORK
-                            | libc::PTRACE_EVENT_CLONE
-                    ) {
-                        // The new task is ours until it stops once.
-                        if let Ok(child) = ptrace::getevent(pid) {
-                            left.insert(child as i32);
-                        }
+                WaitStatus::PtraceEvent(pid, _, _)
+                | WaitStatus::PtraceSyscall(pid)
+                | WaitStatus::Stopped(pid, _) => pid,
+                _ => continue,
+            };
+            let tid = pid.as_raw();
+            let tgid = self
+                .threads
+                .get(&tid)
+                .map(|t| t.tgid)
+                .or_else(|| tgid_of(tid))
+                .unwrap_or(tid);
+            if let WaitStatus::PtraceEvent(_, _, event) = st {
+                if matches!(
+                    event,
+                    libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK | libc::PTRACE_EVENT_CLONE
+                ) {
+                    // The new task is ours until it stops once.
+                    if let Ok(child) = ptrace::getevent(pid) {
+                        left.insert(child as i32);
                     }
-                    let _ = ptrace::detach(pid, None);
-                    left.remove(&pid.as_raw());
                 }
-                WaitStatus::PtraceSyscall(pid) => {
-                    let _ = ptrace::detach(pid, None);
-                    left.remove(&pid.as_raw());
-                }
-                WaitStatus::Stopped(pid, sig) => {
-                    let _ = ptrace::detach(pid, Some(sig));
-                    left.remove(&pid.as_raw());
-                }
-                _ => {}
             }
+            let sig = match st {
+                WaitStatus::Stopped(_, sig) => Some(sig),
+                _ => None,
+            };
+            // A group stop (SIGSTOP) must stay stopped: detached as it is,
+            // with its tombstones.
+            let group_stop = matches!(
+                st,
+                WaitStatus::PtraceEvent(_, s, libc::PTRACE_EVENT_STOP) if s != nix::sys::signal::Signal::SIGTRAP
+            );
+            if self.holds_tombstones(tgid) && !group_stop && Instant::now() < release_until {
+                let at_entry = matches!(st, WaitStatus::PtraceSyscall(_))
+                    && super::window::syscall_info(tid)
+                        .is_some_and(|i| i.op == super::window::OP_ENTRY);
+                if at_entry {
+                    self.release_at_entry(tid, tgid);
+                }
+                // On to a syscall-entry stop (the re-made call's, after a
+                // release), where it is detached or releases.
+                if ptrace::syscall(pid, sig).is_err() {
+                    left.remove(&tid);
+                }
+                continue;
+            }
+            let _ = ptrace::detach(pid, sig);
+            left.remove(&tid);
         }
         self.threads.clear();
         left.len()

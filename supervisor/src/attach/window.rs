@@ -87,8 +87,8 @@ fn set_tick(every: Option<Duration>) {
 /// laid out as `struct ptrace_syscall_info` for the entry and exit cases.
 #[repr(C)]
 #[derive(Default)]
-struct SyscallInfo {
-    op: u8,
+pub(super) struct SyscallInfo {
+    pub(super) op: u8,
     _pad: [u8; 3],
     arch: u32,
     ip: u64,
@@ -98,10 +98,10 @@ struct SyscallInfo {
 }
 
 const PTRACE_GET_SYSCALL_INFO: libc::c_uint = 0x420e;
-const OP_ENTRY: u8 = 1;
+pub(super) const OP_ENTRY: u8 = 1;
 const OP_EXIT: u8 = 2;
 
-fn syscall_info(tid: i32) -> Option<SyscallInfo> {
+pub(super) fn syscall_info(tid: i32) -> Option<SyscallInfo> {
     let mut info = SyscallInfo::default();
     // SAFETY: the kernel writes at most the size we pass into `info`.
     let r = unsafe {
@@ -168,6 +168,8 @@ pub(super) struct Window<'a> {
     pub(super) exception_count: usize,
     contexts: HashMap<String, usize>,
     pub(super) started: Instant,
+    /// Statuses met while a thread ran injected calls, not yet served.
+    pub(super) backlog: Vec<WaitStatus>,
 }
 
 pub(super) fn run(tgid: i32, opts: &AttachOptions) -> Result<Outcome, AttachError> {
@@ -184,6 +186,7 @@ pub(super) fn run(tgid: i32, opts: &AttachOptions) -> Result<Outcome, AttachErro
         exception_count: 0,
         contexts: HashMap::new(),
         started: Instant::now(),
+        backlog: Vec::new(),
     };
     w.add_proc(tgid, None);
     w.seize_all()?;
@@ -229,6 +232,10 @@ impl Window<'_> {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ended::Duration;
             }
+            if let Some(st) = self.backlog.pop() {
+                self.on_status(st);
+                continue;
+            }
             if self.threads.is_empty() {
                 return Ended::Exited;
             }
@@ -247,7 +254,13 @@ impl Window<'_> {
             return;
         }
         let tgid = tgid_of(tid).unwrap_or(tid);
-        self.add_proc(tgid, parent_tgid.filter(|&p| p != tgid));
+        // A child's first stop often comes before its parent's fork
+        // event: its parent is then found through /proc, so that it still
+        // starts as a copy of the parent (tombstones included).
+        let parent = parent_tgid
+            .or_else(|| ppid_of(tgid).filter(|pp| self.procs.contains_key(pp)))
+            .filter(|&p| p != tgid);
+        self.add_proc(tgid, parent);
         self.threads.insert(
             tid,
             Thread {
@@ -257,7 +270,7 @@ impl Window<'_> {
         );
     }
 
-    fn gone(&mut self, tid: i32) {
+    pub(super) fn gone(&mut self, tid: i32) {
         if let Some(t) = self.threads.remove(&tid) {
             if !self.threads.values().any(|o| o.tgid == t.tgid) {
                 if let Some(p) = self.procs.get_mut(&t.tgid) {
@@ -390,22 +403,28 @@ impl Window<'_> {
             return;
         };
         for fd in Self::used_fds(desc, &args) {
-            let closed = self
-                .procs
-                .get(&tgid)
-                .is_some_and(|p| p.closed.contains_key(&fd));
-            if !closed {
-                continue;
-            }
-            if model::fd_exists(tgid, fd) {
-                // Handed out again by a call the window does not follow
-                // (a descriptor received over a socket): not a bad handle.
-                if let Some(p) = self.procs.get_mut(&tgid) {
-                    p.closed.remove(&fd);
+            let Some(p) = self.procs.get_mut(&tgid) else {
+                break;
+            };
+            if p.tomb_src == Some(fd) {
+                // The program closes or uses a number it cannot know of
+                // (a sweep over every fd): let it have it.
+                if desc.kind == Kind::Close {
+                    p.tomb_src = None;
                 }
                 continue;
             }
-            if self.bad_handle(tid, tgid, desc, &args, fd) {
+            let quarantined = p.quarantine.contains(&fd);
+            if !quarantined && !p.closed.contains_key(&fd) {
+                continue;
+            }
+            if !quarantined && model::fd_exists(tgid, fd) {
+                // Handed out again by a call the window does not follow
+                // (a descriptor received over a socket): not a bad handle.
+                p.closed.remove(&fd);
+                continue;
+            }
+            if self.bad_handle(tid, tgid, desc, &args, fd, quarantined) {
                 if let Some(t) = self.threads.get_mut(&tid) {
                     t.pending = None;
                 }
@@ -461,14 +480,22 @@ impl Window<'_> {
                 }
             }
             Kind::Close => {
+                let fd = a[0] as i32;
                 if let Some(proc_) = self.procs.get_mut(&tgid) {
-                    proc_.close(a[0] as i32, tid, p.close_stack);
+                    proc_.close(fd, tid, p.close_stack);
                 }
+                self.quarantine_at_exit(tid, tgid, fd);
             }
             Kind::CloseRange if a[2] & libc::CLOSE_RANGE_CLOEXEC as u64 == 0 => {
                 let last = a[1].min(i32::MAX as u64) as i32;
                 if let Some(proc_) = self.procs.get_mut(&tgid) {
                     proc_.close_range(a[0] as i32, last, tid);
+                    let range = a[0] as i32..=last;
+                    // The kernel closed the tombstones in the range.
+                    proc_.quarantine.retain(|q| !range.contains(q));
+                    if proc_.tomb_src.is_some_and(|s| range.contains(&s)) {
+                        proc_.tomb_src = None;
+                    }
                 }
             }
             _ => {}
@@ -534,14 +561,25 @@ impl Window<'_> {
     /// A use, close or dup of a number closed during the window. Returns
     /// whether the call was skipped (it then fails with EBADF without
     /// running, which is what it would do anyway).
-    fn bad_handle(&mut self, tid: i32, tgid: i32, desc: &Desc, args: &[u64; 6], fd: i32) -> bool {
+    /// A quarantined number's call never runs: on the tombstone it would
+    /// not fail as it does natively (fstat succeeds on an O_PATH fd, close
+    /// would release the tombstone and return 0).
+    fn bad_handle(
+        &mut self,
+        tid: i32,
+        tgid: i32,
+        desc: &Desc,
+        args: &[u64; 6],
+        fd: i32,
+        quarantined: bool,
+    ) -> bool {
         let policy = self.opts.policy;
         let action = policy.get(Condition::BadHandle).action;
-        if action == Action::Allow {
+        let deny = quarantined || matches!(action, Action::Deny | Action::DenyException);
+        if action == Action::Allow && !quarantined {
             return false;
         }
-        let deny = matches!(action, Action::Deny | Action::DenyException);
-        if action == Action::Deny {
+        if matches!(action, Action::Allow | Action::Deny) {
             skip_with_ebadf(tid);
             return true;
         }
@@ -688,6 +726,14 @@ fn skip_with_ebadf(tid: i32) {
         regs.rax = (-libc::EBADF as i64) as u64;
         let _ = tracer::setregs(tid, &regs);
     }
+}
+
+fn ppid_of(tgid: i32) -> Option<i32> {
+    std::fs::read_to_string(format!("/proc/{tgid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 pub(super) fn tgid_of(tid: i32) -> Option<i32> {
