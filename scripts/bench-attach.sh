@@ -18,7 +18,7 @@ trap 'rm -rf "$tmp"' EXIT
 
 # --workspace: the CLI embeds the shim, which a plain build leaves stale.
 cargo build --release --workspace -q
-export HANDLES=$PWD/target/release/handles
+export HANDLES=${CARGO_TARGET_DIR:-$PWD/target}/release/handles
 cc -O2 -o "$tmp/fdloop" scripts/bench/fdloop.c
 cc -O2 -pthread -o "$tmp/server" tests/fixtures/attach_server.c
 REQS=$((N / 4))
