@@ -9,11 +9,12 @@ use std::time::Instant;
 
 use nix::errno::Errno;
 use nix::sys::ptrace::{self, Options};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
 use super::preflight::{self, AttachError};
 use super::window::{tgid_of, Thread, Window};
+use crate::run::tracer::{self, Waited};
 
 fn options() -> Options {
     Options::PTRACE_O_TRACESYSGOOD
@@ -119,8 +120,19 @@ impl Window<'_> {
         while !left.is_empty() && Instant::now() < deadline {
             let st = match self.backlog.pop() {
                 Some(st) => st,
-                None => match waitpid(None, Some(WaitPidFlag::__WALL)) {
-                    Ok(st) => st,
+                None => match tracer::wait(None) {
+                    Ok(Waited::Status(st)) => st,
+                    Ok(Waited::SignalStop(tid, sig)) => {
+                        // A real-time signal: detached with it.
+                        let _ = tracer::resume_with(tid, sig, true);
+                        left.remove(&tid);
+                        continue;
+                    }
+                    Ok(Waited::Killed(pid, _, _)) => {
+                        left.remove(&pid);
+                        self.gone(pid);
+                        continue;
+                    }
                     Err(Errno::EINTR) => continue,
                     Err(_) => break,
                 },

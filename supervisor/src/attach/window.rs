@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::ptrace;
 use nix::sys::signal::Signal;
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
 use super::model::{self, Proc, Stack};
@@ -22,7 +22,7 @@ use crate::policy::{Action, Condition};
 use crate::run::output::{SerException, SerStack};
 use crate::run::report::{format_syscall, ExceptionReport, Section};
 use crate::run::syscalls::{lookup, Desc, Kind};
-use crate::run::tracer;
+use crate::run::tracer::{self, Waited};
 use crate::run::OnException;
 
 /// SIGINT or SIGTERM reached `handles` (or [`request_end`] was called).
@@ -239,8 +239,18 @@ impl Window<'_> {
             if self.threads.is_empty() {
                 return Ended::Exited;
             }
-            match waitpid(None, Some(WaitPidFlag::__WALL)) {
-                Ok(st) => self.on_status(st),
+            // tracer::wait, not nix's waitpid: a stop or death by a
+            // real-time signal (glibc's setxid broadcast) must not be
+            // lost.
+            match tracer::wait(None) {
+                Ok(Waited::Status(st)) => self.on_status(st),
+                Ok(Waited::SignalStop(tid, sig)) => {
+                    self.ensure_thread(tid, None);
+                    // SAFETY: PTRACE_SYSCALL of our tracee, delivering
+                    // the signal it stopped for.
+                    unsafe { libc::ptrace(libc::PTRACE_SYSCALL, tid, 0, sig as libc::c_long) };
+                }
+                Ok(Waited::Killed(pid, _, _)) => self.gone(pid),
                 Err(Errno::EINTR) => {}
                 Err(_) => return Ended::Exited,
             }
