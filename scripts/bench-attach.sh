@@ -43,6 +43,8 @@ echo "fdloop, $N iterations ($((N * 8)) fd syscalls), median of $RUNS interleave
 row "native (same gate, nothing attached)" "$A" none "$tmp/fdloop" "$N"
 row "handles attach (window over the whole run)" "$A" handles "$tmp/fdloop" "$N"
 row "handles attach --stack-depth 0" env HANDLES_ARGS="--stack-depth 0" "$A" handles "$tmp/fdloop" "$N"
+# The stops alone: no stacks, no tombstones.
+row "handles attach --stack-depth 0 --quarantine 0" env HANDLES_ARGS="--stack-depth 0 --quarantine 0" "$A" handles "$tmp/fdloop" "$N"
 if command -v strace >/dev/null; then
     row "strace -f -p" "$A" strace "$tmp/fdloop" "$N"
 fi
