@@ -656,3 +656,30 @@ fn a_real_time_signal_reaches_its_handler_and_the_window_goes_on() {
     );
     assert_eq!(cmd(&mut srv, "rt"), vec!["rt=2".to_string()]);
 }
+
+#[test]
+fn the_window_ends_when_the_process_exits() {
+    let mut srv = server(2);
+    let pid = srv.pid();
+    let mut w = Window::start(&["--error-exitcode", "9"], pid);
+    w.wait_for("attached to process");
+    cmd(&mut srv, "req 3");
+    // EOF on stdin: the fixture returns from main.
+    drop(srv.child.stdin.take());
+    let status = srv.child.wait().expect("wait fixture");
+    assert_eq!(common::ending(&status), "exit 0");
+    let (status, stderr) = w.finish();
+    // What exits takes its handles with it: nothing is a suspect.
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("window ended: the process exited"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "process {pid} (attach_server) exited during the window"
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("LEAK SUMMARY: 0 handles"), "{stderr}");
+}
