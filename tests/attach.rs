@@ -683,3 +683,47 @@ fn the_window_ends_when_the_process_exits() {
     );
     assert!(stderr.contains("LEAK SUMMARY: 0 handles"), "{stderr}");
 }
+
+#[test]
+fn suppressions_silence_suspects_and_exceptions() {
+    let dir = scratch("suppress");
+    let rules = dir.join("rules.supp");
+    std::fs::write(
+        &rules,
+        "[known-leak]\nreport = leak\nframe = fun:leak_one\n\n\
+         [known-uac]\nreport = bad-handle\nkind = use-closed\nframe = fun:use_after_close\n",
+    )
+    .expect("write rules");
+    let mut srv = server(1);
+    let pid = srv.pid();
+    let mut w = Window::start(
+        &[
+            "--suppressions",
+            rules.to_str().unwrap(),
+            "--error-exitcode",
+            "9",
+        ],
+        pid,
+    );
+    w.wait_for("attached to process");
+    cmd(&mut srv, "req 6");
+    cmd(&mut srv, "uac");
+    w.signal(libc::SIGINT);
+    let (status, stderr) = w.finish();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("policy exception"), "{stderr}");
+    assert!(!stderr.contains("leak suspects"), "{stderr}");
+    assert!(
+        stderr.contains("LEAK SUMMARY: 0 handles to 0 objects in 0 processes (2 suppressed)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("ERROR SUMMARY: 0 exceptions from 0 contexts (1 suppressed)"),
+        "{stderr}"
+    );
+    // The summary still counts what was made where.
+    assert!(
+        stderr.contains("2 created      0 closed      2 open  openat() in leak_one"),
+        "{stderr}"
+    );
+}

@@ -145,6 +145,11 @@ pub struct AttachArgs {
     /// reported.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
     pub error_exitcode: Option<u8>,
+    /// Suppression rules for leak suspects and bad-handle exceptions
+    /// (repeatable; format in docs/suppressions.md; the built-in rules
+    /// apply too).
+    #[arg(long = "suppressions", value_name = "FILE")]
+    pub suppressions: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]

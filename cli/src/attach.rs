@@ -5,6 +5,7 @@ use std::time::Duration;
 use handles_supervisor::attach::{self, AttachError, AttachOptions};
 use handles_supervisor::policy::{Condition, Policy, PolicyText};
 use handles_supervisor::run::OnException;
+use handles_supervisor::suppress::Suppressions;
 
 use crate::args::{AttachArgs, AttachOnExceptionArg};
 use crate::exit;
@@ -41,6 +42,16 @@ pub fn run(a: &AttachArgs) -> u8 {
             return exit::USAGE;
         }
     };
+    let mut suppressions = Suppressions::defaults();
+    for f in &a.suppressions {
+        match Suppressions::load(f) {
+            Ok(s) => suppressions.extend(s),
+            Err(e) => {
+                eprintln!("handles: {e}");
+                return exit::USAGE;
+            }
+        }
+    }
     let opts = AttachOptions {
         pid,
         duration: a.duration.map(Duration::from_secs_f64),
@@ -55,6 +66,7 @@ pub fn run(a: &AttachArgs) -> u8 {
         stack_depth: a.stack_depth,
         report: a.report.clone(),
         sarif: a.sarif.clone(),
+        suppressions,
     };
     match attach::attach(&opts) {
         Ok(o) => match a.error_exitcode {

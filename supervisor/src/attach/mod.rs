@@ -31,6 +31,7 @@ pub use window::{request_end, Outcome};
 
 use crate::policy::Policy;
 use crate::run::OnException;
+use crate::suppress::Suppressions;
 
 /// Everything `handles attach` needs.
 #[derive(Clone, Debug)]
@@ -51,6 +52,9 @@ pub struct AttachOptions {
     pub stack_depth: usize,
     pub report: Option<PathBuf>,
     pub sarif: Option<PathBuf>,
+    /// Leak suspects and exceptions matching these are not reported
+    /// (counted as suppressed).
+    pub suppressions: Suppressions,
 }
 
 /// Runs one window: waits for the threshold, attaches, records until the

@@ -10,12 +10,13 @@ use std::io::Write as _;
 use serde_json::json;
 
 use super::model::Stack;
-use super::window::{Ended, Outcome, Window};
+use super::window::{frame_refs, Ended, Outcome, Window};
 use super::AttachError;
 use crate::backtrace::Frame;
 use crate::inspect::{Inspector, Options};
 use crate::run::leaks::{self, Leak, LeakGroup, ProcessLeaks};
 use crate::run::output::{self, SerProcess};
+use crate::suppress::{Event, Facts};
 
 /// The frame a stack is named by in one-line summaries: the innermost one
 /// outside the C library and the dynamic loader (the program's call, not
@@ -95,9 +96,32 @@ impl Window<'_> {
                 .push(leak);
         }
         let mut groups = Vec::new();
+        let mut suppressed = 0;
         for (_, (stack, mut handles)) in by_stack {
             handles.sort_by_key(|h| h.fd);
             let frames = self.symbolize(tgid, Some(&stack));
+            let before = handles.len();
+            handles.retain(|l| {
+                let event = Event {
+                    report: "leak",
+                    kind: "leak",
+                    ty: &l.ty,
+                    path: &l.description,
+                    frames: frame_refs(&frames),
+                };
+                let facts = Facts {
+                    fd: Some(l.fd),
+                    arguments: &[],
+                };
+                self.opts
+                    .suppressions
+                    .matching_with(&event, &facts)
+                    .is_none()
+            });
+            suppressed += before - handles.len();
+            if handles.is_empty() {
+                continue;
+            }
             groups.push(LeakGroup {
                 handles,
                 stack: frames,
@@ -109,7 +133,7 @@ impl Window<'_> {
             pid: tgid,
             name,
             groups,
-            suppressed: 0,
+            suppressed,
         })
     }
 
@@ -219,11 +243,12 @@ impl Window<'_> {
         text.push_str(&leaks::summary(&all_leaks));
         let _ = writeln!(
             text,
-            "handles: ERROR SUMMARY: {} exception{} from {} context{}",
+            "handles: ERROR SUMMARY: {} exception{} from {} context{} ({} suppressed)",
             self.exception_count,
             if self.exception_count == 1 { "" } else { "s" },
             self.exceptions.len(),
             if self.exceptions.len() == 1 { "" } else { "s" },
+            self.suppressed,
         );
         let _ = std::io::stderr().write_all(text.as_bytes());
 
@@ -271,7 +296,14 @@ impl Window<'_> {
                     })
                 })
                 .collect();
-            let mut v = output::json_report(&command, None, &self.exceptions, leaks, &procs, 0);
+            let mut v = output::json_report(
+                &command,
+                None,
+                &self.exceptions,
+                leaks,
+                &procs,
+                self.suppressed,
+            );
             v["attach"] = json!({
                 "pid": self.tgid,
                 "seconds": seconds,

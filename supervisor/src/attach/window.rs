@@ -166,6 +166,8 @@ pub(super) struct Window<'a> {
     pub(super) symbolizer: Symbolizer,
     pub(super) exceptions: Vec<SerException>,
     pub(super) exception_count: usize,
+    /// Exceptions and leak suspects silenced by suppressions.
+    pub(super) suppressed: usize,
     contexts: HashMap<String, usize>,
     pub(super) started: Instant,
     /// Statuses met while a thread ran injected calls, not yet served.
@@ -184,6 +186,7 @@ pub(super) fn run(tgid: i32, opts: &AttachOptions) -> Result<Outcome, AttachErro
         symbolizer: Symbolizer::new(),
         exceptions: Vec::new(),
         exception_count: 0,
+        suppressed: 0,
         contexts: HashMap::new(),
         started: Instant::now(),
         backlog: Vec::new(),
@@ -603,9 +606,17 @@ impl Window<'_> {
             .get(&tgid)
             .and_then(|p| p.closed.get(&fd).cloned());
         let here = self.stack(tid, tgid);
+        let frames = self.symbolize(tgid, here.as_ref());
+        if self.suppressed_exception(kind, &frames) {
+            self.suppressed += 1;
+            if deny {
+                skip_with_ebadf(tid);
+            }
+            return deny;
+        }
         let mut sections = vec![Section {
             title: "backtrace".into(),
-            frames: self.symbolize(tgid, here.as_ref()),
+            frames,
         }];
         let mut handle = format!("fd {fd}, closed during the window");
         if let Some(c) = &closed {
@@ -685,6 +696,19 @@ impl Window<'_> {
         deny
     }
 
+    /// Whether a suppression rule silences a bad-handle exception with
+    /// this offending stack.
+    fn suppressed_exception(&self, kind: &str, frames: &[Frame]) -> bool {
+        let event = crate::suppress::Event {
+            report: Condition::BadHandle.name(),
+            kind,
+            ty: "",
+            path: "",
+            frames: frame_refs(frames),
+        };
+        self.opts.suppressions.matching(&event).is_some()
+    }
+
     /// Writes a report (the first of its context in full) and keeps it
     /// for --report/--sarif.
     fn emit(&mut self, r: &ExceptionReport) {
@@ -722,6 +746,18 @@ impl Window<'_> {
                 .collect(),
         });
     }
+}
+
+/// Frames as suppression rules see them.
+pub(super) fn frame_refs(frames: &[Frame]) -> Vec<crate::suppress::FrameRef<'_>> {
+    frames
+        .iter()
+        .map(|f| crate::suppress::FrameRef {
+            function: f.function.as_deref(),
+            module: f.module.as_deref(),
+            file: f.file.as_deref(),
+        })
+        .collect()
 }
 
 /// Resumes a thread to its next syscall stop.
