@@ -77,7 +77,8 @@ pub enum Command {
     /// still open (the leak suspects), grouped by creation stack, and the
     /// creations and closes per stack. The process is never restarted;
     /// every thread is seized with ptrace (no seccomp filter, nothing left
-    /// behind: after the detach its TracerPid is 0 and its fd table its own).
+    /// behind: after the detach its TracerPid is 0 and its fd table its own;
+    /// numbers closed during the window are quarantined until then).
     #[command(
         after_help = "Exit status: 0 window recorded (whatever it found, unless --error-exitcode), \
                       --error-exitcode's when a leak suspect or exception was reported, \
