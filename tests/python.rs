@@ -404,3 +404,61 @@ fn a_script_given_by_a_relative_path_is_named_by_its_absolute_path() {
         }
     }
 }
+
+/// A handle opened and closed before a fork and used in the child: the
+/// child's report takes the open and the close from the records its
+/// table inherited at the fork, Python frames included.
+#[test]
+fn a_forked_child_reports_the_python_lines_its_parent_recorded() {
+    let prog = script("fork_stale.py");
+    let file = prog.display().to_string();
+    let src = std::fs::read_to_string(&prog).expect("read the script");
+    let line_of = |mark: &str| {
+        src.lines()
+            .position(|l| l.contains(mark))
+            .map(|i| i + 1)
+            .expect("marker")
+    };
+    let (open, close, usage) = (line_of("# OPEN"), line_of("# CLOSE"), line_of("# USE"));
+    let mut ran = 0;
+    for (label, py) in interpreters() {
+        for mode in MODES.iter().copied().chain([&["--no-ptrace"][..]]) {
+            let out = Command::new(handles())
+                .arg("run")
+                .args(mode)
+                .args(["--on-exception=continue", "--"])
+                .arg(&py)
+                .arg(&prog)
+                .output()
+                .expect("run handles");
+            let err = stderr_of(&out);
+            let what = format!("{label} {mode:?}:\n{err}");
+            assert_eq!(out.status.code(), Some(0), "{what}");
+            let ends = [
+                "handles: closed",
+                "handles: originally",
+                "ERROR SUMMARY",
+                "handles: the number",
+            ];
+            let offending = section(&err, "handles: backtrace:", &ends);
+            let closed = section(&err, "handles: closed", &ends);
+            let opened = section(&err, "handles: originally opened", &ends);
+            assert!(
+                has_python_frame(&offending, &format!("{file}:{usage}"), "child"),
+                "{what}"
+            );
+            assert!(
+                has_python_frame(&closed, &format!("{file}:{close}"), "close_it"),
+                "{what}"
+            );
+            assert!(
+                has_python_frame(&opened, &format!("{file}:{open}"), "open_it"),
+                "{what}"
+            );
+            ran += 1;
+        }
+    }
+    if ran == 0 {
+        eprintln!("skipping: no CPython 3.8-3.13 on this machine");
+    }
+}

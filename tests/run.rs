@@ -10,6 +10,8 @@
 
 mod common;
 
+use common::describe;
+
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs;
@@ -126,15 +128,6 @@ fn native<S: AsRef<OsStr>>(prog: &Path, args: &[S]) -> Output {
     let mut cmd = Command::new(prog);
     cmd.args(args);
     run_limited(cmd, LIMIT)
-}
-
-fn describe(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status,
-        stdout_of(o),
-        stderr_of(o)
-    )
 }
 
 /// Asserts the process exited normally with `code`.

@@ -18,7 +18,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{fixture, repo_root};
+use common::{describe, fixture, repo_root};
 
 const NOBODY: u32 = 65534;
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -79,15 +79,6 @@ fn output(mut cmd: Command, what: &str) -> Output {
         stdout: t_out.join().unwrap_or_default(),
         stderr: t_err.join().unwrap_or_default(),
     }
-}
-
-fn describe(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// The shim as built for this workspace (cargo test does not build a

@@ -13,7 +13,7 @@ mod common;
 
 use std::process::{Command, Output, Stdio};
 
-use common::{fixture, handles, stderr_of, stdout_of};
+use common::{describe, fixture, handles, stdout_of};
 
 const MODES: [&[&str]; 4] = [&[], &["--strict"], &["--no-shim"], &["--no-ptrace"]];
 
@@ -42,15 +42,6 @@ fn under(opts: &[&str], prog: &str, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("run handles")
-}
-
-fn describe(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status,
-        stdout_of(o),
-        stderr_of(o)
-    )
 }
 
 #[test]

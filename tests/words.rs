@@ -192,3 +192,47 @@ fn tempdir() -> String {
     std::fs::create_dir_all(&d).expect("make a scratch dir");
     d.to_str().expect("utf-8 path").to_string()
 }
+
+/// A program run under valgrind inside the job: valgrind's core makes the
+/// program's syscalls itself, with the program's registers. The verdict
+/// is the same in every supervised mode (the shim loaded into valgrind's
+/// guest passes calls through unmarked, so the supervisor sees them): the
+/// stale write is reported and fails instead of landing in the new file.
+#[test]
+fn a_stale_write_under_valgrind_gets_one_verdict_in_every_mode() {
+    if !Command::new("valgrind")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        common::skip("a_stale_write_under_valgrind", "valgrind is not installed");
+        return;
+    }
+    let prog = fixture("run_bugs");
+    let prog = prog.to_str().expect("utf-8 path");
+    let dir = tempdir();
+    for mode in [&[][..], &["--strict"], &["--no-shim"]] {
+        let o = Command::new(handles())
+            .arg("run")
+            .args(mode)
+            .args([
+                "--on-exception=continue",
+                "--",
+                "valgrind",
+                "-q",
+                prog,
+                "reuse",
+                &dir,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run handles");
+        let err = stderr_of(&o);
+        assert_eq!(
+            kinds(&err),
+            ["use of a closed handle (its fd number is quarantined)"],
+            "{mode:?}\n{err}"
+        );
+        assert!(err.contains("syscall write("), "{mode:?}\n{err}");
+    }
+}

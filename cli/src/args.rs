@@ -279,6 +279,12 @@ pub struct RunArgs {
     /// grouped by the stack that created them, and a LEAK SUMMARY at the end.
     #[arg(long, value_enum, value_name = "WHICH", num_args = 0..=1, default_missing_value = "yes", require_equals = true)]
     pub leak_check: Option<LeakCheckArg>,
+    /// At every exec in the job, report the handles (other than 0, 1, 2)
+    /// that cross into the new image implicitly: without O_CLOEXEC and not
+    /// placed there on purpose (rule in docs/inherit.md). Needs the
+    /// supervisor (not with --no-ptrace).
+    #[arg(long)]
+    pub inherit_check: bool,
     /// Exit with this status when any leak or policy exception was reported
     /// (the program's own status otherwise).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
@@ -305,7 +311,7 @@ pub struct RunArgs {
     /// preloaded, which checks and quarantines in-process and reports with
     /// module+offset frames (no leak check, no reports of raw syscalls or
     /// static binaries; the program's status is its own).
-    #[arg(long, conflicts_with_all = ["leak_check", "max_handles", "report", "sarif", "log", "gen_suppressions", "suppressions"])]
+    #[arg(long, conflicts_with_all = ["leak_check", "inherit_check", "max_handles", "report", "sarif", "log", "gen_suppressions", "suppressions"])]
     pub no_ptrace: bool,
     /// Also stop on fd syscalls made inside shared libraries (libc's own
     /// calls such as stdio's writes or locale loading, the dynamic loader)

@@ -10,6 +10,7 @@ mod attach;
 mod exit;
 mod filter;
 mod graph;
+mod pytest;
 mod render;
 mod run;
 mod shim;

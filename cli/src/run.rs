@@ -1,5 +1,6 @@
 //! `handles run [OPTIONS] -- PROG [ARGS...]`.
 
+use handles_model::protocol::env as penv;
 use handles_supervisor::policy::{Policy, PolicyText};
 use handles_supervisor::run::front::{self, Role};
 use handles_supervisor::run::job::install_forwarding;
@@ -18,8 +19,8 @@ const SUPERVISOR_FAILED: u8 = 125;
 /// runs inside one (nested jobs inherit and may only change what the parent
 /// left overridable), else the default.
 fn base_policy() -> Result<Policy, String> {
-    match std::env::var("HANDLES_POLICY") {
-        Ok(text) if std::env::var_os("HANDLES_JOB").is_some() => Policy::decode(&text)
+    match std::env::var(penv::POLICY.name()) {
+        Ok(text) if std::env::var_os(penv::JOB.name()).is_some() => Policy::decode(&text)
             .map_err(|e| format!("the enclosing job's policy is unreadable: {e}")),
         _ => Ok(Policy::default_job()),
     }
@@ -38,7 +39,7 @@ fn build_policy(a: &RunArgs) -> Result<Policy, String> {
 
 /// Is this process itself traced by a `handles` supervisor?
 fn inside_job() -> bool {
-    let Some(job) = std::env::var("HANDLES_JOB")
+    let Some(job) = std::env::var(penv::JOB.name())
         .ok()
         .and_then(|s| s.parse::<i32>().ok())
     else {
@@ -65,7 +66,7 @@ fn exec_nested(a: &RunArgs, policy: &Policy) -> u8 {
     };
     let err = std::process::Command::new(prog)
         .args(args)
-        .env("HANDLES_POLICY", policy.encode())
+        .env(penv::POLICY.name(), policy.encode())
         .exec();
     eprintln!("handles: {}: {err}", prog.to_string_lossy());
     if err.kind() == std::io::ErrorKind::NotFound {
@@ -97,9 +98,9 @@ fn exec_with_shim_alone(a: &RunArgs, policy: &Policy) -> u8 {
     };
     let mut cmd = std::process::Command::new(prog);
     cmd.args(args)
-        .env_remove("HANDLES_COOKIE")
-        .env_remove("HANDLES_JOB")
-        .env("HANDLES_POLICY", policy.encode())
+        .env_remove(penv::COOKIE.name())
+        .env_remove(penv::JOB.name())
+        .env(penv::POLICY.name(), policy.encode())
         .envs(handles_supervisor::run::spawn::preload_env(
             &shim,
             a.quarantine,
@@ -107,29 +108,29 @@ fn exec_with_shim_alone(a: &RunArgs, policy: &Policy) -> u8 {
         ));
     // The program keeps this process's pid: its shim writes the job's
     // ERROR SUMMARY at its exit and applies --error-exitcode there.
-    cmd.env("HANDLES_ROOT_PID", std::process::id().to_string());
+    cmd.env(penv::ROOT_PID.name(), std::process::id().to_string());
     cmd.env(
-        "HANDLES_ON_EXCEPTION",
+        penv::ON_EXCEPTION.name(),
         match a.on_exception {
-            OnExceptionArg::Trap => "trap",
-            OnExceptionArg::Stop => "stop",
-            OnExceptionArg::Continue => "continue",
+            OnExceptionArg::Trap => penv::ON_EXCEPTION_TRAP,
+            OnExceptionArg::Stop => penv::ON_EXCEPTION_STOP,
+            OnExceptionArg::Continue => penv::ON_EXCEPTION_CONTINUE,
         },
     );
     match a.error_exitcode {
-        Some(code) => cmd.env("HANDLES_ERROR_EXITCODE", code.to_string()),
-        None => cmd.env_remove("HANDLES_ERROR_EXITCODE"),
+        Some(code) => cmd.env(penv::ERROR_EXITCODE.name(), code.to_string()),
+        None => cmd.env_remove(penv::ERROR_EXITCODE.name()),
     };
     // With no supervisor to write reports, the shim writes them and asks
     // this binary for the functions and lines of its stacks.
     match std::env::current_exe() {
-        Ok(me) => cmd.env("HANDLES_SYMBOLIZER", me),
-        Err(_) => cmd.env_remove("HANDLES_SYMBOLIZER"),
+        Ok(me) => cmd.env(penv::SYMBOLIZER.name(), me),
+        Err(_) => cmd.env_remove(penv::SYMBOLIZER.name()),
     };
     if a.error_exitcode.is_some() || matches!(a.on_exception, OnExceptionArg::Continue) {
-        cmd.env("HANDLES_SUMMARY", "always");
+        cmd.env(penv::SUMMARY.name(), penv::SUMMARY_ALWAYS);
     } else {
-        cmd.env_remove("HANDLES_SUMMARY");
+        cmd.env_remove(penv::SUMMARY.name());
     }
     let err = cmd.exec();
     eprintln!("handles: {}: {err}", prog.to_string_lossy());
@@ -216,7 +217,20 @@ pub fn run(a: &RunArgs) -> u8 {
         strict: a.strict,
         always_summarize: a.error_exitcode.is_some()
             || matches!(a.on_exception, OnExceptionArg::Continue)
-            || !matches!(a.leak_check, None | Some(LeakCheckArg::No)),
+            || !matches!(a.leak_check, None | Some(LeakCheckArg::No))
+            || a.inherit_check,
+        inherit_check: a.inherit_check,
+        env: if matches!(a.leak_check, None | Some(LeakCheckArg::No)) {
+            Vec::new()
+        } else {
+            match crate::pytest::install() {
+                Ok(dir) => crate::pytest::environment(&dir),
+                Err(e) => {
+                    eprintln!("handles: no per-test leak reports for pytest: {e:#}");
+                    Vec::new()
+                }
+            }
+        },
     };
     // Unless --wait-all, this process (the one the shell waits on) only
     // waits for the program's status, and a child of it supervises the job
@@ -246,7 +260,11 @@ pub fn run(a: &RunArgs) -> u8 {
         // The wait for a process stopped for a debugger was cut short: the
         // status says so, as a shell's for a command the signal ended.
         (Some(sig), _) => (128 + sig).clamp(0, 255) as u8,
-        (None, Some(code)) if outcome.exceptions > 0 || outcome.leaks > 0 => code,
+        (None, Some(code))
+            if outcome.exceptions > 0 || outcome.leaks > 0 || outcome.crossings > 0 =>
+        {
+            code
+        }
         _ => outcome.exit.shell_status().clamp(0, 255) as u8,
     };
     let result = Job::run_with(opts, &mut |outcome| {

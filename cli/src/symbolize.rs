@@ -98,9 +98,11 @@ fn python_line(rest: &str) -> Option<(Frame, PyFrame)> {
     let mut it = rest.splitn(3, ' ');
     let entry = it.next()? == "1";
     let line: u32 = it.next()?.parse().ok()?;
-    let (file, function) = match it.next()?.split_once('\t') {
+    let named = it.next()?;
+    let (file, function) = match named.split_once('\t') {
         Some((file, function)) => (Some(file.to_string()), function.to_string()),
-        None => (None, rest.rsplit(' ').next().unwrap_or("??").to_string()),
+        // The whole rest, spaces and all (`<freed code object>`).
+        None => (None, named.to_string()),
     };
     let frame = Frame {
         index: 0,
@@ -119,4 +121,22 @@ fn python_line(rest: &str) -> Option<(Frame, PyFrame)> {
         ..Default::default()
     };
     Some((frame, raw))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::python_line;
+
+    #[test]
+    fn a_freed_code_object_keeps_its_whole_name() {
+        let (f, raw) = python_line("0 0 <freed code object>").expect("parsed");
+        assert_eq!(f.function.as_deref(), Some("<freed code object>"));
+        assert_eq!((f.file, f.line, raw.entry), (None, None, false));
+        let (f, raw) = python_line("1 12 /srv/a b.py\thelper").expect("parsed");
+        assert_eq!(f.file.as_deref(), Some("/srv/a b.py"));
+        assert_eq!(
+            (f.function.as_deref(), f.line, raw.entry),
+            (Some("helper"), Some(12), true)
+        );
+    }
 }

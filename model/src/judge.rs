@@ -29,6 +29,8 @@
 //!   before a redirection (`fcntl(n, F_DUPFD, 10)`) ask whether n is open;
 //!   the numbers come from the script's text, not from the kernel.
 
+use core::fmt;
+
 use crate::policy::{Action, Condition, Policy};
 
 /// `EBADF`, as the judge's answers carry it (x86_64 Linux).
@@ -85,13 +87,6 @@ impl Kind {
             Kind::DupNeverOpened => "dup-never-opened",
         }
     }
-
-    /// How a report introduces the handle before the last at a number
-    /// that was handed out again and closed again before the stale use:
-    /// the program passed only the number, so its stale copy may be of
-    /// either handle.
-    pub const EARLIER: &'static str =
-        "the number was reused: the stale copy may instead be of the handle before it,";
 
     /// The report's sentence for it.
     pub fn sentence(self, quarantined: bool) -> &'static str {
@@ -487,6 +482,20 @@ pub enum Moment {
     /// A held close, written as the thread ended or exec'd: nothing
     /// follows it.
     HeldEnded,
+}
+
+/// [`write_outcome`]'s line, to format.
+#[derive(Clone, Copy, Debug)]
+pub struct Outcome {
+    pub action: Action,
+    pub moment: Moment,
+    pub then: Then,
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_outcome(f, self.action, self.moment, self.then)
+    }
 }
 
 /// A bad-handle report's outcome line, the same words from the shim and

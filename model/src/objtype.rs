@@ -62,6 +62,67 @@ impl ObjType {
         ObjType::Unknown,
     ];
 
+    /// The type's code in the shared table (`Slot::obj_type`): written by
+    /// one process and read by another, possibly built from another
+    /// version, so each type keeps its number for good. A new type takes
+    /// the next free number; 0 is "not classified".
+    pub const fn code(self) -> u32 {
+        match self {
+            ObjType::File => 1,
+            ObjType::Dir => 2,
+            ObjType::Pipe => 3,
+            ObjType::Channel => 4,
+            ObjType::Socket => 5,
+            ObjType::Event => 6,
+            ObjType::Port => 7,
+            ObjType::Timer => 8,
+            ObjType::Signalfd => 9,
+            ObjType::Vmo => 10,
+            ObjType::Process => 11,
+            ObjType::Inotify => 12,
+            ObjType::Fanotify => 13,
+            ObjType::IoUring => 14,
+            ObjType::Userfaultfd => 15,
+            ObjType::PerfEvent => 16,
+            ObjType::Bpf => 17,
+            ObjType::Tty => 18,
+            ObjType::Chardev => 19,
+            ObjType::Blockdev => 20,
+            ObjType::Path => 21,
+            ObjType::Unknown => 22,
+        }
+    }
+
+    /// The type [`ObjType::code`] gives `code`; None for 0 and for codes
+    /// no type has.
+    pub const fn from_code(code: u32) -> Option<ObjType> {
+        Some(match code {
+            1 => ObjType::File,
+            2 => ObjType::Dir,
+            3 => ObjType::Pipe,
+            4 => ObjType::Channel,
+            5 => ObjType::Socket,
+            6 => ObjType::Event,
+            7 => ObjType::Port,
+            8 => ObjType::Timer,
+            9 => ObjType::Signalfd,
+            10 => ObjType::Vmo,
+            11 => ObjType::Process,
+            12 => ObjType::Inotify,
+            13 => ObjType::Fanotify,
+            14 => ObjType::IoUring,
+            15 => ObjType::Userfaultfd,
+            16 => ObjType::PerfEvent,
+            17 => ObjType::Bpf,
+            18 => ObjType::Tty,
+            19 => ObjType::Chardev,
+            20 => ObjType::Blockdev,
+            21 => ObjType::Path,
+            22 => ObjType::Unknown,
+            _ => return None,
+        })
+    }
+
     /// The name shown in tables and JSON.
     pub fn name(self) -> &'static str {
         match self {
@@ -163,5 +224,48 @@ mod tests {
             }
         }
         assert_eq!(ObjType::from_name("nonsense"), None);
+    }
+
+    /// The codes are a wire format between builds: this list is the
+    /// record of which number is which type, and a change to it is a
+    /// change of the table's format.
+    #[test]
+    fn codes_are_pinned() {
+        let pinned = [
+            (ObjType::File, 1),
+            (ObjType::Dir, 2),
+            (ObjType::Pipe, 3),
+            (ObjType::Channel, 4),
+            (ObjType::Socket, 5),
+            (ObjType::Event, 6),
+            (ObjType::Port, 7),
+            (ObjType::Timer, 8),
+            (ObjType::Signalfd, 9),
+            (ObjType::Vmo, 10),
+            (ObjType::Process, 11),
+            (ObjType::Inotify, 12),
+            (ObjType::Fanotify, 13),
+            (ObjType::IoUring, 14),
+            (ObjType::Userfaultfd, 15),
+            (ObjType::PerfEvent, 16),
+            (ObjType::Bpf, 17),
+            (ObjType::Tty, 18),
+            (ObjType::Chardev, 19),
+            (ObjType::Blockdev, 20),
+            (ObjType::Path, 21),
+            (ObjType::Unknown, 22),
+        ];
+        assert_eq!(
+            pinned.len(),
+            ObjType::ALL.len(),
+            "a type without a pinned code"
+        );
+        for (t, code) in pinned {
+            assert_eq!(t.code(), code, "{t:?}");
+            assert_eq!(ObjType::from_code(code), Some(t));
+        }
+        assert_eq!(ObjType::from_code(0), None);
+        assert_eq!(ObjType::from_code(pinned.len() as u32 + 1), None);
+        assert_eq!(ObjType::from_code(u32::MAX), None);
     }
 }

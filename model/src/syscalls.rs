@@ -258,6 +258,36 @@ pub fn path_arg(nr: i64) -> Option<usize> {
     }
 }
 
+/// Looks a syscall up by number in a constant: the shim's wrappers take
+/// their fd and directory-fd positions from the table at compile time.
+pub const fn desc(nr: i64) -> Option<&'static Desc> {
+    let mut i = 0;
+    while i < TABLE.len() {
+        if TABLE[i].nr == nr {
+            return Some(&TABLE[i]);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The position of the `n`th (from 0) set bit of `mask`, 6 if it has
+/// fewer: with [`desc`], the argument a wrapper finds its `n`th fd in.
+pub const fn nth_arg(mask: u8, n: u32) -> usize {
+    let mut seen = 0;
+    let mut i = 0;
+    while i < 6 {
+        if mask & (1 << i) != 0 {
+            if seen == n {
+                return i;
+            }
+            seen += 1;
+        }
+        i += 1;
+    }
+    6
+}
+
 /// Looks a syscall up by number (binary search: the table is sorted).
 pub fn lookup(nr: i64) -> Option<&'static Desc> {
     TABLE
@@ -269,6 +299,19 @@ pub fn lookup(nr: i64) -> Option<&'static Desc> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn constant_lookups_agree_with_the_binary_search() {
+        for d in TABLE {
+            assert_eq!(desc(d.nr).map(|x| x.name), Some(d.name));
+        }
+        assert!(desc(39).is_none());
+        assert_eq!(nth_arg(0b101, 0), 0);
+        assert_eq!(nth_arg(0b101, 1), 2);
+        assert_eq!(nth_arg(0b10, 0), 1);
+        assert_eq!(nth_arg(0b1, 1), 6);
+        assert_eq!(nth_arg(0, 0), 6);
+    }
 
     #[test]
     fn table_is_sorted_and_unique() {

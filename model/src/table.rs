@@ -92,6 +92,13 @@ pub mod marker {
     /// `Verdict::Release`): a tombstone the supervisor put there is no
     /// longer one. Sent before the shim closes it.
     pub const RELEASE: u32 = u32::from_le_bytes(*b"RLSE");
+    /// `fcntl(fd, F_SETFD, flags)` with FD_CLOEXEC clear: the program
+    /// makes `fd` inheritable on purpose (`--inherit-check`, see
+    /// `inherit`). The supervisor remembers it and lets the call run.
+    pub const INHERIT: u32 = u32::from_le_bytes(*b"INHR");
+    /// `fcntl(-1, CHECKPOINT_CMD, name)`: `handles_checkpoint(name)`, a
+    /// test boundary (docs/per-test.md). Answered by the supervisor.
+    pub const CHECKPOINT: u32 = u32::from_le_bytes(*b"CKPT");
 
     /// The register value that carries `tag` for a job with `cookie`.
     pub const fn make(cookie: u64, tag: u32) -> u64 {
@@ -107,6 +114,14 @@ pub mod marker {
         }
     }
 }
+
+/// The fcntl command no kernel knows that carries a test boundary:
+/// `fcntl(-1, CHECKPOINT_CMD, name)` (a NUL-terminated name, or 0 for
+/// "the current test ended"). The shim's `handles_checkpoint` issues it
+/// marked; without the shim, anything that can make a raw syscall can
+/// (every fd syscall stops at the supervisor then). fd -1 keeps it
+/// harmless where nothing answers: the kernel fails it with EBADF.
+pub const CHECKPOINT_CMD: u32 = u32::from_le_bytes(*b"HCKP");
 
 /// Who writes the table.
 pub mod writer {
@@ -321,19 +336,15 @@ pub struct SlotDetail {
     pub name: Name,
 }
 
-/// The `obj_type` code of a slot for `t` (index in [`ObjType::ALL`] + 1).
+/// The `obj_type` code of a slot for `t` ([`crate::ObjType::code`]).
 pub fn obj_type_code(t: crate::ObjType) -> u32 {
-    crate::ObjType::ALL
-        .iter()
-        .position(|&x| x == t)
-        .map_or(0, |i| i as u32 + 1)
+    t.code()
 }
 
 /// The type a slot's `obj_type` code names; None for 0 (not classified by
-/// the writer) and for codes out of range.
+/// the writer) and for codes no type has.
 pub fn obj_type_from_code(code: u32) -> Option<crate::ObjType> {
-    let i = usize::try_from(code).ok()?.checked_sub(1)?;
-    crate::ObjType::ALL.get(i).copied()
+    crate::ObjType::from_code(code)
 }
 
 impl Header {
@@ -794,6 +805,18 @@ fn store_py(dst: &[AtomicU64; 2 * PY_DEPTH], frames: &[crate::python::PyFrame]) 
     }
 }
 
+/// Copies a Python record up to and including its end (a 0 code).
+fn copy_py(dst: &[AtomicU64; 2 * PY_DEPTH], src: &[AtomicU64; 2 * PY_DEPTH]) {
+    for (d, s) in dst.chunks_exact(2).zip(src.chunks_exact(2)) {
+        let code = s[0].load(Ordering::Relaxed);
+        d[0].store(code, Ordering::Relaxed);
+        d[1].store(s[1].load(Ordering::Relaxed), Ordering::Relaxed);
+        if code == 0 {
+            break;
+        }
+    }
+}
+
 fn load_py(src: &[AtomicU64; 2 * PY_DEPTH]) -> PyStack {
     let mut st = PyStack::default();
     for (i, pair) in src.chunks_exact(2).enumerate() {
@@ -815,6 +838,19 @@ fn load_py(src: &[AtomicU64; 2 * PY_DEPTH]) -> PyStack {
 }
 
 impl PyStacks {
+    /// Copies another slot's Python records (a writer's own copy, e.g.
+    /// after fork), up to each record's end. Only while holding the
+    /// slot's lock.
+    pub fn copy_from(&self, _lock: &Locked, other: &PyStacks) {
+        copy_py(&self.created, &other.created);
+        copy_py(&self.closed, &other.closed);
+    }
+
+    /// Copies another slot's close record only.
+    pub fn copy_closed_from(&self, _lock: &Locked, other: &PyStacks) {
+        copy_py(&self.closed, &other.closed);
+    }
+
     /// Stores the creation record and clears the close record. Only while
     /// holding the slot's lock.
     pub fn set_created(&self, _lock: &Locked, frames: &[crate::python::PyFrame]) {
@@ -1009,6 +1045,36 @@ impl CodeRegistry<'_> {
             }
         }
         false
+    }
+
+    /// Copies every entry `other` holds ready into the same place here,
+    /// where this registry's is free: a fork child's new table names the
+    /// code objects its parent recorded (the records it inherited point
+    /// at them). Entries are written once, so a ready one can be read
+    /// while its writer goes on.
+    pub fn copy_from(&self, other: &CodeRegistry<'_>) {
+        for (d, s) in self.entries.iter().zip(other.entries) {
+            if s.state.load(Ordering::Acquire) != 2
+                || d.state
+                    .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+                    .is_err()
+            {
+                continue;
+            }
+            d.code
+                .store(s.code.load(Ordering::Relaxed), Ordering::Relaxed);
+            d.meta
+                .store(s.meta.load(Ordering::Relaxed), Ordering::Relaxed);
+            d.lens
+                .store(s.lens.load(Ordering::Relaxed), Ordering::Relaxed);
+            for (x, y) in d.name.iter().zip(&s.name) {
+                x.store(y.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+            for (x, y) in d.file.iter().zip(&s.file) {
+                x.store(y.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+            d.state.store(2, Ordering::Release);
+        }
     }
 
     /// The entry for (`code`, `check`).
@@ -1522,21 +1588,7 @@ impl Earlier {
             d.store(s.load(Ordering::Relaxed), Ordering::Relaxed);
         }
         match py {
-            Some(py) => {
-                for pair in self
-                    .py_closed
-                    .chunks_exact(2)
-                    .zip(py.closed.chunks_exact(2))
-                {
-                    let (d, s) = pair;
-                    let code = s[0].load(Ordering::Relaxed);
-                    d[0].store(code, Ordering::Relaxed);
-                    d[1].store(s[1].load(Ordering::Relaxed), Ordering::Relaxed);
-                    if code == 0 {
-                        break;
-                    }
-                }
-            }
+            Some(py) => copy_py(&self.py_closed, &py.closed),
             None => self.py_closed[0].store(0, Ordering::Relaxed),
         }
         self.koid.store(prior.koid, Ordering::Relaxed);
@@ -1546,6 +1598,29 @@ impl Earlier {
                 | u64::from(prior.generation),
             Ordering::Relaxed,
         );
+    }
+
+    /// Copies another slot's record (a writer's own copy, e.g. after
+    /// fork). Only while holding the slot's lock.
+    pub fn copy_from(&self, _lock: &Locked, other: &Earlier) {
+        let meta = other.meta.load(Ordering::Relaxed);
+        self.meta.store(meta, Ordering::Relaxed);
+        if meta & EARLIER_PRESENT == 0 {
+            return;
+        }
+        self.koid
+            .store(other.koid.load(Ordering::Relaxed), Ordering::Relaxed);
+        for (d, s) in self.name.iter().zip(&other.name) {
+            d.store(s.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        for (d, s) in self.closed.iter().zip(&other.closed) {
+            let pc = s.load(Ordering::Relaxed);
+            d.store(pc, Ordering::Relaxed);
+            if pc == 0 {
+                break;
+            }
+        }
+        copy_py(&self.py_closed, &other.py_closed);
     }
 
     fn load(&self) -> Option<EarlierRecord> {

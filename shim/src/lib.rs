@@ -16,7 +16,6 @@
 //! the same thread never takes one); a thread-local flag sends nested
 //! calls straight to the raw syscall.
 
-#![deny(unsafe_op_in_unsafe_fn)]
 // The unit-test build leaves out the interposed functions (they would
 // interpose the test harness itself), so most of the crate is unused there.
 #![cfg_attr(test, allow(dead_code, unused_imports))]
@@ -33,13 +32,38 @@ macro_rules! args {
     }};
 }
 
+/// The argument register after `$args` (x86_64 System V, integer and
+/// pointer arguments): where a trampoline passes its frame pointer, as
+/// one more argument.
+#[cfg(not(test))]
+macro_rules! frame_reg {
+    () => {
+        "rdi"
+    };
+    ($a:ident) => {
+        "rsi"
+    };
+    ($a:ident $b:ident) => {
+        "rdx"
+    };
+    ($a:ident $b:ident $c:ident) => {
+        "rcx"
+    };
+    ($a:ident $b:ident $c:ident $d:ident) => {
+        "r8"
+    };
+    ($a:ident $b:ident $c:ident $d:ident $e:ident) => {
+        "r9"
+    };
+}
+
 /// Exported function `$name` that calls `$imp` with the same arguments
-/// plus its frame pointer in `$reg` (the wrappers of `wrap` and `stdio`
-/// record stacks from their caller's frame). Defined before the modules
-/// that use it.
+/// plus its frame pointer as the last one (the wrappers of `wrap` and
+/// `stdio` record stacks from their caller's frame). Defined before the
+/// modules that use it.
 #[cfg(not(test))]
 macro_rules! trampoline {
-    ($name:ident => $imp:ident, $reg:literal, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+    ($name:ident => $imp:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
         #[unsafe(naked)]
         #[no_mangle]
         pub unsafe extern "C-unwind" fn $name($($arg: $ty),*) -> $ret {
@@ -50,7 +74,7 @@ macro_rules! trampoline {
                 ".cfi_offset rbp, -16",
                 "mov rbp, rsp",
                 ".cfi_def_cfa_register rbp",
-                concat!("mov ", $reg, ", rbp"),
+                concat!("mov ", frame_reg!($($arg)*), ", rbp"),
                 "call {imp}",
                 "pop rbp",
                 ".cfi_def_cfa rsp, 8",
@@ -63,6 +87,7 @@ macro_rules! trampoline {
 }
 
 mod cfi;
+mod checkpoint;
 mod fddir;
 #[cfg(not(test))]
 mod lookup;
@@ -83,6 +108,8 @@ mod wrap;
 
 use core::sync::atomic::Ordering::Relaxed;
 
+use handles_model::protocol::{self, env as penv};
+
 /// Reads a variable of the environment without allocating a String.
 fn env(name: &core::ffi::CStr) -> Option<&'static str> {
     // SAFETY: getenv with a NUL-terminated name; the constructor runs
@@ -94,13 +121,6 @@ fn env(name: &core::ffi::CStr) -> Option<&'static str> {
     // SAFETY: getenv returns a NUL-terminated string that lives as long
     // as the environment entry.
     unsafe { core::ffi::CStr::from_ptr(p) }.to_str().ok()
-}
-
-/// `HANDLES_COOKIE`: exactly 16 hex digits.
-fn parse_cookie(s: &str) -> Option<u64> {
-    (s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit()))
-        .then(|| u64::from_str_radix(s, 16).ok())
-        .flatten()
 }
 
 /// Set-user-ID, or set-group-ID with group execute (the kernel's own rule:
@@ -208,58 +228,65 @@ extern "C" fn init() {
         // wrapper passes through.
         return;
     }
-    if let Some(c) = env(c"HANDLES_COOKIE").and_then(parse_cookie) {
-        // Where the cookie goes matters only when there is one.
-        sys::init_cookie_args();
-        sys::COOKIE.store(c, Relaxed);
-        sys::COOKIE_ON.store(true, Relaxed);
-        if env(c"HANDLES_ANNOUNCE") == Some("0") {
-            state::ANNOUNCE.store(false, Relaxed);
-        }
-    }
-    if sys::COOKIE_ON.load(Relaxed) && env(c"LD_PRELOAD").is_some_and(|p| p.contains("vgpreload_"))
-    {
+    let cookie = env(penv::COOKIE.c()).and_then(protocol::parse_cookie);
+    if cookie.is_some() && env(c"LD_PRELOAD").is_some_and(|p| p.contains("vgpreload_")) {
         // A program under valgrind, under a supervisor: valgrind's core
         // is a static binary, so the supervisor gave it the strict filter
         // and checks every call the program makes. The shim would only
         // add its table and tombstones to what `valgrind --track-fds`
-        // lists as the program's fds.
+        // lists as the program's fds. Its wrappers still pass every call
+        // through, and must do so unmarked: valgrind's core makes the
+        // guest's syscall with the guest's registers, cookie included,
+        // and a marked call passes the filter unseen (the guest's closes
+        // were neither quarantined nor checked).
         return;
     }
-    if let Some(p) = env(c"HANDLES_POLICY") {
+    if let Some(c) = cookie {
+        // Where the cookie goes matters only when there is one.
+        sys::init_cookie_args();
+        sys::COOKIE.store(c, Relaxed);
+        sys::COOKIE_ON.store(true, Relaxed);
+        if env(penv::ANNOUNCE.c()) == Some(penv::OFF) {
+            state::ANNOUNCE.store(false, Relaxed);
+        }
+    }
+    if let Some(p) = env(penv::POLICY.c()) {
         report::set_policy(p);
     }
-    if env(c"HANDLES_MARK_OWN") == Some("1") && sys::COOKIE_ON.load(Relaxed) {
+    if env(penv::MARK_OWN.c()) == Some(penv::ON) && sys::COOKIE_ON.load(Relaxed) {
         sys::MARK_OWN.store(true, Relaxed);
     }
-    if let Some(o) = env(c"HANDLES_ON_EXCEPTION") {
+    if env(penv::INHERIT.c()) == Some(penv::ON) && sys::COOKIE_ON.load(Relaxed) {
+        sys::MARK_INHERIT.store(true, Relaxed);
+    }
+    if let Some(o) = env(penv::ON_EXCEPTION.c()) {
         report::set_on_exception(o);
     }
-    if let Some(p) = env(c"HANDLES_SYMBOLIZER") {
+    if let Some(p) = env(penv::SYMBOLIZER.c()) {
         symbolize::init(p);
     }
-    if env(c"HANDLES_SUMMARY") == Some("always") {
+    if env(penv::SUMMARY.c()) == Some(penv::SUMMARY_ALWAYS) {
         report::ALWAYS_SUMMARIZE.store(true, Relaxed);
     }
     let pid = sys::getpid();
-    if let Some(root) = env(c"HANDLES_ROOT_PID").and_then(|s| s.trim().parse::<i32>().ok()) {
+    if let Some(root) = env(penv::ROOT_PID.c()).and_then(|s| s.trim().parse::<i32>().ok()) {
         ROOT_PID.store(root, Relaxed);
     }
-    if let Some(c) = env(c"HANDLES_ERROR_EXITCODE").and_then(|s| s.trim().parse::<u8>().ok()) {
+    if let Some(c) = env(penv::ERROR_EXITCODE.c()).and_then(|s| s.trim().parse::<u8>().ok()) {
         ERROR_EXITCODE.store(u16::from(c) + 1, Relaxed);
     }
-    if let Some(q) = env(c"HANDLES_QUARANTINE").and_then(|s| s.trim().parse::<u32>().ok()) {
+    if let Some(q) = env(penv::QUARANTINE.c()).and_then(|s| s.trim().parse::<u32>().ok()) {
         quarantine::CAPACITY.store(q.min(quarantine::MAX_CAPACITY), Relaxed);
     }
-    if let Some(d) = env(c"HANDLES_STACK_DEPTH").and_then(|s| s.trim().parse::<u32>().ok()) {
+    if let Some(d) = env(penv::STACK_DEPTH.c()).and_then(|s| s.trim().parse::<u32>().ok()) {
         stack::DEPTH.store(d, Relaxed);
     }
-    match env(c"HANDLES_STACKS") {
-        Some("unwind") => stack::UNWIND.store(true, Relaxed),
-        Some("fp") => stack::FRAME_POINTERS.store(true, Relaxed),
+    match env(penv::STACKS.c()) {
+        Some(penv::STACKS_UNWIND) => stack::UNWIND.store(true, Relaxed),
+        Some(penv::STACKS_FP) => stack::FRAME_POINTERS.store(true, Relaxed),
         _ => {}
     }
-    if env(c"HANDLES_PYTHON_FRAMES") == Some("0") {
+    if env(penv::PYTHON_FRAMES.c()) == Some(penv::OFF) {
         python::disable();
     }
     let (soft, hard) = state::nofile().unwrap_or((1024, 1024));
@@ -340,18 +367,6 @@ static FINI: extern "C" fn() = fini;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cookie_format() {
-        assert_eq!(parse_cookie("00000000000000ff"), Some(255));
-        assert_eq!(
-            parse_cookie("DEADbeef00112233"),
-            Some(0xdead_beef_0011_2233)
-        );
-        assert_eq!(parse_cookie("ff"), None);
-        assert_eq!(parse_cookie("+0000000000000ff"), None);
-        assert_eq!(parse_cookie("00000000000000fg"), None);
-    }
 
     #[test]
     fn set_id_modes() {

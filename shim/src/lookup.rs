@@ -26,6 +26,7 @@ use crate::sys;
 use crate::wrap::check;
 use handles_model::fdpath::{self, Whose};
 use handles_model::judge::{op_of, Op};
+use handles_model::syscalls;
 
 /// Whether `path` names an entry of this process's fd table that is
 /// hidden (see the module's documentation).
@@ -127,14 +128,27 @@ macro_rules! path_fn {
     };
 }
 
-/// `$name` whose argument `$dirfd` is a directory fd for path `$path`,
-/// named in reports as syscall `$nr`.
+/// Where the `n`th (from 0) directory fd of syscall `nr` is, by the
+/// syscall table (`Desc::dirfd_args`); its path is the next argument, as
+/// in every `*at` call. 6 when the table has none.
+const fn dirfd_arg(nr: i64, n: u32) -> usize {
+    match syscalls::desc(nr) {
+        Some(d) => syscalls::nth_arg(d.dirfd_args, n),
+        None => 6,
+    }
+}
+
+/// `$name`, named in reports as syscall `$nr`, whose directory fd and
+/// path are where the syscall table puts `$nr`'s.
 macro_rules! at_fn {
-    ($name:ident, $real:ident, $nr:expr, ($($arg:ident: $ty:ty),*) -> $ret:ty, $i:literal, $path:ident) => {
+    ($name:ident, $real:ident, $nr:expr, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
         real_fn!($real, $name);
         #[no_mangle]
         pub unsafe extern "C-unwind" fn $name($($arg: $ty),*) -> $ret {
-            if let Some(r) = at($nr, args!($($arg),*), $i, $path as *const c_char) {
+            const DIRFD: usize = dirfd_arg($nr, 0);
+            const { assert!(DIRFD < [$(stringify!($arg)),*].len() - 1, concat!(stringify!($name), ": no directory fd and path")) };
+            let a = args!($($arg),*);
+            if let Some(r) = at($nr, a, DIRFD, a[DIRFD + 1] as *const c_char) {
                 return r as $ret;
             }
             forward!($real, ($($arg: $ty),*) -> $ret)
@@ -198,8 +212,8 @@ use libc::{
     SYS_symlinkat, SYS_unlinkat, SYS_utimensat,
 };
 
-at_fn!(fstatat, FSTATAT, SYS_newfstatat, (dirfd: c_int, path: *const c_char, buf: Stat, flags: c_int) -> c_int, 0, path);
-at_fn!(fstatat64, FSTATAT64, SYS_newfstatat, (dirfd: c_int, path: *const c_char, buf: Stat, flags: c_int) -> c_int, 0, path);
+at_fn!(fstatat, FSTATAT, SYS_newfstatat, (dirfd: c_int, path: *const c_char, buf: Stat, flags: c_int) -> c_int);
+at_fn!(fstatat64, FSTATAT64, SYS_newfstatat, (dirfd: c_int, path: *const c_char, buf: Stat, flags: c_int) -> c_int);
 
 /// The old stat ABI (`__fxstatat(ver, dirfd, path, buf, flags)`, what
 /// binaries built against glibc before 2.33 call): judged as the
@@ -224,28 +238,32 @@ macro_rules! fxstatat_fn {
 }
 fxstatat_fn!(__fxstatat, FXSTATAT);
 fxstatat_fn!(__fxstatat64, FXSTATAT64);
-at_fn!(statx, STATX, SYS_statx, (dirfd: c_int, path: *const c_char, flags: c_int, mask: libc::c_uint, buf: *mut c_void) -> c_int, 0, path);
-at_fn!(faccessat, FACCESSAT, SYS_faccessat, (dirfd: c_int, path: *const c_char, mode: c_int, flags: c_int) -> c_int, 0, path);
-at_fn!(readlinkat, READLINKAT, SYS_readlinkat, (dirfd: c_int, path: *const c_char, buf: *mut c_char, n: size_t) -> ssize_t, 0, path);
-at_fn!(fchownat, FCHOWNAT, SYS_fchownat, (dirfd: c_int, path: *const c_char, uid: uid_t, gid: gid_t, flags: c_int) -> c_int, 0, path);
-at_fn!(fchmodat, FCHMODAT, libc::SYS_fchmodat, (dirfd: c_int, path: *const c_char, mode: mode_t, flags: c_int) -> c_int, 0, path);
-at_fn!(utimensat, UTIMENSAT, SYS_utimensat, (dirfd: c_int, path: *const c_char, times: *const libc::timespec, flags: c_int) -> c_int, 0, path);
-at_fn!(futimesat, FUTIMESAT, SYS_futimesat, (dirfd: c_int, path: *const c_char, times: *const libc::timeval) -> c_int, 0, path);
-at_fn!(unlinkat, UNLINKAT, SYS_unlinkat, (dirfd: c_int, path: *const c_char, flags: c_int) -> c_int, 0, path);
-at_fn!(mkdirat, MKDIRAT, SYS_mkdirat, (dirfd: c_int, path: *const c_char, mode: mode_t) -> c_int, 0, path);
-at_fn!(mknodat, MKNODAT, SYS_mknodat, (dirfd: c_int, path: *const c_char, mode: mode_t, dev: libc::dev_t) -> c_int, 0, path);
-at_fn!(symlinkat, SYMLINKAT, SYS_symlinkat, (target: *const c_char, dirfd: c_int, path: *const c_char) -> c_int, 1, path);
-at_fn!(name_to_handle_at, NAME_TO_HANDLE_AT, SYS_name_to_handle_at, (dirfd: c_int, path: *const c_char, handle: *mut c_void, mount_id: *mut c_int, flags: c_int) -> c_int, 0, path);
-at_fn!(execveat, EXECVEAT, SYS_execveat, (dirfd: c_int, path: *const c_char, argv: *const *const c_char, envp: *const *const c_char, flags: c_int) -> c_int, 0, path);
+at_fn!(statx, STATX, SYS_statx, (dirfd: c_int, path: *const c_char, flags: c_int, mask: libc::c_uint, buf: *mut c_void) -> c_int);
+at_fn!(faccessat, FACCESSAT, SYS_faccessat, (dirfd: c_int, path: *const c_char, mode: c_int, flags: c_int) -> c_int);
+at_fn!(readlinkat, READLINKAT, SYS_readlinkat, (dirfd: c_int, path: *const c_char, buf: *mut c_char, n: size_t) -> ssize_t);
+at_fn!(fchownat, FCHOWNAT, SYS_fchownat, (dirfd: c_int, path: *const c_char, uid: uid_t, gid: gid_t, flags: c_int) -> c_int);
+at_fn!(fchmodat, FCHMODAT, libc::SYS_fchmodat, (dirfd: c_int, path: *const c_char, mode: mode_t, flags: c_int) -> c_int);
+at_fn!(utimensat, UTIMENSAT, SYS_utimensat, (dirfd: c_int, path: *const c_char, times: *const libc::timespec, flags: c_int) -> c_int);
+at_fn!(futimesat, FUTIMESAT, SYS_futimesat, (dirfd: c_int, path: *const c_char, times: *const libc::timeval) -> c_int);
+at_fn!(unlinkat, UNLINKAT, SYS_unlinkat, (dirfd: c_int, path: *const c_char, flags: c_int) -> c_int);
+at_fn!(mkdirat, MKDIRAT, SYS_mkdirat, (dirfd: c_int, path: *const c_char, mode: mode_t) -> c_int);
+at_fn!(mknodat, MKNODAT, SYS_mknodat, (dirfd: c_int, path: *const c_char, mode: mode_t, dev: libc::dev_t) -> c_int);
+at_fn!(symlinkat, SYMLINKAT, SYS_symlinkat, (target: *const c_char, dirfd: c_int, path: *const c_char) -> c_int);
+at_fn!(name_to_handle_at, NAME_TO_HANDLE_AT, SYS_name_to_handle_at, (dirfd: c_int, path: *const c_char, handle: *mut c_void, mount_id: *mut c_int, flags: c_int) -> c_int);
+at_fn!(execveat, EXECVEAT, SYS_execveat, (dirfd: c_int, path: *const c_char, argv: *const *const c_char, envp: *const *const c_char, flags: c_int) -> c_int);
 
 /// Calls with two directory fds: each is judged with its own path.
 macro_rules! at2_fn {
-    ($name:ident, $real:ident, $nr:expr, ($($arg:ident: $ty:ty),*) -> $ret:ty, ($i:literal, $p:ident), ($j:literal, $q:ident)) => {
+    ($name:ident, $real:ident, $nr:expr, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
         real_fn!($real, $name);
         #[no_mangle]
         pub unsafe extern "C-unwind" fn $name($($arg: $ty),*) -> $ret {
+            const I: usize = dirfd_arg($nr, 0);
+            const J: usize = dirfd_arg($nr, 1);
+            const { assert!(J < [$(stringify!($arg)),*].len() - 1, concat!(stringify!($name), ": not two directory fds with paths")) };
             let a = args!($($arg),*);
-            if let Some(r) = at($nr, a, $i, $p).or_else(|| at($nr, a, $j, $q)) {
+            let (p, q) = (a[I + 1] as *const c_char, a[J + 1] as *const c_char);
+            if let Some(r) = at($nr, a, I, p).or_else(|| at($nr, a, J, q)) {
                 return r as $ret;
             }
             forward!($real, ($($arg: $ty),*) -> $ret)
@@ -253,9 +271,9 @@ macro_rules! at2_fn {
     };
 }
 
-at2_fn!(renameat, RENAMEAT, SYS_renameat, (olddir: c_int, old: *const c_char, newdir: c_int, new: *const c_char) -> c_int, (0, old), (2, new));
-at2_fn!(renameat2, RENAMEAT2, SYS_renameat2, (olddir: c_int, old: *const c_char, newdir: c_int, new: *const c_char, flags: libc::c_uint) -> c_int, (0, old), (2, new));
-at2_fn!(linkat, LINKAT, SYS_linkat, (olddir: c_int, old: *const c_char, newdir: c_int, new: *const c_char, flags: c_int) -> c_int, (0, old), (2, new));
+at2_fn!(renameat, RENAMEAT, SYS_renameat, (olddir: c_int, old: *const c_char, newdir: c_int, new: *const c_char) -> c_int);
+at2_fn!(renameat2, RENAMEAT2, SYS_renameat2, (olddir: c_int, old: *const c_char, newdir: c_int, new: *const c_char, flags: libc::c_uint) -> c_int);
+at2_fn!(linkat, LINKAT, SYS_linkat, (olddir: c_int, old: *const c_char, newdir: c_int, new: *const c_char, flags: c_int) -> c_int);
 
 // libc runs fexecve as execveat(fd, "", .., AT_EMPTY_PATH), which the
 // kernel accepts on an O_PATH fd (fstatvfs and fpathconf are in

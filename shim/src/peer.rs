@@ -14,6 +14,7 @@
 use core::sync::atomic::{AtomicI32, AtomicU64, Ordering::Relaxed};
 
 use handles_model::fdpath;
+use handles_model::protocol;
 use handles_model::table::{state, HEADER_SIZE, MAGIC, MAX_CAPACITY, SLOT_SIZE, VERSION};
 
 use crate::sys;
@@ -23,8 +24,6 @@ static DIRFD: AtomicI32 = AtomicI32::new(-1);
 /// One bit per fd number of the listed process: hidden.
 static HIDDEN: [AtomicU64; MAX_CAPACITY as usize / 64] =
     [const { AtomicU64::new(0) }; MAX_CAPACITY as usize / 64];
-
-const PREFIX: &[u8] = b"/memfd:handles-table:";
 
 /// Opens (own fd, close-on-exec) the table memfd of process `pid`, found
 /// among its fds; None if it has none we may open.
@@ -108,7 +107,7 @@ fn find_in(d: i32, dir: &[u8]) -> Option<i32> {
             let Ok(len) = usize::try_from(len) else {
                 continue;
             };
-            if !link[..len.min(link.len())].starts_with(PREFIX) {
+            if !protocol::is_table_link(&link[..len.min(link.len())]) {
                 continue;
             }
             // SAFETY: openat of a NUL-terminated local path.

@@ -135,7 +135,7 @@ pub(crate) fn write_frames(
     use core::fmt::Write;
     let codes = crate::state::codes();
     for (i, f) in frames.iter().enumerate() {
-        write!(w, "handles:     #{} ", first + i)?;
+        handles_model::report::write_frame_start(w, first + i)?;
         match codes.as_ref().and_then(|c| c.get(f.code, f.check)) {
             Some(r) => {
                 w.bytes(r.file());
@@ -404,9 +404,9 @@ unsafe fn lookup(base: u64, phdrs: &[libc::Elf64_Phdr], name: &[u8]) -> Option<u
     let h = name.iter().fold(5381u32, |h, &c| {
         h.wrapping_mul(33).wrapping_add(u32::from(c))
     });
-    // SAFETY (this block): the GNU hash table's layout: nbuckets,
-    // symoffset, bloom_size, bloom_shift, bloom words, buckets, chains;
-    // symbol indexes from it are the object's own.
+    // SAFETY: the GNU hash table's layout: nbuckets, symoffset,
+    // bloom_size, bloom_shift, bloom words, buckets, chains; symbol
+    // indexes from it are the object's own.
     unsafe {
         let words = gnu_hash as *const u32;
         let nbuckets = *words;

@@ -13,6 +13,8 @@ use handles_model::judge::{
     self, Arg, Flush, Kind, Known, Memo, Moment, Op, Then, Verdict as Judged,
 };
 use handles_model::policy::{Action, Condition, Policy};
+use handles_model::protocol::{env as penv, Message};
+use handles_model::report::{self, HandleLine, Head, Sink, Summary, SyscallText, Title};
 use handles_model::table::{marker, obj_type_from_code, state, STACK_DEPTH};
 use handles_model::{Fd, HandleValue};
 
@@ -61,8 +63,8 @@ fn then() -> Then {
 
 pub fn set_on_exception(s: &str) {
     let v = match s {
-        "stop" => 1,
-        "continue" => 2,
+        penv::ON_EXCEPTION_STOP => 1,
+        penv::ON_EXCEPTION_CONTINUE => 2,
         _ => 0,
     };
     ON_EXCEPTION.store(v, Relaxed);
@@ -230,7 +232,7 @@ pub fn judged_close(args: &[Arg], call: &Call, frame: usize) -> (Option<Verdict>
     let supervised = sys::COOKIE_ON.load(Relaxed);
     let mut after = After::Nothing;
     match d.flush {
-        Flush::Raise(h) if supervised => tell_supervisor(marker::HELD_RAISE, h.fd, 0, &[]),
+        Flush::Raise(h) if supervised => tell_supervisor(Message::HeldRaise { fd: h.fd }),
         Flush::Raise(h) => {
             let (nr, pcs) = HELD.with(Cell::get);
             let call = Call::syscall(nr, [h.fd as u64, 0, 0, 0, 0, 0]);
@@ -244,7 +246,7 @@ pub fn judged_close(args: &[Arg], call: &Call, frame: usize) -> (Option<Verdict>
                 &pcs,
             );
         }
-        Flush::Drop(h) if supervised => tell_supervisor(marker::HELD_DROP, h.fd, 0, &[]),
+        Flush::Drop(h) if supervised => tell_supervisor(Message::HeldDrop { fd: h.fd }),
         Flush::Drop(_) | Flush::None => {}
     }
     let v = match d.verdict {
@@ -266,7 +268,13 @@ pub fn judged_close(args: &[Arg], call: &Call, frame: usize) -> (Option<Verdict>
             // The report first, while the slot still says what was closed.
             let pcs = offending_stack(frame);
             if supervised {
-                tell_supervisor(marker::HOLD, h.fd, call.nr, pcs.frames());
+                let frames = pcs.frames();
+                tell_supervisor(Message::Hold {
+                    fd: h.fd,
+                    nr: call.nr,
+                    pcs: frames.as_ptr() as u64,
+                    n: frames.len(),
+                });
             } else {
                 HELD.with(|c| c.set((call.nr, pcs)));
             }
@@ -309,7 +317,7 @@ pub fn judged_close(args: &[Arg], call: &Call, frame: usize) -> (Option<Verdict>
 /// may be one it put there.
 fn give_back(fd: i32, supervised: bool) {
     if supervised {
-        tell_supervisor(marker::RELEASE, fd, 0, &[]);
+        tell_supervisor(Message::Release { fd });
     }
     crate::quarantine::release(fd);
 }
@@ -319,25 +327,13 @@ fn give_back(fd: i32, supervised: bool) {
 /// an fstat of `fd` carrying the marker, which the supervisor answers
 /// without running it. It keeps the held report, so that a thread that
 /// ends first still gets it written.
-fn tell_supervisor(tag: u32, fd: i32, nr: i64, frames: &[u64]) {
+fn tell_supervisor(m: Message) {
     // SAFETY: an all-zero stat is a valid buffer for fstat.
     let mut stat: libc::stat = unsafe { core::mem::zeroed() };
+    let e = m.encode(&raw mut stat as u64);
     // SAFETY: fstat of the program's fd into a local buffer (it does not
-    // run); the supervisor reads `frames`, alive across the call.
-    unsafe {
-        sys::marked(
-            libc::SYS_fstat,
-            [
-                fd as u64,
-                &raw mut stat as u64,
-                0,
-                nr as u64,
-                frames.as_ptr() as u64,
-                frames.len() as u64,
-            ],
-            tag,
-        )
-    };
+    // run); the supervisor reads a HOLD's frames, alive across the call.
+    unsafe { sys::marked(e.nr, e.args, e.tag) };
 }
 
 /// The judge's verdict on `op` of the one fd `fd` (callers outside the
@@ -545,14 +541,13 @@ fn write_summary(root: bool) {
     let n = EXCEPTIONS.load(Relaxed);
     if n > 0 || (root && ALWAYS_SUMMARIZE.load(Relaxed)) {
         let mut w = Out::new();
-        let c = NCONTEXTS.load(Relaxed);
-        let _ = writeln!(
-            w,
-            "handles: ERROR SUMMARY: {n} exception{} from {c} context{} (0 suppressed){}",
-            if n == 1 { "" } else { "s" },
-            if c == 1 { "" } else { "s" },
-            if root { "" } else { " in this process" },
-        );
+        let summary = Summary {
+            exceptions: u64::from(n),
+            contexts: u64::from(NCONTEXTS.load(Relaxed)),
+            suppressed: 0,
+            this_process: !root,
+        };
+        let _ = writeln!(w, "{summary}");
         w.flush();
     }
 }
@@ -581,15 +576,10 @@ fn defer(kind: Kind, fd: i32, call: &Call) -> Verdict {
     if call.nr >= 0 {
         // No register left for a marker (six arguments): an fstat of the
         // fd stands for the call, which the shim does not run.
+        let e = Message::Proxy { fd, nr: call.nr }.encode(buf);
         // SAFETY: fstat of the program's fd into a local buffer; the
         // proxy's number rides in a register fstat does not read.
-        unsafe {
-            sys::marked(
-                libc::SYS_fstat,
-                [fd as u64, buf, 0, call.nr as u64, 0, 0],
-                marker::PROXY,
-            )
-        };
+        unsafe { sys::marked(e.nr, e.args, e.tag) };
         return ebadf;
     }
     // A libc function (fclose, fdopen, ...): the supervisor is shown the
@@ -711,6 +701,13 @@ impl Write for Out {
     }
 }
 
+impl Sink for Out {
+    fn raw(&mut self, b: &[u8]) -> core::fmt::Result {
+        self.bytes(b);
+        Ok(())
+    }
+}
+
 /// Reads a small /proc file or prctl name into `buf`, trimmed.
 fn comm_of_process(buf: &mut [u8; 32]) -> &[u8] {
     // SAFETY: open/read/close of /proc/self/comm into a local buffer.
@@ -812,9 +809,7 @@ fn stack_lines(
     if let (Some(t), false) = (sym, pcs.is_empty()) {
         let mut any = false;
         for line in t.stack(k) {
-            w.bytes(b"handles:     ");
-            w.bytes(line);
-            writeln!(w)?;
+            report::write_frame_raw(w, line)?;
             any = true;
         }
         if any {
@@ -826,7 +821,7 @@ fn stack_lines(
 
 fn frames(w: &mut Out, pcs: &[u64]) -> core::fmt::Result {
     if pcs.is_empty() {
-        return writeln!(w, "handles:     (no stack recorded)");
+        return report::write_no_stack(w);
     }
     for (i, &pc) in pcs.iter().enumerate() {
         let module = stack::module_of(pc as usize);
@@ -835,7 +830,8 @@ fn frames(w: &mut Out, pcs: &[u64]) -> core::fmt::Result {
         if module.is_none() && i > 0 {
             break;
         }
-        write!(w, "handles:     #{i} {pc:#018x}")?;
+        report::write_frame_start(w, i)?;
+        write!(w, "{pc:#018x}")?;
         match module {
             Some((name, base)) => {
                 let name = basename(name);
@@ -873,52 +869,43 @@ fn write_report(
     earlier: Option<&handles_model::table::EarlierRecord>,
 ) -> core::fmt::Result {
     let was_closed = matches!(kind, Kind::UseClosed | Kind::DoubleClose | Kind::DupClosed);
-    let whatline = kind.sentence(quarantined);
     let pid = sys::getpid();
-    let tid = sys::gettid();
     let mut pbuf = [0u8; 32];
     let mut tbuf = [0u8; 32];
-    writeln!(
-        w,
-        "handles: <== policy exception: {} (action {a})",
-        Condition::BadHandle
-    )?;
-    write!(w, "handles:     process {pid} (")?;
-    w.bytes(comm_of_process(&mut pbuf));
-    write!(w, ") thread {tid} (")?;
-    w.bytes(comm_of_thread(&mut tbuf));
-    writeln!(w, ")")?;
-    write!(w, "handles:     syscall {}(", call.name)?;
-    for i in 0..usize::from(call.nargs.min(6)) {
-        if i > 0 {
-            write!(w, ", ")?;
+    let h = HandleValue::encode(Fd(fd), value.generation, st::MIXER.load(Relaxed));
+    let handle = if was_closed {
+        HandleLine::Closed {
+            value: &h,
+            fd,
+            ty: obj_type_from_code(value.obj_type).map_or("object", |t| t.name()),
+            koid: 0,
+            name,
         }
-        let v = call.args[i];
-        if call.fd_mask & (1 << i) != 0 {
-            write!(w, "{}", v as i32)?;
-        } else if v < 0x10000 {
-            write!(w, "{v}")?;
-        } else {
-            write!(w, "{v:#x}")?;
-        }
-    }
-    writeln!(w, ")")?;
-    if was_closed {
-        let h = HandleValue::encode(Fd(fd), value.generation, st::MIXER.load(Relaxed));
-        let ty = obj_type_from_code(value.obj_type).map_or("object", |t| t.name());
-        write!(w, "handles:     handle {h} (fd {fd}): closed {ty}")?;
-        if !name.is_empty() {
-            w.bytes(b" ");
-            w.bytes(name);
-        }
-        writeln!(w)?;
     } else {
-        writeln!(w, "handles:     handle fd {fd}: not open")?;
+        HandleLine::NotOpen { fd }
+    };
+    Head {
+        condition: &Condition::BadHandle,
+        action: &a,
+        pid,
+        process: comm_of_process(&mut pbuf),
+        tid: sys::gettid(),
+        thread: comm_of_thread(&mut tbuf),
+        syscall: &SyscallText {
+            name: call.name,
+            args: &call.args,
+            nargs: usize::from(call.nargs.min(6)),
+            fd_mask: call.fd_mask,
+        },
+        handle: Some(handle),
+        what: &kind.sentence(quarantined),
+        outcome: &judge::Outcome {
+            action: a,
+            moment,
+            then,
+        },
     }
-    writeln!(w, "handles:     {whatline}")?;
-    w.write_str("handles:     ")?;
-    judge::write_outcome(w, a, moment, then)?;
-    writeln!(w)?;
+    .write_to(w)?;
     let earlier_closed = earlier.map_or(&[][..], |e| &e.closed.pcs[..e.closed.len]);
     let earlier_py = earlier.map_or(&[][..], |e| e.py_closed.frames());
     let sym = crate::symbolize::symbolize(&[
@@ -934,25 +921,31 @@ fn write_report(
     } else {
         (py, earlier_py)
     };
-    writeln!(w, "handles: backtrace:")?;
+    report::write_title(w, &Title::Backtrace)?;
     stack_lines(w, offending.frames(), sym.as_ref(), 0)?;
     crate::python::write_frames(w, py[0], walked(offending.frames()).len())?;
     if was_closed {
-        writeln!(w, "handles: closed in process {pid} at:")?;
+        report::write_title(w, &Title::Closed { how: None, pid })?;
         stack_lines(w, closed, sym.as_ref(), 1)?;
         crate::python::write_frames(w, py[1], walked(closed).len())?;
-        writeln!(w, "handles: originally opened in process {pid} at:")?;
+        let origin = "opened";
+        report::write_title(w, &Title::Opened { origin, pid })?;
         stack_lines(w, created, sym.as_ref(), 2)?;
         crate::python::write_frames(w, py[2], walked(created).len())?;
         if let Some(e) = earlier {
             let h = HandleValue::encode(Fd(fd), e.generation, st::MIXER.load(Relaxed));
-            let ty = obj_type_from_code(e.obj_type).map_or("object", |t| t.name());
-            write!(w, "handles: {} {h} (fd {fd}): closed {ty}", Kind::EARLIER)?;
-            if !e.name.as_bytes().is_empty() {
-                w.bytes(b" ");
-                w.bytes(e.name.as_bytes());
+            report::EarlierTitle {
+                handle: HandleLine::Closed {
+                    value: &h,
+                    fd,
+                    ty: obj_type_from_code(e.obj_type).map_or("object", |t| t.name()),
+                    koid: 0,
+                    name: e.name.as_bytes(),
+                },
+                how: None,
+                pid,
             }
-            writeln!(w, ", closed in process {pid} at:")?;
+            .write_line(w)?;
             stack_lines(w, earlier_closed, sym.as_ref(), 3)?;
             crate::python::write_frames(w, earlier_py, walked(earlier_closed).len())?;
         }

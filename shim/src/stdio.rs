@@ -240,8 +240,8 @@ unsafe extern "C-unwind" fn fopen64_impl(
         file_fd,
     )
 }
-trampoline!(fopen => fopen_impl, "rdx", (path: *const c_char, mode: *const c_char) -> *mut FILE);
-trampoline!(fopen64 => fopen64_impl, "rdx", (path: *const c_char, mode: *const c_char) -> *mut FILE);
+trampoline!(fopen => fopen_impl, (path: *const c_char, mode: *const c_char) -> *mut FILE);
+trampoline!(fopen64 => fopen64_impl, (path: *const c_char, mode: *const c_char) -> *mut FILE);
 
 unsafe extern "C-unwind" fn popen_impl(
     cmd: *const c_char,
@@ -261,7 +261,7 @@ unsafe extern "C-unwind" fn popen_impl(
         file_fd,
     )
 }
-trampoline!(popen => popen_impl, "rdx", (cmd: *const c_char, mode: *const c_char) -> *mut FILE);
+trampoline!(popen => popen_impl, (cmd: *const c_char, mode: *const c_char) -> *mut FILE);
 
 unsafe extern "C-unwind" fn tmpfile_impl(frame: usize) -> *mut FILE {
     let Some(f) = real!(TMPFILE, TmpfileFn) else {
@@ -277,8 +277,8 @@ unsafe extern "C-unwind" fn tmpfile_impl(frame: usize) -> *mut FILE {
         file_fd,
     )
 }
-trampoline!(tmpfile => tmpfile_impl, "rdi", () -> *mut FILE);
-trampoline!(tmpfile64 => tmpfile_impl, "rdi", () -> *mut FILE);
+trampoline!(tmpfile => tmpfile_impl, () -> *mut FILE);
+trampoline!(tmpfile64 => tmpfile_impl, () -> *mut FILE);
 
 unsafe extern "C-unwind" fn mkstemp_impl(t: *mut c_char, frame: usize) -> c_int {
     let Some(f) = real!(MKSTEMP, MkstempFn) else {
@@ -341,12 +341,12 @@ unsafe extern "C-unwind" fn mkostemps_impl(
         |fd| fd,
     )
 }
-trampoline!(mkstemp => mkstemp_impl, "rsi", (t: *mut c_char) -> c_int);
-trampoline!(mkstemp64 => mkstemp_impl, "rsi", (t: *mut c_char) -> c_int);
-trampoline!(mkostemp => mkostemp_impl, "rdx", (t: *mut c_char, flags: c_int) -> c_int);
-trampoline!(mkostemp64 => mkostemp_impl, "rdx", (t: *mut c_char, flags: c_int) -> c_int);
-trampoline!(mkstemps => mkstemps_impl, "rdx", (t: *mut c_char, suffix: c_int) -> c_int);
-trampoline!(mkostemps => mkostemps_impl, "rcx", (t: *mut c_char, suffix: c_int, flags: c_int) -> c_int);
+trampoline!(mkstemp => mkstemp_impl, (t: *mut c_char) -> c_int);
+trampoline!(mkstemp64 => mkstemp_impl, (t: *mut c_char) -> c_int);
+trampoline!(mkostemp => mkostemp_impl, (t: *mut c_char, flags: c_int) -> c_int);
+trampoline!(mkostemp64 => mkostemp_impl, (t: *mut c_char, flags: c_int) -> c_int);
+trampoline!(mkstemps => mkstemps_impl, (t: *mut c_char, suffix: c_int) -> c_int);
+trampoline!(mkostemps => mkostemps_impl, (t: *mut c_char, suffix: c_int, flags: c_int) -> c_int);
 
 unsafe extern "C-unwind" fn opendir_impl(name: *const c_char, frame: usize) -> *mut libc::DIR {
     if crate::lookup::names_hidden(name) {
@@ -368,7 +368,7 @@ unsafe extern "C-unwind" fn opendir_impl(name: *const c_char, frame: usize) -> *
     note_dir(d);
     d
 }
-trampoline!(opendir => opendir_impl, "rsi", (name: *const c_char) -> *mut libc::DIR);
+trampoline!(opendir => opendir_impl, (name: *const c_char) -> *mut libc::DIR);
 
 /// A new directory stream: whether its readdir must hide the shim's
 /// numbers (`fddir`). After the fd was recorded, which forgets whatever
@@ -688,7 +688,7 @@ unsafe extern "C-unwind" fn fclose_impl(f: *mut FILE, frame: usize) -> c_int {
         real(f)
     })
 }
-trampoline!(fclose => fclose_impl, "rsi", (f: *mut FILE) -> c_int);
+trampoline!(fclose => fclose_impl, (f: *mut FILE) -> c_int);
 
 unsafe extern "C-unwind" fn pclose_impl(f: *mut FILE, frame: usize) -> c_int {
     let Some(real) = real!(PCLOSE, FcloseFn) else {
@@ -704,7 +704,7 @@ unsafe extern "C-unwind" fn pclose_impl(f: *mut FILE, frame: usize) -> c_int {
         real(f)
     })
 }
-trampoline!(pclose => pclose_impl, "rsi", (f: *mut FILE) -> c_int);
+trampoline!(pclose => pclose_impl, (f: *mut FILE) -> c_int);
 
 unsafe extern "C-unwind" fn closedir_impl(d: *mut libc::DIR, frame: usize) -> c_int {
     let Some(real) = real!(CLOSEDIR, ClosedirFn) else {
@@ -722,7 +722,7 @@ unsafe extern "C-unwind" fn closedir_impl(d: *mut libc::DIR, frame: usize) -> c_
     // SAFETY: the program's call.
     close_stream(fd, field, "closedir", frame, || unsafe { real(d) })
 }
-trampoline!(closedir => closedir_impl, "rsi", (d: *mut libc::DIR) -> c_int);
+trampoline!(closedir => closedir_impl, (d: *mut libc::DIR) -> c_int);
 
 /// freopen keeps the stream's fd number (glibc dup3s the new file onto
 /// it), so the number gets a new generation; on failure it is closed.
@@ -788,5 +788,5 @@ unsafe extern "C-unwind" fn freopen64_impl(
         None => no_fn(core::ptr::null_mut()),
     }
 }
-trampoline!(freopen => freopen_impl, "rcx", (path: *const c_char, mode: *const c_char, f: *mut FILE) -> *mut FILE);
-trampoline!(freopen64 => freopen64_impl, "rcx", (path: *const c_char, mode: *const c_char, f: *mut FILE) -> *mut FILE);
+trampoline!(freopen => freopen_impl, (path: *const c_char, mode: *const c_char, f: *mut FILE) -> *mut FILE);
+trampoline!(freopen64 => freopen64_impl, (path: *const c_char, mode: *const c_char, f: *mut FILE) -> *mut FILE);

@@ -187,6 +187,11 @@ pub unsafe fn marked(nr: i64, mut a: [u64; 6], tag: u32) -> i64 {
     unsafe { raw(nr, a) }
 }
 
+/// `HANDLES_INHERIT=1` (`--inherit-check`): an `fcntl(F_SETFD)` that
+/// clears close-on-exec carries `marker::INHERIT`, so that the supervisor
+/// learns the handle was made inheritable on purpose.
+pub static MARK_INHERIT: AtomicBool = AtomicBool::new(false);
+
 /// `HANDLES_MARK_OWN=1`: the job stops every creating call, so the
 /// shim's own ones carry `marker::OWN` (see [`own`]).
 pub static MARK_OWN: AtomicBool = AtomicBool::new(false);
@@ -301,7 +306,7 @@ pub fn is_tombstone_like(fd: i32) -> bool {
         return false;
     };
     let link = &link[..n.min(link.len())];
-    link == b"/dev/null" || link == b"/" || link.starts_with(b"/memfd:handles-table:")
+    link == b"/dev/null" || link == b"/" || handles_model::protocol::is_table_link(link)
 }
 
 pub fn write_all(fd: i32, mut b: &[u8]) {

@@ -8,6 +8,7 @@
 
 use core::ffi::{c_char, c_int, c_uint, c_void};
 
+use handles_model::syscalls;
 use handles_model::table::{self, obj_type_code, state};
 use handles_model::ObjType;
 use libc::{size_t, ssize_t};
@@ -134,23 +135,64 @@ fn how(nr: i64) -> u32 {
     table::how::syscall(nr as u32)
 }
 
-/// A function that only uses the fds named in `fds`.
+/// A function that only uses fds: the arguments the syscall table says
+/// syscall `$nr` takes fds in (`Desc::fd_args`), checked in order. The
+/// wrapper's arity must be the table's, as the cookie goes in the first
+/// register past it.
 macro_rules! use_call {
-    ($name:ident, $nr:expr, $cancel:tt, ($($arg:ident: $ty:ty),*) -> $ret:ty, [$($fdarg:ident),*]) => {
+    ($name:ident, $nr:expr, $cancel:tt, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
         #[no_mangle]
         pub unsafe extern "C-unwind" fn $name($($arg: $ty),*) -> $ret {
+            const FDS: u8 = match syscalls::desc($nr) {
+                Some(d) => d.fd_args,
+                None => 0,
+            };
+            const NARGS: usize = match syscalls::desc($nr) {
+                Some(d) => d.nargs as usize,
+                None => 0,
+            };
+            const {
+                assert!(FDS != 0, concat!(stringify!($name), ": the syscall table gives no fd"));
+                assert!(
+                    NARGS == [$(stringify!($arg)),*].len(),
+                    concat!(stringify!($name), ": not the syscall table's arity")
+                );
+            }
             let a = args!($($arg),*);
-            $(
-                if let Some(r) = check($fdarg as c_int, Op::Use, $nr, a, 0) {
-                    return r as $ret;
+            let mut i = 0;
+            while i < 6 {
+                if FDS & (1 << i) != 0 {
+                    if let Some(r) = check(a[i] as c_int, Op::Use, $nr, a, 0) {
+                        return r as $ret;
+                    }
                 }
-            )*
+                i += 1;
+            }
             // SAFETY: the program's syscall with the program's arguments.
             ret(unsafe { use_call!(@issue $cancel, $nr, a) }) as $ret
         }
     };
     (@issue cancel, $nr:expr, $a:expr) => { sc_cancel($nr, $a) };
     (@issue plain, $nr:expr, $a:expr) => { sc($nr, $a) };
+    (@issue ioctl, $nr:expr, $a:expr) => { issue_ioctl($a) };
+}
+
+/// `ioctl(FIONCLEX)` makes the handle inheritable on purpose (CPython's
+/// `os.set_inheritable`): under `--inherit-check` it carries
+/// `marker::INHERIT` so that the supervisor learns it
+/// (handles_model::inherit).
+///
+/// # Safety
+/// As for [`sc`]: the program's call.
+unsafe fn issue_ioctl(a: [u64; 6]) -> i64 {
+    if a[1] == libc::FIONCLEX && sys::MARK_INHERIT.load(core::sync::atomic::Ordering::Relaxed) {
+        // SAFETY: the program's call; the marker fills a register ioctl
+        // does not read.
+        unsafe { sys::marked(libc::SYS_ioctl, a, table::marker::INHERIT) }
+    } else {
+        // SAFETY: the program's call.
+        unsafe { sc(libc::SYS_ioctl, a) }
+    }
 }
 
 use libc::{
@@ -161,48 +203,48 @@ use libc::{
     SYS_writev,
 };
 
-use_call!(read, SYS_read, cancel, (fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t, [fd]);
-use_call!(write, SYS_write, cancel, (fd: c_int, buf: *const c_void, n: size_t) -> ssize_t, [fd]);
-use_call!(readv, SYS_readv, cancel, (fd: c_int, iov: *const libc::iovec, n: c_int) -> ssize_t, [fd]);
-use_call!(writev, SYS_writev, cancel, (fd: c_int, iov: *const libc::iovec, n: c_int) -> ssize_t, [fd]);
-use_call!(pread, SYS_pread64, cancel, (fd: c_int, buf: *mut c_void, n: size_t, off: i64) -> ssize_t, [fd]);
-use_call!(pread64, SYS_pread64, cancel, (fd: c_int, buf: *mut c_void, n: size_t, off: i64) -> ssize_t, [fd]);
-use_call!(pwrite, SYS_pwrite64, cancel, (fd: c_int, buf: *const c_void, n: size_t, off: i64) -> ssize_t, [fd]);
-use_call!(pwrite64, SYS_pwrite64, cancel, (fd: c_int, buf: *const c_void, n: size_t, off: i64) -> ssize_t, [fd]);
-use_call!(sendmsg, SYS_sendmsg, cancel, (fd: c_int, msg: *const libc::msghdr, flags: c_int) -> ssize_t, [fd]);
-use_call!(connect, SYS_connect, cancel, (fd: c_int, addr: *const libc::sockaddr, len: libc::socklen_t) -> c_int, [fd]);
-use_call!(epoll_wait, SYS_epoll_wait, cancel, (epfd: c_int, ev: *mut libc::epoll_event, max: c_int, timeout: c_int) -> c_int, [epfd]);
-use_call!(fsync, SYS_fsync, cancel, (fd: c_int) -> c_int, [fd]);
-use_call!(fdatasync, SYS_fdatasync, cancel, (fd: c_int) -> c_int, [fd]);
-use_call!(fstatfs, SYS_fstatfs, plain, (fd: c_int, buf: *mut libc::statfs) -> c_int, [fd]);
-use_call!(fstatfs64, SYS_fstatfs, plain, (fd: c_int, buf: *mut libc::statfs) -> c_int, [fd]);
-use_call!(lseek, SYS_lseek, plain, (fd: c_int, off: i64, whence: c_int) -> i64, [fd]);
-use_call!(lseek64, SYS_lseek, plain, (fd: c_int, off: i64, whence: c_int) -> i64, [fd]);
-use_call!(ioctl, SYS_ioctl, plain, (fd: c_int, req: libc::c_ulong, arg: libc::c_ulong) -> c_int, [fd]);
-use_call!(ftruncate, SYS_ftruncate, plain, (fd: c_int, len: i64) -> c_int, [fd]);
-use_call!(ftruncate64, SYS_ftruncate, plain, (fd: c_int, len: i64) -> c_int, [fd]);
-use_call!(bind, SYS_bind, plain, (fd: c_int, addr: *const libc::sockaddr, len: libc::socklen_t) -> c_int, [fd]);
-use_call!(listen, SYS_listen, plain, (fd: c_int, backlog: c_int) -> c_int, [fd]);
-use_call!(shutdown, SYS_shutdown, plain, (fd: c_int, how: c_int) -> c_int, [fd]);
-use_call!(getsockopt, SYS_getsockopt, plain, (fd: c_int, level: c_int, name: c_int, val: *mut c_void, len: *mut libc::socklen_t) -> c_int, [fd]);
-use_call!(setsockopt, SYS_setsockopt, plain, (fd: c_int, level: c_int, name: c_int, val: *const c_void, len: libc::socklen_t) -> c_int, [fd]);
-use_call!(getsockname, SYS_getsockname, plain, (fd: c_int, addr: *mut libc::sockaddr, len: *mut libc::socklen_t) -> c_int, [fd]);
-use_call!(getpeername, SYS_getpeername, plain, (fd: c_int, addr: *mut libc::sockaddr, len: *mut libc::socklen_t) -> c_int, [fd]);
-use_call!(sendfile, SYS_sendfile, plain, (out_fd: c_int, in_fd: c_int, off: *mut i64, n: size_t) -> ssize_t, [out_fd, in_fd]);
-use_call!(sendfile64, SYS_sendfile, plain, (out_fd: c_int, in_fd: c_int, off: *mut i64, n: size_t) -> ssize_t, [out_fd, in_fd]);
-use_call!(epoll_ctl, SYS_epoll_ctl, plain, (epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int, [epfd, fd]);
-use_call!(flock, SYS_flock, cancel, (fd: c_int, op: c_int) -> c_int, [fd]);
-use_call!(fchdir, SYS_fchdir, plain, (fd: c_int) -> c_int, [fd]);
-use_call!(fchmod, SYS_fchmod, plain, (fd: c_int, mode: libc::mode_t) -> c_int, [fd]);
-use_call!(fchown, SYS_fchown, plain, (fd: c_int, uid: libc::uid_t, gid: libc::gid_t) -> c_int, [fd]);
-use_call!(fgetxattr, libc::SYS_fgetxattr, plain, (fd: c_int, name: *const c_char, val: *mut c_void, size: size_t) -> ssize_t, [fd]);
-use_call!(fsetxattr, libc::SYS_fsetxattr, plain, (fd: c_int, name: *const c_char, val: *const c_void, size: size_t, flags: c_int) -> c_int, [fd]);
-use_call!(flistxattr, libc::SYS_flistxattr, plain, (fd: c_int, list: *mut c_char, size: size_t) -> ssize_t, [fd]);
-use_call!(fremovexattr, libc::SYS_fremovexattr, plain, (fd: c_int, name: *const c_char) -> c_int, [fd]);
-use_call!(readahead, libc::SYS_readahead, plain, (fd: c_int, off: i64, count: size_t) -> ssize_t, [fd]);
-use_call!(syncfs, libc::SYS_syncfs, plain, (fd: c_int) -> c_int, [fd]);
-use_call!(fallocate, libc::SYS_fallocate, cancel, (fd: c_int, mode: c_int, off: i64, len: i64) -> c_int, [fd]);
-use_call!(fallocate64, libc::SYS_fallocate, cancel, (fd: c_int, mode: c_int, off: i64, len: i64) -> c_int, [fd]);
+use_call!(read, SYS_read, cancel, (fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t);
+use_call!(write, SYS_write, cancel, (fd: c_int, buf: *const c_void, n: size_t) -> ssize_t);
+use_call!(readv, SYS_readv, cancel, (fd: c_int, iov: *const libc::iovec, n: c_int) -> ssize_t);
+use_call!(writev, SYS_writev, cancel, (fd: c_int, iov: *const libc::iovec, n: c_int) -> ssize_t);
+use_call!(pread, SYS_pread64, cancel, (fd: c_int, buf: *mut c_void, n: size_t, off: i64) -> ssize_t);
+use_call!(pread64, SYS_pread64, cancel, (fd: c_int, buf: *mut c_void, n: size_t, off: i64) -> ssize_t);
+use_call!(pwrite, SYS_pwrite64, cancel, (fd: c_int, buf: *const c_void, n: size_t, off: i64) -> ssize_t);
+use_call!(pwrite64, SYS_pwrite64, cancel, (fd: c_int, buf: *const c_void, n: size_t, off: i64) -> ssize_t);
+use_call!(sendmsg, SYS_sendmsg, cancel, (fd: c_int, msg: *const libc::msghdr, flags: c_int) -> ssize_t);
+use_call!(connect, SYS_connect, cancel, (fd: c_int, addr: *const libc::sockaddr, len: libc::socklen_t) -> c_int);
+use_call!(epoll_wait, SYS_epoll_wait, cancel, (epfd: c_int, ev: *mut libc::epoll_event, max: c_int, timeout: c_int) -> c_int);
+use_call!(fsync, SYS_fsync, cancel, (fd: c_int) -> c_int);
+use_call!(fdatasync, SYS_fdatasync, cancel, (fd: c_int) -> c_int);
+use_call!(fstatfs, SYS_fstatfs, plain, (fd: c_int, buf: *mut libc::statfs) -> c_int);
+use_call!(fstatfs64, SYS_fstatfs, plain, (fd: c_int, buf: *mut libc::statfs) -> c_int);
+use_call!(lseek, SYS_lseek, plain, (fd: c_int, off: i64, whence: c_int) -> i64);
+use_call!(lseek64, SYS_lseek, plain, (fd: c_int, off: i64, whence: c_int) -> i64);
+use_call!(ioctl, SYS_ioctl, ioctl, (fd: c_int, req: libc::c_ulong, arg: libc::c_ulong) -> c_int);
+use_call!(ftruncate, SYS_ftruncate, plain, (fd: c_int, len: i64) -> c_int);
+use_call!(ftruncate64, SYS_ftruncate, plain, (fd: c_int, len: i64) -> c_int);
+use_call!(bind, SYS_bind, plain, (fd: c_int, addr: *const libc::sockaddr, len: libc::socklen_t) -> c_int);
+use_call!(listen, SYS_listen, plain, (fd: c_int, backlog: c_int) -> c_int);
+use_call!(shutdown, SYS_shutdown, plain, (fd: c_int, how: c_int) -> c_int);
+use_call!(getsockopt, SYS_getsockopt, plain, (fd: c_int, level: c_int, name: c_int, val: *mut c_void, len: *mut libc::socklen_t) -> c_int);
+use_call!(setsockopt, SYS_setsockopt, plain, (fd: c_int, level: c_int, name: c_int, val: *const c_void, len: libc::socklen_t) -> c_int);
+use_call!(getsockname, SYS_getsockname, plain, (fd: c_int, addr: *mut libc::sockaddr, len: *mut libc::socklen_t) -> c_int);
+use_call!(getpeername, SYS_getpeername, plain, (fd: c_int, addr: *mut libc::sockaddr, len: *mut libc::socklen_t) -> c_int);
+use_call!(sendfile, SYS_sendfile, plain, (out_fd: c_int, in_fd: c_int, off: *mut i64, n: size_t) -> ssize_t);
+use_call!(sendfile64, SYS_sendfile, plain, (out_fd: c_int, in_fd: c_int, off: *mut i64, n: size_t) -> ssize_t);
+use_call!(epoll_ctl, SYS_epoll_ctl, plain, (epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int);
+use_call!(flock, SYS_flock, cancel, (fd: c_int, op: c_int) -> c_int);
+use_call!(fchdir, SYS_fchdir, plain, (fd: c_int) -> c_int);
+use_call!(fchmod, SYS_fchmod, plain, (fd: c_int, mode: libc::mode_t) -> c_int);
+use_call!(fchown, SYS_fchown, plain, (fd: c_int, uid: libc::uid_t, gid: libc::gid_t) -> c_int);
+use_call!(fgetxattr, libc::SYS_fgetxattr, plain, (fd: c_int, name: *const c_char, val: *mut c_void, size: size_t) -> ssize_t);
+use_call!(fsetxattr, libc::SYS_fsetxattr, plain, (fd: c_int, name: *const c_char, val: *const c_void, size: size_t, flags: c_int) -> c_int);
+use_call!(flistxattr, libc::SYS_flistxattr, plain, (fd: c_int, list: *mut c_char, size: size_t) -> ssize_t);
+use_call!(fremovexattr, libc::SYS_fremovexattr, plain, (fd: c_int, name: *const c_char) -> c_int);
+use_call!(readahead, libc::SYS_readahead, plain, (fd: c_int, off: i64, count: size_t) -> ssize_t);
+use_call!(syncfs, libc::SYS_syncfs, plain, (fd: c_int) -> c_int);
+use_call!(fallocate, libc::SYS_fallocate, cancel, (fd: c_int, mode: c_int, off: i64, len: i64) -> c_int);
+use_call!(fallocate64, libc::SYS_fallocate, cancel, (fd: c_int, mode: c_int, off: i64, len: i64) -> c_int);
 
 /// fstat issues `newfstatat(fd, "", buf, AT_EMPTY_PATH)`, as glibc's own
 /// fstat does (since 2.33): a report, or a supervisor, names the syscall
@@ -585,16 +627,16 @@ unsafe extern "C-unwind" fn creat_impl(path: *const c_char, mode: c_uint, frame:
     }
 }
 
-trampoline!(open => open_impl, "rcx", (path: *const c_char, flags: c_int, mode: c_uint) -> c_int);
-trampoline!(open64 => open_impl, "rcx", (path: *const c_char, flags: c_int, mode: c_uint) -> c_int);
-trampoline!(__open_2 => open2_impl, "rdx", (path: *const c_char, flags: c_int) -> c_int);
-trampoline!(__open64_2 => open2_impl, "rdx", (path: *const c_char, flags: c_int) -> c_int);
-trampoline!(openat => openat_impl, "r8", (dirfd: c_int, path: *const c_char, flags: c_int, mode: c_uint) -> c_int);
-trampoline!(openat64 => openat_impl, "r8", (dirfd: c_int, path: *const c_char, flags: c_int, mode: c_uint) -> c_int);
-trampoline!(__openat_2 => openat2_impl, "rcx", (dirfd: c_int, path: *const c_char, flags: c_int) -> c_int);
-trampoline!(__openat64_2 => openat2_impl, "rcx", (dirfd: c_int, path: *const c_char, flags: c_int) -> c_int);
-trampoline!(creat => creat_impl, "rdx", (path: *const c_char, mode: c_uint) -> c_int);
-trampoline!(creat64 => creat_impl, "rdx", (path: *const c_char, mode: c_uint) -> c_int);
+trampoline!(open => open_impl, (path: *const c_char, flags: c_int, mode: c_uint) -> c_int);
+trampoline!(open64 => open_impl, (path: *const c_char, flags: c_int, mode: c_uint) -> c_int);
+trampoline!(__open_2 => open2_impl, (path: *const c_char, flags: c_int) -> c_int);
+trampoline!(__open64_2 => open2_impl, (path: *const c_char, flags: c_int) -> c_int);
+trampoline!(openat => openat_impl, (dirfd: c_int, path: *const c_char, flags: c_int, mode: c_uint) -> c_int);
+trampoline!(openat64 => openat_impl, (dirfd: c_int, path: *const c_char, flags: c_int, mode: c_uint) -> c_int);
+trampoline!(__openat_2 => openat2_impl, (dirfd: c_int, path: *const c_char, flags: c_int) -> c_int);
+trampoline!(__openat64_2 => openat2_impl, (dirfd: c_int, path: *const c_char, flags: c_int) -> c_int);
+trampoline!(creat => creat_impl, (path: *const c_char, mode: c_uint) -> c_int);
+trampoline!(creat64 => creat_impl, (path: *const c_char, mode: c_uint) -> c_int);
 
 fn socket_type(domain: c_int) -> u32 {
     if domain == libc::AF_UNIX {
@@ -620,7 +662,7 @@ unsafe extern "C-unwind" fn socket_impl(
         || unsafe { sc(libc::SYS_socket, a) },
     )) as c_int
 }
-trampoline!(socket => socket_impl, "rcx", (domain: c_int, ty: c_int, proto: c_int) -> c_int);
+trampoline!(socket => socket_impl, (domain: c_int, ty: c_int, proto: c_int) -> c_int);
 
 unsafe extern "C-unwind" fn socketpair_impl(
     domain: c_int,
@@ -639,7 +681,7 @@ unsafe extern "C-unwind" fn socketpair_impl(
         || unsafe { sc(libc::SYS_socketpair, a) },
     )) as c_int
 }
-trampoline!(socketpair => socketpair_impl, "r8", (domain: c_int, ty: c_int, proto: c_int, sv: *mut c_int) -> c_int);
+trampoline!(socketpair => socketpair_impl, (domain: c_int, ty: c_int, proto: c_int, sv: *mut c_int) -> c_int);
 
 unsafe extern "C-unwind" fn accept4_impl(
     fd: c_int,
@@ -683,8 +725,8 @@ unsafe extern "C-unwind" fn accept_impl(
         || unsafe { sc_cancel(libc::SYS_accept, a) },
     )) as c_int
 }
-trampoline!(accept => accept_impl, "rcx", (fd: c_int, addr: *mut libc::sockaddr, len: *mut libc::socklen_t) -> c_int);
-trampoline!(accept4 => accept4_impl, "r8", (fd: c_int, addr: *mut libc::sockaddr, len: *mut libc::socklen_t, flags: c_int) -> c_int);
+trampoline!(accept => accept_impl, (fd: c_int, addr: *mut libc::sockaddr, len: *mut libc::socklen_t) -> c_int);
+trampoline!(accept4 => accept4_impl, (fd: c_int, addr: *mut libc::sockaddr, len: *mut libc::socklen_t, flags: c_int) -> c_int);
 
 unsafe extern "C-unwind" fn pipe2_impl(fds: *mut c_int, flags: c_int, frame: usize) -> c_int {
     let a = args!(fds, flags);
@@ -701,41 +743,40 @@ unsafe extern "C-unwind" fn pipe_impl(fds: *mut c_int, frame: usize) -> c_int {
     // SAFETY: forwarding.
     unsafe { pipe2_impl(fds, 0, frame) }
 }
-trampoline!(pipe => pipe_impl, "rsi", (fds: *mut c_int) -> c_int);
-trampoline!(pipe2 => pipe2_impl, "rdx", (fds: *mut c_int, flags: c_int) -> c_int);
+trampoline!(pipe => pipe_impl, (fds: *mut c_int) -> c_int);
+trampoline!(pipe2 => pipe2_impl, (fds: *mut c_int, flags: c_int) -> c_int);
 
 /// A creating call with integer arguments and a fixed type.
 macro_rules! simple_create {
-    ($name:ident, $imp:ident, $reg:literal, $nr:expr, $ty:expr, ($($arg:ident: $t:ty),*), [$($sysarg:expr),*]) => {
-        simple_create!($name, $imp, $reg, $nr, $ty, Named::No, ($($arg: $t),*), [$($sysarg),*]);
+    ($name:ident, $imp:ident, $nr:expr, $ty:expr, ($($arg:ident: $t:ty),*), [$($sysarg:expr),*]) => {
+        simple_create!($name, $imp, $nr, $ty, Named::No, ($($arg: $t),*), [$($sysarg),*]);
     };
-    ($name:ident, $imp:ident, $reg:literal, $nr:expr, $ty:expr, $named:expr, ($($arg:ident: $t:ty),*), [$($sysarg:expr),*]) => {
+    ($name:ident, $imp:ident, $nr:expr, $ty:expr, $named:expr, ($($arg:ident: $t:ty),*), [$($sysarg:expr),*]) => {
         unsafe extern "C-unwind" fn $imp($($arg: $t,)* frame: usize) -> c_int {
             let a = args!($($sysarg),*);
             // SAFETY: the program's call.
             ret(create(frame, $ty, how($nr), $named, || unsafe { sc($nr, a) })) as c_int
         }
-        trampoline!($name => $imp, $reg, ($($arg: $t),*) -> c_int);
+        trampoline!($name => $imp, ($($arg: $t),*) -> c_int);
     };
 }
 
-simple_create!(eventfd, eventfd_impl, "rdx", libc::SYS_eventfd2, code(ObjType::Event), (init: c_uint, flags: c_int), [init, flags]);
-simple_create!(epoll_create, epoll_create_impl, "rsi", libc::SYS_epoll_create, code(ObjType::Port), (size: c_int), [size]);
-simple_create!(epoll_create1, epoll_create1_impl, "rsi", libc::SYS_epoll_create1, code(ObjType::Port), (flags: c_int), [flags]);
-simple_create!(timerfd_create, timerfd_create_impl, "rdx", libc::SYS_timerfd_create, code(ObjType::Timer), (clock: c_int, flags: c_int), [clock, flags]);
+simple_create!(eventfd, eventfd_impl, libc::SYS_eventfd2, code(ObjType::Event), (init: c_uint, flags: c_int), [init, flags]);
+simple_create!(epoll_create, epoll_create_impl, libc::SYS_epoll_create, code(ObjType::Port), (size: c_int), [size]);
+simple_create!(epoll_create1, epoll_create1_impl, libc::SYS_epoll_create1, code(ObjType::Port), (flags: c_int), [flags]);
+simple_create!(timerfd_create, timerfd_create_impl, libc::SYS_timerfd_create, code(ObjType::Timer), (clock: c_int, flags: c_int), [clock, flags]);
 simple_create!(
     inotify_init,
     inotify_init_impl,
-    "rdi",
     libc::SYS_inotify_init1,
     code(ObjType::Inotify),
     (),
     [0]
 );
-simple_create!(inotify_init1, inotify_init1_impl, "rsi", libc::SYS_inotify_init1, code(ObjType::Inotify), (flags: c_int), [flags]);
-simple_create!(fanotify_init, fanotify_init_impl, "rdx", libc::SYS_fanotify_init, code(ObjType::Fanotify), (flags: c_uint, evflags: c_uint), [flags, evflags]);
-simple_create!(memfd_create, memfd_create_impl, "rdx", libc::SYS_memfd_create, code(ObjType::Vmo), Named::Memfd(name), (name: *const c_char, flags: c_uint), [name, flags]);
-simple_create!(pidfd_open, pidfd_open_impl, "rdx", libc::SYS_pidfd_open, code(ObjType::Process), (pid: libc::pid_t, flags: c_uint), [pid, flags]);
+simple_create!(inotify_init1, inotify_init1_impl, libc::SYS_inotify_init1, code(ObjType::Inotify), (flags: c_int), [flags]);
+simple_create!(fanotify_init, fanotify_init_impl, libc::SYS_fanotify_init, code(ObjType::Fanotify), (flags: c_uint, evflags: c_uint), [flags, evflags]);
+simple_create!(memfd_create, memfd_create_impl, libc::SYS_memfd_create, code(ObjType::Vmo), Named::Memfd(name), (name: *const c_char, flags: c_uint), [name, flags]);
+simple_create!(pidfd_open, pidfd_open_impl, libc::SYS_pidfd_open, code(ObjType::Process), (pid: libc::pid_t, flags: c_uint), [pid, flags]);
 
 unsafe extern "C-unwind" fn signalfd_impl(
     fd: c_int,
@@ -761,7 +802,7 @@ unsafe extern "C-unwind" fn signalfd_impl(
         || unsafe { sc(libc::SYS_signalfd4, a) },
     )) as c_int
 }
-trampoline!(signalfd => signalfd_impl, "rcx", (fd: c_int, mask: *const libc::sigset_t, flags: c_int) -> c_int);
+trampoline!(signalfd => signalfd_impl, (fd: c_int, mask: *const libc::sigset_t, flags: c_int) -> c_int);
 
 unsafe extern "C-unwind" fn dup_impl(fd: c_int, frame: usize) -> c_int {
     let a = args!(fd);
@@ -777,7 +818,7 @@ unsafe extern "C-unwind" fn dup_impl(fd: c_int, frame: usize) -> c_int {
         || unsafe { sc(libc::SYS_dup, a) },
     )) as c_int
 }
-trampoline!(dup => dup_impl, "rsi", (fd: c_int) -> c_int);
+trampoline!(dup => dup_impl, (fd: c_int) -> c_int);
 
 /// dup2/dup3: the target slot is locked across the syscall so that the
 /// quarantine's eviction can never close the new fd.
@@ -830,8 +871,8 @@ unsafe extern "C-unwind" fn dup2_impl(old: c_int, new: c_int, frame: usize) -> c
 unsafe extern "C-unwind" fn dup3_impl(old: c_int, new: c_int, flags: c_int, frame: usize) -> c_int {
     dup_to(libc::SYS_dup3, old, new, flags, frame)
 }
-trampoline!(dup2 => dup2_impl, "rdx", (old: c_int, new: c_int) -> c_int);
-trampoline!(dup3 => dup3_impl, "rcx", (old: c_int, new: c_int, flags: c_int) -> c_int);
+trampoline!(dup2 => dup2_impl, (old: c_int, new: c_int) -> c_int);
+trampoline!(dup3 => dup3_impl, (old: c_int, new: c_int, flags: c_int) -> c_int);
 
 unsafe extern "C-unwind" fn fcntl_impl(
     fd: c_int,
@@ -860,6 +901,17 @@ unsafe extern "C-unwind" fn fcntl_impl(
             if let Some(r) = check(fd, Op::Question, libc::SYS_fcntl, a, frame) {
                 return r as c_int;
             }
+            if cmd == libc::F_SETFD
+                && arg & libc::FD_CLOEXEC as libc::c_ulong == 0
+                && sys::MARK_INHERIT.load(core::sync::atomic::Ordering::Relaxed)
+            {
+                // Made inheritable on purpose: the supervisor's inherit
+                // check must know (handles_model::inherit).
+                // SAFETY: the program's call; the marker fills a register
+                // fcntl does not read.
+                return ret(unsafe { sys::marked(libc::SYS_fcntl, a, table::marker::INHERIT) })
+                    as c_int;
+            }
             // SAFETY: the program's call.
             ret(unsafe { sc(libc::SYS_fcntl, a) }) as c_int
         }
@@ -880,8 +932,8 @@ unsafe extern "C-unwind" fn fcntl_impl(
         }
     }
 }
-trampoline!(fcntl => fcntl_impl, "rcx", (fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int);
-trampoline!(fcntl64 => fcntl_impl, "rcx", (fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int);
+trampoline!(fcntl => fcntl_impl, (fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int);
+trampoline!(fcntl64 => fcntl_impl, (fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int);
 
 unsafe extern "C-unwind" fn recvmsg_impl(
     fd: c_int,
@@ -904,7 +956,7 @@ unsafe extern "C-unwind" fn recvmsg_impl(
     }
     ret(r) as ssize_t
 }
-trampoline!(recvmsg => recvmsg_impl, "rcx", (fd: c_int, msg: *mut libc::msghdr, flags: c_int) -> ssize_t);
+trampoline!(recvmsg => recvmsg_impl, (fd: c_int, msg: *mut libc::msghdr, flags: c_int) -> ssize_t);
 
 /// Records the fds received through SCM_RIGHTS.
 unsafe fn note_rights(msg: *mut libc::msghdr, frame: usize) {
@@ -947,7 +999,7 @@ unsafe extern "C-unwind" fn close_impl(fd: c_int, frame: usize) -> c_int {
     report::apply(after);
     ret(r) as c_int
 }
-trampoline!(close => close_impl, "rsi", (fd: c_int) -> c_int);
+trampoline!(close => close_impl, (fd: c_int) -> c_int);
 
 fn do_close(fd: c_int, frame: usize) -> (i64, After) {
     let Some(s) = st::slot(fd) else {
@@ -1062,12 +1114,12 @@ unsafe extern "C-unwind" fn close_range_impl(
 ) -> c_int {
     ret(do_close_range(lo, hi, flags as c_uint, frame)) as c_int
 }
-trampoline!(close_range => close_range_impl, "rcx", (lo: c_uint, hi: c_uint, flags: c_int) -> c_int);
+trampoline!(close_range => close_range_impl, (lo: c_uint, hi: c_uint, flags: c_int) -> c_int);
 
 unsafe extern "C-unwind" fn closefrom_impl(lo: c_int, frame: usize) {
     do_close_range(lo.max(0) as c_uint, c_uint::MAX, 0, frame);
 }
-trampoline!(closefrom => closefrom_impl, "rsi", (lo: c_int) -> ());
+trampoline!(closefrom => closefrom_impl, (lo: c_int) -> ());
 
 // vfork: a real one. Turning it into fork (as the shim once did) cost a
 // large parent (CPython's subprocess vforks) a page-table copy and a

@@ -1222,10 +1222,8 @@ fn the_shims_own_fds_stay_out_of_the_programs_numbers() {
         rlim_max: 0,
     };
     // SAFETY: getrlimit into a local.
-    assert_eq!(
-        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut hard) },
-        0
-    );
+    let r = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut hard) };
+    assert_eq!(r, 0);
     let hard = hard.rlim_max;
     // A small soft limit below a larger hard one: just beyond the soft
     // limit, where the program can never get a number.

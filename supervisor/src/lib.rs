@@ -11,6 +11,8 @@
 //! - [`backtrace`] unwinds a stopped thread remotely and symbolizes stacks.
 //! - [`json`] writes the frame and handle objects every JSON document
 //!   shares.
+//! - [`run`] is `handles run`: the ptrace supervisor of a job.
+//! - [`suppress`] reads suppression files and matches reports against them.
 
 pub mod attach;
 pub mod backtrace;

@@ -43,9 +43,8 @@ use std::path::{Path, PathBuf};
 
 /// The environment variable through which a supervised job passes its
 /// policy to a nested `handles run`.
-pub const ENV_VAR: &str = "HANDLES_POLICY";
+pub const ENV_VAR: &str = handles_model::protocol::env::POLICY.name();
 
-/// The version tag that starts the encoded form.
 pub use handles_model::policy::{Action, Condition, Entry, Locked, Override, Policy};
 
 /// Why a policy could not be parsed, changed or decoded. Messages are one

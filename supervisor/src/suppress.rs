@@ -51,6 +51,20 @@ pub struct FrameRef<'a> {
     pub file: Option<&'a str>,
 }
 
+impl<'a> FrameRef<'a> {
+    /// What a rule sees of each frame of a symbolized stack.
+    pub fn all(frames: &'a [crate::backtrace::Frame]) -> Vec<FrameRef<'a>> {
+        frames
+            .iter()
+            .map(|f| FrameRef {
+                function: f.function.as_deref(),
+                module: f.module.as_deref(),
+                file: f.file.as_deref(),
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum FramePattern {
     Fun(String),

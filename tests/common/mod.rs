@@ -157,6 +157,16 @@ pub fn stderr_of(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// A run's status, stdout and stderr, for an assertion's message.
+pub fn describe(o: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}--- stderr\n{}",
+        o.status,
+        stdout_of(o),
+        stderr_of(o)
+    )
+}
+
 /// How a run ended, the same whether `handles` supervised it (exit code
 /// 128 + signal, as a shell reports it) or became it (`--no-ptrace`: the
 /// signal itself).

@@ -8,13 +8,14 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
+use handles_model::protocol::{self, TableName};
 use handles_model::table::{own_fds_at, TableError, TableView, MAX_CAPACITY};
 
 use super::parse::LinkTarget;
 
-/// The memfd name both writers use.
+/// The memfd name both writers use (`handles_model::protocol::TableName`).
 pub fn table_name(pid: i32) -> String {
-    format!("handles-table:{pid}")
+    TableName::new(pid).as_str().to_owned()
 }
 
 /// A read-only mapping of a published table.
@@ -95,7 +96,7 @@ fn is_table_link(target: &str, pid: i32) -> bool {
 /// from an fd's link target.
 pub fn table_owner(target: &str) -> Option<i32> {
     match LinkTarget::parse(target) {
-        LinkTarget::Memfd(name) => name.strip_prefix("handles-table:")?.parse().ok(),
+        LinkTarget::Memfd(name) => protocol::table_owner(&name),
         _ => None,
     }
 }

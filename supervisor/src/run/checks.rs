@@ -3,6 +3,7 @@
 //! --max-handles do about it. Every policy decision is made here.
 
 use handles_model::judge::{self, Known, Moment, Verdict};
+use handles_model::report::{EarlierTitle, HandleLine, Lossy, Title};
 
 use super::job::*;
 use super::shimtable::{self, ShimSays, ShimTable};
@@ -276,6 +277,15 @@ impl Job {
                         .map(|(fd, d, _)| (fd, d.value.generation))
                         .collect();
                 }
+                if self.opts.inherit_check {
+                    // The inherit check reads this image's records at its
+                    // exec, when the table's fd and the image's modules
+                    // are gone from /proc: mapped and listed now.
+                    let _ = shim.table();
+                    if p.maps.is_none() {
+                        p.maps = ModuleMap::read(tgid).ok();
+                    }
+                }
                 p.shim = Some(shim);
                 p.strict
             }
@@ -404,6 +414,20 @@ impl Job {
             return;
         };
         let a = tracer::args(&regs);
+        if nr == libc::SYS_fcntl
+            && a[0] as i32 == -1
+            && a[1] as u32 == handles_model::table::CHECKPOINT_CMD
+        {
+            if self.opts.leak_mode != LeakMode::Off {
+                self.on_checkpoint(tid, tgid, regs, a[2]);
+            } else {
+                // Nothing counts leaks: the call fails as natively (EBADF),
+                // never judged (marked, it would pass for a bad call the
+                // shim hands over).
+                self.resume(tid, None);
+            }
+            return;
+        }
         if self.shim_injected && shimtable::is_announcement(nr, &a, self.cookie) {
             self.on_announce(tid, tgid, a[0] as i32);
             self.resume(tid, None);
@@ -418,6 +442,14 @@ impl Job {
         // exception: it is acted on here, not judged again.
         let marked = tag.is_some();
         self.sync_shim(tid, tgid);
+        if self.opts.inherit_check {
+            self.note_inheritable(tgid, nr, &a);
+            if tag == Some(handles_model::table::marker::INHERIT) {
+                // Only news for the inherit check: the call runs as is.
+                self.resume(tid, None);
+                return;
+            }
+        }
         if tag == Some(handles_model::table::marker::OWN) {
             // The shim's own bookkeeping (its table, its tombstone source,
             // a quarantine's dup3), stopped only because a new-* entry or
@@ -935,25 +967,21 @@ impl Job {
             let value = info.as_ref().map(|c| table.value_of(fd, c.generation));
             (info, value)
         };
-        let handle = match (&closed_info, value) {
-            (Some(c), Some(v)) => {
-                let mut line = format!("{v} (fd {fd}): closed");
-                if !c.facts.ty.is_empty() {
-                    line.push(' ');
-                    line.push_str(c.facts.ty);
-                }
-                if c.facts.koid != 0 {
-                    line.push_str(&format!(" koid {}", c.facts.koid));
-                }
-                if !c.facts.target.is_empty() {
-                    line.push(' ');
-                    line.push_str(&c.facts.target);
-                }
-                line
-            }
-            _ => format!("fd {fd}: not open"),
+        let handle = match (&closed_info, &value) {
+            (Some(c), Some(v)) => HandleLine::Closed {
+                value: v,
+                fd,
+                ty: c.facts.ty,
+                koid: c.facts.koid,
+                name: c.facts.target.as_bytes(),
+            },
+            _ => HandleLine::NotOpen { fd },
         };
-        let handle_json = match (&closed_info, value) {
+        let mut line = String::new();
+        // Writing into a String cannot fail.
+        let _ = handle.write_to(&mut Lossy(&mut line));
+        let handle = line;
+        let handle_json = match (&closed_info, &value) {
             (Some(c), Some(v)) => json::Handle {
                 value: Some(v.0),
                 generation: Some(c.generation),
@@ -973,14 +1001,7 @@ impl Job {
                 kind: kind.name(),
                 ty: closed_info.as_ref().map_or("", |c| c.facts.ty),
                 path: closed_info.as_ref().map_or("", |c| c.facts.target.as_str()),
-                frames: backtrace
-                    .iter()
-                    .map(|f| FrameRef {
-                        function: f.function.as_deref(),
-                        module: f.module.as_deref(),
-                        file: f.file.as_deref(),
-                    })
-                    .collect(),
+                frames: FrameRef::all(&backtrace),
             };
             self.opts.suppressions.matching(&event).is_some()
         };
@@ -989,13 +1010,17 @@ impl Job {
             return None;
         }
         let mut sections = vec![Section {
-            title: "backtrace".into(),
+            title: Title::Backtrace.to_string(),
             frames: backtrace,
         }];
         if let Some(c) = &closed_info {
             let frames = self.symbolize(c.closer, c.closed.as_ref());
             sections.push(Section {
-                title: format!("closed by {} in process {} at", c.how, c.closer),
+                title: Title::Closed {
+                    how: Some(c.how),
+                    pid: c.closer,
+                }
+                .to_string(),
                 frames,
             });
             let frames = self.symbolize(c.creator, c.created.as_ref());
@@ -1007,7 +1032,11 @@ impl Job {
                 Origin::Shim => "opened through the shim".into(),
             };
             sections.push(Section {
-                title: format!("originally {origin} in process {} at", c.creator),
+                title: Title::Opened {
+                    origin: &origin,
+                    pid: c.creator,
+                }
+                .to_string(),
                 frames,
             });
             if let Some(e) = c
@@ -1019,24 +1048,38 @@ impl Job {
                     .threads
                     .get(&tid)
                     .map(|t| t.table.borrow().value_of(fd, e.generation));
-                let mut what = String::from("closed");
-                for part in [e.facts.ty, e.facts.target.as_str()] {
-                    if !part.is_empty() {
-                        what.push(' ');
-                        what.push_str(part);
-                    }
-                }
+                let unknown = "a handle";
+                let value: &dyn std::fmt::Display = match &v {
+                    Some(v) => v,
+                    None => &unknown,
+                };
+                let title = EarlierTitle {
+                    handle: HandleLine::Closed {
+                        value,
+                        fd,
+                        ty: e.facts.ty,
+                        koid: 0,
+                        name: e.facts.target.as_bytes(),
+                    },
+                    how: Some(e.how),
+                    pid: e.closer,
+                };
+                let mut text = String::new();
+                // Writing into a String cannot fail.
+                let _ = title.write_to(&mut Lossy(&mut text));
                 let frames = self.symbolize(e.closer, e.closed.as_ref());
-                sections.push(Section {
-                    title: format!(
-                        "{} {} (fd {fd}): {what}, closed by {} in process {} at",
-                        judge::Kind::EARLIER,
-                        v.map_or_else(|| "a handle".to_string(), |v| v.to_string()),
-                        e.how,
-                        e.closer
-                    ),
-                    frames,
-                });
+                // A handle the dynamic loader opened and closed itself (the
+                // library cache, a library it mapped) was never the
+                // program's to keep a copy of: naming it would only add
+                // noise to every report at a low number. The shim never
+                // records those (ld.so makes its own syscalls), so every
+                // mode agrees.
+                if !frames.first().is_some_and(in_dynamic_loader) {
+                    sections.push(Section {
+                        title: text,
+                        frames,
+                    });
+                }
             }
         }
         Some(ExceptionReport {
@@ -1114,7 +1157,7 @@ impl Job {
                     "the call runs".into()
                 },
                 sections: vec![Section {
-                    title: "backtrace".into(),
+                    title: Title::Backtrace.to_string(),
                     frames,
                 }],
                 ..self.report_head(
@@ -1159,7 +1202,7 @@ impl Job {
             ),
             outcome: format!("the call succeeds; {}", self.opts.on_exception.words()),
             sections: vec![Section {
-                title: "backtrace".into(),
+                title: Title::Backtrace.to_string(),
                 frames,
             }],
             ..self.report_head(
@@ -1259,7 +1302,7 @@ impl Job {
                     "the call succeeds".into()
                 },
                 sections: vec![Section {
-                    title: "backtrace".into(),
+                    title: Title::Backtrace.to_string(),
                     frames,
                 }],
                 ..self.report_head(
@@ -1403,4 +1446,12 @@ pub(super) fn object_facts_at(
         koid,
         target,
     }
+}
+
+/// Whether a frame is in glibc's dynamic loader.
+fn in_dynamic_loader(f: &Frame) -> bool {
+    f.module
+        .as_deref()
+        .and_then(|m| m.rsplit('/').next())
+        .is_some_and(|name| name.starts_with("ld-linux"))
 }

@@ -126,9 +126,10 @@ pub fn split() -> io::Result<Role> {
     let mut saved: libc::sigset_t = forwarded_set();
     // SAFETY: changes this (only) thread's mask.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut saved) };
+    // SAFETY: getpid has no preconditions.
+    let front = unsafe { libc::getpid() };
     // SAFETY: single-threaded here (the caller's contract): the child
     // continues as an ordinary process.
-    let front = unsafe { libc::getpid() };
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         let e = io::Error::last_os_error();

@@ -39,6 +39,7 @@ pub(super) use crate::inspect::parse::LinkTarget;
 pub(super) use crate::policy::{Action, Condition, Policy, PolicyText};
 pub(super) use crate::seccomp::{self, FilterSpec};
 pub(super) use crate::suppress::{Event, FrameRef, Suppressions};
+use handles_model::protocol::{env as penv, CookieText};
 
 /// What to do when a policy exception is raised (`--on-exception`):
 /// trap (SIGTRAP, Zircon's unhandled exception), stop (left stopped and
@@ -82,6 +83,12 @@ pub struct RunOptions {
     /// runs: `--error-exitcode`, `--on-exception=continue`, leak checks);
     /// otherwise a run with nothing to report writes nothing of its own.
     pub always_summarize: bool,
+    /// `--inherit-check`: report the handles that cross an exec
+    /// implicitly (inherit.rs).
+    pub inherit_check: bool,
+    /// Variables set in the job's environment (over the inherited ones):
+    /// the per-test plugin's PYTHONPATH and PYTEST_PLUGINS.
+    pub env: Vec<(OsString, OsString)>,
 }
 
 /// How the job ended.
@@ -109,6 +116,8 @@ pub struct Outcome {
     /// Leaked handles reported (after suppressions).
     pub leaks: usize,
     pub leak_reports: Vec<ProcessLeaks>,
+    /// Handles reported crossing an exec implicitly (`--inherit-check`).
+    pub crossings: usize,
     /// SIGINT or SIGTERM ended the wait for a process left stopped for a
     /// debugger (`--on-exception=stop`): the signal.
     pub interrupted: Option<i32>,
@@ -229,6 +238,12 @@ pub(super) struct Process {
     /// the handles open in its shim's table when it announced it, which
     /// was its fork snapshot: its parent's handles, not its leaks.
     pub(super) inherited_at_fork: Vec<(i32, u32)>,
+    /// The process it was forked from, until it execs (`--inherit-check`
+    /// compares what crosses its exec with what the parent holds).
+    pub(super) forked_from: Option<i32>,
+    /// Handles (fd, generation) made inheritable on purpose in this image
+    /// (`fcntl(F_SETFD)` clearing close-on-exec, `ioctl(FIONCLEX)`).
+    pub(super) inheritable: HashSet<(i32, u32)>,
 }
 
 /// A bad fd use found at a syscall's entry.
@@ -478,6 +493,12 @@ pub struct Job {
     pub(super) exceptions: usize,
     pub(super) suppressed: usize,
     pub(super) leak_reports: Vec<ProcessLeaks>,
+    /// `--inherit-check`'s findings.
+    pub(super) crossings: super::inherit::Crossings,
+    /// Test boundaries of each process (`handles_checkpoint`, pertest.rs).
+    pub(super) segments: HashMap<i32, super::pertest::Segments>,
+    /// What tests leaked.
+    pub(super) test_leaks: Vec<super::pertest::TestLeaks>,
     pub(super) exception_list: Vec<SerException>,
     /// Index in `exception_list` of each report context seen.
     pub(super) contexts: HashMap<String, usize>,
@@ -556,37 +577,52 @@ impl Job {
             None => None,
         };
         let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
-            .filter(|(k, _)| k != "HANDLES_POLICY" && k != "HANDLES_JOB")
+            .filter(|(k, _)| k != penv::POLICY.name() && k != penv::JOB.name())
             .collect();
         let policy_text = opts.policy.encode();
-        env.push(("HANDLES_POLICY".into(), policy_text.clone().into()));
+        env.push((penv::POLICY.name().into(), policy_text.clone().into()));
         if let Some(shim) = &opts.shim {
             // Preloaded into every dynamically linked program of the job;
             // its raw syscalls carry the cookie, which the prefilter lets
             // through without a stop.
             let preload = spawn::preload_env(shim, opts.quarantine, opts.stack_depth);
-            env.retain(|(k, _)| k != "HANDLES_COOKIE" && !preload.iter().any(|(p, _)| p == k));
+            env.retain(|(k, _)| k != penv::COOKIE.name() && !preload.iter().any(|(p, _)| p == k));
             env.extend(preload);
-            env.push(("HANDLES_COOKIE".into(), format!("{cookie:016x}").into()));
+            env.push((
+                penv::COOKIE.name().into(),
+                CookieText::new(cookie).as_str().into(),
+            ));
             // Announcements (a stop each) only where something reads the
             // table early: the strict filter's reconciliation, the fork
             // snapshot a leak check needs. Otherwise the table is found by
             // its name when first needed (`sync_shim`).
-            env.retain(|(k, _)| k != "HANDLES_ANNOUNCE");
-            let announce = opts.strict || opts.leak_mode != LeakMode::Off;
+            env.retain(|(k, _)| k != penv::ANNOUNCE.name());
+            // The inherit check reads the exec'ing image's table at its
+            // exec, when it can no longer be looked for.
+            let announce = opts.strict || opts.leak_mode != LeakMode::Off || opts.inherit_check;
             env.push((
-                "HANDLES_ANNOUNCE".into(),
-                if announce { "1" } else { "0" }.into(),
+                penv::ANNOUNCE.name().into(),
+                if announce { penv::ON } else { penv::OFF }.into(),
             ));
             // Where every creating call stops (a new-* entry, a handle
             // budget), the shim marks its own (its table, its tombstone
             // source): they are not the program's handles.
-            env.retain(|(k, _)| k != "HANDLES_MARK_OWN");
+            env.retain(|(k, _)| k != penv::MARK_OWN.name() && k != penv::INHERIT.name());
+            if opts.inherit_check {
+                env.push((penv::INHERIT.name().into(), penv::ON.into()));
+            }
             if opts.policy.judges_new() || opts.max_handles.is_some() {
-                env.push(("HANDLES_MARK_OWN".into(), "1".into()));
+                env.push((penv::MARK_OWN.name().into(), penv::ON.into()));
             }
         }
-        env.push(("HANDLES_JOB".into(), std::process::id().to_string().into()));
+        for (k, v) in &opts.env {
+            env.retain(|(old, _)| old != k);
+            env.push((k.clone(), v.clone()));
+        }
+        env.push((
+            penv::JOB.name().into(),
+            std::process::id().to_string().into(),
+        ));
         let mut argv = vec![opts.program.clone()];
         argv.extend(opts.args.iter().cloned());
 
@@ -611,6 +647,9 @@ impl Job {
             exceptions: 0,
             suppressed: 0,
             leak_reports: Vec::new(),
+            crossings: Default::default(),
+            segments: HashMap::new(),
+            test_leaks: Vec::new(),
             exception_list: Vec::new(),
             contexts: HashMap::new(),
             tree: Default::default(),
@@ -655,6 +694,8 @@ impl Job {
                 loader: (0, None),
                 exec_unverified: false,
                 inherited_at_fork: Vec::new(),
+                forked_from: None,
+                inheritable: HashSet::new(),
             },
         );
         job.tree.insert(
@@ -680,6 +721,10 @@ impl Job {
             let text = leaks::summary(&job.leak_reports);
             job.write_report(&text);
         }
+        if job.opts.inherit_check {
+            let text = super::inherit::summary(&job.crossings);
+            job.write_report(&text);
+        }
         job.write_machine_reports()?;
         if job.exceptions > 0 || job.suppressed > 0 || job.opts.always_summarize {
             let summary = job.error_summary();
@@ -689,8 +734,10 @@ impl Job {
             exit: job.root_exit.unwrap_or(Exit::Code(0)),
             exceptions: job.exceptions,
             suppressed: job.suppressed,
-            leaks: job.leak_reports.iter().map(|p| p.count()).sum(),
+            leaks: job.leak_reports.iter().map(|p| p.count()).sum::<usize>()
+                + super::pertest::count(&job.test_leaks),
             leak_reports: job.leak_reports,
+            crossings: job.crossings.count(),
             interrupted: job.ended_by,
         })
     }
@@ -820,8 +867,10 @@ impl Job {
                         exit,
                         exceptions: self.exceptions,
                         suppressed: self.suppressed,
-                        leaks: self.leak_reports.iter().map(|p| p.count()).sum(),
+                        leaks: self.leak_reports.iter().map(|p| p.count()).sum::<usize>()
+                            + super::pertest::count(&self.test_leaks),
                         leak_reports: Vec::new(),
+                        crossings: self.crossings.count(),
                         interrupted: self.ended_by,
                     });
                 }
@@ -1040,17 +1089,29 @@ impl Job {
             Rc::new(RefCell::new(copy))
         };
         if !thread {
-            let (name, policy, strict, awaiting_shim, loading) = match self.procs.get(&ptgid) {
-                // The child's shim makes it a table at its first write.
-                Some(p) => (
-                    p.name.clone(),
-                    p.policy,
-                    p.strict,
-                    p.shim.is_some() || p.awaiting_shim,
-                    p.loading,
-                ),
-                None => (comm(child), self.opts.policy, true, false, false),
-            };
+            let (name, policy, strict, awaiting_shim, loading, inheritable, shell) =
+                match self.procs.get(&ptgid) {
+                    // The child's shim makes it a table at its first write.
+                    Some(p) => (
+                        p.name.clone(),
+                        p.policy,
+                        p.strict,
+                        p.shim.is_some() || p.awaiting_shim,
+                        p.loading,
+                        p.inheritable.clone(),
+                        // A forked child runs its parent's image.
+                        p.shell,
+                    ),
+                    None => (
+                        comm(child),
+                        self.opts.policy,
+                        true,
+                        false,
+                        false,
+                        HashSet::new(),
+                        None,
+                    ),
+                };
             // A forked child carries its parent's name until it execs.
             self.tree.insert(
                 child,
@@ -1075,10 +1136,12 @@ impl Job {
                     loading,
                     strict,
                     fd_dir: None,
-                    shell: None,
+                    shell,
                     loader: (0, None),
                     exec_unverified: false,
                     inherited_at_fork: Vec::new(),
+                    forked_from: Some(ptgid),
+                    inheritable,
                 },
             );
         }
@@ -1123,6 +1186,9 @@ impl Job {
         }
         // de_thread killed every other thread of the process.
         self.threads.retain(|&k, t| k == tid || t.tgid != tgid);
+        // The program's own exec: what crosses it is what `handles run`
+        // was given, not the job's doing.
+        let spawn_exec = !self.root_execed && (tid == self.root || tgid == self.root);
         if tid == self.root || tgid == self.root {
             self.root_execed = true;
             self.exec_error = None;
@@ -1141,11 +1207,19 @@ impl Job {
             Some(i) => i.env(name),
             None => super::execinfo::getenv_in(&proc_env, name),
         };
-        let nested = self.nested_policy(tgid, var(b"HANDLES_POLICY"));
+        let nested = self.nested_policy(tgid, var(penv::POLICY.name().as_bytes()));
         let awaiting_shim = self.opts.shim.as_deref().is_some_and(|shim| {
             super::shimtable::will_load(tid, tgid, shim, var(b"LD_PRELOAD"), info.as_ref())
         });
         let lenient = self.procs.get(&tgid).is_some_and(|p| !p.strict);
+        if self.opts.inherit_check && !spawn_exec {
+            let into = info
+                .as_ref()
+                .and_then(|i| i.execfn())
+                .map(|f| String::from_utf8_lossy(f).into_owned())
+                .unwrap_or_else(|| comm(tgid));
+            self.inherit_check(tid, tgid, &into);
+        }
         // exec unshares the fd table and closes O_CLOEXEC fds (tombstones
         // and the tombstone source among them).
         let old = self.threads[&tid].table.clone();
@@ -1155,7 +1229,10 @@ impl Job {
         // ever needs to know (`sync_shim`); listing /proc/PID/fd here cost
         // every exec ~50 µs. Tombstones and the tombstone source are
         // O_CLOEXEC: gone either way.
-        let deferred = awaiting_shim && lenient;
+        // The inherit check needs to know, at the image's own exec, what
+        // it held from the start (a shim makes its table only when first
+        // needed, and may never).
+        let deferred = awaiting_shim && lenient && !self.opts.inherit_check;
         let present: Option<HashSet<i32>> = (!deferred).then(|| {
             fd_numbers(&format!("/proc/{tgid}/fd"))
                 .into_iter()
@@ -1191,6 +1268,8 @@ impl Job {
         }
         // The new image's table is published afresh.
         self.published.remove(&tgid);
+        // Its tests are its own.
+        self.segments.remove(&tgid);
         let name = info
             .as_ref()
             .and_then(ExecInfo::comm_guess)
@@ -1205,7 +1284,12 @@ impl Job {
         if let Some(p) = self.procs.get_mut(&tgid) {
             p.awaiting_shim = awaiting_shim;
             p.loading = awaiting_shim;
-            p.shell = None;
+            // The inherit check asks at the image's own exec, when
+            // /proc/PID/exe already names the next one: read now.
+            p.shell = self
+                .opts
+                .inherit_check
+                .then(|| super::inherit::image_is_shell(tgid));
             p.loader = (
                 info.as_ref()
                     .and_then(|i| i.auxv(libc::AT_BASE))
@@ -1214,6 +1298,8 @@ impl Job {
             );
             p.exec_unverified = deferred;
             p.inherited_at_fork.clear();
+            p.forked_from = None;
+            p.inheritable.clear();
             p.name = name;
             p.maps = None;
             p.nofile = None;
@@ -1456,14 +1542,13 @@ impl Job {
     /// valgrind's closing line, in every mode, so that a CI log always
     /// ends with a count.
     pub(super) fn error_summary(&self) -> String {
-        format!(
-            "handles: ERROR SUMMARY: {} exception{} from {} context{} ({} suppressed)\n",
-            self.exceptions,
-            if self.exceptions == 1 { "" } else { "s" },
-            self.contexts.len(),
-            if self.contexts.len() == 1 { "" } else { "s" },
-            self.suppressed
-        )
+        let summary = handles_model::report::Summary {
+            exceptions: self.exceptions as u64,
+            contexts: self.contexts.len() as u64,
+            suppressed: self.suppressed as u64,
+            this_process: false,
+        };
+        format!("{summary}\n")
     }
 
     /// `--gen-suppressions`: the rule that matches exactly this report.
@@ -1514,7 +1599,7 @@ impl Job {
             );
             let exit = self.root_exit.map(exit_json);
             let procs: Vec<SerProcess> = self.tree.values().cloned().collect();
-            let v = output::json_report(
+            let mut v = output::json_report(
                 &command,
                 exit,
                 &self.exception_list,
@@ -1522,14 +1607,26 @@ impl Job {
                 &procs,
                 self.suppressed,
             );
+            if self.opts.inherit_check {
+                super::inherit::add_to_json(&mut v, &self.crossings);
+            }
+            if self.opts.leak_mode != LeakMode::Off {
+                super::pertest::add_to_json(&mut v, &self.test_leaks);
+            }
             write(p, &v)?;
         }
         if let Some(p) = &self.opts.sarif {
-            let v = output::sarif(
+            let mut v = output::sarif(
                 env!("CARGO_PKG_VERSION"),
                 &self.exception_list,
                 &self.leak_reports,
             );
+            if self.opts.inherit_check {
+                super::inherit::add_to_sarif(&mut v, &self.crossings);
+            }
+            if self.opts.leak_mode != LeakMode::Off {
+                super::pertest::add_to_sarif(&mut v, &self.test_leaks);
+            }
             write(p, &v)?;
         }
         Ok(())

@@ -56,19 +56,38 @@ impl Job {
     }
 
     pub(super) fn leak_check(&mut self, tid: i32) {
-        let Some(t) = self.threads.get(&tid) else {
+        let Some(tgid) = self.threads.get(&tid).map(|t| t.tgid) else {
             return;
         };
-        let tgid = t.tgid;
+        // A test still running at exit ends with the process
+        // (pertest.rs): its report comes first.
+        self.end_of_tests(tid, tgid);
+        let all = self.opts.leak_mode == LeakMode::All;
+        let candidates = self.leak_candidates(tid, tgid, all);
+        if candidates.is_empty() {
+            return;
+        }
+        let Some((report, stacks, rules)) = self.leak_groups(tid, tgid, candidates, all) else {
+            return;
+        };
+        if report.count() > 0 {
+            let mut text = leaks::render(&report, &stacks);
+            // Rules print bare, ready to paste into a suppressions file.
+            text.push_str(&rules);
+            self.write_report(&text);
+        }
+        self.leak_reports.push(report);
+    }
+
+    /// The handles open in `tgid` (thread `tid`) that a leak check looks
+    /// at: those it created, or every one with `all` (inherited marked).
+    pub(super) fn leak_candidates(&mut self, tid: i32, tgid: i32, all: bool) -> Vec<Candidate> {
         self.sync_shim(tid, tgid);
         let Some(t) = self.threads.get(&tid) else {
-            return;
+            return Vec::new();
         };
-        let all = self.opts.leak_mode == LeakMode::All;
         let table_ref = t.table.clone();
-        // (fd, (value, generation), origin, creation stack, inherited)
-        #[allow(clippy::type_complexity)]
-        let mut candidates: Vec<(i32, (u32, u32), Origin, Option<Stack>, bool)> = {
+        let mut candidates: Vec<Candidate> = {
             let table = table_ref.borrow();
             table
                 .open_fds()
@@ -154,9 +173,20 @@ impl Job {
                 ));
             }
         }
-        if candidates.is_empty() {
-            return;
-        }
+        candidates
+    }
+
+    /// Groups `candidates` by creation stack, with what the kernel says of
+    /// each handle, minus what suppressions silence: the process's leak
+    /// report, the symbolized stack of each group, and the rules
+    /// `--gen-suppressions` prints. None when the process cannot be read.
+    pub(super) fn leak_groups(
+        &mut self,
+        tid: i32,
+        tgid: i32,
+        candidates: Vec<Candidate>,
+        all: bool,
+    ) -> Option<(ProcessLeaks, Vec<Vec<crate::backtrace::Frame>>, String)> {
         let snapshot = crate::inspect::Inspector::new(crate::inspect::Options {
             long: true,
             peers: false,
@@ -226,14 +256,7 @@ impl Job {
                     kind: "leak",
                     ty: &l.ty,
                     path: &l.description,
-                    frames: frames
-                        .iter()
-                        .map(|f| FrameRef {
-                            function: f.function.as_deref(),
-                            module: f.module.as_deref(),
-                            file: f.file.as_deref(),
-                        })
-                        .collect(),
+                    frames: FrameRef::all(&frames),
                 };
                 let facts = Facts {
                     fd: Some(l.fd),
@@ -273,12 +296,10 @@ impl Job {
             groups,
             suppressed,
         };
-        if report.count() > 0 {
-            let mut text = leaks::render(&report, &stacks);
-            // Rules print bare, ready to paste into a suppressions file.
-            text.push_str(&rules);
-            self.write_report(&text);
-        }
-        self.leak_reports.push(report);
+        Some((report, stacks, rules))
     }
 }
+
+/// A handle a leak check looks at: fd, (handle value, generation), origin, creation
+/// stack, inherited.
+pub(super) type Candidate = (i32, (u32, u32), Origin, Option<Stack>, bool);

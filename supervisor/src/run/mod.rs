@@ -7,11 +7,17 @@
 //!   exit, stops); `checks` (every policy decision), `creation` (following
 //!   creating calls), `quarantine`, `leakcheck` and `strict` (moving a
 //!   process to the strict filter) extend it;
+//! - `execinfo`: what a new image was started with, from its initial
+//!   stack; `privilege`: set-ID and file-capability programs;
 //! - [`front`]: the `handles` process the shell waits on, apart from the
 //!   supervisor, so that `handles run` returns when the program exits;
 //! - [`fdtable`]: the model of one fd table;
+//! - `shimtable`: the shim's table, as the supervisor reads and updates
+//!   it; [`publish`]: the supervisor's own table for processes without a
+//!   shim; `dents`: hiding tombstones from a program's listing of its fds;
 //! - [`tracer`]: registers, memory, injected syscalls;
-//! - [`report`]: exception reports.
+//! - [`report`]: exception reports; [`leaks`]: leak reports;
+//!   [`output`]: the JSON and SARIF reports.
 
 mod checks;
 mod creation;
@@ -19,10 +25,12 @@ mod dents;
 mod execinfo;
 pub mod fdtable;
 pub mod front;
+pub mod inherit;
 pub mod job;
 mod leakcheck;
 pub mod leaks;
 pub mod output;
+pub mod pertest;
 mod privilege;
 pub mod publish;
 mod quarantine;

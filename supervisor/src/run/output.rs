@@ -141,14 +141,36 @@ fn sarif_frame(f: &Frame) -> Value {
     frame
 }
 
-fn sarif_stack(title: &str, frames: &[Frame]) -> Value {
+pub(super) fn sarif_stack(title: &str, frames: &[Frame]) -> Value {
     json!({
         "message": { "text": title },
         "frames": frames.iter().map(sarif_frame).collect::<Vec<_>>(),
     })
 }
 
-fn with_location(mut result: Value, frames: &[Frame]) -> Value {
+/// Adds the rule `id` to a SARIF document written by [`sarif`] and returns
+/// its results, for the writers that add results of a kind of their own
+/// (inherit.rs, pertest.rs); None for a document without a run.
+pub(super) fn sarif_rule<'a>(
+    sarif: &'a mut Value,
+    id: &str,
+    text: &str,
+) -> Option<&'a mut Vec<Value>> {
+    let run = sarif.get_mut("runs").and_then(|r| r.get_mut(0))?;
+    if let Some(rules) = run
+        .pointer_mut("/tool/driver/rules")
+        .and_then(Value::as_array_mut)
+    {
+        rules.push(json!({
+            "id": id,
+            "shortDescription": { "text": text },
+            "defaultConfiguration": { "level": "error" },
+        }));
+    }
+    run.get_mut("results").and_then(Value::as_array_mut)
+}
+
+pub(super) fn with_location(mut result: Value, frames: &[Frame]) -> Value {
     if let Some(loc) = primary_location(frames) {
         result["locations"] = json!([loc]);
     }

@@ -9,7 +9,6 @@
 //! may open it only if it could ptrace the supervisor (the permission check
 //! of /proc/PID/fd).
 
-use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -18,9 +17,6 @@ use std::sync::atomic::Ordering;
 use handles_model::table::{self, Header, Slot, SlotStacks, SlotValue};
 
 use super::fdtable::{FdTable, Slot as ModelSlot};
-
-/// Name prefix of published tables (`/memfd:handles-table:PID`).
-pub const NAME_PREFIX: &str = "handles-table:";
 
 pub struct Published {
     fd: OwnedFd,
@@ -33,7 +29,8 @@ pub struct Published {
 
 impl Published {
     pub fn new(pid: i32, mixer: u32, capacity: u32) -> io::Result<Published> {
-        let name = CString::new(format!("{NAME_PREFIX}{pid}")).map_err(io::Error::other)?;
+        let name = handles_model::protocol::TableName::new(pid);
+        let name = name.as_cstr();
         // SAFETY: memfd_create with a NUL-terminated name; owned right away.
         let fd = unsafe {
             libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)

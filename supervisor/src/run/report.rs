@@ -2,10 +2,11 @@
 //! happened, where, to which handle, and the three stacks that explain it
 //! (the offending call, where the handle was closed, where it was opened).
 //!
-//! Every line starts with `handles: ` so that a program's own stderr can be
-//! told apart from ours.
+//! The text is `handles_model::report`'s, which the shim writes too when
+//! no supervisor does; here is what the supervisor keeps of a report
+//! until it writes it (and puts in the JSON report).
 
-use std::fmt::Write;
+use handles_model::report::{self, HandleLine, Head, Lossy, Sink, SyscallText, Title};
 
 use crate::backtrace::Frame;
 
@@ -47,11 +48,7 @@ impl ExceptionReport {
     /// closed the handle.
     pub fn context_key(&self) -> String {
         let mut key = format!("{}/{}", self.condition, self.kind);
-        for s in self
-            .sections
-            .iter()
-            .filter(|s| s.title == "backtrace" || s.title.starts_with("closed by"))
-        {
+        for s in self.sections.iter().filter(|s| Title::is_context(&s.title)) {
             key.push('|');
             for f in &s.frames {
                 key.push_str(&format!(
@@ -66,58 +63,140 @@ impl ExceptionReport {
 
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "handles: <== policy exception: {} (action {})",
-            self.condition, self.action
-        );
-        let _ = writeln!(
-            s,
-            "handles:     process {} ({}) thread {} ({})",
-            self.pid, self.process_name, self.tid, self.thread_name
-        );
-        let _ = writeln!(s, "handles:     syscall {}", self.syscall);
-        if let Some(h) = &self.handle {
-            let _ = writeln!(s, "handles:     handle {h}");
+        // Writing into a String cannot fail.
+        let _ = self.render_to(&mut Lossy(&mut s));
+        s
+    }
+
+    fn render_to(&self, w: &mut impl Sink) -> std::fmt::Result {
+        Head {
+            condition: &self.condition,
+            action: &self.action,
+            pid: self.pid,
+            process: self.process_name.as_bytes(),
+            tid: self.tid,
+            thread: self.thread_name.as_bytes(),
+            syscall: &self.syscall,
+            handle: self.handle.as_deref().map(HandleLine::Text),
+            what: &self.what,
+            outcome: &self.outcome,
         }
-        let _ = writeln!(s, "handles:     {}", self.what);
-        let _ = writeln!(s, "handles:     {}", self.outcome);
+        .write_to(w)?;
         for sec in &self.sections {
-            let _ = writeln!(s, "handles: {}:", sec.title);
+            report::write_title(w, &sec.title)?;
             if sec.frames.is_empty() {
-                let _ = writeln!(s, "handles:     (no stack recorded)");
+                report::write_no_stack(w)?;
             }
             for f in &sec.frames {
-                let _ = writeln!(s, "handles:     {f}");
+                report::write_frame(w, f)?;
             }
         }
-        s
+        Ok(())
     }
 }
 
 /// Formats a syscall with its arguments the way strace does for ints and
 /// pointers: fd arguments in decimal, the rest in hex.
 pub fn format_syscall(name: &str, args: &[u64], nargs: usize, fd_mask: u8) -> String {
-    let mut s = format!("{name}(");
-    for (i, a) in args.iter().take(nargs).enumerate() {
-        if i > 0 {
-            s.push_str(", ");
-        }
-        if fd_mask & (1 << i) != 0 {
-            let _ = write!(s, "{}", *a as i32);
-        } else if *a < 0x10000 {
-            let _ = write!(s, "{a}");
-        } else {
-            let _ = write!(s, "{a:#x}");
-        }
+    SyscallText {
+        name,
+        args,
+        nargs,
+        fd_mask,
     }
-    s.push(')');
-    s
+    .to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn frame(index: usize, module: &str, offset: u64) -> Frame {
+        Frame {
+            index,
+            addr: 0x5555_0000_0000 + offset,
+            module: Some(module.into()),
+            module_offset: offset,
+            function: Some("use_after_close".into()),
+            function_offset: 0,
+            file: Some("/src/fixture.c".into()),
+            line: Some(42),
+            inlined_into: Vec::new(),
+            python: false,
+        }
+    }
+
+    fn report(closer_frames: Vec<Frame>) -> ExceptionReport {
+        ExceptionReport {
+            condition: "bad-handle".into(),
+            kind: "use-closed".into(),
+            fd: Some(5),
+            action: "allow-exception".into(),
+            pid: 42,
+            tid: 43,
+            process_name: "fixture".into(),
+            thread_name: "worker".into(),
+            syscall: format_syscall("read", &[5, 0x7ffd_2a10, 4096, 0, 0, 0], 3, 0b1),
+            handle: Some("0x3a1f2c07 (fd 5): closed pipe pipe:[81234]".into()),
+            handle_json: None,
+            what: "use of a closed handle".into(),
+            outcome: "the call fails with EBADF; SIGTRAP follows".into(),
+            sections: vec![
+                Section {
+                    title: Title::Backtrace.to_string(),
+                    frames: vec![frame(0, "/bin/fixture", 0x11c9)],
+                },
+                Section {
+                    title: Title::Closed {
+                        how: Some("close()"),
+                        pid: 42,
+                    }
+                    .to_string(),
+                    frames: closer_frames,
+                },
+                Section {
+                    title: Title::Opened {
+                        origin: "opened by pipe2()",
+                        pid: 42,
+                    }
+                    .to_string(),
+                    frames: vec![frame(0, "/bin/fixture", 0x1000)],
+                },
+            ],
+        }
+    }
+
+    /// The supervisor's report, line by line as the integration tests and
+    /// users see it (the shim writes the same lines, tested in the model).
+    #[test]
+    fn a_report_renders_every_line() {
+        assert_eq!(
+            report(Vec::new()).render(),
+            "handles: <== policy exception: bad-handle (action allow-exception)\n\
+             handles:     process 42 (fixture) thread 43 (worker)\n\
+             handles:     syscall read(5, 0x7ffd2a10, 4096)\n\
+             handles:     handle 0x3a1f2c07 (fd 5): closed pipe pipe:[81234]\n\
+             handles:     use of a closed handle\n\
+             handles:     the call fails with EBADF; SIGTRAP follows\n\
+             handles: backtrace:\n\
+             handles:     #0 0x00005555000011c9 in use_after_close at /src/fixture.c:42 (fixture+0x11c9)\n\
+             handles: closed by close() in process 42 at:\n\
+             handles:     (no stack recorded)\n\
+             handles: originally opened by pipe2() in process 42 at:\n\
+             handles:     #0 0x0000555500001000 in use_after_close at /src/fixture.c:42 (fixture+0x1000)\n"
+        );
+    }
+
+    #[test]
+    fn the_context_is_the_offending_and_the_closing_stacks() {
+        let a = report(vec![frame(0, "/bin/fixture", 0x2000)]);
+        let mut b = report(vec![frame(0, "/bin/fixture", 0x2000)]);
+        // Where the handle was opened does not make another context.
+        b.sections[2].frames = vec![frame(0, "/bin/fixture", 0x3000)];
+        assert_eq!(a.context_key(), b.context_key());
+        let c = report(vec![frame(0, "/bin/fixture", 0x2004)]);
+        assert_ne!(a.context_key(), c.context_key());
+    }
 
     #[test]
     fn syscall_formatting() {

@@ -25,6 +25,7 @@
 
 use std::os::fd::OwnedFd;
 
+use handles_model::protocol::{self, Message};
 use handles_model::table::{self, how, state, EarlierRecord, Name, PyStack, SlotDetail, SlotValue};
 use handles_model::ObjType;
 
@@ -87,19 +88,19 @@ pub(super) enum Update<'a> {
     Free,
 }
 
-/// Is this syscall the shim's announcement of its table? `cookie_reg` is
-/// the value of the syscall's cookie register.
+/// Is this syscall the shim's announcement of its table
+/// ([`Message::Announce`])?
 pub(super) fn is_announcement(nr: i64, a: &[u64; 6], cookie: u64) -> bool {
-    nr == libc::SYS_fcntl
-        && a[1] == libc::F_GETFD as u64
-        && marker_of(nr, a, cookie) == Some(table::marker::ANNOUNCE)
+    matches!(
+        Message::decode(nr, a, cookie),
+        Some(Message::Announce { .. })
+    )
 }
 
 /// The marker tag a call carries in its cookie register, if any: the
 /// shim's word that it judged the call itself (CHECK, PROXY, HELD).
 pub(super) fn marker_of(nr: i64, a: &[u64; 6], cookie: u64) -> Option<u32> {
-    let d = handles_model::syscalls::lookup(nr)?;
-    table::marker::tag(cookie, a[usize::from(d.cookie_arg()?)])
+    protocol::marker_of(nr, a, cookie)
 }
 
 /// What the shim says of a close its judge held (`marker::HOLD`,
@@ -116,42 +117,42 @@ pub(super) struct HeldByShim {
 
 pub(super) fn held_by_shim(nr: i64, a: &[u64; 6], cookie: u64) -> Option<HeldByShim> {
     use table::marker::{HELD_DROP, HELD_RAISE, HOLD, RELEASE};
-    if nr != libc::SYS_fstat {
-        return None;
-    }
-    let tag =
-        marker_of(nr, a, cookie).filter(|t| [HOLD, HELD_RAISE, HELD_DROP, RELEASE].contains(t))?;
-    Some(HeldByShim {
+    let held = |tag, fd| HeldByShim {
         tag,
-        fd: a[0] as i32,
-        nr: a[3] as i64,
-        pcs: a[4],
-        n: (a[5] as usize).min(table::STACK_DEPTH * 4),
+        fd,
+        nr: 0,
+        pcs: 0,
+        n: 0,
+    };
+    Some(match Message::decode(nr, a, cookie)? {
+        Message::Hold { fd, nr, pcs, n } => HeldByShim {
+            tag: HOLD,
+            fd,
+            nr,
+            pcs,
+            n,
+        },
+        Message::HeldRaise { fd } => held(HELD_RAISE, fd),
+        Message::HeldDrop { fd } => held(HELD_DROP, fd),
+        Message::Release { fd } => held(RELEASE, fd),
+        Message::Announce { .. } | Message::Proxy { .. } => return None,
     })
 }
 
-/// The call a shim proxy stands for: `fstat(fd, buf, PROXY marker, nr)`
-/// is the shim handing on a bad six-argument call `nr` on `fd` (no
-/// register was free for a marker). Returns `nr`'s description and
-/// arguments that put `fd` where `nr` takes it, for the checks and the
-/// report; the fstat itself is what runs.
+/// The call a shim proxy stands for ([`Message::Proxy`]): the shim handing
+/// on a bad six-argument call on an fd (no register was free for a
+/// marker). Returns the call's description and arguments that put the fd
+/// where it takes it, for the checks and the report; the fstat itself is
+/// what runs.
 pub(super) fn proxied(
     nr: i64,
     a: &[u64; 6],
     cookie: u64,
 ) -> Option<(&'static handles_model::syscalls::Desc, [u64; 6])> {
-    use handles_model::syscalls::{lookup, Kind};
-    if nr != libc::SYS_fstat || marker_of(nr, a, cookie) != Some(table::marker::PROXY) {
-        return None;
+    match Message::decode(nr, a, cookie)? {
+        Message::Proxy { fd, nr } => protocol::proxied_call(nr, fd),
+        _ => None,
     }
-    let real = lookup(a[3] as i64)?;
-    let mut args = [0u64; 6];
-    match real.kind {
-        Kind::Mmap => args[4] = a[0],
-        Kind::Use if real.fd_args != 0 => args[real.fd_args.trailing_zeros() as usize] = a[0],
-        _ => return None,
-    }
-    Some((real, args))
 }
 
 impl ShimTable {
@@ -636,6 +637,16 @@ impl super::job::Job {
                     };
                     self.shim_update(tgid, fd, &update)
                 }
+                Want::Tomb(..) if self.shim_made_anew(tgid, fd) => {
+                    // The shim put a handle on the number since our model
+                    // took its tombstone (bash's `exec 3>file` onto a
+                    // quarantined 3, a dup2 the shim made without a stop;
+                    // a fork child's model is its parent's from before):
+                    // its table is the truth for what it did.
+                    table_rc.borrow_mut().drop_tombstone(fd);
+                    table_rc.borrow_mut().open(fd, Origin::Shim, None, tgid);
+                    None
+                }
                 Want::Tomb(generation, closed) => self.shim_update(
                     tgid,
                     fd,
@@ -651,6 +662,17 @@ impl super::job::Job {
                 table_rc.borrow_mut().set_generation(fd, g);
             }
         }
+    }
+
+    /// Whether the shim's table of `tgid` has a handle open at `fd` that
+    /// the kernel holds as a live object (not an O_PATH fd, which every
+    /// tombstone is).
+    fn shim_made_anew(&self, tgid: i32, fd: i32) -> bool {
+        matches!(self.shim_says(tgid, fd), ShimSays::Open(_))
+            && std::fs::read_to_string(format!("/proc/{tgid}/fdinfo/{fd}"))
+                .ok()
+                .and_then(|text| crate::inspect::parse::FdInfo::parse(&text).flags)
+                .is_some_and(|flags| flags & libc::O_PATH as u32 == 0)
     }
 
     pub(super) fn shim_update(&self, tgid: i32, fd: i32, u: &Update) -> Option<u32> {
@@ -673,10 +695,8 @@ mod tests {
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let len = table::table_size(64);
         // SAFETY: ftruncate of our own memfd.
-        assert_eq!(
-            unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) },
-            0
-        );
+        let r = unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) };
+        assert_eq!(r, 0);
         // SAFETY: a fresh shared mapping of the memfd, unmapped below.
         let base = unsafe {
             libc::mmap(
@@ -696,10 +716,8 @@ mod tests {
         unsafe { libc::munmap(base, len) };
         if seal {
             // SAFETY: F_ADD_SEALS on our own memfd.
-            assert_eq!(
-                unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) },
-                0
-            );
+            let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) };
+            assert_eq!(r, 0);
         }
         fd
     }

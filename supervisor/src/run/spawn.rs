@@ -11,6 +11,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use handles_model::protocol::env as penv;
 use nix::sys::ptrace;
 use nix::unistd::Pid;
 
@@ -321,7 +322,13 @@ pub fn preload_env(
     }
     vec![
         ("LD_PRELOAD".into(), preload),
-        ("HANDLES_QUARANTINE".into(), quarantine.to_string().into()),
-        ("HANDLES_STACK_DEPTH".into(), stack_depth.to_string().into()),
+        (
+            penv::QUARANTINE.name().into(),
+            quarantine.to_string().into(),
+        ),
+        (
+            penv::STACK_DEPTH.name().into(),
+            stack_depth.to_string().into(),
+        ),
     ]
 }

@@ -1,0 +1,463 @@
+//! The fork mirror: a private copy of the table a forked child reads
+//! until its first write, when it makes a table of its own (the atfork
+//! handlers, the MADV_WIPEONFORK mark for forks that bypass them).
+
+use core::cell::Cell;
+use core::ptr;
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering::*};
+
+use handles_model::table::{self, state, Locked, Slot, SlotValue};
+
+use super::*;
+use crate::sys;
+
+/// A private anonymous mirror of the shim's own writes, made under the
+/// slot lock. It exists for fork: the child gets an exact copy of it at
+/// the instant of the fork, while the shared memfd keeps changing under
+/// the child (the parent's other threads go on writing it). Null until
+/// the process first forks (the atfork prepare handler makes it from the
+/// table, [`before_fork`]): a process that never forks never pays for
+/// the pages and the copies.
+pub(super) static BASE: AtomicPtr<u8> = AtomicPtr::new(ptr::null_mut());
+/// [`BASE`] is 0: not made, 1: being filled (writes mirror themselves
+/// already), 2: complete, a child's exact snapshot.
+static MIRROR: AtomicU32 = AtomicU32::new(0);
+const MIRROR_READY: u32 = 2;
+/// In a forked child with no table of its own yet: the parent's table,
+/// still mapped here (nothing reads it; unmapped when the child makes its
+/// own).
+static STALE: AtomicPtr<u8> = AtomicPtr::new(ptr::null_mut());
+/// Set in a forked child until it has a table of its own: it makes one
+/// at its first table write ([`ensure_own_table`]), or never if it execs
+/// or exits first. Until then its wrappers read its snapshot (`PUB` is
+/// `BASE`).
+static PENDING: AtomicBool = AtomicBool::new(false);
+/// The thread id of the thread making the child's own table (0: none).
+static MAKER: AtomicI32 = AtomicI32::new(0);
+
+/// Slots per bit of [`WRITTEN`]: one 4 KiB page of slots.
+const GROUP: usize = 4096 / table::SLOT_SIZE;
+/// One bit per group of [`GROUP`] slots the shim ever wrote: a forked
+/// child copies those groups of the mirror, not the whole capacity (up to
+/// 2^20 slots, most never touched: reading them would fault in page after
+/// page of zeroes in every child).
+static WRITTEN: [AtomicU64; table::MAX_CAPACITY as usize / GROUP / 64] =
+    [const { AtomicU64::new(0) }; table::MAX_CAPACITY as usize / GROUP / 64];
+
+/// Sequentially consistent with the load of [`BASE`] that follows it in
+/// [`mirror`] and with [`enable_mirror`]'s store and scan: a writer that
+/// did not see the mirror yet has marked its group before the scan reads
+/// it (plain loads and one `lock or` on x86).
+fn mark_written(fd: i32) {
+    let g = fd as u32 as usize / GROUP;
+    if let Some(w) = WRITTEN.get(g / 64) {
+        let bit = 1u64 << (g % 64);
+        if w.load(SeqCst) & bit == 0 {
+            w.fetch_or(bit, SeqCst);
+        }
+    }
+}
+/// The fds in `lo..=hi` (within the table) whose slots the shim may have
+/// written: the rest are FREE with generation 0, and reading them would
+/// only fault in pages of zeroes.
+pub fn maybe_written(lo: u32, hi: u32) -> impl Iterator<Item = i32> {
+    let cap = CAP.load(Relaxed);
+    let end = hi.min(cap.saturating_sub(1)) as usize;
+    let start = lo as usize;
+    (start / GROUP * GROUP..=end)
+        .step_by(GROUP)
+        .filter(|&g| {
+            WRITTEN
+                .get(g / GROUP / 64)
+                .is_some_and(|w| w.load(SeqCst) & (1 << (g / GROUP % 64)) != 0)
+        })
+        .flat_map(move |g| g.max(start)..(g + GROUP).min(end + 1))
+        .map(|i| i as i32)
+        .filter(move |_| cap > 0)
+}
+
+/// A word in a MADV_WIPEONFORK page: the kernel zeroes it in any child
+/// made without CLONE_VM, so a child that skipped the atfork handler (raw
+/// fork/clone) notices before it writes its parent's table.
+static FORK_MARK: AtomicPtr<AtomicU32> = AtomicPtr::new(ptr::null_mut());
+/// The pid the table was made by: tells a mark page the kernel dropped
+/// (MAP_DROPPABLE) from a child's.
+pub(super) static OWN_PID: AtomicI32 = AtomicI32::new(0);
+
+thread_local! {
+    /// Which stack records of the slot being written changed (bit 0:
+    /// creation, bit 1: close), so that publishing copies only those.
+    static DIRTY: Cell<u8> = const { Cell::new(0) };
+}
+
+pub(super) const DIRTY_CREATED: u8 = 1;
+pub(super) const DIRTY_CLOSED: u8 = 2;
+
+pub(super) fn mark_dirty(bits: u8) {
+    DIRTY.with(|d| d.set(d.get() | bits));
+}
+
+/// Mirrors slot `fd` (the value, and the stack records that changed)
+/// into the private copy, once there is one. The caller holds the slot's
+/// lock, so it is the only writer of the mirror slot.
+pub(super) fn mirror(fd: i32, s: &Slot, l: &Locked) {
+    let dirty = DIRTY.with(|d| d.replace(0));
+    let cap = CAP.load(Relaxed);
+    let pb = PUB.load(Relaxed);
+    if (fd as u32) >= cap || pb.is_null() {
+        return;
+    }
+    mark_written(fd);
+    let base = BASE.load(SeqCst);
+    // No mirror yet (no fork so far), or the mirror is the table itself
+    // (a child that could not make its own): nothing to copy, and taking
+    // the mirror slot's lock would take the caller's.
+    if base.is_null() || base == pb {
+        return;
+    }
+    let m = slot_at(base, fd);
+    let ml = m.steal_lock();
+    m.store(&ml, s.load(l));
+    if dirty != 0 {
+        let (dst, src) = (stacks_at(base, cap, fd), stacks_at(pb, cap, fd));
+        let (py_dst, py_src) = (py_at(base, cap, fd), py_at(pb, cap, fd));
+        if dirty & DIRTY_CREATED != 0 {
+            // A new handle: creation stack, (empty) close stack and name,
+            // its Python records, and the handle it replaced.
+            dst.copy_from(&ml, src);
+            py_dst.copy_from(&ml, py_src);
+            earlier_at(base, cap, fd).copy_from(&ml, earlier_at(pb, cap, fd));
+        } else {
+            dst.set_closed(&ml, src.closed_stack().frames());
+            py_dst.copy_closed_from(&ml, py_src);
+        }
+    }
+    m.unlock(ml);
+}
+
+/// A private anonymous read-write mapping.
+fn anon(len: usize) -> Option<*mut u8> {
+    // SAFETY: a new private anonymous mapping, ours.
+    let p = unsafe {
+        sys::sc(
+            libc::SYS_mmap,
+            [
+                0,
+                len as u64,
+                (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE) as u64,
+                u64::MAX,
+                0,
+            ],
+        )
+    };
+    (!(-4095..0).contains(&p)).then_some(p as *mut u8)
+}
+
+pub(super) fn init_fork_mark() {
+    // A droppable page is wiped in a child in one syscall; the madvise a
+    // private page needs cost ~6 µs a process on the test VM (the advice
+    // on a page of the shim's .bss instead split that mapping in three,
+    // which cost as much). A dropped page reads as zero like a child's:
+    // own_table tells them apart by the pid.
+    // SAFETY: a new anonymous page, ours.
+    let p = unsafe {
+        sys::sc(
+            libc::SYS_mmap,
+            [
+                0,
+                4096,
+                (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                (libc::MAP_ANONYMOUS | libc::MAP_DROPPABLE) as u64,
+                u64::MAX,
+                0,
+            ],
+        )
+    };
+    let p = if (-4095..0).contains(&p) {
+        // Before 6.11: a private page, advised.
+        let Some(p) = anon(4096) else { return };
+        // SAFETY: advising our own page.
+        let r = unsafe {
+            sys::raw(
+                libc::SYS_madvise,
+                [p as u64, 4096, libc::MADV_WIPEONFORK as u64, 0, 0, 0],
+            )
+        };
+        if r < 0 {
+            // Kernels before 4.14: rely on the atfork handler alone.
+            return;
+        }
+        p as i64
+    } else {
+        p
+    };
+    let mark = p as *mut AtomicU32;
+    // SAFETY: the page is mapped, writable and aligned.
+    unsafe { (*mark).store(1, Relaxed) };
+    FORK_MARK.store(mark, Release);
+}
+
+/// Called before every table write: a forked child makes its own table
+/// first (after a fork that bypassed the atfork handlers too, noticed
+/// by the MADV_WIPEONFORK mark: such a child still maps its parent's
+/// table as its own).
+#[inline(always)]
+pub fn ensure_own_table() {
+    if needs_own_table() {
+        own_table();
+    }
+}
+
+fn needs_own_table() -> bool {
+    let m = FORK_MARK.load(Relaxed);
+    // SAFETY: the mark page stays mapped for the life of the process (and
+    // is inherited, zeroed, by children).
+    PENDING.load(Acquire) || (!m.is_null() && unsafe { (*m).load(Acquire) } == 0)
+}
+
+/// Whether the table the wrappers use is this process's own published
+/// one (not a forked child's snapshot, nor its parent's table).
+pub(super) fn has_own_table() -> bool {
+    let pb = PUB.load(Relaxed);
+    !pb.is_null() && pb != BASE.load(Relaxed) && !needs_own_table()
+}
+
+/// The atfork prepare handler: the mirror a child will read is made at
+/// the first fork, from the table, then kept up to date by every write.
+/// Runs in the parent, as an ordinary (non-nested) call of the shim.
+pub extern "C" fn before_fork() {
+    if !active() || MIRROR.load(Acquire) == MIRROR_READY || PUB.load(Relaxed).is_null() {
+        return;
+    }
+    if !enter() {
+        // A fork from a signal handler that interrupted the shim: this
+        // thread may hold a slot lock. The child copies its parent's
+        // table as after a raw fork.
+        return;
+    }
+    if MIRROR.compare_exchange(0, 1, Acquire, Acquire).is_ok() {
+        let made = enable_mirror();
+        MIRROR.store(if made { MIRROR_READY } else { 0 }, Release);
+    } else {
+        // Another thread forking at the same time is filling it: this
+        // child must not get it half filled.
+        for _ in 0..100_000 {
+            if MIRROR.load(Acquire) != 1 {
+                break;
+            }
+            // SAFETY: sched_yield has no arguments.
+            unsafe { sys::raw(libc::SYS_sched_yield, [0; 6]) };
+        }
+    }
+    leave();
+}
+
+/// Makes the mirror: publishes it first, so that every write from then
+/// on mirrors itself, then copies every slot written so far, each under
+/// its lock. A writer either marked its group before the scan below (and
+/// the copy, locking the slot after it, takes its value) or sees the
+/// mirror (both sides sequentially consistent, see [`mark_written`]).
+fn enable_mirror() -> bool {
+    let cap = CAP.load(Relaxed);
+    let pb = PUB.load(Relaxed);
+    let Some(base) = anon(table::table_size(cap)) else {
+        return false;
+    };
+    BASE.store(base, SeqCst);
+    for i in maybe_written(0, cap) {
+        let s = slot_at(pb, i);
+        let l = lock(s);
+        let v = s.load(&l);
+        if v.state != state::FREE || v.generation != 0 {
+            let m = slot_at(base, i);
+            let ml = m.steal_lock();
+            m.store(&ml, v);
+            stacks_at(base, cap, i).copy_from(&ml, stacks_at(pb, cap, i));
+            py_at(base, cap, i).copy_from(&ml, py_at(pb, cap, i));
+            earlier_at(base, cap, i).copy_from(&ml, earlier_at(pb, cap, i));
+            m.unlock(ml);
+        }
+        s.unlock(l);
+    }
+    true
+}
+
+/// The mirror, when it is complete (a child's exact snapshot).
+fn ready_mirror() -> *mut u8 {
+    if MIRROR.load(Acquire) == MIRROR_READY {
+        BASE.load(Relaxed)
+    } else {
+        ptr::null_mut()
+    }
+}
+
+/// The atfork child handler: the child goes on reading its snapshot (the
+/// mirror, inherited copy-on-write) and makes a table of its own only at
+/// its first write. A child that execs or exits first never makes one:
+/// no memfd, no copy, no announcement (most forked children exec at
+/// once). Runs in the child, single-threaded; raw syscalls only (none
+/// here).
+pub extern "C" fn after_fork_child() {
+    if !active() {
+        return;
+    }
+    // A thread of the parent making its own table is not in this child.
+    MAKER.store(0, Relaxed);
+    let base = ready_mirror();
+    let pb = PUB.load(Relaxed);
+    if !base.is_null() && pb != base {
+        STALE.store(pb, Relaxed);
+        PUB.store(base, Relaxed);
+    }
+    // Without a complete mirror (the fork came from inside the shim)
+    // the child reads its parent's table until it makes its own, as
+    // after a raw fork.
+    PENDING.store(true, Release);
+}
+
+/// Makes this forked child's own table, once: the first thread to get
+/// here makes it, any other waits until it is there (it is about to
+/// write it).
+#[cold]
+#[inline(never)]
+fn own_table() {
+    let me = sys::gettid();
+    loop {
+        match MAKER.compare_exchange(0, me, Acquire, Relaxed) {
+            Ok(_) => break,
+            Err(owner) => {
+                if !needs_own_table() {
+                    return;
+                }
+                if !sys::thread_alive(owner) {
+                    // Its maker is not in this process (a raw fork while
+                    // a parent's thread was making its table).
+                    if MAKER.compare_exchange(owner, me, Acquire, Relaxed).is_ok() {
+                        break;
+                    }
+                    continue;
+                }
+                // SAFETY: sched_yield has no arguments.
+                unsafe { sys::raw(libc::SYS_sched_yield, [0; 6]) };
+            }
+        }
+    }
+    if needs_own_table() {
+        if !PENDING.load(Acquire) && sys::getpid() == OWN_PID.load(Relaxed) {
+            // Not a child: the kernel dropped the mark's page (memory
+            // pressure), which then reads as zero.
+            rearm_fork_mark();
+        } else {
+            make_own_table();
+        }
+    }
+    MAKER.store(0, Release);
+}
+
+fn rearm_fork_mark() {
+    let m = FORK_MARK.load(Relaxed);
+    if !m.is_null() {
+        // SAFETY: see ensure_own_table.
+        unsafe { (*m).store(1, Release) };
+    }
+}
+
+/// The child side of fork, made lazily: a new published table named with
+/// the child's pid, filled from the child's snapshot (the mirror; the
+/// parent's table as it is now when there is none, after a raw fork of a
+/// process that never forked through glibc), a new mixer, and the
+/// parent's table fd replaced by the child's at the same number. Raw
+/// syscalls only: runs in the child of a possibly multi-threaded parent.
+fn make_own_table() {
+    let pid = sys::getpid();
+    let done = || {
+        OWN_PID.store(pid, Relaxed);
+        rearm_fork_mark();
+        PENDING.store(false, Release);
+    };
+    let cap = CAP.load(Relaxed);
+    let cur = PUB.load(Relaxed);
+    // A mirror a raw fork caught half filled is no snapshot.
+    let base = ready_mirror();
+    let (src, stale) = if cur == base {
+        (base, STALE.swap(ptr::null_mut(), Relaxed))
+    } else if base.is_null() {
+        (cur, cur)
+    } else {
+        (base, cur)
+    };
+    let unmap = |p: *mut u8| {
+        if !p.is_null() && p != base {
+            // SAFETY: unmapping the parent's table from this process
+            // only; nothing here points into it any more.
+            unsafe {
+                sys::sc(
+                    libc::SYS_munmap,
+                    [p as u64, table::table_size(cap) as u64, 0, 0, 0, 0],
+                )
+            };
+        }
+    };
+    let Some((fd, pb)) = (!src.is_null()).then(|| new_table(pid, cap)).flatten() else {
+        // No memfd (fds exhausted, no memory): the child goes on with its
+        // snapshot as a private table nobody else sees, or, without one,
+        // with no table at all (never with its parent's).
+        PUB.store(if src == base { base } else { ptr::null_mut() }, Release);
+        unmap(stale);
+        done();
+        return;
+    };
+    let mixer = sys::random_u32();
+    for i in maybe_written(0, cap) {
+        // The child's exact copy of the parent's table at the fork (a
+        // slot a thread of the parent was writing may be torn).
+        let s = slot_at(src, i);
+        if s.state.load(Relaxed) == state::FREE && s.generation.load(Relaxed) == 0 {
+            continue;
+        }
+        let p = slot_at(pb, i);
+        let l = p.steal_lock();
+        p.store(
+            &l,
+            SlotValue {
+                state: s.state.load(Relaxed),
+                generation: s.generation.load(Relaxed),
+                obj_type: s.obj_type.load(Relaxed),
+                koid: s.koid.load(Relaxed),
+                rights: s.rights.load(Relaxed),
+                how: s.how.load(Relaxed),
+            },
+        );
+        stacks_at(pb, cap, i).copy_from(&l, stacks_at(src, cap, i));
+        py_at(pb, cap, i).copy_from(&l, py_at(src, cap, i));
+        earlier_at(pb, cap, i).copy_from(&l, earlier_at(src, cap, i));
+        p.unlock(l);
+    }
+    // The code objects the inherited Python records name: the parent's
+    // registry (the snapshot has none of its own).
+    let named = if stale.is_null() { src } else { stale };
+    codes_at(pb, cap).copy_from(&codes_at(named, cap));
+    header(pb).init(cap, pid as u32, mixer, table::writer::SHIM);
+    MIXER.store(mixer, Relaxed);
+    PUB.store(pb, Release);
+    unmap(stale);
+    let old_fd = TABLE_FD.load(Relaxed);
+    let replaced = old_fd >= 0 && {
+        let mut r = sys::dup3(fd, old_fd, libc::O_CLOEXEC);
+        if r == -(libc::EBADF as i64) {
+            // The parent's table fd sits beyond the soft limit.
+            r = beyond_soft(old_fd, || sys::dup3(fd, old_fd, libc::O_CLOEXEC)).unwrap_or(r);
+        }
+        r == old_fd as i64
+    };
+    if replaced {
+        sys::close(fd);
+    } else {
+        let fd = move_high(fd);
+        TABLE_FD.store(fd, Relaxed);
+        mark_internal(fd);
+    }
+    done();
+    announce();
+}
