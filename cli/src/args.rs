@@ -70,6 +70,87 @@ pub enum Command {
                       6 other I/O error."
     )]
     Watch(WatchArgs),
+    /// Attach to a running process for a window (--duration, or until
+    /// Ctrl-C/SIGTERM to handles): record every fd created and closed with
+    /// its creation stack, report uses of handles closed during the window,
+    /// then detach and report the handles created during the window and
+    /// still open (the leak suspects), grouped by creation stack, and the
+    /// creations and closes per stack. The process is never restarted;
+    /// every thread is seized with ptrace (no seccomp filter, nothing left
+    /// behind: after the detach its TracerPid is 0 and its fd table its own;
+    /// numbers closed during the window are quarantined until then).
+    #[command(
+        after_help = "Exit status: 0 window recorded (whatever it found, unless --error-exitcode), \
+                      --error-exitcode's when a leak suspect or exception was reported, \
+                      2 usage, 3 no such process, 4 permission denied (another user's process, \
+                      Yama's ptrace_scope), 5 the process exited before the window opened, \
+                      6 other error, 8 the process is already traced (a debugger, strace).\n\n\
+                      If handles itself is killed (even by SIGKILL) the kernel detaches the \
+                      process, which runs on unharmed."
+    )]
+    Attach(AttachArgs),
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum AttachOnExceptionArg {
+    /// Log the report; the call fails with EBADF as it would without
+    /// handles, and the process goes on (the default: a live process).
+    Continue,
+    /// Deliver SIGTRAP to the offending thread (which usually kills it).
+    Trap,
+}
+
+#[derive(Args, Debug)]
+pub struct AttachArgs {
+    /// The process (a thread id resolves to its process).
+    #[arg(value_name = "PID", allow_negative_numbers = true)]
+    pub pid: String,
+    /// Length of the window in seconds (fractions allowed); without it,
+    /// the window lasts until SIGINT or SIGTERM reaches handles or the
+    /// process exits.
+    #[arg(long, value_name = "SECS", value_parser = interval)]
+    pub duration: Option<f64>,
+    /// Wait (polling /proc/PID/fd every --poll-interval) until the process
+    /// holds at least N fds, then attach.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub fd_threshold: Option<u64>,
+    /// Seconds between two fd counts of --fd-threshold.
+    #[arg(long, value_name = "SECS", default_value = "0.1", value_parser = interval)]
+    pub poll_interval: f64,
+    /// A job policy entry, bad-handle=ACTION (repeatable; the only
+    /// condition a window applies). Actions: allow, deny, allow-exception,
+    /// deny-exception, kill. Default: bad-handle=allow-exception.
+    #[arg(long = "policy", value_name = "CONDITION=ACTION")]
+    pub policy: Vec<String>,
+    /// What a policy exception does.
+    #[arg(long, value_enum, default_value = "continue")]
+    pub on_exception: AttachOnExceptionArg,
+    /// How many numbers closed during the window each process keeps
+    /// quarantined behind a tombstone (0: off; at most 1024). All are
+    /// released at detach.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = quarantine_bound)]
+    pub quarantine: usize,
+    /// Frames recorded for creation and close stacks (0: none).
+    #[arg(long, value_name = "N", default_value_t = handles_model::table::DEFAULT_STACK_DEPTH,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new()
+              .range(0..=handles_model::table::STACK_DEPTH as u64))]
+    pub stack_depth: usize,
+    /// Write a JSON report (schema handles.run.v3, plus an "attach" object
+    /// with the per-stack counts; docs/report.md).
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Write the exceptions and leak suspects as SARIF 2.1.0.
+    #[arg(long, value_name = "FILE")]
+    pub sarif: Option<PathBuf>,
+    /// Exit with this status when a leak suspect or an exception was
+    /// reported.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
+    pub error_exitcode: Option<u8>,
+    /// Suppression rules for leak suspects and bad-handle exceptions
+    /// (repeatable; format in docs/suppressions.md; the built-in rules
+    /// apply too).
+    #[arg(long = "suppressions", value_name = "FILE")]
+    pub suppressions: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -20,3 +20,6 @@ pub const IO: u8 = 6;
 /// A program `handles` needs for this output is not installed (`dot` for
 /// `handles graph --svg`).
 pub const MISSING_TOOL: u8 = 7;
+/// `handles attach`: the process already has a tracer (a debugger,
+/// strace, a `handles run` supervisor).
+pub const ALREADY_TRACED: u8 = 8;

@@ -6,6 +6,7 @@
 
 mod all;
 mod args;
+mod attach;
 mod exit;
 mod filter;
 mod graph;
@@ -28,6 +29,7 @@ fn main() -> ExitCode {
         Some(args::Command::Symbolize { pid }) => symbolize::run(*pid),
         Some(args::Command::Graph(a)) => graph::run(a),
         Some(args::Command::Watch(a)) => watch::run(a),
+        Some(args::Command::Attach(a)) => attach::run(a),
         None if cli.show.all => all::run(&cli.show),
         None => show::run(&cli.show),
     };

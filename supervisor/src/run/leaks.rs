@@ -118,6 +118,14 @@ pub fn render(p: &ProcessLeaks, stacks: &[Vec<Frame>]) -> String {
         let _ = write!(s, " and {inherited} inherited");
     }
     let _ = writeln!(s, " ====");
+    s.push_str(&render_groups(p, stacks));
+    s
+}
+
+/// The groups of a leak report, without its heading (`handles attach`
+/// words its own).
+pub fn render_groups(p: &ProcessLeaks, stacks: &[Vec<Frame>]) -> String {
+    let mut s = String::new();
     for (g, frames) in p.groups.iter().zip(stacks) {
         let types: Vec<&str> = {
             let mut t: Vec<&str> = g.handles.iter().map(|h| h.ty.as_str()).collect();

@@ -1,0 +1,729 @@
+//! `handles attach PID`: windows on a live server fixture
+//! (tests/fixtures/attach_server.c): leak suspects by creation stack,
+//! use after close, detach under load and across a fork, SIGKILL of
+//! handles, the refusals. After every window the process must run on with
+//! its own fds only, no tracer and no seccomp filter.
+//!
+//! The supervisor's modes (--strict, --no-shim, --no-ptrace) belong to
+//! `handles run`; a window has one mechanism (PTRACE_SYSCALL stops), so
+//! each case runs once.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::{fixture, handles, skip, spawn_ready, Running};
+
+/// The source line carrying `ATTACH:<name>` in the fixture.
+fn line_of(name: &str) -> u32 {
+    let src = std::fs::read_to_string(common::repo_root().join("tests/fixtures/attach_server.c"))
+        .expect("read fixture");
+    let marker = format!("ATTACH:{name} ");
+    let idx = src
+        .lines()
+        .position(|l| l.contains(&marker))
+        .unwrap_or_else(|| panic!("no marker {marker}"));
+    idx as u32 + 1
+}
+
+fn server(threads: usize) -> Running {
+    let mut cmd = Command::new(fixture("attach_server"));
+    cmd.arg(threads.to_string());
+    spawn_ready(cmd)
+}
+
+/// Sends one command to the fixture and returns what it printed before
+/// its `done`.
+fn cmd(r: &mut Running, c: &str) -> Vec<String> {
+    send(r, c);
+    until_done(r)
+}
+
+fn send(r: &mut Running, c: &str) {
+    let stdin = r.child.stdin.as_mut().expect("piped stdin");
+    writeln!(stdin, "{c}").expect("write to fixture");
+    stdin.flush().expect("flush");
+}
+
+fn until_done(r: &mut Running) -> Vec<String> {
+    let mut out = Vec::new();
+    loop {
+        match r.next_line() {
+            Some(l) if l == "done" => return out,
+            Some(l) => out.push(l),
+            None => panic!("fixture ended before done; printed {out:?}"),
+        }
+    }
+}
+
+fn fds(pid: i32) -> BTreeSet<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read fd dir")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// A window's tombstone: an O_PATH fd of `/` (the fixture opens none).
+fn is_tombstone(pid: i32, fd: i32) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).is_ok_and(|l| l == std::path::Path::new("/"))
+}
+
+fn status_field(pid: i32, field: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("read status")
+        .lines()
+        .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_string()))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// The process as it was: no tracer on any thread, no seccomp filter,
+/// every thread out of any tracing stop, and exactly the fds expected.
+fn assert_left_alone(pid: i32, expected_fds: &BTreeSet<i32>) {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let tid: i32 = task
+            .expect("task")
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse().ok())
+            .expect("tid");
+        assert_eq!(
+            status_field(tid, "TracerPid:"),
+            "0",
+            "thread {tid} still traced"
+        );
+        let state = status_field(tid, "State:");
+        assert!(
+            !state.starts_with('t') && !state.starts_with('T'),
+            "thread {tid} left stopped: {state}"
+        );
+    }
+    assert_eq!(
+        status_field(pid, "Seccomp:"),
+        "0",
+        "a seccomp filter was left"
+    );
+    assert_eq!(&fds(pid), expected_fds, "fd table of {pid} changed");
+}
+
+/// `handles attach` running in the background, its stderr collected.
+struct Window {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Window {
+    fn start(args: &[&str], pid: i32) -> Window {
+        let mut child = Command::new(handles())
+            .arg("attach")
+            .args(args)
+            .arg(pid.to_string())
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn handles attach");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Window {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a stderr line containing `what`.
+    fn wait_for(&mut self, what: &str) {
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(20)) {
+                Ok(l) => {
+                    let hit = l.contains(what);
+                    self.seen.push(l);
+                    if hit {
+                        return;
+                    }
+                }
+                Err(_) => panic!("no line with {what:?} from handles; saw {:?}", self.seen),
+            }
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) of the handles process this test started.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits for handles to exit; its status and whole stderr.
+    fn finish(mut self) -> (ExitStatus, String) {
+        let status = self.child.wait().expect("wait for handles");
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(l);
+        }
+        (status, self.seen.join("\n") + "\n")
+    }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("attach-tests")
+        .join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("scratch dir");
+    d
+}
+
+/// The text between a heading starting with `from` and the next heading.
+fn section<'a>(stderr: &'a str, from: &str) -> &'a str {
+    let Some(start) = stderr.find(from) else {
+        return "";
+    };
+    let rest = &stderr[start + from.len()..];
+    let end = rest.find("handles: ====").unwrap_or(rest.len());
+    &rest[..end]
+}
+
+#[test]
+fn leak_suspects_name_the_leaking_function() {
+    let mut srv = server(4);
+    let pid = srv.pid();
+    let before = fds(pid);
+    let dir = scratch("leaks");
+    let report = dir.join("report.json");
+    let sarif = dir.join("report.sarif");
+    let mut w = Window::start(
+        &[
+            "--report",
+            report.to_str().unwrap(),
+            "--sarif",
+            sarif.to_str().unwrap(),
+            "--error-exitcode",
+            "9",
+        ],
+        pid,
+    );
+    w.wait_for("attached to process");
+    cmd(&mut srv, "req 30");
+    w.signal(libc::SIGINT);
+    let (status, stderr) = w.finish();
+    assert_eq!(status.code(), Some(9), "{stderr}");
+    let leak_at = format!("in leak_one at {}:{}", fixture_src(), line_of("leak"));
+    let suspects = section(
+        &stderr,
+        &format!("handles: ==== leak suspects: process {pid} (attach_server) holds 10 handles"),
+    );
+    assert!(suspects.contains(&leak_at), "{stderr}");
+    assert!(suspects.contains("created by openat() at"), "{stderr}");
+    assert!(!suspects.contains("transient"), "{stderr}");
+    let transient = format!(
+        "30 created     30 closed      0 open  openat() in transient at {}:{}",
+        fixture_src(),
+        line_of("transient")
+    );
+    assert!(stderr.contains(&transient), "{stderr}");
+    assert!(stderr.contains("window ended: signal 2"), "{stderr}");
+    assert!(stderr.contains("LEAK SUMMARY: 10 handles"), "{stderr}");
+
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+    assert_eq!(v["summary"]["leaked_handles"], 10);
+    let groups = v["leaks"][0]["groups"].as_array().expect("groups");
+    assert_eq!(groups.len(), 1);
+    let leaked: BTreeSet<i32> = groups[0]["handles"]
+        .as_array()
+        .expect("handles")
+        .iter()
+        .map(|h| h["handle"]["fd"].as_i64().expect("fd") as i32)
+        .collect();
+    assert_eq!(leaked.len(), 10);
+    assert!(groups[0]["stack"]
+        .as_array()
+        .expect("stack")
+        .iter()
+        .any(|f| f["function"] == "leak_one" && f["line"] == line_of("leak")));
+    common::assert_valid(
+        "leak_suspects_name_the_leaking_function",
+        &v,
+        &common::docs_schema("report.schema.json"),
+    );
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&sarif).expect("sarif")).expect("json");
+    assert_eq!(s["runs"][0]["results"][0]["ruleId"], "leak");
+
+    let expected: BTreeSet<i32> = before.union(&leaked).copied().collect();
+    assert_left_alone(pid, &expected);
+    // It still serves.
+    cmd(&mut srv, "req 1");
+}
+
+fn fixture_src() -> String {
+    common::repo_root()
+        .join("tests/fixtures/attach_server.c")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn a_clean_window_exits_zero_even_with_error_exitcode() {
+    let mut srv = server(1);
+    let pid = srv.pid();
+    let before = fds(pid);
+    let out = common::run_handles([
+        "attach",
+        "--duration",
+        "0.3",
+        "--error-exitcode",
+        "9",
+        &pid.to_string(),
+    ]);
+    let stderr = common::stderr_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("window ended: its duration elapsed"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("LEAK SUMMARY: 0 handles"), "{stderr}");
+    assert_left_alone(pid, &before);
+    cmd(&mut srv, "req 1");
+}
+
+#[test]
+fn use_after_close_during_the_window_is_reported() {
+    let mut srv = server(2);
+    let pid = srv.pid();
+    let before = fds(pid);
+    let mut w = Window::start(&["--error-exitcode", "9"], pid);
+    w.wait_for("attached to process");
+    cmd(&mut srv, "uac");
+    w.signal(libc::SIGTERM);
+    let (status, stderr) = w.finish();
+    assert_eq!(status.code(), Some(9), "{stderr}");
+    let src = fixture_src();
+    let report = section(&stderr, "handles: <== policy exception: bad-handle");
+    assert!(report.contains("syscall read("), "{stderr}");
+    assert!(
+        report.contains(&format!("in use_after_close at {src}:{}", line_of("uac"))),
+        "{stderr}"
+    );
+    assert!(
+        report.contains(&format!("closed by thread {pid} at")),
+        "{stderr}"
+    );
+    assert!(
+        report.contains(&format!("in use_after_close at {src}:{}", line_of("close"))),
+        "{stderr}"
+    );
+    assert!(stderr.contains("ERROR SUMMARY: 1 exception"), "{stderr}");
+    assert_left_alone(pid, &before);
+    cmd(&mut srv, "req 1");
+}
+
+#[test]
+fn bad_handle_policy_allow_reports_nothing_and_trap_kills() {
+    // allow: the same use after close, no report.
+    let mut srv = server(1);
+    let pid = srv.pid();
+    let mut w = Window::start(&["--policy", "bad-handle=allow"], pid);
+    w.wait_for("attached to process");
+    cmd(&mut srv, "uac");
+    w.signal(libc::SIGINT);
+    let (status, stderr) = w.finish();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("policy exception"), "{stderr}");
+    assert!(stderr.contains("ERROR SUMMARY: 0 exceptions"), "{stderr}");
+
+    // --on-exception trap: SIGTRAP to the offending thread, as under run.
+    let mut srv = server(1);
+    let pid = srv.pid();
+    let mut w = Window::start(&["--on-exception", "trap"], pid);
+    w.wait_for("attached to process");
+    send(&mut srv, "uac");
+    let status = srv.child.wait().expect("wait fixture");
+    let (_, stderr) = w.finish();
+    assert_eq!(common::ending(&status), "signal 5", "{stderr}");
+    assert!(stderr.contains("SIGTRAP follows"), "{stderr}");
+}
+
+#[test]
+fn detach_under_load_and_across_a_fork() {
+    let mut srv = server(16);
+    let pid = srv.pid();
+    let before = fds(pid);
+    let dir = scratch("load");
+    let report = dir.join("report.json");
+    let mut w = Window::start(
+        &["--duration", "1.5", "--report", report.to_str().unwrap()],
+        pid,
+    );
+    w.wait_for("(attach_server), 18 threads;");
+    cmd(&mut srv, "req 300");
+    // The child's copies of the window's tombstones are released too.
+    let mut at_fork = fds(pid);
+    at_fork.retain(|&fd| !is_tombstone(pid, fd));
+    let child: i32 = cmd(&mut srv, "fork")
+        .iter()
+        .find_map(|l| l.strip_prefix("child=")?.parse().ok())
+        .expect("child pid");
+    let _reap = KillOnDrop(child);
+    // Calls still flowing when the window ends.
+    send(&mut srv, "busy 200000");
+    let (status, stderr) = w.finish();
+    until_done(&mut srv);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("window ended: its duration elapsed"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("did not stop"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "handles: ==== leak suspects: process {child} (attach_server) holds 1 handle"
+        )),
+        "{stderr}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+    let leaked_by = |p: i32| -> BTreeSet<i32> {
+        v["leaks"]
+            .as_array()
+            .expect("leaks")
+            .iter()
+            .filter(|l| l["pid"] == p)
+            .flat_map(|l| l["groups"].as_array().cloned().unwrap_or_default())
+            .flat_map(|g| g["handles"].as_array().cloned().unwrap_or_default())
+            .map(|h| h["handle"]["fd"].as_i64().expect("fd") as i32)
+            .collect()
+    };
+    let leaked = leaked_by(pid);
+    assert_eq!(leaked.len(), 100, "{stderr}");
+    assert_left_alone(pid, &before.union(&leaked).copied().collect());
+    assert_eq!(
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .count(),
+        18
+    );
+    let child_leak = leaked_by(child);
+    assert_eq!(child_leak.len(), 1, "{stderr}");
+    assert_left_alone(child, &at_fork.union(&child_leak).copied().collect());
+    cmd(&mut srv, "req 1");
+}
+
+/// The fixture's forked child waits in pause(), holding the test's
+/// stderr: it must not outlive a failed test.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of the fixture's child this test made.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
+
+#[test]
+fn sigkill_of_handles_leaves_the_process_running() {
+    let mut srv = server(4);
+    let pid = srv.pid();
+    let before = fds(pid);
+    let mut w = Window::start(&[], pid);
+    w.wait_for("attached to process");
+    send(&mut srv, "busy 20000");
+    std::thread::sleep(Duration::from_millis(200));
+    w.signal(libc::SIGKILL);
+    let (status, _) = w.finish();
+    assert_eq!(common::ending(&status), "signal 9");
+    // The burst completes: nothing was left stopped or wedged.
+    until_done(&mut srv);
+    let now = fds(pid);
+    // What the window could not release is tombstones: O_PATH fds of /,
+    // at most --quarantine of them (one more when the kill fell between
+    // placing a tombstone and evicting the oldest) and their source.
+    let left: Vec<i32> = now.difference(&before).copied().collect();
+    assert!(left.len() <= 64 + 2, "{left:?}");
+    assert!(left.iter().all(|&fd| is_tombstone(pid, fd)), "{left:?}");
+    assert_left_alone(pid, &now);
+    let later = cmd(&mut srv, "fds");
+    assert!(later.iter().any(|l| l.starts_with("fds=")));
+}
+
+#[test]
+fn attach_refused_when_already_traced() {
+    if Command::new("strace").arg("-V").output().is_err() {
+        skip(
+            "attach_refused_when_already_traced",
+            "strace is not installed",
+        );
+        return;
+    }
+    let mut srv = server(1);
+    let pid = srv.pid();
+    let before = fds(pid);
+    let mut strace = Command::new("strace")
+        .args(["-o", "/dev/null", "-p", &pid.to_string()])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("strace");
+    let mut tries = 0;
+    while status_field(pid, "TracerPid:") == "0" {
+        tries += 1;
+        assert!(tries < 200, "strace never attached");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = common::run_handles(["attach", "--duration", "0.2", &pid.to_string()]);
+    let stderr = common::stderr_of(&out);
+    assert_eq!(out.status.code(), Some(8), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "process {pid} is already traced by process {}",
+            strace.id()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    strace.kill().expect("kill strace");
+    strace.wait().expect("wait strace");
+    assert_left_alone(pid, &before);
+    cmd(&mut srv, "req 1");
+}
+
+#[test]
+fn attach_refused_for_another_users_process() {
+    // SAFETY: getuid cannot fail.
+    let root = unsafe { libc::getuid() } == 0;
+    let (target, out) = if root {
+        if Command::new("setpriv").arg("--version").output().is_err() {
+            skip(
+                "attach_refused_for_another_users_process",
+                "setpriv is not installed",
+            );
+            return;
+        }
+        // The fixture runs as root, handles as nobody.
+        let srv = server(1);
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(handles())
+            .args(["attach", "--duration", "0.2", &srv.pid().to_string()])
+            .output()
+            .expect("setpriv handles");
+        (Some(srv), out)
+    } else {
+        // pid 1 is root's.
+        (
+            None,
+            common::run_handles(["attach", "--duration", "0.2", "1"]),
+        )
+    };
+    let stderr = common::stderr_of(&out);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("permission denied attaching to process"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("same user"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    if let Some(srv) = target {
+        assert_eq!(status_field(srv.pid(), "TracerPid:"), "0");
+    }
+}
+
+#[test]
+fn no_such_process_and_bad_pid() {
+    let out = common::run_handles(["attach", "--duration", "0.1", "999999999"]);
+    assert_eq!(out.status.code(), Some(3), "{}", common::stderr_of(&out));
+    assert!(common::stderr_of(&out).contains("no such process: 999999999"));
+    let out = common::run_handles(["attach", "abc"]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::stderr_of(&out));
+    let out = common::run_handles(["attach", "--policy", "new-file=deny", "1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::stderr_of(&out));
+    assert!(common::stderr_of(&out).contains("applies only bad-handle"));
+}
+
+#[test]
+fn fd_threshold_waits_then_records() {
+    let mut srv = server(1);
+    let pid = srv.pid();
+    let start = fds(pid).len();
+    let threshold = start + 5;
+    let mut w = Window::start(
+        &[
+            "--fd-threshold",
+            &threshold.to_string(),
+            "--poll-interval",
+            "0.02",
+        ],
+        pid,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        status_field(pid, "TracerPid:"),
+        "0",
+        "attached before the threshold"
+    );
+    // 15 requests leak 5: the threshold.
+    cmd(&mut srv, "req 15");
+    w.wait_for("attached to process");
+    assert!(
+        w.seen.iter().any(|l| l.contains(&format!(
+            "holds {threshold} fds (threshold {threshold}): attaching"
+        ))),
+        "{:?}",
+        w.seen
+    );
+    cmd(&mut srv, "req 6");
+    w.signal(libc::SIGINT);
+    let (status, stderr) = w.finish();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    // Only the window's 2 leaks, not the 5 before it.
+    assert!(
+        stderr.contains(&format!("process {pid} (attach_server) holds 2 handles")),
+        "{stderr}"
+    );
+    let now = fds(pid);
+    assert_left_alone(pid, &now);
+    assert_eq!(now.len(), start + 7);
+}
+
+/// Whether the fixture's `reuse` got its closed number back at once.
+fn number_reused(srv: &mut Running) -> bool {
+    let l = cmd(srv, "reuse");
+    let v: Vec<i32> = l
+        .iter()
+        .find_map(|l| l.strip_prefix("reuse="))
+        .expect("reuse line")
+        .split(' ')
+        .map(|n| n.parse().expect("number"))
+        .collect();
+    v[0] == v[1]
+}
+
+#[test]
+fn closed_numbers_are_quarantined_during_the_window_only() {
+    let mut srv = server(1);
+    let pid = srv.pid();
+    let before = fds(pid);
+    assert!(
+        number_reused(&mut srv),
+        "natively the lowest number comes back"
+    );
+    let mut w = Window::start(&[], pid);
+    w.wait_for("attached to process");
+    assert!(
+        !number_reused(&mut srv),
+        "a closed number was handed out again"
+    );
+    w.signal(libc::SIGINT);
+    let (status, stderr) = w.finish();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    // Tombstones and their source released: the number comes back again.
+    assert_left_alone(pid, &before);
+    assert!(number_reused(&mut srv));
+
+    // --quarantine 0: nothing held.
+    let mut w = Window::start(&["--quarantine", "0"], pid);
+    w.wait_for("attached to process");
+    assert!(number_reused(&mut srv));
+    w.signal(libc::SIGINT);
+    let (status, stderr) = w.finish();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_left_alone(pid, &before);
+}
+
+#[test]
+fn a_real_time_signal_reaches_its_handler_and_the_window_goes_on() {
+    let mut srv = server(1);
+    let pid = srv.pid();
+    let mut w = Window::start(&[], pid);
+    w.wait_for("attached to process");
+    assert_eq!(cmd(&mut srv, "rt"), vec!["rt=1".to_string()]);
+    cmd(&mut srv, "req 3");
+    w.signal(libc::SIGINT);
+    let (status, stderr) = w.finish();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("window ended: signal 2"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("process {pid} (attach_server) holds 1 handle")),
+        "{stderr}"
+    );
+    assert_eq!(cmd(&mut srv, "rt"), vec!["rt=2".to_string()]);
+}
+
+#[test]
+fn the_window_ends_when_the_process_exits() {
+    let mut srv = server(2);
+    let pid = srv.pid();
+    let mut w = Window::start(&["--error-exitcode", "9"], pid);
+    w.wait_for("attached to process");
+    cmd(&mut srv, "req 3");
+    // EOF on stdin: the fixture returns from main.
+    drop(srv.child.stdin.take());
+    let status = srv.child.wait().expect("wait fixture");
+    assert_eq!(common::ending(&status), "exit 0");
+    let (status, stderr) = w.finish();
+    // What exits takes its handles with it: nothing is a suspect.
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("window ended: the process exited"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "process {pid} (attach_server) exited during the window"
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("LEAK SUMMARY: 0 handles"), "{stderr}");
+}
+
+#[test]
+fn suppressions_silence_suspects_and_exceptions() {
+    let dir = scratch("suppress");
+    let rules = dir.join("rules.supp");
+    std::fs::write(
+        &rules,
+        "[known-leak]\nreport = leak\nframe = fun:leak_one\n\n\
+         [known-uac]\nreport = bad-handle\nkind = use-closed\nframe = fun:use_after_close\n",
+    )
+    .expect("write rules");
+    let mut srv = server(1);
+    let pid = srv.pid();
+    let mut w = Window::start(
+        &[
+            "--suppressions",
+            rules.to_str().unwrap(),
+            "--error-exitcode",
+            "9",
+        ],
+        pid,
+    );
+    w.wait_for("attached to process");
+    cmd(&mut srv, "req 6");
+    cmd(&mut srv, "uac");
+    w.signal(libc::SIGINT);
+    let (status, stderr) = w.finish();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("policy exception"), "{stderr}");
+    assert!(!stderr.contains("leak suspects"), "{stderr}");
+    assert!(
+        stderr.contains("LEAK SUMMARY: 0 handles to 0 objects in 0 processes (2 suppressed)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("ERROR SUMMARY: 0 exceptions from 0 contexts (1 suppressed)"),
+        "{stderr}"
+    );
+    // The summary still counts what was made where.
+    assert!(
+        stderr.contains("2 created      0 closed      2 open  openat() in leak_one"),
+        "{stderr}"
+    );
+}
