@@ -10,7 +10,7 @@ use std::io::Write as _;
 use serde_json::json;
 
 use super::model::Stack;
-use super::window::{frame_refs, Ended, Outcome, Window};
+use super::window::{Ended, Outcome, Window};
 use super::AttachError;
 use crate::backtrace::Frame;
 use crate::inspect::{Inspector, Options};
@@ -107,7 +107,7 @@ impl Window<'_> {
                     kind: "leak",
                     ty: &l.ty,
                     path: &l.description,
-                    frames: frame_refs(&frames),
+                    frames: crate::suppress::FrameRef::all(&frames),
                 };
                 let facts = Facts {
                     fd: Some(l.fd),

@@ -704,7 +704,7 @@ impl Window<'_> {
             kind,
             ty: "",
             path: "",
-            frames: frame_refs(frames),
+            frames: crate::suppress::FrameRef::all(frames),
         };
         self.opts.suppressions.matching(&event).is_some()
     }
@@ -746,18 +746,6 @@ impl Window<'_> {
                 .collect(),
         });
     }
-}
-
-/// Frames as suppression rules see them.
-pub(super) fn frame_refs(frames: &[Frame]) -> Vec<crate::suppress::FrameRef<'_>> {
-    frames
-        .iter()
-        .map(|f| crate::suppress::FrameRef {
-            function: f.function.as_deref(),
-            module: f.module.as_deref(),
-            file: f.file.as_deref(),
-        })
-        .collect()
 }
 
 /// Resumes a thread to its next syscall stop.

@@ -1566,16 +1566,7 @@ impl Job {
         let frames: Vec<FrameRef<'_>> = report
             .sections
             .first()
-            .map(|s| {
-                s.frames
-                    .iter()
-                    .map(|f| FrameRef {
-                        function: f.function.as_deref(),
-                        module: f.module.as_deref(),
-                        file: f.file.as_deref(),
-                    })
-                    .collect()
-            })
+            .map(|s| FrameRef::all(&s.frames))
             .unwrap_or_default();
         crate::suppress::exception_rule(&report.condition, &report.kind, ty.unwrap_or(""), &frames)
     }
