@@ -19,7 +19,7 @@ use super::model::{self, Proc, Stack};
 use super::{AttachError, AttachOptions};
 use crate::backtrace::{Frame, ModuleMap, StartRegs, StopReason, Symbolizer, Unwinder};
 use crate::policy::{Action, Condition};
-use crate::run::output::{SerException, SerStack};
+use crate::run::output::SerException;
 use crate::run::report::{format_syscall, ExceptionReport, Section};
 use crate::run::syscalls::{lookup, Desc, Kind};
 use crate::run::tracer::{self, Waited};
@@ -722,29 +722,7 @@ impl Window<'_> {
         }
         self.contexts.insert(key, self.exceptions.len());
         let _ = std::io::stderr().write_all(r.render().as_bytes());
-        self.exceptions.push(SerException {
-            condition: r.condition.clone(),
-            kind: r.kind.clone(),
-            action: r.action.clone(),
-            pid: r.pid,
-            tid: r.tid,
-            process: r.process_name.clone(),
-            thread: r.thread_name.clone(),
-            syscall: r.syscall.clone(),
-            handle: None,
-            handle_text: r.handle.clone(),
-            what: r.what.clone(),
-            outcome: r.outcome.clone(),
-            count: 1,
-            stacks: r
-                .sections
-                .iter()
-                .map(|s| SerStack {
-                    title: s.title.clone(),
-                    frames: s.frames.clone(),
-                })
-                .collect(),
-        });
+        self.exceptions.push(SerException::first_of(r));
     }
 }
 

@@ -27,7 +27,7 @@ pub(super) use nix::unistd::Pid;
 use super::execinfo::ExecInfo;
 pub(super) use super::fdtable::{runs, FdTable, ObjectFacts, Origin, Slot, Stack};
 pub(super) use super::leaks::{self, Leak, LeakGroup, LeakMode, ProcessLeaks};
-pub(super) use super::output::{self, SerException, SerProcess, SerStack};
+pub(super) use super::output::{self, SerException, SerProcess};
 pub(super) use super::publish::Published;
 pub(super) use super::report::{format_syscall, ExceptionReport, Section};
 pub(super) use super::shimtable::ShimTable;
@@ -1514,29 +1514,7 @@ impl Job {
             text.push_str(&self.rule_for(report));
         }
         self.write_report(&text);
-        self.exception_list.push(SerException {
-            condition: report.condition.clone(),
-            kind: report.kind.clone(),
-            action: report.action.clone(),
-            pid: report.pid,
-            tid: report.tid,
-            process: report.process_name.clone(),
-            thread: report.thread_name.clone(),
-            syscall: report.syscall.clone(),
-            handle: report.handle_json.clone(),
-            handle_text: report.handle.clone(),
-            what: report.what.clone(),
-            outcome: report.outcome.clone(),
-            count: 1,
-            stacks: report
-                .sections
-                .iter()
-                .map(|s| SerStack {
-                    title: s.title.clone(),
-                    frames: s.frames.clone(),
-                })
-                .collect(),
-        });
+        self.exception_list.push(SerException::first_of(report));
     }
 
     /// valgrind's closing line, in every mode, so that a CI log always

@@ -40,6 +40,35 @@ pub struct SerException {
     pub stacks: Vec<SerStack>,
 }
 
+impl SerException {
+    /// The first exception of a report context, as `--report` lists it.
+    pub fn first_of(r: &super::report::ExceptionReport) -> SerException {
+        SerException {
+            condition: r.condition.clone(),
+            kind: r.kind.clone(),
+            action: r.action.clone(),
+            pid: r.pid,
+            tid: r.tid,
+            process: r.process_name.clone(),
+            thread: r.thread_name.clone(),
+            syscall: r.syscall.clone(),
+            handle: r.handle_json.clone(),
+            handle_text: r.handle.clone(),
+            what: r.what.clone(),
+            outcome: r.outcome.clone(),
+            count: 1,
+            stacks: r
+                .sections
+                .iter()
+                .map(|s| SerStack {
+                    title: s.title.clone(),
+                    frames: s.frames.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// One process of the job tree.
 #[derive(Clone, Debug, Serialize)]
 pub struct SerProcess {
