@@ -883,6 +883,42 @@ fn raw_use_in_a_forked_child_of_an_fd_closed_before_the_fork_is_caught() {
     );
 }
 
+/// A forked child that made a table of its own before the stale use:
+/// the records of what its parent had closed stay in the child's
+/// snapshot until needed (shim/src/state/fork.rs), and the report still
+/// names the parent's close, whoever catches the use: the shim (a libc
+/// write), or the supervisor (a syscall instruction of the program's
+/// own, which reads the record through the tombstone).
+#[test]
+fn a_forked_child_with_its_own_table_reports_the_parents_close() {
+    let prog = fixture("run_bugs");
+    for (mode, modes) in [
+        ("fork-table", &[&[][..], &["--no-ptrace"][..]][..]),
+        ("fork-table-raw", &[&[][..]][..]),
+    ] {
+        for extra in modes {
+            let mut cmd = Command::new(handles());
+            cmd.arg("run").args(*extra).arg("--").arg(&prog).arg(mode);
+            let o = run_limited(cmd, LIMIT);
+            assert_code(&o, 0);
+            let stdout = stdout_of(&o);
+            assert!(
+                stdout.contains(&format!("child exited=0 signaled=1 sig={SIGTRAP}\n")),
+                "{mode} {extra:?}: the child must be stopped by SIGTRAP\n{}",
+                describe(&o)
+            );
+            assert!(!stdout.contains("stale write="), "\n{}", describe(&o));
+            let r = only_report(&o);
+            r.assert_innermost(
+                "closed by close()",
+                "fork_table_bug",
+                "run_bugs.c",
+                marker_line("run_bugs", "/* CLOSE: fork-table */"),
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // 7. The bug after exec
 

@@ -153,8 +153,16 @@ pub struct Header {
     pub stack_depth: AtomicU32,
     /// Byte offset of the stack area ([`stacks_offset`]).
     pub stacks_offset: AtomicU64,
-    _reserved: [AtomicU64; 2],
+    /// [`HEADER_PYTHON`]; zero in a table written before it existed.
+    pub flags: AtomicU64,
+    _reserved: [AtomicU64; 1],
 }
+
+/// `Header::flags`: a writer has put a Python record (with frames) into
+/// the table. Until then every record of the Python area is empty, and a
+/// writer need not clear one: writing an empty record would fault in a
+/// page of the area in every process that never runs Python.
+pub const HEADER_PYTHON: u64 = 1;
 
 #[repr(C)]
 pub struct Slot {
@@ -179,6 +187,23 @@ pub mod how {
     pub const RECEIVED: u32 = (1 << 16) + 1;
     /// Found open without its creation having been seen.
     pub const ADOPTED: u32 = (1 << 16) + 2;
+    /// A flag on any of the codes above: the handle came to this process
+    /// through fork, made by its parent (or before), the rest of the code
+    /// saying how. A forked child's own table is a copy of its parent's,
+    /// and its leak check must not take those handles for its own; the
+    /// flag tells them apart without the supervisor reading the table
+    /// when the child makes it.
+    pub const FORKED: u32 = 1 << 31;
+
+    /// The code without [`FORKED`].
+    pub const fn base(code: u32) -> u32 {
+        code & !FORKED
+    }
+
+    /// Whether the handle came through fork ([`FORKED`]).
+    pub const fn forked(code: u32) -> bool {
+        code & FORKED != 0
+    }
 
     /// The code for a handle made by syscall `nr`.
     pub const fn syscall(nr: u32) -> u32 {
@@ -191,6 +216,7 @@ pub mod how {
 
     /// The syscall number a code names, if it names one.
     pub const fn syscall_nr(code: u32) -> Option<u32> {
+        let code = base(code);
         if code >= 1 && code <= 1 << 16 {
             Some(code - 1)
         } else {
@@ -350,6 +376,18 @@ pub fn obj_type_from_code(code: u32) -> Option<crate::ObjType> {
 impl Header {
     /// Initialises a zeroed header. The magic goes last, so a reader never
     /// sees a valid magic over a half-written header.
+    /// Notes that a Python record with frames is (about to be) written.
+    pub fn note_python(&self) {
+        if self.flags.load(Ordering::Relaxed) & HEADER_PYTHON == 0 {
+            self.flags.fetch_or(HEADER_PYTHON, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the Python area may hold a record with frames.
+    pub fn has_python(&self) -> bool {
+        self.flags.load(Ordering::Relaxed) & HEADER_PYTHON != 0
+    }
+
     pub fn init(&self, capacity: u32, pid: u32, mixer: u32, writer: u32) {
         self.version.store(VERSION, Ordering::Relaxed);
         self.header_size
@@ -705,6 +743,11 @@ impl<'a> TableView<'a> {
         self.header.mixer.load(Ordering::Relaxed)
     }
 
+    /// [`Header::note_python`], for a writer outside the shim.
+    pub fn note_python(&self) {
+        self.header.note_python();
+    }
+
     pub fn pid(&self) -> u32 {
         self.header.pid.load(Ordering::Relaxed)
     }
@@ -938,6 +981,21 @@ impl CodeRecord {
     }
 }
 
+/// Registry entries per 4 KiB page.
+pub const CODES_PER_PAGE: usize = 4096 / CODE_ENTRY_SIZE;
+
+/// The registry pages an entry for (`code`, `check`) can land in: those
+/// of the first and the last entry of its probe sequence (a writer marks
+/// them, so that a copy of the registry reads only pages that hold
+/// something).
+pub fn code_pages(code: u64, check: u32) -> [usize; 2] {
+    let home = code_home(code, check);
+    [
+        home / CODES_PER_PAGE,
+        (home + CODE_PROBES - 1) % CODE_SLOTS / CODES_PER_PAGE,
+    ]
+}
+
 fn code_home(code: u64, check: u32) -> usize {
     let h = (code >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(check);
     (h >> 20) as usize % CODE_SLOTS
@@ -1053,8 +1111,16 @@ impl CodeRegistry<'_> {
     /// at them). Entries are written once, so a ready one can be read
     /// while its writer goes on.
     pub fn copy_from(&self, other: &CodeRegistry<'_>) {
-        for (d, s) in self.entries.iter().zip(other.entries) {
-            if s.state.load(Ordering::Acquire) != 2
+        self.copy_pages_from(other, |_| true);
+    }
+
+    /// [`CodeRegistry::copy_from`], reading only the pages (of
+    /// [`CODES_PER_PAGE`] entries) `page` says may hold entries: a page
+    /// never written reads as zeroes, but reading it faults it in.
+    pub fn copy_pages_from(&self, other: &CodeRegistry<'_>, page: impl Fn(usize) -> bool) {
+        for (i, (d, s)) in self.entries.iter().zip(other.entries).enumerate() {
+            if !page(i / CODES_PER_PAGE)
+                || s.state.load(Ordering::Acquire) != 2
                 || d.state
                     .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
                     .is_err()

@@ -40,7 +40,7 @@
 //! does not; a stale rule can give a wrong stack, never a fault (every
 //! stack read is still checked).
 
-use core::sync::atomic::{fence, AtomicU64, Ordering};
+use core::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 
 /// DWARF register numbers (x86_64 psABI).
 const RBP: u64 = 6;
@@ -139,6 +139,38 @@ fn slot(pc: u64) -> &'static Entry {
     &CACHE[i & (CACHE_LEN - 1)]
 }
 
+/// Set once this process's cache pages were made present (inherited by
+/// a forked child, whose pages are its parent's until it writes them).
+static POPULATED: AtomicBool = AtomicBool::new(false);
+
+/// Makes the cache's pages present and writable in one call, at the
+/// first unwind of a process. Left to faults, each return address hashed
+/// onto a page not touched yet cost two (a read of the zero page, then
+/// the write), some 30 a process for the few dozen addresses of a small
+/// program's stacks: more than the unwinding itself.
+#[cold]
+fn populate_cache() {
+    POPULATED.store(true, Ordering::Relaxed);
+    let start = CACHE.as_ptr() as u64 & !4095;
+    let end = (CACHE.as_ptr() as u64 + core::mem::size_of_val(&CACHE) as u64 + 4095) & !4095;
+    // SAFETY: MADV_POPULATE_WRITE only faults in pages of our own .bss
+    // (those around the cache included) as if written, changing no byte;
+    // a kernel before 5.14 refuses it and the faults come one by one.
+    unsafe {
+        crate::sys::raw(
+            libc::SYS_madvise,
+            [
+                start,
+                end - start,
+                libc::MADV_POPULATE_WRITE as u64,
+                0,
+                0,
+                0,
+            ],
+        )
+    };
+}
+
 /// Bumped after each dlclose (the shim wraps it): a rule cached before
 /// belongs to code that may be gone, and another library may now be
 /// mapped at its address. Entries carry the low bits of the epoch they
@@ -199,6 +231,9 @@ fn cache_put(pc: u64, rule: Rule, epoch: u64) {
 /// `ra - 1`, inside the call instruction), from the cache or, on a miss,
 /// from the module's unwind tables.
 pub fn rule_for(ra: u64) -> Rule {
+    if !POPULATED.load(Ordering::Relaxed) {
+        populate_cache();
+    }
     let epoch = EPOCH.load(Ordering::Acquire);
     if let Some(r) = cache_get(ra, epoch) {
         return r;

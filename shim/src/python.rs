@@ -231,6 +231,7 @@ fn register(
     let Some(k) = read_tail(mem, l, fields.filename, &mut file) else {
         return;
     };
+    crate::state::note_code_written(f.code, f.check);
     codes.insert(f.code, f.check, fields.firstlineno, &name[..n], &file[..k]);
 }
 

@@ -206,7 +206,9 @@ pub fn known(fd: i32) -> Known {
             let (generation, how) = st::slot(fd).map_or((0, 0), |s| {
                 (s.generation.load(Relaxed), s.how.load(Relaxed))
             });
-            if generation == 0 && how == handles_model::table::how::UNKNOWN {
+            if generation == 0
+                && handles_model::table::how::base(how) == handles_model::table::how::UNKNOWN
+            {
                 Known::NeverHeld
             } else {
                 Known::Closed { quarantined: false }
@@ -421,9 +423,10 @@ fn write_bad_handle(
     offending: &Pcs,
 ) -> After {
     let then = then();
+    let recorded = st::recorded(fd);
     let detail = st::slot(fd)
-        .zip(st::stacks(fd))
-        .and_then(|(s, k)| s.read_detail(k, 1000));
+        .zip(recorded)
+        .and_then(|(s, (k, _, _))| s.read_detail(k, 1000));
     let value = detail.map(|d| d.value).unwrap_or_default();
     let closed = detail.map(|d| d.closed).unwrap_or_default();
     let created = detail.map(|d| d.created).unwrap_or_default();
@@ -431,8 +434,8 @@ fn write_bad_handle(
     // The handle before the last at this number, when the number was
     // reused and closed again: the stale copy may be of either.
     let earlier = st::slot(fd)
-        .zip(st::earlier(fd))
-        .and_then(|(s, e)| s.read_earlier(e, 1000))
+        .zip(recorded)
+        .and_then(|(s, (_, _, e))| s.read_earlier(e, 1000))
         .filter(|e| e.generation != value.generation);
     EXCEPTIONS.fetch_add(1, Relaxed);
     let closed_pcs = &closed.pcs[..closed.len];
@@ -440,7 +443,7 @@ fn write_bad_handle(
         // Python frames (CPython programs): the call's now, the close's
         // and the creation's as recorded.
         let py_now = crate::python::capture();
-        let py_rec = st::py_stacks(fd).map(|p| (p.closed(), p.created()));
+        let py_rec = recorded.map(|(_, p, _)| (p.closed(), p.created()));
         let (py_closed, py_created) = py_rec.unwrap_or_default();
         let py = [py_now.frames(), py_closed.frames(), py_created.frames()];
         let mut w = Out::new();

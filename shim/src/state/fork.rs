@@ -34,6 +34,101 @@ static STALE: AtomicPtr<u8> = AtomicPtr::new(ptr::null_mut());
 static PENDING: AtomicBool = AtomicBool::new(false);
 /// The thread id of the thread making the child's own table (0: none).
 static MAKER: AtomicI32 = AtomicI32::new(0);
+/// One bit per page of the code registry an entry may have gone into
+/// (only a Python program writes one), inherited by forked children: a
+/// child copies those pages of its parent's registry, not all 1 MiB of
+/// it, which every fork of a shell would fault in and map for nothing.
+static CODE_PAGES: [AtomicU64; table::CODE_SLOTS / table::CODES_PER_PAGE / 64] =
+    [const { AtomicU64::new(0) }; table::CODE_SLOTS / table::CODES_PER_PAGE / 64];
+
+/// Called before an entry for (`code`, `check`) goes into the registry.
+pub fn note_code_written(code: u64, check: u32) {
+    for p in table::code_pages(code, check) {
+        if let Some(w) = CODE_PAGES.get(p / 64) {
+            let bit = 1u64 << (p % 64);
+            if w.load(Relaxed) & bit == 0 {
+                w.fetch_or(bit, SeqCst);
+            }
+        }
+    }
+}
+
+fn code_page_written(p: usize) -> bool {
+    CODE_PAGES
+        .get(p / 64)
+        .is_some_and(|w| w.load(SeqCst) & (1 << (p % 64)) != 0)
+}
+
+/// One bit per fd whose records (stacks, Python records, the handle
+/// before it) a forked child left in its snapshot ([`BASE`]) when it made
+/// its own table: a closed handle's records are read only if a call
+/// reports it or a new handle takes the number, and copying them all (a
+/// shell holds a quarantine of 64 tombstones and leaves as many released
+/// numbers behind) faulted in some 50 pages of the new table per child,
+/// most of which exec'd a moment later. A reader outside the process
+/// finds the slot's value there without those records (the supervisor
+/// reaches an inherited tombstone's through the tombstone itself).
+static LAZY: [AtomicU64; table::MAX_CAPACITY as usize / 64] =
+    [const { AtomicU64::new(0) }; table::MAX_CAPACITY as usize / 64];
+
+fn set_lazy(fd: i32, on: bool) {
+    let i = fd as u32 as usize;
+    if let Some(w) = LAZY.get(i / 64) {
+        let bit = 1u64 << (i % 64);
+        if on {
+            w.fetch_or(bit, Relaxed);
+        } else if w.load(Relaxed) & bit != 0 {
+            w.fetch_and(!bit, Relaxed);
+        }
+    }
+}
+
+/// The table whose records of `fd` are this process's: the snapshot
+/// when the child left them there and the slot still holds the handle
+/// the snapshot has (a supervisor that rewrote the slot wrote its
+/// records too), else the published table `pb`.
+pub(super) fn records_base(fd: i32, pb: *mut u8) -> *mut u8 {
+    let i = fd as u32 as usize;
+    let lazy = LAZY
+        .get(i / 64)
+        .is_some_and(|w| w.load(Relaxed) & (1 << (i % 64)) != 0);
+    let base = BASE.load(Relaxed);
+    if !lazy || base.is_null() || base == pb {
+        return pb;
+    }
+    let (a, b) = (slot_at(pb, fd), slot_at(base, fd));
+    let same = a.generation.load(Relaxed) == b.generation.load(Relaxed)
+        && a.koid.load(Relaxed) == b.koid.load(Relaxed)
+        && a.obj_type.load(Relaxed) == b.obj_type.load(Relaxed);
+    if same {
+        base
+    } else {
+        pb
+    }
+}
+
+/// Before the shim writes the records of `fd` (holding its lock): those
+/// left in the snapshot come over first, so that the new table holds
+/// the whole record again (what a writer keeps, e.g. the close stack of
+/// the handle before, and what readers outside the process see).
+pub(super) fn materialize(fd: i32, l: &Locked) {
+    let cap = CAP.load(Relaxed);
+    let pb = PUB.load(Relaxed);
+    if (fd as u32) >= cap || pb.is_null() {
+        return;
+    }
+    let src = records_base(fd, pb);
+    set_lazy(fd, false);
+    if src != pb {
+        stacks_at(pb, cap, fd).copy_from(l, stacks_at(src, cap, fd));
+        let py = py_at(src, cap, fd);
+        if !py.created().frames().is_empty() || !py.closed().frames().is_empty() {
+            header(pb).note_python();
+            py_at(pb, cap, fd).copy_from(l, py);
+        }
+        earlier_at(pb, cap, fd).copy_from(l, earlier_at(src, cap, fd));
+    }
+}
 
 /// Slots per bit of [`WRITTEN`]: one 4 KiB page of slots.
 const GROUP: usize = 4096 / table::SLOT_SIZE;
@@ -121,15 +216,25 @@ pub(super) fn mirror(fd: i32, s: &Slot, l: &Locked) {
     if dirty != 0 {
         let (dst, src) = (stacks_at(base, cap, fd), stacks_at(pb, cap, fd));
         let (py_dst, py_src) = (py_at(base, cap, fd), py_at(pb, cap, fd));
+        // Without Python records in the table, the mirror's (private
+        // pages shared copy-on-write with the last child) stay as they are.
+        let py = header(pb).has_python();
         if dirty & DIRTY_CREATED != 0 {
             // A new handle: creation stack, (empty) close stack and name,
             // its Python records, and the handle it replaced.
             dst.copy_from(&ml, src);
-            py_dst.copy_from(&ml, py_src);
-            earlier_at(base, cap, fd).copy_from(&ml, earlier_at(pb, cap, fd));
+            if py {
+                py_dst.copy_from(&ml, py_src);
+            }
+            let (e_dst, e_src) = (earlier_at(base, cap, fd), earlier_at(pb, cap, fd));
+            if e_src.meta.load(Relaxed) != 0 || e_dst.meta.load(Relaxed) != 0 {
+                e_dst.copy_from(&ml, e_src);
+            }
         } else {
             dst.set_closed(&ml, src.closed_stack().frames());
-            py_dst.copy_closed_from(&ml, py_src);
+            if py {
+                py_dst.copy_closed_from(&ml, py_src);
+            }
         }
     }
     m.unlock(ml);
@@ -414,30 +519,61 @@ fn make_own_table() {
         // slot a thread of the parent was writing may be torn).
         let s = slot_at(src, i);
         if s.state.load(Relaxed) == state::FREE && s.generation.load(Relaxed) == 0 {
+            set_lazy(i, false);
             continue;
         }
         let p = slot_at(pb, i);
         let l = p.steal_lock();
+        let st = s.state.load(Relaxed);
+        // What is open is the parent's (or came to it): FORKED, for the
+        // child's leak check.
+        let how = s.how.load(Relaxed);
         p.store(
             &l,
             SlotValue {
-                state: s.state.load(Relaxed),
+                state: st,
                 generation: s.generation.load(Relaxed),
                 obj_type: s.obj_type.load(Relaxed),
                 koid: s.koid.load(Relaxed),
                 rights: s.rights.load(Relaxed),
-                how: s.how.load(Relaxed),
+                how: if st == state::OPEN {
+                    how | table::how::FORKED
+                } else {
+                    how
+                },
             },
         );
-        stacks_at(pb, cap, i).copy_from(&l, stacks_at(src, cap, i));
-        py_at(pb, cap, i).copy_from(&l, py_at(src, cap, i));
-        earlier_at(pb, cap, i).copy_from(&l, earlier_at(src, cap, i));
+        // An open handle's records go over now (a leak check and
+        // `handles <pid>` read them from outside); a closed one's stay in
+        // the snapshot, which is this child's own and stays mapped, until
+        // the shim needs them ([`materialize`], [`records_base`]). A
+        // supervisor that reports a raw use of an inherited tombstone
+        // reads its record through the tombstone (an O_PATH fd on the
+        // parent's table). Not from a parent's live table (a raw fork):
+        // that one changes.
+        let lazy = src == base && st != state::OPEN;
+        set_lazy(i, lazy);
+        if !lazy {
+            stacks_at(pb, cap, i).copy_from(&l, stacks_at(src, cap, i));
+            // The new table reads as empty records where nothing is
+            // written: a program with no Python frames, or a number with
+            // no handle before it, leaves those pages untouched.
+            let py = py_at(src, cap, i);
+            if !py.created().frames().is_empty() || !py.closed().frames().is_empty() {
+                header(pb).note_python();
+                py_at(pb, cap, i).copy_from(&l, py);
+            }
+            let e = earlier_at(src, cap, i);
+            if e.meta.load(Relaxed) != 0 {
+                earlier_at(pb, cap, i).copy_from(&l, e);
+            }
+        }
         p.unlock(l);
     }
     // The code objects the inherited Python records name: the parent's
     // registry (the snapshot has none of its own).
     let named = if stale.is_null() { src } else { stale };
-    codes_at(pb, cap).copy_from(&codes_at(named, cap));
+    codes_at(pb, cap).copy_pages_from(&codes_at(named, cap), code_page_written);
     header(pb).init(cap, pid as u32, mixer, table::writer::SHIM);
     MIXER.store(mixer, Relaxed);
     PUB.store(pb, Release);

@@ -20,6 +20,27 @@ fn py_frames(pcs: &Pcs) -> crate::python::PyPcs {
     }
 }
 
+/// The Python records of `fd`, when `frames` must be written there:
+/// always when there are frames; an empty record only where the table
+/// may hold one to clear ([`table::HEADER_PYTHON`]). A program that never
+/// runs Python then leaves the Python area's pages untouched.
+fn py_to_write(
+    fd: i32,
+    frames: &[handles_model::python::PyFrame],
+) -> Option<&'static table::PyStacks> {
+    let pb = PUB.load(Relaxed);
+    if pb.is_null() {
+        return None;
+    }
+    let h = header(pb);
+    if !frames.is_empty() {
+        h.note_python();
+    } else if !h.has_python() {
+        return None;
+    }
+    py_stacks(fd)
+}
+
 /// Return addresses, innermost first.
 #[derive(Clone, Copy)]
 pub struct Pcs {
@@ -119,6 +140,7 @@ pub fn created_locked(fd: i32, s: &Slot, l: &Locked, ty: u32, how: u32, name: Na
     fddir::forget(fd);
     crate::report::note_created(fd);
     let old = s.load(l);
+    materialize(fd, l);
     if old.state == state::INTERNAL {
         lost_internal(fd);
     }
@@ -145,14 +167,15 @@ pub fn created_locked(fd: i32, s: &Slot, l: &Locked, ty: u32, how: u32, name: Na
     );
     if let Some(st) = stacks(fd) {
         if let Some(e) = earlier(fd) {
-            e.keep(l, &old, st, py_stacks(fd));
+            e.keep(l, &old, st, py_to_write(fd, &[]));
         }
         st.set_created(l, pcs.frames());
         set_name(st, l, name, &dup);
         mark_dirty(DIRTY_CREATED | DIRTY_CLOSED);
     }
-    if let Some(py) = py_stacks(fd) {
-        py.set_created(l, py_frames(pcs).frames());
+    let py_now = py_frames(pcs);
+    if let Some(py) = py_to_write(fd, py_now.frames()) {
+        py.set_created(l, py_now.frames());
     }
     account(old.state, state::OPEN);
 }
@@ -164,6 +187,7 @@ pub fn adopt(fd: i32) {
     let l = lock(s);
     let mut v = s.load(&l);
     if v.state == state::FREE {
+        materialize(fd, &l);
         v.state = state::OPEN;
         v.obj_type = 0;
         v.how = table::how::ADOPTED;
@@ -172,7 +196,7 @@ pub fn adopt(fd: i32) {
             st.set_created(&l, &[]);
             mark_dirty(DIRTY_CREATED | DIRTY_CLOSED);
         }
-        if let Some(py) = py_stacks(fd) {
+        if let Some(py) = py_to_write(fd, &[]) {
             py.set_created(&l, &[]);
         }
         account(state::FREE, state::OPEN);
@@ -184,6 +208,7 @@ pub fn adopt(fd: i32) {
 /// caller holds the lock.
 pub fn closed_locked(fd: i32, s: &Slot, l: &Locked, tombstone: bool, pcs: &Pcs) {
     fddir::forget(fd);
+    materialize(fd, l);
     let mut v = s.load(l);
     let was = v.state;
     v.state = if tombstone {
@@ -196,8 +221,9 @@ pub fn closed_locked(fd: i32, s: &Slot, l: &Locked, tombstone: bool, pcs: &Pcs) 
         st.set_closed(l, pcs.frames());
         mark_dirty(DIRTY_CLOSED);
     }
-    if let Some(py) = py_stacks(fd) {
-        py.set_closed(l, py_frames(pcs).frames());
+    let py_now = py_frames(pcs);
+    if let Some(py) = py_to_write(fd, py_now.frames()) {
+        py.set_closed(l, py_now.frames());
     }
     account(was, v.state);
 }

@@ -45,6 +45,29 @@ pub fn stacks(fd: i32) -> Option<&'static SlotStacks> {
     Some(stacks_at(pb, cap, fd))
 }
 
+/// The records of `fd` as this process has them, to read (a report):
+/// the published table's, or in a forked child the snapshot's it left
+/// there ([`records_base`]). Writers use [`stacks`] and the like.
+pub fn recorded(
+    fd: i32,
+) -> Option<(
+    &'static SlotStacks,
+    &'static table::PyStacks,
+    &'static table::Earlier,
+)> {
+    let cap = CAP.load(Relaxed);
+    let pb = PUB.load(Relaxed);
+    if (fd as u32) >= cap || pb.is_null() {
+        return None;
+    }
+    let b = records_base(fd, pb);
+    Some((
+        stacks_at(b, cap, fd),
+        py_at(b, cap, fd),
+        earlier_at(b, cap, fd),
+    ))
+}
+
 /// The Python records of `fd` in the published table.
 pub fn py_stacks(fd: i32) -> Option<&'static table::PyStacks> {
     let cap = CAP.load(Relaxed);

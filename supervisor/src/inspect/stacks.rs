@@ -33,7 +33,7 @@ pub enum How {
 
 impl How {
     pub fn from_code(code: u32) -> How {
-        match code {
+        match how::base(code) {
             how::INHERITED => How::Inherited,
             how::RECEIVED => How::Received,
             how::ADOPTED => How::Adopted,

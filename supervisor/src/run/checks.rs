@@ -71,11 +71,18 @@ impl Job {
         // loaded, its table is the truth for what it did.
         match self.shim_says(tgid, fd) {
             ShimSays::Tombstone(r) => {
+                let (closer, r, bad) = match self.inherited_tombstone_record(tgid, fd, &r) {
+                    Some((owner, parents)) => (owner, Box::new(parents), Bad::StaleInherited),
+                    None => (tgid, r, Bad::Stale),
+                };
                 let t = self.threads.get(&tid)?;
                 let mut table = t.table.borrow_mut();
                 table.forget_open(fd);
-                table.remember_closed(fd, shimtable::closed_handle(tgid, &r.0, &r.1, r.2.as_ref()));
-                return Some(Bad::Stale);
+                table.remember_closed(
+                    fd,
+                    shimtable::closed_handle(closer, &r.0, &r.1, r.2.as_ref()),
+                );
+                return Some(bad);
             }
             ShimSays::Internal => return Some(Bad::Internal),
             ShimSays::Closed(d) if !fd_exists(tgid, fd) => {
@@ -176,6 +183,33 @@ impl Job {
         }
     }
 
+    /// A forked child's own table leaves the records of the tombstones
+    /// it inherited in its private snapshot (shim/src/state/fork.rs),
+    /// out of reach here. The tombstone itself, an O_PATH fd on its
+    /// parent's table, reaches the parent's record of the same handle
+    /// (same generation and koid) while the parent has not handed the
+    /// number out again. The parent's pid and its record, or None when
+    /// the child's table has the record (or the parent's has moved on).
+    fn inherited_tombstone_record(
+        &mut self,
+        tgid: i32,
+        fd: i32,
+        r: &shimtable::ShimRecord,
+    ) -> Option<(i32, shimtable::ShimRecord)> {
+        if !r.0.created.frames().is_empty() || !r.0.closed.frames().is_empty() {
+            return None;
+        }
+        let target = self.object_facts(tgid, fd).target;
+        let owner = crate::inspect::shared::table_owner(&target)?;
+        let table = crate::inspect::shared::inherited_table(tgid, fd, owner)?;
+        let view = table.view().ok()?;
+        let (d, c, x) = view.detail_py(fd)?;
+        let same = d.value.generation == r.0.value.generation
+            && d.value.koid == r.0.value.koid
+            && d.value.obj_type == r.0.value.obj_type;
+        same.then(|| (owner, (d, (c, x), view.earlier(fd))))
+    }
+
     /// The symbolized stack of the call being judged. Reports always carry
     /// it, even with stack recording off (`--stack-depth 0`).
     pub(super) fn offending_stack(&mut self, tid: i32, tgid: i32, regs: &Regs) -> Vec<Frame> {
@@ -261,22 +295,13 @@ impl Job {
     /// (values must agree) and everything the supervisor knows that the
     /// shim cannot (its tombstones, its tombstone source) written there.
     pub(super) fn on_announce(&mut self, tid: i32, tgid: i32, fd: i32) {
-        let leak_check = self.opts.leak_mode != LeakMode::Off;
         let strict = match self.procs.get_mut(&tgid) {
             Some(p) => {
+                // A forked child's table marks what it inherited from its
+                // parent (how::FORKED): nothing to read here for its leak
+                // check (listing its fds and reading their records cost a
+                // fifth of the supervisor's time in a shell script).
                 let shim = ShimTable::announced(tgid, fd);
-                // A forked child announces a table that is still exactly
-                // its fork snapshot (its first write comes after): what is
-                // open there is its parent's, not a leak of its own. Taken
-                // only for a leak check, which is the only reader.
-                if leak_check && p.awaiting_shim && !p.loading {
-                    let present = fd_numbers(&format!("/proc/{tgid}/fd"));
-                    p.inherited_at_fork = shim
-                        .open_fds(&present)
-                        .into_iter()
-                        .map(|(fd, d, _)| (fd, d.value.generation))
-                        .collect();
-                }
                 if self.opts.inherit_check {
                     // The inherit check reads this image's records at its
                     // exec, when the table's fd and the image's modules

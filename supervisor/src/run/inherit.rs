@@ -185,7 +185,7 @@ impl Job {
         if let Some((_, d, py)) = shim.and_then(|s| s.open_fds(&[fd]).into_iter().next()) {
             let g = d.value.generation;
             let origin = shimtable::origin_of(d.value.how);
-            let record = match d.value.how {
+            let record = match how::base(d.value.how) {
                 how::INHERITED => Record::AtImageStart,
                 how::UNKNOWN | how::ADOPTED => Record::Unknown,
                 _ => match &origin {
