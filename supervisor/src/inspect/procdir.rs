@@ -169,6 +169,27 @@ impl ProcDir {
     }
 
     /// Lists the fd numbers in `/proc/PID/fd`, sorted.
+    /// Opens the `fd` and `fdinfo` directories for [`ProcDir::read_fd`]
+    /// without listing them (a caller that knows which fds it wants).
+    pub fn open_fd_dirs(&mut self) -> Result<(), InspectError> {
+        let pid = self.pid;
+        let fd_dir = openat(
+            self.dir.as_raw_fd(),
+            c"fd",
+            libc::O_PATH | libc::O_DIRECTORY,
+        )
+        .map_err(|e| classify(pid, "fd", e))?;
+        let fdinfo_dir = openat(
+            self.dir.as_raw_fd(),
+            c"fdinfo",
+            libc::O_PATH | libc::O_DIRECTORY,
+        )
+        .map_err(|e| classify(pid, "fdinfo", e))?;
+        self.fd_dir = Some(fd_dir);
+        self.fdinfo_dir = Some(fdinfo_dir);
+        Ok(())
+    }
+
     pub fn list_fds(&mut self) -> Result<Vec<i32>, InspectError> {
         let pid = self.pid;
         let fd_dir = openat(

@@ -234,10 +234,6 @@ pub(super) struct Process {
     /// checked against what survived it (O_CLOEXEC): `sync_shim` does
     /// that before anything reads the model.
     pub(super) exec_unverified: bool,
-    /// For a forked child with leak checks on: the (fd, generation) of
-    /// the handles open in its shim's table when it announced it, which
-    /// was its fork snapshot: its parent's handles, not its leaks.
-    pub(super) inherited_at_fork: Vec<(i32, u32)>,
     /// The process it was forked from, until it execs (`--inherit-check`
     /// compares what crosses its exec with what the parent holds).
     pub(super) forked_from: Option<i32>,
@@ -693,7 +689,6 @@ impl Job {
                 shell: None,
                 loader: (0, None),
                 exec_unverified: false,
-                inherited_at_fork: Vec::new(),
                 forked_from: None,
                 inheritable: HashSet::new(),
             },
@@ -1139,7 +1134,6 @@ impl Job {
                     shell,
                     loader: (0, None),
                     exec_unverified: false,
-                    inherited_at_fork: Vec::new(),
                     forked_from: Some(ptgid),
                     inheritable,
                 },
@@ -1297,7 +1291,6 @@ impl Job {
                 None,
             );
             p.exec_unverified = deferred;
-            p.inherited_at_fork.clear();
             p.forked_from = None;
             p.inheritable.clear();
             p.name = name;

@@ -3,6 +3,7 @@
 use super::job::*;
 use super::shimtable;
 use crate::suppress::Facts;
+use handles_model::table::how;
 
 /// The files a process's arguments name, for rules with `argument = yes`
 /// (a shell's script): each argument that is not an option, resolved
@@ -106,16 +107,30 @@ impl Job {
                 .collect()
         };
         // What the shim created never stopped here: its table has those
-        // handles, their creation stacks and the calls that made them.
-        let at_fork: &[(i32, u32)] = self
-            .procs
-            .get(&tgid)
-            .map_or(&[], |p| p.inherited_at_fork.as_slice());
+        // handles, their creation stacks and the calls that made them (a
+        // forked child's table marks those its parent made: FORKED).
         if let Some(shim) = self.procs.get(&tgid).and_then(|p| p.shim.as_ref()) {
             let table = table_ref.borrow();
             let present = fd_numbers(&format!("/proc/{tgid}/task/{tid}/fd"));
-            for (fd, d, py) in shim.open_fds(&present) {
+            for (fd, v) in shim.open_slots(&present) {
                 if table.is_hidden(fd) {
+                    continue;
+                }
+                let in_model = candidates.iter().any(|c| {
+                    c.0 == fd && matches!(c.2, Origin::Discovered | Origin::Shim) && c.3.is_none()
+                });
+                // The slot alone rules most out (stdio and what came
+                // through exec or fork): their records are not read.
+                if !in_model
+                    && (table.is_open(fd)
+                        || (!all && (how::base(v.how) == how::INHERITED || how::forked(v.how))))
+                {
+                    continue;
+                }
+                let Some((d, py)) = shim.records(fd) else {
+                    continue;
+                };
+                if d.value.state != handles_model::table::state::OPEN {
                     continue;
                 }
                 let origin = shimtable::origin_of(d.value.how);
@@ -134,9 +149,10 @@ impl Job {
                 if table.is_open(fd) {
                     continue;
                 }
+                let code = d.value.how;
                 let inherited = origin == Origin::Inherited
-                    || (stack.is_none() && d.value.how == handles_model::table::how::UNKNOWN)
-                    || at_fork.contains(&(fd, d.value.generation));
+                    || (stack.is_none() && how::base(code) == how::UNKNOWN)
+                    || how::forked(code);
                 if !all && inherited {
                     continue;
                 }
@@ -187,12 +203,22 @@ impl Job {
         candidates: Vec<Candidate>,
         all: bool,
     ) -> Option<(ProcessLeaks, Vec<Vec<crate::backtrace::Frame>>, String)> {
-        let snapshot = crate::inspect::Inspector::new(crate::inspect::Options {
-            long: true,
-            peers: false,
-        })
-        .read_task(tgid, tid)
-        .ok();
+        let fds: Vec<i32> = candidates
+            .iter()
+            .map(|c| c.0)
+            .filter(|&fd| all || fd > 2)
+            .collect();
+        // Stdio alone (never a leak) needs no read of /proc.
+        let snapshot = (!fds.is_empty())
+            .then(|| {
+                crate::inspect::Inspector::new(crate::inspect::Options {
+                    long: true,
+                    peers: false,
+                })
+                .read_task_fds(tgid, tid, &fds)
+                .ok()
+            })
+            .flatten();
         let info = |fd: i32| {
             snapshot
                 .as_ref()
@@ -242,7 +268,12 @@ impl Job {
                 .1
                 .push(leak);
         }
-        let arguments = argument_paths(tgid);
+        // Read only when a rule may ask (a leak to match).
+        let arguments = if map.is_empty() {
+            Vec::new()
+        } else {
+            argument_paths(tgid)
+        };
         let mut groups = Vec::new();
         let mut stacks = Vec::new();
         let mut suppressed = 0;

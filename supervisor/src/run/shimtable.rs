@@ -204,7 +204,7 @@ impl ShimTable {
             return false;
         };
         view.slot(fd)
-            .is_some_and(|v| v.state == state::OPEN && v.how == how::INHERITED)
+            .is_some_and(|v| v.state == state::OPEN && how::base(v.how) == how::INHERITED)
     }
 
     pub(super) fn says(&self, fd: i32) -> ShimSays {
@@ -224,7 +224,7 @@ impl ShimTable {
             Some(v) if v.state == state::INTERNAL => ShimSays::Internal,
             Some(v)
                 if v.state == state::FREE
-                    && (v.generation > 0 || v.how != handles_model::table::how::UNKNOWN) =>
+                    && (v.generation > 0 || how::base(v.how) != how::UNKNOWN) =>
             {
                 match view.detail_py(fd) {
                     Some((d, c, x)) if d.value.state == state::FREE => {
@@ -236,6 +236,30 @@ impl ShimTable {
             Some(v) if v.state == state::FREE => ShimSays::Free,
             _ => ShimSays::Unknown,
         }
+    }
+
+    /// Which of `fds` (the numbers open in the kernel) the shim holds open,
+    /// with their slots only: a caller reads the records of those it
+    /// keeps ([`ShimTable::records`]).
+    pub(super) fn open_slots(&self, fds: &[i32]) -> Vec<(i32, SlotValue)> {
+        let Some(Ok(view)) = self.table().map(|m| m.view()) else {
+            return Vec::new();
+        };
+        fds.iter()
+            .copied()
+            .filter_map(|fd| {
+                view.slot(fd)
+                    .filter(|v| v.state == state::OPEN)
+                    .map(|v| (fd, v))
+            })
+            .collect()
+    }
+
+    /// The records of `fd`: its slot, stacks and name, and Python records.
+    pub(super) fn records(&self, fd: i32) -> Option<(SlotDetail, PyRecords)> {
+        let view = self.table()?.view().ok()?;
+        let (d, c, x) = view.detail_py(fd)?;
+        Some((d, (c, x)))
     }
 
     /// Which of `fds` (the numbers open in the kernel) the shim holds open,
@@ -302,6 +326,9 @@ impl ShimTable {
                     stacks.set_created(&l, &native);
                     stacks.set_name(&l, name.as_bytes());
                     if let Some(cell) = view.py_cell(fd) {
+                        if !py.is_empty() {
+                            view.note_python();
+                        }
                         cell.set_created(&l, &py[..py.len().min(table::PY_DEPTH)]);
                     }
                     g
@@ -319,6 +346,9 @@ impl ShimTable {
                 let (native, py) = crate::backtrace::python::decode(closed);
                 stacks.set_closed(&l, &native);
                 if let Some(cell) = view.py_cell(fd) {
+                    if !py.is_empty() {
+                        view.note_python();
+                    }
                     cell.set_closed(&l, &py[..py.len().min(table::PY_DEPTH)]);
                 }
                 *generation
@@ -461,7 +491,7 @@ fn glibc_loader_at(tgid: i32, base: u64) -> bool {
 /// (a record with no `how` is simply "made through the shim").
 pub(super) fn origin_of(code: u32) -> super::fdtable::Origin {
     use super::fdtable::Origin;
-    match code {
+    match how::base(code) {
         how::INHERITED => Origin::Inherited,
         how::RECEIVED => Origin::Received,
         how::ADOPTED => Origin::Discovered,
