@@ -107,6 +107,27 @@ if command -v strace >/dev/null; then
 fi
 table "handles run"
 
+# A configure-style script (scripts/bench/configure.sh): what autoconf's
+# checks do, many tiny processes (here-docs, $(...) subshells,
+# grep/sed/tr/uname/expr), the per-process cost in its purest form.
+CONF_ROUNDS=${CONF_ROUNDS:-60}
+mkdir -p "$tmp/conf"
+CONF="sh $PWD/scripts/bench/configure.sh $CONF_ROUNDS $tmp/conf"
+echo
+echo "configure-style script ($CONF_ROUNDS rounds, ~$((CONF_ROUNDS * 10)) processes), median of $RUNS interleaved rounds"
+# shellcheck disable=SC2086 # CONF splits into its words on purpose
+{
+    row "native" $CONF
+    row "handles run" "$H" run -- $CONF
+    row "handles run --leak-check" "$H" run --leak-check -- $CONF
+    row "handles run --no-ptrace (shim alone)" "$H" run --no-ptrace -- $CONF
+    row "handles run --no-shim" "$H" run --no-shim -- $CONF
+    if command -v strace >/dev/null; then
+        row "strace -f --seccomp-bpf -e trace=%desc" strace -f --seccomp-bpf -e trace=%desc -o /dev/null $CONF
+    fi
+}
+table "handles run"
+
 # Real workloads: a make -j2 build of a small C project, and a git
 # operation sequence.
 mkdir -p "$tmp/proj"
@@ -136,6 +157,7 @@ for w in "make -j2 (13 files)|$MAKE_WORK" "git (20 commits, log, gc)|$GIT_WORK" 
     echo "$name, median of $RUNS interleaved rounds"
     row "native" bash -c "$cmd"
     row "handles run" "$H" run -- bash -c "$cmd"
+    row "handles run --leak-check" "$H" run --leak-check -- bash -c "$cmd"
     row "handles run --strict" "$H" run --strict -- bash -c "$cmd"
     row "handles run --no-shim" "$H" run --no-shim -- bash -c "$cmd"
     if command -v strace >/dev/null; then
