@@ -727,3 +727,213 @@ fn suppressions_silence_suspects_and_exceptions() {
         "{stderr}"
     );
 }
+
+/// `handles --json --stacks PID` run from another terminal.
+fn table_json(pid: i32) -> serde_json::Value {
+    let out = common::run_handles(["--json", "--stacks", &pid.to_string()]);
+    assert!(out.status.success(), "{}", common::describe(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    v["processes"][0].clone()
+}
+
+fn row(table: &serde_json::Value, fd: i32) -> serde_json::Value {
+    table["handles"]
+        .as_array()
+        .expect("handles")
+        .iter()
+        .find(|h| h["fd"] == fd)
+        .cloned()
+        .unwrap_or_else(|| panic!("no row for fd {fd} in {table:#}"))
+}
+
+#[test]
+fn handles_pid_shows_the_window_table_and_nothing_is_left_at_detach() {
+    let mut srv = server(1);
+    let pid = srv.pid();
+    let before = fds(pid);
+    let dir = scratch("table");
+    let report = dir.join("report.json");
+    // No quarantine: each transient handle takes the number the previous
+    // one closed, so the leaked one is that number's fourth handle.
+    let mut w = Window::start(
+        &["--quarantine", "0", "--report", report.to_str().unwrap()],
+        pid,
+    );
+    w.wait_for("attached to process");
+    // With nothing recorded yet: what predates the window is generation 1,
+    // found open, with no creation stack.
+    let t = table_json(pid);
+    assert_eq!(t["source"], "supervisor", "{t:#}");
+    let old = row(&t, 3);
+    assert_eq!(old["generation"], 1, "{old:#}");
+    assert!(old
+        .get("created")
+        .is_none_or(|c| c["frames"].as_array().is_none_or(|f| f.is_empty())));
+
+    cmd(&mut srv, "req 3");
+    let leaked: Vec<i32> = fds(pid).difference(&before).copied().collect();
+    assert_eq!(leaked.len(), 1, "{leaked:?}");
+    let fd = leaked[0];
+    let t = table_json(pid);
+    let h = row(&t, fd);
+    assert_eq!(h["generation"], 4, "{h:#}");
+    assert_eq!(h["created"]["by"], "openat", "{h:#}");
+    assert!(
+        h["created"]["frames"]
+            .as_array()
+            .expect("frames")
+            .iter()
+            .any(|f| f["function"] == "leak_one" && f["line"] == line_of("leak")),
+        "{h:#}"
+    );
+    // The text table shows the same value.
+    let value = h["value"].as_u64().expect("value");
+    let text = common::stdout_of(&common::run_handles(["--stacks", &pid.to_string()]));
+    assert!(text.contains(&format!("{value:#010x}")), "{text}");
+    assert!(
+        text.contains(&format!(
+            "in leak_one at {}:{}",
+            fixture_src(),
+            line_of("leak")
+        )),
+        "{text}"
+    );
+
+    w.signal(libc::SIGINT);
+    let (status, stderr) = w.finish();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    // The leak report gives the handle the value the table showed.
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+    let reported = &v["leaks"][0]["groups"][0]["handles"][0]["handle"];
+    assert_eq!(reported["fd"], fd, "{v:#}");
+    assert_eq!(reported["value"].as_u64(), Some(value), "{v:#}");
+    // Detached: the table is gone with the tracer, and nothing of it was
+    // ever in the process.
+    let after = table_json(pid);
+    assert_eq!(after["source"], "proc", "{after:#}");
+    assert_left_alone(pid, &before.union(&[fd].into()).copied().collect());
+}
+
+#[test]
+fn handles_pid_hides_the_window_tombstones() {
+    let mut srv = server(1);
+    let pid = srv.pid();
+    let before = fds(pid);
+    let mut w = Window::start(&[], pid);
+    w.wait_for("attached to process");
+    cmd(&mut srv, "busy 5");
+    let now = fds(pid);
+    let tombs: Vec<i32> = now
+        .iter()
+        .copied()
+        .filter(|&f| is_tombstone(pid, f))
+        .collect();
+    // Five closed numbers and the source.
+    assert_eq!(tombs.len(), 6, "{now:?}");
+    let shown: BTreeSet<i32> = table_json(pid)["handles"]
+        .as_array()
+        .expect("handles")
+        .iter()
+        .map(|h| h["fd"].as_i64().expect("fd") as i32)
+        .collect();
+    assert_eq!(shown, before, "tombstones shown");
+    w.signal(libc::SIGINT);
+    let (status, stderr) = w.finish();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_left_alone(pid, &before);
+}
+
+/// The python3 on PATH (its real executable, not a pyenv shim script).
+fn python() -> Option<PathBuf> {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg("import sys; print(sys.executable)")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (!path.is_empty()).then(|| PathBuf::from(path))
+}
+
+#[test]
+fn python_leak_suspects_name_the_python_function_and_line() {
+    let test = "python_leak_suspects_name_the_python_function_and_line";
+    let Some(py) = python() else {
+        skip(test, "python3 is not installed");
+        return;
+    };
+    let script = common::repo_root()
+        .join("tests/fixtures/python/attach_server.py")
+        .canonicalize()
+        .expect("fixture path");
+    let file = script.display().to_string();
+    let mut cmd_ = Command::new(py);
+    cmd_.arg(&script);
+    let mut srv = spawn_ready(cmd_);
+    let pid = srv.pid();
+    let before = fds(pid);
+    let dir = scratch("python");
+    let report = dir.join("report.json");
+    let mut w = Window::start(&["--report", report.to_str().unwrap()], pid);
+    w.wait_for("attached to process");
+    cmd(&mut srv, "req 9");
+    // The table shows the Python frames too.
+    let leaked: Vec<i32> = fds(pid)
+        .difference(&before)
+        .copied()
+        .filter(|&f| !is_tombstone(pid, f))
+        .collect();
+    assert_eq!(leaked.len(), 3, "{leaked:?}");
+    let h = row(&table_json(pid), leaked[0]);
+    assert!(
+        h["created"]["frames"]
+            .as_array()
+            .expect("frames")
+            .iter()
+            .any(|f| f["kind"] == "python" && f["function"] == "leak_log" && f["line"] == 17),
+        "{h:#}"
+    );
+    w.signal(libc::SIGINT);
+    let (status, stderr) = w.finish();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let suspects = section(&stderr, "holds 3 handles created during the");
+    assert!(
+        suspects.contains(&format!("{file}:17 in leak_log (Python)")),
+        "{stderr}"
+    );
+    assert!(
+        suspects.contains(&format!("{file}:28 in <module> (Python)")),
+        "{stderr}"
+    );
+    assert!(!suspects.contains("in transient (Python)"), "{stderr}");
+    // The summary names each stack by its Python frame (the transient
+    // calls may come in two native stacks: CPython 3.11+ specializes a
+    // call site after a few runs).
+    let transient = format!("0 open  openat() in transient at {file}:13");
+    assert!(stderr.contains(&transient), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "3 created      0 closed      3 open  openat() in leak_log at {file}:17"
+        )),
+        "{stderr}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+    assert!(
+        v["leaks"][0]["groups"][0]["stack"]
+            .as_array()
+            .expect("stack")
+            .iter()
+            .any(|f| f["function"] == "leak_log" && f["line"] == 17),
+        "{v:#}"
+    );
+    assert_left_alone(
+        pid,
+        &before
+            .union(&leaked.into_iter().collect())
+            .copied()
+            .collect(),
+    );
+    cmd(&mut srv, "req 1");
+}

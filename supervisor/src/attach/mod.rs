@@ -14,10 +14,12 @@
 //! - [`model`]: what the window learns of each process's fd table;
 //! - [`window`]: the event loop;
 //! - [`tombstones`]: the quarantine of numbers closed during the window;
+//! - [`published`]: the table `handles PID` reads during the window;
 //! - [`summary`]: leak suspects and the per-stack summary at detach.
 
 mod model;
 pub mod preflight;
+mod published;
 mod seize;
 mod summary;
 mod tombstones;

@@ -17,10 +17,13 @@ use crate::inspect::{Inspector, Options};
 use crate::run::leaks::{self, Leak, LeakGroup, ProcessLeaks};
 use crate::run::output::{self, SerProcess};
 use crate::suppress::{Event, Facts};
+use handles_model::handle::{Fd, HandleValue};
 
-/// The frame a stack is named by in one-line summaries: the innermost one
-/// outside the C library and the dynamic loader (the program's call, not
-/// libc's wrapper).
+/// The frame a stack is named by in one-line summaries: the innermost
+/// Python frame when there is one (the interpreter's C frames below it are
+/// the same for every call of `open`), else the innermost one outside the
+/// C library and the dynamic loader (the program's call, not libc's
+/// wrapper).
 fn place(frames: &[Frame]) -> String {
     let system = |f: &&Frame| {
         f.module_name()
@@ -28,7 +31,8 @@ fn place(frames: &[Frame]) -> String {
     };
     let f = frames
         .iter()
-        .find(|f| !system(f))
+        .find(|f| f.python)
+        .or_else(|| frames.iter().find(|f| !system(f)))
         .or_else(|| frames.first());
     match f {
         None => "(no stack)".into(),
@@ -64,6 +68,9 @@ impl Window<'_> {
             .iter()
             .map(|(&fd, c)| (fd, c.origin, c.stack.clone()))
             .collect();
+        // The values `handles PID` showed during the window.
+        let mixer = self.tables.get(&tgid).map(|t| t.mixer());
+        let generations = proc_.generations.clone();
         let snapshot = Inspector::new(Options {
             long: true,
             peers: false,
@@ -77,10 +84,15 @@ impl Window<'_> {
             let Some(h) = snapshot.handles.iter().find(|h| h.fd == fd) else {
                 continue;
             };
+            let generation = generations.get(&fd).copied();
+            let handle = match (mixer, generation) {
+                (Some(m), Some(g)) => HandleValue::encode(Fd(fd), g, m).0,
+                _ => h.handle,
+            };
             let leak = Leak {
                 fd,
-                handle: h.handle,
-                generation: None,
+                handle,
+                generation: mixer.and(generation),
                 ty: h.ty.to_string(),
                 koid: h.koid,
                 dev: h.dev.clone(),

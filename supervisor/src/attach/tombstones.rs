@@ -59,6 +59,7 @@ impl Window<'_> {
                 };
                 if let Some(p) = self.procs.get_mut(&tgid) {
                     p.tomb_src = Some(src);
+                    p.dirty.insert(src);
                     if in_place {
                         p.quarantine.push_back(fd);
                     }
@@ -87,6 +88,7 @@ impl Window<'_> {
             while p.quarantine.len() > self.opts.quarantine {
                 if let Some(old) = p.quarantine.pop_front() {
                     evict.push(old);
+                    p.dirty.insert(old);
                 }
             }
         }

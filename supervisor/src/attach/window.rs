@@ -17,9 +17,11 @@ use nix::unistd::Pid;
 
 use super::model::{self, Proc, Stack};
 use super::{AttachError, AttachOptions};
+use crate::backtrace::python::PythonResolver;
 use crate::backtrace::{Frame, ModuleMap, StartRegs, StopReason, Symbolizer, Unwinder};
 use crate::policy::{Action, Condition};
 use crate::run::output::SerException;
+use crate::run::publish::Published;
 use crate::run::report::{format_syscall, ExceptionReport, Section};
 use crate::run::syscalls::{lookup, Desc, Kind};
 use crate::run::tracer::{self, Waited};
@@ -164,6 +166,10 @@ pub(super) struct Window<'a> {
     pub(super) order: Vec<i32>,
     unwinder: Unwinder,
     pub(super) symbolizer: Symbolizer,
+    /// Python frames of CPython processes.
+    python: PythonResolver,
+    /// What `handles PID` reads during the window (published.rs).
+    pub(super) tables: HashMap<i32, Published>,
     pub(super) exceptions: Vec<SerException>,
     pub(super) exception_count: usize,
     /// Exceptions and leak suspects silenced by suppressions.
@@ -184,6 +190,8 @@ pub(super) fn run(tgid: i32, opts: &AttachOptions) -> Result<Outcome, AttachErro
         order: Vec::new(),
         unwinder: Unwinder::new(),
         symbolizer: Symbolizer::new(),
+        python: PythonResolver::new(),
+        tables: HashMap::new(),
         exceptions: Vec::new(),
         exception_count: 0,
         suppressed: 0,
@@ -218,10 +226,11 @@ impl Window<'_> {
         }
         let p = match parent.and_then(|pp| self.procs.get(&pp).map(|p| (pp, p))) {
             Some((pp, p)) => Proc::forked(pp, p, tgid),
-            None => Proc::new(tgid, parent),
+            None => Proc::found(tgid, parent),
         };
         self.procs.insert(tgid, p);
         self.order.push(tgid);
+        self.publish_afresh(tgid);
     }
 
     /// The loop, until the window ends.
@@ -289,6 +298,7 @@ impl Window<'_> {
                 if let Some(p) = self.procs.get_mut(&t.tgid) {
                     p.exited = true;
                 }
+                self.unpublish(t.tgid);
             }
         }
     }
@@ -343,6 +353,7 @@ impl Window<'_> {
                 if let Some(p) = self.procs.get_mut(&tgid) {
                     p.exec(tgid);
                 }
+                self.publish_afresh(tgid);
                 resume(tid, None);
             }
             libc::PTRACE_EVENT_STOP => {
@@ -424,6 +435,7 @@ impl Window<'_> {
                 // (a sweep over every fd): let it have it.
                 if desc.kind == Kind::Close {
                     p.tomb_src = None;
+                    p.dirty.insert(fd);
                 }
                 continue;
             }
@@ -461,6 +473,11 @@ impl Window<'_> {
         let Some(tgid) = self.threads.get(&tid).map(|t| t.tgid) else {
             return;
         };
+        self.record_exit(tid, tgid, p, ret);
+        self.publish(tgid);
+    }
+
+    fn record_exit(&mut self, tid: i32, tgid: i32, p: Pending, ret: i64) {
         let a = p.args;
         let mut created: Vec<i32> = Vec::new();
         match p.desc.kind {
@@ -505,10 +522,18 @@ impl Window<'_> {
                     proc_.close_range(a[0] as i32, last, tid);
                     let range = a[0] as i32..=last;
                     // The kernel closed the tombstones in the range.
+                    let gone: Vec<i32> = proc_
+                        .quarantine
+                        .iter()
+                        .copied()
+                        .filter(|q| range.contains(q))
+                        .chain(proc_.tomb_src.filter(|s| range.contains(s)))
+                        .collect();
                     proc_.quarantine.retain(|q| !range.contains(q));
                     if proc_.tomb_src.is_some_and(|s| range.contains(&s)) {
                         proc_.tomb_src = None;
                     }
+                    proc_.dirty.extend(gone);
                 }
             }
             _ => {}
@@ -520,7 +545,7 @@ impl Window<'_> {
         let stack = self.stack(tid, tgid).unwrap_or_default();
         if let Some(proc_) = self.procs.get_mut(&tgid) {
             for fd in created {
-                proc_.create(fd, p.desc.name, stack.clone());
+                proc_.create(fd, p.desc.name, p.desc.nr, stack.clone());
             }
         }
     }
@@ -554,6 +579,17 @@ impl Window<'_> {
             },
             _ => first.frames,
         };
+        let mut pcs = pcs;
+        // CPython: its Python frames follow as tagged words
+        // (backtrace/python.rs), as the supervisor records them without
+        // the shim.
+        if let Some(interp) = proc_.maps.as_ref().and_then(|m| self.python.interpreter(m)) {
+            // On x86_64 glibc the thread pointer (fs base) is
+            // pthread_self(), which CPython keeps as the thread state's
+            // thread_id.
+            let frames = self.python.capture(tid, tgid, &interp, regs.fs_base);
+            crate::backtrace::python::encode(&frames, &mut pcs);
+        }
         Some(Rc::new(pcs))
     }
 
@@ -568,7 +604,17 @@ impl Window<'_> {
                 Err(_) => return Vec::new(),
             },
         };
-        self.symbolizer.symbolize(&maps, stack, true)
+        let (native, py_frames) = crate::backtrace::python::decode(stack);
+        let mut frames = self.symbolizer.symbolize(&maps, &native, true);
+        if !py_frames.is_empty() {
+            let interp = self.python.interpreter(&maps);
+            let resolved = self.python.resolve(tgid, interp.as_ref(), None, &py_frames);
+            frames = crate::backtrace::python::merge(frames, resolved, &py_frames);
+            for (i, f) in frames.iter_mut().enumerate() {
+                f.index = i;
+            }
+        }
+        frames
     }
 
     /// A use, close or dup of a number closed during the window. Returns
