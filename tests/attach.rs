@@ -543,9 +543,13 @@ fn no_such_process_and_bad_pid() {
     assert!(common::stderr_of(&out).contains("no such process: 999999999"));
     let out = common::run_handles(["attach", "abc"]);
     assert_eq!(out.status.code(), Some(2), "{}", common::stderr_of(&out));
-    let out = common::run_handles(["attach", "--policy", "new-file=deny", "1"]);
+    let out = common::run_handles(["attach", "--policy", "new-flie=deny", "1"]);
     assert_eq!(out.status.code(), Some(2), "{}", common::stderr_of(&out));
-    assert!(common::stderr_of(&out).contains("applies only bad-handle"));
+    assert!(
+        common::stderr_of(&out).contains("new-file"),
+        "{}",
+        common::stderr_of(&out)
+    );
 }
 
 #[test]
@@ -936,4 +940,185 @@ fn python_leak_suspects_name_the_python_function_and_line() {
             .collect(),
     );
     cmd(&mut srv, "req 1");
+}
+
+#[test]
+fn new_and_wrong_object_policies_apply_in_the_window() {
+    let mut srv = server(1);
+    let pid = srv.pid();
+    let before = fds(pid);
+    // Natively: the pipe is made, listen() on a file fails with ENOTSOCK.
+    assert_eq!(cmd(&mut srv, "pipe"), vec!["pipe=0".to_string()]);
+    assert_eq!(
+        cmd(&mut srv, "notsock"),
+        vec!["notsock=ENOTSOCK".to_string()]
+    );
+    let dir = scratch("policy");
+    let report = dir.join("report.json");
+    let mut w = Window::start(
+        &[
+            "--policy",
+            "new-pipe=deny-exception",
+            "--policy",
+            "wrong-object=deny-exception",
+            "--policy",
+            "new-file=allow-exception",
+            "--report",
+            report.to_str().unwrap(),
+            "--error-exitcode",
+            "9",
+        ],
+        pid,
+    );
+    w.wait_for("attached to process");
+    assert_eq!(cmd(&mut srv, "pipe"), vec!["pipe=EPERM".to_string()]);
+    assert_eq!(
+        cmd(&mut srv, "notsock"),
+        vec!["notsock=ENOTSOCK".to_string()]
+    );
+    // A chardev is no new-file: opening /dev/null is not reported.
+    cmd(&mut srv, "busy 2");
+    w.signal(libc::SIGINT);
+    let (status, stderr) = w.finish();
+    assert_eq!(status.code(), Some(9), "{stderr}");
+    let src = fixture_src();
+    let pipe = section(&stderr, "handles: <== policy exception: new-pipe");
+    assert!(pipe.contains("creation of a pipe handle"), "{stderr}");
+    assert!(pipe.contains("the call fails with EPERM"), "{stderr}");
+    assert!(
+        pipe.contains(&format!("in make_pipe at {src}:{}", line_of("pipe"))),
+        "{stderr}"
+    );
+    let wrong = section(&stderr, "handles: <== policy exception: wrong-object");
+    assert!(wrong.contains("syscall listen("), "{stderr}");
+    assert!(
+        wrong.contains("listen() on a chardev handle; it needs a socket or channel"),
+        "{stderr}"
+    );
+    assert!(
+        wrong.contains("the call fails with ENOTSOCK without running"),
+        "{stderr}"
+    );
+    assert!(
+        wrong.contains(&format!(
+            "in listen_on_a_file at {src}:{}",
+            line_of("notsock")
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("exception: new-file"), "{stderr}");
+    assert!(stderr.contains("ERROR SUMMARY: 2 exceptions"), "{stderr}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+    let conditions: BTreeSet<String> = v["exceptions"]
+        .as_array()
+        .expect("exceptions")
+        .iter()
+        .map(|e| e["condition"].as_str().expect("condition").to_string())
+        .collect();
+    assert_eq!(
+        conditions,
+        ["new-pipe", "wrong-object"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    );
+    // The denied pipe's fds were closed again: nothing is left.
+    assert_left_alone(pid, &before);
+    assert_eq!(cmd(&mut srv, "pipe"), vec!["pipe=0".to_string()]);
+}
+
+#[test]
+fn gen_suppressions_prints_rules_that_silence_the_next_window() {
+    let mut srv = server(1);
+    let pid = srv.pid();
+    let mut w = Window::start(&["--gen-suppressions"], pid);
+    w.wait_for("attached to process");
+    cmd(&mut srv, "req 3");
+    cmd(&mut srv, "uac");
+    w.signal(libc::SIGINT);
+    let (status, stderr) = w.finish();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    // The rules are the lines printed bare, without the handles: prefix.
+    let rules: String = stderr
+        .lines()
+        .filter(|l| !l.starts_with("handles:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(
+        rules.contains(
+            "[bad-handle-use-closed-in-use_after_close]\nreport = bad-handle\nkind = use-closed\n"
+        ),
+        "{stderr}"
+    );
+    assert!(rules.contains("frame = fun:use_after_close\n"), "{stderr}");
+    assert!(
+        rules.contains("report = leak\nkind = leak\ntype = chardev\n"),
+        "{stderr}"
+    );
+    assert!(rules.contains("frame = fun:leak_one\n"), "{stderr}");
+
+    // Those rules, given back, silence the same findings.
+    let file = scratch("gen").join("generated.supp");
+    std::fs::write(&file, &rules).expect("write rules");
+    let mut w = Window::start(
+        &[
+            "--suppressions",
+            file.to_str().unwrap(),
+            "--error-exitcode",
+            "9",
+        ],
+        pid,
+    );
+    w.wait_for("attached to process");
+    cmd(&mut srv, "req 3");
+    cmd(&mut srv, "uac");
+    w.signal(libc::SIGINT);
+    let (status, stderr) = w.finish();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("LEAK SUMMARY: 0 handles to 0 objects in 0 processes (1 suppressed)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("ERROR SUMMARY: 0 exceptions from 0 contexts (1 suppressed)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_process_does_not_see_tombstones_in_its_own_fd_listing() {
+    let mut srv = server(1);
+    let pid = srv.pid();
+    let listing = |srv: &mut Running| -> BTreeSet<i32> {
+        cmd(srv, "fds")
+            .iter()
+            .find_map(|l| l.strip_prefix("fds="))
+            .expect("fds line")
+            .split_whitespace()
+            .map(|n| n.parse().expect("number"))
+            .collect()
+    };
+    let native = listing(&mut srv);
+    assert_eq!(native, fds(pid));
+    let mut w = Window::start(&[], pid);
+    w.wait_for("attached to process");
+    // Closes during the window: their numbers hold tombstones (and the
+    // source is planted), which /proc shows to anyone else.
+    cmd(&mut srv, "busy 5");
+    cmd(&mut srv, "uac");
+    let tombs: Vec<i32> = fds(pid)
+        .into_iter()
+        .filter(|&f| is_tombstone(pid, f))
+        .collect();
+    assert!(tombs.len() >= 6, "{tombs:?}");
+    // The process itself lists only its own (each listing's directory fd
+    // is quarantined too once closed: still hidden in the next one).
+    assert_eq!(listing(&mut srv), native);
+    assert_eq!(listing(&mut srv), native);
+    w.signal(libc::SIGINT);
+    let (status, stderr) = w.finish();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_left_alone(pid, &native);
+    assert_eq!(listing(&mut srv), native);
 }

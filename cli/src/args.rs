@@ -117,9 +117,11 @@ pub struct AttachArgs {
     /// Seconds between two fd counts of --fd-threshold.
     #[arg(long, value_name = "SECS", default_value = "0.1", value_parser = interval)]
     pub poll_interval: f64,
-    /// A job policy entry, bad-handle=ACTION (repeatable; the only
-    /// condition a window applies). Actions: allow, deny, allow-exception,
-    /// deny-exception, kill. Default: bad-handle=allow-exception.
+    /// A job policy entry, CONDITION=ACTION (repeatable), applied in the
+    /// window as handles run --no-shim applies it: bad-handle,
+    /// wrong-object, new-file ... new-other, new-any (docs/policy.md).
+    /// Actions: allow, deny, allow-exception, deny-exception, kill.
+    /// Default: bad-handle=allow-exception, everything else allowed.
     #[arg(long = "policy", value_name = "CONDITION=ACTION")]
     pub policy: Vec<String>,
     /// What a policy exception does.
@@ -151,6 +153,10 @@ pub struct AttachArgs {
     /// apply too).
     #[arg(long = "suppressions", value_name = "FILE")]
     pub suppressions: Vec<PathBuf>,
+    /// Print a ready suppression rule after each exception report and
+    /// each group of leak suspects.
+    #[arg(long)]
+    pub gen_suppressions: bool,
 }
 
 #[derive(Args, Debug)]

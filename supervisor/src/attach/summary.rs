@@ -59,8 +59,9 @@ struct StackLine {
 }
 
 impl Window<'_> {
-    /// The leak suspects of one live process.
-    fn suspects(&mut self, tgid: i32) -> Option<ProcessLeaks> {
+    /// The leak suspects of one live process, and with
+    /// `--gen-suppressions` a rule for each group.
+    fn suspects(&mut self, tgid: i32) -> Option<(ProcessLeaks, String)> {
         let proc_ = self.procs.get(&tgid)?;
         let name = proc_.name.clone();
         let open: Vec<(i32, &'static str, Stack)> = proc_
@@ -109,6 +110,7 @@ impl Window<'_> {
         }
         let mut groups = Vec::new();
         let mut suppressed = 0;
+        let mut rules = String::new();
         for (_, (stack, mut handles)) in by_stack {
             handles.sort_by_key(|h| h.fd);
             let frames = self.symbolize(tgid, Some(&stack));
@@ -131,8 +133,26 @@ impl Window<'_> {
                     .is_none()
             });
             suppressed += before - handles.len();
-            if handles.is_empty() {
+            let Some(first) = handles.first() else {
                 continue;
+            };
+            if self.opts.gen_suppressions {
+                let event = Event {
+                    report: "leak",
+                    kind: "leak",
+                    ty: &first.ty,
+                    path: &first.description,
+                    frames: crate::suppress::FrameRef::all(&frames),
+                };
+                let name = format!("leak-{}-{}", first.ty, first.origin.replace(' ', "-"));
+                rules.push_str(
+                    &crate::suppress::Rule::for_event(
+                        &name,
+                        &event,
+                        crate::suppress::GENERATED_FRAMES,
+                    )
+                    .render(),
+                );
             }
             groups.push(LeakGroup {
                 handles,
@@ -141,12 +161,13 @@ impl Window<'_> {
         }
         // The biggest group first: the likeliest leak.
         groups.sort_by_key(|g| std::cmp::Reverse(g.handles.len()));
-        Some(ProcessLeaks {
+        let leaks = ProcessLeaks {
             pid: tgid,
             name,
             groups,
             suppressed,
-        })
+        };
+        Some((leaks, rules))
     }
 
     fn stack_lines(&mut self, tgid: i32) -> Vec<StackLine> {
@@ -196,7 +217,7 @@ impl Window<'_> {
                     text,
                     "handles: process {tgid} ({name}) exited during the window"
                 );
-            } else if let Some(p) = self.suspects(tgid) {
+            } else if let Some((p, rules)) = self.suspects(tgid) {
                 let frames: Vec<Vec<Frame>> = p.groups.iter().map(|g| g.stack.clone()).collect();
                 let n = p.count();
                 if n > 0 {
@@ -206,6 +227,7 @@ impl Window<'_> {
                         if n == 1 { "" } else { "s" }
                     );
                     text.push_str(&leaks::render_groups(&p, &frames));
+                    text.push_str(&rules);
                 }
                 all_leaks.push(p);
             }

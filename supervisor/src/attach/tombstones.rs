@@ -146,7 +146,7 @@ impl Window<'_> {
     /// What happened to other threads, or to signals, while a thread
     /// ran injected calls: statuses go to the loop, signals are raised
     /// again.
-    fn take_deferred(&mut self, d: Deferred) {
+    pub(super) fn take_deferred(&mut self, d: Deferred) {
         self.backlog.extend(d.statuses);
         for (tid, sig) in d.signals {
             let tgid = self.threads.get(&tid).map_or(tid, |t| t.tgid);

@@ -122,6 +122,8 @@ struct Pending {
     desc: &'static Desc,
     args: [u64; 6],
     close_stack: Option<Stack>,
+    /// getdents64 listing this window process's fds (listing.rs).
+    listing: Option<i32>,
 }
 
 pub(super) struct Thread {
@@ -456,15 +458,27 @@ impl Window<'_> {
                 return;
             }
         }
+        if self.wrong_object(tid, tgid, desc, args) {
+            if let Some(t) = self.threads.get_mut(&tid) {
+                t.pending = None;
+            }
+            return;
+        }
         let close_stack = match desc.kind {
             Kind::Close => self.stack(tid, tgid),
             _ => None,
+        };
+        let listing = if desc.nr == libc::SYS_getdents64 {
+            self.listing_to_filter(tgid, args[0] as i32)
+        } else {
+            None
         };
         if let Some(t) = self.threads.get_mut(&tid) {
             t.pending = Some(Pending {
                 desc,
                 args,
                 close_stack,
+                listing,
             });
         }
     }
@@ -473,6 +487,10 @@ impl Window<'_> {
         let Some(tgid) = self.threads.get(&tid).map(|t| t.tgid) else {
             return;
         };
+        if let Some(pid) = p.listing {
+            self.filter_listing(tid, p.args[1], ret, pid);
+            return;
+        }
         self.record_exit(tid, tgid, p, ret);
         self.publish(tgid);
     }
@@ -542,6 +560,10 @@ impl Window<'_> {
         if created.is_empty() {
             return;
         }
+        if self.judges_new() && self.new_policy(tid, tgid, p.desc, a, &created) {
+            // Closed again: they never were the program's.
+            return;
+        }
         let stack = self.stack(tid, tgid).unwrap_or_default();
         if let Some(proc_) = self.procs.get_mut(&tgid) {
             for fd in created {
@@ -551,7 +573,7 @@ impl Window<'_> {
     }
 
     /// The stack of stopped thread `tid`, `--stack-depth` frames deep.
-    fn stack(&mut self, tid: i32, tgid: i32) -> Option<Stack> {
+    pub(super) fn stack(&mut self, tid: i32, tgid: i32) -> Option<Stack> {
         if self.opts.stack_depth == 0 {
             return None;
         }
@@ -653,7 +675,7 @@ impl Window<'_> {
             .and_then(|p| p.closed.get(&fd).cloned());
         let here = self.stack(tid, tgid);
         let frames = self.symbolize(tgid, here.as_ref());
-        if self.suppressed_exception(kind, &frames) {
+        if self.suppressed_exception(Condition::BadHandle.name(), kind, &frames) {
             self.suppressed += 1;
             if deny {
                 skip_with_ebadf(tid);
@@ -682,13 +704,7 @@ impl Window<'_> {
                 });
             }
         }
-        let then = match action {
-            Action::Kill => "the process is killed (SIGKILL)".to_string(),
-            _ => match self.opts.on_exception {
-                OnException::Trap => "SIGTRAP follows".to_string(),
-                _ => "the program goes on".to_string(),
-            },
-        };
+        let then = self.then(action);
         let report = ExceptionReport {
             condition: Condition::BadHandle.name().into(),
             kind: kind.into(),
@@ -725,7 +741,29 @@ impl Window<'_> {
             sections,
         };
         self.emit(&report);
+        self.raise(tid, tgid, action);
+        if deny {
+            skip_with_ebadf(tid);
+        }
+        deny
+    }
+
+    /// What follows an exception's report, in words.
+    pub(super) fn then(&self, action: Action) -> String {
         match action {
+            Action::Kill => "the process is killed (SIGKILL)".to_string(),
+            _ => match self.opts.on_exception {
+                OnException::Trap => "SIGTRAP follows".to_string(),
+                _ => "the program goes on".to_string(),
+            },
+        }
+    }
+
+    /// After an exception's report: SIGKILL for `kill`, SIGTRAP to the
+    /// offending thread with `--on-exception trap`.
+    pub(super) fn raise(&self, tid: i32, tgid: i32, action: Action) {
+        match action {
+            Action::Allow | Action::Deny => {}
             Action::Kill => {
                 // SAFETY: kill(2) of the process the report is about.
                 unsafe { libc::kill(tgid, libc::SIGKILL) };
@@ -736,17 +774,18 @@ impl Window<'_> {
             }
             _ => {}
         }
-        if deny {
-            skip_with_ebadf(tid);
-        }
-        deny
     }
 
-    /// Whether a suppression rule silences a bad-handle exception with
-    /// this offending stack.
-    fn suppressed_exception(&self, kind: &str, frames: &[Frame]) -> bool {
+    /// Whether a suppression rule silences an exception of `condition`
+    /// with this offending stack.
+    pub(super) fn suppressed_exception(
+        &self,
+        condition: &str,
+        kind: &str,
+        frames: &[Frame],
+    ) -> bool {
         let event = crate::suppress::Event {
-            report: Condition::BadHandle.name(),
+            report: condition,
             kind,
             ty: "",
             path: "",
@@ -757,7 +796,7 @@ impl Window<'_> {
 
     /// Writes a report (the first of its context in full) and keeps it
     /// for --report/--sarif.
-    fn emit(&mut self, r: &ExceptionReport) {
+    pub(super) fn emit(&mut self, r: &ExceptionReport) {
         self.exception_count += 1;
         let key = r.context_key();
         if let Some(&i) = self.contexts.get(&key) {
@@ -767,7 +806,23 @@ impl Window<'_> {
             return;
         }
         self.contexts.insert(key, self.exceptions.len());
-        let _ = std::io::stderr().write_all(r.render().as_bytes());
+        let mut text = r.render();
+        if self.opts.gen_suppressions {
+            // Printed bare after the report, ready to paste into a
+            // suppressions file, as `handles run` prints it.
+            let frames = r
+                .sections
+                .first()
+                .map(|s| crate::suppress::FrameRef::all(&s.frames))
+                .unwrap_or_default();
+            text.push_str(&crate::suppress::exception_rule(
+                &r.condition,
+                &r.kind,
+                "",
+                &frames,
+            ));
+        }
+        let _ = std::io::stderr().write_all(text.as_bytes());
         self.exceptions.push(SerException::first_of(r));
     }
 }
@@ -779,9 +834,14 @@ fn resume(tid: i32, sig: Option<Signal>) {
 
 /// At a syscall entry: the call is not run and returns -EBADF.
 fn skip_with_ebadf(tid: i32) {
+    skip_with(tid, libc::EBADF);
+}
+
+/// At a syscall entry: the call is not run and returns -`errno`.
+pub(super) fn skip_with(tid: i32, errno: i32) {
     if let Ok(mut regs) = tracer::getregs(tid) {
         regs.orig_rax = u64::MAX;
-        regs.rax = (-libc::EBADF as i64) as u64;
+        regs.rax = (-(errno as i64)) as u64;
         let _ = tracer::setregs(tid, &regs);
     }
 }
