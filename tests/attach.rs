@@ -1195,3 +1195,67 @@ fn attach_refused_by_yama_for_a_non_descendant() {
     assert_left_alone(pid, &before);
     cmd(&mut srv, "req 1");
 }
+
+#[test]
+fn poll_and_select_on_a_closed_number_answer_as_natively() {
+    let mut srv = server(1);
+    let pid = srv.pid();
+    let before = fds(pid);
+    // POLLNVAL (0x20) and EBADF natively.
+    assert_eq!(cmd(&mut srv, "poll"), vec!["poll=32".to_string()]);
+    assert_eq!(cmd(&mut srv, "select"), vec!["select=EBADF".to_string()]);
+    let mut w = Window::start(&[], pid);
+    w.wait_for("attached to process");
+    // The numbers hold tombstones now, which would poll and select ready.
+    assert_eq!(cmd(&mut srv, "poll"), vec!["poll=32".to_string()]);
+    assert_eq!(cmd(&mut srv, "select"), vec!["select=EBADF".to_string()]);
+    w.signal(libc::SIGINT);
+    let (status, stderr) = w.finish();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    // poll() on a closed number is a question; select() on one is a use.
+    let report = section(&stderr, "handles: <== policy exception: bad-handle");
+    // glibc's select() is pselect6.
+    assert!(
+        report.contains("syscall select(") || report.contains("syscall pselect6("),
+        "{stderr}"
+    );
+    assert!(stderr.contains("ERROR SUMMARY: 1 exception"), "{stderr}");
+    assert_left_alone(pid, &before);
+}
+
+#[test]
+fn handles_received_through_scm_rights_are_followed() {
+    let mut srv = server(1);
+    let pid = srv.pid();
+    let before = fds(pid);
+    let mut w = Window::start(&["--error-exitcode", "9"], pid);
+    w.wait_for("attached to process");
+    let received: i32 = cmd(&mut srv, "recv")
+        .iter()
+        .find_map(|l| l.strip_prefix("recv=")?.parse().ok())
+        .expect("recv line");
+    assert!(received > 2);
+    let h = row(&table_json(pid), received);
+    assert_eq!(h["created"]["by"], "scm_rights", "{h:#}");
+    w.signal(libc::SIGINT);
+    let (status, stderr) = w.finish();
+    assert_eq!(status.code(), Some(9), "{stderr}");
+    let suspects = section(
+        &stderr,
+        &format!("handles: ==== leak suspects: process {pid} (attach_server) holds 1 handle"),
+    );
+    assert!(suspects.contains("created by recvmsg() at"), "{stderr}");
+    assert!(
+        suspects.contains(&format!(
+            "in receive_one at {}:{}",
+            fixture_src(),
+            line_of("recv")
+        )),
+        "{stderr}"
+    );
+    assert!(
+        suspects.contains(&format!("fd {received} chardev")),
+        "{stderr}"
+    );
+    assert_left_alone(pid, &before.union(&[received].into()).copied().collect());
+}

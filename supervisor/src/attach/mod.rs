@@ -15,12 +15,13 @@
 //! - [`model`]: what the window learns of each process's fd table;
 //! - [`window`]: the event loop;
 //! - [`tombstones`]: the quarantine of numbers closed during the window;
-//! - [`listing`]: tombstones hidden from the process's own fd listings;
+//! - [`hidden`]: tombstones hidden from the process's own fd listings and
+//!   polls;
 //! - [`published`]: the table `handles PID` reads during the window;
 //! - [`summary`]: leak suspects and the per-stack summary at detach.
 
 mod conditions;
-mod listing;
+mod hidden;
 mod model;
 pub mod preflight;
 mod published;

@@ -12,7 +12,7 @@
 //!
 //! What a slot says:
 //! - a handle created during the window: OPEN, how = its creating
-//!   syscall, its creation stack;
+//!   syscall (received for SCM_RIGHTS), its creation stack;
 //! - a handle older than the window: OPEN, generation 1, how = found open
 //!   (a forked child's copy of a window handle keeps its creation);
 //! - a quarantined number: TOMBSTONE, the tombstone source: INTERNAL
@@ -60,8 +60,9 @@ fn slot_of(p: &Proc, fd: i32) -> (SlotValue, Option<&[u64]>) {
     let v = SlotValue {
         state: state::OPEN,
         generation,
-        how: created.map_or(how::ADOPTED, |c| {
-            u32::try_from(c.nr).map_or(how::UNKNOWN, how::syscall)
+        how: created.map_or(how::ADOPTED, |c| match c.nr {
+            libc::SYS_recvmsg | libc::SYS_recvmmsg => how::RECEIVED,
+            nr => u32::try_from(nr).map_or(how::UNKNOWN, how::syscall),
         }),
         ..SlotValue::default()
     };

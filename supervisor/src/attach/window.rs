@@ -25,7 +25,7 @@ use crate::run::publish::Published;
 use crate::run::report::{format_syscall, ExceptionReport, Section};
 use crate::run::syscalls::{lookup, Desc, Kind};
 use crate::run::tracer::{self, Waited};
-use crate::run::OnException;
+use crate::run::{scm_rights, OnException};
 
 /// SIGINT or SIGTERM reached `handles` (or [`request_end`] was called).
 static END: AtomicI32 = AtomicI32::new(0);
@@ -122,8 +122,10 @@ struct Pending {
     desc: &'static Desc,
     args: [u64; 6],
     close_stack: Option<Stack>,
-    /// getdents64 listing this window process's fds (listing.rs).
+    /// getdents64 listing this window process's fds (hidden.rs).
     listing: Option<i32>,
+    /// poll/ppoll over these quarantined numbers (hidden.rs).
+    polled: Vec<i32>,
 }
 
 pub(super) struct Thread {
@@ -401,7 +403,7 @@ impl Window<'_> {
     }
 
     /// The fds a call uses, as the kernel will read them.
-    fn used_fds(desc: &Desc, args: &[u64; 6]) -> Vec<i32> {
+    fn used_fds(tid: i32, desc: &Desc, args: &[u64; 6]) -> Vec<i32> {
         let mut fds = Vec::new();
         for (i, &a) in args.iter().enumerate() {
             let fd = a as i32;
@@ -413,6 +415,13 @@ impl Window<'_> {
         }
         if desc.kind == Kind::Mmap && args[3] & libc::MAP_ANONYMOUS as u64 == 0 {
             fds.push(args[4] as i32);
+        }
+        if desc.kind == Kind::Select {
+            fds.extend(super::hidden::selected_fds(
+                tid,
+                args[0],
+                [args[1], args[2], args[3]],
+            ));
         }
         fds.retain(|&fd| fd >= 0);
         fds
@@ -428,7 +437,7 @@ impl Window<'_> {
             }
             return;
         };
-        for fd in Self::used_fds(desc, &args) {
+        for fd in Self::used_fds(tid, desc, &args) {
             let Some(p) = self.procs.get_mut(&tgid) else {
                 break;
             };
@@ -473,12 +482,18 @@ impl Window<'_> {
         } else {
             None
         };
+        let polled = if desc.kind == Kind::Poll {
+            self.polled_hidden(tid, tgid, &args)
+        } else {
+            Vec::new()
+        };
         if let Some(t) = self.threads.get_mut(&tid) {
             t.pending = Some(Pending {
                 desc,
                 args,
                 close_stack,
                 listing,
+                polled,
             });
         }
     }
@@ -489,6 +504,10 @@ impl Window<'_> {
         };
         if let Some(pid) = p.listing {
             self.filter_listing(tid, p.args[1], ret, pid);
+            return;
+        }
+        if !p.polled.is_empty() {
+            self.fix_poll(tid, &p.args, &p.polled);
             return;
         }
         self.record_exit(tid, tgid, p, ret);
@@ -504,6 +523,16 @@ impl Window<'_> {
                 created.push(ret as i32)
             }
             Kind::Signalfd if a[0] as i32 == -1 => created.push(ret as i32),
+            // Received handles are the window's to follow like created
+            // ones (their creation stack is the receiving call's).
+            Kind::RecvMsg => created.extend(scm_rights(tid, a[1])),
+            Kind::RecvMmsg => {
+                for i in 0..(ret.clamp(0, 1024) as u64) {
+                    // struct mmsghdr: a msghdr (56 bytes) and its length,
+                    // padded to 64.
+                    created.extend(scm_rights(tid, a[1] + i * 64));
+                }
+            }
             Kind::DupTo => {
                 let new = a[1] as i32;
                 if a[0] != a[1] {
