@@ -1197,18 +1197,21 @@ fn attach_refused_by_yama_for_a_non_descendant() {
 }
 
 #[test]
-fn poll_and_select_on_a_closed_number_answer_as_natively() {
+fn poll_select_and_reopen_of_a_closed_number_answer_as_natively() {
     let mut srv = server(1);
     let pid = srv.pid();
     let before = fds(pid);
     // POLLNVAL (0x20) and EBADF natively.
     assert_eq!(cmd(&mut srv, "poll"), vec!["poll=32".to_string()]);
     assert_eq!(cmd(&mut srv, "select"), vec!["select=EBADF".to_string()]);
+    assert_eq!(cmd(&mut srv, "reopen"), vec!["reopen=ENOENT".to_string()]);
     let mut w = Window::start(&[], pid);
     w.wait_for("attached to process");
-    // The numbers hold tombstones now, which would poll and select ready.
+    // The numbers hold tombstones now, which would poll and select ready
+    // and reopen as `/`.
     assert_eq!(cmd(&mut srv, "poll"), vec!["poll=32".to_string()]);
     assert_eq!(cmd(&mut srv, "select"), vec!["select=EBADF".to_string()]);
+    assert_eq!(cmd(&mut srv, "reopen"), vec!["reopen=ENOENT".to_string()]);
     w.signal(libc::SIGINT);
     let (status, stderr) = w.finish();
     assert_eq!(status.code(), Some(0), "{stderr}");

@@ -78,7 +78,9 @@ pub enum Command {
     /// creations and closes per stack. The process is never restarted;
     /// every thread is seized with ptrace (no seccomp filter, nothing left
     /// behind: after the detach its TracerPid is 0 and its fd table its own;
-    /// numbers closed during the window are quarantined until then).
+    /// numbers closed during the window are quarantined until then). During
+    /// the window `handles PID` shows the process's values, generations
+    /// and creation stacks; CPython processes get their Python frames.
     #[command(
         after_help = "Exit status: 0 window recorded (whatever it found, unless --error-exitcode), \
                       --error-exitcode's when a leak suspect or exception was reported, \
@@ -86,7 +88,8 @@ pub enum Command {
                       Yama's ptrace_scope), 5 the process exited before the window opened, \
                       6 other error, 8 the process is already traced (a debugger, strace).\n\n\
                       If handles itself is killed (even by SIGKILL) the kernel detaches the \
-                      process, which runs on unharmed."
+                      process, which runs on; the tombstones of the numbers it quarantined \
+                      (O_PATH fds of /, at most --quarantine + 2) stay until its next exec."
     )]
     Attach(AttachArgs),
 }

@@ -11,8 +11,8 @@
 //!   getdents); `deny` makes it fail with the kernel's errno without
 //!   running.
 //!
-//! Creations the window does not follow (fds received through
-//! SCM_RIGHTS) are not judged.
+//! The dynamic loader's opens (the libraries a `dlopen` maps) are not the
+//! program's handles: new-* does not judge them, as under `handles run`.
 
 use handles_model::objtype::ObjType;
 
@@ -67,6 +67,9 @@ impl Window<'_> {
         args: [u64; 6],
         fds: &[i32],
     ) -> bool {
+        if self.made_by_loader(tid, tgid) {
+            return false;
+        }
         let policy = self.opts.policy;
         let Some((action, ty, fd)) = fds.iter().find_map(|&fd| {
             let ty = object_type(tgid, fd);
@@ -107,6 +110,25 @@ impl Window<'_> {
             self.raise(tid, tgid, action);
         }
         deny
+    }
+
+    /// Whether the call `tid` stopped in was made from the dynamic loader
+    /// (its `syscall` instruction lies in ld.so's mapping).
+    fn made_by_loader(&mut self, tid: i32, tgid: i32) -> bool {
+        let Ok(regs) = tracer::getregs(tid) else {
+            return false;
+        };
+        let Some(p) = self.procs.get_mut(&tgid) else {
+            return false;
+        };
+        if p.maps.is_none() {
+            p.maps = crate::backtrace::ModuleMap::read(tgid).ok();
+        }
+        p.maps
+            .as_ref()
+            .and_then(|m| m.mapping_of(regs.rip))
+            .and_then(|m| m.path.rsplit('/').next())
+            .is_some_and(|name| name.starts_with("ld-linux"))
     }
 
     /// Closes `fds` from inside the process at the exit stop of the call

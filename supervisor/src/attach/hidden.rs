@@ -9,9 +9,15 @@
 //!   as a closed fd does natively (an O_PATH tombstone would poll ready);
 //!   a poll is a question, not a use: no report (docs/policy.md's judge);
 //! - select's sets are uses (`used_fds` in window.rs): natively a closed
-//!   fd in a set fails the call with EBADF.
+//!   fd in a set fails the call with EBADF;
+//! - a path naming a tombstone's entry (`/proc/self/fd/N`, `/dev/fd/N`,
+//!   `/proc/PID/fdinfo/N`) fails with ENOENT without running: natively
+//!   nothing holds that number, so nothing has that name.
+
+use handles_model::fdpath::{self, Whose};
 
 use super::window::Window;
+use crate::run::syscalls::{path_arg, Desc};
 use crate::run::tracer;
 use crate::run::{filter_dirents, fix_poll, listed_pid};
 
@@ -50,6 +56,38 @@ pub(super) fn selected_fds(tid: i32, nfds: u64, sets: [u64; 3]) -> Vec<i32> {
 }
 
 impl Window<'_> {
+    /// At the entry of a call with a path argument: whether the path names
+    /// the fd-table entry of a number a window process hides.
+    pub(super) fn names_hidden_entry(
+        &self,
+        tid: i32,
+        tgid: i32,
+        desc: &Desc,
+        args: &[u64; 6],
+    ) -> bool {
+        let Some(i) = path_arg(desc.nr) else {
+            return false;
+        };
+        // Most paths are settled by their first two bytes.
+        let Some(path) = tracer::read_head(tid, args[i], 64) else {
+            return false;
+        };
+        if !fdpath::may_name_table(&path) {
+            return false;
+        }
+        let Some(e) = fdpath::entry(&path) else {
+            return false;
+        };
+        let pid = match e.whose {
+            Whose::This => tgid,
+            // A thread's /proc entry shows its process's table.
+            Whose::Pid(p) => self.threads.get(&p).map_or(p, |t| t.tgid),
+        };
+        self.procs
+            .get(&pid)
+            .is_some_and(|p| p.tomb_src == Some(e.fd) || p.quarantine.contains(&e.fd))
+    }
+
     /// At a poll/ppoll entry: the polled numbers the window hides.
     pub(super) fn polled_hidden(&self, tid: i32, tgid: i32, args: &[u64; 6]) -> Vec<i32> {
         let Some(p) = self.procs.get(&tgid) else {

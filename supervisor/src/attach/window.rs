@@ -467,6 +467,13 @@ impl Window<'_> {
                 return;
             }
         }
+        if self.names_hidden_entry(tid, tgid, desc, &args) {
+            skip_with(tid, libc::ENOENT);
+            if let Some(t) = self.threads.get_mut(&tid) {
+                t.pending = None;
+            }
+            return;
+        }
         if self.wrong_object(tid, tgid, desc, args) {
             if let Some(t) = self.threads.get_mut(&tid) {
                 t.pending = None;
