@@ -790,7 +790,14 @@ fn handles_pid_shows_the_window_table_and_nothing_is_left_at_detach() {
     let leaked: Vec<i32> = fds(pid).difference(&before).copied().collect();
     assert_eq!(leaked.len(), 1, "{leaked:?}");
     let fd = leaked[0];
-    let t = table_json(pid);
+    let out = common::run_handles(["--json", "--stacks", &pid.to_string()]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    common::assert_valid(
+        "handles_pid_shows_the_window_table",
+        &doc,
+        &common::docs_schema("table.schema.json"),
+    );
+    let t = doc["processes"][0].clone();
     let h = row(&t, fd);
     assert_eq!(h["generation"], 4, "{h:#}");
     assert_eq!(h["created"]["by"], "openat", "{h:#}");
@@ -1261,4 +1268,65 @@ fn handles_received_through_scm_rights_are_followed() {
         "{stderr}"
     );
     assert_left_alone(pid, &before.union(&[received].into()).copied().collect());
+}
+
+#[test]
+fn a_child_forked_during_the_window_has_its_table_too() {
+    let mut srv = server(1);
+    let pid = srv.pid();
+    let mut w = Window::start(&["--quarantine", "0"], pid);
+    w.wait_for("attached to process");
+    cmd(&mut srv, "req 3");
+    let parent_leak: i32 = {
+        let t = table_json(pid);
+        t["handles"]
+            .as_array()
+            .expect("handles")
+            .iter()
+            .find(|h| h["created"]["by"] == "openat")
+            .and_then(|h| h["fd"].as_i64())
+            .expect("the parent's window handle") as i32
+    };
+    let child: i32 = cmd(&mut srv, "fork")
+        .iter()
+        .find_map(|l| l.strip_prefix("child=")?.parse().ok())
+        .expect("child pid");
+    let _reap = KillOnDrop(child);
+    // The child leaks one of its own as soon as it runs.
+    let mut tries = 0;
+    while fds(child).len() <= fds(pid).len() {
+        tries += 1;
+        assert!(tries < 200, "the child never opened its handle");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let t = table_json(child);
+    assert_eq!(t["source"], "supervisor", "{t:#}");
+    let leak_line = line_of("leak");
+    let made_in_leak_one = |h: &serde_json::Value| {
+        h["created"]["frames"].as_array().is_some_and(|f| {
+            f.iter()
+                .any(|f| f["function"] == "leak_one" && f["line"] == leak_line)
+        })
+    };
+    // Its copy of the parent's window handle keeps the parent's creation.
+    assert!(made_in_leak_one(&row(&t, parent_leak)), "{t:#}");
+    let own: Vec<serde_json::Value> = t["handles"]
+        .as_array()
+        .expect("handles")
+        .iter()
+        .filter(|h| h["fd"] != parent_leak && made_in_leak_one(h))
+        .cloned()
+        .collect();
+    assert_eq!(own.len(), 1, "{t:#}");
+    w.signal(libc::SIGINT);
+    let (status, stderr) = w.finish();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    // Only its own is the child's suspect.
+    assert!(
+        stderr.contains(&format!(
+            "handles: ==== leak suspects: process {child} (attach_server) holds 1 handle"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(table_json(child)["source"], "proc");
 }
