@@ -1330,3 +1330,48 @@ fn a_child_forked_during_the_window_has_its_table_too() {
     );
     assert_eq!(table_json(child)["source"], "proc");
 }
+
+#[test]
+fn a_process_that_makes_no_syscall_gets_its_tombstones_released() {
+    let mut srv = spawn_ready(Command::new(fixture("attach_spin")));
+    let pid = srv.pid();
+    let before = fds(pid);
+    // No stacks: the time to detach is not spent symbolizing.
+    let mut w = Window::start(&["--stack-depth", "0"], pid);
+    w.wait_for("attached to process");
+    send(&mut srv, "go");
+    assert_eq!(srv.next_line().as_deref(), Some("spinning"));
+    let tombs: Vec<i32> = fds(pid)
+        .into_iter()
+        .filter(|&f| is_tombstone(pid, f))
+        .collect();
+    assert_eq!(tombs.len(), 6, "five closed numbers and the source");
+    // Its only thread is in its loop: no syscall stop will come.
+    std::thread::sleep(Duration::from_millis(100));
+    let started = std::time::Instant::now();
+    w.signal(libc::SIGINT);
+    let (status, stderr) = w.finish();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("did not stop"), "{stderr}");
+    // Released at once from its interrupt stop, not given up on after the
+    // detach's 2.5 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_left_alone(pid, &before);
+    // It runs on with its registers as they were.
+    // SAFETY: kill(2) of the fixture this test started.
+    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    let rest = srv.rest_of_stdout();
+    let listed = before
+        .iter()
+        .map(|f| f.to_string())
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(rest.contains(&format!("fds={listed} \n")), "{rest}");
+    assert!(rest.contains("check=ok"), "{rest}");
+    let status = srv.child.wait().expect("wait fixture");
+    assert_eq!(common::ending(&status), "exit 0");
+}

@@ -67,6 +67,10 @@ pub(super) struct Proc {
     pub(super) generations: HashMap<i32, u32>,
     /// Numbers whose published slot is out of date.
     pub(super) dirty: BTreeSet<i32>,
+    /// The address after a `syscall` instruction of this image (the last
+    /// syscall stop's), where the detach makes a thread that makes no
+    /// syscall of its own release the tombstones (tombstones.rs).
+    pub(super) syscall_ip: Option<u64>,
 }
 
 impl Proc {
@@ -84,6 +88,7 @@ impl Proc {
             adopted: HashMap::new(),
             generations: HashMap::new(),
             dirty: BTreeSet::new(),
+            syscall_ip: None,
         }
     }
 
@@ -213,6 +218,7 @@ impl Proc {
         // Tombstones and their source are O_CLOEXEC: gone with the image.
         self.quarantine.clear();
         self.tomb_src = None;
+        self.syscall_ip = None;
     }
 }
 

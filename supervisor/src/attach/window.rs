@@ -93,7 +93,7 @@ pub(super) struct SyscallInfo {
     pub(super) op: u8,
     _pad: [u8; 3],
     arch: u32,
-    ip: u64,
+    pub(super) ip: u64,
     sp: u64,
     /// entry: nr, args[6]; exit: rval, is_error.
     data: [u64; 7],
@@ -383,6 +383,13 @@ impl Window<'_> {
         let Some(info) = syscall_info(tid) else {
             return;
         };
+        if let Some(p) = self
+            .threads
+            .get(&tid)
+            .and_then(|t| self.procs.get_mut(&t.tgid))
+        {
+            p.syscall_ip = Some(info.ip);
+        }
         match info.op {
             OP_ENTRY => {
                 let mut args = [0u64; 6];
