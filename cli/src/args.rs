@@ -78,7 +78,9 @@ pub enum Command {
     /// creations and closes per stack. The process is never restarted;
     /// every thread is seized with ptrace (no seccomp filter, nothing left
     /// behind: after the detach its TracerPid is 0 and its fd table its own;
-    /// numbers closed during the window are quarantined until then).
+    /// numbers closed during the window are quarantined until then). During
+    /// the window `handles PID` shows the process's values, generations
+    /// and creation stacks; CPython processes get their Python frames.
     #[command(
         after_help = "Exit status: 0 window recorded (whatever it found, unless --error-exitcode), \
                       --error-exitcode's when a leak suspect or exception was reported, \
@@ -86,7 +88,8 @@ pub enum Command {
                       Yama's ptrace_scope), 5 the process exited before the window opened, \
                       6 other error, 8 the process is already traced (a debugger, strace).\n\n\
                       If handles itself is killed (even by SIGKILL) the kernel detaches the \
-                      process, which runs on unharmed."
+                      process, which runs on; the tombstones of the numbers it quarantined \
+                      (O_PATH fds of /, at most --quarantine + 2) stay until its next exec."
     )]
     Attach(AttachArgs),
 }
@@ -117,9 +120,11 @@ pub struct AttachArgs {
     /// Seconds between two fd counts of --fd-threshold.
     #[arg(long, value_name = "SECS", default_value = "0.1", value_parser = interval)]
     pub poll_interval: f64,
-    /// A job policy entry, bad-handle=ACTION (repeatable; the only
-    /// condition a window applies). Actions: allow, deny, allow-exception,
-    /// deny-exception, kill. Default: bad-handle=allow-exception.
+    /// A job policy entry, CONDITION=ACTION (repeatable), applied in the
+    /// window as handles run --no-shim applies it: bad-handle,
+    /// wrong-object, new-file ... new-other, new-any (docs/policy.md).
+    /// Actions: allow, deny, allow-exception, deny-exception, kill.
+    /// Default: bad-handle=allow-exception, everything else allowed.
     #[arg(long = "policy", value_name = "CONDITION=ACTION")]
     pub policy: Vec<String>,
     /// What a policy exception does.
@@ -151,6 +156,10 @@ pub struct AttachArgs {
     /// apply too).
     #[arg(long = "suppressions", value_name = "FILE")]
     pub suppressions: Vec<PathBuf>,
+    /// Print a ready suppression rule after each exception report and
+    /// each group of leak suspects.
+    #[arg(long)]
+    pub gen_suppressions: bool,
 }
 
 #[derive(Args, Debug)]

@@ -3,25 +3,19 @@
 use std::time::Duration;
 
 use handles_supervisor::attach::{self, AttachError, AttachOptions};
-use handles_supervisor::policy::{Condition, Policy, PolicyText};
+use handles_supervisor::policy::{Policy, PolicyText};
 use handles_supervisor::run::OnException;
 use handles_supervisor::suppress::Suppressions;
 
 use crate::args::{AttachArgs, AttachOnExceptionArg};
 use crate::exit;
 
-/// A window applies only the bad-handle condition: it cannot stop a
-/// creation it did not see coming without a seccomp filter's help, and a
-/// live server's new-* calls are not the question it answers.
+/// A window applies every condition as `handles run --no-shim` does (each
+/// syscall stops at the window anyway). Override flags are accepted and
+/// change nothing: no job nests inside a window to be bound by them.
 fn build_policy(a: &AttachArgs) -> Result<Policy, String> {
     let mut policy = Policy::default_job();
     for spec in &a.policy {
-        let (c, _) = handles_supervisor::policy::parse_spec(spec).map_err(|e| e.to_string())?;
-        if c != Condition::BadHandle {
-            return Err(format!(
-                "--policy {spec}: handles attach applies only bad-handle (new-* and wrong-object need handles run)"
-            ));
-        }
         policy.apply_spec(spec).map_err(|e| e.to_string())?;
     }
     Ok(policy)
@@ -67,6 +61,7 @@ pub fn run(a: &AttachArgs) -> u8 {
         report: a.report.clone(),
         sarif: a.sarif.clone(),
         suppressions,
+        gen_suppressions: a.gen_suppressions,
     };
     match attach::attach(&opts) {
         Ok(o) => match a.error_exitcode {

@@ -7,6 +7,7 @@
 //! and one whose RET_TRACE has no tracer makes the traced calls fail with
 //! ENOSYS forever, so the window must be something a detach undoes.
 //!
+//! - [`conditions`]: the policy's new-* and wrong-object conditions;
 //! - [`preflight`]: what can be told before seizing (no such process,
 //!   already traced, permission), each with its own error;
 //! - [`seize`]: seizing every thread, and the detach that leaves the
@@ -14,10 +15,16 @@
 //! - [`model`]: what the window learns of each process's fd table;
 //! - [`window`]: the event loop;
 //! - [`tombstones`]: the quarantine of numbers closed during the window;
+//! - [`hidden`]: tombstones hidden from the process's own fd listings and
+//!   polls;
+//! - [`published`]: the table `handles PID` reads during the window;
 //! - [`summary`]: leak suspects and the per-stack summary at detach.
 
+mod conditions;
+mod hidden;
 mod model;
 pub mod preflight;
+mod published;
 mod seize;
 mod summary;
 mod tombstones;
@@ -55,6 +62,9 @@ pub struct AttachOptions {
     /// Leak suspects and exceptions matching these are not reported
     /// (counted as suppressed).
     pub suppressions: Suppressions,
+    /// Print a ready suppression rule after each exception report and
+    /// each group of leak suspects.
+    pub gen_suppressions: bool,
 }
 
 /// Runs one window: waits for the threshold, attaches, records until the

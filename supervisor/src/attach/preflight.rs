@@ -94,6 +94,9 @@ pub fn explain_eperm(pid: i32) -> AttachError {
         )
     } else {
         match yama {
+            Some(n) if n >= 3 => format!(
+                "Yama's kernel.yama.ptrace_scope is {n}: no process may be attached, by anyone, until the next boot"
+            ),
             Some(n) if n >= 1 => format!(
                 "Yama's kernel.yama.ptrace_scope is {n}, which allows attaching only to descendants{}; \
                  run handles as root or lower it (sysctl kernel.yama.ptrace_scope=0)",

@@ -182,6 +182,19 @@ impl Window<'_> {
                         .is_some_and(|i| i.op == super::window::OP_ENTRY);
                 if at_entry {
                     self.release_at_entry(tid, tgid);
+                } else if matches!(
+                    st,
+                    WaitStatus::PtraceEvent(
+                        _,
+                        nix::sys::signal::Signal::SIGTRAP,
+                        libc::PTRACE_EVENT_STOP
+                    )
+                ) && self.release_at_interrupt(tid, tgid)
+                {
+                    // Released from its own code: it may go now.
+                    let _ = ptrace::detach(pid, None);
+                    left.remove(&tid);
+                    continue;
                 }
                 // On to a syscall-entry stop (the re-made call's, after a
                 // release), where it is detached or releases.

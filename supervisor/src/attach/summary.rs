@@ -17,10 +17,13 @@ use crate::inspect::{Inspector, Options};
 use crate::run::leaks::{self, Leak, LeakGroup, ProcessLeaks};
 use crate::run::output::{self, SerProcess};
 use crate::suppress::{Event, Facts};
+use handles_model::handle::{Fd, HandleValue};
 
-/// The frame a stack is named by in one-line summaries: the innermost one
-/// outside the C library and the dynamic loader (the program's call, not
-/// libc's wrapper).
+/// The frame a stack is named by in one-line summaries: the innermost
+/// Python frame when there is one (the interpreter's C frames below it are
+/// the same for every call of `open`), else the innermost one outside the
+/// C library and the dynamic loader (the program's call, not libc's
+/// wrapper).
 fn place(frames: &[Frame]) -> String {
     let system = |f: &&Frame| {
         f.module_name()
@@ -28,7 +31,8 @@ fn place(frames: &[Frame]) -> String {
     };
     let f = frames
         .iter()
-        .find(|f| !system(f))
+        .find(|f| f.python)
+        .or_else(|| frames.iter().find(|f| !system(f)))
         .or_else(|| frames.first());
     match f {
         None => "(no stack)".into(),
@@ -55,8 +59,9 @@ struct StackLine {
 }
 
 impl Window<'_> {
-    /// The leak suspects of one live process.
-    fn suspects(&mut self, tgid: i32) -> Option<ProcessLeaks> {
+    /// The leak suspects of one live process, and with
+    /// `--gen-suppressions` a rule for each group.
+    fn suspects(&mut self, tgid: i32) -> Option<(ProcessLeaks, String)> {
         let proc_ = self.procs.get(&tgid)?;
         let name = proc_.name.clone();
         let open: Vec<(i32, &'static str, Stack)> = proc_
@@ -64,6 +69,9 @@ impl Window<'_> {
             .iter()
             .map(|(&fd, c)| (fd, c.origin, c.stack.clone()))
             .collect();
+        // The values `handles PID` showed during the window.
+        let mixer = self.tables.get(&tgid).map(|t| t.mixer());
+        let generations = proc_.generations.clone();
         let snapshot = Inspector::new(Options {
             long: true,
             peers: false,
@@ -77,10 +85,15 @@ impl Window<'_> {
             let Some(h) = snapshot.handles.iter().find(|h| h.fd == fd) else {
                 continue;
             };
+            let generation = generations.get(&fd).copied();
+            let handle = match (mixer, generation) {
+                (Some(m), Some(g)) => HandleValue::encode(Fd(fd), g, m).0,
+                _ => h.handle,
+            };
             let leak = Leak {
                 fd,
-                handle: h.handle,
-                generation: None,
+                handle,
+                generation: mixer.and(generation),
                 ty: h.ty.to_string(),
                 koid: h.koid,
                 dev: h.dev.clone(),
@@ -97,6 +110,7 @@ impl Window<'_> {
         }
         let mut groups = Vec::new();
         let mut suppressed = 0;
+        let mut rules = String::new();
         for (_, (stack, mut handles)) in by_stack {
             handles.sort_by_key(|h| h.fd);
             let frames = self.symbolize(tgid, Some(&stack));
@@ -119,8 +133,26 @@ impl Window<'_> {
                     .is_none()
             });
             suppressed += before - handles.len();
-            if handles.is_empty() {
+            let Some(first) = handles.first() else {
                 continue;
+            };
+            if self.opts.gen_suppressions {
+                let event = Event {
+                    report: "leak",
+                    kind: "leak",
+                    ty: &first.ty,
+                    path: &first.description,
+                    frames: crate::suppress::FrameRef::all(&frames),
+                };
+                let name = format!("leak-{}-{}", first.ty, first.origin.replace(' ', "-"));
+                rules.push_str(
+                    &crate::suppress::Rule::for_event(
+                        &name,
+                        &event,
+                        crate::suppress::GENERATED_FRAMES,
+                    )
+                    .render(),
+                );
             }
             groups.push(LeakGroup {
                 handles,
@@ -129,12 +161,13 @@ impl Window<'_> {
         }
         // The biggest group first: the likeliest leak.
         groups.sort_by_key(|g| std::cmp::Reverse(g.handles.len()));
-        Some(ProcessLeaks {
+        let leaks = ProcessLeaks {
             pid: tgid,
             name,
             groups,
             suppressed,
-        })
+        };
+        Some((leaks, rules))
     }
 
     fn stack_lines(&mut self, tgid: i32) -> Vec<StackLine> {
@@ -184,7 +217,7 @@ impl Window<'_> {
                     text,
                     "handles: process {tgid} ({name}) exited during the window"
                 );
-            } else if let Some(p) = self.suspects(tgid) {
+            } else if let Some((p, rules)) = self.suspects(tgid) {
                 let frames: Vec<Vec<Frame>> = p.groups.iter().map(|g| g.stack.clone()).collect();
                 let n = p.count();
                 if n > 0 {
@@ -194,6 +227,7 @@ impl Window<'_> {
                         if n == 1 { "" } else { "s" }
                     );
                     text.push_str(&leaks::render_groups(&p, &frames));
+                    text.push_str(&rules);
                 }
                 all_leaks.push(p);
             }

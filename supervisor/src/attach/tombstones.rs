@@ -59,6 +59,7 @@ impl Window<'_> {
                 };
                 if let Some(p) = self.procs.get_mut(&tgid) {
                     p.tomb_src = Some(src);
+                    p.dirty.insert(src);
                     if in_place {
                         p.quarantine.push_back(fd);
                     }
@@ -87,6 +88,7 @@ impl Window<'_> {
             while p.quarantine.len() > self.opts.quarantine {
                 if let Some(old) = p.quarantine.pop_front() {
                     evict.push(old);
+                    p.dirty.insert(old);
                 }
             }
         }
@@ -141,10 +143,66 @@ impl Window<'_> {
         done
     }
 
+    /// During the detach, at the interrupt stop of a thread that was
+    /// running its own code (not in a syscall: a busy loop never reaches
+    /// a syscall-entry stop): closes every tombstone and the source with
+    /// calls made from a `syscall` instruction the process ran before,
+    /// then puts every register back. Returns whether that was done.
+    pub(super) fn release_at_interrupt(&mut self, tid: i32, tgid: i32) -> bool {
+        let Some(p) = self.procs.get(&tgid) else {
+            return true;
+        };
+        let nums: Vec<i32> = p.quarantine.iter().copied().chain(p.tomb_src).collect();
+        let Some(after_insn) = p.syscall_ip else {
+            return false;
+        };
+        let Ok(saved) = tracer::getregs(tid) else {
+            return false;
+        };
+        // In a syscall (orig_rax set): its restart makes an entry stop,
+        // where release_at_entry does it.
+        if saved.orig_rax != u64::MAX {
+            return false;
+        }
+        let insn = after_insn.wrapping_sub(tracer::SYSCALL_INSN_LEN);
+        if tracer::read_mem(tid, insn, 2).ok().as_deref() != Some(&[0x0f, 0x05][..]) {
+            return false;
+        }
+        // As if the thread stood at the exit of a call made from there.
+        let mut regs = saved;
+        regs.rip = after_insn;
+        let mut d = Deferred::default();
+        let mut done = true;
+        for n in &nums {
+            match tracer::inject_at_exit(
+                tid,
+                &regs,
+                libc::SYS_close,
+                [*n as u64, 0, 0, 0, 0, 0],
+                &mut d,
+            ) {
+                Ok((_, after)) => regs = after,
+                Err(_) => {
+                    done = false;
+                    break;
+                }
+            }
+        }
+        let _ = tracer::setregs(tid, &saved);
+        if done {
+            if let Some(p) = self.procs.get_mut(&tgid) {
+                p.quarantine.clear();
+                p.tomb_src = None;
+            }
+        }
+        self.take_deferred(d);
+        done
+    }
+
     /// What happened to other threads, or to signals, while a thread
     /// ran injected calls: statuses go to the loop, signals are raised
     /// again.
-    fn take_deferred(&mut self, d: Deferred) {
+    pub(super) fn take_deferred(&mut self, d: Deferred) {
         self.backlog.extend(d.statuses);
         for (tid, sig) in d.signals {
             let tgid = self.threads.get(&tid).map_or(tid, |t| t.tgid);

@@ -17,13 +17,15 @@ use nix::unistd::Pid;
 
 use super::model::{self, Proc, Stack};
 use super::{AttachError, AttachOptions};
+use crate::backtrace::python::PythonResolver;
 use crate::backtrace::{Frame, ModuleMap, StartRegs, StopReason, Symbolizer, Unwinder};
 use crate::policy::{Action, Condition};
 use crate::run::output::SerException;
+use crate::run::publish::Published;
 use crate::run::report::{format_syscall, ExceptionReport, Section};
 use crate::run::syscalls::{lookup, Desc, Kind};
 use crate::run::tracer::{self, Waited};
-use crate::run::OnException;
+use crate::run::{scm_rights, OnException};
 
 /// SIGINT or SIGTERM reached `handles` (or [`request_end`] was called).
 static END: AtomicI32 = AtomicI32::new(0);
@@ -91,7 +93,7 @@ pub(super) struct SyscallInfo {
     pub(super) op: u8,
     _pad: [u8; 3],
     arch: u32,
-    ip: u64,
+    pub(super) ip: u64,
     sp: u64,
     /// entry: nr, args[6]; exit: rval, is_error.
     data: [u64; 7],
@@ -120,6 +122,10 @@ struct Pending {
     desc: &'static Desc,
     args: [u64; 6],
     close_stack: Option<Stack>,
+    /// getdents64 listing this window process's fds (hidden.rs).
+    listing: Option<i32>,
+    /// poll/ppoll over these quarantined numbers (hidden.rs).
+    polled: Vec<i32>,
 }
 
 pub(super) struct Thread {
@@ -164,6 +170,10 @@ pub(super) struct Window<'a> {
     pub(super) order: Vec<i32>,
     unwinder: Unwinder,
     pub(super) symbolizer: Symbolizer,
+    /// Python frames of CPython processes.
+    python: PythonResolver,
+    /// What `handles PID` reads during the window (published.rs).
+    pub(super) tables: HashMap<i32, Published>,
     pub(super) exceptions: Vec<SerException>,
     pub(super) exception_count: usize,
     /// Exceptions and leak suspects silenced by suppressions.
@@ -184,6 +194,8 @@ pub(super) fn run(tgid: i32, opts: &AttachOptions) -> Result<Outcome, AttachErro
         order: Vec::new(),
         unwinder: Unwinder::new(),
         symbolizer: Symbolizer::new(),
+        python: PythonResolver::new(),
+        tables: HashMap::new(),
         exceptions: Vec::new(),
         exception_count: 0,
         suppressed: 0,
@@ -218,10 +230,11 @@ impl Window<'_> {
         }
         let p = match parent.and_then(|pp| self.procs.get(&pp).map(|p| (pp, p))) {
             Some((pp, p)) => Proc::forked(pp, p, tgid),
-            None => Proc::new(tgid, parent),
+            None => Proc::found(tgid, parent),
         };
         self.procs.insert(tgid, p);
         self.order.push(tgid);
+        self.publish_afresh(tgid);
     }
 
     /// The loop, until the window ends.
@@ -289,6 +302,7 @@ impl Window<'_> {
                 if let Some(p) = self.procs.get_mut(&t.tgid) {
                     p.exited = true;
                 }
+                self.unpublish(t.tgid);
             }
         }
     }
@@ -343,6 +357,7 @@ impl Window<'_> {
                 if let Some(p) = self.procs.get_mut(&tgid) {
                     p.exec(tgid);
                 }
+                self.publish_afresh(tgid);
                 resume(tid, None);
             }
             libc::PTRACE_EVENT_STOP => {
@@ -368,6 +383,13 @@ impl Window<'_> {
         let Some(info) = syscall_info(tid) else {
             return;
         };
+        if let Some(p) = self
+            .threads
+            .get(&tid)
+            .and_then(|t| self.procs.get_mut(&t.tgid))
+        {
+            p.syscall_ip = Some(info.ip);
+        }
         match info.op {
             OP_ENTRY => {
                 let mut args = [0u64; 6];
@@ -388,7 +410,7 @@ impl Window<'_> {
     }
 
     /// The fds a call uses, as the kernel will read them.
-    fn used_fds(desc: &Desc, args: &[u64; 6]) -> Vec<i32> {
+    fn used_fds(tid: i32, desc: &Desc, args: &[u64; 6]) -> Vec<i32> {
         let mut fds = Vec::new();
         for (i, &a) in args.iter().enumerate() {
             let fd = a as i32;
@@ -400,6 +422,13 @@ impl Window<'_> {
         }
         if desc.kind == Kind::Mmap && args[3] & libc::MAP_ANONYMOUS as u64 == 0 {
             fds.push(args[4] as i32);
+        }
+        if desc.kind == Kind::Select {
+            fds.extend(super::hidden::selected_fds(
+                tid,
+                args[0],
+                [args[1], args[2], args[3]],
+            ));
         }
         fds.retain(|&fd| fd >= 0);
         fds
@@ -415,7 +444,7 @@ impl Window<'_> {
             }
             return;
         };
-        for fd in Self::used_fds(desc, &args) {
+        for fd in Self::used_fds(tid, desc, &args) {
             let Some(p) = self.procs.get_mut(&tgid) else {
                 break;
             };
@@ -424,6 +453,7 @@ impl Window<'_> {
                 // (a sweep over every fd): let it have it.
                 if desc.kind == Kind::Close {
                     p.tomb_src = None;
+                    p.dirty.insert(fd);
                 }
                 continue;
             }
@@ -444,15 +474,40 @@ impl Window<'_> {
                 return;
             }
         }
+        if self.names_hidden_entry(tid, tgid, desc, &args) {
+            skip_with(tid, libc::ENOENT);
+            if let Some(t) = self.threads.get_mut(&tid) {
+                t.pending = None;
+            }
+            return;
+        }
+        if self.wrong_object(tid, tgid, desc, args) {
+            if let Some(t) = self.threads.get_mut(&tid) {
+                t.pending = None;
+            }
+            return;
+        }
         let close_stack = match desc.kind {
             Kind::Close => self.stack(tid, tgid),
             _ => None,
+        };
+        let listing = if desc.nr == libc::SYS_getdents64 {
+            self.listing_to_filter(tgid, args[0] as i32)
+        } else {
+            None
+        };
+        let polled = if desc.kind == Kind::Poll {
+            self.polled_hidden(tid, tgid, &args)
+        } else {
+            Vec::new()
         };
         if let Some(t) = self.threads.get_mut(&tid) {
             t.pending = Some(Pending {
                 desc,
                 args,
                 close_stack,
+                listing,
+                polled,
             });
         }
     }
@@ -461,6 +516,19 @@ impl Window<'_> {
         let Some(tgid) = self.threads.get(&tid).map(|t| t.tgid) else {
             return;
         };
+        if let Some(pid) = p.listing {
+            self.filter_listing(tid, p.args[1], ret, pid);
+            return;
+        }
+        if !p.polled.is_empty() {
+            self.fix_poll(tid, &p.args, &p.polled);
+            return;
+        }
+        self.record_exit(tid, tgid, p, ret);
+        self.publish(tgid);
+    }
+
+    fn record_exit(&mut self, tid: i32, tgid: i32, p: Pending, ret: i64) {
         let a = p.args;
         let mut created: Vec<i32> = Vec::new();
         match p.desc.kind {
@@ -469,6 +537,16 @@ impl Window<'_> {
                 created.push(ret as i32)
             }
             Kind::Signalfd if a[0] as i32 == -1 => created.push(ret as i32),
+            // Received handles are the window's to follow like created
+            // ones (their creation stack is the receiving call's).
+            Kind::RecvMsg => created.extend(scm_rights(tid, a[1])),
+            Kind::RecvMmsg => {
+                for i in 0..(ret.clamp(0, 1024) as u64) {
+                    // struct mmsghdr: a msghdr (56 bytes) and its length,
+                    // padded to 64.
+                    created.extend(scm_rights(tid, a[1] + i * 64));
+                }
+            }
             Kind::DupTo => {
                 let new = a[1] as i32;
                 if a[0] != a[1] {
@@ -505,10 +583,18 @@ impl Window<'_> {
                     proc_.close_range(a[0] as i32, last, tid);
                     let range = a[0] as i32..=last;
                     // The kernel closed the tombstones in the range.
+                    let gone: Vec<i32> = proc_
+                        .quarantine
+                        .iter()
+                        .copied()
+                        .filter(|q| range.contains(q))
+                        .chain(proc_.tomb_src.filter(|s| range.contains(s)))
+                        .collect();
                     proc_.quarantine.retain(|q| !range.contains(q));
                     if proc_.tomb_src.is_some_and(|s| range.contains(&s)) {
                         proc_.tomb_src = None;
                     }
+                    proc_.dirty.extend(gone);
                 }
             }
             _ => {}
@@ -517,16 +603,20 @@ impl Window<'_> {
         if created.is_empty() {
             return;
         }
+        if self.judges_new() && self.new_policy(tid, tgid, p.desc, a, &created) {
+            // Closed again: they never were the program's.
+            return;
+        }
         let stack = self.stack(tid, tgid).unwrap_or_default();
         if let Some(proc_) = self.procs.get_mut(&tgid) {
             for fd in created {
-                proc_.create(fd, p.desc.name, stack.clone());
+                proc_.create(fd, p.desc.name, p.desc.nr, stack.clone());
             }
         }
     }
 
     /// The stack of stopped thread `tid`, `--stack-depth` frames deep.
-    fn stack(&mut self, tid: i32, tgid: i32) -> Option<Stack> {
+    pub(super) fn stack(&mut self, tid: i32, tgid: i32) -> Option<Stack> {
         if self.opts.stack_depth == 0 {
             return None;
         }
@@ -554,6 +644,17 @@ impl Window<'_> {
             },
             _ => first.frames,
         };
+        let mut pcs = pcs;
+        // CPython: its Python frames follow as tagged words
+        // (backtrace/python.rs), as the supervisor records them without
+        // the shim.
+        if let Some(interp) = proc_.maps.as_ref().and_then(|m| self.python.interpreter(m)) {
+            // On x86_64 glibc the thread pointer (fs base) is
+            // pthread_self(), which CPython keeps as the thread state's
+            // thread_id.
+            let frames = self.python.capture(tid, tgid, &interp, regs.fs_base);
+            crate::backtrace::python::encode(&frames, &mut pcs);
+        }
         Some(Rc::new(pcs))
     }
 
@@ -568,7 +669,17 @@ impl Window<'_> {
                 Err(_) => return Vec::new(),
             },
         };
-        self.symbolizer.symbolize(&maps, stack, true)
+        let (native, py_frames) = crate::backtrace::python::decode(stack);
+        let mut frames = self.symbolizer.symbolize(&maps, &native, true);
+        if !py_frames.is_empty() {
+            let interp = self.python.interpreter(&maps);
+            let resolved = self.python.resolve(tgid, interp.as_ref(), None, &py_frames);
+            frames = crate::backtrace::python::merge(frames, resolved, &py_frames);
+            for (i, f) in frames.iter_mut().enumerate() {
+                f.index = i;
+            }
+        }
+        frames
     }
 
     /// A use, close or dup of a number closed during the window. Returns
@@ -607,7 +718,7 @@ impl Window<'_> {
             .and_then(|p| p.closed.get(&fd).cloned());
         let here = self.stack(tid, tgid);
         let frames = self.symbolize(tgid, here.as_ref());
-        if self.suppressed_exception(kind, &frames) {
+        if self.suppressed_exception(Condition::BadHandle.name(), kind, &frames) {
             self.suppressed += 1;
             if deny {
                 skip_with_ebadf(tid);
@@ -636,13 +747,7 @@ impl Window<'_> {
                 });
             }
         }
-        let then = match action {
-            Action::Kill => "the process is killed (SIGKILL)".to_string(),
-            _ => match self.opts.on_exception {
-                OnException::Trap => "SIGTRAP follows".to_string(),
-                _ => "the program goes on".to_string(),
-            },
-        };
+        let then = self.then(action);
         let report = ExceptionReport {
             condition: Condition::BadHandle.name().into(),
             kind: kind.into(),
@@ -679,7 +784,29 @@ impl Window<'_> {
             sections,
         };
         self.emit(&report);
+        self.raise(tid, tgid, action);
+        if deny {
+            skip_with_ebadf(tid);
+        }
+        deny
+    }
+
+    /// What follows an exception's report, in words.
+    pub(super) fn then(&self, action: Action) -> String {
         match action {
+            Action::Kill => "the process is killed (SIGKILL)".to_string(),
+            _ => match self.opts.on_exception {
+                OnException::Trap => "SIGTRAP follows".to_string(),
+                _ => "the program goes on".to_string(),
+            },
+        }
+    }
+
+    /// After an exception's report: SIGKILL for `kill`, SIGTRAP to the
+    /// offending thread with `--on-exception trap`.
+    pub(super) fn raise(&self, tid: i32, tgid: i32, action: Action) {
+        match action {
+            Action::Allow | Action::Deny => {}
             Action::Kill => {
                 // SAFETY: kill(2) of the process the report is about.
                 unsafe { libc::kill(tgid, libc::SIGKILL) };
@@ -690,17 +817,18 @@ impl Window<'_> {
             }
             _ => {}
         }
-        if deny {
-            skip_with_ebadf(tid);
-        }
-        deny
     }
 
-    /// Whether a suppression rule silences a bad-handle exception with
-    /// this offending stack.
-    fn suppressed_exception(&self, kind: &str, frames: &[Frame]) -> bool {
+    /// Whether a suppression rule silences an exception of `condition`
+    /// with this offending stack.
+    pub(super) fn suppressed_exception(
+        &self,
+        condition: &str,
+        kind: &str,
+        frames: &[Frame],
+    ) -> bool {
         let event = crate::suppress::Event {
-            report: Condition::BadHandle.name(),
+            report: condition,
             kind,
             ty: "",
             path: "",
@@ -711,7 +839,7 @@ impl Window<'_> {
 
     /// Writes a report (the first of its context in full) and keeps it
     /// for --report/--sarif.
-    fn emit(&mut self, r: &ExceptionReport) {
+    pub(super) fn emit(&mut self, r: &ExceptionReport) {
         self.exception_count += 1;
         let key = r.context_key();
         if let Some(&i) = self.contexts.get(&key) {
@@ -721,7 +849,23 @@ impl Window<'_> {
             return;
         }
         self.contexts.insert(key, self.exceptions.len());
-        let _ = std::io::stderr().write_all(r.render().as_bytes());
+        let mut text = r.render();
+        if self.opts.gen_suppressions {
+            // Printed bare after the report, ready to paste into a
+            // suppressions file, as `handles run` prints it.
+            let frames = r
+                .sections
+                .first()
+                .map(|s| crate::suppress::FrameRef::all(&s.frames))
+                .unwrap_or_default();
+            text.push_str(&crate::suppress::exception_rule(
+                &r.condition,
+                &r.kind,
+                "",
+                &frames,
+            ));
+        }
+        let _ = std::io::stderr().write_all(text.as_bytes());
         self.exceptions.push(SerException::first_of(r));
     }
 }
@@ -733,9 +877,14 @@ fn resume(tid: i32, sig: Option<Signal>) {
 
 /// At a syscall entry: the call is not run and returns -EBADF.
 fn skip_with_ebadf(tid: i32) {
+    skip_with(tid, libc::EBADF);
+}
+
+/// At a syscall entry: the call is not run and returns -`errno`.
+pub(super) fn skip_with(tid: i32, errno: i32) {
     if let Ok(mut regs) = tracer::getregs(tid) {
         regs.orig_rax = u64::MAX;
-        regs.rax = (-libc::EBADF as i64) as u64;
+        regs.rax = (-(errno as i64)) as u64;
         let _ = tracer::setregs(tid, &regs);
     }
 }

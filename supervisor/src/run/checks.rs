@@ -1352,7 +1352,7 @@ impl Job {
 
 /// The object types a syscall's first (fd) argument must have, and the
 /// errno the kernel gives for any other.
-pub(super) fn expected_object(name: &str) -> Option<(&'static [ObjType], i32)> {
+pub(crate) fn expected_object(name: &str) -> Option<(&'static [ObjType], i32)> {
     const SOCK: &[ObjType] = &[ObjType::Socket, ObjType::Channel];
     Some(match name {
         "connect" | "accept" | "accept4" | "sendto" | "recvfrom" | "sendmsg" | "recvmsg"
@@ -1400,7 +1400,7 @@ pub(super) fn judged_at_every_call(desc: &Desc, policy: &Policy, budget: bool) -
 }
 
 /// A socket's type in the model: AF_UNIX sockets are channels.
-pub(super) fn refine_socket(tgid: i32, fd: i32, ty: ObjType) -> ObjType {
+pub(crate) fn refine_socket(tgid: i32, fd: i32, ty: ObjType) -> ObjType {
     if ty == ObjType::Socket
         && crate::inspect::classify::sock_protocol_name(tgid, fd)
             .is_some_and(|p| p.starts_with("UNIX"))
@@ -1415,7 +1415,7 @@ pub(super) fn refine_socket(tgid: i32, fd: i32, ty: ObjType) -> ObjType {
 /// `/proc/PID/fd` directory fd (`dir`) when there is one: what a later
 /// report says the handle was. Taken at every close, so it avoids the full
 /// /proc path walk.
-pub(super) fn object_facts_at(
+pub(crate) fn object_facts_at(
     dir: Option<&std::os::fd::OwnedFd>,
     tgid: i32,
     fd: i32,

@@ -323,7 +323,7 @@ impl Job {
 }
 
 /// The fds a received message carries in SCM_RIGHTS control messages.
-pub(super) fn scm_rights(tid: i32, msghdr: u64) -> Vec<i32> {
+pub(crate) fn scm_rights(tid: i32, msghdr: u64) -> Vec<i32> {
     let mut fds = Vec::new();
     // struct msghdr: name(8) namelen(4)+pad(4) iov(8) iovlen(8) control(8) controllen(8) flags(4)
     let Ok(control) = tracer::read_u64(tid, msghdr + 32) else {
@@ -360,7 +360,7 @@ pub(super) fn scm_rights(tid: i32, msghdr: u64) -> Vec<i32> {
 
 /// At a poll/ppoll exit: entries naming a hidden number (a tombstone) get
 /// POLLNVAL, as a closed fd does natively, and the count is redone.
-fn fix_poll(tid: i32, entry: &Regs, exit: &Regs, hidden: &[i32]) {
+pub(crate) fn fix_poll(tid: i32, entry: &Regs, exit: &Regs, hidden: &[i32]) {
     if (exit.rax as i64) < 0 {
         return;
     }

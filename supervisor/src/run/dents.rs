@@ -17,7 +17,7 @@ use super::shimtable::ShimSays;
 /// directory's link, or a path a program names: `/proc/PID/fd`,
 /// `/proc/PID/fdinfo`, per thread, `self`), `tgid` being the process that
 /// resolves it.
-pub(super) fn listed_pid(target: &str, tgid: i32) -> Option<i32> {
+pub(crate) fn listed_pid(target: &str, tgid: i32) -> Option<i32> {
     match fdpath::listing(target.as_bytes())? {
         Whose::This => Some(tgid),
         Whose::Pid(p) => Some(p),
@@ -27,7 +27,7 @@ pub(super) fn listed_pid(target: &str, tgid: i32) -> Option<i32> {
 /// Removes from a `linux_dirent64` buffer the records whose name is a
 /// number `hide` says is hidden. Returns the compacted buffer; malformed
 /// records end the walk (what was read so far is kept).
-pub(super) fn filter_dirents(buf: &[u8], hide: impl Fn(i32) -> bool) -> Vec<u8> {
+pub(crate) fn filter_dirents(buf: &[u8], hide: impl Fn(i32) -> bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(buf.len());
     let mut off = 0usize;
     while off + 19 <= buf.len() {

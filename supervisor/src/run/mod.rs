@@ -42,5 +42,9 @@ pub mod syscalls;
 pub mod tracer;
 
 pub use job::{Exit, Job, OnException, Outcome, RunError, RunOptions};
+// What `handles attach` shares with the job's checks.
+pub(crate) use checks::{expected_object, object_facts_at, refine_socket};
+pub(crate) use creation::{fix_poll, scm_rights};
+pub(crate) use dents::{filter_dirents, listed_pid};
 pub use leaks::LeakMode;
 pub use syscalls::CheckLevel;
