@@ -242,6 +242,11 @@ impl ShimTable {
     /// with their slots only: a caller reads the records of those it
     /// keeps ([`ShimTable::records`]).
     pub(super) fn open_slots(&self, fds: &[i32]) -> Vec<(i32, SlotValue)> {
+        if self.mapped.get().is_none() {
+            if let Some(v) = announced_open_slots(self.tgid, self.fd, fds) {
+                return v;
+            }
+        }
         let Some(Ok(view)) = self.table().map(|m| m.view()) else {
             return Vec::new();
         };
@@ -434,6 +439,47 @@ fn announced_header_mixer(tgid: i32, fd: i32) -> Option<u32> {
         unsafe { std::slice::from_raw_parts(header.as_ptr().cast::<u8>(), table::HEADER_SIZE) };
     let view = table::TableView::new(bytes).ok()?;
     is_shims_table_of(&view, tgid).then(|| view.mixer())
+}
+
+/// The open slots among `fds` of the table the shim of process `tgid`
+/// announced at `fd`, read with one `pread` (the header and the slots up
+/// to the highest fd asked) instead of a mapping: a leak check at exit
+/// mostly finds nothing to read records of, and the mapping's `munmap`
+/// would flush the TLBs of every CPU the supervisor ran on (an IPI).
+/// None when it cannot be read that way (the caller maps it).
+fn announced_open_slots(tgid: i32, fd: i32, fds: &[i32]) -> Option<Vec<(i32, SlotValue)>> {
+    use std::os::fd::AsRawFd;
+    let Some(max) = fds.iter().copied().filter(|&f| f >= 0).max() else {
+        return Some(Vec::new());
+    };
+    let len = table::HEADER_SIZE + (max as usize + 1) * table::SLOT_SIZE;
+    if len > 1 << 20 {
+        return None;
+    }
+    let f = open_announced(tgid, fd)?;
+    // u64s: the header's and the slots' alignment.
+    let mut buf = vec![0u64; len.div_ceil(8)];
+    // SAFETY: pread into a local buffer of at least len bytes.
+    let n = unsafe { libc::pread(f.as_raw_fd(), buf.as_mut_ptr().cast(), len, 0) };
+    if n < table::HEADER_SIZE as isize {
+        return None;
+    }
+    // SAFETY: the first n bytes of buf, initialised, viewed as bytes.
+    let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n as usize) };
+    let view = table::TableView::new(bytes).ok()?;
+    if !is_shims_table_of(&view, tgid) {
+        return None;
+    }
+    Some(
+        fds.iter()
+            .copied()
+            .filter_map(|fd| {
+                view.slot(fd)
+                    .filter(|v| v.state == state::OPEN)
+                    .map(|v| (fd, v))
+            })
+            .collect(),
+    )
 }
 
 /// Will the image thread `tid` of process `tgid` just exec'd load the
