@@ -192,7 +192,7 @@ pub fn spawn(
         v.extend(argv.iter().skip(1).cloned());
         cstrings(v)?
     };
-    let alarm_ignored = super::job::ALARM_IGNORED.load(std::sync::atomic::Ordering::SeqCst);
+    let alarm_ignored = super::signals::ALARM_IGNORED.load(std::sync::atomic::Ordering::SeqCst);
     let argv_p = ptrs(&argv_c);
     let env_p = ptrs(&env_c);
     let sh_argv_p = ptrs(&sh_argv_c);
