@@ -62,7 +62,8 @@ impl Job {
     }
 
     /// `--gen-suppressions`: the rule that matches exactly this report.
-    /// Its object type is the one suppression matching sees (checks.rs):
+    /// Its object type is the one suppression matching sees
+    /// (`bad_handle_report`):
     /// the closed handle's, which the table still holds at this point.
     fn rule_for(&self, report: &ExceptionReport) -> String {
         let ty = match (report.condition.as_str(), report.fd) {

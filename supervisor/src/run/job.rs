@@ -1287,7 +1287,7 @@ impl Job {
             });
             if let Some(tgid) = self.threads.get(&tid).map(|t| t.tgid).filter(|_| last) {
                 // A test still running at exit ends with the process
-                // (pertest.rs): its report comes first.
+                // (checkpoint.rs): its report comes first.
                 self.end_of_tests(tid, tgid);
                 self.leak_check(tid, tgid);
             }
