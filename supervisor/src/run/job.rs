@@ -667,7 +667,7 @@ impl Job {
         };
         let nested = self.nested_policy(tgid, var(penv::POLICY.name().as_bytes()));
         let awaiting_shim = self.opts.shim.as_deref().is_some_and(|shim| {
-            super::shimtable::will_load(tid, tgid, shim, var(b"LD_PRELOAD"), info.as_ref())
+            super::shimtable::will_load(&stop, tgid, shim, var(b"LD_PRELOAD"), info.as_ref())
         });
         let lenient = self.procs.get(&tgid).is_some_and(|p| !p.strict);
         if self.opts.inherit_check && !spawn_exec {

@@ -414,7 +414,7 @@ fn announced_header_mixer(tgid: i32, fd: i32) -> Option<u32> {
 /// with no announcement, which only leaves quarantine on). `info`, the
 /// exec stop's initial stack, answers without /proc when it could be read.
 pub(super) fn will_load(
-    tid: i32,
+    stop: &super::tracer::Stopped,
     tgid: i32,
     shim: &std::path::Path,
     preload: Option<&[u8]>,
@@ -438,7 +438,7 @@ pub(super) fn will_load(
         return false;
     }
     match info {
-        Some(_) => super::execinfo::loader_is_glibc(tid, base),
+        Some(_) => super::execinfo::loader_is_glibc(stop.tid(), base),
         None => glibc_loader_at(tgid, base),
     }
 }
