@@ -3,7 +3,7 @@
 use handles_model::protocol::env as penv;
 use handles_supervisor::policy::{Policy, PolicyText};
 use handles_supervisor::run::front::{self, Role};
-use handles_supervisor::run::job::install_forwarding;
+use handles_supervisor::run::signals::install_forwarding;
 use handles_supervisor::run::{
     CheckLevel, Job, LeakMode, OnException, Outcome, RunError, RunOptions,
 };

@@ -18,7 +18,7 @@ use handles_model::fdpath::{self, Whose};
 
 use super::window::Window;
 use crate::run::syscalls::{path_arg, Desc};
-use crate::run::tracer;
+use crate::run::tracer::{self, Stopped};
 use crate::run::{filter_dirents, fix_poll, listed_pid};
 
 /// The fds of a poll/ppoll call's array (at most 4,096 entries read).
@@ -113,7 +113,9 @@ impl Window<'_> {
         let mut entry = exit;
         entry.rdi = args[0];
         entry.rsi = args[1];
-        fix_poll(tid, &entry, &exit, hidden);
+        // This window's loop holds the thread's stop (run/'s loop owns
+        // its own, attach's these): the reader the job's checks take.
+        fix_poll(&Stopped::reported(tid), &entry, &exit, hidden);
     }
 
     /// At a getdents64 entry on `fd`: the window process whose fds the

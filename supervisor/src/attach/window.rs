@@ -24,7 +24,7 @@ use crate::run::output::SerException;
 use crate::run::publish::Published;
 use crate::run::report::{format_syscall, ExceptionReport, Section};
 use crate::run::syscalls::{lookup, Desc, Kind};
-use crate::run::tracer::{self, Waited};
+use crate::run::tracer::{self, Stopped, Waited};
 use crate::run::{scm_rights, OnException};
 
 /// SIGINT or SIGTERM reached `handles` (or [`request_end`] was called).
@@ -539,12 +539,13 @@ impl Window<'_> {
             Kind::Signalfd if a[0] as i32 == -1 => created.push(ret as i32),
             // Received handles are the window's to follow like created
             // ones (their creation stack is the receiving call's).
-            Kind::RecvMsg => created.extend(scm_rights(tid, a[1])),
+            // The window's loop holds this stop: the job's reader of it.
+            Kind::RecvMsg => created.extend(scm_rights(&Stopped::reported(tid), a[1])),
             Kind::RecvMmsg => {
                 for i in 0..(ret.clamp(0, 1024) as u64) {
                     // struct mmsghdr: a msghdr (56 bytes) and its length,
                     // padded to 64.
-                    created.extend(scm_rights(tid, a[1] + i * 64));
+                    created.extend(scm_rights(&Stopped::reported(tid), a[1] + i * 64));
                 }
             }
             Kind::DupTo => {

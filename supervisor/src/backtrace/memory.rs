@@ -1,7 +1,9 @@
-//! Reading another process's memory: `process_vm_readv` first (one syscall
-//! per window, no file descriptor), `/proc/TID/mem` when that is refused
-//! (kernels built without CONFIG_CROSS_MEMORY_ATTACH, or a seccomp policy in
-//! the supervisor's own sandbox).
+//! Reading another process's memory, for the whole crate (the unwinder,
+//! the exec stop's initial stack, `run::tracer`'s reads at a stop):
+//! `process_vm_readv` first (one syscall per window, no file descriptor),
+//! `/proc/TID/mem` when that is refused (kernels built without
+//! CONFIG_CROSS_MEMORY_ATTACH, or a seccomp policy in the supervisor's own
+//! sandbox).
 
 use std::fs::File;
 use std::io::{self, IoSliceMut};
@@ -40,21 +42,32 @@ fn vm_readv(tid: i32, addr: u64, buf: &mut [u8]) -> Result<usize, Errno> {
     // The kernel does not split one remote iovec on a fault: either all of
     // it is copied or none. One iovec per page makes a read that runs off the
     // end of a mapping return the pages before it.
-    let mut remote = Vec::with_capacity(buf.len() / PAGE as usize + 2);
     let end = addr.checked_add(buf.len() as u64).ok_or(Errno::EFAULT)?;
+    let pages = (end.div_ceil(PAGE) - addr / PAGE) as usize;
+    // A stop's reads (a poll array, a pipe's two fds, a path) span a page
+    // or two: their iovecs stay on the stack.
+    const INLINE: usize = 4;
+    let mut inline = [RemoteIoVec { base: 0, len: 0 }; INLINE];
+    let mut heap = Vec::new();
+    let remote: &mut [RemoteIoVec] = if pages <= INLINE {
+        &mut inline[..pages]
+    } else {
+        heap.resize(pages, RemoteIoVec { base: 0, len: 0 });
+        &mut heap
+    };
     let mut at = addr;
-    while at < end {
+    for slot in remote.iter_mut() {
         let stop = ((at / PAGE) + 1)
             .checked_mul(PAGE)
             .map_or(end, |next| next.min(end));
-        remote.push(RemoteIoVec {
+        *slot = RemoteIoVec {
             base: usize::try_from(at).map_err(|_| Errno::EFAULT)?,
             len: (stop - at) as usize,
-        });
+        };
         at = stop;
     }
     let mut local = [IoSliceMut::new(buf)];
-    process_vm_readv(Pid::from_raw(tid), &mut local, &remote)
+    process_vm_readv(Pid::from_raw(tid), &mut local, remote)
 }
 
 fn read_proc_mem(mem: &File, addr: u64, buf: &mut [u8]) -> io::Result<usize> {
@@ -91,6 +104,72 @@ pub(crate) fn read_exact(tid: i32, addr: u64, len: usize) -> io::Result<Vec<u8>>
         ));
     }
     Ok(buf)
+}
+
+/// Appends up to `len` bytes of `tid`'s memory at `addr` to `out`, fewer
+/// when the range runs into unmapped memory; returns how many. A dead
+/// tracee reads as nothing. Reads into `out`'s spare capacity: the
+/// exec stop reads up to a MiB of stack this way without zeroing it first.
+pub(crate) fn read_append(tid: i32, addr: u64, len: usize, out: &mut Vec<u8>) -> usize {
+    let Some(end) = addr.checked_add(len as u64) else {
+        return 0;
+    };
+    let mut remote = Vec::with_capacity(len / PAGE as usize + 2);
+    let mut at = addr;
+    while at < end {
+        let next = ((at / PAGE) + 1).saturating_mul(PAGE).min(end);
+        remote.push(libc::iovec {
+            iov_base: at as *mut libc::c_void,
+            iov_len: (next - at) as usize,
+        });
+        at = next;
+    }
+    // IOV_MAX; MAX_STACK keeps us far below it.
+    remote.truncate(1024);
+    let len = remote.iter().map(|v| v.iov_len).sum::<usize>();
+    out.reserve(len);
+    let spare = out.spare_capacity_mut();
+    let local = libc::iovec {
+        iov_base: spare.as_mut_ptr().cast(),
+        iov_len: len,
+    };
+    // SAFETY: local points at `len` bytes of out's spare capacity, which
+    // the kernel only writes; the remote iovecs are only interpreted in
+    // the tracee's address space.
+    let n = unsafe {
+        libc::process_vm_readv(
+            tid,
+            &local,
+            1,
+            remote.as_ptr(),
+            remote.len() as libc::c_ulong,
+            0,
+        )
+    };
+    let Ok(n) = usize::try_from(n) else {
+        return match Errno::last() {
+            Errno::EPERM | Errno::ENOSYS | Errno::EACCES => {
+                append_from_proc_mem(tid, addr, len, out)
+            }
+            _ => 0,
+        };
+    };
+    let n = n.min(len);
+    // SAFETY: process_vm_readv wrote n bytes at the start of the spare
+    // capacity, so they are initialised; n <= len <= spare capacity.
+    unsafe { out.set_len(out.len() + n) };
+    n
+}
+
+fn append_from_proc_mem(tid: i32, addr: u64, len: usize, out: &mut Vec<u8>) -> usize {
+    let Ok(mem) = File::open(format!("/proc/{tid}/mem")) else {
+        return 0;
+    };
+    let old = out.len();
+    out.resize(old + len, 0);
+    let n = read_proc_mem(&mem, addr, &mut out[old..]).unwrap_or(0);
+    out.truncate(old + n);
+    n
 }
 
 pub(crate) fn with_context(e: io::Error, what: String) -> io::Error {

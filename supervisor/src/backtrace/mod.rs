@@ -30,7 +30,7 @@
 
 mod elf;
 mod maps;
-mod memory;
+pub(crate) mod memory;
 pub mod python;
 mod symbolize;
 mod unwind;

@@ -2,7 +2,21 @@
 //! tables) by predicting the new fd and confirming it at the next stop;
 //! registering what they made, SCM_RIGHTS included.
 
-use super::job::*;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use handles_model::report::Title;
+use handles_model::ObjType;
+
+use super::fdtable::{ObjectFacts, Origin, Slot, Stack};
+use super::procfs::{fd_exists, refine_socket};
+use super::report::{ExceptionReport, Section};
+use super::state::{ExitWork, Job, Predicted};
+use super::syscalls::{Desc, Kind};
+use super::tracer;
+use super::tracer::{Regs, Resumed, Stopped};
+use crate::json;
+use crate::policy::{Action, Condition};
 
 impl Job {
     /// Confirms a predicted creation at the thread's next stop.
@@ -90,11 +104,17 @@ impl Job {
         true
     }
 
-    pub(super) fn follow_to_exit(&mut self, tid: i32, tgid: i32, desc: &'static Desc, regs: Regs) {
-        let stack = self.capture_stack(tid, tgid, Some(&regs));
+    pub(super) fn follow_to_exit(
+        &mut self,
+        stop: Stopped,
+        tgid: i32,
+        desc: &'static Desc,
+        regs: Regs,
+    ) -> Resumed {
+        let tid = stop.tid();
+        let stack = self.capture_stack(&stop, tgid, Some(&regs));
         if self.predict(tid, tgid, desc, &regs, &stack) {
-            self.resume(tid, None);
-            return;
+            return stop.cont();
         }
         if let Some(t) = self.threads.get_mut(&tid) {
             t.pending = Some(ExitWork::Create {
@@ -103,81 +123,11 @@ impl Job {
                 stack,
             });
         }
-        let _ = ptrace::syscall(Pid::from_raw(tid), None);
+        stop.to_exit()
     }
 
-    pub(super) fn on_syscall_exit(&mut self, tid: i32) {
-        let Some(work) = self.threads.get_mut(&tid).and_then(|t| t.pending.take()) else {
-            self.resume(tid, None);
-            return;
-        };
-        let Ok(regs) = tracer::getregs(tid) else {
-            return;
-        };
-        let Some(tgid) = self.threads.get(&tid).map(|t| t.tgid) else {
-            return;
-        };
-        let ret = regs.rax as i64;
-        match work {
-            ExitWork::Listing { entry, pid } => self.filter_listing(tid, &entry, &regs, pid),
-            ExitWork::Poll { entry, hidden } => {
-                fix_poll(tid, &entry, &regs, &hidden);
-                self.resume(tid, None);
-            }
-            ExitWork::Release => {
-                let mut done = regs;
-                done.rax = (-(libc::EBADF as i64)) as u64;
-                let _ = tracer::setregs(tid, &done);
-                self.resume(tid, None);
-            }
-            ExitWork::CloseRange { entry } => {
-                if ret == 0 {
-                    self.after_close_range(tid, tgid, &entry);
-                }
-                self.resume(tid, None);
-            }
-            ExitWork::Create { desc, entry, stack } => {
-                if matches!(errno_of(ret), Some(libc::EMFILE) | Some(libc::ENFILE)) {
-                    match self.release_tombstones(tid, &regs, true) {
-                        Ok(true) => {
-                            // Retry the call now that the numbers are free:
-                            // the program never sees an early EMFILE.
-                            let mut again = entry;
-                            again.rax = entry.orig_rax;
-                            again.rip = entry.rip.wrapping_sub(tracer::SYSCALL_INSN_LEN);
-                            let _ = tracer::setregs(tid, &again);
-                            self.resume(tid, None);
-                            return;
-                        }
-                        Ok(false) => {}
-                        Err(_) => return,
-                    }
-                }
-                if ret >= 0 {
-                    // Near FD_SETSIZE the quarantine must give its numbers
-                    // back: natively they would be free, and a select() user
-                    // must keep getting fds below 1024.
-                    let crowded = self.threads.get(&tid).is_some_and(|t| {
-                        let t = t.table.borrow();
-                        t.quarantined() > 0 && t.used() + 16 >= 1024
-                    });
-                    if crowded {
-                        match self.release_tombstones(tid, &regs, false) {
-                            Ok(_) => {
-                                let _ = tracer::setregs(tid, &regs);
-                            }
-                            Err(_) => return,
-                        }
-                    }
-                    self.after_create(tid, tgid, desc, &entry, ret, stack);
-                } else {
-                    self.resume(tid, None);
-                }
-            }
-        }
-    }
-
-    pub(super) fn after_close_range(&mut self, tid: i32, tgid: i32, entry: &Regs) {
+    pub(super) fn after_close_range(&mut self, stop: &Stopped, tgid: i32, entry: &Regs) {
+        let tid = stop.tid();
         let (first, last, flags) = (entry.rdi as u32, entry.rsi as u32, entry.rdx as u32);
         const CLOSE_RANGE_UNSHARE: u32 = 2;
         const CLOSE_RANGE_CLOEXEC: u32 = 4;
@@ -190,7 +140,7 @@ impl Job {
         if flags & CLOSE_RANGE_CLOEXEC != 0 {
             return;
         }
-        let stack = self.capture_stack(tid, tgid, Some(entry));
+        let stack = self.capture_stack(stop, tgid, Some(entry));
         let Some(t) = self.threads.get(&tid) else {
             return;
         };
@@ -223,33 +173,34 @@ impl Job {
     /// Registers the fds a successful creating call made.
     pub(super) fn after_create(
         &mut self,
-        tid: i32,
+        stop: Stopped,
         tgid: i32,
         desc: &'static Desc,
         entry: &Regs,
         ret: i64,
         stack: Option<Stack>,
-    ) {
+    ) -> Resumed {
+        let tid = stop.tid();
         let a = tracer::args(entry);
         let mut new_fds: Vec<i32> = Vec::new();
         let mut origin = Origin::Syscall(desc.name);
         match desc.kind {
             Kind::Pipe | Kind::SocketPair => {
                 let ptr = if desc.kind == Kind::Pipe { a[0] } else { a[3] };
-                if let Ok(b) = tracer::read_mem(tid, ptr, 8) {
+                if let Ok(b) = stop.read_mem(ptr, 8) {
                     new_fds.push(i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
                     new_fds.push(i32::from_ne_bytes([b[4], b[5], b[6], b[7]]));
                 }
             }
             Kind::RecvMsg => {
                 origin = Origin::Received;
-                new_fds.extend(scm_rights(tid, a[1]));
+                new_fds.extend(scm_rights(&stop, a[1]));
             }
             Kind::RecvMmsg => {
                 origin = Origin::Received;
                 for i in 0..(ret.clamp(0, 1024) as u64) {
                     // struct mmsghdr { struct msghdr (56 bytes); unsigned msg_len; } padded to 64.
-                    new_fds.extend(scm_rights(tid, a[1] + i * 64));
+                    new_fds.extend(scm_rights(&stop, a[1] + i * 64));
                 }
             }
             Kind::DupTo => {
@@ -303,8 +254,8 @@ impl Job {
                 if let Some(p) = self.procs.get_mut(&tgid) {
                     p.over_budget = true;
                 }
-                self.over_budget(tid, tgid, desc, entry, count, max, new_fds.last().copied());
-                return;
+                let newest = new_fds.last().copied();
+                return self.over_budget(stop, tgid, desc, entry, count, max, newest);
             }
         }
         let new_policy_active = self.procs.get(&tgid).is_some_and(|p| {
@@ -312,30 +263,132 @@ impl Job {
                 .entries()
                 .any(|(c, e)| c.is_new() && e.action != Action::Allow)
         });
-        if new_policy_active
-            && !new_fds.is_empty()
-            && self.new_policy(tid, tgid, desc, entry, &new_fds)
-        {
-            return;
+        if new_policy_active && !new_fds.is_empty() {
+            return match self.new_policy(stop, tgid, desc, entry, &new_fds) {
+                Ok(done) => done,
+                Err(stop) => stop.cont(),
+            };
         }
-        self.resume(tid, None);
+        stop.cont()
+    }
+
+    /// Applies the new-* conditions to freshly created fds. Gives the stop
+    /// back when they have nothing to say.
+    pub(super) fn new_policy(
+        &mut self,
+        stop: Stopped,
+        tgid: i32,
+        desc: &'static Desc,
+        entry: &Regs,
+        fds: &[i32],
+    ) -> Result<Resumed, Stopped> {
+        let tid = stop.tid();
+        if self.made_by_loader(&stop, tgid, entry.rip) {
+            // The dynamic loader's opens (the libraries it maps, the
+            // preloaded shim) are not the program's handles.
+            return Err(stop);
+        }
+        let policy = self.policy_of(tgid);
+        let mut worst: Option<(Action, &'static str, i32)> = None;
+        for &fd in fds {
+            let facts = self.object_facts(tgid, fd);
+            let ty = ObjType::from_name(facts.ty).unwrap_or(ObjType::Unknown);
+            let ty = refine_socket(tgid, fd, ty);
+            let action = policy.action_for_new(ty);
+            if action != Action::Allow {
+                worst = Some((action, ty.name(), fd));
+                break;
+            }
+        }
+        let Some((action, ty, fd)) = worst else {
+            return Err(stop);
+        };
+        let condition =
+            Condition::for_new_object(ObjType::from_name(ty).unwrap_or(ObjType::Unknown));
+        let deny = matches!(action, Action::Deny | Action::DenyException);
+        if deny {
+            let Ok(mut exit) = stop.regs() else {
+                return Ok(stop.gone());
+            };
+            for &f in fds {
+                match stop.inject_at_exit(
+                    &exit,
+                    libc::SYS_close,
+                    [f as u64, self.cookie, 0, 0, 0, 0],
+                    &mut self.deferred,
+                ) {
+                    Ok((_, e)) => exit = e,
+                    Err(_) => return Ok(stop.gone()),
+                }
+                if let Some(t) = self.threads.get(&tid) {
+                    t.table.borrow_mut().close(
+                        f,
+                        None,
+                        tgid,
+                        ObjectFacts::default(),
+                        "policy deny",
+                        false,
+                    );
+                }
+            }
+            let mut done = *entry;
+            done.rax = (-(libc::EPERM as i64)) as u64;
+            let _ = stop.set_regs(&done);
+        }
+        if matches!(
+            action,
+            Action::AllowException | Action::DenyException | Action::Kill
+        ) {
+            let regs = *entry;
+            let frames = self.offending_stack(&stop, tgid, &regs);
+            let report = ExceptionReport {
+                handle: Some(format!("fd {fd}: new {ty}")),
+                handle_json: Some(json::Handle {
+                    ty: Some(ty.into()),
+                    ..json::Handle::fd_only(fd, json::HandleState::Open)
+                }),
+                what: format!("creation of a {ty} handle"),
+                outcome: if deny {
+                    "the call fails with EPERM".into()
+                } else {
+                    "the call succeeds".into()
+                },
+                sections: vec![Section {
+                    title: Title::Backtrace.to_string(),
+                    frames,
+                }],
+                ..self.report_head(
+                    condition.to_string(),
+                    condition.to_string(),
+                    Some(fd),
+                    action.to_string(),
+                    tid,
+                    tgid,
+                    desc,
+                    entry,
+                )
+            };
+            self.emit(&report);
+            return Ok(self.raise(stop, tgid, action));
+        }
+        Ok(stop.cont())
     }
 }
 
 /// The fds a received message carries in SCM_RIGHTS control messages.
-pub(crate) fn scm_rights(tid: i32, msghdr: u64) -> Vec<i32> {
+pub(crate) fn scm_rights(stop: &Stopped, msghdr: u64) -> Vec<i32> {
     let mut fds = Vec::new();
     // struct msghdr: name(8) namelen(4)+pad(4) iov(8) iovlen(8) control(8) controllen(8) flags(4)
-    let Ok(control) = tracer::read_u64(tid, msghdr + 32) else {
+    let Ok(control) = stop.read_u64(msghdr + 32) else {
         return fds;
     };
-    let Ok(len) = tracer::read_u64(tid, msghdr + 40) else {
+    let Ok(len) = stop.read_u64(msghdr + 40) else {
         return fds;
     };
     if control == 0 || len < 16 {
         return fds;
     }
-    let Ok(buf) = tracer::read_mem(tid, control, (len as usize).min(64 * 1024)) else {
+    let Ok(buf) = stop.read_mem(control, (len as usize).min(64 * 1024)) else {
         return fds;
     };
     let mut off = 0usize;
@@ -360,12 +413,12 @@ pub(crate) fn scm_rights(tid: i32, msghdr: u64) -> Vec<i32> {
 
 /// At a poll/ppoll exit: entries naming a hidden number (a tombstone) get
 /// POLLNVAL, as a closed fd does natively, and the count is redone.
-pub(crate) fn fix_poll(tid: i32, entry: &Regs, exit: &Regs, hidden: &[i32]) {
+pub(crate) fn fix_poll(stop: &Stopped, entry: &Regs, exit: &Regs, hidden: &[i32]) {
     if (exit.rax as i64) < 0 {
         return;
     }
     let n = (entry.rsi as usize).min(4096);
-    let Ok(mut buf) = tracer::read_mem(tid, entry.rdi, n * 8) else {
+    let Ok(mut buf) = stop.read_mem(entry.rdi, n * 8) else {
         return;
     };
     let mut ready = 0u64;
@@ -378,9 +431,9 @@ pub(crate) fn fix_poll(tid: i32, entry: &Regs, exit: &Regs, hidden: &[i32]) {
             ready += 1;
         }
     }
-    if tracer::write_mem(tid, entry.rdi, &buf).is_ok() {
+    if stop.write_mem(entry.rdi, &buf).is_ok() {
         let mut done = *exit;
         done.rax = ready;
-        let _ = tracer::setregs(tid, &done);
+        let _ = stop.set_regs(&done);
     }
 }

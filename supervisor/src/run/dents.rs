@@ -10,8 +10,10 @@
 
 use handles_model::fdpath::{self, Whose};
 
-use super::job::*;
 use super::shimtable::ShimSays;
+use super::state::{ExitWork, Job};
+use super::tracer;
+use super::tracer::{Regs, Resumed, Stopped};
 
 /// The process whose fds the directory at `target` lists (an fd
 /// directory's link, or a path a program names: `/proc/PID/fd`,
@@ -53,11 +55,11 @@ pub(crate) fn filter_dirents(buf: &[u8], hide: impl Fn(i32) -> bool) -> Vec<u8> 
 impl Job {
     /// At a getdents64 entry: if the directory lists the fds of a job
     /// process that has hidden numbers, follow the call to its exit.
-    pub(super) fn watch_listing(&mut self, tid: i32, tgid: i32, regs: &Regs) -> bool {
+    pub(super) fn watch_listing(&mut self, stop: Stopped, tgid: i32, regs: &Regs) -> Resumed {
         let fd = regs.rdi as i32;
         let facts = self.object_facts(tgid, fd);
         let Some(pid) = listed_pid(&facts.target, tgid) else {
-            return false;
+            return stop.cont();
         };
         self.sync_shim_of(pid);
         let hides = self
@@ -70,26 +72,12 @@ impl Job {
             })
             || self.procs.get(&pid).is_some_and(|p| p.shim.is_some());
         if !hides {
-            return false;
+            return stop.cont();
         }
-        if let Some(t) = self.threads.get_mut(&tid) {
+        if let Some(t) = self.threads.get_mut(&stop.tid()) {
             t.pending = Some(ExitWork::Listing { entry: *regs, pid });
         }
-        let _ = ptrace::syscall(Pid::from_raw(tid), None);
-        true
-    }
-
-    /// Brings job process `pid`'s model in line with its shim's table
-    /// (found if it was not yet), through any of its threads.
-    fn sync_shim_of(&mut self, pid: i32) {
-        let thread = self
-            .threads
-            .iter()
-            .find(|(_, t)| t.tgid == pid)
-            .map(|(&k, _)| k);
-        if let Some(tid) = thread {
-            self.sync_shim(tid, pid);
-        }
+        stop.to_exit()
     }
 
     /// Whether fd `fd` of job process `pid` is one the program must not
@@ -108,8 +96,8 @@ impl Job {
     /// an fd-table entry of a job process that is hidden
     /// ([`Job::hidden_in`]): `/dev/fd/N`, `/proc/self/fd/N`,
     /// `/proc/PID/fdinfo/N`... (`fdpath::entry`).
-    pub(super) fn names_hidden_entry(&mut self, tid: i32, tgid: i32, addr: u64) -> bool {
-        let Some(path) = tracer::read_head(tid, addr, 64) else {
+    pub(super) fn names_hidden_entry(&mut self, stop: &Stopped, tgid: i32, addr: u64) -> bool {
+        let Some(path) = stop.read_head(addr, 64) else {
             return false;
         };
         if !fdpath::may_name_table(&path) {
@@ -133,39 +121,40 @@ impl Job {
     /// At the getdents64 exit: drop the hidden entries. If that leaves
     /// nothing of a non-empty batch, the call is run again for the next
     /// batch (returning 0 would tell the program the listing ended).
-    pub(super) fn filter_listing(&mut self, tid: i32, entry: &Regs, exit: &Regs, pid: i32) {
+    pub(super) fn filter_listing(
+        &mut self,
+        stop: Stopped,
+        entry: &Regs,
+        exit: &Regs,
+        pid: i32,
+    ) -> Resumed {
         let ret = exit.rax as i64;
         if ret <= 0 {
-            self.resume(tid, None);
-            return;
+            return stop.cont();
         }
-        let Ok(buf) = tracer::read_mem(tid, entry.rsi, ret as usize) else {
-            self.resume(tid, None);
-            return;
+        let Ok(buf) = stop.read_mem(entry.rsi, ret as usize) else {
+            return stop.cont();
         };
         if !self.threads.values().any(|t| t.tgid == pid) {
-            self.resume(tid, None);
-            return;
+            return stop.cont();
         }
         let kept = filter_dirents(&buf, |n| self.hidden_in(pid, n));
         if kept.len() == buf.len() {
-            self.resume(tid, None);
-            return;
+            return stop.cont();
         }
         if kept.is_empty() {
             let mut again = *entry;
             again.rax = entry.orig_rax;
             again.rip = entry.rip.wrapping_sub(tracer::SYSCALL_INSN_LEN);
-            let _ = tracer::setregs(tid, &again);
-            self.resume(tid, None);
-            return;
+            let _ = stop.set_regs(&again);
+            return stop.cont();
         }
-        if tracer::write_mem(tid, entry.rsi, &kept).is_ok() {
+        if stop.write_mem(entry.rsi, &kept).is_ok() {
             let mut done = *exit;
             done.rax = kept.len() as u64;
-            let _ = tracer::setregs(tid, &done);
+            let _ = stop.set_regs(&done);
         }
-        self.resume(tid, None);
+        stop.cont()
     }
 }
 

@@ -306,7 +306,7 @@ fn image_layout(tid: i32, base: u64) -> Option<Layout> {
     }
     // The header, the program headers and, in glibc's loader, .dynstr.
     let mut head = Vec::new();
-    read_into(tid, base, PAGE as usize, &mut head);
+    crate::backtrace::memory::read_append(tid, base, PAGE as usize, &mut head);
     let ehdr = head.get(..64)?;
     // ELF magic, ELFCLASS64, ELFDATA2LSB, ET_DYN, EM_X86_64.
     if ehdr[..6] != *b"\x7fELF\x02\x01" || u16_at(ehdr, 16)? != 3 || u16_at(ehdr, 18)? != 62 {
@@ -322,7 +322,12 @@ fn image_layout(tid: i32, base: u64) -> Option<Layout> {
         Some(p) => Cow::Borrowed(p),
         None => {
             let mut v = Vec::new();
-            read_into(tid, base.checked_add(phoff as u64)?, phdrs_len, &mut v);
+            crate::backtrace::memory::read_append(
+                tid,
+                base.checked_add(phoff as u64)?,
+                phdrs_len,
+                &mut v,
+            );
             Cow::Owned(v)
         }
     };
@@ -365,7 +370,7 @@ fn glibc_soname(tid: i32, base: u64) -> Option<()> {
     };
     let dyn_len = usize::try_from(dyn_size.min(16 << 10)).ok()?;
     let mut dyns = Vec::new();
-    read_into(tid, at(dyn_vaddr)?, dyn_len, &mut dyns);
+    crate::backtrace::memory::read_append(tid, at(dyn_vaddr)?, dyn_len, &mut dyns);
     let (mut strtab, mut strsz, mut soname) = (None, None, None);
     for d in dyns.chunks_exact(16) {
         let (tag, val) = (u64_at(d, 0)?, u64_at(d, 8)?);
@@ -391,7 +396,7 @@ fn glibc_soname(tid: i32, base: u64) -> Option<()> {
         Some(n) => n.to_vec(),
         None => {
             let mut v = Vec::new();
-            read_into(tid, addr, want, &mut v);
+            crate::backtrace::memory::read_append(tid, addr, want, &mut v);
             v
         }
     };
@@ -477,7 +482,7 @@ impl Stack {
         let target = ask_for.max(len);
         let ask = target - self.mem.len();
         let addr = self.rsp.checked_add(self.mem.len() as u64)?;
-        if read_into(self.tid, addr, ask, &mut self.mem) < ask {
+        if crate::backtrace::memory::read_append(self.tid, addr, ask, &mut self.mem) < ask {
             self.at_end = true;
         }
         (self.mem.len() >= len).then_some(())
@@ -493,55 +498,6 @@ impl Stack {
         let off = usize::try_from(addr.checked_sub(self.rsp)?).ok()?;
         (off < MAX_STACK).then_some(off)
     }
-}
-
-/// Appends up to `len` bytes of `tid`'s memory at `addr` to `out`, fewer
-/// when the range runs into unmapped memory; returns how many. A dead
-/// tracee reads as nothing.
-fn read_into(tid: i32, addr: u64, len: usize, out: &mut Vec<u8>) -> usize {
-    let Some(end) = addr.checked_add(len as u64) else {
-        return 0;
-    };
-    let mut remote = Vec::with_capacity(len / PAGE as usize + 2);
-    let mut at = addr;
-    while at < end {
-        let next = ((at / PAGE) + 1).saturating_mul(PAGE).min(end);
-        remote.push(libc::iovec {
-            iov_base: at as *mut libc::c_void,
-            iov_len: (next - at) as usize,
-        });
-        at = next;
-    }
-    // IOV_MAX; MAX_STACK keeps us far below it.
-    remote.truncate(1024);
-    let len = remote.iter().map(|v| v.iov_len).sum::<usize>();
-    out.reserve(len);
-    let spare = out.spare_capacity_mut();
-    let local = libc::iovec {
-        iov_base: spare.as_mut_ptr().cast(),
-        iov_len: len,
-    };
-    // SAFETY: local points at `len` bytes of out's spare capacity, which
-    // the kernel only writes; the remote iovecs are only interpreted in
-    // the tracee's address space.
-    let n = unsafe {
-        libc::process_vm_readv(
-            tid,
-            &local,
-            1,
-            remote.as_ptr(),
-            remote.len() as libc::c_ulong,
-            0,
-        )
-    };
-    let Ok(n) = usize::try_from(n) else {
-        return 0;
-    };
-    let n = n.min(len);
-    // SAFETY: process_vm_readv wrote n bytes at the start of the spare
-    // capacity, so they are initialised; n <= len <= spare capacity.
-    unsafe { out.set_len(out.len() + n) };
-    n
 }
 
 #[cfg(test)]

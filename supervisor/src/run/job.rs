@@ -1,523 +1,49 @@
 //! The job: every process descended from the program, and the ptrace loop
-//! that serves them. This is the one place that waits for tracee events.
+//! that serves them. This is the one place that waits for tracee events,
+//! and the executor of what is decided at each stop.
 //!
 //! Each thread stops only where the seccomp prefilter says (fd syscalls),
 //! plus the ptrace events for fork/clone/exec/exit and signal deliveries.
-//! At a seccomp stop the policy is applied to the fds the call uses; calls
-//! that create fds are followed to their exit stop to learn the new
-//! numbers; close is rewritten into a `dup3` of a tombstone so the number
-//! stays quarantined.
+//! Every stop becomes a [`Stopped`] that its handler must end (a
+//! [`Resumed`]). At a seccomp stop the judge's verdict on the fds the call
+//! uses becomes a `decide::Step`, executed here; calls that create fds are
+//! followed to their exit stop to learn the new numbers; closes go to the
+//! quarantine, which keeps the number with a tombstone.
 
-pub(super) use std::cell::RefCell;
-pub(super) use std::collections::{HashMap, HashSet};
-pub(super) use std::ffi::OsString;
-pub(super) use std::io::Write;
-pub(super) use std::path::PathBuf;
-pub(super) use std::rc::Rc;
-pub(super) use std::sync::atomic::{AtomicI32, Ordering};
-pub(super) use std::sync::Arc;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
-pub(super) use handles_model::ObjType;
-pub(super) use nix::errno::Errno;
-pub(super) use nix::sys::ptrace;
-pub(super) use nix::sys::signal::Signal;
-pub(super) use nix::sys::wait::WaitStatus;
-pub(super) use nix::unistd::Pid;
-
-use super::execinfo::ExecInfo;
-pub(super) use super::fdtable::{runs, FdTable, ObjectFacts, Origin, Slot, Stack};
-pub(super) use super::leaks::{self, Leak, LeakGroup, LeakMode, ProcessLeaks};
-pub(super) use super::output::{self, SerException, SerProcess};
-pub(super) use super::publish::Published;
-pub(super) use super::report::{format_syscall, ExceptionReport, Section};
-pub(super) use super::shimtable::ShimTable;
-pub(super) use super::spawn::{self, SpawnError};
-pub(super) use super::syscalls::{self, CheckLevel, Desc, Kind};
-pub(super) use super::tracer::{self, errno_of, Deferred, InjectError, Regs};
-pub(super) use crate::backtrace::{ModuleMap, StartRegs, StopReason, Symbolizer, Unwinder};
-pub(super) use crate::inspect::parse::LinkTarget;
-pub(super) use crate::policy::{Action, Condition, Policy, PolicyText};
-pub(super) use crate::seccomp::{self, FilterSpec};
-pub(super) use crate::suppress::{Event, FrameRef, Suppressions};
+use handles_model::judge::{self, Known, Moment, Verdict};
 use handles_model::protocol::{env as penv, CookieText};
+use handles_model::ObjType;
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
+use nix::sys::wait::WaitStatus;
 
-/// What to do when a policy exception is raised (`--on-exception`):
-/// trap (SIGTRAP, Zircon's unhandled exception), stop (left stopped and
-/// detached for a debugger) or continue (log and resume: the call fails
-/// as natively). The model's type, so that the shim and the supervisor
-/// word a report's outcome alike (`judge::write_outcome`).
-pub use handles_model::judge::Then as OnException;
-
-/// Everything `handles run` needs.
-#[derive(Clone, Debug)]
-pub struct RunOptions {
-    pub program: OsString,
-    pub args: Vec<OsString>,
-    pub policy: Policy,
-    pub check: CheckLevel,
-    /// Quarantine capacity per fd table; 0 turns quarantine off.
-    pub quarantine: usize,
-    pub on_exception: OnException,
-    pub log: Option<PathBuf>,
-    /// Depth of the creation/close stacks recorded; 0 records none.
-    pub stack_depth: usize,
-    /// The LD_PRELOAD shim to inject into dynamically linked programs.
-    pub shim: Option<PathBuf>,
-    /// Reports matching these are not raised (counted in `Outcome`).
-    pub suppressions: Suppressions,
-    pub leak_mode: LeakMode,
-    /// Print a suppression rule for each report.
-    pub gen_suppressions: bool,
-    /// Write the JSON report (docs/report.md) here at the end.
-    pub report: Option<PathBuf>,
-    /// Write SARIF 2.1.0 here at the end.
-    pub sarif: Option<PathBuf>,
-    /// A per-process handle budget: creating more raises an exception.
-    pub max_handles: Option<usize>,
-    /// Stop on fd syscalls made inside shared libraries too (libc's
-    /// internal calls, the dynamic loader), even in processes the shim
-    /// covers. Without it, those processes stop only for what the shim
-    /// passes on (docs/shim.md, "What stops").
-    pub strict: bool,
-    /// Write the ERROR SUMMARY even when there was nothing to count (CI
-    /// runs: `--error-exitcode`, `--on-exception=continue`, leak checks);
-    /// otherwise a run with nothing to report writes nothing of its own.
-    pub always_summarize: bool,
-    /// `--inherit-check`: report the handles that cross an exec
-    /// implicitly (inherit.rs).
-    pub inherit_check: bool,
-    /// Variables set in the job's environment (over the inherited ones):
-    /// the per-test plugin's PYTHONPATH and PYTEST_PLUGINS.
-    pub env: Vec<(OsString, OsString)>,
-}
-
-/// How the job ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Exit {
-    Code(i32),
-    Signal(i32, bool),
-}
-
-impl Exit {
-    /// The status a shell reports: the code, or 128 + the signal.
-    pub fn shell_status(self) -> i32 {
-        match self {
-            Exit::Code(c) => c,
-            Exit::Signal(s, _) => 128 + s,
-        }
-    }
-}
-
-#[derive(Debug)]
-pub struct Outcome {
-    pub exit: Exit,
-    pub exceptions: usize,
-    pub suppressed: usize,
-    /// Leaked handles reported (after suppressions).
-    pub leaks: usize,
-    pub leak_reports: Vec<ProcessLeaks>,
-    /// Handles reported crossing an exec implicitly (`--inherit-check`).
-    pub crossings: usize,
-    /// SIGINT or SIGTERM ended the wait for a process left stopped for a
-    /// debugger (`--on-exception=stop`): the signal.
-    pub interrupted: Option<i32>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error(transparent)]
-    Spawn(#[from] SpawnError),
-    #[error("building the seccomp prefilter: {0}")]
-    Filter(String),
-    #[error("opening the log file {path}: {source}")]
-    Log {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("waiting for the job: {0}")]
-    Wait(Errno),
-}
-
-pub(super) type TableRef = Rc<RefCell<FdTable>>;
-
-/// Work left for a thread's syscall-exit stop.
-#[derive(Clone, Debug)]
-pub(super) enum ExitWork {
-    /// A call that may create fds: register what it returned.
-    Create {
-        desc: &'static Desc,
-        entry: Regs,
-        stack: Option<Stack>,
-    },
-    /// close_range(first, last, flags).
-    CloseRange { entry: Regs },
-    /// getdents64 of the fd directory of process `pid`: hide tombstones.
-    Listing { entry: Regs, pid: i32 },
-    /// poll/ppoll over these hidden numbers: they must read POLLNVAL.
-    Poll { entry: Regs, hidden: Vec<i32> },
-    /// A close the judge gives a quarantined number back with: it ran on
-    /// the tombstone; the program must see EBADF, as natively.
-    Release,
-}
-
-/// A creation let run without a stop at its exit: the new fd was
-/// predicted (the kernel hands out the lowest free number, and we know the
-/// table) and is confirmed at the thread's next stop, before anything else.
-#[derive(Clone, Debug)]
-pub(super) struct Predicted {
-    pub(super) name: &'static str,
-    pub(super) stack: Option<Stack>,
-    /// The numbers the call takes if it succeeds (pipe and socketpair take
-    /// the two lowest free ones, in order).
-    pub(super) fds: Vec<i32>,
-}
-
-pub(super) struct Thread {
-    pub(super) tgid: i32,
-    pub(super) table: TableRef,
-    pub(super) pending: Option<ExitWork>,
-    pub(super) predicted: Option<Predicted>,
-    /// The judge's memory of this thread's recent calls (close sweeps).
-    pub(super) memo: handles_model::judge::Memo,
-    /// The report of a close the judge held until the thread's next call
-    /// shows whether a sweep follows (`judge::Verdict::Hold`).
-    pub(super) held: Option<Box<HeldReport>>,
-    /// Its first stop (the auto-attach stop) has been seen and resumed.
-    pub(super) started: bool,
-    /// PTRACE_EVENT_EXIT seen: it is on its way out.
-    pub(super) exiting: bool,
-}
-
-/// A report held by the judge (see `Thread::held`).
-pub(super) struct HeldReport {
-    pub(super) report: ExceptionReport,
-    pub(super) action: Action,
-}
-
-pub(super) struct Process {
-    /// The dynamic loader's AT_BASE (0: none, or unknown) and, once asked,
-    /// where its image ends: closes made from there are the loader's own
-    /// (the libraries it opened), never the program's handles.
-    pub(super) loader: (u64, Option<u64>),
-    /// The image is a shell (`judge::is_shell` of /proc/PID/exe), read at
-    /// first need.
-    pub(super) shell: Option<bool>,
-    /// RLIMIT_NOFILE, cached: a stale value only risks an EMFILE, which
-    /// releases the quarantine and retries the call anyway.
-    pub(super) nofile: Option<(u64, u32)>,
-    pub(super) name: String,
-    pub(super) policy: Policy,
-    pub(super) maps: Option<ModuleMap>,
-    /// Set while the process is being detached for `--on-exception=stop`.
-    pub(super) detaching: bool,
-    /// `--max-handles` was already reported for this process.
-    pub(super) over_budget: bool,
-    /// The table of the shim loaded in it, once announced.
-    pub(super) shim: Option<ShimTable>,
-    /// The process will make a shim table the supervisor has not learned
-    /// of yet (after an exec, until the shim's announcement; in a forked
-    /// child, until its first table write, which may never come): no
-    /// table of the supervisor's own is published for it.
-    pub(super) awaiting_shim: bool,
-    /// Between an exec that loads the shim and its announcement: what
-    /// closes then are the dynamic loader's and the constructors', not
-    /// worth quarantining (tombstones the shim never learns of would cost
-    /// the program fd numbers and an early EMFILE).
-    pub(super) loading: bool,
-    /// The strict filter is installed: library code stops too. Inherited
-    /// across fork and exec (seccomp filters are).
-    pub(super) strict: bool,
-    /// `/proc/PID/fd`, held open for cheap per-fd lookups.
-    pub(super) fd_dir: Option<std::os::fd::OwnedFd>,
-    /// The model's open handles predate the last exec and were not
-    /// checked against what survived it (O_CLOEXEC): `sync_shim` does
-    /// that before anything reads the model.
-    pub(super) exec_unverified: bool,
-    /// The process it was forked from, until it execs (`--inherit-check`
-    /// compares what crosses its exec with what the parent holds).
-    pub(super) forked_from: Option<i32>,
-    /// Handles (fd, generation) made inheritable on purpose in this image
-    /// (`fcntl(F_SETFD)` clearing close-on-exec, `ioctl(FIONCLEX)`).
-    pub(super) inheritable: HashSet<(i32, u32)>,
-}
-
-/// A bad fd use found at a syscall's entry.
-pub(super) enum Bad {
-    /// The number is quarantined: this process closed it.
-    Stale,
-    /// Quarantined in the parent before fork: this process never had it.
-    StaleInherited,
-    /// The tombstone source: the program can only know the number from
-    /// listing /proc/self/fd.
-    Internal,
-    /// Not open, and not quarantined (never opened, or closed long ago).
-    NotOpen,
-}
-
-pub(super) static FORWARD_SIGNAL: AtomicI32 = AtomicI32::new(0);
-
-/// SIGINT or SIGTERM reached `handles`, from whatever sender (a terminal's
-/// Ctrl-C included): while a process waits stopped for a debugger, it ends
-/// the wait (`Job::end_wait`).
-pub(super) static END_WAIT: AtomicI32 = AtomicI32::new(0);
-
-/// How long a wait for the job blocks while a process is left stopped for
-/// a debugger: a SIGTERM landing between the loop's check and waitpid
-/// would otherwise go unseen until the next event, which may never come.
-const WAIT_TICK_US: libc::suseconds_t = 200_000;
-
-extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
-    if sig == libc::SIGINT || sig == libc::SIGTERM {
-        END_WAIT.store(sig, Ordering::SeqCst);
-    }
-    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
-    let code = unsafe { (*info).si_code };
-    // A terminal's Ctrl-C (SI_KERNEL) reached the whole foreground group,
-    // the job included; only a signal sent to us alone needs forwarding.
-    if code == libc::SI_USER || code == libc::SI_QUEUE || code == libc::SI_TKILL {
-        FORWARD_SIGNAL.store(sig, Ordering::SeqCst);
-        // The main loop forwards it when waitpid returns EINTR; if this
-        // handler ran just before waitpid was entered (after the loop's
-        // check), nothing would wake it while the job stays quiet (a
-        // program blocked in read). A 5 ms timer ends that wait; it
-        // repeats (a loaded machine may preempt the loop for longer than
-        // that just there) until the loop takes the signal and stops it.
-        let t = libc::itimerval {
-            it_interval: libc::timeval {
-                tv_sec: 0,
-                tv_usec: 5000,
-            },
-            it_value: libc::timeval {
-                tv_sec: 0,
-                tv_usec: 5000,
-            },
-        };
-        // SAFETY: setitimer with a local value; a raw syscall, safe in a
-        // signal handler.
-        unsafe { libc::setitimer(libc::ITIMER_REAL, &t, std::ptr::null_mut()) };
-    }
-}
-
-/// Stops the timer `on_signal` started: its signal was taken.
-fn stop_wake_timer() {
-    let zero = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 0,
-    };
-    let t = libc::itimerval {
-        it_interval: zero,
-        it_value: zero,
-    };
-    // SAFETY: setitimer with a local value.
-    unsafe { libc::setitimer(libc::ITIMER_REAL, &t, std::ptr::null_mut()) };
-}
-
-/// SIGALRM (the timer above): only interrupts the main loop's waitpid.
-extern "C" fn on_alarm(_: libc::c_int) {}
-
-/// SIGALRM was ignored when `handles` started: the program must start
-/// with it ignored too (spawn.rs), as it would natively.
-pub(super) static ALARM_IGNORED: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
-static ALARM_SET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-pub fn install_forwarding() {
-    // SAFETY: reading the current action, then installing a handler that
-    // does nothing; no SA_RESTART, so a blocked waitpid returns EINTR.
-    // exec resets it to the default in the program.
-    unsafe {
-        if !ALARM_SET.swap(true, Ordering::SeqCst) {
-            let mut old: libc::sigaction = std::mem::zeroed();
-            let ignored = libc::sigaction(libc::SIGALRM, std::ptr::null(), &mut old) == 0
-                && old.sa_sigaction == libc::SIG_IGN;
-            ALARM_IGNORED.store(ignored, Ordering::SeqCst);
-        }
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_alarm as *const () as usize;
-        libc::sigemptyset(&mut sa.sa_mask);
-        libc::sigaction(libc::SIGALRM, &sa, std::ptr::null_mut());
-    }
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
-        // A signal ignored when we started (nohup, a shell's `cmd &`) stays
-        // ignored, for us and, through spawn's reset, for the program: as
-        // natively, where the program inherits the ignored disposition.
-        // SAFETY: reading the current action into a local struct.
-        let ignored = unsafe {
-            let mut old: libc::sigaction = std::mem::zeroed();
-            libc::sigaction(sig, std::ptr::null(), &mut old) == 0
-                && old.sa_sigaction == libc::SIG_IGN
-        };
-        if ignored {
-            continue;
-        }
-        // SAFETY: installing a handler that only stores to an atomic; no
-        // SA_RESTART so waitpid returns EINTR and the loop forwards.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as *const () as usize;
-            sa.sa_flags = libc::SA_SIGINFO;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
-    }
-}
-
-extern "C" fn on_tick(_sig: libc::c_int) {}
-
-/// SIGALRM interrupts waitpid (no SA_RESTART) so the loop looks at
-/// END_WAIT again; see WAIT_TICK_US.
-fn install_tick() {
-    // SAFETY: installing a handler that does nothing.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_tick as *const () as usize;
-        libc::sigemptyset(&mut sa.sa_mask);
-        libc::sigaction(libc::SIGALRM, &sa, std::ptr::null_mut());
-    }
-}
-
-/// Arms a one-shot SIGALRM in `us` microseconds (0 disarms).
-fn tick_in(us: libc::suseconds_t) {
-    let it = libc::itimerval {
-        it_interval: libc::timeval {
-            tv_sec: 0,
-            tv_usec: 0,
-        },
-        it_value: libc::timeval {
-            tv_sec: 0,
-            tv_usec: us,
-        },
-    };
-    // SAFETY: setitimer reads the local struct; no old value is asked for.
-    unsafe { libc::setitimer(libc::ITIMER_REAL, &it, std::ptr::null_mut()) };
-}
-
-pub(super) fn random_u64() -> u64 {
-    let mut b = [0u8; 8];
-    // SAFETY: getrandom into a local buffer.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 8, 0) };
-    if n == 8 {
-        u64::from_ne_bytes(b)
-    } else {
-        // Fall back to something that differs per run; the cookie finds
-        // bugs, it is not a security boundary.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        t ^ (u64::from(std::process::id()) << 32)
-    }
-}
-
-pub(super) fn comm(tid: i32) -> String {
-    std::fs::read_to_string(format!("/proc/{tid}/comm"))
-        .map(|s| s.trim_end().to_string())
-        .unwrap_or_else(|_| "?".into())
-}
-
-pub(super) fn fd_exists(tgid: i32, fd: i32) -> bool {
-    // kcmp(KCMP_FILE) of an fd with itself answers "is it open" in one
-    // syscall, without walking /proc paths (a stat of /proc/PID/fd/N costs
-    // several times more, on a path taken at every predicted creation).
-    const KCMP_FILE: libc::c_long = 0;
-    // SAFETY: kcmp takes plain integers and reads no memory of ours.
-    let r = unsafe { libc::syscall(libc::SYS_kcmp, tgid, tgid, KCMP_FILE, fd, fd) };
-    if r == 0 {
-        return true;
-    }
-    if std::io::Error::last_os_error().raw_os_error() == Some(libc::EBADF) {
-        return false;
-    }
-    std::fs::symlink_metadata(format!("/proc/{tgid}/fd/{fd}")).is_ok()
-}
-
-/// The fd numbers listed in a `/proc/.../fd` directory (empty if it cannot
-/// be read).
-pub(super) fn fd_numbers(dir: &str) -> Vec<i32> {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The soft RLIMIT_NOFILE of a process.
-/// A process's auxiliary vector (`/proc/PID/auxv`), read once.
-pub(super) struct Auxv(Vec<u8>);
-
-impl Auxv {
-    pub(super) fn read(tgid: i32) -> Option<Auxv> {
-        std::fs::read(format!("/proc/{tgid}/auxv")).ok().map(Auxv)
-    }
-
-    /// The value of entry `key`.
-    pub(super) fn get(&self, key: u64) -> Option<u64> {
-        self.0.chunks_exact(16).find_map(|c| {
-            let k = u64::from_ne_bytes(c[..8].try_into().ok()?);
-            let v = u64::from_ne_bytes(c[8..].try_into().ok()?);
-            (k == key).then_some(v)
-        })
-    }
-}
-
-pub(super) fn nofile_limit(tgid: i32) -> u64 {
-    crate::inspect::shared::nofile(tgid).map_or(1024, |(soft, _)| soft)
-}
-
-/// The job and its supervisor state.
-pub struct Job {
-    pub(super) opts: RunOptions,
-    /// `opts.policy` as HANDLES_POLICY carries it to every image.
-    pub(super) policy_text: String,
-    pub(super) cookie: u64,
-    pub(super) threads: HashMap<i32, Thread>,
-    pub(super) procs: HashMap<i32, Process>,
-    /// Tids whose first stop came before their parent's fork/clone event.
-    pub(super) unborn: HashSet<i32>,
-    pub(super) root: i32,
-    pub(super) root_exit: Option<Exit>,
-    pub(super) exec_error: Option<std::os::fd::OwnedFd>,
-    pub(super) root_execed: bool,
-    pub(super) deferred: Deferred,
-    pub(super) unwinder: Unwinder,
-    pub(super) symbolizer: Symbolizer,
-    /// Python frames of CPython programs (backtrace/python.rs).
-    pub(super) python: crate::backtrace::python::PythonResolver,
-    pub(super) exceptions: usize,
-    pub(super) suppressed: usize,
-    pub(super) leak_reports: Vec<ProcessLeaks>,
-    /// `--inherit-check`'s findings.
-    pub(super) crossings: super::inherit::Crossings,
-    /// Test boundaries of each process (`handles_checkpoint`, pertest.rs).
-    pub(super) segments: HashMap<i32, super::pertest::Segments>,
-    /// What tests leaked.
-    pub(super) test_leaks: Vec<super::pertest::TestLeaks>,
-    pub(super) exception_list: Vec<SerException>,
-    /// Index in `exception_list` of each report context seen.
-    pub(super) contexts: HashMap<String, usize>,
-    /// The job tree, for the JSON report.
-    pub(super) tree: std::collections::BTreeMap<i32, SerProcess>,
-    pub(super) log: Option<std::fs::File>,
-    /// Published tables, by process.
-    pub(super) published: HashMap<i32, Published>,
-    /// The shim was put in the job's environment.
-    pub(super) shim_injected: bool,
-    /// The strict filter, to install in a process that will not load the
-    /// shim (a static binary, an environment without LD_PRELOAD) when the
-    /// job started under the lenient one; None when the job is strict
-    /// from the start.
-    pub(super) strict_filter: Option<Vec<libc::sock_filter>>,
-    /// Offset of a `syscall` instruction in the vDSO (the same image in
-    /// every process), where filters are injected from.
-    pub(super) vdso_syscall: Option<u64>,
-    /// Processes left stopped for a debugger (`--on-exception=stop`).
-    pub(super) stopped: Vec<i32>,
-    /// The signal that ended the wait for them.
-    pub(super) ended_by: Option<i32>,
-}
+use super::checks::expected_object;
+use super::creation::fix_poll;
+use super::decide::{self, DirfdUse, Route, Step};
+use super::execinfo::ExecInfo;
+use super::fdtable::{FdTable, ObjectFacts, Origin, Slot};
+use super::inheritcheck::image_is_shell;
+use super::leaks::{self, LeakMode};
+use super::options::{exit_json, Exit, Outcome, RunError, RunOptions};
+use super::output::SerProcess;
+use super::procfs::{comm, fd_numbers, refine_socket};
+use super::random::random_u64;
+use super::shimtable;
+use super::signals::{self, stop_wake_timer, tick_in, END_WAIT, FORWARD_SIGNAL, WAIT_TICK_US};
+use super::spawn::{self, SpawnError};
+use super::state::{Bad, ExitWork, Job, Process, Thread};
+use super::syscalls::{self, Desc, Kind};
+use super::tracer::{self, errno_of, Deferred, Regs, Resumed, Stopped};
+use crate::backtrace::{Symbolizer, Unwinder};
+use crate::policy::{Action, Condition, Policy, PolicyText};
+use crate::seccomp::{self, FilterSpec};
 
 impl Job {
     /// Starts the program under supervision and serves the job until every
@@ -622,7 +148,7 @@ impl Job {
         let mut argv = vec![opts.program.clone()];
         argv.extend(opts.args.iter().cloned());
 
-        install_forwarding();
+        signals::install_forwarding();
         let exit_events = opts.leak_mode != LeakMode::Off;
         let child = spawn::spawn(&program, &argv, &env, &filter, exit_events)?;
         let root = child.pid;
@@ -631,7 +157,7 @@ impl Job {
             cookie,
             threads: HashMap::new(),
             procs: HashMap::new(),
-            unborn: HashSet::new(),
+            unborn: HashMap::new(),
             root,
             root_exit: None,
             exec_error: Some(child.exec_error),
@@ -775,12 +301,13 @@ impl Job {
                 Ok(tracer::Waited::Status(st)) => return Ok(Some(st)),
                 // Real-time signals: passed on as they came.
                 Ok(tracer::Waited::SignalStop(tid, sig)) => {
-                    let detach = self.is_detaching(tid);
-                    if detach {
+                    let stop = Stopped::reported(tid);
+                    let _: Resumed = if self.is_detaching(tid) {
                         self.threads.remove(&tid);
-                    }
-                    // ESRCH: killed meanwhile; its exit comes next.
-                    let _ = tracer::resume_with(tid, sig, detach);
+                        stop.detach(sig)
+                    } else {
+                        stop.cont_with(sig)
+                    };
                 }
                 Ok(tracer::Waited::Killed(pid, sig, core)) => {
                     self.on_gone(pid, Exit::Signal(sig, core));
@@ -884,96 +411,39 @@ impl Job {
         }
     }
 
-    /// Brings the published table of `tid`'s process up to date.
-    pub(super) fn publish(&mut self, tid: i32) {
-        let Some(t) = self.threads.get(&tid) else {
-            return;
-        };
-        let tgid = t.tgid;
-        match self.procs.get(&tgid) {
-            Some(p) if p.shim.is_some() => {
-                self.publish_to_shim(tid, tgid);
-                return;
-            }
-            // Its shim will make the table (a memfd per short-lived
-            // process would cost more than the process's own work).
-            Some(p) if p.awaiting_shim => return,
-            _ => {}
-        }
-        let mut table = t.table.borrow_mut();
-        let dirty = table.take_dirty();
-        if dirty.is_empty() && self.published.contains_key(&tgid) {
-            return;
-        }
-        let mixer = table.mixer;
-        let stale = self
-            .published
-            .get(&tgid)
-            .is_some_and(|p| p.mixer() != mixer);
-        if stale || !self.published.contains_key(&tgid) {
-            let cap = nofile_limit(tgid).min(u64::from(handles_model::table::MAX_CAPACITY)) as u32;
-            match Published::new(tgid, mixer, cap) {
-                Ok(p) => {
-                    self.published.insert(tgid, p);
-                }
-                Err(_) => return,
-            }
-            // A fresh table needs every slot.
-            let mut all = table.numbers();
-            all.extend(table.tomb_src);
-            for fd in all {
-                if let Some(p) = self.published.get_mut(&tgid) {
-                    p.set_from(&table, fd);
-                }
-            }
-            return;
-        }
-        if let Some(p) = self.published.get_mut(&tgid) {
-            for fd in dirty {
-                p.set_from(&table, fd);
-            }
-        }
-    }
-
-    pub(super) fn resume(&self, tid: i32, sig: Option<Signal>) {
-        // ESRCH: the thread was killed meanwhile; its exit comes next.
-        let _ = ptrace::cont(Pid::from_raw(tid), sig);
-    }
-
     pub(super) fn dispatch(&mut self, st: WaitStatus) {
-        if let Some(pid) = st.pid() {
-            if !matches!(st, WaitStatus::Exited(..) | WaitStatus::Signaled(..)) {
-                self.settle(pid.as_raw());
+        let stop = match st {
+            WaitStatus::Exited(pid, code) => {
+                return self.on_gone(pid.as_raw(), Exit::Code(code));
             }
-        }
-        match st {
-            WaitStatus::Exited(pid, code) => self.on_gone(pid.as_raw(), Exit::Code(code)),
             WaitStatus::Signaled(pid, sig, core) => {
-                self.on_gone(pid.as_raw(), Exit::Signal(sig as i32, core))
+                return self.on_gone(pid.as_raw(), Exit::Signal(sig as i32, core));
             }
-            WaitStatus::Stopped(pid, sig) => {
-                let tid = pid.as_raw();
-                if self.detach_if_needed(tid, Some(sig)) {
-                    return;
+            WaitStatus::Continued(_) | WaitStatus::StillAlive => return,
+            WaitStatus::Stopped(pid, _)
+            | WaitStatus::PtraceSyscall(pid)
+            | WaitStatus::PtraceEvent(pid, ..) => Stopped::reported(pid.as_raw()),
+        };
+        self.settle(stop.tid());
+        let _: Resumed = match st {
+            WaitStatus::Stopped(_, sig) => match self.detach_if_needed(stop, Some(sig)) {
+                Ok(detached) => detached,
+                Err(stop) => stop.cont_with(sig as i32),
+            },
+            WaitStatus::PtraceSyscall(_) => self.on_syscall_exit(stop),
+            WaitStatus::PtraceEvent(_, sig, event) => match event {
+                libc::PTRACE_EVENT_SECCOMP => self.on_seccomp(stop),
+                libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK | libc::PTRACE_EVENT_CLONE => {
+                    self.on_new_task(stop)
                 }
-                self.resume(tid, Some(sig));
-            }
-            WaitStatus::PtraceSyscall(pid) => self.on_syscall_exit(pid.as_raw()),
-            WaitStatus::PtraceEvent(pid, sig, event) => {
-                let tid = pid.as_raw();
-                match event {
-                    libc::PTRACE_EVENT_SECCOMP => self.on_seccomp(tid),
-                    libc::PTRACE_EVENT_FORK
-                    | libc::PTRACE_EVENT_VFORK
-                    | libc::PTRACE_EVENT_CLONE => self.on_new_task(tid),
-                    libc::PTRACE_EVENT_EXEC => self.on_exec(tid),
-                    libc::PTRACE_EVENT_EXIT => self.on_exit_event(tid),
-                    libc::PTRACE_EVENT_STOP => self.on_event_stop(tid, sig),
-                    _ => self.resume(tid, None),
-                }
-            }
-            WaitStatus::Continued(_) | WaitStatus::StillAlive => {}
-        }
+                libc::PTRACE_EVENT_EXEC => self.on_exec(stop),
+                libc::PTRACE_EVENT_EXIT => self.on_exit_event(stop),
+                libc::PTRACE_EVENT_STOP => self.on_event_stop(stop, sig),
+                _ => stop.cont(),
+            },
+            // Matched above.
+            _ => stop.cont(),
+        };
     }
 
     pub(super) fn on_gone(&mut self, tid: i32, exit: Exit) {
@@ -986,7 +456,9 @@ impl Job {
                 self.published.remove(&t.tgid);
             }
         }
-        self.unborn.remove(&tid);
+        if let Some(stop) = self.unborn.remove(&tid) {
+            let _: Resumed = stop.gone();
+        }
         if let Some(p) = self.tree.get_mut(&tid) {
             p.exit = Some(exit_json(exit));
         }
@@ -997,57 +469,50 @@ impl Job {
 
     /// PTRACE_EVENT_STOP: a new tracee's first stop, a group-stop, or an
     /// interrupt.
-    pub(super) fn on_event_stop(&mut self, tid: i32, sig: Signal) {
+    pub(super) fn on_event_stop(&mut self, stop: Stopped, sig: Signal) -> Resumed {
+        let tid = stop.tid();
         match self.threads.get_mut(&tid) {
-            None => {
-                // Its parent's fork/clone event has not been seen yet.
-                self.unborn.insert(tid);
-            }
+            // Its parent's fork/clone event has not been seen yet.
+            None => stop.park(&mut self.unborn),
             Some(t) if !t.started => {
                 t.started = true;
-                self.resume(tid, None);
+                stop.cont()
             }
             Some(_) => {
-                if self.detach_if_needed(tid, None) {
-                    return;
-                }
+                let stop = match self.detach_if_needed(stop, None) {
+                    Ok(detached) => return detached,
+                    Err(stop) => stop,
+                };
                 if matches!(
                     sig,
                     Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU
                 ) {
                     // Group-stop: stay stopped (job control works) but keep
                     // receiving events.
-                    // SAFETY: PTRACE_LISTEN on a tracee in group-stop.
-                    unsafe {
-                        libc::ptrace(libc::PTRACE_LISTEN, tid, 0, 0);
-                    }
+                    stop.listen()
                 } else {
-                    self.resume(tid, None);
+                    stop.cont()
                 }
             }
         }
     }
 
-    pub(super) fn on_new_task(&mut self, tid: i32) {
-        let child = match ptrace::getevent(Pid::from_raw(tid)) {
+    pub(super) fn on_new_task(&mut self, stop: Stopped) -> Resumed {
+        let tid = stop.tid();
+        let child = match stop.event_msg() {
             Ok(c) => c as i32,
-            Err(_) => {
-                self.resume(tid, None);
-                return;
-            }
+            Err(_) => return stop.cont(),
         };
         let Some(ptgid) = self.threads.get(&tid).map(|t| t.tgid) else {
-            self.resume(tid, None);
-            return;
+            return stop.cont();
         };
         // The child's model starts as a copy of the parent's.
         self.sync_shim(tid, ptgid);
         let Some(parent) = self.threads.get(&tid) else {
-            self.resume(tid, None);
-            return;
+            return stop.cont();
         };
         let ptable = parent.table.clone();
-        let regs = tracer::getregs(tid).ok();
+        let regs = stop.regs().ok();
         let (flags, pidfd_ptr) = match regs {
             Some(r) => match r.orig_rax as i64 {
                 libc::SYS_clone => (
@@ -1055,8 +520,8 @@ impl Job {
                     (r.rdi & libc::CLONE_PIDFD as u64 != 0).then_some(r.rdx),
                 ),
                 libc::SYS_clone3 => {
-                    let flags = tracer::read_u64(tid, r.rdi).unwrap_or(0);
-                    let ptr = tracer::read_u64(tid, r.rdi + 8).unwrap_or(0);
+                    let flags = stop.read_u64(r.rdi).unwrap_or(0);
+                    let ptr = stop.read_u64(r.rdi + 8).unwrap_or(0);
                     (
                         flags,
                         (flags & libc::CLONE_PIDFD as u64 != 0).then_some(ptr),
@@ -1068,8 +533,8 @@ impl Job {
             None => (libc::SIGCHLD as u64, None),
         };
         if let Some(ptr) = pidfd_ptr {
-            if let Ok(fd) = tracer::read_i32(tid, ptr) {
-                let stack = self.capture_stack(tid, ptgid, regs.as_ref());
+            if let Ok(fd) = stop.read_i32(ptr) {
+                let stack = self.capture_stack(&stop, ptgid, regs.as_ref());
                 ptable
                     .borrow_mut()
                     .open(fd, Origin::Syscall("clone"), stack, ptgid);
@@ -1139,7 +604,8 @@ impl Job {
                 },
             );
         }
-        let started = self.unborn.remove(&child);
+        let first_stop = self.unborn.remove(&child);
+        let started = first_stop.is_some();
         self.threads.insert(
             child,
             Thread {
@@ -1153,24 +619,22 @@ impl Job {
                 exiting: false,
             },
         );
-        if started {
-            self.resume(child, None);
+        if let Some(first) = first_stop {
+            let _: Resumed = first.cont();
         }
-        self.resume(tid, None);
+        stop.cont()
     }
 
-    pub(super) fn on_exec(&mut self, tid: i32) {
-        let former = ptrace::getevent(Pid::from_raw(tid))
-            .map(|f| f as i32)
-            .unwrap_or(tid);
+    pub(super) fn on_exec(&mut self, stop: Stopped) -> Resumed {
+        let tid = stop.tid();
+        let former = stop.event_msg().map(|f| f as i32).unwrap_or(tid);
         if former != tid {
             if let Some(t) = self.threads.remove(&former) {
                 self.threads.insert(tid, t);
             }
         }
         let Some(tgid) = self.threads.get(&tid).map(|t| t.tgid) else {
-            self.resume(tid, None);
-            return;
+            return stop.cont();
         };
         // A report held at the old image's last close is due: the new
         // image starts with no sweep to continue.
@@ -1190,9 +654,7 @@ impl Job {
         // The new image has not run yet: its environment, auxiliary vector
         // and name are read from its initial stack (two process_vm_readv
         // calls) rather than from four /proc files (~100 µs an exec).
-        let info = tracer::getregs(tid)
-            .ok()
-            .and_then(|r| ExecInfo::from_regs(tid, &r));
+        let info = stop.regs().ok().and_then(|r| ExecInfo::from_regs(tid, &r));
         let proc_env = match &info {
             Some(_) => Vec::new(),
             None => std::fs::read(format!("/proc/{tgid}/environ")).unwrap_or_default(),
@@ -1203,7 +665,7 @@ impl Job {
         };
         let nested = self.nested_policy(tgid, var(penv::POLICY.name().as_bytes()));
         let awaiting_shim = self.opts.shim.as_deref().is_some_and(|shim| {
-            super::shimtable::will_load(tid, tgid, shim, var(b"LD_PRELOAD"), info.as_ref())
+            super::shimtable::will_load(&stop, tgid, shim, var(b"LD_PRELOAD"), info.as_ref())
         });
         let lenient = self.procs.get(&tgid).is_some_and(|p| !p.strict);
         if self.opts.inherit_check && !spawn_exec {
@@ -1273,17 +735,14 @@ impl Job {
             p.names.push(name.clone());
         }
         if !awaiting_shim && lenient {
-            self.make_strict(tid, tgid);
+            self.make_strict(&stop, tgid);
         }
         if let Some(p) = self.procs.get_mut(&tgid) {
             p.awaiting_shim = awaiting_shim;
             p.loading = awaiting_shim;
             // The inherit check asks at the image's own exec, when
             // /proc/PID/exe already names the next one: read now.
-            p.shell = self
-                .opts
-                .inherit_check
-                .then(|| super::inherit::image_is_shell(tgid));
+            p.shell = self.opts.inherit_check.then(|| image_is_shell(tgid));
             p.loader = (
                 info.as_ref()
                     .and_then(|i| i.auxv(libc::AT_BASE))
@@ -1307,7 +766,7 @@ impl Job {
         if let Some(n) = super::privilege::notice_for_exec(tgid, self.shim_injected) {
             self.write_report(&n);
         }
-        self.resume(tid, None);
+        stop.cont()
     }
 
     /// A nested `handles run` passes its policy to the new image through
@@ -1330,379 +789,506 @@ impl Job {
         Some(p)
     }
 
-    pub(super) fn capture_stack(
+    /// Detaches `stop` if its process is being detached (Ok), else gives
+    /// it back.
+    pub(super) fn detach_if_needed(
         &mut self,
-        tid: i32,
-        tgid: i32,
-        regs: Option<&Regs>,
-    ) -> Option<Stack> {
-        if self.opts.stack_depth == 0 {
-            return None;
-        }
-        let regs = regs?;
-        let depth = self.opts.stack_depth;
-        let proc_ = self.procs.get_mut(&tgid)?;
-        // Re-read the maps when the call comes from code mapped since the
-        // last read (the dynamic loader maps libc after the first opens).
-        if proc_
-            .maps
-            .as_ref()
-            .is_none_or(|m| m.module_of(regs.rip).is_none())
-        {
-            proc_.maps = ModuleMap::read(tgid).ok();
-        }
-        let maps = proc_.maps.as_ref()?;
-        // A stop on a call the shim issues for the program (a bad call it
-        // hands over, a marker) starts in the shim's own frames, which
-        // reports leave out (`symbolize`): they must not count against
-        // the depth, or `--stack-depth 3` would leave such a backtrace
-        // empty. Unwind past them, then cut after `depth` frames of the
-        // program's.
-        let from_shim = in_shim(maps, regs.rip);
-        let want = if from_shim {
-            depth + SHIM_FRAMES
-        } else {
-            depth
-        };
-        let first = self
-            .unwinder
-            .unwind_detailed(tid, maps, StartRegs::from(regs), want);
-        let mut pcs = match first.stop {
-            // Code mapped since the snapshot (dlopen): refresh once.
-            StopReason::OutsideMappings(_) => match ModuleMap::read(tgid) {
-                Ok(fresh) => {
-                    let again = self
-                        .unwinder
-                        .unwind(tid, &fresh, StartRegs::from(regs), want);
-                    proc_.maps = Some(fresh);
-                    again
-                }
-                Err(_) => first.frames,
-            },
-            _ => first.frames,
-        };
-        if from_shim {
-            // The shim's frames stay (the first is the stop's own address,
-            // which `symbolize` takes as an instruction pointer, the rest
-            // as return addresses; it then leaves them all out).
-            let shim = proc_.maps.as_ref().map_or(0, |maps| {
-                pcs.iter().take_while(|&&pc| in_shim(maps, pc)).count()
-            });
-            pcs.truncate(shim + depth);
-        }
-        self.append_python(tid, tgid, regs, &mut pcs);
-        Some(Arc::new(pcs))
-    }
-
-    /// Appends the Python frames of stopped thread `tid` to its native
-    /// stack `pcs`, when its process runs a CPython interpreter.
-    pub(super) fn append_python(&mut self, tid: i32, tgid: i32, regs: &Regs, pcs: &mut Vec<u64>) {
-        let Some(proc_) = self.procs.get_mut(&tgid) else {
-            return;
-        };
-        if proc_.maps.is_none() {
-            proc_.maps = ModuleMap::read(tgid).ok();
-        }
-        let Some(maps) = proc_.maps.as_ref() else {
-            return;
-        };
-        let Some(interp) = self.python.interpreter(maps) else {
-            return;
-        };
-        // On x86_64 glibc the thread pointer (fs base) is pthread_self(),
-        // which CPython keeps as the thread state's thread_id.
-        let frames = self.python.capture(tid, tgid, &interp, regs.fs_base);
-        crate::backtrace::python::encode(&frames, pcs);
-    }
-
-    pub(super) fn symbolize(
-        &mut self,
-        tgid: i32,
-        stack: Option<&Stack>,
-    ) -> Vec<crate::backtrace::Frame> {
-        let Some(stack) = stack else {
-            return Vec::new();
-        };
-        let maps = match self.procs.get(&tgid).and_then(|p| p.maps.clone()) {
-            Some(m) => m,
-            None => match ModuleMap::read(tgid) {
-                Ok(m) => m,
-                Err(_) => return Vec::new(),
-            },
-        };
-        let (native, py_frames) = crate::backtrace::python::decode(stack);
-        let frames = self.symbolizer.symbolize(&maps, &native, true);
-        // The shim's own frames (its wrappers, its report path) are ours,
-        // not the program's: a report starts at the program's call.
-        let mut frames: Vec<_> = frames
-            .into_iter()
-            .filter(|f| {
-                !f.module_name()
-                    .is_some_and(|m| m.starts_with("libhandles_shim"))
-            })
-            .collect();
-        if !py_frames.is_empty() {
-            let interp = self.python.interpreter(&maps);
-            // The shim's code registry names code objects freed since.
-            let view = self
-                .procs
-                .get(&tgid)
-                .and_then(|p| p.shim.as_ref())
-                .and_then(|s| s.table())
-                .and_then(|m| m.view().ok());
-            let codes = view.as_ref().map(|v| v.codes());
-            let resolved = self
-                .python
-                .resolve(tgid, interp.as_ref(), codes.as_ref(), &py_frames);
-            frames = crate::backtrace::python::merge(frames, resolved, &py_frames);
-        }
-        for (i, f) in frames.iter_mut().enumerate() {
-            f.index = i;
-        }
-        frames
-    }
-
-    /// Makes the syscall at an entry stop fail with `errno` without running.
-    pub(super) fn skip_with(&self, tid: i32, mut regs: Regs, errno: i32) {
-        regs.orig_rax = u64::MAX;
-        regs.rax = (-(errno as i64)) as u64;
-        let _ = tracer::setregs(tid, &regs);
-    }
-
-    /// The action of one condition for a process, without copying its policy
-    /// (asked on every socket and epoll call when wrong-object is on).
-    pub(super) fn action_of(&self, tgid: i32, c: Condition) -> Action {
-        self.procs
-            .get(&tgid)
-            .map_or(&self.opts.policy, |p| &p.policy)
-            .get(c)
-            .action
-    }
-
-    pub(super) fn policy_of(&self, tgid: i32) -> Policy {
-        self.procs
-            .get(&tgid)
-            .map(|p| p.policy)
-            .unwrap_or_else(|| self.opts.policy)
-    }
-
-    /// Writes an exception report and counts it. Reports are counted per
-    /// context (the offending stack and the stack that closed the handle,
-    /// as valgrind's are): the first of a context is written in full,
-    /// later ones only counted, in the summary and in `--report`/`--sarif`.
-    pub(super) fn emit(&mut self, report: &ExceptionReport) {
-        self.exceptions += 1;
-        let key = report.context_key();
-        if let Some(&i) = self.contexts.get(&key) {
-            if let Some(e) = self.exception_list.get_mut(i) {
-                e.count += 1;
-            }
-            return;
-        }
-        self.contexts.insert(key, self.exception_list.len());
-        let mut text = report.render();
-        if self.opts.gen_suppressions {
-            // Printed bare after the report, ready to paste into a
-            // suppressions file, as after a leak report.
-            text.push_str(&self.rule_for(report));
-        }
-        self.write_report(&text);
-        self.exception_list.push(SerException::first_of(report));
-    }
-
-    /// valgrind's closing line, in every mode, so that a CI log always
-    /// ends with a count.
-    pub(super) fn error_summary(&self) -> String {
-        let summary = handles_model::report::Summary {
-            exceptions: self.exceptions as u64,
-            contexts: self.contexts.len() as u64,
-            suppressed: self.suppressed as u64,
-            this_process: false,
-        };
-        format!("{summary}\n")
-    }
-
-    /// `--gen-suppressions`: the rule that matches exactly this report.
-    /// Its object type is the one suppression matching sees (checks.rs):
-    /// the closed handle's, which the table still holds at this point.
-    fn rule_for(&self, report: &ExceptionReport) -> String {
-        let ty = match (report.condition.as_str(), report.fd) {
-            ("bad-handle", Some(fd)) => self
-                .threads
-                .get(&report.tid)
-                .and_then(|t| t.table.borrow().closed_info(fd).map(|c| c.facts.ty)),
-            _ => None,
-        };
-        // The first section is the offending call's stack.
-        let frames: Vec<FrameRef<'_>> = report
-            .sections
-            .first()
-            .map(|s| FrameRef::all(&s.frames))
-            .unwrap_or_default();
-        crate::suppress::exception_rule(&report.condition, &report.kind, ty.unwrap_or(""), &frames)
-    }
-
-    /// `--report` and `--sarif`, written once the job is over.
-    pub(super) fn write_machine_reports(&self) -> Result<(), RunError> {
-        let write = |path: &PathBuf, v: &serde_json::Value| -> Result<(), RunError> {
-            let text = serde_json::to_string_pretty(v).unwrap_or_default();
-            std::fs::write(path, text + "\n").map_err(|e| RunError::Log {
-                path: path.clone(),
-                source: e,
-            })
-        };
-        if let Some(p) = &self.opts.report {
-            let mut command = vec![self.opts.program.to_string_lossy().into_owned()];
-            command.extend(
-                self.opts
-                    .args
-                    .iter()
-                    .map(|a| a.to_string_lossy().into_owned()),
-            );
-            let exit = self.root_exit.map(exit_json);
-            let procs: Vec<SerProcess> = self.tree.values().cloned().collect();
-            let mut v = output::json_report(
-                &command,
-                exit,
-                &self.exception_list,
-                &self.leak_reports,
-                &procs,
-                self.suppressed,
-            );
-            if self.opts.inherit_check {
-                super::inherit::add_to_json(&mut v, &self.crossings);
-            }
-            if self.opts.leak_mode != LeakMode::Off {
-                super::pertest::add_to_json(&mut v, &self.test_leaks);
-            }
-            write(p, &v)?;
-        }
-        if let Some(p) = &self.opts.sarif {
-            let mut v = output::sarif(
-                env!("CARGO_PKG_VERSION"),
-                &self.exception_list,
-                &self.leak_reports,
-            );
-            if self.opts.inherit_check {
-                super::inherit::add_to_sarif(&mut v, &self.crossings);
-            }
-            if self.opts.leak_mode != LeakMode::Off {
-                super::pertest::add_to_sarif(&mut v, &self.test_leaks);
-            }
-            write(p, &v)?;
-        }
-        Ok(())
-    }
-
-    /// Our output goes to stderr and, with `--log`, to the log file.
-    pub(super) fn write_report(&mut self, text: &str) {
-        let _ = std::io::stderr().write_all(text.as_bytes());
-        if let Some(f) = &mut self.log {
-            let _ = f.write_all(text.as_bytes());
-        }
-    }
-
-    /// After a report: kill, trap, or stop the offender, and resume it.
-    pub(super) fn raise(&mut self, tid: i32, tgid: i32, action: Action) {
-        self.deliver(tid, tgid, action);
-        self.resume(tid, None);
-    }
-
-    /// The consequence of an exception, without resuming: SIGKILL, a
-    /// pending SIGTRAP (delivered when the call returns, as a synchronous
-    /// exception would be), a stop for the debugger, or nothing
-    /// (`--on-exception=continue`).
-    pub(super) fn deliver(&mut self, tid: i32, tgid: i32, action: Action) {
-        match action {
-            Action::Kill => {
-                // SAFETY: kill(2) of one of our tracees.
-                unsafe { libc::kill(tgid, libc::SIGKILL) };
-            }
-            Action::AllowException | Action::DenyException => match self.opts.on_exception {
-                OnException::Trap => {
-                    // SAFETY: tgkill to one of our tracees.
-                    unsafe { libc::syscall(libc::SYS_tgkill, tgid, tid, libc::SIGTRAP) };
-                }
-                OnException::Stop => {
-                    if let Some(p) = self.procs.get_mut(&tgid) {
-                        p.detaching = true;
-                    }
-                    // SAFETY: kill(2) of one of our tracees.
-                    unsafe { libc::kill(tgid, libc::SIGSTOP) };
-                    if self.stopped.is_empty() {
-                        install_tick();
-                    }
-                    if !self.stopped.contains(&tgid) {
-                        self.stopped.push(tgid);
-                    }
-                    // Only the root is our child: its exit reaches us even
-                    // detached; another process's does not.
-                    let waits_for = if tgid == self.root {
-                        format!(
-                            "the job's other processes, and process {tgid} once it is resumed, to exit"
-                        )
-                    } else {
-                        "the job's other processes to exit".to_string()
-                    };
-                    let me = std::process::id();
-                    self.write_report(&format!(
-                        "handles: process {tgid} is stopped and detached; attach a debugger with: gdb -p {tgid}\n\
-                         handles:     or resume it without one: kill -CONT {tgid} (its fd syscalls then fail \
-                         with ENOSYS: no supervisor serves its seccomp filter any more)\n\
-                         handles: waiting for {waits_for}; Ctrl-C or SIGTERM to handles (pid {me}) ends the \
-                         wait: the other processes are killed, {tgid} stays stopped, and handles exits \
-                         with 128 + the signal (130, 143)\n"
-                    ));
-                }
-                OnException::Continue => {}
-            },
-            _ => {}
-        }
-    }
-
-    /// For `--on-exception=stop`: detaches each thread of a marked process
-    /// at its next stop, leaving it stopped.
-    /// `tid`'s process is being detached for `--on-exception=stop`.
-    pub(super) fn is_detaching(&self, tid: i32) -> bool {
-        self.threads
-            .get(&tid)
-            .and_then(|t| self.procs.get(&t.tgid))
-            .is_some_and(|p| p.detaching)
-    }
-
-    pub(super) fn detach_if_needed(&mut self, tid: i32, sig: Option<Signal>) -> bool {
-        if !self.is_detaching(tid) {
-            return false;
+        stop: Stopped,
+        sig: Option<Signal>,
+    ) -> Result<Resumed, Stopped> {
+        if !self.is_detaching(stop.tid()) {
+            return Err(stop);
         }
         let keep = match sig {
-            Some(Signal::SIGSTOP) | None => Some(Signal::SIGSTOP),
-            other => other,
+            Some(Signal::SIGSTOP) | None => Signal::SIGSTOP,
+            Some(other) => other,
         };
-        let _ = ptrace::detach(Pid::from_raw(tid), keep);
-        self.threads.remove(&tid);
-        true
+        self.threads.remove(&stop.tid());
+        Ok(stop.detach(keep as i32))
     }
-}
 
-pub(super) fn exit_json(e: Exit) -> serde_json::Value {
-    match e {
-        Exit::Code(c) => serde_json::json!({ "code": c }),
-        Exit::Signal(s, core) => serde_json::json!({ "signal": s, "core": core }),
+    pub(super) fn on_seccomp(&mut self, stop: Stopped) -> Resumed {
+        let tid = stop.tid();
+        let Ok(regs) = stop.regs() else {
+            return stop.gone();
+        };
+        let nr = regs.orig_rax as i64;
+        let desc = match syscalls::lookup(nr) {
+            // A 32-bit syscall (int 0x80) numbers differently: let it be.
+            Some(d) if regs.cs == 0x33 => d,
+            _ => return stop.cont(),
+        };
+        let Some(tgid) = self.threads.get(&tid).map(|t| t.tgid) else {
+            return stop.cont();
+        };
+        let a = tracer::args(&regs);
+        if nr == libc::SYS_fcntl
+            && a[0] as i32 == -1
+            && a[1] as u32 == handles_model::table::CHECKPOINT_CMD
+        {
+            if self.opts.leak_mode != LeakMode::Off {
+                return self.on_checkpoint(stop, tgid, regs, a[2]);
+            }
+            // Nothing counts leaks: the call fails as natively (EBADF),
+            // never judged (marked, it would pass for a bad call the
+            // shim hands over).
+            return stop.cont();
+        }
+        if self.shim_injected && shimtable::is_announcement(nr, &a, self.cookie) {
+            self.on_announce(tid, tgid, a[0] as i32);
+            return stop.cont();
+        }
+        let tag = if self.shim_injected {
+            shimtable::marker_of(nr, &a, self.cookie)
+        } else {
+            None
+        };
+        // A marked call is one the shim's judge already found to raise an
+        // exception: it is acted on here, not judged again.
+        let marked = tag.is_some();
+        self.sync_shim(tid, tgid);
+        if self.opts.inherit_check {
+            self.note_inheritable(tgid, nr, &a);
+            if tag == Some(handles_model::table::marker::INHERIT) {
+                // Only news for the inherit check: the call runs as is.
+                return stop.cont();
+            }
+        }
+        if tag == Some(handles_model::table::marker::OWN) {
+            // The shim's own bookkeeping (its table, its tombstone source,
+            // a quarantine's dup3), stopped only because a new-* entry or
+            // a handle budget stops every creating call: not the program's.
+            return stop.cont();
+        }
+        if let Some(h) = shimtable::held_by_shim(nr, &a, self.cookie) {
+            if self.shim_injected {
+                return self.on_shim_held(stop, tgid, regs, h);
+            }
+        }
+        let (desc, a) = match shimtable::proxied(nr, &a, self.cookie) {
+            Some(p) if self.shim_injected => p,
+            _ => (desc, a),
+        };
+        if let Some(i) = syscalls::path_arg(desc.nr) {
+            if self.names_hidden_entry(&stop, tgid, a[i]) {
+                // A name of a tombstone or of a tool's own fd: natively
+                // nothing holds that number, so nothing has that name.
+                stop.skip_with(regs, libc::ENOENT);
+                return stop.cont();
+            }
+        }
+        if desc.kind == Kind::Poll {
+            // poll() on a closed fd is defined: that entry gets POLLNVAL.
+            // Programs use it to ask which fds are open (findutils' fd leak
+            // check in xargs does), so it is a question (the judge's rule);
+            // but a tombstone would poll as ready, so its entries are fixed
+            // up at the exit.
+            let hidden: Vec<i32> = self
+                .used_fds(&stop, desc, &a)
+                .into_iter()
+                .filter(|&fd| {
+                    matches!(
+                        self.check_fd(tid, fd),
+                        Some(Bad::Stale | Bad::StaleInherited | Bad::Internal)
+                    )
+                })
+                .collect();
+            if hidden.is_empty() {
+                return stop.cont();
+            }
+            if let Some(t) = self.threads.get_mut(&tid) {
+                t.pending = Some(ExitWork::Poll {
+                    entry: regs,
+                    hidden,
+                });
+            }
+            return stop.to_exit();
+        }
+        let stop = match self.judge_call(stop, tgid, regs, desc, &a, marked) {
+            Ok(done) => return done,
+            Err(stop) => stop,
+        };
+        if let Some((expected, errno)) = expected_object(desc.name) {
+            let action = self.action_of(tgid, Condition::WrongObject);
+            let fd = a[0] as i32;
+            if action != Action::Allow && fd >= 0 {
+                let facts = self.object_facts(tgid, fd);
+                let ty = refine_socket(
+                    tgid,
+                    fd,
+                    ObjType::from_name(facts.ty).unwrap_or(ObjType::Unknown),
+                );
+                if !expected.contains(&ty) {
+                    return self
+                        .wrong_object(stop, tgid, regs, desc, fd, ty, expected, errno, action);
+                }
+            }
+        }
+        match decide::route(desc, &a) {
+            Route::Listing => self.watch_listing(stop, tgid, &regs),
+            Route::Run => stop.cont(),
+            Route::LimitChanged => {
+                for p in self.procs.values_mut() {
+                    p.nofile = None;
+                }
+                stop.cont()
+            }
+            Route::Close => self.on_close(stop, tgid, regs, true),
+            Route::Create => self.follow_to_exit(stop, tgid, desc, regs),
+            Route::CloseRange => {
+                if let Some(t) = self.threads.get_mut(&tid) {
+                    t.pending = Some(ExitWork::CloseRange { entry: regs });
+                }
+                stop.to_exit()
+            }
+        }
     }
-}
 
-/// Frames the shim may have on the stack below the program's call (its
-/// wrapper, judge, report and syscall functions), unwound beyond
-/// `--stack-depth` and then left out.
-const SHIM_FRAMES: usize = 16;
+    /// Judges a stopped call's fd arguments and acts on the decision.
+    /// Gives the stop back when the call goes on to the rest of the
+    /// checks.
+    fn judge_call(
+        &mut self,
+        stop: Stopped,
+        tgid: i32,
+        regs: Regs,
+        desc: &'static Desc,
+        a: &[u64; 6],
+        marked: bool,
+    ) -> Result<Resumed, Stopped> {
+        let tid = stop.tid();
+        let mut args = Vec::new();
+        let fds = self.fd_args(desc, a);
+        let limit = if fds.is_empty() {
+            u64::MAX
+        } else {
+            self.cached_nofile(tgid)
+        };
+        for (i, fd) in fds {
+            let known = self.known(tid, fd);
+            if decide::is_sentinel(fd, limit, known) {
+                if desc.kind == Kind::Close {
+                    return Ok(stop.cont());
+                }
+                continue;
+            }
+            let mut op = judge::op_of(desc.nr, a, i, false);
+            if known != Known::Open && desc.dirfd_args & (1 << i) != 0 {
+                // The path after a dirfd decides what the dirfd is for:
+                // an absolute path ignores it, an empty one (AT_EMPTY_PATH)
+                // names the fd itself.
+                let first = a
+                    .get(i + 1)
+                    .and_then(|&p| stop.read_mem(p, 1).ok())
+                    .and_then(|b| b.first().copied());
+                match decide::dirfd_use(first) {
+                    DirfdUse::Ignored => continue,
+                    DirfdUse::Itself => op = judge::op_of(desc.nr, a, i, true),
+                    DirfdUse::Relative => {}
+                }
+            }
+            if marked && op == judge::Op::Question {
+                // The shim stands a libc function's use (fdopen, ...) for
+                // an fstat: it judged a use.
+                op = judge::Op::Use;
+            }
+            if !marked
+                && op == judge::Op::Question
+                && known != Known::Open
+                && self.asked_by_an_opener(&stop, tgid, &regs)
+            {
+                // fdopen's F_GETFL and fdopendir's fstat are how libc
+                // starts to use the fd: the shim judges those functions
+                // as uses, and so must the supervisor where no shim is.
+                op = judge::Op::Use;
+            }
+            args.push(judge::Arg { op, fd, known });
+        }
+        let policy = self.policy_of(tgid);
+        let decision = if marked {
+            judge::Decision {
+                flush: judge::Flush::None,
+                verdict: judge::judge_now(&args, &policy),
+            }
+        } else {
+            let shell = args.iter().any(|a| a.known != Known::Open) && self.is_shell(tgid);
+            let Some(t) = self.threads.get_mut(&tid) else {
+                return Err(stop);
+            };
+            judge::judge(&mut t.memo, &args, shell, &policy)
+        };
+        match decision.flush {
+            judge::Flush::Raise(_) => self.flush_held(tid, true),
+            judge::Flush::Drop(_) => {
+                if let Some(t) = self.threads.get_mut(&tid) {
+                    t.held = None;
+                }
+            }
+            judge::Flush::None => {}
+        }
+        match decide::step_for(decision.verdict, &args) {
+            Step::Continue => Err(stop),
+            Step::Resume => Ok(stop.cont()),
+            Step::CloseUnquarantined => Ok(self.on_close(stop, tgid, regs, false)),
+            Step::Fail(errno) => {
+                stop.skip_with(regs, errno);
+                Ok(stop.cont())
+            }
+            Step::GiveBack(fd) => Ok(self.give_back(stop, tgid, fd)),
+            Step::Hold { held: h, give_back } => {
+                let offending = self.offending_stack(&stop, tgid, &regs);
+                let report = self.bad_handle_report(
+                    tid,
+                    tgid,
+                    &regs,
+                    desc,
+                    h.fd,
+                    h.kind,
+                    h.action,
+                    Moment::HeldDue,
+                    h.quarantined,
+                    offending,
+                );
+                self.keep_held(tid, report, h.action);
+                if give_back {
+                    Ok(self.give_back(stop, tgid, h.fd))
+                } else {
+                    stop.skip_with(regs, libc::EBADF);
+                    Ok(stop.cont())
+                }
+            }
+            Step::Raise {
+                fd,
+                kind,
+                action,
+                quarantined,
+                run,
+            } => {
+                let offending = self.offending_stack(&stop, tgid, &regs);
+                let report = self.bad_handle_report(
+                    tid,
+                    tgid,
+                    &regs,
+                    desc,
+                    fd,
+                    kind,
+                    action,
+                    if run { Moment::Ran } else { Moment::Failed },
+                    quarantined,
+                    offending,
+                );
+                if !run {
+                    stop.skip_with(regs, libc::EBADF);
+                }
+                Ok(match report {
+                    Some(r) => {
+                        self.emit(&r);
+                        self.raise(stop, tgid, action)
+                    }
+                    // Suppressed: the call is answered as a closed fd
+                    // would be, and nothing follows.
+                    None => stop.cont(),
+                })
+            }
+        }
+    }
 
-/// Whether `pc` lies in the LD_PRELOAD shim (named as `symbolize`'s
-/// filter names it).
-fn in_shim(maps: &ModuleMap, pc: u64) -> bool {
-    maps.module_of(pc).is_some_and(|(path, _)| {
-        std::path::Path::new(path)
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("libhandles_shim"))
-    })
+    /// Gives the quarantined number `fd` back to the kernel
+    /// (`Verdict::Release`): the stopped close runs on the tombstone, and
+    /// its exit is made to answer EBADF, as the closed number would.
+    fn give_back(&mut self, stop: Stopped, tgid: i32, fd: i32) -> Resumed {
+        let tid = stop.tid();
+        if let Some(t) = self.threads.get(&tid) {
+            t.table.borrow_mut().drop_tombstone(fd);
+        }
+        self.shim_update(tgid, fd, &shimtable::Update::Free);
+        if let Some(t) = self.threads.get_mut(&tid) {
+            t.pending = Some(ExitWork::Release);
+        }
+        stop.to_exit()
+    }
+
+    /// The shim's judge held a close (HOLD: the report is built now, from
+    /// the stack the shim captured, and kept for the thread), or decided
+    /// one it held (HELD_RAISE: written and raised now; HELD_DROP: a sweep
+    /// followed). The supervisor keeps it so that a thread that ends or
+    /// execs first still gets it written.
+    fn on_shim_held(
+        &mut self,
+        stop: Stopped,
+        tgid: i32,
+        regs: Regs,
+        h: shimtable::HeldByShim,
+    ) -> Resumed {
+        use handles_model::table::marker;
+        let tid = stop.tid();
+        stop.skip_with(regs, libc::EBADF);
+        match h.tag {
+            marker::HELD_RAISE => {
+                self.flush_held(tid, true);
+                return stop.cont();
+            }
+            marker::HELD_DROP => {
+                if let Some(t) = self.threads.get_mut(&tid) {
+                    t.held = None;
+                }
+                return stop.cont();
+            }
+            marker::RELEASE => {
+                if let Some(t) = self.threads.get(&tid) {
+                    t.table.borrow_mut().drop_tombstone(h.fd);
+                }
+                return stop.cont();
+            }
+            _ => {}
+        }
+        let Some(desc) = syscalls::lookup(h.nr) else {
+            return stop.cont();
+        };
+        let pcs: Vec<u64> = stop
+            .read_mem(h.pcs, h.n * 8)
+            .map(|b| {
+                b.chunks_exact(8)
+                    .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8])))
+                    .take_while(|&pc| pc != 0)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut pcs = pcs;
+        // The thread is stopped in the held call's context: its Python
+        // frames are the call's.
+        self.append_python(&stop, tgid, &regs, &mut pcs);
+        let offending = self.symbolize(tgid, Some(&Arc::new(pcs)));
+        let known = self.known(tid, h.fd);
+        let op = judge::op_of(h.nr, &[h.fd as u64, 0, 0, 0, 0, 0], 0, false);
+        let policy = self.policy_of(tgid);
+        let verdict = judge::judge_now(
+            &[judge::Arg {
+                op,
+                fd: h.fd,
+                known,
+            }],
+            &policy,
+        );
+        let Verdict::Raise {
+            kind,
+            action,
+            quarantined,
+            ..
+        } = verdict
+        else {
+            return stop.cont();
+        };
+        let mut call = regs;
+        call.rdi = h.fd as u64;
+        let report = self.bad_handle_report(
+            tid,
+            tgid,
+            &call,
+            desc,
+            h.fd,
+            kind,
+            action,
+            Moment::HeldDue,
+            quarantined,
+            offending,
+        );
+        self.keep_held(tid, report, action);
+        stop.cont()
+    }
+
+    pub(super) fn on_syscall_exit(&mut self, stop: Stopped) -> Resumed {
+        let tid = stop.tid();
+        let Some(work) = self.threads.get_mut(&tid).and_then(|t| t.pending.take()) else {
+            return stop.cont();
+        };
+        let Ok(regs) = stop.regs() else {
+            return stop.gone();
+        };
+        let Some(tgid) = self.threads.get(&tid).map(|t| t.tgid) else {
+            return stop.gone();
+        };
+        let ret = regs.rax as i64;
+        match work {
+            ExitWork::Listing { entry, pid } => self.filter_listing(stop, &entry, &regs, pid),
+            ExitWork::Poll { entry, hidden } => {
+                fix_poll(&stop, &entry, &regs, &hidden);
+                stop.cont()
+            }
+            ExitWork::Release => {
+                let mut done = regs;
+                done.rax = (-(libc::EBADF as i64)) as u64;
+                let _ = stop.set_regs(&done);
+                stop.cont()
+            }
+            ExitWork::CloseRange { entry } => {
+                if ret == 0 {
+                    self.after_close_range(&stop, tgid, &entry);
+                }
+                stop.cont()
+            }
+            ExitWork::Create { desc, entry, stack } => {
+                if matches!(errno_of(ret), Some(libc::EMFILE) | Some(libc::ENFILE)) {
+                    match self.release_tombstones(&stop, &regs, true) {
+                        Ok(true) => {
+                            // Retry the call now that the numbers are free:
+                            // the program never sees an early EMFILE.
+                            let mut again = entry;
+                            again.rax = entry.orig_rax;
+                            again.rip = entry.rip.wrapping_sub(tracer::SYSCALL_INSN_LEN);
+                            let _ = stop.set_regs(&again);
+                            return stop.cont();
+                        }
+                        Ok(false) => {}
+                        Err(_) => return stop.gone(),
+                    }
+                }
+                if ret >= 0 {
+                    // Near FD_SETSIZE the quarantine must give its numbers
+                    // back: natively they would be free, and a select() user
+                    // must keep getting fds below 1024.
+                    let crowded = self.threads.get(&tid).is_some_and(|t| {
+                        let t = t.table.borrow();
+                        decide::crowded(t.quarantined(), t.used())
+                    });
+                    if crowded {
+                        match self.release_tombstones(&stop, &regs, false) {
+                            Ok(_) => {
+                                let _ = stop.set_regs(&regs);
+                            }
+                            Err(_) => return stop.gone(),
+                        }
+                    }
+                    self.after_create(stop, tgid, desc, &entry, ret, stack)
+                } else {
+                    stop.cont()
+                }
+            }
+        }
+    }
+
+    /// PTRACE_EVENT_EXIT: the thread is exiting but its fd table still
+    /// exists. When it is the last thread using the table, check for leaks.
+    pub(super) fn on_exit_event(&mut self, stop: Stopped) -> Resumed {
+        let tid = stop.tid();
+        self.flush_held(tid, false);
+        if let Some(t) = self.threads.get_mut(&tid) {
+            t.exiting = true;
+        }
+        if self.opts.leak_mode != LeakMode::Off {
+            let last = self.threads.get(&tid).is_some_and(|t| {
+                self.threads
+                    .values()
+                    .filter(|o| Rc::ptr_eq(&o.table, &t.table))
+                    .all(|o| o.exiting)
+            });
+            if let Some(tgid) = self.threads.get(&tid).map(|t| t.tgid).filter(|_| last) {
+                // A test still running at exit ends with the process
+                // (checkpoint.rs): its report comes first.
+                self.end_of_tests(tid, tgid);
+                self.leak_check(tid, tgid);
+            }
+        }
+        stop.cont()
+    }
 }

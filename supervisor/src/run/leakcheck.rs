@@ -1,8 +1,13 @@
 //! Leak checks at process exit (see `leaks.rs` for the report format).
 
-use super::job::*;
-use super::shimtable;
-use crate::suppress::Facts;
+use std::path::PathBuf;
+
+use super::fdtable::{Origin, Stack};
+use super::leaks::{Candidate, Leak, LeakGroup, LeakMode, ProcessLeaks};
+use super::procfs::fd_numbers;
+use super::state::Job;
+use super::{leaks, shimtable};
+use crate::suppress::{Event, Facts, FrameRef};
 use handles_model::table::how;
 
 /// The files a process's arguments name, for rules with `argument = yes`
@@ -35,34 +40,9 @@ fn argument_paths(tgid: i32) -> Vec<String> {
 }
 
 impl Job {
-    /// PTRACE_EVENT_EXIT: the thread is exiting but its fd table still
-    /// exists. When it is the last thread using the table, check for leaks.
-    pub(super) fn on_exit_event(&mut self, tid: i32) {
-        self.flush_held(tid, false);
-        if let Some(t) = self.threads.get_mut(&tid) {
-            t.exiting = true;
-        }
-        if self.opts.leak_mode != LeakMode::Off {
-            let last = self.threads.get(&tid).is_some_and(|t| {
-                self.threads
-                    .values()
-                    .filter(|o| Rc::ptr_eq(&o.table, &t.table))
-                    .all(|o| o.exiting)
-            });
-            if last {
-                self.leak_check(tid);
-            }
-        }
-        self.resume(tid, None);
-    }
-
-    pub(super) fn leak_check(&mut self, tid: i32) {
-        let Some(tgid) = self.threads.get(&tid).map(|t| t.tgid) else {
-            return;
-        };
-        // A test still running at exit ends with the process
-        // (pertest.rs): its report comes first.
-        self.end_of_tests(tid, tgid);
+    /// The leak check of `tgid` (thread `tid`), at its last thread's
+    /// exit event (after the report of a test still running then).
+    pub(super) fn leak_check(&mut self, tid: i32, tgid: i32) {
         let all = self.opts.leak_mode == LeakMode::All;
         let candidates = self.leak_candidates(tid, tgid, all);
         if candidates.is_empty() {
@@ -330,7 +310,3 @@ impl Job {
         Some((report, stacks, rules))
     }
 }
-
-/// A handle a leak check looks at: fd, (handle value, generation), origin, creation
-/// stack, inherited.
-pub(super) type Candidate = (i32, (u32, u32), Origin, Option<Stack>, bool);

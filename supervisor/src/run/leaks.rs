@@ -12,6 +12,7 @@ use std::fmt::Write;
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
+use super::fdtable::{Origin, Stack};
 use crate::backtrace::Frame;
 use crate::json;
 
@@ -193,6 +194,10 @@ pub fn summary(all: &[ProcessLeaks]) -> String {
     s.push('\n');
     s
 }
+
+/// A handle a leak check looks at: fd, (handle value, generation), origin, creation
+/// stack, inherited.
+pub(super) type Candidate = (i32, (u32, u32), Origin, Option<Stack>, bool);
 
 #[cfg(test)]
 mod tests {

@@ -13,8 +13,8 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::job::*;
-use super::leakcheck::Candidate;
+use super::leaks::{self, ProcessLeaks};
+use super::output;
 
 /// What `handles_checkpoint` asked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,13 +41,13 @@ impl Mark {
 #[derive(Debug, Default)]
 pub struct Segments {
     /// The label new handles get (None: no test).
-    current: Option<String>,
+    pub(super) current: Option<String>,
     /// The test that began last and has not ended.
-    running: Option<String>,
+    pub(super) running: Option<String>,
     /// Handles (fd, value) open at the last checkpoint.
-    seen: HashSet<(i32, u32)>,
+    pub(super) seen: HashSet<(i32, u32)>,
     /// Handles given to a test, by (fd, value).
-    owned: HashMap<(i32, u32), String>,
+    pub(super) owned: HashMap<(i32, u32), String>,
 }
 
 /// The leaks of one test.
@@ -59,104 +59,13 @@ pub struct TestLeaks {
     pub leaks: ProcessLeaks,
 }
 
-/// Longest test id read from the program (pytest's parametrized ids can
-/// be long; the rest is cut).
-const NAME_MAX: usize = 4096;
-
-impl Job {
-    /// `fcntl(-1, CHECKPOINT_CMD, name)`: a test boundary of `tgid`.
-    /// Answered with 0 without running (the kernel would say EBADF).
-    pub(super) fn on_checkpoint(&mut self, tid: i32, tgid: i32, regs: Regs, name_at: u64) {
-        let name = (name_at != 0)
-            .then(|| tracer::read_head(tid, name_at, NAME_MAX))
-            .flatten();
-        let mark = if name_at != 0 && name.is_none() {
-            // An unreadable name: the call fails as natively.
-            self.skip_with(tid, regs, libc::EFAULT);
-            self.resume(tid, None);
-            return;
-        } else {
-            Mark::from_name(name.as_deref())
-        };
-        self.checkpoint(tid, tgid, mark);
-        self.skip_with(tid, regs, 0);
-        self.resume(tid, None);
-    }
-
-    fn checkpoint(&mut self, tid: i32, tgid: i32, mark: Mark) {
-        let now = self.leak_candidates(tid, tgid, false);
-        let st = self.segments.entry(tgid).or_default();
-        let keys: HashSet<(i32, u32)> = now.iter().map(|c| (c.0, c.1 .0)).collect();
-        if let Some(label) = &st.current {
-            for k in keys.difference(&st.seen) {
-                st.owned.insert(*k, label.clone());
-            }
-        }
-        // A number closed and made again is another handle: forget what
-        // is no longer open.
-        st.owned.retain(|k, _| keys.contains(k));
-        st.seen = keys;
-        let ended = match &mark {
-            Mark::End => st.running.take(),
-            Mark::Test(t) if st.running.as_ref().is_some_and(|r| r != t) => st.running.take(),
-            _ => None,
-        };
-        match mark {
-            Mark::Test(t) => {
-                st.current = Some(t.clone());
-                st.running = Some(t);
-            }
-            Mark::Pause | Mark::End => st.current = None,
-        }
-        if let Some(test) = ended {
-            self.report_test(tid, tgid, &test, now);
-        }
-    }
-
-    /// At the exit of `tgid`: a test still running ends with it.
-    pub(super) fn end_of_tests(&mut self, tid: i32, tgid: i32) {
-        if self
-            .segments
-            .get(&tgid)
-            .is_some_and(|s| s.running.is_some())
-        {
-            self.checkpoint(tid, tgid, Mark::End);
-        }
-        self.segments.remove(&tgid);
-    }
-
-    /// Reports the handles `test` was given that are open in `now`.
-    fn report_test(&mut self, tid: i32, tgid: i32, test: &str, now: Vec<Candidate>) {
-        let Some(st) = self.segments.get_mut(&tgid) else {
-            return;
-        };
-        let mine: Vec<Candidate> = now
-            .into_iter()
-            .filter(|c| st.owned.get(&(c.0, c.1 .0)).is_some_and(|t| t == test))
-            .collect();
-        // Reported once: a handle stays the test's leak, not the next's.
-        st.owned.retain(|_, t| t != test);
-        if mine.is_empty() {
-            return;
-        }
-        let Some((leaks, stacks, rules)) = self.leak_groups(tid, tgid, mine, false) else {
-            return;
-        };
-        if leaks.count() > 0 {
-            let mut text = render(test, &leaks, &stacks);
-            text.push_str(&rules);
-            self.write_report(&text);
-        }
-        self.test_leaks.push(TestLeaks {
-            test: test.to_string(),
-            leaks,
-        });
-    }
-}
-
 /// A test's report: its own heading, then the groups as an exit-time
 /// leak check writes them.
-fn render(test: &str, p: &ProcessLeaks, stacks: &[Vec<crate::backtrace::Frame>]) -> String {
+pub(super) fn render(
+    test: &str,
+    p: &ProcessLeaks,
+    stacks: &[Vec<crate::backtrace::Frame>],
+) -> String {
     let n = p.count();
     let mut s = format!(
         "handles: ==== leak check: test {test} (process {} ({})) ends holding {n} handle{} it created ====\n",
@@ -185,7 +94,7 @@ pub fn add_to_json(report: &mut Value, t: &[TestLeaks]) {
 
 /// SARIF: one `test-leak` result per group, carrying the test's id.
 pub fn add_to_sarif(sarif: &mut Value, t: &[TestLeaks]) {
-    let Some(results) = super::output::sarif_rule(
+    let Some(results) = output::sarif_rule(
         sarif,
         "test-leak",
         "A handle a test created and had not closed by its end",
@@ -209,14 +118,14 @@ pub fn add_to_sarif(sarif: &mut Value, t: &[TestLeaks]) {
                     l.leaks.name,
                     fds
                 ) },
-                "stacks": [super::output::sarif_stack("created at", &g.stack)],
+                "stacks": [output::sarif_stack("created at", &g.stack)],
                 "properties": {
                     "test": l.test,
                     "pid": l.leaks.pid,
                     "handles": g.handles.iter().map(|h| crate::json::handle_value(&h.json())).collect::<Vec<_>>(),
                 },
             });
-            results.push(super::output::with_location(r, &g.stack));
+            results.push(output::with_location(r, &g.stack));
         }
     }
 }

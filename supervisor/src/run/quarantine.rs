@@ -3,17 +3,30 @@
 //! fail) so the number is not reused at once; planting the tombstone
 //! source, eviction, and giving numbers back under fd pressure.
 
-use super::job::*;
+use handles_model::ObjType;
+
+use super::decide;
+use super::fdtable::runs;
+use super::procfs::nofile_limit;
+use super::state::Job;
+use super::tracer::{InjectError, Regs, Resumed, Stopped};
 
 impl Job {
     /// A close of an open handle, quarantined unless `quarantine` is false
     /// (a sweep's close: see `judge::Verdict::Unquarantined`).
-    pub(super) fn on_close(&mut self, tid: i32, tgid: i32, regs: Regs, quarantine: bool) {
+    pub(super) fn on_close(
+        &mut self,
+        stop: Stopped,
+        tgid: i32,
+        regs: Regs,
+        quarantine: bool,
+    ) -> Resumed {
+        let tid = stop.tid();
         let fd = regs.rdi as i32;
         let facts = self.object_facts(tgid, fd);
-        let stack = self.capture_stack(tid, tgid, Some(&regs));
+        let stack = self.capture_stack(&stop, tgid, Some(&regs));
         let loading = self.procs.get(&tgid).is_some_and(|p| p.loading)
-            || self.made_by_loader(tid, tgid, regs.rip);
+            || self.made_by_loader(&stop, tgid, regs.rip);
         let quarantine = quarantine
             && self.opts.quarantine > 0
             && fd > 2
@@ -25,58 +38,21 @@ impl Job {
                     .borrow_mut()
                     .close(fd, stack, tgid, facts, "close()", false);
             }
-            self.resume(tid, None);
-            return;
+            return stop.cont();
         }
         let cannot_fail = ObjType::from_name(facts.ty).is_some_and(|t| t.close_cannot_fail())
             || (matches!(facts.ty, "file" | "dir") && on_fs_without_flush(tgid, fd));
-        match self.close_into_tombstone(tid, tgid, &regs, fd, cannot_fail) {
+        match self.close_into_tombstone(&stop, tgid, &regs, fd, cannot_fail) {
             Ok(tombstoned) => {
                 if let Some(t) = self.threads.get(&tid) {
                     t.table
                         .borrow_mut()
                         .close(fd, stack, tgid, facts, "close()", tombstoned);
                 }
-                self.resume(tid, None);
+                stop.cont()
             }
-            Err(InjectError::Gone) => {}
-            Err(InjectError::Ptrace(_)) => self.resume(tid, None),
-        }
-    }
-
-    /// Was the call at `ip` made by the dynamic loader (the fds of the
-    /// libraries it maps, closed before the program runs)? Quarantining
-    /// those would shift every fd number the program gets after them.
-    pub(super) fn made_by_loader(&mut self, tid: i32, tgid: i32, ip: u64) -> bool {
-        let Some(p) = self.procs.get_mut(&tgid) else {
-            return false;
-        };
-        let (base, end) = &mut p.loader;
-        if *base == 0 {
-            return false;
-        }
-        let base = *base;
-        let end = *end.get_or_insert_with(|| {
-            super::execinfo::image_span(tid, base).map_or(base, |span| base.saturating_add(span))
-        });
-        (base..end).contains(&ip)
-    }
-
-    /// The process's RLIMIT_NOFILE, re-read every 1024 questions.
-    pub(super) fn cached_nofile(&mut self, tgid: i32) -> u64 {
-        let Some(p) = self.procs.get_mut(&tgid) else {
-            return nofile_limit(tgid);
-        };
-        match &mut p.nofile {
-            Some((limit, asked)) if *asked < 1024 => {
-                *asked += 1;
-                *limit
-            }
-            slot => {
-                let limit = nofile_limit(tgid);
-                *slot = Some((limit, 0));
-                limit
-            }
+            Err(InjectError::Gone) => stop.gone(),
+            Err(InjectError::Ptrace(_)) => stop.cont(),
         }
     }
 
@@ -88,9 +64,8 @@ impl Job {
         let Some(t) = self.threads.get(&tid) else {
             return false;
         };
-        let table = t.table.borrow();
-        let used = table.used() as u64;
-        used + 16 < limit && used + 16 < 1024
+        let used = t.table.borrow().used() as u64;
+        decide::room_for_tombstone(used, limit)
     }
 
     /// Runs the close at `entry` and puts a tombstone on its number,
@@ -110,22 +85,22 @@ impl Job {
     /// the other thread's handle is left alone.
     pub(super) fn close_into_tombstone(
         &mut self,
-        tid: i32,
+        stop: &Stopped,
         tgid: i32,
         entry: &Regs,
         fd: i32,
         cannot_fail: bool,
     ) -> Result<bool, InjectError> {
-        let table = self.threads[&tid].table.clone();
+        let table = self.threads[&stop.tid()].table.clone();
         let mut src = table.borrow().tomb_src;
         // The registers at the last injected syscall's exit; None while
         // the thread is still at the program's own syscall entry.
         let mut at = None;
         if src.is_none() {
-            let (planted, exit) = self.plant_tomb_src(tid, tgid, entry)?;
+            let (planted, exit) = self.plant_tomb_src(stop, tgid, entry)?;
             table.borrow_mut().set_tomb_src(planted);
             if planted.is_none() {
-                return self.close_for_real(tid, &exit, entry, fd);
+                return self.close_for_real(stop, &exit, entry, fd);
             }
             src = planted;
             at = Some(exit);
@@ -138,7 +113,7 @@ impl Job {
         let ebadf = -i64::from(libc::EBADF);
         let (result, held) = if cannot_fail {
             let dup = [s, fd64, libc::O_CLOEXEC as u64, cookie, 0, 0];
-            let r = self.syscall_in(tid, entry, &mut at, libc::SYS_dup3, dup)?;
+            let r = self.syscall_in(stop, entry, &mut at, libc::SYS_dup3, dup)?;
             if r == i64::from(fd) {
                 (0, true)
             } else {
@@ -149,21 +124,21 @@ impl Job {
                 }
                 let close = [fd64, cookie, 0, 0, 0, 0];
                 (
-                    self.syscall_in(tid, entry, &mut at, libc::SYS_close, close)?,
+                    self.syscall_in(stop, entry, &mut at, libc::SYS_close, close)?,
                     false,
                 )
             }
         } else {
             let close = [fd64, cookie, 0, 0, 0, 0];
-            let r = self.syscall_in(tid, entry, &mut at, libc::SYS_close, close)?;
+            let r = self.syscall_in(stop, entry, &mut at, libc::SYS_close, close)?;
             // EBADF: it was not open, so the number is not ours to take.
             let held = r != ebadf && {
                 let again = [s, libc::F_DUPFD_CLOEXEC as u64, fd64, cookie, 0, 0];
-                let d = self.syscall_in(tid, entry, &mut at, libc::SYS_fcntl, again)?;
+                let d = self.syscall_in(stop, entry, &mut at, libc::SYS_fcntl, again)?;
                 if d >= 0 && d != i64::from(fd) {
                     // Another thread's handle sits at fd; ours is the spare.
                     let spare = [d as u64, cookie, 0, 0, 0, 0];
-                    self.syscall_in(tid, entry, &mut at, libc::SYS_close, spare)?;
+                    self.syscall_in(stop, entry, &mut at, libc::SYS_close, spare)?;
                 } else if d == ebadf {
                     table.borrow_mut().set_tomb_src(None);
                 }
@@ -174,7 +149,7 @@ impl Job {
         let (true, Some(mut state)) = (held, at) else {
             let mut done = *entry;
             done.rax = result as u64;
-            tracer::setregs(tid, &done)?;
+            stop.set_regs(&done)?;
             return Ok(false);
         };
         // Evict down to half the bound once it is exceeded, in runs, so a
@@ -182,24 +157,21 @@ impl Job {
         let cap = self.opts.quarantine;
         let evict = {
             let mut t = table.borrow_mut();
-            if t.quarantined() + 1 > cap {
-                t.evict(cap / 2)
-            } else {
-                Vec::new()
+            match decide::evict_to(t.quarantined(), cap) {
+                Some(keep) => t.evict(keep),
+                None => Vec::new(),
             }
         };
         for (first, last) in runs(&evict) {
             let (_, exit) = if first == last {
-                tracer::inject_at_exit(
-                    tid,
+                stop.inject_at_exit(
                     &state,
                     libc::SYS_close,
                     [first as u64, self.cookie, 0, 0, 0, 0],
                     &mut self.deferred,
                 )?
             } else {
-                tracer::inject_at_exit(
-                    tid,
+                stop.inject_at_exit(
                     &state,
                     436,
                     [first as u64, last as u64, 0, self.cookie, 0, 0],
@@ -210,7 +182,7 @@ impl Job {
         }
         let mut done = *entry;
         done.rax = result as u64;
-        tracer::setregs(tid, &done)?;
+        stop.set_regs(&done)?;
         Ok(true)
     }
 
@@ -220,15 +192,15 @@ impl Job {
     /// result and leaves `at` at this syscall's exit.
     fn syscall_in(
         &mut self,
-        tid: i32,
+        stop: &Stopped,
         entry: &Regs,
         at: &mut Option<Regs>,
         nr: i64,
         a: [u64; 6],
     ) -> Result<i64, InjectError> {
         let (ret, exit) = match at {
-            None => tracer::replace_at_entry(tid, entry, nr, a, &mut self.deferred)?,
-            Some(prev) => tracer::inject_at_exit(tid, prev, nr, a, &mut self.deferred)?,
+            None => stop.replace_at_entry(entry, nr, a, &mut self.deferred)?,
+            Some(prev) => stop.inject_at_exit(prev, nr, a, &mut self.deferred)?,
         };
         *at = Some(exit);
         Ok(ret)
@@ -238,13 +210,12 @@ impl Job {
     /// stop at `state` and give the program close's own result.
     fn close_for_real(
         &mut self,
-        tid: i32,
+        stop: &Stopped,
         state: &Regs,
         entry: &Regs,
         fd: i32,
     ) -> Result<bool, InjectError> {
-        let (_, exit) = tracer::inject_at_exit(
-            tid,
+        let (_, exit) = stop.inject_at_exit(
             state,
             libc::SYS_close,
             [fd as u64, self.cookie, 0, 0, 0, 0],
@@ -252,7 +223,7 @@ impl Job {
         )?;
         let mut done = *entry;
         done.rax = exit.rax;
-        tracer::setregs(tid, &done)?;
+        stop.set_regs(&done)?;
         Ok(false)
     }
 
@@ -265,22 +236,21 @@ impl Job {
     /// the last injected syscall's exit.
     pub(super) fn plant_tomb_src(
         &mut self,
-        tid: i32,
+        stop: &Stopped,
         tgid: i32,
         entry: &Regs,
     ) -> Result<(Option<i32>, Regs), InjectError> {
         // The path goes below the red zone of the thread's stack, saved and
         // restored around the call.
         let addr = entry.rsp.wrapping_sub(512) & !0xf;
-        let saved = tracer::read_mem(tid, addr, 8).ok();
-        let path_ok = saved.is_some() && tracer::write_mem(tid, addr, b"/dev/null\0").is_ok();
+        let saved = stop.read_mem(addr, 8).ok();
+        let path_ok = saved.is_some() && stop.write_mem(addr, b"/dev/null\0").is_ok();
         let nr = if path_ok {
             libc::SYS_openat
         } else {
             libc::SYS_getpid
         };
-        let (ret, mut exit) = tracer::replace_at_entry(
-            tid,
+        let (ret, mut exit) = stop.replace_at_entry(
             entry,
             nr,
             [
@@ -294,7 +264,7 @@ impl Job {
             &mut self.deferred,
         )?;
         if let Some(s) = &saved {
-            let _ = tracer::write_mem(tid, addr, s);
+            let _ = stop.write_mem(addr, s);
         }
         if !path_ok || ret < 0 {
             return Ok((None, exit));
@@ -306,8 +276,7 @@ impl Job {
             if want <= low as u64 {
                 continue;
             }
-            let (r, e) = tracer::inject_at_exit(
-                tid,
+            let (r, e) = stop.inject_at_exit(
                 &exit,
                 libc::SYS_fcntl,
                 [
@@ -326,8 +295,7 @@ impl Job {
                 break;
             }
         }
-        let (_, e) = tracer::inject_at_exit(
-            tid,
+        let (_, e) = stop.inject_at_exit(
             &exit,
             libc::SYS_close,
             [low as u64, self.cookie, 0, 0, 0, 0],
@@ -341,11 +309,11 @@ impl Job {
     /// stop: the caller sets the registers it wants after.
     pub(super) fn release_tombstones(
         &mut self,
-        tid: i32,
+        stop: &Stopped,
         exit: &Regs,
         with_src: bool,
     ) -> Result<bool, InjectError> {
-        let table = self.threads[&tid].table.clone();
+        let table = self.threads[&stop.tid()].table.clone();
         let (mut fds, src) = {
             let mut t = table.borrow_mut();
             let fds = t.evict(0);
@@ -364,8 +332,7 @@ impl Job {
         }
         let mut state = *exit;
         for (first, last) in runs(&fds) {
-            let (_, e) = tracer::inject_at_exit(
-                tid,
+            let (_, e) = stop.inject_at_exit(
                 &state,
                 436,
                 [first as u64, last as u64, 0, self.cookie, 0, 0],

@@ -490,7 +490,7 @@ fn announced_open_slots(tgid: i32, fd: i32, fds: &[i32]) -> Option<Vec<(i32, Slo
 /// with no announcement, which only leaves quarantine on). `info`, the
 /// exec stop's initial stack, answers without /proc when it could be read.
 pub(super) fn will_load(
-    tid: i32,
+    stop: &super::tracer::Stopped,
     tgid: i32,
     shim: &std::path::Path,
     preload: Option<&[u8]>,
@@ -504,7 +504,7 @@ pub(super) fn will_load(
     }
     let (base, secure) = match info {
         Some(i) => (i.auxv(libc::AT_BASE), i.auxv(libc::AT_SECURE)),
-        None => match super::job::Auxv::read(tgid) {
+        None => match super::procfs::Auxv::read(tgid) {
             Some(a) => (a.get(libc::AT_BASE), a.get(libc::AT_SECURE)),
             None => return false,
         },
@@ -514,7 +514,7 @@ pub(super) fn will_load(
         return false;
     }
     match info {
-        Some(_) => super::execinfo::loader_is_glibc(tid, base),
+        Some(_) => super::execinfo::loader_is_glibc(stop.tid(), base),
         None => glibc_loader_at(tgid, base),
     }
 }
@@ -650,110 +650,6 @@ pub(super) fn object_of(tgid: i32, d: &SlotDetail) -> (&'static str, String) {
 
 fn name_text(n: &Name) -> String {
     String::from_utf8_lossy(n.as_bytes()).into_owned()
-}
-
-impl super::job::Job {
-    /// Writes the fds the supervisor changed since the last publish into
-    /// the shim's table of `tgid` (instead of a table of its own), and
-    /// takes over the generations the shim's table gives them.
-    pub(super) fn publish_to_shim(&mut self, tid: i32, tgid: i32) {
-        use super::fdtable::{Origin, Slot};
-        let Some(t) = self.threads.get(&tid) else {
-            return;
-        };
-        let table_rc = t.table.clone();
-        let dirty = table_rc.borrow_mut().take_dirty();
-        for fd in dirty {
-            // What the model says, copied out so the model is not borrowed
-            // while /proc is read for the object's name.
-            enum Want {
-                Open(u32, Vec<u64>),
-                Tomb(u32, Vec<u64>),
-                Internal,
-                Free,
-                Skip,
-            }
-            let want = {
-                let table = table_rc.borrow();
-                if table.tomb_src == Some(fd) {
-                    Want::Internal
-                } else {
-                    match table.get(fd) {
-                        // Made by the shim, or there before the image
-                        // started (the shim registers those itself):
-                        // already in its table. Naming each inherited fd
-                        // here cost every exec a readlink and a stat per
-                        // fd.
-                        Some(Slot::Open(h))
-                            if matches!(h.origin, Origin::Shim | Origin::Inherited) =>
-                        {
-                            Want::Skip
-                        }
-                        Some(Slot::Open(h)) => Want::Open(
-                            h.origin.how_code(),
-                            h.created.as_ref().map_or_else(Vec::new, |s| s.to_vec()),
-                        ),
-                        Some(Slot::Tombstone(c)) => Want::Tomb(
-                            c.generation,
-                            c.closed.as_ref().map_or_else(Vec::new, |s| s.to_vec()),
-                        ),
-                        None => Want::Free,
-                    }
-                }
-            };
-            let written = match want {
-                Want::Skip => None,
-                Want::Open(how, created) => {
-                    let facts = self.object_facts(tgid, fd);
-                    let update = Update::Open {
-                        how,
-                        ty: ObjType::from_name(facts.ty),
-                        name: &facts.target,
-                        created: &created,
-                    };
-                    self.shim_update(tgid, fd, &update)
-                }
-                Want::Tomb(..) if self.shim_made_anew(tgid, fd) => {
-                    // The shim put a handle on the number since our model
-                    // took its tombstone (bash's `exec 3>file` onto a
-                    // quarantined 3, a dup2 the shim made without a stop;
-                    // a fork child's model is its parent's from before):
-                    // its table is the truth for what it did.
-                    table_rc.borrow_mut().drop_tombstone(fd);
-                    table_rc.borrow_mut().open(fd, Origin::Shim, None, tgid);
-                    None
-                }
-                Want::Tomb(generation, closed) => self.shim_update(
-                    tgid,
-                    fd,
-                    &Update::Tombstone {
-                        generation,
-                        closed: &closed,
-                    },
-                ),
-                Want::Internal => self.shim_update(tgid, fd, &Update::Internal),
-                Want::Free => self.shim_update(tgid, fd, &Update::Free),
-            };
-            if let Some(g) = written {
-                table_rc.borrow_mut().set_generation(fd, g);
-            }
-        }
-    }
-
-    /// Whether the shim's table of `tgid` has a handle open at `fd` that
-    /// the kernel holds as a live object (not an O_PATH fd, which every
-    /// tombstone is).
-    fn shim_made_anew(&self, tgid: i32, fd: i32) -> bool {
-        matches!(self.shim_says(tgid, fd), ShimSays::Open(_))
-            && std::fs::read_to_string(format!("/proc/{tgid}/fdinfo/{fd}"))
-                .ok()
-                .and_then(|text| crate::inspect::parse::FdInfo::parse(&text).flags)
-                .is_some_and(|flags| flags & libc::O_PATH as u32 == 0)
-    }
-
-    pub(super) fn shim_update(&self, tgid: i32, fd: i32, u: &Update) -> Option<u32> {
-        self.procs.get(&tgid)?.shim.as_ref()?.update(fd, u)
-    }
 }
 
 #[cfg(test)]

@@ -120,7 +120,7 @@ fn ptrs(v: &[CString]) -> Vec<*const libc::c_char> {
         .collect()
 }
 
-/// The signals `handles` catches and forwards to the job (job.rs,
+/// The signals `handles` catches and forwards to the job (signals.rs,
 /// `install_forwarding`).
 pub(super) const FORWARDED: [libc::c_int; 4] =
     [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
@@ -192,7 +192,7 @@ pub fn spawn(
         v.extend(argv.iter().skip(1).cloned());
         cstrings(v)?
     };
-    let alarm_ignored = super::job::ALARM_IGNORED.load(std::sync::atomic::Ordering::SeqCst);
+    let alarm_ignored = super::signals::ALARM_IGNORED.load(std::sync::atomic::Ordering::SeqCst);
     let argv_p = ptrs(&argv_c);
     let env_p = ptrs(&env_c);
     let sh_argv_p = ptrs(&sh_argv_c);
@@ -250,7 +250,7 @@ pub fn spawn(
             // Rust's runtime ignores SIGPIPE in `handles`; ignored signals
             // survive exec, and the program must start as it would natively.
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-            // The supervisor's SIGALRM handler (job.rs) would become the
+            // The supervisor's SIGALRM handler (signals.rs) would become the
             // default at exec; one ignored when handles started stays so.
             if alarm_ignored {
                 libc::signal(libc::SIGALRM, libc::SIG_IGN);

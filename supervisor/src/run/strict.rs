@@ -16,18 +16,20 @@
 //! from the `syscall` instruction every vDSO has. `no_new_privs` is
 //! already set (the first filter needed it), so no privilege is needed.
 
-use super::job::*;
+use super::procfs::{comm, Auxv};
+use super::state::Job;
 use super::tracer;
+use super::tracer::Stopped;
 
 impl Job {
     /// At the exec stop of `tid` (process `tgid`): installs the strict
     /// filter. If that fails the process would run with its library calls
     /// unchecked, so it is said on stderr.
-    pub(super) fn make_strict(&mut self, tid: i32, tgid: i32) {
+    pub(super) fn make_strict(&mut self, stop: &Stopped, tgid: i32) {
         let Some(filter) = self.strict_filter.clone() else {
             return;
         };
-        match self.install_filter(tid, tgid, &filter) {
+        match self.install_filter(stop, tgid, &filter) {
             Ok(()) => {
                 if let Some(p) = self.procs.get_mut(&tgid) {
                     p.strict = true;
@@ -35,7 +37,7 @@ impl Job {
             }
             // Killed at its exec stop (a test suite's kill() right after
             // spawning, say): it runs nothing, nothing goes unchecked.
-            Err(_) if tracer::getregs(tid).is_err_and(|e| e == nix::errno::Errno::ESRCH) => {}
+            Err(_) if stop.regs().is_err_and(|e| e == nix::errno::Errno::ESRCH) => {}
             Err(why) => {
                 let name = comm(tgid);
                 self.write_report(&format!(
@@ -48,11 +50,11 @@ impl Job {
 
     fn install_filter(
         &mut self,
-        tid: i32,
+        stop: &Stopped,
         tgid: i32,
         filter: &[libc::sock_filter],
     ) -> Result<(), String> {
-        let regs = tracer::getregs(tid).map_err(|e| e.to_string())?;
+        let regs = stop.regs().map_err(|e| e.to_string())?;
         if regs.cs != 0x33 {
             // A 32-bit image: the filter already stops on every syscall
             // of a foreign architecture.
@@ -64,7 +66,8 @@ impl Job {
         let offset = match self.vdso_syscall {
             Some(o) => o,
             None => {
-                let o = find_syscall_insn(tid, vdso).ok_or("no syscall instruction in the vDSO")?;
+                let o =
+                    find_syscall_insn(stop, vdso).ok_or("no syscall instruction in the vDSO")?;
                 self.vdso_syscall = Some(o);
                 o
             }
@@ -87,8 +90,10 @@ impl Job {
         let mut fprog = [0u8; 16];
         fprog[..2].copy_from_slice(&(filter.len() as u16).to_ne_bytes());
         fprog[8..].copy_from_slice(&prog_addr.to_ne_bytes());
-        tracer::write_mem(tid, prog_addr, &bytes).map_err(|e| e.to_string())?;
-        tracer::write_mem(tid, fprog_addr, &fprog).map_err(|e| e.to_string())?;
+        stop.write_mem(prog_addr, &bytes)
+            .map_err(|e| e.to_string())?;
+        stop.write_mem(fprog_addr, &fprog)
+            .map_err(|e| e.to_string())?;
         let args = [
             u64::from(libc::SECCOMP_SET_MODE_FILTER),
             0,
@@ -97,14 +102,9 @@ impl Job {
             0,
             0,
         ];
-        let ret = tracer::inject_after_exec(
-            tid,
-            vdso + offset,
-            libc::SYS_seccomp,
-            args,
-            &mut self.deferred,
-        )
-        .map_err(|e| format!("{e:?}"))?;
+        let ret = stop
+            .inject_after_exec(vdso + offset, libc::SYS_seccomp, args, &mut self.deferred)
+            .map_err(|e| format!("{e:?}"))?;
         match tracer::errno_of(ret) {
             None => Ok(()),
             Some(e) => Err(std::io::Error::from_raw_os_error(e).to_string()),
@@ -115,11 +115,12 @@ impl Job {
 /// Offset of the first `syscall` instruction (0f 05) in the vDSO mapped
 /// at `base` in `tid`. The vDSO's fallback paths (clock_gettime without a
 /// usable clocksource) contain one.
-fn find_syscall_insn(tid: i32, base: u64) -> Option<u64> {
+fn find_syscall_insn(stop: &Stopped, base: u64) -> Option<u64> {
     // One or two pages depending on the kernel; the whole mapping is
     // executable, and the CPU decodes from wherever rip points.
-    let image = tracer::read_mem(tid, base, 2 * 4096)
-        .or_else(|_| tracer::read_mem(tid, base, 4096))
+    let image = stop
+        .read_mem(base, 2 * 4096)
+        .or_else(|_| stop.read_mem(base, 4096))
         .ok()?;
     image
         .windows(2)

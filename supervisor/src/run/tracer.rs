@@ -1,5 +1,7 @@
-//! ptrace primitives: registers, tracee memory, and running a syscall of
-//! our own inside a stopped thread.
+//! ptrace primitives: registers, tracee memory (read through the crate's
+//! one reader, `backtrace::memory`), and running a syscall of our own
+//! inside a stopped thread; [`Stopped`], the only way `run/` touches a
+//! stopped thread.
 //!
 //! This is the only module that resumes a tracee outside the main loop. An
 //! injected syscall is run synchronously (we wait on that one tid), which is
@@ -14,6 +16,8 @@ use nix::errno::Errno;
 use nix::sys::ptrace;
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
+
+use crate::backtrace::memory;
 
 pub type Regs = libc::user_regs_struct;
 
@@ -44,32 +48,13 @@ pub fn set_args(r: &mut Regs, a: [u64; 6]) {
 
 /// The C string at `addr` in the tracee, up to `max` bytes (without its
 /// NUL), or None if nothing there can be read. A string that ends just
-/// before an unmapped page is read: the tail past the page boundary is a
-/// separate piece that may fail alone.
+/// before an unmapped page is read: the reader stops at the first page it
+/// cannot read.
 pub fn read_head(tid: i32, addr: u64, max: usize) -> Option<Vec<u8>> {
-    const PAGE: u64 = 4096;
     let mut buf = vec![0u8; max];
-    let first = (PAGE - addr % PAGE).min(max as u64) as usize;
-    let local = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: max,
-    };
-    let remote = [
-        libc::iovec {
-            iov_base: addr as *mut libc::c_void,
-            iov_len: first,
-        },
-        libc::iovec {
-            iov_base: addr.wrapping_add(first as u64) as *mut libc::c_void,
-            iov_len: max - first,
-        },
-    ];
-    let pieces = if first == max { 1 } else { 2 };
-    // SAFETY: local points at buf (max bytes, writable); the remote
-    // pieces, max bytes together, are only read by the kernel in the
-    // tracee's address space.
-    let n = unsafe { libc::process_vm_readv(tid, &local, 1, remote.as_ptr(), pieces, 0) };
-    let n = usize::try_from(n).ok().filter(|&n| n > 0)?;
+    let n = memory::read_partial(tid, addr, &mut buf)
+        .ok()
+        .filter(|&n| n > 0)?;
     buf.truncate(n);
     if let Some(end) = buf.iter().position(|&b| b == 0) {
         buf.truncate(end);
@@ -77,27 +62,13 @@ pub fn read_head(tid: i32, addr: u64, max: usize) -> Option<Vec<u8>> {
     Some(buf)
 }
 
-/// Reads tracee memory.
+/// Reads exactly `len` bytes of tracee memory.
 pub fn read_mem(tid: i32, addr: u64, len: usize) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
     if len == 0 {
         return Ok(buf);
     }
-    let local = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: len,
-    };
-    let remote = libc::iovec {
-        iov_base: addr as *mut libc::c_void,
-        iov_len: len,
-    };
-    // SAFETY: local points at buf (len bytes, writable); remote is only
-    // interpreted by the kernel in the tracee's address space.
-    let n = unsafe { libc::process_vm_readv(tid, &local, 1, &remote, 1, 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if n as usize != len {
+    if memory::read_partial(tid, addr, &mut buf)? != len {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             "short tracee read",
@@ -315,6 +286,165 @@ pub fn inject_at_exit(
     step_to_syscall_stop(tid, deferred)?;
     let after = getregs(tid)?;
     Ok((after.rax as i64, after))
+}
+
+/// A thread in a ptrace stop, as the event loop received it from
+/// waitpid. Only through it are the thread's registers, arguments and
+/// memory read or written and syscalls injected; ending the stop
+/// (continuing it, following its syscall to the exit stop, detaching,
+/// listening for a group-stop, or finding it gone) consumes it and gives
+/// the [`Resumed`] the loop's handlers must return: every stop is ended
+/// exactly once, and the compiler checks it.
+///
+/// Not `Clone`: two values for one stop would be two resumes.
+#[must_use = "a stopped thread must be resumed, detached or found gone"]
+#[derive(Debug)]
+pub struct Stopped {
+    tid: i32,
+}
+
+/// Proof that a stop was ended. Only [`Stopped`]'s consuming methods make
+/// one.
+#[must_use = "return it from the stop's handler"]
+#[derive(Debug)]
+pub struct Resumed(());
+
+impl Stopped {
+    /// The stop of `tid` that waitpid just reported. Only the event loop
+    /// makes these, one per reported stop.
+    pub(crate) fn reported(tid: i32) -> Stopped {
+        Stopped { tid }
+    }
+
+    pub fn tid(&self) -> i32 {
+        self.tid
+    }
+
+    pub fn regs(&self) -> Result<Regs, Errno> {
+        getregs(self.tid)
+    }
+
+    pub fn set_regs(&self, regs: &Regs) -> Result<(), Errno> {
+        setregs(self.tid, regs)
+    }
+
+    /// At a syscall-entry stop: the call fails with `errno` without
+    /// running (`regs` are the entry registers).
+    pub fn skip_with(&self, mut regs: Regs, errno: i32) {
+        regs.orig_rax = u64::MAX;
+        regs.rax = (-(errno as i64)) as u64;
+        // ESRCH: killed meanwhile; its exit comes next.
+        let _ = setregs(self.tid, &regs);
+    }
+
+    /// PTRACE_GETEVENTMSG: the new task's id at a fork/clone event, the
+    /// former thread id at an exec event.
+    pub fn event_msg(&self) -> Result<i64, Errno> {
+        ptrace::getevent(Pid::from_raw(self.tid))
+    }
+
+    pub fn read_mem(&self, addr: u64, len: usize) -> io::Result<Vec<u8>> {
+        read_mem(self.tid, addr, len)
+    }
+
+    pub fn read_head(&self, addr: u64, max: usize) -> Option<Vec<u8>> {
+        read_head(self.tid, addr, max)
+    }
+
+    pub fn read_i32(&self, addr: u64) -> io::Result<i32> {
+        read_i32(self.tid, addr)
+    }
+
+    pub fn read_u64(&self, addr: u64) -> io::Result<u64> {
+        read_u64(self.tid, addr)
+    }
+
+    pub fn write_mem(&self, addr: u64, data: &[u8]) -> io::Result<()> {
+        write_mem(self.tid, addr, data)
+    }
+
+    /// [`replace_at_entry`] in this thread.
+    pub fn replace_at_entry(
+        &self,
+        entry: &Regs,
+        nr: i64,
+        a: [u64; 6],
+        deferred: &mut Deferred,
+    ) -> Result<(i64, Regs), InjectError> {
+        replace_at_entry(self.tid, entry, nr, a, deferred)
+    }
+
+    /// [`inject_at_exit`] in this thread.
+    pub fn inject_at_exit(
+        &self,
+        exit: &Regs,
+        nr: i64,
+        a: [u64; 6],
+        deferred: &mut Deferred,
+    ) -> Result<(i64, Regs), InjectError> {
+        inject_at_exit(self.tid, exit, nr, a, deferred)
+    }
+
+    /// [`inject_after_exec`] in this thread.
+    pub fn inject_after_exec(
+        &self,
+        insn: u64,
+        nr: i64,
+        a: [u64; 6],
+        deferred: &mut Deferred,
+    ) -> Result<i64, InjectError> {
+        inject_after_exec(self.tid, insn, nr, a, deferred)
+    }
+
+    /// PTRACE_CONT without a signal.
+    pub fn cont(self) -> Resumed {
+        self.cont_with(0)
+    }
+
+    /// PTRACE_CONT delivering signal `sig` by number (0: none).
+    pub fn cont_with(self, sig: i32) -> Resumed {
+        // ESRCH: the thread was killed meanwhile; its exit comes next.
+        let _ = resume_with(self.tid, sig, false);
+        Resumed(())
+    }
+
+    /// PTRACE_SYSCALL from a syscall-entry stop: the thread's next stop is
+    /// this syscall's exit, where the work its thread recorded is done.
+    pub fn to_exit(self) -> Resumed {
+        // ESRCH: killed meanwhile; its exit comes next.
+        let _ = ptrace::syscall(Pid::from_raw(self.tid), None);
+        Resumed(())
+    }
+
+    /// PTRACE_DETACH delivering `sig` by number (0: none).
+    pub fn detach(self, sig: i32) -> Resumed {
+        let _ = resume_with(self.tid, sig, true);
+        Resumed(())
+    }
+
+    /// PTRACE_LISTEN at a group-stop: the thread stays stopped (job
+    /// control works) and its next event is still reported.
+    pub fn listen(self) -> Resumed {
+        // SAFETY: PTRACE_LISTEN on our tracee in a group-stop; no memory
+        // is passed.
+        unsafe { libc::ptrace(libc::PTRACE_LISTEN, self.tid, 0, 0) };
+        Resumed(())
+    }
+
+    /// The thread died while stopped (a register read or an injection
+    /// found it gone): its exit status comes through waitpid, and there is
+    /// nothing to resume.
+    pub fn gone(self) -> Resumed {
+        Resumed(())
+    }
+
+    /// Keeps the stop for later: a new thread's first stop, seen before
+    /// its parent's fork/clone event, waits in `park` until that event
+    /// (which resumes it, or drops it with [`Stopped::gone`]).
+    pub fn park(self, park: &mut std::collections::HashMap<i32, Stopped>) -> Resumed {
+        park.insert(self.tid, self);
+        Resumed(())
+    }
 }
 
 /// Errno of a raw syscall return value.
