@@ -168,29 +168,9 @@ impl ProcDir {
         }
     }
 
-    /// Lists the fd numbers in `/proc/PID/fd`, sorted.
     /// Opens the `fd` and `fdinfo` directories for [`ProcDir::read_fd`]
     /// without listing them (a caller that knows which fds it wants).
     pub fn open_fd_dirs(&mut self) -> Result<(), InspectError> {
-        let pid = self.pid;
-        let fd_dir = openat(
-            self.dir.as_raw_fd(),
-            c"fd",
-            libc::O_PATH | libc::O_DIRECTORY,
-        )
-        .map_err(|e| classify(pid, "fd", e))?;
-        let fdinfo_dir = openat(
-            self.dir.as_raw_fd(),
-            c"fdinfo",
-            libc::O_PATH | libc::O_DIRECTORY,
-        )
-        .map_err(|e| classify(pid, "fdinfo", e))?;
-        self.fd_dir = Some(fd_dir);
-        self.fdinfo_dir = Some(fdinfo_dir);
-        Ok(())
-    }
-
-    pub fn list_fds(&mut self) -> Result<Vec<i32>, InspectError> {
         let pid = self.pid;
         let fd_dir = openat(
             self.dir.as_raw_fd(),
@@ -204,6 +184,18 @@ impl ProcDir {
             libc::O_PATH | libc::O_DIRECTORY,
         )
         .map_err(|e| classify(pid, "fdinfo", e))?;
+        self.fd_dir = Some(fd_dir);
+        self.fdinfo_dir = Some(fdinfo_dir);
+        Ok(())
+    }
+
+    /// Lists the fd numbers in `/proc/PID/fd`, sorted.
+    pub fn list_fds(&mut self) -> Result<Vec<i32>, InspectError> {
+        let pid = self.pid;
+        self.open_fd_dirs()?;
+        let Some(fd_dir) = self.fd_dir.as_ref() else {
+            return Err(InspectError::NoSuchProcess(pid));
+        };
         // getdents through a dup so the O_PATH-free directory fd stays ours for readlinkat.
         let dup = cvt(unsafe {
             // SAFETY: fcntl(F_DUPFD_CLOEXEC) on an fd we own.
@@ -244,8 +236,6 @@ impl ProcDir {
             return Err(classify(pid, "fd", e));
         }
         fds.sort_unstable();
-        self.fd_dir = Some(fd_dir);
-        self.fdinfo_dir = Some(fdinfo_dir);
         Ok(fds)
     }
 
