@@ -87,10 +87,12 @@ macro_rules! trampoline {
 }
 
 mod cfi;
+mod check;
 mod checkpoint;
 mod fddir;
 #[cfg(not(test))]
 mod lookup;
+mod out;
 mod peer;
 mod python;
 mod quarantine;

@@ -19,11 +19,11 @@
 
 use core::ffi::{c_char, c_int, c_void};
 
+use crate::check::check;
 use crate::fddir;
 use crate::real::Real;
 use crate::state::active;
 use crate::sys;
-use crate::wrap::check;
 use handles_model::fdpath::{self, Whose};
 use handles_model::judge::{op_of, Op};
 use handles_model::syscalls;

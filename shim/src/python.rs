@@ -128,7 +128,7 @@ fn walk(l: &Layout, runtime: u64, code_type: u64) -> PyPcs {
 /// from a live one there); a code object the registry does not have is
 /// `<freed code object>`.
 pub(crate) fn write_frames(
-    w: &mut crate::report::Out,
+    w: &mut crate::out::Out,
     frames: &[PyFrame],
     first: usize,
 ) -> core::fmt::Result {

@@ -14,10 +14,11 @@ use handles_model::judge::{
 };
 use handles_model::policy::{Action, Condition, Policy};
 use handles_model::protocol::{env as penv, Message};
-use handles_model::report::{self, HandleLine, Head, Sink, Summary, SyscallText, Title};
+use handles_model::report::{self, HandleLine, Head, Summary, SyscallText, Title};
 use handles_model::table::{marker, obj_type_from_code, state, STACK_DEPTH};
 use handles_model::{Fd, HandleValue};
 
+use crate::out::Out;
 use crate::state::{self as st, Pcs};
 use crate::{stack, sys};
 
@@ -664,50 +665,6 @@ pub fn apply(after: After) {
                 )
             };
         }
-    }
-}
-
-/// A 2 KiB stack buffer that flushes to fd 2 when full.
-pub(crate) struct Out {
-    buf: [u8; 2048],
-    n: usize,
-}
-
-impl Out {
-    fn new() -> Out {
-        Out {
-            buf: [0; 2048],
-            n: 0,
-        }
-    }
-
-    fn flush(&mut self) {
-        sys::write_all(2, &self.buf[..self.n]);
-        self.n = 0;
-    }
-
-    pub(crate) fn bytes(&mut self, b: &[u8]) {
-        for chunk in b.chunks(512) {
-            if self.n + chunk.len() > self.buf.len() {
-                self.flush();
-            }
-            self.buf[self.n..self.n + chunk.len()].copy_from_slice(chunk);
-            self.n += chunk.len();
-        }
-    }
-}
-
-impl Write for Out {
-    fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        self.bytes(s.as_bytes());
-        Ok(())
-    }
-}
-
-impl Sink for Out {
-    fn raw(&mut self, b: &[u8]) -> core::fmt::Result {
-        self.bytes(b);
-        Ok(())
     }
 }
 

@@ -424,7 +424,7 @@ fn refill_check(d: *mut libc::DIR) -> Option<c_int> {
     // The refill's own arguments, for the report.
     let data = d as u64 + DIR_DATA_OFFSET as u64;
     let a = [fd as u64, data, allocation as u64, 0, 0, 0];
-    crate::wrap::check(fd, Op::Use, libc::SYS_getdents64, a, 0).map(|_| sys::errno())
+    crate::check::check(fd, Op::Use, libc::SYS_getdents64, a, 0).map(|_| sys::errno())
 }
 
 /// readdir and readdir64 (the same function in glibc on x86_64): on a

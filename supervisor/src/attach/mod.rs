@@ -17,10 +17,12 @@
 //! - [`tombstones`]: the quarantine of numbers closed during the window;
 //! - [`hidden`]: tombstones hidden from the process's own fd listings and
 //!   polls;
+//! - [`fdsets`]: the fds a poll or select call names;
 //! - [`published`]: the table `handles PID` reads during the window;
 //! - [`summary`]: leak suspects and the per-stack summary at detach.
 
 mod conditions;
+mod fdsets;
 mod hidden;
 mod model;
 pub mod preflight;
