@@ -424,7 +424,7 @@ impl Window<'_> {
             fds.push(args[4] as i32);
         }
         if desc.kind == Kind::Select {
-            fds.extend(super::hidden::selected_fds(
+            fds.extend(super::fdsets::selected_fds(
                 tid,
                 args[0],
                 [args[1], args[2], args[3]],
@@ -670,17 +670,14 @@ impl Window<'_> {
                 Err(_) => return Vec::new(),
             },
         };
-        let (native, py_frames) = crate::backtrace::python::decode(stack);
-        let mut frames = self.symbolizer.symbolize(&maps, &native, true);
-        if !py_frames.is_empty() {
-            let interp = self.python.interpreter(&maps);
-            let resolved = self.python.resolve(tgid, interp.as_ref(), None, &py_frames);
-            frames = crate::backtrace::python::merge(frames, resolved, &py_frames);
-            for (i, f) in frames.iter_mut().enumerate() {
-                f.index = i;
-            }
-        }
-        frames
+        crate::backtrace::symbolize_recorded(
+            &mut self.symbolizer,
+            &mut self.python,
+            &maps,
+            tgid,
+            stack,
+            None,
+        )
     }
 
     /// A use, close or dup of a number closed during the window. Returns

@@ -41,6 +41,41 @@ pub use maps::{build_id_from_headers, Mapping, ModuleMap};
 pub use symbolize::Symbolizer;
 pub use unwind::{StartRegs, StopReason, Unwinder, Unwound};
 
+/// Symbolizes a recorded stack of process `pid` (native return addresses,
+/// with its Python frames as tagged words, `python::encode`) against the
+/// modules `maps` lists: the shim's own frames left out (its wrappers and
+/// report path are not the program's), the Python frames merged in where
+/// the interpreter called (resolved with `codes`, a shim's code registry,
+/// when there is one), indexed from 0. `handles run`'s reports and
+/// `handles attach`'s window both name stacks this way.
+pub fn symbolize_recorded(
+    symbolizer: &mut Symbolizer,
+    python: &mut python::PythonResolver,
+    maps: &ModuleMap,
+    pid: i32,
+    stack: &[u64],
+    codes: Option<&handles_model::table::CodeRegistry<'_>>,
+) -> Vec<Frame> {
+    let (native, py_frames) = python::decode(stack);
+    let mut frames: Vec<Frame> = symbolizer
+        .symbolize(maps, &native, true)
+        .into_iter()
+        .filter(|f| {
+            !f.module_name()
+                .is_some_and(|m| m.starts_with("libhandles_shim"))
+        })
+        .collect();
+    if !py_frames.is_empty() {
+        let interp = python.interpreter(maps);
+        let resolved = python.resolve(pid, interp.as_ref(), codes, &py_frames);
+        frames = python::merge(frames, resolved, &py_frames);
+    }
+    for (i, f) in frames.iter_mut().enumerate() {
+        f.index = i;
+    }
+    frames
+}
+
 /// A function that the frame's code was inlined into, outermost last.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InlinedCall {

@@ -118,36 +118,22 @@ impl Job {
                 Err(_) => return Vec::new(),
             },
         };
-        let (native, py_frames) = crate::backtrace::python::decode(stack);
-        let frames = self.symbolizer.symbolize(&maps, &native, true);
-        // The shim's own frames (its wrappers, its report path) are ours,
-        // not the program's: a report starts at the program's call.
-        let mut frames: Vec<_> = frames
-            .into_iter()
-            .filter(|f| {
-                !f.module_name()
-                    .is_some_and(|m| m.starts_with("libhandles_shim"))
-            })
-            .collect();
-        if !py_frames.is_empty() {
-            let interp = self.python.interpreter(&maps);
-            // The shim's code registry names code objects freed since.
-            let view = self
-                .procs
-                .get(&tgid)
-                .and_then(|p| p.shim.as_ref())
-                .and_then(|s| s.table())
-                .and_then(|m| m.view().ok());
-            let codes = view.as_ref().map(|v| v.codes());
-            let resolved = self
-                .python
-                .resolve(tgid, interp.as_ref(), codes.as_ref(), &py_frames);
-            frames = crate::backtrace::python::merge(frames, resolved, &py_frames);
-        }
-        for (i, f) in frames.iter_mut().enumerate() {
-            f.index = i;
-        }
-        frames
+        // The shim's code registry names code objects freed since.
+        let view = self
+            .procs
+            .get(&tgid)
+            .and_then(|p| p.shim.as_ref())
+            .and_then(|s| s.table())
+            .and_then(|m| m.view().ok());
+        let codes = view.as_ref().map(|v| v.codes());
+        crate::backtrace::symbolize_recorded(
+            &mut self.symbolizer,
+            &mut self.python,
+            &maps,
+            tgid,
+            stack,
+            codes.as_ref(),
+        )
     }
 
     /// The symbolized stack of the call being judged. Reports always carry
