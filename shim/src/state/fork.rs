@@ -120,13 +120,25 @@ pub(super) fn materialize(fd: i32, l: &Locked) {
     let src = records_base(fd, pb);
     set_lazy(fd, false);
     if src != pb {
-        stacks_at(pb, cap, fd).copy_from(l, stacks_at(src, cap, fd));
-        let py = py_at(src, cap, fd);
-        if !py.created().frames().is_empty() || !py.closed().frames().is_empty() {
-            header(pb).note_python();
-            py_at(pb, cap, fd).copy_from(l, py);
-        }
-        earlier_at(pb, cap, fd).copy_from(l, earlier_at(src, cap, fd));
+        copy_records_into_new(pb, src, cap, fd, l);
+    }
+}
+
+/// Copies the records of slot `fd` from the table at `src` into the
+/// published table `pb`, where they are still empty (a forked child's
+/// new table, or a slot it left in its snapshot until now). The empty
+/// ones are not written: a program with no Python frames, or a number
+/// with no handle before it, leaves those pages untouched.
+fn copy_records_into_new(pb: *mut u8, src: *mut u8, cap: u32, fd: i32, l: &Locked) {
+    stacks_at(pb, cap, fd).copy_from(l, stacks_at(src, cap, fd));
+    let py = py_at(src, cap, fd);
+    if !py.created().frames().is_empty() || !py.closed().frames().is_empty() {
+        header(pb).note_python();
+        py_at(pb, cap, fd).copy_from(l, py);
+    }
+    let e = earlier_at(src, cap, fd);
+    if e.meta.load(Relaxed) != 0 {
+        earlier_at(pb, cap, fd).copy_from(l, e);
     }
 }
 
@@ -554,19 +566,7 @@ fn make_own_table() {
         let lazy = src == base && st != state::OPEN;
         set_lazy(i, lazy);
         if !lazy {
-            stacks_at(pb, cap, i).copy_from(&l, stacks_at(src, cap, i));
-            // The new table reads as empty records where nothing is
-            // written: a program with no Python frames, or a number with
-            // no handle before it, leaves those pages untouched.
-            let py = py_at(src, cap, i);
-            if !py.created().frames().is_empty() || !py.closed().frames().is_empty() {
-                header(pb).note_python();
-                py_at(pb, cap, i).copy_from(&l, py);
-            }
-            let e = earlier_at(src, cap, i);
-            if e.meta.load(Relaxed) != 0 {
-                earlier_at(pb, cap, i).copy_from(&l, e);
-            }
+            copy_records_into_new(pb, src, cap, i, &l);
         }
         p.unlock(l);
     }

@@ -663,17 +663,10 @@ impl Window<'_> {
         let Some(stack) = stack else {
             return Vec::new();
         };
-        let maps = match self.procs.get(&tgid).and_then(|p| p.maps.clone()) {
-            Some(m) => m,
-            None => match ModuleMap::read(tgid) {
-                Ok(m) => m,
-                Err(_) => return Vec::new(),
-            },
-        };
         crate::backtrace::symbolize_recorded(
             &mut self.symbolizer,
             &mut self.python,
-            &maps,
+            self.procs.get(&tgid).and_then(|p| p.maps.as_ref()),
             tgid,
             stack,
             None,

@@ -43,7 +43,9 @@ pub use unwind::{StartRegs, StopReason, Unwinder, Unwound};
 
 /// Symbolizes a recorded stack of process `pid` (native return addresses,
 /// with its Python frames as tagged words, `python::encode`) against the
-/// modules `maps` lists: the shim's own frames left out (its wrappers and
+/// modules `cached` lists, or its /proc maps read now when the caller
+/// kept none (no frames when neither can be had): the shim's own frames
+/// left out (its wrappers and
 /// report path are not the program's), the Python frames merged in where
 /// the interpreter called (resolved with `codes`, a shim's code registry,
 /// when there is one), indexed from 0. `handles run`'s reports and
@@ -51,11 +53,22 @@ pub use unwind::{StartRegs, StopReason, Unwinder, Unwound};
 pub fn symbolize_recorded(
     symbolizer: &mut Symbolizer,
     python: &mut python::PythonResolver,
-    maps: &ModuleMap,
+    cached: Option<&ModuleMap>,
     pid: i32,
     stack: &[u64],
     codes: Option<&handles_model::table::CodeRegistry<'_>>,
 ) -> Vec<Frame> {
+    let read;
+    let maps = match cached {
+        Some(m) => m,
+        None => match ModuleMap::read(pid) {
+            Ok(m) => {
+                read = m;
+                &read
+            }
+            Err(_) => return Vec::new(),
+        },
+    };
     let (native, py_frames) = python::decode(stack);
     let mut frames: Vec<Frame> = symbolizer
         .symbolize(maps, &native, true)

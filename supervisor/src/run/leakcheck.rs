@@ -96,12 +96,14 @@ impl Job {
                 if table.is_hidden(fd) {
                     continue;
                 }
-                let in_model = candidates.iter().any(|c| {
+                // Found open by a check before the leak check (or seen
+                // only as the shim's): the shim knows where it came from.
+                let in_model = candidates.iter().position(|c| {
                     c.0 == fd && matches!(c.2, Origin::Discovered | Origin::Shim) && c.3.is_none()
                 });
                 // The slot alone rules most out (stdio and what came
                 // through exec or fork): their records are not read.
-                if !in_model
+                if in_model.is_none()
                     && (table.is_open(fd)
                         || (!all && (how::base(v.how) == how::INHERITED || how::forked(v.how))))
                 {
@@ -115,18 +117,11 @@ impl Job {
                 }
                 let origin = shimtable::origin_of(d.value.how);
                 let stack = shimtable::call_stack(d.created.frames(), &py.0);
-                // Found open by a check before the leak check (or seen
-                // only as the shim's): the shim knows where it came from.
-                if let Some(c) = candidates.iter_mut().find(|c| {
-                    c.0 == fd && matches!(c.2, Origin::Discovered | Origin::Shim) && c.3.is_none()
-                }) {
+                if let Some(i) = in_model {
                     if stack.is_some() {
-                        c.2 = origin;
-                        c.3 = stack;
+                        candidates[i].2 = origin;
+                        candidates[i].3 = stack;
                     }
-                    continue;
-                }
-                if table.is_open(fd) {
                     continue;
                 }
                 let code = d.value.how;

@@ -250,14 +250,7 @@ impl ShimTable {
         let Some(Ok(view)) = self.table().map(|m| m.view()) else {
             return Vec::new();
         };
-        fds.iter()
-            .copied()
-            .filter_map(|fd| {
-                view.slot(fd)
-                    .filter(|v| v.state == state::OPEN)
-                    .map(|v| (fd, v))
-            })
-            .collect()
+        open_slots_in(&view, fds)
     }
 
     /// The records of `fd`: its slot, stacks and name, and Python records.
@@ -418,27 +411,43 @@ fn map_announced(tgid: i32, fd: i32) -> Option<MappedTable> {
 /// The mixer in the header of the table the shim of process `tgid`
 /// announced at `fd`, read without mapping it, if it is one.
 fn announced_header_mixer(tgid: i32, fd: i32) -> Option<u32> {
+    read_announced(tgid, fd, table::HEADER_SIZE, |view| view.mixer())
+}
+
+/// The slots among `fds` that `view` has open.
+fn open_slots_in(view: &table::TableView<'_>, fds: &[i32]) -> Vec<(i32, SlotValue)> {
+    fds.iter()
+        .copied()
+        .filter_map(|fd| {
+            view.slot(fd)
+                .filter(|v| v.state == state::OPEN)
+                .map(|v| (fd, v))
+        })
+        .collect()
+}
+
+/// Reads the first `len` bytes (at least the header) of the table the
+/// shim of process `tgid` announced at `fd` with one `pread`, no mapping,
+/// and hands `f` a view of them if they are that shim's table.
+fn read_announced<T>(
+    tgid: i32,
+    fd: i32,
+    len: usize,
+    f: impl FnOnce(&table::TableView<'_>) -> T,
+) -> Option<T> {
     use std::os::fd::AsRawFd;
-    let f = open_announced(tgid, fd)?;
-    // u64s: the header's alignment.
-    let mut header = [0u64; table::HEADER_SIZE / 8];
-    // SAFETY: pread into a local buffer of exactly HEADER_SIZE bytes.
-    let n = unsafe {
-        libc::pread(
-            f.as_raw_fd(),
-            header.as_mut_ptr().cast(),
-            table::HEADER_SIZE,
-            0,
-        )
-    };
-    if n != table::HEADER_SIZE as isize {
+    let file = open_announced(tgid, fd)?;
+    // u64s: the header's and the slots' alignment.
+    let mut buf = vec![0u64; len.div_ceil(8)];
+    // SAFETY: pread into a local buffer of at least len bytes.
+    let n = unsafe { libc::pread(file.as_raw_fd(), buf.as_mut_ptr().cast(), len, 0) };
+    if n < table::HEADER_SIZE as isize {
         return None;
     }
-    // SAFETY: the same HEADER_SIZE bytes, initialised, viewed as bytes.
-    let bytes =
-        unsafe { std::slice::from_raw_parts(header.as_ptr().cast::<u8>(), table::HEADER_SIZE) };
+    // SAFETY: the first n bytes of buf, initialised, viewed as bytes.
+    let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n as usize) };
     let view = table::TableView::new(bytes).ok()?;
-    is_shims_table_of(&view, tgid).then(|| view.mixer())
+    is_shims_table_of(&view, tgid).then(|| f(&view))
 }
 
 /// The open slots among `fds` of the table the shim of process `tgid`
@@ -448,7 +457,6 @@ fn announced_header_mixer(tgid: i32, fd: i32) -> Option<u32> {
 /// would flush the TLBs of every CPU the supervisor ran on (an IPI).
 /// None when it cannot be read that way (the caller maps it).
 fn announced_open_slots(tgid: i32, fd: i32, fds: &[i32]) -> Option<Vec<(i32, SlotValue)>> {
-    use std::os::fd::AsRawFd;
     let Some(max) = fds.iter().copied().filter(|&f| f >= 0).max() else {
         return Some(Vec::new());
     };
@@ -456,30 +464,7 @@ fn announced_open_slots(tgid: i32, fd: i32, fds: &[i32]) -> Option<Vec<(i32, Slo
     if len > 1 << 20 {
         return None;
     }
-    let f = open_announced(tgid, fd)?;
-    // u64s: the header's and the slots' alignment.
-    let mut buf = vec![0u64; len.div_ceil(8)];
-    // SAFETY: pread into a local buffer of at least len bytes.
-    let n = unsafe { libc::pread(f.as_raw_fd(), buf.as_mut_ptr().cast(), len, 0) };
-    if n < table::HEADER_SIZE as isize {
-        return None;
-    }
-    // SAFETY: the first n bytes of buf, initialised, viewed as bytes.
-    let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n as usize) };
-    let view = table::TableView::new(bytes).ok()?;
-    if !is_shims_table_of(&view, tgid) {
-        return None;
-    }
-    Some(
-        fds.iter()
-            .copied()
-            .filter_map(|fd| {
-                view.slot(fd)
-                    .filter(|v| v.state == state::OPEN)
-                    .map(|v| (fd, v))
-            })
-            .collect(),
-    )
+    read_announced(tgid, fd, len, |view| open_slots_in(view, fds))
 }
 
 /// Will the image thread `tid` of process `tgid` just exec'd load the

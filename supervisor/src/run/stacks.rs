@@ -111,17 +111,9 @@ impl Job {
         let Some(stack) = stack else {
             return Vec::new();
         };
-        let maps = match self.procs.get(&tgid).and_then(|p| p.maps.clone()) {
-            Some(m) => m,
-            None => match ModuleMap::read(tgid) {
-                Ok(m) => m,
-                Err(_) => return Vec::new(),
-            },
-        };
+        let p = self.procs.get(&tgid);
         // The shim's code registry names code objects freed since.
-        let view = self
-            .procs
-            .get(&tgid)
+        let view = p
             .and_then(|p| p.shim.as_ref())
             .and_then(|s| s.table())
             .and_then(|m| m.view().ok());
@@ -129,7 +121,7 @@ impl Job {
         crate::backtrace::symbolize_recorded(
             &mut self.symbolizer,
             &mut self.python,
-            &maps,
+            p.and_then(|p| p.maps.as_ref()),
             tgid,
             stack,
             codes.as_ref(),
