@@ -41,17 +41,28 @@ pub fn init_cookie_args() {
 pub unsafe fn raw(nr: i64, a: [u64; 6]) -> i64 {
     let ret: i64;
     // SAFETY: the caller vouches for the syscall's arguments; the kernel
-    // clobbers rcx and r11 only.
+    // clobbers rcx and r11 only. The argument registers are cleared after
+    // it (they are the caller's to clobber): one of them may hold the
+    // cookie, which the kernel leaves there, and a syscall instruction of
+    // the program's own that runs next without setting every register
+    // (a raw write sets three) would carry it through the prefilter
+    // unchecked.
     unsafe {
         asm!(
             "syscall",
+            "xor edi, edi",
+            "xor esi, esi",
+            "xor edx, edx",
+            "xor r10d, r10d",
+            "xor r8d, r8d",
+            "xor r9d, r9d",
             inlateout("rax") nr => ret,
-            in("rdi") a[0],
-            in("rsi") a[1],
-            in("rdx") a[2],
-            in("r10") a[3],
-            in("r8") a[4],
-            in("r9") a[5],
+            inlateout("rdi") a[0] => _,
+            inlateout("rsi") a[1] => _,
+            inlateout("rdx") a[2] => _,
+            inlateout("r10") a[3] => _,
+            inlateout("r8") a[4] => _,
+            inlateout("r9") a[5] => _,
             lateout("rcx") _,
             lateout("r11") _,
             options(nostack),
@@ -105,6 +116,13 @@ global_asm!(
     "mov r8, r9",
     "mov r9, [rsp + 8]",
     "syscall",
+    // As in `raw`: no cookie left in an argument register.
+    "xor edi, edi",
+    "xor esi, esi",
+    "xor edx, edx",
+    "xor r10d, r10d",
+    "xor r8d, r8d",
+    "xor r9d, r9d",
     "ret",
     ".cfi_endproc",
     ".size handles_shim_syscall_cancellable, . - handles_shim_syscall_cancellable",
