@@ -79,18 +79,22 @@ fn each_open_fd(mut f: impl FnMut(i32)) -> bool {
     ok
 }
 
-/// Fds probed one by one before [`list_open_fds`] lists /proc/self/fd.
-const PROBED: i32 = 32;
+/// Fds [`list_open_fds`] asks about with one poll before it lists
+/// /proc/self/fd.
+const PROBED: usize = 256;
 
 /// Lists the fds open now (the constructor, before the table exists).
 ///
 /// Linux 6.2 and later give the number of open fds as the size of
-/// /proc/self/fd. When that many answer `F_GETFD` among the lowest
-/// numbers (stdio, a few more), they are all of them, found with one
-/// stat and a few fcntl: listing the directory makes a dentry and an
-/// inode for every entry (~40 µs for six fds on a test VM, against ~10 µs
-/// for the stat). Otherwise (a high inherited fd, an older kernel, whose
-/// size is 0) the directory is listed.
+/// /proc/self/fd. When that many answer one `poll` of the lowest
+/// [`PROBED`] numbers (stdio, a few more: POLLNVAL is the kernel's "not
+/// open"), they are all of them, found with one stat and one poll:
+/// listing the directory makes a dentry and an inode for every entry
+/// (~40 µs for six fds on a test VM), and probing the numbers one
+/// `F_GETFD` at a time cost a syscall per number up to the highest fd
+/// (a shell's 10, a CI runner's 255). Otherwise (a higher fd, an O_PATH
+/// fd, which poll does not see, an older kernel, whose size is 0) the
+/// directory is listed.
 pub fn list_open_fds() -> Listing {
     let mut l = Listing {
         fds: [-1; 256],
@@ -98,18 +102,34 @@ pub fn list_open_fds() -> Listing {
         incomplete: false,
     };
     let count = sys::stat_path(b"/proc/self/fd\0", 0).map_or(0, |st| st.st_size);
-    if (1..=i64::from(PROBED)).contains(&count) {
-        for fd in 0..PROBED {
-            if sys::is_open(fd) {
-                l.fds[l.n] = fd;
-                l.n += 1;
-                if l.n as i64 == count {
-                    return l;
+    // poll refuses more entries than RLIMIT_NOFILE allows fds.
+    let probed = (LIMIT.load(Relaxed).min(PROBED as u64)) as usize;
+    if (1..=probed as i64).contains(&count) {
+        let mut p = [libc::pollfd {
+            fd: -1,
+            events: 0,
+            revents: 0,
+        }; PROBED];
+        for (fd, e) in p.iter_mut().enumerate().take(probed) {
+            e.fd = fd as i32;
+        }
+        // SAFETY: poll with a zero timeout over a local array of `probed`
+        // entries, which the kernel reads and writes back.
+        let r = unsafe {
+            sys::sc(
+                libc::SYS_poll,
+                [p.as_mut_ptr() as u64, probed as u64, 0, 0, 0, 0],
+            )
+        };
+        if r >= 0 {
+            for e in &p[..probed] {
+                if e.revents & libc::POLLNVAL == 0 && l.n < l.fds.len() {
+                    l.fds[l.n] = e.fd;
+                    l.n += 1;
                 }
             }
-            if count - l.n as i64 > i64::from(PROBED - 1 - fd) {
-                // The rest cannot all be below PROBED.
-                break;
+            if l.n as i64 == count {
+                return l;
             }
         }
         l.n = 0;
