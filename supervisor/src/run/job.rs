@@ -545,7 +545,7 @@ impl Job {
         let table = if flags & libc::CLONE_FILES as u64 != 0 {
             ptable
         } else {
-            let copy = ptable.borrow().fork_copy(random_u64() as u32);
+            let copy = ptable.borrow().fork_copy(super::random::next_mixer());
             Rc::new(RefCell::new(copy))
         };
         if !thread {
