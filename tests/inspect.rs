@@ -1992,3 +1992,73 @@ fn a_forked_child_shows_its_own_fds_before_and_after_it_makes_its_table() {
     assert_ne!(after[&opened].1, (opened as u64) << 2 | 3);
     drop(run);
 }
+
+/// A forked child that only moves its fds (a dup here; a shell's
+/// redirections before an exec) keeps its table private: no memfd of its
+/// own, and `handles <pid>` shows /proc's view of it as before its first
+/// write. A new object (an open) or a second thread makes it shared,
+/// with what the child did meanwhile in it: the dup, its generation.
+#[test]
+fn a_forked_child_that_only_moves_its_fds_publishes_its_table_when_it_does_more() {
+    for mode in ["dup", "thread"] {
+        let mut c = Command::new(fixture("inspect_fork"));
+        c.arg(mode);
+        for k in ["HANDLES_COOKIE", "HANDLES_POLICY", "HANDLES_QUARANTINE"] {
+            c.env_remove(k);
+        }
+        c.env("LD_PRELOAD", shim_so());
+        let mut run = spawn_ready(c);
+        let child: i32 = run
+            .value("child")
+            .and_then(|v| v.parse().ok())
+            .expect("child=PID");
+        let file: i32 = run
+            .value("file")
+            .and_then(|v| v.parse().ok())
+            .expect("file=N");
+        let own_table = |pid: i32| {
+            proc_fds(pid)
+                .into_iter()
+                .any(|fd| link(pid, fd).starts_with(&format!("/memfd:handles-table:{pid} ")))
+        };
+        let say = |run: &mut Running, what: &str| -> String {
+            run.child
+                .stdin
+                .as_mut()
+                .expect("stdin")
+                .write_all(b"go\n")
+                .expect("write");
+            let l = run.next_line().expect("a line from the child");
+            assert!(l.starts_with(what), "{mode}: {l:?}");
+            l
+        };
+        let dup: i32 = say(&mut run, "dup=")
+            .strip_prefix("dup=")
+            .and_then(|v| v.parse().ok())
+            .expect("dup=D");
+        assert!(!own_table(child), "{mode}: a private table is no memfd");
+        let (source, mixer, before) = json_table(child);
+        assert_eq!((source.as_str(), mixer), ("proc", 0), "{mode}");
+        assert!(
+            before.contains_key(&dup) && before.contains_key(&file),
+            "{before:?}"
+        );
+        assert_eq!(
+            before[&dup],
+            (0, (dup as u64) << 2 | 3),
+            "{mode}: /proc's value"
+        );
+
+        say(&mut run, if mode == "dup" { "opened=" } else { "thread=" });
+        assert!(own_table(child), "{mode}: published");
+        let (source, mixer, after) = json_table(child);
+        assert_eq!(source, "shim", "{mode}");
+        assert_ne!(mixer, 0);
+        // The dup made while private is in the published table: the
+        // shim's value and the number's first generation.
+        assert_eq!(after[&dup].0, 1, "{mode}: {after:?}");
+        assert_ne!(after[&dup].1, (dup as u64) << 2 | 3, "{mode}");
+        assert!(after.contains_key(&file), "{mode}: {after:?}");
+        drop(run);
+    }
+}

@@ -921,6 +921,72 @@ fn a_forked_child_with_its_own_table_reports_the_parents_close() {
     }
 }
 
+/// A forked child that only dups and closes keeps its table private (no
+/// memfd, see shim/src/state/fork.rs): its use of the number it closed is
+/// still its bug, reported with its own close, whether the write goes
+/// through libc (the shim's check, in every mode) or is a syscall
+/// instruction of its own (the supervisor's, which judges a number the
+/// child closed by the tombstone the kernel holds there).
+#[test]
+fn a_forked_child_with_a_private_table_reports_its_own_close() {
+    let prog = fixture("run_bugs");
+    let all: &[&[&str]] = &[&[], &["--no-ptrace"], &["--no-shim"], &["--strict"]];
+    let supervised: &[&[&str]] = &[&[], &["--no-shim"], &["--strict"]];
+    for (mode, modes, close) in [
+        ("fork-private", all, "/* CLOSE: fork-private */"),
+        ("fork-private-raw", supervised, "/* CLOSE: fork-private */"),
+        (
+            "fork-private-inherited",
+            all,
+            "/* CLOSE: fork-private-inherited */",
+        ),
+        (
+            "fork-private-inherited-raw",
+            supervised,
+            "/* CLOSE: fork-private-inherited */",
+        ),
+    ] {
+        for extra in modes {
+            let mut cmd = Command::new(handles());
+            cmd.arg("run").args(*extra).arg("--").arg(&prog).arg(mode);
+            let o = run_limited(cmd, LIMIT);
+            assert_code(&o, 0);
+            let stdout = stdout_of(&o);
+            assert!(
+                stdout.contains(&format!("child exited=0 signaled=1 sig={SIGTRAP}\n")),
+                "{mode} {extra:?}: the child must be stopped by SIGTRAP\n{}",
+                describe(&o)
+            );
+            assert!(!stdout.contains("stale write="), "\n{}", describe(&o));
+            let r = only_report(&o);
+            r.assert_innermost(
+                "closed ",
+                "fork_private_bug",
+                "run_bugs.c",
+                marker_line("run_bugs", close),
+            );
+        }
+    }
+}
+
+/// The shim's own syscalls carry the job's cookie in a spare argument
+/// register, and the kernel leaves it there: a wrapper that returned with
+/// it would let the program's next syscall instruction of its own (one
+/// that sets only the registers it needs, as run_bugs' raw_write does)
+/// through the prefilter unchecked. The fixture calls wrapped functions
+/// and looks at the argument registers they return with.
+#[test]
+fn no_argument_register_keeps_the_cookie_after_a_wrapped_call() {
+    let prog = fixture("cookie_regs");
+    for extra in [&[][..], &["--strict"][..]] {
+        let mut cmd = Command::new(handles());
+        cmd.arg("run").args(extra).arg("--").arg(&prog);
+        let o = run_limited(cmd, LIMIT);
+        assert_code(&o, 0);
+        assert_eq!(stdout_of(&o), "clean\n", "{extra:?}\n{}", describe(&o));
+    }
+}
+
 // ---------------------------------------------------------------------------
 // 7. The bug after exec
 

@@ -155,7 +155,14 @@ pub struct Header {
     pub stacks_offset: AtomicU64,
     /// [`HEADER_PYTHON`]; zero in a table written before it existed.
     pub flags: AtomicU64,
-    _reserved: [AtomicU64; 1],
+    /// Where the writing process keeps the private copy of its table that
+    /// a child it forks reads as its snapshot, and writes as its own table
+    /// until it makes a shared one (the shim's `state::fork`): an address
+    /// in that process and in every child it forks (0: it never forked).
+    /// The copy has a table's layout from the slots on (its header is not
+    /// written): a reader of such a child finds its slot and records
+    /// there, with the child's memory.
+    pub mirror: AtomicU64,
 }
 
 /// `Header::flags`: a writer has put a Python record (with frames) into
@@ -754,6 +761,21 @@ impl<'a> TableView<'a> {
 
     pub fn writer(&self) -> u32 {
         self.header.writer.load(Ordering::Relaxed)
+    }
+
+    /// [`Header::mirror`].
+    pub fn mirror(&self) -> u64 {
+        self.header.mirror.load(Ordering::Relaxed)
+    }
+
+    /// The table's header, as raw bytes (a reader that rebuilds a table
+    /// from another process's memory starts from it).
+    pub fn header_bytes(&self) -> &[u8] {
+        // SAFETY: the header is HEADER_SIZE bytes of atomics, mapped and
+        // alive as long as the view; any bit pattern is a valid u8.
+        unsafe {
+            core::slice::from_raw_parts((self.header as *const Header).cast::<u8>(), HEADER_SIZE)
+        }
     }
 
     pub fn capacity(&self) -> usize {

@@ -102,6 +102,8 @@ mod stack;
 mod state;
 mod symbolize;
 mod sys;
+#[cfg(not(test))]
+mod threads;
 
 #[cfg(not(test))]
 mod stdio;

@@ -164,7 +164,7 @@ fn opened<T: Copy>(
     }
     let fd = fd_of(r);
     if fd >= 0 && enter() {
-        st::ensure_own_table();
+        st::ensure_published();
         let how = handles_model::table::how::syscall(nr as u32);
         st::created(fd, ty, how, name, &stack::capture(frame));
         quarantine::after_create();
@@ -744,7 +744,7 @@ fn reopen(
     // SAFETY: the program's call.
     let r = unsafe { real(path, mode, f) };
     if active() && enter() {
-        st::ensure_own_table();
+        st::ensure_published();
         let pcs = stack::capture(frame);
         let new = file_fd(r);
         if new >= 0 {

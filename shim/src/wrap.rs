@@ -45,7 +45,13 @@ fn create(frame: usize, ty: u32, how: u32, name: Named, f: impl Fn() -> i64) -> 
         r = retry_after_release(&f, r);
     }
     if r >= 0 && enter() {
-        st::ensure_own_table();
+        // A dup only moves what the process holds (a forked child's
+        // redirections before its exec); anything else makes a new object.
+        if matches!(name, Named::DupOf(_)) {
+            st::ensure_own_table();
+        } else {
+            st::ensure_published();
+        }
         st::created(r as i32, ty, how, name, &stack::capture(frame));
         quarantine::after_create();
         leave();
@@ -85,7 +91,7 @@ fn create_pair(frame: usize, ty: u32, how: u32, fds: *mut c_int, f: impl Fn() ->
         r = retry_after_release(&f, r);
     }
     if r == 0 && enter() {
-        st::ensure_own_table();
+        st::ensure_published();
         let pcs = stack::capture(frame);
         // SAFETY: the kernel just wrote both fds there.
         let (a, b) = unsafe { (*fds, *fds.add(1)) };
@@ -915,7 +921,7 @@ unsafe extern "C-unwind" fn recvmsg_impl(
     // SAFETY: the program's call.
     let r = unsafe { sc_cancel(libc::SYS_recvmsg, a) };
     if r >= 0 && active() && !msg.is_null() && enter() {
-        st::ensure_own_table();
+        st::ensure_published();
         // SAFETY: the kernel filled msg's control buffer; the CMSG macros
         // stay inside msg_controllen.
         unsafe { note_rights(msg, frame) };
@@ -1197,7 +1203,7 @@ pub unsafe extern "C" fn prlimit64(
 /// listing with it, for one).
 fn publish_for_supervisor() {
     if sys::COOKIE_ON.load(core::sync::atomic::Ordering::Relaxed) && active() && enter() {
-        st::ensure_own_table();
+        st::ensure_published();
         leave();
     }
 }

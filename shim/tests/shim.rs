@@ -1946,7 +1946,7 @@ fn table_fds(pid: u32) -> Vec<(i32, String)> {
 }
 
 #[test]
-fn a_forked_child_reads_its_snapshot_and_makes_its_table_at_its_first_write() {
+fn a_forked_child_reads_its_snapshot_keeps_it_private_and_shares_it_for_a_new_object() {
     let mut f = Forking::start("fork-snapshot");
     let parent = f.d.child.id();
     // Before the fork: a open, b closed (a tombstone), c open at its
@@ -1995,11 +1995,17 @@ fn a_forked_child_reads_its_snapshot_and_makes_its_table_at_its_first_write() {
     assert_eq!(r.len(), 1, "{r:?}");
     assert_eq!(r[0].0, child);
     assert!(r[0].1.starts_with(&format!("read({b}, ")), "{r:?}");
-    // That check was its first write of the table (a report under a
-    // supervisor needs the table published): now it has its own, at
-    // the number its parent's had, and none of its parent's.
-    assert_eq!(f.table(), (parent_table, 0));
+    // That check was its first write of the table: it keeps its
+    // snapshot as a private table (no memfd: a forked child that only
+    // moves its fds before an exec needs none), still holding its
+    // parent's table fd, and so does its close of c.
+    assert_eq!(f.table(), (-1, 1));
     assert_eq!(f.d.ask(&format!("close {c}")), format!("closed {c}"));
+    assert_eq!(f.table(), (-1, 1));
+    // A new object (an open) makes its table shared: its own, at the
+    // number its parent's had, and none of its parent's.
+    let g = f.fd("open");
+    assert_eq!(f.table(), (parent_table, 0));
     let ct = LiveTable::open(child);
     let cv = ct.view();
     assert_eq!(cv.pid(), child);
@@ -2016,11 +2022,19 @@ fn a_forked_child_reads_its_snapshot_and_makes_its_table_at_its_first_write() {
     // A closed number's records stay in the child's snapshot, where its
     // reports read them (the report above): the new table has the value.
     assert!(db.closed.frames().is_empty());
+    // Its own close, made while private, came over with its records.
     let dc = cv.detail(c).expect("consistent slot");
     assert_eq!(dc.value.state, state::TOMBSTONE);
     assert_eq!(dc.value.generation, at_fork[&c].value.generation);
     assert!(dc.closed.len > 0, "the child's close stack");
-    if e != a && e != b && e != c {
+    let dg = cv.detail(g).expect("consistent slot");
+    assert_eq!(dg.value.state, state::OPEN);
+    assert_eq!(
+        dg.value.how & how::FORKED,
+        0,
+        "its own open is not its parent's"
+    );
+    if e != a && e != b && e != c && e != g {
         assert_eq!(cv.slot(e).map(|s| s.state), Some(state::FREE));
     }
     // The parent's table is untouched by the child.

@@ -34,6 +34,24 @@ static STALE: AtomicPtr<u8> = AtomicPtr::new(ptr::null_mut());
 static PENDING: AtomicBool = AtomicBool::new(false);
 /// The thread id of the thread making the child's own table (0: none).
 static MAKER: AtomicI32 = AtomicI32::new(0);
+/// Set in a forked child that writes its snapshot ([`BASE`], private
+/// copy-on-write pages) as its table instead of making a shared one: most
+/// forked children (a shell's `$(...)`, a pipeline's stages) only move
+/// fds around (dup2, close) and then exec or exit, and a memfd table
+/// made, filled and torn down for that cost as much as the rest of the
+/// child's work (half of a dash subshell's time under the shim). The
+/// child publishes a shared table ([`publish`]) when someone outside may
+/// need to read it: at a creating call other than a dup, before a
+/// second thread starts, after [`PUBLISH_AFTER`] writes. Never under a
+/// supervisor that reads tables early (it asked for announcements: a leak
+/// check, the inherit check, the strict filter). Only ever in a
+/// single-threaded process, so that switching tables races no writer.
+static PRIVATE: AtomicBool = AtomicBool::new(false);
+/// Table writes made while [`PRIVATE`].
+static PRIVATE_WRITES: AtomicU32 = AtomicU32::new(0);
+/// A child that goes on writing its fds this much is doing real work:
+/// its table is published for `handles <pid>`.
+const PUBLISH_AFTER: u32 = 64;
 /// One bit per page of the code registry an entry may have gone into
 /// (only a Python program writes one), inherited by forked children: a
 /// child copies those pages of its parent's registry, not all 1 MiB of
@@ -70,6 +88,20 @@ fn code_page_written(p: usize) -> bool {
 /// reaches an inherited tombstone's through the tombstone itself).
 static LAZY: [AtomicU64; table::MAX_CAPACITY as usize / 64] =
     [const { AtomicU64::new(0) }; table::MAX_CAPACITY as usize / 64];
+
+/// One bit per fd the child wrote while its table was private
+/// ([`PRIVATE`]): when it publishes, those records (its own closes among
+/// them, which a supervisor reports from the shared table) go over with
+/// the values; the rest stay in the snapshot as after a fork ([`LAZY`]).
+static WRITTEN_PRIVATELY: [AtomicU64; table::MAX_CAPACITY as usize / 64] =
+    [const { AtomicU64::new(0) }; table::MAX_CAPACITY as usize / 64];
+
+fn written_privately(fd: i32) -> bool {
+    let i = fd as u32 as usize;
+    WRITTEN_PRIVATELY
+        .get(i / 64)
+        .is_some_and(|w| w.load(Relaxed) & (1 << (i % 64)) != 0)
+}
 
 fn set_lazy(fd: i32, on: bool) {
     let i = fd as u32 as usize;
@@ -217,9 +249,15 @@ pub(super) fn mirror(fd: i32, s: &Slot, l: &Locked) {
     mark_written(fd);
     let base = BASE.load(SeqCst);
     // No mirror yet (no fork so far), or the mirror is the table itself
-    // (a child that could not make its own): nothing to copy, and taking
-    // the mirror slot's lock would take the caller's.
+    // (a private table, or a child that could not make its own): nothing
+    // to copy, and taking the mirror slot's lock would take the caller's.
     if base.is_null() || base == pb {
+        if PRIVATE.load(Relaxed) {
+            let i = fd as u32 as usize;
+            if let Some(w) = WRITTEN_PRIVATELY.get(i / 64) {
+                w.fetch_or(1 << (i % 64), Relaxed);
+            }
+        }
         return;
     }
     let m = slot_at(base, fd);
@@ -322,8 +360,35 @@ pub(super) fn init_fork_mark() {
 #[inline(always)]
 pub fn ensure_own_table() {
     if needs_own_table() {
-        own_table();
+        own_table(false);
+    } else if PRIVATE.load(Relaxed) && PRIVATE_WRITES.fetch_add(1, Relaxed) >= PUBLISH_AFTER {
+        publish();
     }
+}
+
+/// [`ensure_own_table`] before a call that makes a new object (an open,
+/// a socket, a pipe; not a dup of a handle the process holds): such a
+/// child is doing more than moving its fds before an exec, and its table
+/// is made shared now.
+#[inline(always)]
+pub fn ensure_published() {
+    if needs_own_table() {
+        own_table(true);
+    } else if PRIVATE.load(Relaxed) {
+        publish();
+    }
+}
+
+/// Before the process starts a second thread (the pthread_create
+/// wrapper): a table that changes to another one under a running writer
+/// could lose its write, so a child that has none of its own, or a
+/// private one, makes it shared first.
+pub fn before_thread() {
+    if !active() || !enter() {
+        return;
+    }
+    ensure_published();
+    leave();
 }
 
 fn needs_own_table() -> bool {
@@ -382,6 +447,7 @@ fn enable_mirror() -> bool {
         return false;
     };
     BASE.store(base, SeqCst);
+    header(pb).mirror.store(base as u64, Relaxed);
     for i in maybe_written(0, cap) {
         let s = slot_at(pb, i);
         let l = lock(s);
@@ -438,7 +504,7 @@ pub extern "C" fn after_fork_child() {
 /// write it).
 #[cold]
 #[inline(never)]
-fn own_table() {
+fn own_table(publish: bool) {
     let me = sys::gettid();
     loop {
         match MAKER.compare_exchange(0, me, Acquire, Relaxed) {
@@ -465,11 +531,73 @@ fn own_table() {
             // Not a child: the kernel dropped the mark's page (memory
             // pressure), which then reads as zero.
             rearm_fork_mark();
+        } else if !publish && can_go_private() {
+            go_private();
         } else {
-            make_own_table();
+            make_own_table(true);
         }
     }
     MAKER.store(0, Release);
+}
+
+/// Whether a child about to make its own table may keep its snapshot as
+/// a private one ([`PRIVATE`]): it reads a complete snapshot (not its
+/// parent's live table after a raw fork), no supervisor asked to be told
+/// of tables, and it runs one thread (a fork child starts with one; a
+/// thread made since went through [`before_thread`], which made the
+/// table already, so a pending child here has only this one).
+fn can_go_private() -> bool {
+    let base = ready_mirror();
+    !base.is_null()
+        && PUB.load(Relaxed) == base
+        && !(sys::COOKIE_ON.load(Relaxed) && ANNOUNCE.load(Relaxed))
+}
+
+/// The child's snapshot becomes its table: what it holds open now came
+/// from its parent (FORKED, for leak checks), the code objects its
+/// parent's Python records name are copied in, and its parent's table is
+/// unmapped. No memfd, no announcement: outside readers see this process
+/// as one with no table of its own yet, as before its first write.
+fn go_private() {
+    let cap = CAP.load(Relaxed);
+    let base = BASE.load(Relaxed);
+    for i in maybe_written(0, cap) {
+        let s = slot_at(base, i);
+        if s.state.load(Relaxed) == state::OPEN {
+            let l = s.steal_lock();
+            let mut v = s.load(&l);
+            v.how |= table::how::FORKED;
+            s.store(&l, v);
+            s.unlock(l);
+        }
+    }
+    let stale = STALE.swap(ptr::null_mut(), Relaxed);
+    if !stale.is_null() {
+        codes_at(base, cap).copy_pages_from(&codes_at(stale, cap), code_page_written);
+        // SAFETY: unmapping the parent's table from this process only;
+        // nothing points into it any more (PUB is the snapshot).
+        unsafe {
+            sys::sc(
+                libc::SYS_munmap,
+                [stale as u64, table::table_size(cap) as u64, 0, 0, 0, 0],
+            )
+        };
+    }
+    OWN_PID.store(sys::getpid(), Relaxed);
+    rearm_fork_mark();
+    PRIVATE_WRITES.store(0, Relaxed);
+    PRIVATE.store(true, Relaxed);
+    PENDING.store(false, Release);
+}
+
+/// Makes a private table shared ([`make_own_table`] from it). The process
+/// is single-threaded (see [`PRIVATE`]).
+#[cold]
+#[inline(never)]
+fn publish() {
+    if PRIVATE.swap(false, Relaxed) {
+        make_own_table(false);
+    }
 }
 
 fn rearm_fork_mark() {
@@ -486,7 +614,7 @@ fn rearm_fork_mark() {
 /// process that never forked through glibc), a new mixer, and the
 /// parent's table fd replaced by the child's at the same number. Raw
 /// syscalls only: runs in the child of a possibly multi-threaded parent.
-fn make_own_table() {
+fn make_own_table(mark_forked: bool) {
     let pid = sys::getpid();
     let done = || {
         OWN_PID.store(pid, Relaxed);
@@ -548,7 +676,7 @@ fn make_own_table() {
                 obj_type: s.obj_type.load(Relaxed),
                 koid: s.koid.load(Relaxed),
                 rights: s.rights.load(Relaxed),
-                how: if st == state::OPEN {
+                how: if st == state::OPEN && mark_forked {
                     how | table::how::FORKED
                 } else {
                     how
@@ -563,7 +691,7 @@ fn make_own_table() {
         // reads its record through the tombstone (an O_PATH fd on the
         // parent's table). Not from a parent's live table (a raw fork):
         // that one changes.
-        let lazy = src == base && st != state::OPEN;
+        let lazy = src == base && st != state::OPEN && !written_privately(i);
         set_lazy(i, lazy);
         if !lazy {
             copy_records_into_new(pb, src, cap, i, &l);
@@ -575,6 +703,9 @@ fn make_own_table() {
     let named = if stale.is_null() { src } else { stale };
     codes_at(pb, cap).copy_pages_from(&codes_at(named, cap), code_page_written);
     header(pb).init(cap, pid as u32, mixer, table::writer::SHIM);
+    if !base.is_null() {
+        header(pb).mirror.store(base as u64, Relaxed);
+    }
     MIXER.store(mixer, Relaxed);
     PUB.store(pb, Release);
     unmap(stale);

@@ -195,7 +195,33 @@ impl Job {
         let owner = crate::inspect::shared::table_owner(&target)?;
         let table = crate::inspect::shared::inherited_table(tgid, fd, owner)?;
         let view = table.view().ok()?;
-        match view.detail_py(fd) {
+        // The child's own snapshot first (what it closed itself while its
+        // table was private, or what it inherited, as it was at the fork),
+        // then its parent's table as it is now.
+        let parents = view.detail_py(fd);
+        if let Some((d, py, earlier)) = shimtable::private_record(tid, &view, fd) {
+            if d.value.state == state::TOMBSTONE {
+                // The parent's own tombstone of the same handle: closed
+                // there before the fork.
+                let inherited = parents.as_ref().is_some_and(|(p, ..)| {
+                    p.value.state == state::TOMBSTONE
+                        && p.value.generation == d.value.generation
+                        && p.value.koid == d.value.koid
+                });
+                let closer = if inherited { owner } else { tgid };
+                let t = self.threads.get(&tid)?;
+                t.table.borrow_mut().remember_closed(
+                    fd,
+                    shimtable::closed_handle(closer, &d, &py, earlier.as_ref()),
+                );
+                return Some(if inherited {
+                    Bad::StaleInherited
+                } else {
+                    Bad::Stale
+                });
+            }
+        }
+        match parents {
             Some((d, ..)) if d.value.state == state::INTERNAL => Some(Bad::Internal),
             Some((d, c, x)) if d.value.state == state::TOMBSTONE => {
                 let earlier = view.earlier(fd);
