@@ -292,6 +292,23 @@ unsafe extern "C" fn each_object(
 ) -> libc::c_int {
     // SAFETY: dl_iterate_phdr passes a valid info and our `Found`.
     let (info, found) = unsafe { (&*info, &mut *data.cast::<Found>()) };
+    // SAFETY: the loader's program headers of a loaded object.
+    let phdrs =
+        unsafe { core::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) };
+    let base = info.dlpi_addr;
+    // The symbols first (lookups in memory): only an interpreter's object
+    // is worth its name, which for the main program costs a readlink of
+    // /proc/self/exe, in every process that records a stack.
+    // SAFETY: a loaded object's dynamic section and hash table.
+    let (runtime, code_type) = unsafe {
+        (
+            lookup(base, phdrs, b"_PyRuntime"),
+            lookup(base, phdrs, b"PyCode_Type"),
+        )
+    };
+    let (Some(runtime), Some(code_type)) = (runtime, code_type) else {
+        return 0;
+    };
     let mut exe = [0u8; 512];
     let name: &[u8] = if info.dlpi_name.is_null() {
         &[]
@@ -312,21 +329,8 @@ unsafe extern "C" fn each_object(
     if py::layout(3, minor).is_none() {
         return 0;
     }
-    // SAFETY: the loader's program headers of a loaded object.
-    let phdrs =
-        unsafe { core::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) };
-    let base = info.dlpi_addr;
-    // SAFETY: a loaded object's dynamic section and hash table.
-    let (runtime, code_type, version) = unsafe {
-        (
-            lookup(base, phdrs, b"_PyRuntime"),
-            lookup(base, phdrs, b"PyCode_Type"),
-            lookup(base, phdrs, b"Py_Version"),
-        )
-    };
-    let (Some(runtime), Some(code_type)) = (runtime, code_type) else {
-        return 0;
-    };
+    // SAFETY: as above.
+    let version = unsafe { lookup(base, phdrs, b"Py_Version") };
     if minor >= 11 {
         // Py_Version (3.11+) is PY_VERSION_HEX: the name must not lie.
         let v = version.and_then(|a| Local::default().u32_at(a));
