@@ -835,21 +835,29 @@ fn bug_in_a_forked_child_kills_the_child_and_the_parent_continues() {
 }
 
 /// Shims announce their tables (a ptrace stop each) only when something
-/// reads them early: --strict and leak checks. Otherwise the supervisor
-/// finds a table by its name when it first needs it, and what it reports
-/// is the same (the three-mode test covers the reports).
+/// reads them early: --strict and the inherit check. Otherwise the
+/// supervisor finds a table by its name when it first needs it (a leak
+/// check at the process's exit stop), and what it reports is the same
+/// (the three-mode test covers the reports). Where every forked child's
+/// table is read (a leak check too), none keeps a private one.
 #[test]
-fn shims_announce_only_for_strict_and_leak_checks() {
-    let announce = |flags: &[&str]| {
+fn shims_announce_only_for_strict_and_the_inherit_check() {
+    let env = |flags: &[&str]| {
         let mut args: Vec<&str> = flags.to_vec();
-        args.extend(["--", "/bin/sh", "-c", "echo \"$HANDLES_ANNOUNCE\""]);
+        args.extend([
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo \"$HANDLES_ANNOUNCE ${HANDLES_SHARED_TABLES:-0}\"",
+        ]);
         let o = handles_run(&args);
         assert_code(&o, 0);
         stdout_of(&o).trim().to_string()
     };
-    assert_eq!(announce(&[]), "0");
-    assert_eq!(announce(&["--strict"]), "1");
-    assert_eq!(announce(&["--leak-check"]), "1");
+    assert_eq!(env(&[]), "0 0");
+    assert_eq!(env(&["--strict"]), "1 1");
+    assert_eq!(env(&["--inherit-check"]), "1 1");
+    assert_eq!(env(&["--leak-check"]), "0 1");
 }
 
 /// A forked child makes its shim table only at its first write; until

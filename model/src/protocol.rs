@@ -73,6 +73,10 @@ pub mod env {
     /// [`OFF`]: the supervisor wants no announcement of the table
     /// ([`super::Message::Announce`]); it finds the table by its name.
     pub const ANNOUNCE: Var = Var(c"HANDLES_ANNOUNCE");
+    /// [`ON`]: every forked child makes its table shared at its first
+    /// write, not at its first new object (a leak check reads a child's
+    /// table at its exit, the inherit check at its exec).
+    pub const SHARED_TABLES: Var = Var(c"HANDLES_SHARED_TABLES");
     /// [`ON`]: the job stops every creating call, so the shim marks its
     /// own with `marker::OWN`.
     pub const MARK_OWN: Var = Var(c"HANDLES_MARK_OWN");
@@ -108,11 +112,12 @@ pub mod env {
     pub const SUMMARY: Var = Var(c"HANDLES_SUMMARY");
 
     /// Every variable above.
-    pub const ALL: [Var; 15] = [
+    pub const ALL: [Var; 16] = [
         POLICY,
         JOB,
         COOKIE,
         ANNOUNCE,
+        SHARED_TABLES,
         MARK_OWN,
         INHERIT,
         QUARANTINE,

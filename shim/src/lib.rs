@@ -253,6 +253,9 @@ extern "C" fn init() {
         if env(penv::ANNOUNCE.c()) == Some(penv::OFF) {
             state::ANNOUNCE.store(false, Relaxed);
         }
+        if env(penv::SHARED_TABLES.c()) == Some(penv::ON) {
+            state::SHARED_TABLES.store(true, Relaxed);
+        }
     }
     if let Some(p) = env(penv::POLICY.c()) {
         report::set_policy(p);

@@ -43,9 +43,10 @@ static MAKER: AtomicI32 = AtomicI32::new(0);
 /// child publishes a shared table ([`publish`]) when someone outside may
 /// need to read it: at a creating call other than a dup, before a
 /// second thread starts, after [`PUBLISH_AFTER`] writes. Never under a
-/// supervisor that reads tables early (it asked for announcements: a leak
-/// check, the inherit check, the strict filter). Only ever in a
-/// single-threaded process, so that switching tables races no writer.
+/// supervisor that reads every child's table ([`SHARED_TABLES`]: a leak
+/// check at its exit, the inherit check at its exec) or wants
+/// announcements (the strict filter). Only ever in a single-threaded
+/// process, so that switching tables races no writer.
 static PRIVATE: AtomicBool = AtomicBool::new(false);
 /// Table writes made while [`PRIVATE`].
 static PRIVATE_WRITES: AtomicU32 = AtomicU32::new(0);
@@ -548,10 +549,16 @@ fn own_table(publish: bool) {
 /// table already, so a pending child here has only this one).
 fn can_go_private() -> bool {
     let base = ready_mirror();
-    !base.is_null()
-        && PUB.load(Relaxed) == base
-        && !(sys::COOKIE_ON.load(Relaxed) && ANNOUNCE.load(Relaxed))
+    if base.is_null() || PUB.load(Relaxed) != base || SHARED_TABLES.load(Relaxed) {
+        return false;
+    }
+    let announcing = sys::COOKIE_ON.load(Relaxed) && ANNOUNCE.load(Relaxed);
+    !announcing
 }
+
+/// `HANDLES_SHARED_TABLES=1`: a supervisor reads every child's table
+/// (at its exit, at its exec), so none keeps a private one.
+pub static SHARED_TABLES: AtomicBool = AtomicBool::new(false);
 
 /// The child's snapshot becomes its table: what it holds open now came
 /// from its parent (FORKED, for leak checks), the code objects its

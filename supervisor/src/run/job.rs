@@ -115,17 +115,23 @@ impl Job {
                 CookieText::new(cookie).as_str().into(),
             ));
             // Announcements (a stop each) only where something reads the
-            // table early: the strict filter's reconciliation, the fork
-            // snapshot a leak check needs. Otherwise the table is found by
-            // its name when first needed (`sync_shim`).
-            env.retain(|(k, _)| k != penv::ANNOUNCE.name());
-            // The inherit check reads the exec'ing image's table at its
-            // exec, when it can no longer be looked for.
-            let announce = opts.strict || opts.leak_mode != LeakMode::Off || opts.inherit_check;
+            // table early: the strict filter's reconciliation. The inherit
+            // check reads the exec'ing image's table at its exec, when it
+            // can no longer be looked for. Otherwise the table is found by
+            // its name when first needed (`sync_shim`): a leak check finds
+            // it at the process's exit stop, while its fds are still there.
+            env.retain(|(k, _)| k != penv::ANNOUNCE.name() && k != penv::SHARED_TABLES.name());
+            let announce = opts.strict || opts.inherit_check;
             env.push((
                 penv::ANNOUNCE.name().into(),
                 if announce { penv::ON } else { penv::OFF }.into(),
             ));
+            // A forked child keeps a private table while it only moves its
+            // fds, unless something reads every child's table: the leak
+            // check at its exit, the inherit check at its exec.
+            if announce || opts.leak_mode != LeakMode::Off {
+                env.push((penv::SHARED_TABLES.name().into(), penv::ON.into()));
+            }
             // Where every creating call stops (a new-* entry, a handle
             // budget), the shim marks its own (its table, its tombstone
             // source): they are not the program's handles.

@@ -7,7 +7,6 @@ use std::collections::HashSet;
 
 use handles_model::ObjType;
 
-use super::leaks::LeakMode;
 use super::procfs::{fd_numbers, nofile_limit};
 use super::publish::Published;
 use super::shimtable::{ShimSays, ShimTable, Update};
@@ -92,8 +91,7 @@ impl Job {
         let Some(t) = self.threads.get(&tid) else {
             return;
         };
-        if p.shim.is_none() && p.awaiting_shim && !p.strict && self.opts.leak_mode == LeakMode::Off
-        {
+        if p.shim.is_none() && p.awaiting_shim && !p.strict {
             // Shims do not announce here (HANDLES_ANNOUNCE=0): one made
             // its table if one named for this process is open.
             if let Some(fd) = crate::inspect::shared::own_table_fd(tgid) {
