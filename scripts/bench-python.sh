@@ -10,7 +10,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-50000}
-PY=${2:-$(command -v python3)}
+# The interpreter itself: a pyenv `python3` is a bash script that runs
+# pyenv, several processes before the interpreter starts, and what this
+# measures is the loop, not a wrapper's process start-ups (those are
+# scripts/bench-run.sh's process-heavy rows).
+PY=${2:-$(python3 -c 'import sys; print(sys.executable)')}
 RUNS=${RUNS:-7}
 LOOP=$PWD/scripts/bench/pyloop.py
 tmp=$(mktemp -d)
