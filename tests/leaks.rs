@@ -168,6 +168,39 @@ fn a_leak_in_a_forked_child_only_is_reported_for_the_child() {
     );
 }
 
+/// A forked child that only moves fds keeps its shim table private (in
+/// its own memory, no memfd): its leak is still its own, with the stack
+/// of the dup that made it, in every mode, and what it inherited is not
+/// (the supervisor reads the child's slots in its memory at its exit).
+#[test]
+fn a_forked_child_that_only_moves_fds_reports_its_own_leak() {
+    // (A leak check needs the supervisor: --no-ptrace refuses it.)
+    for extra in [&[][..], &["--no-shim"][..], &["--strict"][..]] {
+        let mut args = vec!["--leak-check"];
+        args.extend(extra);
+        let o = run(&args, &fixture("leaks"), "child-dup");
+        let stderr = stderr_of(&o);
+        assert_eq!(o.status.code(), Some(0), "{extra:?}\n{stderr}");
+        let reports = process_reports(&stderr);
+        assert_eq!(
+            reports.len(),
+            1,
+            "{extra:?}: only the child leaks\n{stderr}"
+        );
+        assert!(
+            reports[0].contains("exits holding 1 handle it created"),
+            "{extra:?}\n{stderr}"
+        );
+        assert!(reports[0].contains("fd 7 "), "{extra:?}\n{stderr}");
+        assert_group(&reports[0], "file", "leak_dup", "dup");
+        assert_eq!(
+            summary(&stderr),
+            "handles: LEAK SUMMARY: 1 handle to 1 object in 1 process",
+            "{extra:?}"
+        );
+    }
+}
+
 /// A forked child that makes nothing through the shim never gets a shim
 /// table: --leak-check=all still lists what it inherited, from /proc, and
 /// none of the shim's own fds.

@@ -74,8 +74,9 @@ pub mod env {
     /// ([`super::Message::Announce`]); it finds the table by its name.
     pub const ANNOUNCE: Var = Var(c"HANDLES_ANNOUNCE");
     /// [`ON`]: every forked child makes its table shared at its first
-    /// write, not at its first new object (a leak check reads a child's
-    /// table at its exit, the inherit check at its exec).
+    /// write, not at its first new object (the inherit check reads a
+    /// child's table through its fd at its exec, the strict filter at
+    /// every call).
     pub const SHARED_TABLES: Var = Var(c"HANDLES_SHARED_TABLES");
     /// [`ON`]: the job stops every creating call, so the shim marks its
     /// own with `marker::OWN`.

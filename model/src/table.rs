@@ -159,9 +159,10 @@ pub struct Header {
     /// a child it forks reads as its snapshot, and writes as its own table
     /// until it makes a shared one (the shim's `state::fork`): an address
     /// in that process and in every child it forks (0: it never forked).
-    /// The copy has a table's layout from the slots on (its header is not
-    /// written): a reader of such a child finds its slot and records
-    /// there, with the child's memory.
+    /// The copy has a table's layout from the slots on: a reader of such
+    /// a child finds its slot and records there, with the child's memory.
+    /// Of the copy's header only `pid` is written, by a child that took
+    /// the copy as its table (it says whose writes the copy holds).
     pub mirror: AtomicU64,
 }
 
@@ -761,6 +762,12 @@ impl<'a> TableView<'a> {
 
     pub fn writer(&self) -> u32 {
         self.header.writer.load(Ordering::Relaxed)
+    }
+
+    /// The capacity the header gives (the view's own is clamped to what
+    /// the memory it was made from holds).
+    pub fn header_capacity(&self) -> u32 {
+        self.header.capacity.load(Ordering::Relaxed)
     }
 
     /// [`Header::mirror`].

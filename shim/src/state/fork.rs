@@ -42,11 +42,12 @@ static MAKER: AtomicI32 = AtomicI32::new(0);
 /// child's work (half of a dash subshell's time under the shim). The
 /// child publishes a shared table ([`publish`]) when someone outside may
 /// need to read it: at a creating call other than a dup, before a
-/// second thread starts, after [`PUBLISH_AFTER`] writes. Never under a
-/// supervisor that reads every child's table ([`SHARED_TABLES`]: a leak
-/// check at its exit, the inherit check at its exec) or wants
-/// announcements (the strict filter). Only ever in a single-threaded
-/// process, so that switching tables races no writer.
+/// second thread starts, after [`PUBLISH_AFTER`] writes, at a per-test
+/// checkpoint. Never under a supervisor that reads every child's table
+/// through its fd ([`SHARED_TABLES`]: the inherit check at its exec, the
+/// strict filter); a leak check reads a private one in the child's
+/// memory at its exit. Only ever in a single-threaded process, so that
+/// switching tables races no writer.
 static PRIVATE: AtomicBool = AtomicBool::new(false);
 /// Table writes made while [`PRIVATE`].
 static PRIVATE_WRITES: AtomicU32 = AtomicU32::new(0);
@@ -557,7 +558,8 @@ fn can_go_private() -> bool {
 }
 
 /// `HANDLES_SHARED_TABLES=1`: a supervisor reads every child's table
-/// (at its exit, at its exec), so none keeps a private one.
+/// through its fd (the inherit check at its exec, the strict filter), so
+/// none keeps a private one.
 pub static SHARED_TABLES: AtomicBool = AtomicBool::new(false);
 
 /// The child's snapshot becomes its table: what it holds open now came
@@ -590,7 +592,12 @@ fn go_private() {
             )
         };
     }
-    OWN_PID.store(sys::getpid(), Relaxed);
+    let pid = sys::getpid();
+    // The snapshot's header (written by nobody else) names the process
+    // whose table it now is: a reader tells this child's own writes from
+    // a snapshot still as its parent left it (a child that never wrote).
+    header(base).pid.store(pid as u32, Relaxed);
+    OWN_PID.store(pid, Relaxed);
     rearm_fork_mark();
     PRIVATE_WRITES.store(0, Relaxed);
     PRIVATE.store(true, Relaxed);

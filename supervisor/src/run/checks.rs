@@ -199,15 +199,19 @@ impl Job {
         // table was private, or what it inherited, as it was at the fork),
         // then its parent's table as it is now.
         let parents = view.detail_py(fd);
-        if let Some((d, py, earlier)) = shimtable::private_record(tid, &view, fd) {
+        let private = super::private::PrivateTable::from_header(tid, tgid, &view)
+            .and_then(|mut p| Some((p.is_own(), p.record(fd)?)));
+        if let Some((own, (d, py, earlier))) = private {
             if d.value.state == state::TOMBSTONE {
-                // The parent's own tombstone of the same handle: closed
-                // there before the fork.
-                let inherited = parents.as_ref().is_some_and(|(p, ..)| {
-                    p.value.state == state::TOMBSTONE
-                        && p.value.generation == d.value.generation
-                        && p.value.koid == d.value.koid
-                });
+                // The parent's own tombstone of the same handle (closed
+                // there before the fork), or any tombstone of a snapshot
+                // the child never wrote.
+                let inherited = !own
+                    || parents.as_ref().is_some_and(|(p, ..)| {
+                        p.value.state == state::TOMBSTONE
+                            && p.value.generation == d.value.generation
+                            && p.value.koid == d.value.koid
+                    });
                 let closer = if inherited { owner } else { tgid };
                 let t = self.threads.get(&tid)?;
                 t.table.borrow_mut().remember_closed(

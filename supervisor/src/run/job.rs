@@ -127,9 +127,10 @@ impl Job {
                 if announce { penv::ON } else { penv::OFF }.into(),
             ));
             // A forked child keeps a private table while it only moves its
-            // fds, unless something reads every child's table: the leak
-            // check at its exit, the inherit check at its exec.
-            if announce || opts.leak_mode != LeakMode::Off {
+            // fds (a leak check reads it in the child's memory at its
+            // exit), unless something reads every child's table through
+            // its fd: the inherit check at its exec, the strict filter.
+            if announce {
                 env.push((penv::SHARED_TABLES.name().into(), penv::ON.into()));
             }
             // Where every creating call stops (a new-* entry, a handle

@@ -140,15 +140,46 @@ impl Job {
                 ));
             }
         }
-        // A forked child whose shim never made a table (it created and
-        // closed nothing through the shim): what it holds came from its
-        // parent or stopped here. Under --leak-check=all the inherited ones
-        // the model does not know (the parent's shim made them) are listed
-        // from /proc; the shim's own fds drop out with the snapshot below.
         let tableless = self
             .procs
             .get(&tgid)
             .is_some_and(|p| p.shim.is_none() && p.awaiting_shim);
+        // A forked child whose shim kept its table private (it only moved
+        // fds): its slots and records are in its memory, still there at
+        // its exit stop. What it made itself (a dup onto a number) is its
+        // own; what is FORKED came from its parent.
+        if tableless {
+            let private = super::private::PrivateTable::of(tid, tgid).filter(|p| p.is_own());
+            if let Some(mut private) = private {
+                let table = table_ref.borrow();
+                for fd in fd_numbers(&format!("/proc/{tgid}/task/{tid}/fd")) {
+                    if table.is_hidden(fd) {
+                        continue;
+                    }
+                    let Some(v) = private.slot(fd) else { continue };
+                    if v.state != handles_model::table::state::OPEN
+                        || how::base(v.how) == how::INHERITED
+                        || how::forked(v.how)
+                    {
+                        continue;
+                    }
+                    let Some((d, py, _)) = private.record(fd) else {
+                        continue;
+                    };
+                    let origin = shimtable::origin_of(d.value.how);
+                    let stack = shimtable::call_stack(d.created.frames(), &py.0);
+                    let value = (table.value_of(fd, d.value.generation).0, d.value.generation);
+                    candidates.retain(|c| c.0 != fd);
+                    candidates.push((fd, value, origin, stack, false));
+                }
+            }
+        }
+        // A forked child whose shim made no table (it created and closed
+        // nothing through the shim, or only moved fds): what else it holds
+        // came from its parent or stopped here. Under --leak-check=all the
+        // inherited ones the model does not know (the parent's shim made
+        // them) are listed from /proc; the shim's own fds drop out with
+        // the snapshot below.
         if all && tableless {
             let table = table_ref.borrow();
             for fd in fd_numbers(&format!("/proc/{tgid}/task/{tid}/fd")) {

@@ -56,6 +56,7 @@ pub mod leaks;
 pub mod options;
 pub mod output;
 pub mod pertest;
+mod private;
 mod privilege;
 mod procfs;
 pub mod publish;

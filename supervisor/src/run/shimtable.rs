@@ -637,60 +637,6 @@ fn name_text(n: &Name) -> String {
     String::from_utf8_lossy(n.as_bytes()).into_owned()
 }
 
-/// What a forked child with no shared table of its own holds at `fd`,
-/// read in its memory: such a child reads and writes its snapshot of its
-/// parent's table (`Header::mirror` in `parent`, the table it inherited),
-/// a private copy-on-write mapping at the same address in both. A copy of
-/// the table is rebuilt here with the parent's header and the child's
-/// slot and records for `fd` (the rest stays zero, never read). None when
-/// the parent never forked through the shim or the child's memory cannot
-/// be read there (a raw fork before the snapshot existed).
-pub(super) fn private_record(tid: i32, parent: &table::TableView, fd: i32) -> Option<ShimRecord> {
-    let at = parent.mirror();
-    let cap = u32::try_from(parent.capacity()).ok()?;
-    let i = usize::try_from(fd).ok().filter(|&i| i < cap as usize)?;
-    if at == 0 {
-        return None;
-    }
-    let size = table::table_size(cap);
-    // Zeroed words, so the rebuilt table is aligned like a mapping; the
-    // allocation is as lazy as an anonymous mapping (calloc maps fresh
-    // zero pages), so only the pages written below are touched.
-    let mut words = vec![0u64; size.div_ceil(8)];
-    // SAFETY: reinterpreting our own zeroed u64 buffer as bytes.
-    let bytes = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), size) };
-    bytes[..table::HEADER_SIZE].copy_from_slice(parent.header_bytes());
-    let parts = [
-        (table::HEADER_SIZE + i * table::SLOT_SIZE, table::SLOT_SIZE),
-        (
-            table::stacks_offset(cap) + i * table::STACKS_SIZE,
-            table::STACKS_SIZE,
-        ),
-        (
-            table::py_offset(cap) + i * table::PY_STACKS_SIZE,
-            table::PY_STACKS_SIZE,
-        ),
-        (
-            table::earlier_offset(cap) + i * table::EARLIER_SIZE,
-            table::EARLIER_SIZE,
-        ),
-    ];
-    for (off, len) in parts {
-        let got = crate::backtrace::memory::read_partial(
-            tid,
-            at + off as u64,
-            &mut bytes[off..off + len],
-        )
-        .ok()?;
-        if got != len {
-            return None;
-        }
-    }
-    let view = table::TableView::new(bytes).ok()?;
-    let (d, c, x) = view.detail_py(fd)?;
-    Some((d, (c, x), view.earlier(fd)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,175 @@
+//! A forked child's private table, read in its memory.
+//!
+//! A forked child that only moves its fds writes its snapshot of its
+//! parent's table as its own (private copy-on-write pages; the shim's
+//! `state::fork`) and makes no shared table. The snapshot sits at the
+//! same address in parent and child, which the parent's table header
+//! names (`Header::mirror`); the child still holds that table's fd. A
+//! reader rebuilds the part of the table it needs: the parent's header,
+//! then the child's slots and records for the fds asked, copied from the
+//! child's memory into a zeroed table-sized buffer (allocated lazily, so
+//! only the pages written are touched), which the model's checked view
+//! then reads like any table.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use handles_model::table::{self, SlotValue};
+
+use super::shimtable::ShimRecord;
+use crate::inspect::shared;
+
+pub(super) struct PrivateTable {
+    tid: i32,
+    at: u64,
+    cap: u32,
+    words: Vec<u64>,
+    /// The child took the snapshot as its table (the copy's header names
+    /// it): its slots hold its own writes. Otherwise the child never
+    /// wrote, and the snapshot is its parent's table as at the fork.
+    own: bool,
+}
+
+impl PrivateTable {
+    /// The private table of thread `tid` of process `tgid`, found through
+    /// the table it inherited (its parent's, at the fd the shim keeps its
+    /// table at); None when it holds none or its parent never forked
+    /// through the shim.
+    pub(super) fn of(tid: i32, tgid: i32) -> Option<PrivateTable> {
+        let (soft, hard) = shared::nofile(tgid)?;
+        let first = table::own_fds_at(soft, hard);
+        // The table, the tombstone source and a spare: where the shim
+        // puts its fds for this limit (as `shared::own_table_fd` looks).
+        (first..first.saturating_add(4)).find_map(|fd| {
+            let link = std::fs::read_link(format!("/proc/{tgid}/fd/{fd}")).ok()?;
+            let owner = shared::table_owner(&link.to_string_lossy())?;
+            (owner != tgid).then(|| PrivateTable::through(tid, tgid, fd, owner))?
+        })
+    }
+
+    fn through(tid: i32, tgid: i32, fd: i32, owner: i32) -> Option<PrivateTable> {
+        let f: OwnedFd = std::fs::File::open(format!("/proc/{tgid}/fd/{fd}"))
+            .ok()?
+            .into();
+        if !shared::sealed_against_shrinking(&f) {
+            return None;
+        }
+        let mut header = [0u64; table::HEADER_SIZE / 8];
+        // SAFETY: pread into a local buffer of HEADER_SIZE bytes.
+        let n = unsafe {
+            libc::pread(
+                f.as_raw_fd(),
+                header.as_mut_ptr().cast(),
+                table::HEADER_SIZE,
+                0,
+            )
+        };
+        if n != table::HEADER_SIZE as isize {
+            return None;
+        }
+        // SAFETY: the header's words viewed as bytes.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(header.as_ptr().cast::<u8>(), table::HEADER_SIZE) };
+        let view = table::TableView::new(bytes).ok()?;
+        let genuine = view.pid() == owner as u32 && view.writer() == table::writer::SHIM;
+        genuine.then(|| PrivateTable::from_header(tid, tgid, &view))?
+    }
+
+    /// The private table of thread `tid` of process `tgid`, a forked
+    /// child of the process whose table `parent` is (read through the
+    /// child's fd on it).
+    pub(super) fn from_header(
+        tid: i32,
+        tgid: i32,
+        parent: &table::TableView,
+    ) -> Option<PrivateTable> {
+        let at = parent.mirror();
+        let cap = parent.header_capacity();
+        if at == 0 || cap == 0 || cap > table::MAX_CAPACITY {
+            return None;
+        }
+        // Zeroed words, so the rebuilt table is aligned like a mapping;
+        // as lazy as an anonymous mapping (calloc maps fresh zero pages).
+        let mut words = vec![0u64; table::table_size(cap).div_ceil(8)];
+        let header = parent.header_bytes();
+        // SAFETY: our own u64 buffer, at least HEADER_SIZE bytes, as bytes.
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), table::HEADER_SIZE)
+        };
+        dst.copy_from_slice(header);
+        let mut pid = [0u8; 4];
+        let pid_at = at + std::mem::offset_of!(table::Header, pid) as u64;
+        let read = crate::backtrace::memory::read_partial(tid, pid_at, &mut pid);
+        if read.ok() != Some(4) {
+            return None;
+        }
+        Some(PrivateTable {
+            tid,
+            at,
+            cap,
+            words,
+            own: i64::from(u32::from_ne_bytes(pid)) == i64::from(tgid),
+        })
+    }
+
+    /// Whether the child wrote the snapshot as its own table (see `own`).
+    pub(super) fn is_own(&self) -> bool {
+        self.own
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        let len = table::table_size(self.cap);
+        // SAFETY: our own zeroed u64 buffer of at least len bytes, as bytes.
+        unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<u8>(), len) }
+    }
+
+    /// Copies `len` bytes at offset `off` of the child's table into ours.
+    fn load(&mut self, off: usize, len: usize) -> bool {
+        let (tid, at) = (self.tid, self.at);
+        let dst = &mut self.bytes()[off..off + len];
+        crate::backtrace::memory::read_partial(tid, at + off as u64, dst).is_ok_and(|n| n == len)
+    }
+
+    fn index(&self, fd: i32) -> Option<usize> {
+        usize::try_from(fd).ok().filter(|&i| i < self.cap as usize)
+    }
+
+    /// The child's slot for `fd`.
+    pub(super) fn slot(&mut self, fd: i32) -> Option<SlotValue> {
+        let i = self.index(fd)?;
+        if !self.load(table::HEADER_SIZE + i * table::SLOT_SIZE, table::SLOT_SIZE) {
+            return None;
+        }
+        let bytes = &self.bytes()[..];
+        table::TableView::new(bytes).ok()?.slot(fd)
+    }
+
+    /// The child's slot for `fd` with its records.
+    pub(super) fn record(&mut self, fd: i32) -> Option<ShimRecord> {
+        let i = self.index(fd)?;
+        let cap = self.cap;
+        let parts = [
+            (table::HEADER_SIZE + i * table::SLOT_SIZE, table::SLOT_SIZE),
+            (
+                table::stacks_offset(cap) + i * table::STACKS_SIZE,
+                table::STACKS_SIZE,
+            ),
+            (
+                table::py_offset(cap) + i * table::PY_STACKS_SIZE,
+                table::PY_STACKS_SIZE,
+            ),
+            (
+                table::earlier_offset(cap) + i * table::EARLIER_SIZE,
+                table::EARLIER_SIZE,
+            ),
+        ];
+        for (off, len) in parts {
+            if !self.load(off, len) {
+                return None;
+            }
+        }
+        let bytes = &self.bytes()[..];
+        let view = table::TableView::new(bytes).ok()?;
+        let (d, c, x) = view.detail_py(fd)?;
+        Some((d, (c, x), view.earlier(fd)))
+    }
+}
