@@ -613,6 +613,47 @@ fn make(dir: &Path, extra: &[&str], target: &str) -> Output {
         .expect("run handles")
 }
 
+/// `grep -q` exits at its first match with the file it read still open:
+/// an idiom every CI script uses (`if grep -q …`), accepted by a built-in
+/// rule for exactly that file; without the built-in rules it is the one
+/// report.
+#[test]
+fn grep_q_leaving_the_file_it_read_open_at_exit_is_not_a_leak() {
+    if on_path("grep").is_none() {
+        common::skip("grep", "is not installed");
+        return;
+    }
+    let dir = scratch("grep-q");
+    std::fs::write(dir.join("f.txt"), "a\nneedle\nb\n").expect("write");
+    let grep = |extra: &[&str]| {
+        Command::new(handles())
+            .current_dir(&dir)
+            .args(["run", "--leak-check", "--error-exitcode=23"])
+            .args(extra)
+            .args(["--", "grep", "-q", "needle", "f.txt"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run handles")
+    };
+    let o = grep(&[]);
+    let stderr = stderr_of(&o);
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    assert!(process_reports(&stderr).is_empty(), "{stderr}");
+    assert_eq!(
+        summary(&stderr),
+        "handles: LEAK SUMMARY: 0 handles to 0 objects in 0 processes (1 suppressed)"
+    );
+    let o = grep(&["--no-default-suppressions"]);
+    let stderr = stderr_of(&o);
+    assert_eq!(o.status.code(), Some(23), "{stderr}");
+    let r = process_reports(&stderr);
+    assert_eq!(r.len(), 1, "{stderr}");
+    assert!(
+        r[0].contains("(grep)") && r[0].contains("f.txt"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn shells_keeping_their_scripts_open_is_not_a_leak() {
     let Some(dir) = shell_project("shells") else {

@@ -197,21 +197,39 @@ const OWN_FDS_TRIED: i32 = 4;
 /// each; then the scan of [`table_fd_among`], for a process that changed
 /// its limit or whose numbers were taken. The scan instantiates an inode
 /// per fd, and a process with a full quarantine holds ~70: on a git
-/// workload it was a fifth of the supervisor's time.
+/// workload it was a fifth of the supervisor's time. No scan when those
+/// numbers hold another process's table: a forked child with no table of
+/// its own (it holds its parent's there), which a leak check asks about
+/// at every such child's exit.
 pub fn own_table_fd(pid: i32) -> Option<i32> {
-    table_fd_at_own_fds(pid, pid).or_else(|| table_fd_among(pid, pid))
+    match table_fd_at_own_fds(pid, pid) {
+        (Some(fd), _) => Some(fd),
+        (None, true) => None,
+        (None, false) => table_fd_among(pid, pid),
+    }
 }
 
 /// The fd among the shim's own numbers ([`own_fds_at`] for `holder`'s
 /// RLIMIT_NOFILE) at which `holder` holds the table of process `pid`
-/// (the tests hold one named for no process).
-fn table_fd_at_own_fds(holder: i32, pid: i32) -> Option<i32> {
-    let (soft, hard) = nofile(holder)?;
+/// (the tests hold one named for no process), and whether those numbers
+/// hold a table named for another process.
+fn table_fd_at_own_fds(holder: i32, pid: i32) -> (Option<i32>, bool) {
+    let Some((soft, hard)) = nofile(holder) else {
+        return (None, false);
+    };
     let at = own_fds_at(soft, hard);
-    (at..at.saturating_add(OWN_FDS_TRIED)).find(|fd| {
-        std::fs::read_link(format!("/proc/{holder}/fd/{fd}"))
-            .is_ok_and(|t| is_table_link(&t.to_string_lossy(), pid))
-    })
+    let mut others = false;
+    for fd in at..at.saturating_add(OWN_FDS_TRIED) {
+        let Ok(t) = std::fs::read_link(format!("/proc/{holder}/fd/{fd}")) else {
+            continue;
+        };
+        let t = t.to_string_lossy();
+        if is_table_link(&t, pid) {
+            return (Some(fd), others);
+        }
+        others |= table_owner(&t).is_some();
+    }
+    (None, others)
 }
 
 /// Scans the fds of process `holder` for the table of process `pid` and
@@ -275,12 +293,12 @@ mod tests {
         let hinted = table_at(at);
         let fd = hinted.as_raw_fd();
         assert!(fd < at + OWN_FDS_TRIED, "{fd} from {at}");
-        assert_eq!(table_fd_at_own_fds(me, NOBODY), Some(fd));
+        assert_eq!(table_fd_at_own_fds(me, NOBODY).0, Some(fd));
         assert_eq!(table_fd_among(me, NOBODY), Some(fd));
         // Beyond the numbers tried: only the scan finds it.
         let far = table_at(at + 100);
         drop(hinted);
-        assert_eq!(table_fd_at_own_fds(me, NOBODY), None);
+        assert_eq!(table_fd_at_own_fds(me, NOBODY).0, None);
         assert_eq!(table_fd_among(me, NOBODY), Some(far.as_raw_fd()));
         drop(far);
         assert_eq!(table_fd_among(me, NOBODY), None);
