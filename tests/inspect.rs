@@ -1996,11 +1996,12 @@ fn a_forked_child_shows_its_own_fds_before_and_after_it_makes_its_table() {
 /// A forked child that only moves its fds (a dup here; a shell's
 /// redirections before an exec) keeps its table private: no memfd of its
 /// own, and `handles <pid>` shows /proc's view of it as before its first
-/// write. A new object (an open) or a second thread makes it shared,
-/// with what the child did meanwhile in it: the dup, its generation.
+/// write, and so does a pipe (a shell's pipeline plumbing). A new object
+/// (an open) or a second thread makes it shared, with what the child did
+/// meanwhile in it: the dup, its generation.
 #[test]
 fn a_forked_child_that_only_moves_its_fds_publishes_its_table_when_it_does_more() {
-    for mode in ["dup", "thread"] {
+    for mode in ["dup", "thread", "pipe"] {
         let mut c = Command::new(fixture("inspect_fork"));
         c.arg(mode);
         for k in ["HANDLES_COOKIE", "HANDLES_POLICY", "HANDLES_QUARANTINE"] {
@@ -2049,7 +2050,20 @@ fn a_forked_child_that_only_moves_its_fds_publishes_its_table_when_it_does_more(
             "{mode}: /proc's value"
         );
 
-        say(&mut run, if mode == "dup" { "opened=" } else { "thread=" });
+        if mode == "pipe" {
+            // A pipe is plumbing (a shell's pipeline): still private.
+            say(&mut run, "pipe=");
+            assert!(!own_table(child), "{mode}: a pipe keeps it private");
+            assert_eq!(json_table(child).0, "proc", "{mode}");
+        }
+        say(
+            &mut run,
+            if mode == "thread" {
+                "thread="
+            } else {
+                "opened="
+            },
+        );
         assert!(own_table(child), "{mode}: published");
         let (source, mixer, after) = json_table(child);
         assert_eq!(source, "shim", "{mode}");

@@ -91,7 +91,15 @@ fn create_pair(frame: usize, ty: u32, how: u32, fds: *mut c_int, f: impl Fn() ->
         r = retry_after_release(&f, r);
     }
     if r == 0 && enter() {
-        st::ensure_published();
+        // A pipe is a process's plumbing (a shell's `$(a | b)` subshell
+        // makes one for its pipeline, forks its stages and exits): a
+        // forked child keeps its private table for it. A socket pair is
+        // a new object like any other.
+        if ty == code(ObjType::Pipe) {
+            st::ensure_own_table();
+        } else {
+            st::ensure_published();
+        }
         let pcs = stack::capture(frame);
         // SAFETY: the kernel just wrote both fds there.
         let (a, b) = unsafe { (*fds, *fds.add(1)) };
