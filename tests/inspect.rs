@@ -1921,6 +1921,21 @@ fn json_table(pid: i32) -> (String, u64, BTreeMap<i32, (u64, u64)>) {
     )
 }
 
+/// Hands inspect_fork's child a line, and returns what its next line
+/// says after `what` (which it must start with).
+fn go(run: &mut Running, what: &str) -> String {
+    run.child
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(b"go\n")
+        .expect("write");
+    let l = run.next_line().expect("a line from the child");
+    l.strip_prefix(what)
+        .unwrap_or_else(|| panic!("{l:?}: not {what}"))
+        .to_string()
+}
+
 #[test]
 fn a_forked_child_shows_its_own_fds_before_and_after_it_makes_its_table() {
     let mut c = Command::new(fixture("inspect_fork"));
@@ -1965,16 +1980,7 @@ fn a_forked_child_shows_its_own_fds_before_and_after_it_makes_its_table() {
 
     // Its first open makes its table: the shim's values, its own mixer,
     // the generation its parent's handle had; the shim's fds stay hidden.
-    run.child
-        .stdin
-        .as_mut()
-        .expect("stdin")
-        .write_all(b"go\n")
-        .expect("write");
-    let opened: i32 = run
-        .next_line()
-        .and_then(|l| l.strip_prefix("opened=")?.parse().ok())
-        .expect("opened=K");
+    let opened: i32 = go(&mut run, "opened=").parse().expect("opened=K");
     let (source, mixer, after) = json_table(child);
     assert_eq!(source, "shim");
     assert!(mixer != 0 && mixer != pmixer, "{mixer} {pmixer}");
@@ -2022,21 +2028,7 @@ fn a_forked_child_that_only_moves_its_fds_publishes_its_table_when_it_does_more(
                 .into_iter()
                 .any(|fd| link(pid, fd).starts_with(&format!("/memfd:handles-table:{pid} ")))
         };
-        let say = |run: &mut Running, what: &str| -> String {
-            run.child
-                .stdin
-                .as_mut()
-                .expect("stdin")
-                .write_all(b"go\n")
-                .expect("write");
-            let l = run.next_line().expect("a line from the child");
-            assert!(l.starts_with(what), "{mode}: {l:?}");
-            l
-        };
-        let dup: i32 = say(&mut run, "dup=")
-            .strip_prefix("dup=")
-            .and_then(|v| v.parse().ok())
-            .expect("dup=D");
+        let dup: i32 = go(&mut run, "dup=").parse().expect("dup=D");
         assert!(!own_table(child), "{mode}: a private table is no memfd");
         let (source, mixer, before) = json_table(child);
         assert_eq!((source.as_str(), mixer), ("proc", 0), "{mode}");
@@ -2052,18 +2044,16 @@ fn a_forked_child_that_only_moves_its_fds_publishes_its_table_when_it_does_more(
 
         if mode == "pipe" {
             // A pipe is plumbing (a shell's pipeline): still private.
-            say(&mut run, "pipe=");
+            go(&mut run, "pipe=");
             assert!(!own_table(child), "{mode}: a pipe keeps it private");
             assert_eq!(json_table(child).0, "proc", "{mode}");
         }
-        say(
-            &mut run,
-            if mode == "thread" {
-                "thread="
-            } else {
-                "opened="
-            },
-        );
+        let last = if mode == "thread" {
+            "thread="
+        } else {
+            "opened="
+        };
+        go(&mut run, last);
         assert!(own_table(child), "{mode}: published");
         let (source, mixer, after) = json_table(child);
         assert_eq!(source, "shim", "{mode}");

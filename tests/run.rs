@@ -892,6 +892,35 @@ fn raw_use_in_a_forked_child_of_an_fd_closed_before_the_fork_is_caught() {
     );
 }
 
+/// Runs run_bugs in `mode` under `handles run` with `extra`: its forked
+/// child must be stopped by SIGTRAP before its stale write, and the one
+/// report's close stack must end in `function` at the `close` marker.
+/// (The shim alone titles it "closed in process N": it records no
+/// closer; the supervisor "closed by close() in process N".)
+fn assert_child_trapped_naming_its_close(mode: &str, extra: &[&str], function: &str, close: &str) {
+    let mut cmd = Command::new(handles());
+    cmd.arg("run")
+        .args(extra)
+        .arg("--")
+        .arg(fixture("run_bugs"))
+        .arg(mode);
+    let o = run_limited(cmd, LIMIT);
+    assert_code(&o, 0);
+    let stdout = stdout_of(&o);
+    assert!(
+        stdout.contains(&format!("child exited=0 signaled=1 sig={SIGTRAP}\n")),
+        "{mode} {extra:?}: the child must be stopped by SIGTRAP\n{}",
+        describe(&o)
+    );
+    assert!(!stdout.contains("stale write="), "\n{}", describe(&o));
+    only_report(&o).assert_innermost(
+        "closed ",
+        function,
+        "run_bugs.c",
+        marker_line("run_bugs", close),
+    );
+}
+
 /// A forked child that made a table of its own before the stale use:
 /// the records of what its parent had closed stay in the child's
 /// snapshot until needed (shim/src/state/fork.rs), and the report still
@@ -900,34 +929,11 @@ fn raw_use_in_a_forked_child_of_an_fd_closed_before_the_fork_is_caught() {
 /// own, which reads the record through the tombstone).
 #[test]
 fn a_forked_child_with_its_own_table_reports_the_parents_close() {
-    let prog = fixture("run_bugs");
-    for (mode, modes) in [
-        ("fork-table", &[&[][..], &["--no-ptrace"][..]][..]),
-        ("fork-table-raw", &[&[][..]][..]),
-    ] {
-        for extra in modes {
-            let mut cmd = Command::new(handles());
-            cmd.arg("run").args(*extra).arg("--").arg(&prog).arg(mode);
-            let o = run_limited(cmd, LIMIT);
-            assert_code(&o, 0);
-            let stdout = stdout_of(&o);
-            assert!(
-                stdout.contains(&format!("child exited=0 signaled=1 sig={SIGTRAP}\n")),
-                "{mode} {extra:?}: the child must be stopped by SIGTRAP\n{}",
-                describe(&o)
-            );
-            assert!(!stdout.contains("stale write="), "\n{}", describe(&o));
-            let r = only_report(&o);
-            // The shim alone titles it "closed in process N" (it records
-            // no closer), the supervisor "closed by close() in process N".
-            r.assert_innermost(
-                "closed ",
-                "fork_table_bug",
-                "run_bugs.c",
-                marker_line("run_bugs", "/* CLOSE: fork-table */"),
-            );
-        }
+    let close = "/* CLOSE: fork-table */";
+    for extra in [&[][..], &["--no-ptrace"][..]] {
+        assert_child_trapped_naming_its_close("fork-table", extra, "fork_table_bug", close);
     }
+    assert_child_trapped_naming_its_close("fork-table-raw", &[], "fork_table_bug", close);
 }
 
 /// A forked child that only dups and closes keeps its table private (no
@@ -938,7 +944,6 @@ fn a_forked_child_with_its_own_table_reports_the_parents_close() {
 /// child closed by the tombstone the kernel holds there).
 #[test]
 fn a_forked_child_with_a_private_table_reports_its_own_close() {
-    let prog = fixture("run_bugs");
     let all: &[&[&str]] = &[&[], &["--no-ptrace"], &["--no-shim"], &["--strict"]];
     let supervised: &[&[&str]] = &[&[], &["--no-shim"], &["--strict"]];
     for (mode, modes, close) in [
@@ -956,24 +961,7 @@ fn a_forked_child_with_a_private_table_reports_its_own_close() {
         ),
     ] {
         for extra in modes {
-            let mut cmd = Command::new(handles());
-            cmd.arg("run").args(*extra).arg("--").arg(&prog).arg(mode);
-            let o = run_limited(cmd, LIMIT);
-            assert_code(&o, 0);
-            let stdout = stdout_of(&o);
-            assert!(
-                stdout.contains(&format!("child exited=0 signaled=1 sig={SIGTRAP}\n")),
-                "{mode} {extra:?}: the child must be stopped by SIGTRAP\n{}",
-                describe(&o)
-            );
-            assert!(!stdout.contains("stale write="), "\n{}", describe(&o));
-            let r = only_report(&o);
-            r.assert_innermost(
-                "closed ",
-                "fork_private_bug",
-                "run_bugs.c",
-                marker_line("run_bugs", close),
-            );
+            assert_child_trapped_naming_its_close(mode, extra, "fork_private_bug", close);
         }
     }
 }

@@ -33,6 +33,13 @@ pub fn init_cookie_args() {
     }
 }
 
+/// Zeroes the syscall argument registers after a `syscall` (see `raw`).
+macro_rules! clear_argument_registers {
+    () => {
+        "xor edi, edi\nxor esi, esi\nxor edx, edx\nxor r10d, r10d\nxor r8d, r8d\nxor r9d, r9d"
+    };
+}
+
 /// A syscall exactly as given, no cookie: for the shim's own calls that
 /// no supervisor traces. Do not count on a traced one stopping: the
 /// prefilter lets the fd syscalls of shared-library code (the shim's
@@ -50,12 +57,7 @@ pub unsafe fn raw(nr: i64, a: [u64; 6]) -> i64 {
     unsafe {
         asm!(
             "syscall",
-            "xor edi, edi",
-            "xor esi, esi",
-            "xor edx, edx",
-            "xor r10d, r10d",
-            "xor r8d, r8d",
-            "xor r9d, r9d",
+            clear_argument_registers!(),
             inlateout("rax") nr => ret,
             inlateout("rdi") a[0] => _,
             inlateout("rsi") a[1] => _,
@@ -117,12 +119,7 @@ global_asm!(
     "mov r9, [rsp + 8]",
     "syscall",
     // As in `raw`: no cookie left in an argument register.
-    "xor edi, edi",
-    "xor esi, esi",
-    "xor edx, edx",
-    "xor r10d, r10d",
-    "xor r8d, r8d",
-    "xor r9d, r9d",
+    clear_argument_registers!(),
     "ret",
     ".cfi_endproc",
     ".size handles_shim_syscall_cancellable, . - handles_shim_syscall_cancellable",
