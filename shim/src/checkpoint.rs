@@ -27,10 +27,7 @@ use crate::sys;
 pub unsafe extern "C" fn handles_checkpoint(name: *const libc::c_char) -> libc::c_int {
     // The supervisor reads the process's table at the boundary: a forked
     // child's private one is made shared first.
-    if crate::state::active() && crate::state::enter() {
-        crate::state::ensure_published();
-        crate::state::leave();
-    }
+    crate::state::publish_now();
     let a = [
         -1i64 as u64,
         u64::from(CHECKPOINT_CMD),

@@ -25,7 +25,7 @@ pub unsafe extern "C" fn pthread_create(
     start: extern "C" fn(*mut libc::c_void) -> *mut libc::c_void,
     arg: *mut libc::c_void,
 ) -> libc::c_int {
-    st::before_thread();
+    st::publish_now();
     match REAL.get::<PthreadCreate>() {
         // SAFETY: libc's pthread_create, with the program's arguments.
         Some(f) => unsafe { f(thread, attr, start, arg) },

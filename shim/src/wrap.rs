@@ -1210,9 +1210,8 @@ pub unsafe extern "C" fn prlimit64(
 /// supervisor judges by (it hides the shim's numbers from a getdents64
 /// listing with it, for one).
 fn publish_for_supervisor() {
-    if sys::COOKIE_ON.load(core::sync::atomic::Ordering::Relaxed) && active() && enter() {
-        st::ensure_published();
-        leave();
+    if sys::COOKIE_ON.load(core::sync::atomic::Ordering::Relaxed) {
+        st::publish_now();
     }
 }
 

@@ -4,7 +4,9 @@
 
 use core::cell::Cell;
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering::*};
+use core::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering, Ordering::*,
+};
 
 use handles_model::table::{self, state, Locked, Slot, SlotValue};
 
@@ -54,29 +56,58 @@ static PRIVATE_WRITES: AtomicU32 = AtomicU32::new(0);
 /// A child that goes on writing its fds this much is doing real work:
 /// its table is published for `handles <pid>`.
 const PUBLISH_AFTER: u32 = 64;
-/// One bit per page of the code registry an entry may have gone into
-/// (only a Python program writes one), inherited by forked children: a
-/// child copies those pages of its parent's registry, not all 1 MiB of
-/// it, which every fork of a shell would fault in and map for nothing.
-static CODE_PAGES: [AtomicU64; table::CODE_SLOTS / table::CODES_PER_PAGE / 64] =
-    [const { AtomicU64::new(0) }; table::CODE_SLOTS / table::CODES_PER_PAGE / 64];
+/// A bitmap of atomic words (one bit per fd, per page, per group of
+/// slots), in .bss: pages of it never touched cost nothing. Bits beyond
+/// it read as clear and are never set.
+struct Bits<const W: usize>([AtomicU64; W]);
 
-/// Called before an entry for (`code`, `check`) goes into the registry.
-pub fn note_code_written(code: u64, check: u32) {
-    for p in table::code_pages(code, check) {
-        if let Some(w) = CODE_PAGES.get(p / 64) {
-            let bit = 1u64 << (p % 64);
-            if w.load(Relaxed) & bit == 0 {
-                w.fetch_or(bit, SeqCst);
+impl<const W: usize> Bits<W> {
+    const fn new() -> Self {
+        Bits([const { AtomicU64::new(0) }; W])
+    }
+
+    fn get(&self, i: usize, order: Ordering) -> bool {
+        self.0
+            .get(i / 64)
+            .is_some_and(|w| w.load(order) & (1 << (i % 64)) != 0)
+    }
+
+    /// Sets bit `i`; a bit already set costs a load, not a locked
+    /// instruction.
+    fn set(&self, i: usize, order: Ordering) {
+        if let Some(w) = self.0.get(i / 64) {
+            let bit = 1u64 << (i % 64);
+            if w.load(order) & bit == 0 {
+                w.fetch_or(bit, order);
+            }
+        }
+    }
+
+    fn clear(&self, i: usize) {
+        if let Some(w) = self.0.get(i / 64) {
+            let bit = 1u64 << (i % 64);
+            if w.load(Relaxed) & bit != 0 {
+                w.fetch_and(!bit, Relaxed);
             }
         }
     }
 }
 
+/// One bit per page of the code registry an entry may have gone into
+/// (only a Python program writes one), inherited by forked children: a
+/// child copies those pages of its parent's registry, not all 1 MiB of
+/// it, which every fork of a shell would fault in and map for nothing.
+static CODE_PAGES: Bits<{ table::CODE_SLOTS / table::CODES_PER_PAGE / 64 }> = Bits::new();
+
+/// Called before an entry for (`code`, `check`) goes into the registry.
+pub fn note_code_written(code: u64, check: u32) {
+    for p in table::code_pages(code, check) {
+        CODE_PAGES.set(p, SeqCst);
+    }
+}
+
 fn code_page_written(p: usize) -> bool {
-    CODE_PAGES
-        .get(p / 64)
-        .is_some_and(|w| w.load(SeqCst) & (1 << (p % 64)) != 0)
+    CODE_PAGES.get(p, SeqCst)
 }
 
 /// One bit per fd whose records (stacks, Python records, the handle
@@ -88,32 +119,20 @@ fn code_page_written(p: usize) -> bool {
 /// most of which exec'd a moment later. A reader outside the process
 /// finds the slot's value there without those records (the supervisor
 /// reaches an inherited tombstone's through the tombstone itself).
-static LAZY: [AtomicU64; table::MAX_CAPACITY as usize / 64] =
-    [const { AtomicU64::new(0) }; table::MAX_CAPACITY as usize / 64];
+static LAZY: Bits<{ table::MAX_CAPACITY as usize / 64 }> = Bits::new();
 
 /// One bit per fd the child wrote while its table was private
 /// ([`PRIVATE`]): when it publishes, those records (its own closes among
 /// them, which a supervisor reports from the shared table) go over with
 /// the values; the rest stay in the snapshot as after a fork ([`LAZY`]).
-static WRITTEN_PRIVATELY: [AtomicU64; table::MAX_CAPACITY as usize / 64] =
-    [const { AtomicU64::new(0) }; table::MAX_CAPACITY as usize / 64];
-
-fn written_privately(fd: i32) -> bool {
-    let i = fd as u32 as usize;
-    WRITTEN_PRIVATELY
-        .get(i / 64)
-        .is_some_and(|w| w.load(Relaxed) & (1 << (i % 64)) != 0)
-}
+static WRITTEN_PRIVATELY: Bits<{ table::MAX_CAPACITY as usize / 64 }> = Bits::new();
 
 fn set_lazy(fd: i32, on: bool) {
     let i = fd as u32 as usize;
-    if let Some(w) = LAZY.get(i / 64) {
-        let bit = 1u64 << (i % 64);
-        if on {
-            w.fetch_or(bit, Relaxed);
-        } else if w.load(Relaxed) & bit != 0 {
-            w.fetch_and(!bit, Relaxed);
-        }
+    if on {
+        LAZY.set(i, Relaxed);
+    } else {
+        LAZY.clear(i);
     }
 }
 
@@ -122,10 +141,7 @@ fn set_lazy(fd: i32, on: bool) {
 /// the snapshot has (a supervisor that rewrote the slot wrote its
 /// records too), else the published table `pb`.
 pub(super) fn records_base(fd: i32, pb: *mut u8) -> *mut u8 {
-    let i = fd as u32 as usize;
-    let lazy = LAZY
-        .get(i / 64)
-        .is_some_and(|w| w.load(Relaxed) & (1 << (i % 64)) != 0);
+    let lazy = LAZY.get(fd as u32 as usize, Relaxed);
     let base = BASE.load(Relaxed);
     if !lazy || base.is_null() || base == pb {
         return pb;
@@ -182,21 +198,14 @@ const GROUP: usize = 4096 / table::SLOT_SIZE;
 /// child copies those groups of the mirror, not the whole capacity (up to
 /// 2^20 slots, most never touched: reading them would fault in page after
 /// page of zeroes in every child).
-static WRITTEN: [AtomicU64; table::MAX_CAPACITY as usize / GROUP / 64] =
-    [const { AtomicU64::new(0) }; table::MAX_CAPACITY as usize / GROUP / 64];
+static WRITTEN: Bits<{ table::MAX_CAPACITY as usize / GROUP / 64 }> = Bits::new();
 
 /// Sequentially consistent with the load of [`BASE`] that follows it in
 /// [`mirror`] and with [`enable_mirror`]'s store and scan: a writer that
 /// did not see the mirror yet has marked its group before the scan reads
 /// it (plain loads and one `lock or` on x86).
 fn mark_written(fd: i32) {
-    let g = fd as u32 as usize / GROUP;
-    if let Some(w) = WRITTEN.get(g / 64) {
-        let bit = 1u64 << (g % 64);
-        if w.load(SeqCst) & bit == 0 {
-            w.fetch_or(bit, SeqCst);
-        }
-    }
+    WRITTEN.set(fd as u32 as usize / GROUP, SeqCst);
 }
 /// The fds in `lo..=hi` (within the table) whose slots the shim may have
 /// written: the rest are FREE with generation 0, and reading them would
@@ -207,11 +216,7 @@ pub fn maybe_written(lo: u32, hi: u32) -> impl Iterator<Item = i32> {
     let start = lo as usize;
     (start / GROUP * GROUP..=end)
         .step_by(GROUP)
-        .filter(|&g| {
-            WRITTEN
-                .get(g / GROUP / 64)
-                .is_some_and(|w| w.load(SeqCst) & (1 << (g / GROUP % 64)) != 0)
-        })
+        .filter(|&g| WRITTEN.get(g / GROUP, SeqCst))
         .flat_map(move |g| g.max(start)..(g + GROUP).min(end + 1))
         .map(|i| i as i32)
         .filter(move |_| cap > 0)
@@ -255,10 +260,7 @@ pub(super) fn mirror(fd: i32, s: &Slot, l: &Locked) {
     // to copy, and taking the mirror slot's lock would take the caller's.
     if base.is_null() || base == pb {
         if PRIVATE.load(Relaxed) {
-            let i = fd as u32 as usize;
-            if let Some(w) = WRITTEN_PRIVATELY.get(i / 64) {
-                w.fetch_or(1 << (i % 64), Relaxed);
-            }
+            WRITTEN_PRIVATELY.set(fd as u32 as usize, Relaxed);
         }
         return;
     }
@@ -381,11 +383,12 @@ pub fn ensure_published() {
     }
 }
 
-/// Before the process starts a second thread (the pthread_create
-/// wrapper): a table that changes to another one under a running writer
-/// could lose its write, so a child that has none of its own, or a
-/// private one, makes it shared first.
-pub fn before_thread() {
+/// Makes a forked child's table shared now, outside any wrapper: before
+/// the process starts a second thread (the pthread_create wrapper: a
+/// table that changes to another one under a running writer could lose
+/// its write), and at a per-test checkpoint (the supervisor reads the
+/// table there).
+pub fn publish_now() {
     if !active() || !enter() {
         return;
     }
@@ -546,7 +549,7 @@ fn own_table(publish: bool) {
 /// a private one ([`PRIVATE`]): it reads a complete snapshot (not its
 /// parent's live table after a raw fork), no supervisor asked to be told
 /// of tables, and it runs one thread (a fork child starts with one; a
-/// thread made since went through [`before_thread`], which made the
+/// thread made since went through [`publish_now`], which made the
 /// table already, so a pending child here has only this one).
 fn can_go_private() -> bool {
     let base = ready_mirror();
@@ -705,7 +708,7 @@ fn make_own_table(mark_forked: bool) {
         // reads its record through the tombstone (an O_PATH fd on the
         // parent's table). Not from a parent's live table (a raw fork):
         // that one changes.
-        let lazy = src == base && st != state::OPEN && !written_privately(i);
+        let lazy = src == base && st != state::OPEN && !WRITTEN_PRIVATELY.get(i as usize, Relaxed);
         set_lazy(i, lazy);
         if !lazy {
             copy_records_into_new(pb, src, cap, i, &l);

@@ -203,33 +203,56 @@ const OWN_FDS_TRIED: i32 = 4;
 /// at every such child's exit.
 pub fn own_table_fd(pid: i32) -> Option<i32> {
     match table_fd_at_own_fds(pid, pid) {
-        (Some(fd), _) => Some(fd),
-        (None, true) => None,
-        (None, false) => table_fd_among(pid, pid),
+        AtOwnFds::Table(fd) => Some(fd),
+        AtOwnFds::Other { .. } => None,
+        AtOwnFds::Nothing => table_fd_among(pid, pid),
     }
 }
 
-/// The fd among the shim's own numbers ([`own_fds_at`] for `holder`'s
-/// RLIMIT_NOFILE) at which `holder` holds the table of process `pid`
-/// (the tests hold one named for no process), and whether those numbers
-/// hold a table named for another process.
-fn table_fd_at_own_fds(holder: i32, pid: i32) -> (Option<i32>, bool) {
+/// The table process `pid` holds at the shim's own numbers that is named
+/// for another process: a forked child's parent's (or further up), while
+/// the child has no shared table of its own. Its fd and owner.
+pub fn inherited_table_at_own_fds(pid: i32) -> Option<(i32, i32)> {
+    match table_fd_at_own_fds(pid, pid) {
+        AtOwnFds::Other { fd, owner } => Some((fd, owner)),
+        _ => None,
+    }
+}
+
+/// What the shim's own numbers of a process hold.
+enum AtOwnFds {
+    /// The table asked for, at this fd.
+    Table(i32),
+    /// None of it, but a table named for another process.
+    Other {
+        fd: i32,
+        owner: i32,
+    },
+    Nothing,
+}
+
+/// What the shim's own numbers ([`own_fds_at`] for `holder`'s
+/// RLIMIT_NOFILE) of `holder` hold: the table of process `pid` (the tests
+/// hold one named for no process), else a table named for another one.
+fn table_fd_at_own_fds(holder: i32, pid: i32) -> AtOwnFds {
     let Some((soft, hard)) = nofile(holder) else {
-        return (None, false);
+        return AtOwnFds::Nothing;
     };
     let at = own_fds_at(soft, hard);
-    let mut others = false;
+    let mut found = AtOwnFds::Nothing;
     for fd in at..at.saturating_add(OWN_FDS_TRIED) {
         let Ok(t) = std::fs::read_link(format!("/proc/{holder}/fd/{fd}")) else {
             continue;
         };
         let t = t.to_string_lossy();
         if is_table_link(&t, pid) {
-            return (Some(fd), others);
+            return AtOwnFds::Table(fd);
         }
-        others |= table_owner(&t).is_some();
+        if let (AtOwnFds::Nothing, Some(owner)) = (&found, table_owner(&t)) {
+            found = AtOwnFds::Other { fd, owner };
+        }
     }
-    (None, others)
+    found
 }
 
 /// Scans the fds of process `holder` for the table of process `pid` and
@@ -293,12 +316,15 @@ mod tests {
         let hinted = table_at(at);
         let fd = hinted.as_raw_fd();
         assert!(fd < at + OWN_FDS_TRIED, "{fd} from {at}");
-        assert_eq!(table_fd_at_own_fds(me, NOBODY).0, Some(fd));
+        assert!(matches!(table_fd_at_own_fds(me, NOBODY), AtOwnFds::Table(f) if f == fd));
         assert_eq!(table_fd_among(me, NOBODY), Some(fd));
         // Beyond the numbers tried: only the scan finds it.
         let far = table_at(at + 100);
         drop(hinted);
-        assert_eq!(table_fd_at_own_fds(me, NOBODY).0, None);
+        assert!(!matches!(
+            table_fd_at_own_fds(me, NOBODY),
+            AtOwnFds::Table(_)
+        ));
         assert_eq!(table_fd_among(me, NOBODY), Some(far.as_raw_fd()));
         drop(far);
         assert_eq!(table_fd_among(me, NOBODY), None);

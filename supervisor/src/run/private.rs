@@ -11,8 +11,6 @@
 //! only the pages written are touched), which the model's checked view
 //! then reads like any table.
 
-use std::os::fd::{AsRawFd, OwnedFd};
-
 use handles_model::table::{self, SlotValue};
 
 use super::shimtable::ShimRecord;
@@ -35,43 +33,10 @@ impl PrivateTable {
     /// table at); None when it holds none or its parent never forked
     /// through the shim.
     pub(super) fn of(tid: i32, tgid: i32) -> Option<PrivateTable> {
-        let (soft, hard) = shared::nofile(tgid)?;
-        let first = table::own_fds_at(soft, hard);
-        // The table, the tombstone source and a spare: where the shim
-        // puts its fds for this limit (as `shared::own_table_fd` looks).
-        (first..first.saturating_add(4)).find_map(|fd| {
-            let link = std::fs::read_link(format!("/proc/{tgid}/fd/{fd}")).ok()?;
-            let owner = shared::table_owner(&link.to_string_lossy())?;
-            (owner != tgid).then(|| PrivateTable::through(tid, tgid, fd, owner))?
-        })
-    }
-
-    fn through(tid: i32, tgid: i32, fd: i32, owner: i32) -> Option<PrivateTable> {
-        let f: OwnedFd = std::fs::File::open(format!("/proc/{tgid}/fd/{fd}"))
-            .ok()?
-            .into();
-        if !shared::sealed_against_shrinking(&f) {
-            return None;
-        }
-        let mut header = [0u64; table::HEADER_SIZE / 8];
-        // SAFETY: pread into a local buffer of HEADER_SIZE bytes.
-        let n = unsafe {
-            libc::pread(
-                f.as_raw_fd(),
-                header.as_mut_ptr().cast(),
-                table::HEADER_SIZE,
-                0,
-            )
-        };
-        if n != table::HEADER_SIZE as isize {
-            return None;
-        }
-        // SAFETY: the header's words viewed as bytes.
-        let bytes =
-            unsafe { std::slice::from_raw_parts(header.as_ptr().cast::<u8>(), table::HEADER_SIZE) };
-        let view = table::TableView::new(bytes).ok()?;
-        let genuine = view.pid() == owner as u32 && view.writer() == table::writer::SHIM;
-        genuine.then(|| PrivateTable::from_header(tid, tgid, &view))?
+        let (fd, owner) = shared::inherited_table_at_own_fds(tgid)?;
+        super::shimtable::read_table(tgid, fd, owner, table::HEADER_SIZE, |view| {
+            PrivateTable::from_header(tid, tgid, view)
+        })?
     }
 
     /// The private table of thread `tid` of process `tgid`, a forked

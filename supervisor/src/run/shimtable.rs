@@ -435,8 +435,20 @@ fn read_announced<T>(
     len: usize,
     f: impl FnOnce(&table::TableView<'_>) -> T,
 ) -> Option<T> {
+    read_table(tgid, fd, tgid, len, f)
+}
+
+/// [`read_announced`] for the table of process `owner` that process
+/// `holder` holds at `fd` (a forked child's parent's).
+pub(super) fn read_table<T>(
+    holder: i32,
+    fd: i32,
+    owner: i32,
+    len: usize,
+    f: impl FnOnce(&table::TableView<'_>) -> T,
+) -> Option<T> {
     use std::os::fd::AsRawFd;
-    let file = open_announced(tgid, fd)?;
+    let file = open_announced(holder, fd)?;
     // u64s: the header's and the slots' alignment.
     let mut buf = vec![0u64; len.div_ceil(8)];
     // SAFETY: pread into a local buffer of at least len bytes.
@@ -447,7 +459,7 @@ fn read_announced<T>(
     // SAFETY: the first n bytes of buf, initialised, viewed as bytes.
     let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n as usize) };
     let view = table::TableView::new(bytes).ok()?;
-    is_shims_table_of(&view, tgid).then(|| f(&view))
+    is_shims_table_of(&view, owner).then(|| f(&view))
 }
 
 /// The open slots among `fds` of the table the shim of process `tgid`
