@@ -193,6 +193,8 @@ pub fn spawn(
         cstrings(v)?
     };
     let alarm_ignored = super::signals::ALARM_IGNORED.load(std::sync::atomic::Ordering::SeqCst);
+    // Probed here, not in the child: it runs only async-signal-safe code.
+    let _ = crate::seccomp::filter_flags();
     let argv_p = ptrs(&argv_c);
     let env_p = ptrs(&env_c);
     let sh_argv_p = ptrs(&sh_argv_c);

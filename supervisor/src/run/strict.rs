@@ -96,7 +96,7 @@ impl Job {
             .map_err(|e| e.to_string())?;
         let args = [
             u64::from(libc::SECCOMP_SET_MODE_FILTER),
-            0,
+            crate::seccomp::filter_flags(),
             fprog_addr,
             0,
             0,
