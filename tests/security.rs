@@ -345,6 +345,35 @@ fn a_setuid_program_under_handles_run_by_root_gets_a_true_notice() {
 }
 
 #[test]
+fn an_exec_after_chmod_or_through_a_script_gets_the_notice_the_file_deserves() {
+    // The supervisor keeps what it learnt of an exec'd file by path; a
+    // chmod between two execs of one path, and a script (whose path is
+    // not the image: its interpreter is) must still be told right.
+    needs_root!();
+    let sb = Sandbox::new("exec-cache");
+    let prog = sb.program("sec_ids", NOBODY, 0o755);
+    let script = sb.dir.join("via-script");
+    std::fs::write(&script, format!("#!{}\n", prog.display())).expect("script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let line = format!(
+        "{p}; {p}; chmod 4755 {p}; {p}; {s}; {s}; chmod 755 {p}; {s}; {p}; exit 0",
+        p = prog.display(),
+        s = script.display()
+    );
+    let mut cmd = Command::new(sb.handles());
+    cmd.args(["run", "--shim", "--", "/bin/sh", "-c", &line])
+        .env("HANDLES_SHIM", sb.shim());
+    let o = output(cmd, "handles run --shim -- sh -c (sec_ids before and after chmod)");
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    let n = notices(&o);
+    // Set-user-ID for the third exec and the two through the script: the
+    // notice names the image, the interpreter.
+    assert_eq!(n.len(), 3, "{}", describe(&o));
+    let prefix = format!("handles: {} is set-user-ID: ", prog.display());
+    assert!(n.iter().all(|l| l.starts_with(&prefix)), "{}", describe(&o));
+}
+
+#[test]
 fn a_file_capability_program_gets_a_notice_and_no_shim() {
     needs_root!();
     let sb = Sandbox::new("fcaps");

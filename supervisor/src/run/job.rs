@@ -184,6 +184,7 @@ impl Job {
             tree: Default::default(),
             log,
             published: HashMap::new(),
+            images: Default::default(),
             shim_injected: opts.shim.is_some(),
             strict_filter,
             vdso_syscall: None,
@@ -527,11 +528,17 @@ impl Job {
                     (r.rdi & libc::CLONE_PIDFD as u64 != 0).then_some(r.rdx),
                 ),
                 libc::SYS_clone3 => {
-                    let flags = stop.read_u64(r.rdi).unwrap_or(0);
-                    let ptr = stop.read_u64(r.rdi + 8).unwrap_or(0);
+                    // struct clone_args: flags, then pidfd; one read.
+                    let args = stop.read_mem(r.rdi, 16).unwrap_or_default();
+                    let word = |i: usize| {
+                        args.get(i * 8..i * 8 + 8)
+                            .and_then(|b| b.try_into().ok())
+                            .map_or(0, u64::from_ne_bytes)
+                    };
+                    let flags = word(0);
                     (
                         flags,
-                        (flags & libc::CLONE_PIDFD as u64 != 0).then_some(ptr),
+                        (flags & libc::CLONE_PIDFD as u64 != 0).then_some(word(1)),
                     )
                 }
                 libc::SYS_vfork => ((libc::CLONE_VM | libc::CLONE_VFORK) as u64, None),
@@ -634,7 +641,19 @@ impl Job {
 
     pub(super) fn on_exec(&mut self, stop: Stopped) -> Resumed {
         let tid = stop.tid();
-        let former = stop.event_msg().map(|f| f as i32).unwrap_or(tid);
+        // Only a process with threads besides `tid` can have exec'd from
+        // another thread: one ptrace call fewer for every other exec.
+        let alone = self.threads.get(&tid).is_some_and(|me| {
+            !self
+                .threads
+                .iter()
+                .any(|(&k, t)| k != tid && t.tgid == me.tgid)
+        });
+        let former = if alone {
+            tid
+        } else {
+            stop.event_msg().map(|f| f as i32).unwrap_or(tid)
+        };
         if former != tid {
             if let Some(t) = self.threads.remove(&former) {
                 self.threads.insert(tid, t);
@@ -671,8 +690,19 @@ impl Job {
             None => super::execinfo::getenv_in(&proc_env, name),
         };
         let nested = self.nested_policy(tgid, var(penv::POLICY.name().as_bytes()));
+        let facts = self
+            .images
+            .exec(tgid, info.as_ref().and_then(|i| i.execfn()));
         let awaiting_shim = self.opts.shim.as_deref().is_some_and(|shim| {
-            super::shimtable::will_load(&stop, tgid, shim, var(b"LD_PRELOAD"), info.as_ref())
+            let glibc = |base: u64| match facts.glibc {
+                Some(known) => known,
+                None => {
+                    let found = super::execinfo::loader_is_glibc(tid, base);
+                    self.images.learn_glibc(&facts, found);
+                    found
+                }
+            };
+            super::shimtable::will_load(tgid, shim, var(b"LD_PRELOAD"), info.as_ref(), glibc)
         });
         let lenient = self.procs.get(&tgid).is_some_and(|p| !p.strict);
         if self.opts.inherit_check && !spawn_exec {
@@ -770,7 +800,10 @@ impl Job {
         }
         // Issue 6 (privilege.rs): one line when the new image is set-ID or
         // has file capabilities.
-        if let Some(n) = super::privilege::notice_for_exec(tgid, self.shim_injected) {
+        let notice = facts
+            .bits
+            .and_then(|bits| super::privilege::notice_for_exec(tgid, bits, self.shim_injected));
+        if let Some(n) = notice {
             self.write_report(&n);
         }
         stop.cont()

@@ -48,6 +48,7 @@ mod exceptions;
 mod execinfo;
 pub mod fdtable;
 pub mod front;
+mod images;
 pub mod inherit;
 mod inheritcheck;
 pub mod job;

@@ -125,19 +125,26 @@ pub(crate) fn notice(path: &str, bits: FileBits, creds: Creds, shim: bool) -> Op
     Some(format!("handles: {path} is {what}: {runs}{shim}\n"))
 }
 
-/// At PTRACE_EVENT_EXEC: the notice for the image process `pid` has just
-/// exec'ed, if it is privileged. Reads `/proc/PID/exe` (the kernel's own
-/// link to the file, stat'ed through the link: the tracer may, as the
-/// tracee's tracer) and `/proc/PID/status`; None when either cannot be
-/// read.
-pub(crate) fn notice_for_exec(pid: i32, shim: bool) -> Option<String> {
+/// The privilege bits of the image process `pid` runs, and that file's
+/// identity: a stat through `/proc/PID/exe` (the kernel's own link to the
+/// file, stat'ed through the link: the tracer may, as the tracee's
+/// tracer) and a getxattr. None when it cannot be read.
+pub(crate) fn exe_bits(pid: i32) -> Option<(FileBits, super::images::FileId)> {
     let exe = format!("/proc/{pid}/exe");
     let meta = std::fs::metadata(&exe).ok()?;
     let caps = has_file_caps(Path::new(&exe));
     let bits = FileBits::from_mode(meta.mode(), meta.uid(), meta.gid(), caps);
+    Some((bits, super::images::FileId::of(&meta)))
+}
+
+/// At PTRACE_EVENT_EXEC: the notice for the image process `pid` has just
+/// exec'ed, if its file's `bits` say it is privileged. What the kernel
+/// made of them is read from `/proc/PID/status`; None when it cannot be.
+pub(crate) fn notice_for_exec(pid: i32, bits: FileBits, shim: bool) -> Option<String> {
     if !bits.any() {
         return None;
     }
+    let exe = format!("/proc/{pid}/exe");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let creds = parse_status(&status)?;
     let path = std::fs::read_link(&exe)
@@ -230,7 +237,9 @@ mod tests {
 
     #[test]
     fn an_ordinary_process_gets_no_notice() {
-        assert_eq!(notice_for_exec(std::process::id() as i32, true), None);
-        assert_eq!(notice_for_exec(i32::MAX, true), None);
+        let (bits, _) = exe_bits(std::process::id() as i32).expect("own exe");
+        assert!(!bits.any());
+        assert_eq!(notice_for_exec(std::process::id() as i32, bits, true), None);
+        assert!(exe_bits(i32::MAX).is_none());
     }
 }

@@ -479,19 +479,21 @@ fn announced_open_slots(tgid: i32, fd: i32, fds: &[i32]) -> Option<Vec<(i32, Slo
     read_announced(tgid, fd, len, |view| open_slots_in(view, fds))
 }
 
-/// Will the image thread `tid` of process `tgid` just exec'd load the
+/// Will the image process `tgid` just exec'd load the
 /// shim at `shim`? It does when its LD_PRELOAD (`preload`) names it, it is
 /// dynamically linked by glibc's loader (the auxiliary vector has an
 /// interpreter base) and not set-ID (AT_SECURE; the shim also stays out
 /// of images the kernel ran without their privileges, but it says so
 /// with no announcement, which only leaves quarantine on). `info`, the
-/// exec stop's initial stack, answers without /proc when it could be read.
+/// exec stop's initial stack, answers without /proc when it could be read;
+/// `glibc_at` then says whether the loader at a base is glibc's (the
+/// caller keeps the answer per image file, `images.rs`).
 pub(super) fn will_load(
-    stop: &super::tracer::Stopped,
     tgid: i32,
     shim: &std::path::Path,
     preload: Option<&[u8]>,
     info: Option<&super::execinfo::ExecInfo>,
+    mut glibc_at: impl FnMut(u64) -> bool,
 ) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let want = shim.as_os_str().as_bytes();
@@ -511,7 +513,7 @@ pub(super) fn will_load(
         return false;
     }
     match info {
-        Some(_) => super::execinfo::loader_is_glibc(stop.tid(), base),
+        Some(_) => glibc_at(base),
         None => glibc_loader_at(tgid, base),
     }
 }

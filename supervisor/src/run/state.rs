@@ -178,6 +178,8 @@ pub struct Job {
     pub(super) log: Option<std::fs::File>,
     /// Published tables, by process.
     pub(super) published: HashMap<i32, Published>,
+    /// What execs learnt of the files they ran (images.rs).
+    pub(super) images: super::images::Images,
     /// The shim was put in the job's environment.
     pub(super) shim_injected: bool,
     /// The strict filter, to install in a process that will not load the
