@@ -738,6 +738,13 @@ fn make_own_table(mark_forked: bool) {
     if replaced {
         sys::close(fd);
     } else {
+        if old_fd >= 0 {
+            // The parent's table must not stay at the number a reader
+            // tries first for this process's own (the supervisor takes
+            // another's table there for a child with none of its own).
+            sys::close(old_fd);
+            free_internal(old_fd);
+        }
         let fd = move_high(fd);
         TABLE_FD.store(fd, Relaxed);
         mark_internal(fd);

@@ -250,6 +250,15 @@ fn table_fd_at_own_fds(holder: i32, pid: i32) -> AtOwnFds {
         }
         if let (AtOwnFds::Nothing, Some(owner)) = (&found, table_owner(&t)) {
             found = AtOwnFds::Other { fd, owner };
+            // The first of the numbers holds the process's table: a
+            // forked child's shim puts its own in place of its parent's
+            // there (`make_own_table`). Another's table there is a child
+            // that has none of its own; the numbers above hold the
+            // tombstone source, and reading them cost each fork of such a
+            // child (a shell's `$(a | b)`) three more /proc lookups.
+            if fd == at {
+                return found;
+            }
         }
     }
     found
