@@ -130,7 +130,7 @@ impl Images {
                 };
             }
         }
-        let Some((bits, exe_id)) = super::privilege::exe_bits(pid) else {
+        let Some((bits, exe_id)) = exe_bits(pid) else {
             return ExecFacts::default();
         };
         let mut key = None;
@@ -160,6 +160,18 @@ impl Images {
             *g = Some(glibc);
         }
     }
+}
+
+/// The privilege bits of the image process `pid` runs, and that file's
+/// identity: a stat through `/proc/PID/exe` (the kernel's own link to the
+/// file, stat'ed through the link: the tracer may, as the tracee's
+/// tracer) and a getxattr. None when it cannot be read.
+pub(crate) fn exe_bits(pid: i32) -> Option<(FileBits, FileId)> {
+    let exe = format!("/proc/{pid}/exe");
+    let meta = std::fs::metadata(&exe).ok()?;
+    let caps = super::privilege::has_file_caps(std::path::Path::new(&exe));
+    let bits = FileBits::from_mode(meta.mode(), meta.uid(), meta.gid(), caps);
+    Some((bits, FileId::of(&meta)))
 }
 
 #[cfg(test)]

@@ -13,7 +13,6 @@
 //! it went.
 
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// What makes an executable file privileged.
@@ -125,18 +124,6 @@ pub(crate) fn notice(path: &str, bits: FileBits, creds: Creds, shim: bool) -> Op
     Some(format!("handles: {path} is {what}: {runs}{shim}\n"))
 }
 
-/// The privilege bits of the image process `pid` runs, and that file's
-/// identity: a stat through `/proc/PID/exe` (the kernel's own link to the
-/// file, stat'ed through the link: the tracer may, as the tracee's
-/// tracer) and a getxattr. None when it cannot be read.
-pub(crate) fn exe_bits(pid: i32) -> Option<(FileBits, super::images::FileId)> {
-    let exe = format!("/proc/{pid}/exe");
-    let meta = std::fs::metadata(&exe).ok()?;
-    let caps = has_file_caps(Path::new(&exe));
-    let bits = FileBits::from_mode(meta.mode(), meta.uid(), meta.gid(), caps);
-    Some((bits, super::images::FileId::of(&meta)))
-}
-
 /// At PTRACE_EVENT_EXEC: the notice for the image process `pid` has just
 /// exec'ed, if its file's `bits` say it is privileged. What the kernel
 /// made of them is read from `/proc/PID/status`; None when it cannot be.
@@ -154,7 +141,7 @@ pub(crate) fn notice_for_exec(pid: i32, bits: FileBits, shim: bool) -> Option<St
 }
 
 /// Whether the file has a `security.capability` extended attribute.
-fn has_file_caps(path: &Path) -> bool {
+pub(crate) fn has_file_caps(path: &Path) -> bool {
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
         return false;
     };
@@ -237,9 +224,9 @@ mod tests {
 
     #[test]
     fn an_ordinary_process_gets_no_notice() {
-        let (bits, _) = exe_bits(std::process::id() as i32).expect("own exe");
+        let (bits, _) = super::super::images::exe_bits(std::process::id() as i32).expect("own exe");
         assert!(!bits.any());
         assert_eq!(notice_for_exec(std::process::id() as i32, bits, true), None);
-        assert!(exe_bits(i32::MAX).is_none());
+        assert!(super::super::images::exe_bits(i32::MAX).is_none());
     }
 }
