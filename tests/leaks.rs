@@ -345,6 +345,33 @@ fn suppressions_silence_exactly_what_they_match() {
         summary(&stderr),
         "handles: LEAK SUMMARY: 2 handles to 2 objects in 1 process (2 suppressed)"
     );
+    // A rule of the module alone that matches one handle of a group (the
+    // pipe's read end, fd 4): the other is still reported, with its stack
+    // (a group is left unsymbolized only when every handle is silenced).
+    std::fs::write(
+        &supp,
+        "[read-end]\nreport = leak\ntype = pipe\nfd = 4\nframe = obj:*/leaks\n",
+    )
+    .expect("write");
+    let o = run(
+        &[
+            "--leak-check",
+            "--suppressions",
+            supp.to_str().unwrap_or_default(),
+        ],
+        &fixture("leaks"),
+        "basic",
+    );
+    let stderr = stderr_of(&o);
+    assert!(
+        stderr.contains("1 handle (pipe) created by pipe") && stderr.contains("in leak_pipe"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(" fd 4 pipe"), "{stderr}");
+    assert_eq!(
+        summary(&stderr),
+        "handles: LEAK SUMMARY: 3 handles to 3 objects in 1 process (1 suppressed)"
+    );
     // A rule for another function matches nothing.
     std::fs::write(
         &supp,

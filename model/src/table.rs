@@ -381,9 +381,14 @@ pub fn obj_type_from_code(code: u32) -> Option<crate::ObjType> {
     crate::ObjType::from_code(code)
 }
 
+/// `Header::flags` bits 32 to 63: one more than the highest fd a writer
+/// made a handle at (the shim's creations, the supervisor's writes; not
+/// inherited handles), 0 when none. A leak check reads the slots below
+/// it instead of listing `/proc/PID/fd`, which makes an inode for every
+/// fd (a process with a quarantine holds some seventy).
+const FD_BOUND_SHIFT: u32 = 32;
+
 impl Header {
-    /// Initialises a zeroed header. The magic goes last, so a reader never
-    /// sees a valid magic over a half-written header.
     /// Notes that a Python record with frames is (about to be) written.
     pub fn note_python(&self) {
         if self.flags.load(Ordering::Relaxed) & HEADER_PYTHON == 0 {
@@ -396,6 +401,32 @@ impl Header {
         self.flags.load(Ordering::Relaxed) & HEADER_PYTHON != 0
     }
 
+    /// Notes that `fd` gets a handle made by this table's writers: the
+    /// bound ([`Header::fd_bound`]) covers it afterwards. A load when it
+    /// does already (nearly every call).
+    pub fn note_fd(&self, fd: i32) {
+        let Ok(fd) = u64::try_from(fd) else { return };
+        let want = (fd + 1) << FD_BOUND_SHIFT;
+        let mut cur = self.flags.load(Ordering::Relaxed);
+        while cur >> FD_BOUND_SHIFT < fd + 1 {
+            let new = (cur & ((1 << FD_BOUND_SHIFT) - 1)) | want;
+            match self
+                .flags
+                .compare_exchange_weak(cur, new, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(seen) => cur = seen,
+            }
+        }
+    }
+
+    /// Every fd a writer made a handle at is below this.
+    pub fn fd_bound(&self) -> u32 {
+        (self.flags.load(Ordering::Relaxed) >> FD_BOUND_SHIFT) as u32
+    }
+
+    /// Initialises a zeroed header. The magic goes last, so a reader never
+    /// sees a valid magic over a half-written header.
     pub fn init(&self, capacity: u32, pid: u32, mixer: u32, writer: u32) {
         self.version.store(VERSION, Ordering::Relaxed);
         self.header_size
@@ -754,6 +785,16 @@ impl<'a> TableView<'a> {
     /// [`Header::note_python`], for a writer outside the shim.
     pub fn note_python(&self) {
         self.header.note_python();
+    }
+
+    /// [`Header::note_fd`].
+    pub fn note_fd(&self, fd: i32) {
+        self.header.note_fd(fd);
+    }
+
+    /// [`Header::fd_bound`].
+    pub fn fd_bound(&self) -> u32 {
+        self.header.fd_bound()
     }
 
     pub fn pid(&self) -> u32 {
@@ -1261,6 +1302,28 @@ mod tests {
     fn bytes(v: &[u64]) -> &[u8] {
         // SAFETY: reinterpreting initialised u64s as bytes.
         unsafe { core::slice::from_raw_parts(v.as_ptr().cast(), v.len() * 8) }
+    }
+
+    #[test]
+    fn the_fd_bound_only_grows_and_keeps_the_python_flag() {
+        let mem = aligned(table_size(8));
+        let b = bytes(&mem);
+        // SAFETY: b is aligned and large enough; all-atomic layout.
+        let header = unsafe { &*(b.as_ptr() as *const Header) };
+        header.init(8, 42, 1, writer::SHIM);
+        assert_eq!(header.fd_bound(), 0);
+        header.note_fd(3);
+        assert_eq!(header.fd_bound(), 4);
+        header.note_python();
+        header.note_fd(1);
+        assert_eq!(header.fd_bound(), 4, "a lower fd leaves it");
+        header.note_fd(-1);
+        assert_eq!(header.fd_bound(), 4, "no fd, no change");
+        header.note_fd(1_000_000);
+        assert_eq!(header.fd_bound(), 1_000_001);
+        assert!(header.has_python(), "the flag survives");
+        let view = TableView::new(b).expect("valid");
+        assert_eq!(view.fd_bound(), 1_000_001);
     }
 
     #[test]

@@ -720,6 +720,10 @@ fn make_own_table(mark_forked: bool) {
     let named = if stale.is_null() { src } else { stale };
     codes_at(pb, cap).copy_pages_from(&codes_at(named, cap), code_page_written);
     header(pb).init(cap, pid as u32, mixer, table::writer::SHIM);
+    // What the child made while its table was the snapshot is in it now.
+    if let Some(b) = header(src).fd_bound().checked_sub(1) {
+        header(pb).note_fd(b as i32);
+    }
     if !base.is_null() {
         header(pb).mirror.store(base as u64, Relaxed);
     }

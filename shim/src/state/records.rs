@@ -136,9 +136,19 @@ pub fn created(fd: i32, ty: u32, how: u32, name: Named, pcs: &Pcs) {
 }
 
 /// [`created`] for a caller that already holds the slot's lock.
+/// Widens the table's fd bound (`Header::note_fd`) to `fd`, a number
+/// this process made a handle at: a leak check reads the slots below it.
+fn note_fd(fd: i32) {
+    let pb = PUB.load(Relaxed);
+    if !pb.is_null() {
+        header(pb).note_fd(fd);
+    }
+}
+
 pub fn created_locked(fd: i32, s: &Slot, l: &Locked, ty: u32, how: u32, name: Named, pcs: &Pcs) {
     fddir::forget(fd);
     crate::report::note_created(fd);
+    note_fd(fd);
     let old = s.load(l);
     materialize(fd, l);
     if old.state == state::INTERNAL {
@@ -188,6 +198,7 @@ pub fn adopt(fd: i32) {
     let mut v = s.load(&l);
     if v.state == state::FREE {
         materialize(fd, &l);
+        note_fd(fd);
         v.state = state::OPEN;
         v.obj_type = 0;
         v.how = table::how::ADOPTED;

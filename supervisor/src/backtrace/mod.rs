@@ -58,35 +58,57 @@ pub fn symbolize_recorded(
     stack: &[u64],
     codes: Option<&handles_model::table::CodeRegistry<'_>>,
 ) -> Vec<Frame> {
-    let read;
-    let maps = match cached {
-        Some(m) => m,
-        None => match ModuleMap::read(pid) {
-            Ok(m) => {
-                read = m;
-                &read
-            }
-            Err(_) => return Vec::new(),
-        },
-    };
-    let (native, py_frames) = python::decode(stack);
-    let mut frames: Vec<Frame> = symbolizer
-        .symbolize(maps, &native, true)
+    with_maps(cached, pid, |maps| {
+        let (native, py_frames) = python::decode(stack);
+        let mut frames = without_shim(symbolizer.symbolize(maps, &native, true));
+        if !py_frames.is_empty() {
+            let interp = python.interpreter(maps);
+            let resolved = python.resolve(pid, interp.as_ref(), codes, &py_frames);
+            frames = python::merge(frames, resolved, &py_frames);
+        }
+        for (i, f) in frames.iter_mut().enumerate() {
+            f.index = i;
+        }
+        frames
+    })
+    .unwrap_or_default()
+}
+
+/// `f` of the maps given, or of process `pid`'s read now; None when they
+/// cannot be read.
+fn with_maps<T>(
+    cached: Option<&ModuleMap>,
+    pid: i32,
+    f: impl FnOnce(&ModuleMap) -> T,
+) -> Option<T> {
+    match cached {
+        Some(m) => Some(f(m)),
+        None => ModuleMap::read(pid).ok().map(|m| f(&m)),
+    }
+}
+
+/// The frames that are not the shim's own (its wrappers record from
+/// inside themselves).
+fn without_shim(frames: Vec<Frame>) -> Vec<Frame> {
+    frames
         .into_iter()
         .filter(|f| {
             !f.module_name()
                 .is_some_and(|m| m.starts_with("libhandles_shim"))
         })
-        .collect();
-    if !py_frames.is_empty() {
-        let interp = python.interpreter(maps);
-        let resolved = python.resolve(pid, interp.as_ref(), codes, &py_frames);
-        frames = python::merge(frames, resolved, &py_frames);
-    }
-    for (i, f) in frames.iter_mut().enumerate() {
-        f.index = i;
-    }
-    frames
+        .collect()
+}
+
+/// The native frames of a recorded stack with their modules only (see
+/// [`Symbolizer::modules_only`]), the shim's own dropped as in
+/// [`symbolize_recorded`]; empty when the maps cannot be read. A rule
+/// that matches these (it names no function or source file) matches the
+/// fully symbolized stack too: the modules are the same.
+pub fn modules_of_recorded(cached: Option<&ModuleMap>, pid: i32, stack: &[u64]) -> Vec<Frame> {
+    with_maps(cached, pid, |maps| {
+        without_shim(Symbolizer::modules_only(maps, &python::decode(stack).0))
+    })
+    .unwrap_or_default()
 }
 
 /// A function that the frame's code was inlined into, outermost last.

@@ -105,6 +105,36 @@ impl Symbolizer {
             .collect()
     }
 
+    /// The frames of `addrs` with their modules only: no module file is
+    /// read (no symbol table, no DWARF). What a suppression rule of
+    /// `obj:` frames needs, at the cost of a lookup in the maps.
+    pub fn modules_only(maps: &ModuleMap, addrs: &[u64]) -> Vec<Frame> {
+        addrs
+            .iter()
+            .enumerate()
+            .map(|(index, &addr)| {
+                let lookup = if index > 0 {
+                    addr.wrapping_sub(1)
+                } else {
+                    addr
+                };
+                let m = maps.mapping_of(lookup).filter(|m| m.is_module());
+                Frame {
+                    index,
+                    addr,
+                    module: m.map(|m| m.path.clone()),
+                    module_offset: m.map_or(0, |m| m.module_offset(addr)),
+                    function: None,
+                    function_offset: 0,
+                    file: None,
+                    line: None,
+                    inlined_into: Vec::new(),
+                    python: false,
+                }
+            })
+            .collect()
+    }
+
     fn symbolize_one(&mut self, maps: &ModuleMap, index: usize, addr: u64, lookup: u64) -> Frame {
         let mut frame = Frame {
             index,

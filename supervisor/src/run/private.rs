@@ -25,6 +25,9 @@ pub(super) struct PrivateTable {
     /// it): its slots hold its own writes. Otherwise the child never
     /// wrote, and the snapshot is its parent's table as at the fork.
     own: bool,
+    /// The fd bound the child's own creations left in the copy's header
+    /// (`Header::fd_bound`).
+    bound: u32,
 }
 
 impl PrivateTable {
@@ -61,18 +64,23 @@ impl PrivateTable {
             std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), table::HEADER_SIZE)
         };
         dst.copy_from_slice(header);
-        let mut pid = [0u8; 4];
-        let pid_at = at + std::mem::offset_of!(table::Header, pid) as u64;
-        let read = crate::backtrace::memory::read_partial(tid, pid_at, &mut pid);
-        if read.ok() != Some(4) {
+        // The copy's header: its pid and flags (the rest is unwritten).
+        let mut copy = [0u8; table::HEADER_SIZE];
+        let read = crate::backtrace::memory::read_partial(tid, at, &mut copy);
+        if read.ok() != Some(table::HEADER_SIZE) {
             return None;
         }
+        let field = |off: usize| copy.get(off..off + 8).and_then(|b| b.try_into().ok());
+        let pid_at = std::mem::offset_of!(table::Header, pid);
+        let pid = u32::from_ne_bytes(copy[pid_at..pid_at + 4].try_into().ok()?);
+        let flags = u64::from_ne_bytes(field(std::mem::offset_of!(table::Header, flags))?);
         Some(PrivateTable {
             tid,
             at,
             cap,
             words,
-            own: i64::from(u32::from_ne_bytes(pid)) == i64::from(tgid),
+            own: i64::from(pid) == i64::from(tgid),
+            bound: ((flags >> 32) as u32).min(cap),
         })
     }
 
@@ -98,14 +106,24 @@ impl PrivateTable {
         usize::try_from(fd).ok().filter(|&i| i < self.cap as usize)
     }
 
-    /// The child's slot for `fd`.
-    pub(super) fn slot(&mut self, fd: i32) -> Option<SlotValue> {
-        let i = self.index(fd)?;
-        if !self.load(table::HEADER_SIZE + i * table::SLOT_SIZE, table::SLOT_SIZE) {
-            return None;
+    /// The child's open slots below the bound its creations noted, read
+    /// with one `process_vm_readv`: its leak check's candidates.
+    pub(super) fn made_open_slots(&mut self) -> Vec<(i32, SlotValue)> {
+        let n = self.bound as usize;
+        if n == 0 || !self.load(table::HEADER_SIZE, n * table::SLOT_SIZE) {
+            return Vec::new();
         }
         let bytes = &self.bytes()[..];
-        table::TableView::new(bytes).ok()?.slot(fd)
+        let Ok(view) = table::TableView::new(bytes) else {
+            return Vec::new();
+        };
+        (0..n as i32)
+            .filter_map(|fd| {
+                view.slot(fd)
+                    .filter(|v| v.state == table::state::OPEN)
+                    .map(|v| (fd, v))
+            })
+            .collect()
     }
 
     /// The child's slot for `fd` with its records.

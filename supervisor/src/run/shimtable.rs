@@ -250,7 +250,22 @@ impl ShimTable {
         let Some(Ok(view)) = self.table().map(|m| m.view()) else {
             return Vec::new();
         };
-        open_slots_in(&view, fds)
+        open_slots_in(&view, fds.iter().copied())
+    }
+
+    /// The slots the table's writers made handles at that are open
+    /// (below the header's fd bound): a leak check's candidates, found
+    /// without listing `/proc/PID/fd`.
+    pub(super) fn made_open_slots(&self) -> Vec<(i32, SlotValue)> {
+        if self.mapped.get().is_none() {
+            if let Some(v) = announced_made_open_slots(self.tgid, self.fd) {
+                return v;
+            }
+        }
+        let Some(Ok(view)) = self.table().map(|m| m.view()) else {
+            return Vec::new();
+        };
+        open_slots_in(&view, 0..view.fd_bound() as i32)
     }
 
     /// The records of `fd`: its slot, stacks and name, and Python records.
@@ -307,6 +322,7 @@ impl ShimTable {
                     old.generation
                 } else {
                     let g = old.generation.wrapping_add(1);
+                    view.note_fd(fd);
                     slot.store(
                         &l,
                         SlotValue {
@@ -415,9 +431,11 @@ fn announced_header_mixer(tgid: i32, fd: i32) -> Option<u32> {
 }
 
 /// The slots among `fds` that `view` has open.
-fn open_slots_in(view: &table::TableView<'_>, fds: &[i32]) -> Vec<(i32, SlotValue)> {
-    fds.iter()
-        .copied()
+fn open_slots_in(
+    view: &table::TableView<'_>,
+    fds: impl IntoIterator<Item = i32>,
+) -> Vec<(i32, SlotValue)> {
+    fds.into_iter()
         .filter_map(|fd| {
             view.slot(fd)
                 .filter(|v| v.state == state::OPEN)
@@ -476,7 +494,29 @@ fn announced_open_slots(tgid: i32, fd: i32, fds: &[i32]) -> Option<Vec<(i32, Slo
     if len > 1 << 20 {
         return None;
     }
-    read_announced(tgid, fd, len, |view| open_slots_in(view, fds))
+    read_announced(tgid, fd, len, |view| {
+        open_slots_in(view, fds.iter().copied())
+    })
+}
+
+/// [`ShimTable::made_open_slots`] with `pread`s, no mapping: the header
+/// and the first page of slots, then the rest below the bound if there
+/// is more. None when the table cannot be read that way.
+fn announced_made_open_slots(tgid: i32, fd: i32) -> Option<Vec<(i32, SlotValue)>> {
+    const FIRST: usize = 4096;
+    let fits = (FIRST - table::HEADER_SIZE) / table::SLOT_SIZE;
+    let (bound, first) = read_announced(tgid, fd, FIRST, |view| {
+        let bound = view.fd_bound() as usize;
+        (bound, open_slots_in(view, 0..bound.min(fits) as i32))
+    })?;
+    if bound <= fits {
+        return Some(first);
+    }
+    let len = table::HEADER_SIZE + bound * table::SLOT_SIZE;
+    if len > 1 << 20 {
+        return None;
+    }
+    read_announced(tgid, fd, len, |view| open_slots_in(view, 0..bound as i32))
 }
 
 /// Will the image process `tgid` just exec'd load the
