@@ -361,8 +361,10 @@ extern "C" fn fini() {
         0 => None,
         c => u8::try_from(c - 1).ok(),
     };
-    // A fork child (same image, copied statics) is not the root.
-    let root = ROOT_PID.load(Relaxed) == sys::getpid();
+    // A fork child (same image, copied statics) is not the root. No
+    // getpid when there is no root to be (under a supervisor).
+    let root_pid = ROOT_PID.load(Relaxed);
+    let root = root_pid != 0 && root_pid == sys::getpid();
     report::at_exit(root, code);
 }
 

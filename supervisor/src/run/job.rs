@@ -514,8 +514,18 @@ impl Job {
         let Some(ptgid) = self.threads.get(&tid).map(|t| t.tgid) else {
             return stop.cont();
         };
-        // The child's model starts as a copy of the parent's.
-        self.sync_shim(tid, ptgid);
+        // The child's model starts as a copy of the parent's: one that an
+        // exec left unverified is settled first. A forked parent with no
+        // table found yet (a shell's subshell keeping its table private)
+        // is not looked for here at each of its forks: nothing in the copy
+        // depends on it, and the next check or its exit finds it.
+        let settled = self
+            .procs
+            .get(&ptgid)
+            .is_some_and(|p| p.forked_from.is_some() && p.shim.is_none() && !p.exec_unverified);
+        if !settled {
+            self.sync_shim(tid, ptgid);
+        }
         let Some(parent) = self.threads.get(&tid) else {
             return stop.cont();
         };
