@@ -363,7 +363,10 @@ fn an_exec_after_chmod_or_through_a_script_gets_the_notice_the_file_deserves() {
     let mut cmd = Command::new(sb.handles());
     cmd.args(["run", "--shim", "--", "/bin/sh", "-c", &line])
         .env("HANDLES_SHIM", sb.shim());
-    let o = output(cmd, "handles run --shim -- sh -c (sec_ids before and after chmod)");
+    let o = output(
+        cmd,
+        "handles run --shim -- sh -c (sec_ids before and after chmod)",
+    );
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let n = notices(&o);
     // Set-user-ID for the third exec and the two through the script: the
