@@ -321,19 +321,21 @@ fn error_exitcode_fires_on_leaks_only_when_asked() {
 fn suppressions_silence_exactly_what_they_match() {
     let dir = scratch("supp");
     let supp = dir.join("pipes.supp");
-    std::fs::write(
-        &supp,
+    // The leaks fixture's basic run under the rules `text`.
+    let with_rules = |text: &str| {
+        std::fs::write(&supp, text).expect("write");
+        run(
+            &[
+                "--leak-check",
+                "--suppressions",
+                supp.to_str().unwrap_or_default(),
+            ],
+            &fixture("leaks"),
+            "basic",
+        )
+    };
+    let o = with_rules(
         "# our pipe is on purpose\n[pipes]\nreport = leak\ntype = pipe\nframe = fun:leak_pipe\n",
-    )
-    .expect("write");
-    let o = run(
-        &[
-            "--leak-check",
-            "--suppressions",
-            supp.to_str().unwrap_or_default(),
-        ],
-        &fixture("leaks"),
-        "basic",
     );
     let stderr = stderr_of(&o);
     assert!(!stderr.contains("(pipe)"), "{stderr}");
@@ -348,20 +350,7 @@ fn suppressions_silence_exactly_what_they_match() {
     // A rule of the module alone that matches one handle of a group (the
     // pipe's read end, fd 4): the other is still reported, with its stack
     // (a group is left unsymbolized only when every handle is silenced).
-    std::fs::write(
-        &supp,
-        "[read-end]\nreport = leak\ntype = pipe\nfd = 4\nframe = obj:*/leaks\n",
-    )
-    .expect("write");
-    let o = run(
-        &[
-            "--leak-check",
-            "--suppressions",
-            supp.to_str().unwrap_or_default(),
-        ],
-        &fixture("leaks"),
-        "basic",
-    );
+    let o = with_rules("[read-end]\nreport = leak\ntype = pipe\nfd = 4\nframe = obj:*/leaks\n");
     let stderr = stderr_of(&o);
     assert!(
         stderr.contains("1 handle (pipe) created by pipe") && stderr.contains("in leak_pipe"),
@@ -373,36 +362,14 @@ fn suppressions_silence_exactly_what_they_match() {
         "handles: LEAK SUMMARY: 3 handles to 3 objects in 1 process (1 suppressed)"
     );
     // A rule for another function matches nothing.
-    std::fs::write(
-        &supp,
-        "[other]\nreport = leak\nframe = fun:nothing_like_this\n",
-    )
-    .expect("write");
-    let o = run(
-        &[
-            "--leak-check",
-            "--suppressions",
-            supp.to_str().unwrap_or_default(),
-        ],
-        &fixture("leaks"),
-        "basic",
-    );
+    let o = with_rules("[other]\nreport = leak\nframe = fun:nothing_like_this\n");
     assert!(
         summary(&stderr_of(&o)).contains("4 handles"),
         "{}",
         stderr_of(&o)
     );
     // A malformed file is an error naming the line, before anything runs.
-    std::fs::write(&supp, "[x]\nframe = nonsense\n").expect("write");
-    let o = run(
-        &[
-            "--leak-check",
-            "--suppressions",
-            supp.to_str().unwrap_or_default(),
-        ],
-        &fixture("leaks"),
-        "basic",
-    );
+    let o = with_rules("[x]\nframe = nonsense\n");
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr_of(&o).contains("pipes.supp:2:"), "{}", stderr_of(&o));
 }

@@ -146,6 +146,22 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// A frame that knows only its address so far.
+    pub fn bare(index: usize, addr: u64) -> Frame {
+        Frame {
+            index,
+            addr,
+            module: None,
+            module_offset: 0,
+            function: None,
+            function_offset: 0,
+            file: None,
+            line: None,
+            inlined_into: Vec::new(),
+            python: false,
+        }
+    }
+
     /// The module's file name without its directory.
     pub fn module_name(&self) -> Option<&str> {
         self.module

@@ -436,16 +436,8 @@ pub fn script_dir(pid: i32, file: &str) -> Option<PathBuf> {
 
 fn python_frame(f: &PyFrame, info: Option<&CodeInfo>, kind: Option<py::LineTable>) -> Frame {
     let mut frame = Frame {
-        index: 0,
-        addr: f.code,
-        module: None,
-        module_offset: 0,
-        function: None,
-        function_offset: 0,
-        file: None,
-        line: None,
-        inlined_into: Vec::new(),
         python: true,
+        ..Frame::bare(0, f.code)
     };
     match info {
         Some(info) => {

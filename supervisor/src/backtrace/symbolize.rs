@@ -94,13 +94,7 @@ impl Symbolizer {
             .iter()
             .enumerate()
             .map(|(index, &addr)| {
-                let is_return = index > 0 || !first_is_ip;
-                let lookup = if is_return {
-                    addr.wrapping_sub(1)
-                } else {
-                    addr
-                };
-                self.symbolize_one(maps, index, addr, lookup)
+                self.symbolize_one(maps, index, addr, lookup_addr(index, addr, first_is_ip))
             })
             .collect()
     }
@@ -112,50 +106,15 @@ impl Symbolizer {
         addrs
             .iter()
             .enumerate()
-            .map(|(index, &addr)| {
-                let lookup = if index > 0 {
-                    addr.wrapping_sub(1)
-                } else {
-                    addr
-                };
-                let m = maps.mapping_of(lookup).filter(|m| m.is_module());
-                Frame {
-                    index,
-                    addr,
-                    module: m.map(|m| m.path.clone()),
-                    module_offset: m.map_or(0, |m| m.module_offset(addr)),
-                    function: None,
-                    function_offset: 0,
-                    file: None,
-                    line: None,
-                    inlined_into: Vec::new(),
-                    python: false,
-                }
-            })
+            .map(|(index, &addr)| module_frame(maps, index, addr, lookup_addr(index, addr, true)).0)
             .collect()
     }
 
     fn symbolize_one(&mut self, maps: &ModuleMap, index: usize, addr: u64, lookup: u64) -> Frame {
-        let mut frame = Frame {
-            index,
-            addr,
-            module: None,
-            module_offset: 0,
-            function: None,
-            function_offset: 0,
-            file: None,
-            line: None,
-            inlined_into: Vec::new(),
-            python: false,
-        };
-        let Some(m) = maps.mapping_of(lookup).filter(|m| m.is_module()) else {
+        let (mut frame, m) = module_frame(maps, index, addr, lookup);
+        let Some(m) = m.filter(|m| m.bias.is_some()) else {
             return frame;
         };
-        frame.module = Some(m.path.clone());
-        frame.module_offset = m.module_offset(addr);
-        if m.bias.is_none() {
-            return frame;
-        }
         let svma = m.module_offset(lookup);
         let module = self.module_for(maps.pid(), m);
         if let Some(sym) = module.symbol_at(svma) {
@@ -186,6 +145,34 @@ impl Symbolizer {
         entry.last_used = tick;
         entry
     }
+}
+
+/// The address to look up for frame `index` at `addr`: a return address
+/// (every frame but an instruction pointer) is looked up one byte back,
+/// inside the call.
+fn lookup_addr(index: usize, addr: u64, first_is_ip: bool) -> u64 {
+    if index > 0 || !first_is_ip {
+        addr.wrapping_sub(1)
+    } else {
+        addr
+    }
+}
+
+/// Frame `index` at `addr` with its module and offset from `maps` (none
+/// when `lookup` is in no module), and that module's mapping.
+fn module_frame(
+    maps: &ModuleMap,
+    index: usize,
+    addr: u64,
+    lookup: u64,
+) -> (Frame, Option<&Mapping>) {
+    let mut frame = Frame::bare(index, addr);
+    let m = maps.mapping_of(lookup).filter(|m| m.is_module());
+    if let Some(m) = m {
+        frame.module = Some(m.path.clone());
+        frame.module_offset = m.module_offset(addr);
+    }
+    (frame, m)
 }
 
 impl Symbolizer {

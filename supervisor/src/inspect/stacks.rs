@@ -139,23 +139,6 @@ impl Serialize for Creation {
     }
 }
 
-/// A frame that only knows its address (the process's maps could not be
-/// read).
-fn bare(index: usize, addr: u64) -> Frame {
-    Frame {
-        index,
-        addr,
-        module: None,
-        module_offset: 0,
-        function: None,
-        function_offset: 0,
-        file: None,
-        line: None,
-        inlined_into: Vec::new(),
-        python: false,
-    }
-}
-
 /// Whether a frame is the shim's own (its wrappers): a stack starts at the
 /// program's call, as the supervisor's reports do.
 fn is_shim_frame(f: &Frame) -> bool {
@@ -183,8 +166,8 @@ pub(crate) fn symbolize<'h>(
                 Some(m) => symbolizer
                     .symbolize(m, &[pc], false)
                     .pop()
-                    .unwrap_or_else(|| bare(0, pc)),
-                None => bare(0, pc),
+                    .unwrap_or_else(|| Frame::bare(0, pc)),
+                None => Frame::bare(0, pc),
             });
             if !is_shim_frame(f) {
                 frames.push(f.clone());
@@ -246,7 +229,7 @@ mod tests {
                 line: Some(7),
                 module: Some("/bin/x".into()),
                 module_offset: 0x11c9,
-                ..bare(0, 0x1000)
+                ..Frame::bare(0, 0x1000)
             }],
             py: Vec::new(),
             py_names: Vec::new(),
@@ -266,7 +249,7 @@ mod tests {
         let u = Creation {
             how: How::Unknown,
             pcs: vec![5],
-            frames: vec![bare(0, 5)],
+            frames: vec![Frame::bare(0, 5)],
             py: Vec::new(),
             py_names: Vec::new(),
         };
@@ -295,9 +278,9 @@ mod tests {
         assert_eq!(got, vec![(0, 0x10), (1, 0x20), (2, 0x10)]);
         let shim = Frame {
             module: Some("/x/libhandles_shim.so".into()),
-            ..bare(0, 1)
+            ..Frame::bare(0, 1)
         };
         assert!(is_shim_frame(&shim));
-        assert!(!is_shim_frame(&bare(0, 1)));
+        assert!(!is_shim_frame(&Frame::bare(0, 1)));
     }
 }
