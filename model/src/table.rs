@@ -153,7 +153,9 @@ pub struct Header {
     pub stack_depth: AtomicU32,
     /// Byte offset of the stack area ([`stacks_offset`]).
     pub stacks_offset: AtomicU64,
-    /// [`HEADER_PYTHON`]; zero in a table written before it existed.
+    /// [`HEADER_PYTHON`] in the low bits; the fd bound
+    /// ([`Header::fd_bound`]) in bits 32 to 63. Zero in a table written
+    /// before they existed.
     pub flags: AtomicU64,
     /// Where the writing process keeps the private copy of its table that
     /// a child it forks reads as its snapshot, and writes as its own table
@@ -161,8 +163,9 @@ pub struct Header {
     /// in that process and in every child it forks (0: it never forked).
     /// The copy has a table's layout from the slots on: a reader of such
     /// a child finds its slot and records there, with the child's memory.
-    /// Of the copy's header only `pid` is written, by a child that took
-    /// the copy as its table (it says whose writes the copy holds).
+    /// Of the copy's header only `pid` and `flags` are written, by a child
+    /// that took the copy as its table: whose writes the copy holds, and
+    /// the fd bound of what that child made.
     pub mirror: AtomicU64,
 }
 
@@ -388,6 +391,12 @@ pub fn obj_type_from_code(code: u32) -> Option<crate::ObjType> {
 /// fd (a process with a quarantine holds some seventy).
 const FD_BOUND_SHIFT: u32 = 32;
 
+/// The fd bound a header's `flags` word holds (for a reader that has the
+/// word's bytes, not a header: another process's private copy).
+pub fn fd_bound_in(flags: u64) -> u32 {
+    (flags >> FD_BOUND_SHIFT) as u32
+}
+
 impl Header {
     /// Notes that a Python record with frames is (about to be) written.
     pub fn note_python(&self) {
@@ -422,7 +431,7 @@ impl Header {
 
     /// Every fd a writer made a handle at is below this.
     pub fn fd_bound(&self) -> u32 {
-        (self.flags.load(Ordering::Relaxed) >> FD_BOUND_SHIFT) as u32
+        fd_bound_in(self.flags.load(Ordering::Relaxed))
     }
 
     /// Initialises a zeroed header. The magic goes last, so a reader never
@@ -1299,6 +1308,16 @@ mod tests {
         vec![0u64; len.div_ceil(8)]
     }
 
+    /// The header at the start of `b`, initialised for `capacity` slots.
+    fn header_of(b: &[u8], capacity: u32, pid: u32, mixer: u32, writer: u32) -> &Header {
+        assert!(b.len() >= HEADER_SIZE);
+        // SAFETY: the tests' buffers are u64-aligned (`aligned`) and hold
+        // a header (asserted); the header is all atomics.
+        let header = unsafe { &*(b.as_ptr() as *const Header) };
+        header.init(capacity, pid, mixer, writer);
+        header
+    }
+
     fn bytes(v: &[u64]) -> &[u8] {
         // SAFETY: reinterpreting initialised u64s as bytes.
         unsafe { core::slice::from_raw_parts(v.as_ptr().cast(), v.len() * 8) }
@@ -1308,9 +1327,7 @@ mod tests {
     fn the_fd_bound_only_grows_and_keeps_the_python_flag() {
         let mem = aligned(table_size(8));
         let b = bytes(&mem);
-        // SAFETY: b is aligned and large enough; all-atomic layout.
-        let header = unsafe { &*(b.as_ptr() as *const Header) };
-        header.init(8, 42, 1, writer::SHIM);
+        let header = header_of(b, 8, 42, 1, writer::SHIM);
         assert_eq!(header.fd_bound(), 0);
         header.note_fd(3);
         assert_eq!(header.fd_bound(), 4);
@@ -1330,9 +1347,7 @@ mod tests {
     fn the_handle_before_the_last_is_kept_aside_at_a_new_creation() {
         let mem = aligned(table_size(8));
         let b = bytes(&mem);
-        // SAFETY: b is aligned and large enough; all-atomic layout.
-        let header = unsafe { &*(b.as_ptr() as *const Header) };
-        header.init(8, 42, 1, writer::SHIM);
+        header_of(b, 8, 42, 1, writer::SHIM);
         let view = TableView::new(b).expect("valid");
         let (slot, stacks) = view.cells(5).expect("slot 5");
         let e = view.earlier_cell(5).expect("earlier record 5");
@@ -1383,9 +1398,7 @@ mod tests {
         use crate::python::PyFrame;
         let mem = aligned(table_size(8));
         let b = bytes(&mem);
-        // SAFETY: b is aligned and large enough; all-atomic layout.
-        let header = unsafe { &*(b.as_ptr() as *const Header) };
-        header.init(8, 42, 1, writer::SHIM);
+        header_of(b, 8, 42, 1, writer::SHIM);
         let view = TableView::new(b).expect("valid");
         let (slot, _) = view.cells(5).expect("slot 5");
         let py = view.py_cell(5).expect("python record 5");
@@ -1431,9 +1444,7 @@ mod tests {
     fn write_then_read() {
         let mem = aligned(table_size(8));
         let b = bytes(&mem);
-        // SAFETY: b is aligned and large enough; all-atomic layout.
-        let header = unsafe { &*(b.as_ptr() as *const Header) };
-        header.init(8, 42, 0xabcd_0000, writer::SUPERVISOR);
+        header_of(b, 8, 42, 0xabcd_0000, writer::SUPERVISOR);
         let view = TableView::new(b).expect("valid");
         assert_eq!(view.pid(), 42);
         assert_eq!(view.capacity(), 8);
@@ -1462,9 +1473,7 @@ mod tests {
             Some(TableError::BadMagic)
         );
         let b = bytes(&mem);
-        // SAFETY: aligned, large enough, all atomics.
-        let header = unsafe { &*(b.as_ptr() as *const Header) };
-        header.init(MAX_CAPACITY, 1, 0, writer::SHIM);
+        let header = header_of(b, MAX_CAPACITY, 1, 0, writer::SHIM);
         // Capacity far beyond the mapping is clamped to what is there, and
         // a mapping without room for stacks still gives slots.
         assert_eq!(TableView::new(b).map(|v| v.capacity()), Ok(2));
@@ -1654,9 +1663,7 @@ mod tests {
     fn stuck_odd_sequence_gives_up() {
         let mem = aligned(table_size(1));
         let b = bytes(&mem);
-        // SAFETY: aligned, large enough, all atomics.
-        let header = unsafe { &*(b.as_ptr() as *const Header) };
-        header.init(1, 1, 0, writer::SHIM);
+        header_of(b, 1, 1, 0, writer::SHIM);
         // SAFETY: one slot follows the header.
         let slot = unsafe { &*(b.as_ptr().add(HEADER_SIZE) as *const Slot) };
         slot.seq.store(5, Ordering::Relaxed);

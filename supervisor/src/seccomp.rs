@@ -553,17 +553,15 @@ fn arg_hi(v: u64) -> u32 {
     (v >> 32) as u32
 }
 
-/// Installs `prog` as a seccomp filter on the calling thread.
-///
-/// To be called in a forked child right before execve: it is
-/// async-signal-safe (no allocation, no locks). It sets
 /// The flags every filter is installed with: SPEC_ALLOW where the kernel
 /// knows it (4.17 and later). On kernels whose speculative-store-bypass
 /// mitigation is "seccomp" (the default before 5.16, still chosen by some
 /// distributions), a filter without it also switches every process of the
 /// job to SSBD, slowing the program's own loads and stores by up to tens
 /// of percent. The filter is a prefilter for the supervisor, not a
-/// sandbox: it has no reason to ask for that.
+/// sandbox: it has no reason to ask for that. Probed once, in the
+/// supervisor (`spawn` asks before it forks, so that `install` in the
+/// child only reads the answer).
 pub fn filter_flags() -> libc::c_ulong {
     static FLAGS: std::sync::OnceLock<libc::c_ulong> = std::sync::OnceLock::new();
     *FLAGS.get_or_init(|| {
@@ -588,6 +586,10 @@ pub fn filter_flags() -> libc::c_ulong {
     })
 }
 
+/// Installs `prog` as a seccomp filter on the calling thread.
+///
+/// To be called in a forked child right before execve: it is
+/// async-signal-safe (no allocation, no locks). It sets
 /// `PR_SET_NO_NEW_PRIVS` first, which an unprivileged process needs before
 /// it may install a filter; as a consequence set-user-ID programs run under
 /// the filter do not gain privileges. Install only once the tracer is

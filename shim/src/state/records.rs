@@ -135,7 +135,6 @@ pub fn created(fd: i32, ty: u32, how: u32, name: Named, pcs: &Pcs) {
     unlock(fd, s, l);
 }
 
-/// [`created`] for a caller that already holds the slot's lock.
 /// Widens the table's fd bound (`Header::note_fd`) to `fd`, a number
 /// this process made a handle at: a leak check reads the slots below it.
 fn note_fd(fd: i32) {
@@ -145,6 +144,7 @@ fn note_fd(fd: i32) {
     }
 }
 
+/// [`created`] for a caller that already holds the slot's lock.
 pub fn created_locked(fd: i32, s: &Slot, l: &Locked, ty: u32, how: u32, name: Named, pcs: &Pcs) {
     fddir::forget(fd);
     crate::report::note_created(fd);

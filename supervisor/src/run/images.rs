@@ -78,7 +78,7 @@ pub(crate) struct ExecFacts {
     pub bits: Option<FileBits>,
     /// The loader verdict the cache holds for this image.
     pub glibc: Option<bool>,
-    /// The cache key when the facts may be completed (a `Direct` entry).
+    /// The cache key while the entry's loader verdict is still to learn.
     key: Option<Vec<u8>>,
 }
 
@@ -126,7 +126,8 @@ impl Images {
                 return ExecFacts {
                     bits: Some(bits),
                     glibc,
-                    key: Some(p.to_vec()),
+                    // Only a verdict still to learn needs its entry again.
+                    key: glibc.is_none().then(|| p.to_vec()),
                 };
             }
         }

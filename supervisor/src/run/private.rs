@@ -70,17 +70,18 @@ impl PrivateTable {
         if read.ok() != Some(table::HEADER_SIZE) {
             return None;
         }
-        let field = |off: usize| copy.get(off..off + 8).and_then(|b| b.try_into().ok());
-        let pid_at = std::mem::offset_of!(table::Header, pid);
-        let pid = u32::from_ne_bytes(copy[pid_at..pid_at + 4].try_into().ok()?);
-        let flags = u64::from_ne_bytes(field(std::mem::offset_of!(table::Header, flags))?);
+        let field = |off: usize, n: usize| copy.get(off..off + n);
+        let pid = field(std::mem::offset_of!(table::Header, pid), 4)?;
+        let flags = field(std::mem::offset_of!(table::Header, flags), 8)?;
+        let pid = u32::from_ne_bytes(pid.try_into().ok()?);
+        let flags = u64::from_ne_bytes(flags.try_into().ok()?);
         Some(PrivateTable {
             tid,
             at,
             cap,
             words,
             own: i64::from(pid) == i64::from(tgid),
-            bound: ((flags >> 32) as u32).min(cap),
+            bound: table::fd_bound_in(flags).min(cap),
         })
     }
 
@@ -114,16 +115,9 @@ impl PrivateTable {
             return Vec::new();
         }
         let bytes = &self.bytes()[..];
-        let Ok(view) = table::TableView::new(bytes) else {
-            return Vec::new();
-        };
-        (0..n as i32)
-            .filter_map(|fd| {
-                view.slot(fd)
-                    .filter(|v| v.state == table::state::OPEN)
-                    .map(|v| (fd, v))
-            })
-            .collect()
+        table::TableView::new(bytes)
+            .map(|view| super::shimtable::open_slots_in(&view, 0..n as i32))
+            .unwrap_or_default()
     }
 
     /// The child's slot for `fd` with its records.

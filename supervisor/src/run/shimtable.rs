@@ -431,7 +431,7 @@ fn announced_header_mixer(tgid: i32, fd: i32) -> Option<u32> {
 }
 
 /// The slots among `fds` that `view` has open.
-fn open_slots_in(
+pub(super) fn open_slots_in(
     view: &table::TableView<'_>,
     fds: impl IntoIterator<Item = i32>,
 ) -> Vec<(i32, SlotValue)> {
@@ -490,10 +490,7 @@ fn announced_open_slots(tgid: i32, fd: i32, fds: &[i32]) -> Option<Vec<(i32, Slo
     let Some(max) = fds.iter().copied().filter(|&f| f >= 0).max() else {
         return Some(Vec::new());
     };
-    let len = table::HEADER_SIZE + (max as usize + 1) * table::SLOT_SIZE;
-    if len > 1 << 20 {
-        return None;
-    }
+    let len = slots_len(max as usize + 1)?;
     read_announced(tgid, fd, len, |view| {
         open_slots_in(view, fds.iter().copied())
     })
@@ -512,11 +509,16 @@ fn announced_made_open_slots(tgid: i32, fd: i32) -> Option<Vec<(i32, SlotValue)>
     if bound <= fits {
         return Some(first);
     }
-    let len = table::HEADER_SIZE + bound * table::SLOT_SIZE;
-    if len > 1 << 20 {
-        return None;
-    }
-    read_announced(tgid, fd, len, |view| open_slots_in(view, 0..bound as i32))
+    read_announced(tgid, fd, slots_len(bound)?, |view| {
+        open_slots_in(view, 0..bound as i32)
+    })
+}
+
+/// Bytes of a table's header and first `n` slots, which one `pread`
+/// reads; None past 1 MiB (the table is mapped instead).
+fn slots_len(n: usize) -> Option<usize> {
+    let len = table::HEADER_SIZE + n * table::SLOT_SIZE;
+    (len <= 1 << 20).then_some(len)
 }
 
 /// Will the image process `tgid` just exec'd load the
