@@ -40,7 +40,7 @@
 //! does not; a stale rule can give a wrong stack, never a fault (every
 //! stack read is still checked).
 
-use core::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 /// DWARF register numbers (x86_64 psABI).
 const RBP: u64 = 6;
@@ -113,13 +113,20 @@ enum RbpRule {
 // ---------------------------------------------------------------------
 // The rule cache.
 
-/// 1024 entries: more return addresses than the hot stacks of a Python
-/// loop hold, and six pages to make present in every process that
-/// unwinds once (`populate_cache`). 4096 entries (24 pages) cost each
-/// process ~55 µs in that one madvise, zeroing pages a short-lived
-/// process never used (a configure-style script: 2.5% of its time).
+/// 1024 entries at most: more return addresses than the hot stacks of a
+/// Python loop hold. A process starts with the first [`NARROW_LEN`]
+/// only, all on the cache's first page, and widens to the whole cache
+/// after [`WIDEN_AFTER`] misses: a short-lived process (a configure
+/// script's `sed`, a shell's `$(...)` child) unwinds a few dozen return
+/// addresses and so pays one page fault for the cache, not six (each
+/// ~3 µs on a virtual machine, where a page fault costs more than the
+/// unwinding itself), and a shell's forked child copies one page of it,
+/// not every page the shell ever hashed an address onto.
 const CACHE_BITS: u32 = 10;
 const CACHE_LEN: usize = 1 << CACHE_BITS;
+const NARROW_BITS: u32 = 7;
+const NARROW_LEN: usize = 1 << NARROW_BITS;
+const WIDEN_AFTER: u32 = 512;
 
 /// A seqlocked (address, rule) pair: `seq` odd while being written.
 struct Entry {
@@ -128,52 +135,47 @@ struct Entry {
     rule: AtomicU64,
 }
 
-/// 1024 entries, 24 KiB of .bss.
-static CACHE: [Entry; CACHE_LEN] = [const {
-    Entry {
-        seq: AtomicU64::new(0),
-        pc: AtomicU64::new(0),
-        rule: AtomicU64::new(0),
-    }
-}; CACHE_LEN];
+/// Page-aligned, so that the narrow part is one page.
+#[repr(C, align(4096))]
+struct Cache([Entry; CACHE_LEN]);
+
+const _: () = assert!(NARROW_LEN * core::mem::size_of::<Entry>() <= 4096);
+
+/// 1024 entries, 24 KiB of .bss (pages never touched cost nothing).
+static CACHE: Cache = Cache(
+    [const {
+        Entry {
+            seq: AtomicU64::new(0),
+            pc: AtomicU64::new(0),
+            rule: AtomicU64::new(0),
+        }
+    }; CACHE_LEN],
+);
+
+/// Set once this process (or the parent it was forked from) missed
+/// [`WIDEN_AFTER`] times: every probe then uses the whole cache. Rules
+/// cached while narrow stay valid (an entry is checked against its
+/// address); they are merely found where the wide hash no longer looks.
+static WIDE: AtomicBool = AtomicBool::new(false);
+static MISSES: AtomicU32 = AtomicU32::new(0);
 
 fn slot(pc: u64) -> &'static Entry {
     // Fibonacci hashing: return addresses of one module differ in their
     // low bits, which the multiplication spreads over the top ones.
-    let i = (pc.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - CACHE_BITS)) as usize;
-    &CACHE[i & (CACHE_LEN - 1)]
+    let h = pc.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let i = if WIDE.load(Ordering::Relaxed) {
+        (h >> (64 - CACHE_BITS)) as usize
+    } else {
+        (h >> (64 - NARROW_BITS)) as usize
+    };
+    &CACHE.0[i & (CACHE_LEN - 1)]
 }
 
-/// Set once this process's cache pages were made present (inherited by
-/// a forked child, whose pages are its parent's until it writes them).
-static POPULATED: AtomicBool = AtomicBool::new(false);
-
-/// Makes the cache's pages present and writable in one call, at the
-/// first unwind of a process. Left to faults, each return address hashed
-/// onto a page not touched yet cost two (a read of the zero page, then
-/// the write), some 30 a process for the few dozen addresses of a small
-/// program's stacks: more than the unwinding itself.
 #[cold]
-fn populate_cache() {
-    POPULATED.store(true, Ordering::Relaxed);
-    let start = CACHE.as_ptr() as u64 & !4095;
-    let end = (CACHE.as_ptr() as u64 + core::mem::size_of_val(&CACHE) as u64 + 4095) & !4095;
-    // SAFETY: MADV_POPULATE_WRITE only faults in pages of our own .bss
-    // (those around the cache included) as if written, changing no byte;
-    // a kernel before 5.14 refuses it and the faults come one by one.
-    unsafe {
-        crate::sys::raw(
-            libc::SYS_madvise,
-            [
-                start,
-                end - start,
-                libc::MADV_POPULATE_WRITE as u64,
-                0,
-                0,
-                0,
-            ],
-        )
-    };
+fn count_miss() {
+    if !WIDE.load(Ordering::Relaxed) && MISSES.fetch_add(1, Ordering::Relaxed) + 1 >= WIDEN_AFTER {
+        WIDE.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Bumped after each dlclose (the shim wraps it): a rule cached before
@@ -236,13 +238,11 @@ fn cache_put(pc: u64, rule: Rule, epoch: u64) {
 /// `ra - 1`, inside the call instruction), from the cache or, on a miss,
 /// from the module's unwind tables.
 pub fn rule_for(ra: u64) -> Rule {
-    if !POPULATED.load(Ordering::Relaxed) {
-        populate_cache();
-    }
     let epoch = EPOCH.load(Ordering::Acquire);
     if let Some(r) = cache_get(ra, epoch) {
         return r;
     }
+    count_miss();
     let (r, keep) = find_rule(ra.wrapping_sub(1));
     if keep {
         cache_put(ra, r, epoch);
