@@ -16,6 +16,13 @@ cargo build --release --workspace -q
 H=$PWD/target/release/handles
 cc -O2 -o "$tmp/fdloop" scripts/bench/fdloop.c
 cc -O2 -o "$tmp/tombstones" scripts/bench/tombstones.c
+# The floor rows of the process-heavy tables: a preloaded library with no
+# code (what any LD_PRELOAD costs each exec: the loader opens, maps and
+# relocates one more object) and a tracer that only resumes its tracees
+# (what the ptrace stops alone cost).
+cc -O2 -o "$tmp/nulltrace" scripts/bench/nulltrace.c
+printf 'int handles_bench_empty;\n' >"$tmp/empty.c"
+cc -O2 -shared -fPIC -o "$tmp/empty.so" "$tmp/empty.c"
 
 # shellcheck source=scripts/bench/rounds.sh
 . scripts/bench/rounds.sh
@@ -97,6 +104,7 @@ WORK='for i in $(seq 150); do cat /etc/hostname /etc/passwd | wc -l >/dev/null; 
 echo
 echo "multi-process workload (bash, 150 x cat | wc), median of $RUNS interleaved rounds"
 row "native" bash -c "$WORK"
+row "floor: empty LD_PRELOAD library and nulltrace.c" env LD_PRELOAD="$tmp/empty.so" "$tmp/nulltrace" bash -c "$WORK"
 row "handles run" "$H" run -- bash -c "$WORK"
 row "handles run --leak-check" "$H" run --leak-check -- bash -c "$WORK"
 row "handles run --strict" "$H" run --strict -- bash -c "$WORK"
@@ -118,6 +126,9 @@ echo "configure-style script ($CONF_ROUNDS rounds, ~$((CONF_ROUNDS * 10)) proces
 # shellcheck disable=SC2086 # CONF splits into its words on purpose
 {
     row "native" $CONF
+    row "floor: empty LD_PRELOAD library" env LD_PRELOAD="$tmp/empty.so" $CONF
+    row "floor: tracer that only resumes (nulltrace.c)" "$tmp/nulltrace" $CONF
+    row "floor: both" env LD_PRELOAD="$tmp/empty.so" "$tmp/nulltrace" $CONF
     row "handles run" "$H" run -- $CONF
     row "handles run --leak-check" "$H" run --leak-check -- $CONF
     row "handles run --no-ptrace (shim alone)" "$H" run --no-ptrace -- $CONF
