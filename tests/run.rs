@@ -966,6 +966,39 @@ fn a_forked_child_with_a_private_table_reports_its_own_close() {
     }
 }
 
+/// A forked child's private table becomes shared while a thread the shim
+/// never saw start (glibc's, for a SIGEV_THREAD timer) closes a handle:
+/// the close must land in the table the child goes on with, or its later
+/// use passes unreported. The test hook holds the publication open in the
+/// window where an uncounted writer's write was lost (the timer thread
+/// closes 50 ms into a 300 ms hold).
+#[test]
+fn a_close_by_a_glibc_thread_while_a_private_table_is_published_is_kept() {
+    for extra in [&[][..], &["--no-ptrace"][..]] {
+        let mut cmd = Command::new(handles());
+        cmd.env("HANDLES_DEBUG_PUBLISH_STALL_MS", "300")
+            .arg("run")
+            .args(extra)
+            .arg("--")
+            .arg(fixture("run_bugs"))
+            .arg("fork-private-timer");
+        let o = run_limited(cmd, LIMIT);
+        assert_code(&o, 0);
+        let stdout = stdout_of(&o);
+        assert!(
+            stdout.contains(&format!("child exited=0 signaled=1 sig={SIGTRAP}\n")),
+            "{extra:?}: the child's use of the handle its timer thread closed must trap\n{}",
+            describe(&o)
+        );
+        only_report(&o).assert_innermost(
+            "closed ",
+            "timer_closes",
+            "run_bugs.c",
+            marker_line("run_bugs", "/* CLOSE: fork-private-timer */"),
+        );
+    }
+}
+
 /// The shim's own syscalls carry the job's cookie in a spare argument
 /// register, and the kernel leaves it there: a wrapper that returned with
 /// it would let the program's next syscall instruction of its own (one

@@ -296,6 +296,9 @@ extern "C" fn init() {
     if env(penv::PYTHON_FRAMES.c()) == Some(penv::OFF) {
         python::disable();
     }
+    if let Some(ms) = env(c"HANDLES_DEBUG_PUBLISH_STALL_MS").and_then(|s| s.trim().parse().ok()) {
+        state::PUBLISH_STALL_MS.store(ms, Relaxed);
+    }
     let (soft, hard) = state::nofile().unwrap_or((1024, 1024));
     let limit = soft.max(1);
     state::LIMIT.store(limit, Relaxed);

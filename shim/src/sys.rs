@@ -423,3 +423,25 @@ pub fn stat_path(path: &[u8], flags: c_int) -> Option<libc::stat> {
     };
     (r == 0).then_some(st)
 }
+
+/// CLOCK_MONOTONIC in nanoseconds (the vDSO: no syscall).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime into a local struct; async-signal-safe.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).wrapping_mul(1_000_000_000) + ts.tv_nsec as u64
+}
+
+/// Sleeps `ms` milliseconds (a raw nanosleep: not a cancellation point).
+pub fn sleep_ms(ms: u32) {
+    let ts = libc::timespec {
+        tv_sec: i64::from(ms / 1000),
+        tv_nsec: i64::from(ms % 1000) * 1_000_000,
+    };
+    // SAFETY: nanosleep reads a timespec that lives across the call; no
+    // remainder is asked for.
+    unsafe { raw(libc::SYS_nanosleep, [(&raw const ts) as u64, 0, 0, 0, 0, 0]) };
+}

@@ -48,11 +48,37 @@ static MAKER: AtomicI32 = AtomicI32::new(0);
 /// checkpoint. Never under a supervisor that reads every child's table
 /// through its fd ([`SHARED_TABLES`]: the inherit check at its exec, the
 /// strict filter); a leak check reads a private one in the child's
-/// memory at its exit. Only ever in a single-threaded process, so that
-/// switching tables races no writer.
+/// memory at its exit. Threads the program starts through
+/// `pthread_create` publish first; writers of other threads (glibc's
+/// own, a raw `clone`) are counted ([`PRIVATE_WRITERS`]), so that the
+/// switch to a shared table races none of them.
 static PRIVATE: AtomicBool = AtomicBool::new(false);
 /// Table writes made while [`PRIVATE`].
 static PRIVATE_WRITES: AtomicU32 = AtomicU32::new(0);
+/// Threads inside a wrapper that may write the private table
+/// ([`count_in`]): the thread that publishes it waits for them to leave
+/// before it copies the table, and while it copies ([`SWITCHING`]) new
+/// writers wait for the shared table. A private table is a one-thread
+/// table by construction (the `pthread_create` wrapper publishes first),
+/// but glibc starts threads of its own past that wrapper (`timer_create`
+/// with `SIGEV_THREAD`, POSIX aio) and a program may `clone` one: a write
+/// of theirs made to the snapshot after the copy would be lost, and with
+/// it a close the shim must report a later use of.
+static PRIVATE_WRITERS: AtomicU32 = AtomicU32::new(0);
+/// Set while a thread turns the private table into a shared one.
+static SWITCHING: AtomicBool = AtomicBool::new(false);
+/// How long the publisher waits for counted writers to leave. A writer
+/// is in a wrapper for microseconds, unless it blocks in a syscall
+/// there (a close that flushes to a slow file system): past this the
+/// copy goes ahead, as it did before writers were counted.
+const WRITERS_WAIT_NS: u64 = 50_000_000;
+/// How long a writer waits for a publication to end (which copies a
+/// table in microseconds): a bound, not an expected time.
+const SWITCH_WAIT_NS: u64 = 2_000_000_000;
+/// `HANDLES_DEBUG_PUBLISH_STALL_MS`: a test hook that holds the
+/// publisher between its copy and the switch, the window in which an
+/// uncounted writer's write would be lost (tests/run.rs).
+pub static PUBLISH_STALL_MS: AtomicU32 = AtomicU32::new(0);
 /// A child that goes on writing its fds this much is doing real work:
 /// its table is published for `handles <pid>`.
 const PUBLISH_AFTER: u32 = 64;
@@ -365,8 +391,9 @@ pub(super) fn init_fork_mark() {
 pub fn ensure_own_table() {
     if needs_own_table() {
         own_table(false);
-    } else if PRIVATE.load(Relaxed) && PRIVATE_WRITES.fetch_add(1, Relaxed) >= PUBLISH_AFTER {
-        publish();
+    }
+    if private_or_switching() {
+        private_write(false);
     }
 }
 
@@ -378,8 +405,76 @@ pub fn ensure_own_table() {
 pub fn ensure_published() {
     if needs_own_table() {
         own_table(true);
-    } else if PRIVATE.load(Relaxed) {
+    }
+    if private_or_switching() {
+        private_write(true);
+    }
+}
+
+/// Whether this write must go through [`private_write`]: the table is
+/// private, or being published ([`publish`] clears PRIVATE before it
+/// copies; Acquire, so that a writer that sees it cleared sees the
+/// publication's SWITCHING, set before, too).
+#[inline(always)]
+fn private_or_switching() -> bool {
+    PRIVATE.load(Acquire) || SWITCHING.load(Acquire)
+}
+
+/// A write of a private table: this thread is counted among its writers
+/// for the rest of its wrapper call, and the table is published when the
+/// call makes a new object (`now`) or the child has written enough.
+#[cold]
+#[inline(never)]
+fn private_write(now: bool) {
+    if !super::counted() && !count_in() {
+        // Published while this thread waited: it writes the shared table.
+        return;
+    }
+    if now || PRIVATE_WRITES.fetch_add(1, Relaxed) >= PUBLISH_AFTER {
         publish();
+    }
+}
+
+/// Counts this thread among the private table's writers; false when the
+/// table was published meanwhile. Sequentially consistent with
+/// [`publish`]: either the publisher sees this thread's count and waits
+/// for it, or this thread sees [`SWITCHING`] and waits for the switch.
+fn count_in() -> bool {
+    loop {
+        PRIVATE_WRITERS.fetch_add(1, SeqCst);
+        if !SWITCHING.load(SeqCst) {
+            if PRIVATE.load(SeqCst) {
+                super::set_counted(true);
+                return true;
+            }
+            PRIVATE_WRITERS.fetch_sub(1, SeqCst);
+            return false;
+        }
+        PRIVATE_WRITERS.fetch_sub(1, SeqCst);
+        wait_until(|| !SWITCHING.load(SeqCst), SWITCH_WAIT_NS);
+        if !PRIVATE.load(SeqCst) {
+            return false;
+        }
+    }
+}
+
+/// The end of a counted writer's wrapper call (`leave`).
+pub(super) fn writer_left() {
+    // Never below zero: a count reset by a fork (`after_fork_child`)
+    // is not decremented again.
+    let _ = PRIVATE_WRITERS.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1));
+}
+
+/// Polls `done` with sched_yield until it holds or about `bound_ns`
+/// nanoseconds passed.
+fn wait_until(done: impl Fn() -> bool, bound_ns: u64) {
+    let start = sys::monotonic_ns();
+    while !done() {
+        if sys::monotonic_ns().saturating_sub(start) > bound_ns {
+            return;
+        }
+        // SAFETY: sched_yield has no arguments.
+        unsafe { sys::raw(libc::SYS_sched_yield, [0; 6]) };
     }
 }
 
@@ -490,8 +585,12 @@ pub extern "C" fn after_fork_child() {
     if !active() {
         return;
     }
-    // A thread of the parent making its own table is not in this child.
+    // A thread of the parent making its own table is not in this child,
+    // nor are the writers of a private table it may have had.
     MAKER.store(0, Relaxed);
+    PRIVATE_WRITERS.store(0, Relaxed);
+    SWITCHING.store(false, Relaxed);
+    super::set_counted(false);
     let base = ready_mirror();
     let pb = PUB.load(Relaxed);
     if !base.is_null() && pb != base {
@@ -612,9 +711,24 @@ fn go_private() {
 #[cold]
 #[inline(never)]
 fn publish() {
-    if PRIVATE.swap(false, Relaxed) {
+    if SWITCHING
+        .compare_exchange(false, true, SeqCst, SeqCst)
+        .is_err()
+    {
+        // Another thread publishes: out of its way until it is done.
+        if super::counted() {
+            super::set_counted(false);
+            writer_left();
+        }
+        wait_until(|| !SWITCHING.load(SeqCst), SWITCH_WAIT_NS);
+        return;
+    }
+    let me = u32::from(super::counted());
+    wait_until(|| PRIVATE_WRITERS.load(SeqCst) <= me, WRITERS_WAIT_NS);
+    if PRIVATE.swap(false, SeqCst) {
         make_own_table(false);
     }
+    SWITCHING.store(false, SeqCst);
 }
 
 fn rearm_fork_mark() {
@@ -728,6 +842,10 @@ fn make_own_table(mark_forked: bool) {
         header(pb).mirror.store(base as u64, Relaxed);
     }
     MIXER.store(mixer, Relaxed);
+    let stall = PUBLISH_STALL_MS.load(Relaxed);
+    if stall != 0 {
+        sys::sleep_ms(stall);
+    }
     PUB.store(pb, Release);
     unmap(stale);
     let old_fd = TABLE_FD.load(Relaxed);

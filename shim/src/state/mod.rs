@@ -34,21 +34,50 @@ pub use table::*;
 pub static ACTIVE: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
-    /// Set while this thread runs shim code: a nested call (from a signal
-    /// handler, or from a libc function the shim calls) goes straight to
-    /// the raw syscall.
-    static IN_SHIM: Cell<bool> = const { Cell::new(false) };
+    /// [`IN`]: this thread runs shim code, and a nested call (from a
+    /// signal handler, or from a libc function the shim calls) goes
+    /// straight to the raw syscall. [`COUNTED`]: it is counted among a
+    /// private table's writers (`fork::count_in`) until it leaves.
+    static IN_SHIM: Cell<u8> = const { Cell::new(0) };
 }
+
+const IN: u8 = 1;
+const COUNTED: u8 = 2;
 
 /// Marks this thread as inside the shim; false if it already was.
 #[inline(always)]
 pub fn enter() -> bool {
-    IN_SHIM.with(|c| !c.replace(true))
+    IN_SHIM.with(|c| {
+        if c.get() & IN != 0 {
+            return false;
+        }
+        c.set(IN);
+        true
+    })
 }
 
 #[inline(always)]
 pub fn leave() {
-    IN_SHIM.with(|c| c.set(false));
+    IN_SHIM.with(|c| {
+        if c.get() & COUNTED != 0 {
+            fork::writer_left();
+        }
+        c.set(0);
+    })
+}
+
+fn counted() -> bool {
+    IN_SHIM.with(|c| c.get() & COUNTED != 0)
+}
+
+fn set_counted(on: bool) {
+    IN_SHIM.with(|c| {
+        c.set(if on {
+            c.get() | COUNTED
+        } else {
+            c.get() & !COUNTED
+        })
+    });
 }
 
 #[inline(always)]
