@@ -100,6 +100,58 @@ fn a_background_descendant_does_not_hold_handles_run() {
     }
 }
 
+/// The processes whose process group is `pgid`, with their states.
+fn group_members(pgid: i32) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let stat = read(&e.path().join("stat"));
+        // pid (comm) state ppid pgrp ...
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pgid) {
+            out.push(format!("{pid} {stat}"));
+        }
+    }
+    out
+}
+
+/// When the program was the job's last process, `handles run` returns
+/// after its supervisor is gone: nothing of it stays in the process group,
+/// not even a zombie for whoever adopts it to reap (a container's PID 1
+/// that reaps nothing would collect one per run).
+#[test]
+fn nothing_of_handles_run_outlives_a_job_that_is_over() {
+    use std::os::unix::process::CommandExt;
+    for mode in MODES {
+        for _ in 0..5 {
+            let mut child = Command::new(handles())
+                .arg("run")
+                .args(mode)
+                .args(["--", "sh", "-c", "cat /dev/null | wc -l; exit 3"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .expect("spawn handles");
+            let pgid = child.id() as i32;
+            let st = child.wait().expect("wait");
+            assert_eq!(st.code(), Some(3), "{mode:?}");
+            let left = group_members(pgid);
+            assert!(left.is_empty(), "{mode:?}: left in the group: {left:?}");
+        }
+    }
+}
+
 #[test]
 fn a_subshell_in_the_background_returns_at_once() {
     let (st, took) = timed(&[], "sh", &["-c", "(sleep 5 &)"]);

@@ -269,7 +269,7 @@ pub fn run(a: &RunArgs) -> u8 {
     };
     let result = Job::run_with(opts, &mut |outcome| {
         if let Some(n) = notifier.as_mut() {
-            n.send_status(status_of(outcome));
+            n.send_status(status_of(outcome), false);
         }
     });
     let status = match result {
@@ -284,8 +284,10 @@ pub fn run(a: &RunArgs) -> u8 {
         }
     };
     if let Some(n) = notifier.as_mut() {
-        // Not sent yet: the program never ran, or the supervisor failed.
-        n.send_status(status);
+        // Not sent yet: the program was the job's last process (told at
+        // the very end), it never ran, or the supervisor failed. This
+        // process exits next.
+        n.send_status(status, true);
     }
     status
 }

@@ -28,7 +28,10 @@
 //!   handlers are in place (its first message), so none is lost or kills
 //!   the supervisor by its default action.
 //! - if the supervisor dies without a message, the front reports what
-//!   killed it as a shell would (125 for a supervisor that failed).
+//!   killed it as a shell would (125 for a supervisor that failed);
+//! - when the program was the job's last process, the status comes at
+//!   the very end with "exiting", and the front reaps the supervisor
+//!   before it returns: no zombie is left to whoever adopts it.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -57,14 +60,17 @@ pub struct Notifier {
 
 impl Notifier {
     /// Tells the front the job's status (once; later calls do nothing).
-    /// From then on the supervisor outlives the front.
-    pub fn send_status(&mut self, status: u8) {
+    /// `exiting`: the job is over and this process exits next, so the
+    /// front reaps it before it returns (no zombie left to whoever adopts
+    /// it); otherwise the supervisor outlives the front, serving the
+    /// program's remaining descendants.
+    pub fn send_status(&mut self, status: u8, exiting: bool) {
         let Some(fd) = self.pipe.take() else {
             return;
         };
         // SAFETY: prctl with integer arguments; the front may exit now.
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
-        write_all(&fd, &[STATUS, status]);
+        write_all(&fd, &[STATUS, status, u8::from(exiting)]);
     }
 }
 
@@ -198,6 +204,7 @@ fn front_wait(sup: i32, pipe: &OwnedFd, saved: &libc::sigset_t) -> u8 {
     // which it was meant to bring.
     let mut ready = false;
     let mut status = None;
+    let mut exiting = false;
     let mut buf = [0u8; 2];
     loop {
         if ready {
@@ -234,18 +241,25 @@ fn front_wait(sup: i32, pipe: &OwnedFd, saved: &libc::sigset_t) -> u8 {
         match buf[0] {
             READY => ready = true,
             STATUS => {
-                // SAFETY: as above, one byte.
-                let m = unsafe { libc::read(pipe.as_raw_fd(), buf.as_mut_ptr().cast(), 1) };
-                if m == 1 {
+                // SAFETY: as above, two bytes (sent in one write, so
+                // both are there).
+                let m = unsafe { libc::read(pipe.as_raw_fd(), buf.as_mut_ptr().cast(), 2) };
+                if m >= 1 {
                     status = Some(buf[0]);
                 }
+                exiting = m == 2 && buf[1] == 1;
                 break;
             }
             _ => {}
         }
     }
     if let Some(s) = status {
-        // The supervisor lives on; it is reaped by whoever adopts it.
+        if exiting {
+            // The job is over and the supervisor is on its way out.
+            reap(sup);
+        }
+        // Otherwise it lives on, serving the program's descendants, and
+        // is reaped by whoever adopts it.
         return s;
     }
     // No status: the supervisor is gone; report how, as a shell would.
@@ -266,5 +280,18 @@ fn front_wait(sup: i32, pipe: &OwnedFd, saved: &libc::sigset_t) -> u8 {
         (128 + libc::WTERMSIG(st)).clamp(0, 255) as u8
     } else {
         125
+    }
+}
+
+/// Waits for the supervisor to be gone (it exits next), retrying on
+/// interrupts.
+fn reap(sup: i32) {
+    let mut st = 0;
+    loop {
+        // SAFETY: waitpid on our own child into a local int.
+        let r = unsafe { libc::waitpid(sup, &mut st, 0) };
+        if r == sup || (r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR)) {
+            return;
+        }
     }
 }
