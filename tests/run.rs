@@ -898,8 +898,20 @@ fn raw_use_in_a_forked_child_of_an_fd_closed_before_the_fork_is_caught() {
 /// (The shim alone titles it "closed in process N": it records no
 /// closer; the supervisor "closed by close() in process N".)
 fn assert_child_trapped_naming_its_close(mode: &str, extra: &[&str], function: &str, close: &str) {
+    assert_child_trapped_naming_its_close_with(mode, extra, &[], function, close);
+}
+
+/// [`assert_child_trapped_naming_its_close`] with `env` set for the run.
+fn assert_child_trapped_naming_its_close_with(
+    mode: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    function: &str,
+    close: &str,
+) {
     let mut cmd = Command::new(handles());
-    cmd.arg("run")
+    cmd.envs(env.iter().copied())
+        .arg("run")
         .args(extra)
         .arg("--")
         .arg(fixture("run_bugs"))
@@ -975,26 +987,12 @@ fn a_forked_child_with_a_private_table_reports_its_own_close() {
 #[test]
 fn a_close_by_a_glibc_thread_while_a_private_table_is_published_is_kept() {
     for extra in [&[][..], &["--no-ptrace"][..]] {
-        let mut cmd = Command::new(handles());
-        cmd.env("HANDLES_DEBUG_PUBLISH_STALL_MS", "300")
-            .arg("run")
-            .args(extra)
-            .arg("--")
-            .arg(fixture("run_bugs"))
-            .arg("fork-private-timer");
-        let o = run_limited(cmd, LIMIT);
-        assert_code(&o, 0);
-        let stdout = stdout_of(&o);
-        assert!(
-            stdout.contains(&format!("child exited=0 signaled=1 sig={SIGTRAP}\n")),
-            "{extra:?}: the child's use of the handle its timer thread closed must trap\n{}",
-            describe(&o)
-        );
-        only_report(&o).assert_innermost(
-            "closed ",
+        assert_child_trapped_naming_its_close_with(
+            "fork-private-timer",
+            extra,
+            &[("HANDLES_DEBUG_PUBLISH_STALL_MS", "300")],
             "timer_closes",
-            "run_bugs.c",
-            marker_line("run_bugs", "/* CLOSE: fork-private-timer */"),
+            "/* CLOSE: fork-private-timer */",
         );
     }
 }
