@@ -162,12 +162,12 @@ static MISSES: AtomicU32 = AtomicU32::new(0);
 fn slot(pc: u64) -> &'static Entry {
     // Fibonacci hashing: return addresses of one module differ in their
     // low bits, which the multiplication spreads over the top ones.
-    let h = pc.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let i = if WIDE.load(Ordering::Relaxed) {
-        (h >> (64 - CACHE_BITS)) as usize
+    let bits = if WIDE.load(Ordering::Relaxed) {
+        CACHE_BITS
     } else {
-        (h >> (64 - NARROW_BITS)) as usize
+        NARROW_BITS
     };
+    let i = (pc.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - bits)) as usize;
     &CACHE.0[i & (CACHE_LEN - 1)]
 }
 

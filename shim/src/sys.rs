@@ -365,13 +365,7 @@ pub fn random_u32() -> u32 {
     } else {
         // Values only need to differ between processes; they are not a
         // secret.
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime into a local struct.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        (ts.tv_nsec as u32) ^ ((getpid() as u32) << 16)
+        (monotonic_ns() as u32) ^ ((getpid() as u32) << 16)
     }
 }
 

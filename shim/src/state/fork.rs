@@ -72,9 +72,10 @@ static SWITCHING: AtomicBool = AtomicBool::new(false);
 /// there (a close that flushes to a slow file system): past this the
 /// copy goes ahead, as it did before writers were counted.
 const WRITERS_WAIT_NS: u64 = 50_000_000;
-/// How long a writer waits for a publication to end (which copies a
-/// table in microseconds): a bound, not an expected time.
-const SWITCH_WAIT_NS: u64 = 2_000_000_000;
+/// How long a thread waits for another's copy of the table (a
+/// publication, the mirror's first fill), which takes microseconds: a
+/// bound, not an expected time.
+const COPY_WAIT_NS: u64 = 2_000_000_000;
 /// `HANDLES_DEBUG_PUBLISH_STALL_MS`: a test hook that holds the
 /// publisher between its copy and the switch, the window in which an
 /// uncounted writer's write would be lost (tests/run.rs).
@@ -451,7 +452,7 @@ fn count_in() -> bool {
             return false;
         }
         PRIVATE_WRITERS.fetch_sub(1, SeqCst);
-        wait_until(|| !SWITCHING.load(SeqCst), SWITCH_WAIT_NS);
+        wait_until(|| !SWITCHING.load(SeqCst), COPY_WAIT_NS);
         if !PRIVATE.load(SeqCst) {
             return false;
         }
@@ -524,13 +525,7 @@ pub extern "C" fn before_fork() {
     } else {
         // Another thread forking at the same time is filling it: this
         // child must not get it half filled.
-        for _ in 0..100_000 {
-            if MIRROR.load(Acquire) != 1 {
-                break;
-            }
-            // SAFETY: sched_yield has no arguments.
-            unsafe { sys::raw(libc::SYS_sched_yield, [0; 6]) };
-        }
+        wait_until(|| MIRROR.load(Acquire) != 1, COPY_WAIT_NS);
     }
     leave();
 }
@@ -720,7 +715,7 @@ fn publish() {
             super::set_counted(false);
             writer_left();
         }
-        wait_until(|| !SWITCHING.load(SeqCst), SWITCH_WAIT_NS);
+        wait_until(|| !SWITCHING.load(SeqCst), COPY_WAIT_NS);
         return;
     }
     let me = u32::from(super::counted());

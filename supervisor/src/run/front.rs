@@ -263,35 +263,25 @@ fn front_wait(sup: i32, pipe: &OwnedFd, saved: &libc::sigset_t) -> u8 {
         return s;
     }
     // No status: the supervisor is gone; report how, as a shell would.
+    match reap(sup) {
+        Some(st) if libc::WIFEXITED(st) => libc::WEXITSTATUS(st) as u8,
+        Some(st) if libc::WIFSIGNALED(st) => (128 + libc::WTERMSIG(st)).clamp(0, 255) as u8,
+        _ => 125,
+    }
+}
+
+/// Waits for the supervisor to be gone, retrying on interrupts: its wait
+/// status, None if it cannot be waited for.
+fn reap(sup: i32) -> Option<i32> {
     let mut st = 0;
     loop {
         // SAFETY: waitpid on our own child into a local int.
         let r = unsafe { libc::waitpid(sup, &mut st, 0) };
         if r == sup {
-            break;
+            return Some(st);
         }
         if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            return 125;
-        }
-    }
-    if libc::WIFEXITED(st) {
-        libc::WEXITSTATUS(st) as u8
-    } else if libc::WIFSIGNALED(st) {
-        (128 + libc::WTERMSIG(st)).clamp(0, 255) as u8
-    } else {
-        125
-    }
-}
-
-/// Waits for the supervisor to be gone (it exits next), retrying on
-/// interrupts.
-fn reap(sup: i32) {
-    let mut st = 0;
-    loop {
-        // SAFETY: waitpid on our own child into a local int.
-        let r = unsafe { libc::waitpid(sup, &mut st, 0) };
-        if r == sup || (r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR)) {
-            return;
+            return None;
         }
     }
 }
